@@ -1,0 +1,32 @@
+//! Makes the binary (and every test binary) find libtorch without LD_LIBRARY_PATH, and
+//! keeps libtorch_cuda linked: nothing in our code references a CUDA symbol, so with the
+//! default `--as-needed` the linker would drop it and CUDA would report "unavailable".
+use std::process::Command;
+
+fn torch_lib_dir() -> Option<String> {
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        return Some(format!("{dir}/lib"));
+    }
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .args(["-c", "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
+    println!("cargo:rerun-if-env-changed=PATH");
+    let Some(lib) = torch_lib_dir() else {
+        println!("cargo:warning=torch lib directory not found; run `make build` (it sets up the environment)");
+        return;
+    };
+    println!("cargo:rustc-link-search=native={lib}");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if os == "linux" && std::path::Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up: system libraries, and a Python environment outside the
+# checkout that provides libtorch 2.11.0 (for tch 0.24) and, with --test, the pinned
+# official SAM 2 reference used by the parity tests.
+set -euo pipefail
+
+want_ref=0
+[ "${1:-}" = "--test" ] && want_ref=1
+
+cache="${SAM2_TUI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sam2-tui}"
+venv="$cache/venv"
+py="${PYTHON:-python3}"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- system packages -------------------------------------------------------------------
+if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null; then
+  pkgs="libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libavfilter-dev
+        libavdevice-dev libswresample-dev clang libclang-dev pkg-config tmux ffmpeg"
+  missing=""
+  for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+  if [ -n "$missing" ]; then
+    log "installing system packages:$missing"
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq $missing >/dev/null
+  fi
+elif [ "$(uname)" = "Darwin" ]; then
+  command -v brew >/dev/null || { echo "setup: Homebrew is required on macOS (https://brew.sh)" >&2; exit 1; }
+  for p in ffmpeg pkg-config llvm tmux; do brew list "$p" >/dev/null 2>&1 || brew install "$p"; done
+fi
+
+# --- python environment (libtorch comes from the torch wheel) ---------------------------
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  mkdir -p "$cache"
+  "$py" -m venv "$venv"
+fi
+vpy="$venv/bin/python"
+if ! "$vpy" -c 'import torch,sys; sys.exit(0 if torch.__version__.startswith("2.11.0") else 1)' 2>/dev/null; then
+  log "installing torch==2.11.0 (large, once)"
+  "$vpy" -m pip install -q --upgrade pip wheel setuptools
+  "$vpy" -m pip install -q torch==2.11.0 numpy pillow
+fi
+if [ "$want_ref" = 1 ] && ! "$vpy" -c 'import sam2, torchvision, scipy' 2>/dev/null; then
+  log "installing the reference sam2==1.1.0 (parity tests)"
+  "$vpy" -m pip install -q wheel numpy pillow scipy torch==2.11.0 torchvision==0.26.0
+  SAM2_BUILD_CUDA=0 "$vpy" -m pip install -q --no-build-isolation sam2==1.1.0 torch==2.11.0 torchvision==0.26.0
+fi
+echo "$venv"

@@ -1,0 +1,123 @@
+//! The device abstraction: every device-specific decision lives here, so MPS-only steps
+//! stay behind one door and the model code is the same on CPU, CUDA and MPS.
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    Mps,
+}
+
+impl DeviceChoice {
+    /// Resolves `auto` the way the reference demo does: cuda, then mps, then cpu.
+    pub fn resolve(self) -> anyhow::Result<tch::Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Cuda => {
+                anyhow::ensure!(tch::Cuda::is_available(), "device cuda requested but CUDA is not available");
+                Ok(tch::Device::Cuda(0))
+            }
+            DeviceChoice::Mps => {
+                anyhow::ensure!(tch::utils::has_mps(), "device mps requested but MPS is not available");
+                Ok(tch::Device::Mps)
+            }
+            DeviceChoice::Auto => Ok(if tch::Cuda::is_available() {
+                tch::Device::Cuda(0)
+            } else if tch::utils::has_mps() {
+                tch::Device::Mps
+            } else {
+                tch::Device::Cpu
+            }),
+        }
+    }
+
+    pub fn of(device: tch::Device) -> Self {
+        match device {
+            tch::Device::Cpu => DeviceChoice::Cpu,
+            tch::Device::Cuda(_) => DeviceChoice::Cuda,
+            tch::Device::Mps => DeviceChoice::Mps,
+            _ => DeviceChoice::Cpu,
+        }
+    }
+
+    /// The next rung of the fallback ladder (mps → cpu, cuda → cpu).
+    pub fn fallback(self) -> Option<DeviceChoice> {
+        match self {
+            DeviceChoice::Cpu => None,
+            _ => Some(DeviceChoice::Cpu),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+            DeviceChoice::Mps => "mps",
+        })
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
+            "mps" | "metal" => Ok(DeviceChoice::Mps),
+            _ => Err(format!("unknown device '{s}' (expected auto, cpu, cuda or mps)")),
+        }
+    }
+}
+
+/// Numeric precision of the engine. `Exact` is fp32 (bf16 only where the reference itself
+/// rounds through bf16); `Bf16`/`Fp16` are the fast modes, labelled as such everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+impl Precision {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+            Precision::Fp16 => tch::Kind::Half,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" | "exact" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" | "f16" | "half" => Ok(Precision::Fp16),
+            _ => Err(format!("unknown precision '{s}' (expected fp32, bf16 or fp16)")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        })
+    }
+}

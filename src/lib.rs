@@ -1,0 +1,8 @@
+//! sam2-tui: SAM 2 on libtorch, a supervised engine worker and a terminal console.
+pub mod device;
+pub mod media;
+pub mod model;
+pub mod predictor;
+pub mod session;
+pub mod supervisor;
+pub mod util;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("sam2-tui {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,186 @@
+//! Model configurations: the eight official configs (`sam2/configs/sam2{,.1}/*.yaml`)
+//! expressed as data, plus the image size (1024 for the official models; tests use
+//! smaller sizes where they are about logic).
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSize {
+    Tiny,
+    Small,
+    BasePlus,
+    Large,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ModelVersion {
+    #[serde(rename = "2.0")]
+    V2_0,
+    #[serde(rename = "2.1")]
+    V2_1,
+}
+
+impl ModelSize {
+    pub const ALL: [ModelSize; 4] = [ModelSize::Tiny, ModelSize::Small, ModelSize::BasePlus, ModelSize::Large];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelSize::Tiny => "tiny",
+            ModelSize::Small => "small",
+            ModelSize::BasePlus => "base_plus",
+            ModelSize::Large => "large",
+        }
+    }
+    /// The letter used in the official config names (`sam2.1_hiera_b+.yaml`).
+    pub fn letter(self) -> &'static str {
+        match self {
+            ModelSize::Tiny => "t",
+            ModelSize::Small => "s",
+            ModelSize::BasePlus => "b+",
+            ModelSize::Large => "l",
+        }
+    }
+    /// The next size in the console's `m` cycle.
+    pub fn next(self) -> ModelSize {
+        let i = ModelSize::ALL.iter().position(|&s| s == self).unwrap();
+        ModelSize::ALL[(i + 1) % 4]
+    }
+    pub fn smaller(self) -> Option<ModelSize> {
+        let i = ModelSize::ALL.iter().position(|&s| s == self).unwrap();
+        (i > 0).then(|| ModelSize::ALL[i - 1])
+    }
+}
+
+impl fmt::Display for ModelSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ModelSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "tiny" | "t" => Ok(ModelSize::Tiny),
+            "small" | "s" => Ok(ModelSize::Small),
+            "base_plus" | "b+" | "base" | "baseplus" => Ok(ModelSize::BasePlus),
+            "large" | "l" => Ok(ModelSize::Large),
+            _ => Err(format!("unknown model size '{s}' (expected tiny, small, base_plus or large)")),
+        }
+    }
+}
+
+impl fmt::Display for ModelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelVersion::V2_0 => "2.0",
+            ModelVersion::V2_1 => "2.1",
+        })
+    }
+}
+
+impl FromStr for ModelVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "2" | "2.0" | "sam2" => Ok(ModelVersion::V2_0),
+            "2.1" | "sam2.1" => Ok(ModelVersion::V2_1),
+            _ => Err(format!("unknown SAM version '{s}' (expected 2.0 or 2.1)")),
+        }
+    }
+}
+
+/// Hiera trunk hyper-parameters (`backbones/hieradet.py`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HieraConfig {
+    pub embed_dim: i64,
+    pub num_heads: i64,
+    pub stages: [usize; 4],
+    pub global_att_blocks: Vec<usize>,
+    pub window_pos_embed_bkg_spatial_size: [i64; 2],
+    pub window_spec: [i64; 4],
+}
+
+impl HieraConfig {
+    pub fn backbone_channel_list(&self) -> [i64; 4] {
+        let e = self.embed_dim;
+        [8 * e, 4 * e, 2 * e, e]
+    }
+}
+
+/// Everything that differs between the eight official models.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sam2Config {
+    pub size: ModelSize,
+    pub version: ModelVersion,
+    pub image_size: i64,
+    pub hiera: HieraConfig,
+}
+
+impl Sam2Config {
+    pub fn new(size: ModelSize, version: ModelVersion) -> Self {
+        let hiera = match size {
+            ModelSize::Tiny => HieraConfig {
+                embed_dim: 96,
+                num_heads: 1,
+                stages: [1, 2, 7, 2],
+                global_att_blocks: vec![5, 7, 9],
+                window_pos_embed_bkg_spatial_size: [7, 7],
+                window_spec: [8, 4, 14, 7],
+            },
+            ModelSize::Small => HieraConfig {
+                embed_dim: 96,
+                num_heads: 1,
+                stages: [1, 2, 11, 2],
+                global_att_blocks: vec![7, 10, 13],
+                window_pos_embed_bkg_spatial_size: [7, 7],
+                window_spec: [8, 4, 14, 7],
+            },
+            ModelSize::BasePlus => HieraConfig {
+                embed_dim: 112,
+                num_heads: 2,
+                stages: [2, 3, 16, 3],
+                global_att_blocks: vec![12, 16, 20],
+                window_pos_embed_bkg_spatial_size: [14, 14],
+                window_spec: [8, 4, 14, 7],
+            },
+            ModelSize::Large => HieraConfig {
+                embed_dim: 144,
+                num_heads: 2,
+                stages: [2, 6, 36, 4],
+                global_att_blocks: vec![23, 33, 43],
+                window_pos_embed_bkg_spatial_size: [7, 7],
+                window_spec: [8, 4, 16, 8],
+            },
+        };
+        Sam2Config { size, version, image_size: 1024, hiera }
+    }
+
+    pub fn with_image_size(mut self, image_size: i64) -> Self {
+        assert!(image_size % 64 == 0 && image_size >= 128, "image size must be a multiple of 64 (>= 128)");
+        self.image_size = image_size;
+        self
+    }
+
+    pub fn is_v2_1(&self) -> bool {
+        self.version == ModelVersion::V2_1
+    }
+
+    /// The official checkpoint file name, e.g. `sam2.1_hiera_tiny.pt`.
+    pub fn checkpoint_file_name(&self) -> String {
+        let prefix = if self.is_v2_1() { "sam2.1" } else { "sam2" };
+        format!("{prefix}_hiera_{}.pt", self.size.name())
+    }
+
+    /// The official config name, e.g. `configs/sam2.1/sam2.1_hiera_t.yaml`.
+    pub fn reference_config(&self) -> String {
+        let (dir, prefix) = if self.is_v2_1() { ("sam2.1", "sam2.1") } else { ("sam2", "sam2") };
+        format!("configs/{dir}/{prefix}_hiera_{}.yaml", self.size.letter())
+    }
+
+    pub fn label(&self) -> String {
+        format!("SAM {} {}", self.version, self.size)
+    }
+}

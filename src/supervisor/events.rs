@@ -1,0 +1,122 @@
+//! What flows between the supervisor and its users (the console and the headless
+//! commands). The console never talks to a worker directly: it sends `EngineCommand`s and
+//! folds `EngineEvent`s into its state.
+use crate::device::{DeviceChoice, Precision};
+use crate::media::rle::Rle;
+use crate::model::config::{ModelSize, ModelVersion};
+use crate::session::{ObjectId, Op};
+use serde::{Deserialize, Serialize};
+
+/// Memory of an Apple GPU as libtorch's MPS hooks report it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MpsMemory {
+    pub current_allocated: u64,
+    pub driver_allocated: u64,
+    pub recommended_max: u64,
+    pub high_watermark_ratio: Option<f32>,
+    pub low_watermark_ratio: Option<f32>,
+}
+
+/// Memory of a CUDA device: the caching allocator's view and the driver's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CudaMemory {
+    pub allocated: u64,
+    pub reserved: u64,
+    pub peak_allocated: u64,
+    pub total: u64,
+    pub used: u64,
+}
+
+/// One heartbeat's worth of worker statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub device_kind: String,
+    pub device_name: String,
+    pub torch_version: String,
+    pub threads: i32,
+    pub rss_bytes: u64,
+    pub mps: Option<MpsMemory>,
+    pub cuda: Option<CudaMemory>,
+}
+
+/// Per-stage latency of one frame, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimings {
+    pub decode_ms: f32,
+    pub image_encoder_ms: f32,
+    pub memory_attention_ms: f32,
+    pub mask_decoder_ms: f32,
+    pub memory_encoder_ms: f32,
+    pub total_ms: f32,
+}
+
+/// The mask of one object on one frame, at video resolution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectMask {
+    pub object: ObjectId,
+    pub rle: Rle,
+    /// The object score logit (> 0: present).
+    pub score: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FrameMasks {
+    pub frame: usize,
+    pub objects: Vec<ObjectMask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelLabel {
+    pub size: ModelSize,
+    pub version: ModelVersion,
+    /// True when the checkpoint is a random-init one made because no real weights exist.
+    pub random_init: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EngineState {
+    Starting,
+    Loading,
+    Ready,
+    Propagating { done: usize, total: usize },
+    Crashed { reason: String },
+    Restarting { attempt: u32 },
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EngineEvent {
+    State(EngineState),
+    WorkerStarted { pid: u32, device: DeviceChoice, precision: Precision, model: ModelLabel, restarts: u32 },
+    MediaInfo { width: u32, height: u32, frames: usize, fps: f32 },
+    Stats(WorkerStats),
+    /// Masks on one frame: the answer to a prompt, or one step of a propagation.
+    Masks(FrameMasks),
+    Progress { frame: usize, done: usize, total: usize, fps: f32, timings: StageTimings },
+    PropagationFinished { cancelled: bool },
+    /// The worker died (signal name or exit status) and the supervisor is acting on it.
+    WorkerDied { reason: String, stderr_tail: Vec<String> },
+    FellBack { from: DeviceChoice, to: DeviceChoice, reason: String },
+    /// Free-form supervisor decisions and errors for the log pane.
+    Log { level: LogLevel, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EngineCommand {
+    /// A journal operation (appended to the journal before it is sent).
+    Op(Op),
+    Cancel,
+    SwitchModel(ModelSize),
+    SwitchDevice(DeviceChoice),
+    SetWatermark(f32),
+    /// Encode this frame ahead of time so a click there only runs the decoder.
+    Prefetch(usize),
+    Shutdown,
+}
