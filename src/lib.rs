@@ -6,3 +6,5 @@ pub mod predictor;
 pub mod session;
 pub mod supervisor;
 pub mod util;
+pub mod cli;
+pub mod console;
