@@ -24,9 +24,27 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-search=native={lib}");
+    build_memory_shim(&lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if os == "linux" && std::path::Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+}
+
+/// Compiles the worker's C++ memory shim (src/worker/shim) against the same libtorch
+/// headers tch links, so heartbeats can report MPS/CUDA allocator memory. It needs no CUDA
+/// headers (it goes through c10::DeviceAllocator), so it builds on CPU-only Linux and macOS.
+fn build_memory_shim(lib: &str) {
+    let shim = "src/worker/shim/memory_shim.cpp";
+    println!("cargo:rerun-if-changed={shim}");
+    let include = std::path::Path::new(lib).join("../include");
+    let mut build = cc::Build::new();
+    build.cpp(true).file(shim).include(&include).std("c++17").warnings(false);
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        build.define("_GLIBCXX_USE_CXX11_ABI", "1");
+    }
+    build.compile("sam2_memory_shim");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
 }

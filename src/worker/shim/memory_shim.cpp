@@ -1,0 +1,108 @@
+// A tiny C ABI over libtorch's device-memory introspection, for the worker's heartbeat.
+// Why C++: the MPS hooks and the caching allocators' statistics are only reachable from
+// C++ (tch exposes neither). Every call is wrapped in try/catch: a C++ exception must
+// never unwind into Rust, so failures come back as 0 ("unavailable") plus a message.
+#include <ATen/detail/MPSHooksInterface.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <torch/headeronly/version.h>
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#ifdef __APPLE__
+#include <mach/mach.h>
+#endif
+
+namespace {
+void put_error(char* buf, size_t len, const char* msg) {
+  if (buf == nullptr || len == 0) return;
+  std::strncpy(buf, msg, len - 1);
+  buf[len - 1] = '\0';
+}
+}  // namespace
+
+extern "C" {
+
+const char* sam2_shim_torch_version() { return TORCH_VERSION; }
+
+// 1 when the MPS backend exists and answered, 0 otherwise (err says why).
+int sam2_shim_mps_memory(uint64_t* current, uint64_t* driver, uint64_t* recommended, char* err, size_t err_len) {
+  try {
+    const auto& hooks = at::detail::getMPSHooks();
+    if (!hooks.hasMPS()) {
+      put_error(err, err_len, "MPS backend not available");
+      return 0;
+    }
+    *current = hooks.getCurrentAllocatedMemory();
+    *driver = hooks.getDriverAllocatedMemory();
+    *recommended = hooks.getRecommendedMaxMemory();
+    return 1;
+  } catch (const std::exception& e) {
+    put_error(err, err_len, e.what());
+  } catch (...) {
+    put_error(err, err_len, "unknown C++ exception");
+  }
+  return 0;
+}
+
+// The CUDA caching allocator's aggregate statistics, through the device-neutral
+// c10::DeviceAllocator interface (no CUDA headers needed, so this builds everywhere).
+int sam2_shim_cuda_stats(int device, uint64_t* allocated, uint64_t* reserved, uint64_t* peak, char* err, size_t err_len) {
+  try {
+    auto* alloc = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    if (alloc == nullptr || !alloc->initialized()) {
+      put_error(err, err_len, "CUDA caching allocator not initialized");
+      return 0;
+    }
+    auto stats = alloc->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = static_cast<uint64_t>(stats.allocated_bytes[agg].current);
+    *reserved = static_cast<uint64_t>(stats.reserved_bytes[agg].current);
+    *peak = static_cast<uint64_t>(stats.allocated_bytes[agg].peak);
+    return 1;
+  } catch (const std::exception& e) {
+    put_error(err, err_len, e.what());
+  } catch (...) {
+    put_error(err, err_len, "unknown C++ exception");
+  }
+  return 0;
+}
+
+// Free and total device memory as the driver sees them (cudaMemGetInfo underneath).
+int sam2_shim_cuda_mem_info(int device, uint64_t* free_bytes, uint64_t* total_bytes, char* err, size_t err_len) {
+  try {
+    auto* alloc = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    if (alloc == nullptr) {
+      put_error(err, err_len, "no CUDA allocator");
+      return 0;
+    }
+    auto info = alloc->getMemoryInfo(static_cast<c10::DeviceIndex>(device));
+    *free_bytes = static_cast<uint64_t>(info.first);
+    *total_bytes = static_cast<uint64_t>(info.second);
+    return 1;
+  } catch (const std::exception& e) {
+    put_error(err, err_len, e.what());
+  } catch (...) {
+    put_error(err, err_len, "unknown C++ exception");
+  }
+  return 0;
+}
+
+// Resident set size on macOS (mach task_info); Linux reads /proc/self/statm in Rust.
+int sam2_shim_rss(uint64_t* bytes) {
+#ifdef __APPLE__
+  mach_task_basic_info_data_t info;
+  mach_msg_type_number_t count = MACH_TASK_BASIC_INFO_COUNT;
+  if (task_info(mach_task_self(), MACH_TASK_BASIC_INFO, (task_info_t)&info, &count) != KERN_SUCCESS) return 0;
+  *bytes = static_cast<uint64_t>(info.resident_size);
+  return 1;
+#else
+  (void)bytes;
+  return 0;
+#endif
+}
+
+}  // extern "C"
