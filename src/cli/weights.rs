@@ -1,10 +1,108 @@
-//! `sam2-tui weights …` (placeholder until its owner lands it).
+//! `sam2-tui weights inspect FILE` and `sam2-tui weights download [SIZE]`.
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+
+use anyhow::{anyhow, bail, Result};
+
+use crate::model::config::{ModelSize, ModelVersion};
+use crate::weights::{self, official};
+
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Print what a checkpoint file is.
-    Inspect { file: std::path::PathBuf },
+    /// Print what a checkpoint file is: format, SAM version, size, tensors, parameters, dtype.
+    Inspect { file: PathBuf },
+    /// Download an official checkpoint (curl or wget), verify it, then move it into place.
+    Download {
+        /// tiny, small, base_plus or large.
+        #[arg(default_value = "tiny")]
+        size: ModelSize,
+        /// 2.1 (default) or 2.0.
+        #[arg(long, default_value = "2.1")]
+        version: ModelVersion,
+        /// Where to put it.
+        #[arg(long, default_value = "weights")]
+        dir: PathBuf,
+    },
 }
 
-pub fn run(_cmd: Command) -> anyhow::Result<()> {
-    anyhow::bail!("'weights' is not implemented yet")
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Inspect { file } => inspect(&file),
+        Command::Download { size, version, dir } => download(size, version, &dir),
+    }
+}
+
+fn inspect(file: &Path) -> Result<()> {
+    let format = weights::format_of(file)?;
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let ckpt = weights::load(file)?;
+    let det = weights::detect(&ckpt)?;
+    println!("file:       {}", file.display());
+    println!("format:     {}", format.describe());
+    println!("model:      {}", det.label());
+    println!("size:       {}", det.size);
+    println!("version:    {}", det.version);
+    println!("tensors:    {}", det.tensors);
+    println!("parameters: {}", weights::group(det.parameters));
+    println!("dtype:      {}", weights::dtype_name(det.dtype));
+    println!("file size:  {} bytes ({:.1} MB)", weights::group(bytes), bytes as f64 / 1e6);
+    Ok(())
+}
+
+fn download(size: ModelSize, version: ModelVersion, dir: &Path) -> Result<()> {
+    let name = official::file_name(size, version);
+    let dest = dir.join(&name);
+    if dest.is_file() {
+        if let Ok(det) = weights::load(&dest).and_then(|c| weights::detect(&c)) {
+            if weights::check_requested(&det, Some(size), Some(version), &dest).is_ok() {
+                println!("{} is already here ({}).", dest.display(), det.label());
+                return Ok(());
+            }
+        }
+        eprintln!("{} exists but is not a valid {name}; downloading it again", dest.display());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: cannot create directory: {e}", dir.display()))?;
+    // The temp name ends in .pt so the repository's `weights/*.pt` ignore rule covers it;
+    // it is removed on failure (NamedTempFile) and renamed into place on success.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".download.pt")
+        .tempfile_in(dir)
+        .map_err(|e| anyhow!("{}: cannot create temp file: {e}", dir.display()))?;
+    let url = official::url(size, version);
+    eprintln!("downloading {url} (about {} MB)", official::approx_megabytes(size));
+    fetch(&url, tmp.path())?;
+    let det = weights::load(tmp.path())
+        .and_then(|c| weights::detect(&c))
+        .map_err(|e| anyhow!("{url}: downloaded file is not a valid checkpoint: {e:#}"))?;
+    weights::check_requested(&det, Some(size), Some(version), Path::new(&url))?;
+    tmp.persist(&dest).map_err(|e| anyhow!("{}: cannot move into place: {e}", dest.display()))?;
+    println!("{} ({}, {} parameters)", dest.display(), det.label(), weights::group(det.parameters));
+    Ok(())
+}
+
+/// Runs curl (or wget when curl is missing) to fetch `url` into `out`.
+fn fetch(url: &str, out: &Path) -> Result<()> {
+    let curl = Process::new("curl").args(["-fL", "--retry", "2", "--progress-bar", "-o"]).arg(out).arg(url).status();
+    let status = match curl {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Process::new("wget")
+            .args(["-q", "--show-progress", "-O"])
+            .arg(out)
+            .arg(url)
+            .status()
+            .map_err(|e| anyhow!("{url}: neither curl nor wget could be run ({e}); install one, or fetch the file by hand into weights/"))?,
+        Err(e) => bail!("{url}: cannot run curl: {e}"),
+    };
+    if !status.success() {
+        let hint = match status.code() {
+            Some(6) => " (could not resolve host: no network?)",
+            Some(7) => " (could not connect: no network or a firewall?)",
+            Some(22) => " (the server refused the request)",
+            Some(28) => " (timed out)",
+            _ => "",
+        };
+        bail!("{url}: download failed, {status}{hint}")
+    }
+    Ok(())
 }

@@ -1,0 +1,257 @@
+//! Checkpoints: the official `.pt` format read bit-exactly and safely, safetensors, size
+//! and version detection, one-line errors for bad files, and `sam2-tui weights inspect`.
+//! Fixtures come from the real writers (`torch.save` of the official package's models,
+//! `safetensors.torch.save_file`, Python's pickle) via tests/fixtures/make_checkpoints.py.
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use sam2_tui::model::config::{ModelSize, ModelVersion};
+use sam2_tui::weights::{self, Checkpoint};
+use tch::Kind;
+
+/// The fixture folder, generated once (about 15 s) and reused while the script is unchanged.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_checkpoints.py")).unwrap();
+        let stamp = format!("{:016x}", checksum(&script));
+        let dir = common::fixture_cache("checkpoints").join(stamp);
+        if !dir.join("DONE").is_file() {
+            // Older generations are large (~600 MB); keep only the current one.
+            for old in std::fs::read_dir(dir.parent().unwrap()).unwrap().flatten() {
+                if old.path() != dir {
+                    let _ = std::fs::remove_dir_all(old.path());
+                }
+            }
+            common::run_fixture("make_checkpoints.py", &[dir.to_str().unwrap()]);
+        }
+        dir
+    })
+}
+
+fn fixture(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+/// The checksum make_checkpoints.py writes: Σ (byte_i + 1)·(i + 1) mod 2^64.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().enumerate().fold(0u64, |acc, (i, &b)| acc.wrapping_add((b as u64 + 1).wrapping_mul(i as u64 + 1)))
+}
+
+fn tensor_bytes(t: &tch::Tensor) -> Vec<u8> {
+    let t = t.contiguous();
+    let n = t.numel();
+    let mut out = vec![0u8; n * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut out, n);
+    out
+}
+
+/// Every key of the manifest is in the checkpoint with the same dtype, shape and bytes,
+/// and the checkpoint holds nothing else.
+fn assert_matches_python(ckpt: &Checkpoint, manifest: &str) {
+    let text = std::fs::read_to_string(fixture(manifest)).unwrap();
+    let m: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let ours: Vec<&String> = ckpt.tensors.keys().collect();
+    let theirs: Vec<&String> = m.keys().collect();
+    assert_eq!(ours, theirs, "key sets differ");
+    for (key, want) in &m {
+        let t = &ckpt.tensors[key];
+        assert_eq!(weights::dtype_name(t.kind()), want["dtype"].as_str().unwrap(), "{key}: dtype");
+        let shape: Vec<i64> = want["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(t.size(), shape, "{key}: shape");
+        let sum: u64 = want["checksum"].as_str().unwrap().parse().unwrap();
+        assert_eq!(checksum(&tensor_bytes(t)), sum, "{key}: bytes differ from what torch holds");
+        assert_eq!(t.device(), tch::Device::Cpu);
+    }
+}
+
+fn load_err(path: &Path) -> String {
+    match weights::load(path) {
+        Ok(c) => match weights::detect(&c) {
+            Ok(d) => panic!("{} loaded as {d:?}", path.display()),
+            Err(e) => format!("{e:#}"),
+        },
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// One line, starting with the path.
+fn assert_one_line_naming(err: &str, path: &Path) {
+    assert!(!err.contains('\n'), "not one line: {err}");
+    assert!(err.starts_with(&format!("{}: ", path.display())), "does not start with the path: {err}");
+}
+
+#[test]
+fn official_tiny_2_1_loads_bit_exactly_and_is_detected() {
+    let path = fixture("sam2.1_hiera_tiny.pt");
+    let ckpt = weights::load(&path).unwrap();
+    let det = weights::detect(&ckpt).unwrap();
+    assert_eq!(det.size, ModelSize::Tiny);
+    assert_eq!(det.version, ModelVersion::V2_1);
+    assert_eq!(det.parameters, 38_962_498);
+    assert_eq!(det.tensors, 471);
+    assert_eq!(det.dtype, Kind::Float);
+    assert_matches_python(&ckpt, "sam2.1_hiera_tiny.manifest.json");
+}
+
+#[test]
+fn official_tiny_2_0_loads_bit_exactly_and_is_detected_as_2_0() {
+    let path = fixture("sam2_hiera_tiny.pt");
+    let ckpt = weights::load(&path).unwrap();
+    let det = weights::detect(&ckpt).unwrap();
+    assert_eq!((det.size, det.version), (ModelSize::Tiny, ModelVersion::V2_0));
+    assert_eq!(det.parameters, 38_962_498 - 16_512);
+    assert_eq!(det.tensors, 468);
+    assert_matches_python(&ckpt, "sam2_hiera_tiny.manifest.json");
+}
+
+#[test]
+fn safetensors_with_the_same_keys_load_to_the_same_tensors() {
+    let ckpt = weights::load(&fixture("sam2.1_hiera_tiny.safetensors")).unwrap();
+    let det = weights::detect(&ckpt).unwrap();
+    assert_eq!((det.size, det.version, det.parameters), (ModelSize::Tiny, ModelVersion::V2_1, 38_962_498));
+    assert_matches_python(&ckpt, "sam2.1_hiera_tiny.manifest.json");
+}
+
+#[test]
+fn a_bare_bf16_state_dict_loads_as_bf16() {
+    let ckpt = weights::load(&fixture("sam2.1_hiera_tiny_bf16_bare.pt")).unwrap();
+    let det = weights::detect(&ckpt).unwrap();
+    assert_eq!((det.size, det.dtype, det.parameters), (ModelSize::Tiny, Kind::BFloat16, 38_962_498));
+    assert_matches_python(&ckpt, "sam2.1_hiera_tiny_bf16_bare.manifest.json");
+}
+
+#[test]
+fn views_with_strides_offsets_and_shared_storage_load_as_python_sees_them() {
+    // transposed, sliced, every-other-column, 0-dim, fp16, bf16 with offset, Parameter
+    let ckpt = weights::load(&fixture("views.pt")).unwrap();
+    assert_matches_python(&ckpt, "views.manifest.json");
+    let base = &ckpt.tensors["base"];
+    assert!(ckpt.tensors["transposed"].equal(&base.tr()));
+    assert!(ckpt.tensors["rows_2_to_5"].equal(&base.narrow(0, 2, 3)));
+    // Not SAM 2, so detection says so.
+    let err = format!("{:#}", weights::detect(&ckpt).unwrap_err());
+    assert!(err.contains("not a SAM 2 checkpoint"), "{err}");
+}
+
+#[test]
+fn a_reduce_of_os_system_in_a_torch_zip_is_refused_and_nothing_runs() {
+    let marker = fixture("PWNED");
+    let _ = std::fs::remove_file(&marker);
+    for name in ["evil_system.pt", "evil_plain.pkl"] {
+        let path = fixture(name);
+        let err = load_err(&path);
+        assert_one_line_naming(&err, &path);
+        assert!(err.contains("'posix.system'") && err.contains("unsafe pickle"), "{err}");
+        assert!(!marker.exists(), "{name}: the payload ran");
+    }
+}
+
+#[test]
+fn a_builtins_eval_payload_is_refused_naming_the_global() {
+    let path = fixture("evil_eval.pt");
+    let err = load_err(&path);
+    assert_one_line_naming(&err, &path);
+    assert!(err.contains("'builtins.eval'"), "{err}");
+    assert!(!fixture("PWNED").exists());
+}
+
+#[test]
+fn a_checkpoint_cut_in_half_is_a_one_line_truncation_error() {
+    let dir = common::scratch("weights_truncated");
+    let whole = std::fs::read(fixture("sam2.1_hiera_tiny_bf16_bare.pt")).unwrap();
+    let path = dir.join("half.pt");
+    std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+    let err = load_err(&path);
+    assert_one_line_naming(&err, &path);
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn a_corrupted_storage_byte_is_caught_by_the_crc() {
+    let dir = common::scratch("weights_corrupt");
+    let mut bytes = std::fs::read(fixture("views.pt")).unwrap();
+    // Flip one byte in the middle of the first storage (after the pickle).
+    let at = bytes.windows(7).position(|w| w == b"/data/0").unwrap() + 200;
+    bytes[at] ^= 0x55;
+    let path = dir.join("corrupt.pt");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = load_err(&path);
+    assert_one_line_naming(&err, &path);
+    assert!(err.contains("CRC") || err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn non_checkpoints_are_one_line_errors_naming_the_file() {
+    let dir = common::scratch("weights_bad_files");
+    let empty = dir.join("empty.pt");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.join("notes.safetensors");
+    std::fs::write(&text, b"hello, this is not a checkpoint\n").unwrap();
+    let cases: [(PathBuf, &str); 6] = [
+        (fixture("photo.pt"), "JPEG"),
+        (empty, "empty file"),
+        (text, "not a checkpoint"),
+        (fixture("no_data_pkl.pt"), "no data.pkl"),
+        (fixture("other_model.pt"), "not a SAM 2 checkpoint"),
+        (dir.join("missing.pt"), "cannot open"),
+    ];
+    for (path, what) in cases {
+        let err = load_err(&path);
+        assert_one_line_naming(&err, &path);
+        assert!(err.contains(what), "{}: expected '{what}' in: {err}", path.display());
+    }
+}
+
+#[test]
+fn a_sam2_file_with_a_part_missing_is_rejected_as_incomplete() {
+    let mut ckpt = weights::load(&fixture("sam2.1_hiera_tiny_bf16_bare.pt")).unwrap();
+    ckpt.tensors.retain(|k, _| !k.starts_with("memory_attention."));
+    let err = format!("{:#}", weights::detect(&ckpt).unwrap_err());
+    assert!(err.contains("incomplete") && err.contains("memory_attention"), "{err}");
+
+    let mut ckpt = weights::load(&fixture("sam2.1_hiera_tiny_bf16_bare.pt")).unwrap();
+    ckpt.tensors.remove("sam_mask_decoder.iou_token.weight");
+    let err = format!("{:#}", weights::detect(&ckpt).unwrap_err());
+    assert!(err.contains("38,962,498"), "{err}");
+}
+
+#[test]
+fn a_size_mismatch_names_both_sizes() {
+    let ckpt = weights::load(&fixture("sam2_hiera_tiny.pt")).unwrap();
+    let det = weights::detect(&ckpt).unwrap();
+    let path = Path::new("weights/sam2_hiera_tiny.pt");
+    assert!(weights::check_requested(&det, Some(ModelSize::Tiny), None, path).is_ok());
+    assert!(weights::check_requested(&det, None, Some(ModelVersion::V2_0), path).is_ok());
+    let err = weights::check_requested(&det, Some(ModelSize::Large), None, path).unwrap_err().to_string();
+    assert!(err.contains("tiny") && err.contains("large") && err.starts_with("weights/sam2_hiera_tiny.pt: "), "{err}");
+    let err = weights::check_requested(&det, None, Some(ModelVersion::V2_1), path).unwrap_err().to_string();
+    assert!(err.contains("SAM 2.0 tiny") && err.contains("SAM 2.1 tiny"), "{err}");
+}
+
+#[test]
+fn cli_inspect_describes_a_good_file() {
+    let path = fixture("sam2.1_hiera_tiny.pt");
+    let out = Command::new(common::bin()).args(["weights", "inspect"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = weights::group(std::fs::metadata(&path).unwrap().len());
+    for want in ["PyTorch zip archive", "SAM 2.1 tiny", "471", "38,962,498", "float32", &format!("{bytes} bytes")] {
+        assert!(stdout.contains(want), "missing '{want}' in:\n{stdout}");
+    }
+}
+
+#[test]
+fn cli_inspect_fails_with_exit_1_and_one_line_on_a_bad_file() {
+    let path = fixture("photo.pt");
+    let out = Command::new(common::bin()).args(["weights", "inspect"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()) && stderr.contains("JPEG"), "{stderr}");
+}
