@@ -136,6 +136,11 @@ fn read_state(path: &Path) -> BTreeMap<String, u32> {
 
 /// Really crashes: these are the failure modes of Metal/MPS that supervision must survive.
 pub fn trigger(kind: FaultKind) -> ! {
+    // An injected crash needs no core file (they are large and slow to write).
+    unsafe {
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+    }
     match kind {
         FaultKind::Abort => unsafe { libc::abort() },
         FaultKind::Segv => unsafe {

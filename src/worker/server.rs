@@ -77,7 +77,13 @@ fn spawn_heartbeat(out: Out, device: Arc<Mutex<DeviceInfo>>, stop: Arc<AtomicBoo
             while !stop.load(Ordering::SeqCst) {
                 if !HANGING.load(Ordering::SeqCst) {
                     let dev = device.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    send(&out, &Response::Heartbeat { stats: stats::collect(&dev, &version) });
+                    let msg = Response::Heartbeat { stats: stats::collect(&dev, &version) };
+                    let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
+                    // Checked under the stdout lock: nothing may follow `Bye`.
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let _ = protocol::write_frame(&mut *w, &msg);
                 }
                 std::thread::sleep(HEARTBEAT_PERIOD);
             }
@@ -109,9 +115,10 @@ pub fn serve() -> anyhow::Result<()> {
         let cancelled = || inbox.cancel_upto.load(Ordering::SeqCst) >= n;
         engine.handle(req, &cancelled);
     }
+    let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
     stop.store(true, Ordering::SeqCst);
-    send(&out, &Response::Bye);
-    let _ = out.lock().map(|mut o| o.flush());
+    let _ = protocol::write_frame(&mut *w, &Response::Bye);
+    let _ = w.flush();
     Ok(())
 }
 
