@@ -1,8 +1,26 @@
-//! `SAM2Base` (sam2/modeling/sam2_base.py): the wiring of all modules.
-//! INTERFACE ONLY for now.
+//! `SAM2Base` (`sam2/modeling/sam2_base.py`): the wiring of all modules — image features,
+//! the SAM heads, memory conditioning and memory encoding. The bookkeeping of which
+//! frames' memories to use lives in the predictor; this file is the arithmetic.
+use super::config::{ModelSize, ModelVersion, Sam2Config};
+use super::image_encoder::ImageEncoder;
+use super::layers::{Activation, Conv2d, Linear, Mlp};
+use super::mask_decoder::MaskDecoder;
+use super::memory_attention::MemoryAttention;
+use super::memory_encoder::MemoryEncoder;
+use super::params::Params;
+use super::position_encoding::sine_1d;
+use super::prompt_encoder::PromptEncoder;
 use crate::device::Precision;
-use crate::model::config::{ModelSize, ModelVersion, Sam2Config};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// Low-res logits of "no object" (`NO_OBJ_SCORE`).
+pub const NO_OBJ_SCORE: f64 = -1024.0;
+/// `num_maskmem`: all conditioning frames + this many minus one previous frames.
+pub const NUM_MASKMEM: usize = 7;
+/// `max_obj_ptrs_in_encoder`.
+pub const MAX_OBJ_PTRS: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -10,20 +28,239 @@ pub struct LoadOptions {
     /// What the user asked for; a checkpoint of another size/version is an error.
     pub size: Option<ModelSize>,
     pub version: Option<ModelVersion>,
-    pub device: tch::Device,
+    pub device: Device,
     pub precision: Precision,
     /// 1024 for the official models; smaller in logic tests.
     pub image_size: i64,
 }
 
+/// One frame's image features, computed once and shared by every object.
+pub struct FrameFeatures {
+    /// High-res features for the decoder (after conv_s0 / conv_s1): `[1,32,4e,4e]`, `[1,64,2e,2e]`.
+    pub high_res: [Tensor; 2],
+    /// The stride-16 feature map `[1,256,e,e]` (raw backbone output, no memory).
+    pub feat: Tensor,
+    /// Its sine position encoding `[1,256,e,e]`.
+    pub pos: Tensor,
+}
+
+/// The prompt of one object on one frame, in model-input pixels.
+pub struct PointInputs {
+    /// `[1, N, 2]` float.
+    pub coords: Tensor,
+    /// `[1, N]` int (0 neg, 1 pos, 2/3 box corners).
+    pub labels: Tensor,
+}
+
+/// What the SAM heads produce for one object on one frame (`_forward_sam_heads`).
+pub struct SamOutput {
+    /// `[1,1,4e,4e]` the selected low-res logits (−1024 where no object).
+    pub low_res_masks: Tensor,
+    /// `[1,1,S,S]` the same, bilinear to the model input size.
+    pub high_res_masks: Tensor,
+    /// `[1,M,4e,4e]` all candidates and `[1,M]` their IoU.
+    pub low_res_multimasks: Tensor,
+    pub ious: Tensor,
+    /// `[1,256]`.
+    pub obj_ptr: Tensor,
+    /// `[1,1]`.
+    pub object_score_logits: Tensor,
+}
+
+/// A memory to attend to: a spatial memory with its temporal slot.
+pub struct SpatialMemory<'a> {
+    /// `[1,64,e,e]` (stored as bf16 like the reference).
+    pub features: &'a Tensor,
+    /// Index into `maskmem_tpos_enc` (6 for conditioning frames, 0 for the previous frame).
+    pub tpos_index: usize,
+}
+
+/// An object pointer with its signed (2.1) or absolute (2.0) frame distance.
+pub struct PointerMemory<'a> {
+    pub ptr: &'a Tensor,
+    pub pos: i64,
+}
+
 pub struct Sam2Base {
     pub config: Sam2Config,
-    pub device: tch::Device,
+    pub device: Device,
     pub precision: Precision,
+    pub image_encoder: ImageEncoder,
+    pub prompt_encoder: PromptEncoder,
+    pub mask_decoder: MaskDecoder,
+    pub memory_attention: MemoryAttention,
+    pub memory_encoder: MemoryEncoder,
+    maskmem_tpos_enc: Tensor,
+    no_mem_embed: Tensor,
+    no_obj_ptr: Tensor,
+    no_obj_embed_spatial: Option<Tensor>,
+    obj_ptr_proj: Mlp,
+    obj_ptr_tpos_proj: Option<Linear>,
+    /// `mask_downsample` (used only for mask prompts; kept for a strict load).
+    _mask_downsample: Conv2d,
 }
 
 impl Sam2Base {
-    pub fn load(_opts: &LoadOptions) -> anyhow::Result<Sam2Base> {
-        anyhow::bail!("model not implemented yet")
+    /// Loads an official checkpoint (`.pt` or `.safetensors`), checks it is the model the
+    /// user asked for, and builds the model on the device.
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Sam2Base> {
+        let ckpt = crate::weights::load(&opts.checkpoint)?;
+        let det = crate::weights::detect(&ckpt).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        crate::weights::check_requested(&det, opts.size, opts.version, &opts.checkpoint)?;
+        let config = Sam2Config::new(det.size, det.version).with_image_size(opts.image_size);
+        Self::from_tensors(config, ckpt.tensors, opts.device, opts.precision)
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", opts.checkpoint.display()))
+    }
+
+    /// Builds the model from a state dict (reference key names), strictly.
+    pub fn from_tensors(config: Sam2Config, tensors: BTreeMap<String, Tensor>, device: Device, precision: Precision) -> anyhow::Result<Sam2Base> {
+        let _guard = tch::no_grad_guard();
+        let params = Params::new(tensors, device, precision.kind());
+        let p = params.root();
+        let e = config.image_size / 16;
+        let v21 = config.is_v2_1();
+        let model = Sam2Base {
+            image_encoder: ImageEncoder::new(p.sub("image_encoder"), &config),
+            prompt_encoder: PromptEncoder::new(p.sub("sam_prompt_encoder"), config.image_size),
+            mask_decoder: MaskDecoder::new(p.sub("sam_mask_decoder")),
+            memory_attention: MemoryAttention::new(p.sub("memory_attention"), e),
+            memory_encoder: MemoryEncoder::new(p.sub("memory_encoder"), e),
+            maskmem_tpos_enc: p.get("maskmem_tpos_enc", &[NUM_MASKMEM as i64, 1, 1, 64]),
+            no_mem_embed: p.get("no_mem_embed", &[1, 1, 256]),
+            no_obj_ptr: p.get("no_obj_ptr", &[1, 256]),
+            no_obj_embed_spatial: v21.then(|| p.get("no_obj_embed_spatial", &[1, 64])),
+            obj_ptr_proj: Mlp::new(p.sub("obj_ptr_proj"), 256, 256, 256, 3, Activation::Relu, false),
+            obj_ptr_tpos_proj: v21.then(|| Linear::new(p.sub("obj_ptr_tpos_proj"), 256, 64)),
+            _mask_downsample: Conv2d::new(p.sub("mask_downsample"), 1, 1, 4, 4, 0, 1),
+            config,
+            device,
+            precision,
+        };
+        // Parameters the reference has but never uses at inference.
+        for unused in ["no_mem_pos_enc"] {
+            let _ = p.get(unused, &[1, 1, 256]);
+        }
+        params.finish()?;
+        Ok(model)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.precision.kind()
+    }
+
+    pub fn image_size(&self) -> i64 {
+        self.config.image_size
+    }
+
+    /// `forward_image` for one preprocessed frame `[1,3,S,S]` (fp32, normalised).
+    pub fn forward_image(&self, image: &Tensor) -> FrameFeatures {
+        let _g = tch::no_grad_guard();
+        let x = image.to_device(self.device).to_kind(self.kind());
+        let out = self.image_encoder.forward(&x);
+        let fpn = out.backbone_fpn;
+        FrameFeatures {
+            high_res: [self.mask_decoder.conv_s0.forward(&fpn[0]), self.mask_decoder.conv_s1.forward(&fpn[1])],
+            feat: fpn[2].shallow_clone(),
+            pos: out.vision_pos_enc[2].shallow_clone(),
+        }
+    }
+
+    /// `_forward_sam_heads` for one object.
+    pub fn forward_sam_heads(&self, pix_feat: &Tensor, points: Option<&PointInputs>, mask_input: Option<&Tensor>, high_res: &[Tensor; 2], multimask: bool) -> SamOutput {
+        let _g = tch::no_grad_guard();
+        let dev = self.device;
+        let (coords, labels) = match points {
+            Some(p) => (p.coords.to_device(dev), p.labels.to_device(dev)),
+            // No prompt: one padding point, label −1.
+            None => (Tensor::zeros([1, 1, 2], (Kind::Float, dev)), Tensor::full([1, 1], -1, (Kind::Int, dev))),
+        };
+        let mask = mask_input.map(|m| m.to_device(dev).to_kind(self.kind()));
+        let (sparse, dense) = self.prompt_encoder.forward(&coords, &labels, mask.as_ref());
+        let out = self.mask_decoder.forward(pix_feat, self.prompt_encoder.dense_pe(), &sparse, &dense, multimask, high_res);
+        let appearing = out.object_score_logits.gt(0.0);
+        let low_multi = out
+            .masks
+            .where_self(&appearing.unsqueeze(-1).unsqueeze(-1), &Tensor::from(NO_OBJ_SCORE).to_kind(out.masks.kind()).to_device(dev))
+            .to_kind(Kind::Float);
+        let s = self.image_size();
+        let high_multi = low_multi.upsample_bilinear2d([s, s], false, None, None);
+        let (low, high, token) = if multimask {
+            let best = out.iou.argmax(-1, false).int64_value(&[0]);
+            (low_multi.narrow(1, best, 1), high_multi.narrow(1, best, 1), out.sam_tokens.select(1, best))
+        } else {
+            (low_multi.shallow_clone(), high_multi, out.sam_tokens.select(1, 0))
+        };
+        let obj_ptr = self.obj_ptr_proj.forward(&token);
+        // `fixed_no_obj_ptr` with a hard λ.
+        let lambda = appearing.to_kind(obj_ptr.kind());
+        let obj_ptr = &lambda * obj_ptr + (lambda.ones_like() - &lambda) * &self.no_obj_ptr;
+        SamOutput {
+            low_res_masks: low,
+            high_res_masks: high,
+            low_res_multimasks: low_multi,
+            ious: out.iou,
+            obj_ptr,
+            object_score_logits: out.object_score_logits,
+        }
+    }
+
+    /// `_prepare_memory_conditioned_features` once the predictor has chosen the memories.
+    /// `None` memories = an initial conditioning frame: features + `no_mem_embed`.
+    pub fn condition_on_memory(&self, feats: &FrameFeatures, memories: Option<(&[SpatialMemory], &[PointerMemory], usize)>) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let (b, c, h, w) = feats.feat.size4().unwrap();
+        let curr = feats.feat.flatten(2, -1).permute([2, 0, 1]);
+        let Some((spatial, ptrs, num_frames)) = memories else {
+            return (curr + &self.no_mem_embed).permute([1, 2, 0]).reshape([b, c, h, w]);
+        };
+        let curr_pos = feats.pos.flatten(2, -1).permute([2, 0, 1]);
+        let mem_pos_base = self.memory_encoder.pos().flatten(2, -1).permute([2, 0, 1]);
+        let mut mem = Vec::new();
+        let mut mem_pos = Vec::new();
+        for m in spatial {
+            mem.push(m.features.to_device(self.device).to_kind(self.kind()).flatten(2, -1).permute([2, 0, 1]));
+            mem_pos.push(&mem_pos_base + self.maskmem_tpos_enc.get(m.tpos_index as i64));
+        }
+        let mut num_ptr_tokens = 0;
+        if !ptrs.is_empty() {
+            let max_ptrs = num_frames.min(MAX_OBJ_PTRS) as f64;
+            let obj_ptrs = Tensor::stack(&ptrs.iter().map(|p| p.ptr.shallow_clone()).collect::<Vec<_>>(), 0); // [P,1,256]
+            let n = ptrs.len() as i64;
+            let obj_pos = match &self.obj_ptr_tpos_proj {
+                Some(proj) => {
+                    let pos: Vec<i64> = ptrs.iter().map(|p| p.pos).collect();
+                    let pos = Tensor::from_slice(&pos).to_device(self.device).to_kind(Kind::Float) / (max_ptrs - 1.0);
+                    let pe = sine_1d(&pos, 256).to_kind(self.kind());
+                    proj.forward(&pe).unsqueeze(1).expand([n, b, 64], false)
+                }
+                None => Tensor::zeros([n, b, 64], (self.kind(), self.device)),
+            };
+            // Each 256-d pointer becomes four 64-d tokens.
+            let obj_ptrs = obj_ptrs.reshape([-1, b, 4, 64]).permute([0, 2, 1, 3]).flatten(0, 1);
+            let obj_pos = obj_pos.repeat_interleave_self_int(4, 0, None);
+            num_ptr_tokens = obj_ptrs.size()[0];
+            mem.push(obj_ptrs);
+            mem_pos.push(obj_pos);
+        }
+        let memory = Tensor::cat(&mem, 0);
+        let memory_pos = Tensor::cat(&mem_pos, 0);
+        let out = self.memory_attention.forward(&curr, &curr_pos, &memory, &memory_pos, num_ptr_tokens);
+        out.permute([1, 2, 0]).reshape([b, c, h, w])
+    }
+
+    /// `_encode_new_memory`: the memory of one object on one frame, rounded through
+    /// bf16 as the reference stores it.
+    pub fn encode_new_memory(&self, feats: &FrameFeatures, high_res_masks: &Tensor, object_score_logits: &Tensor, is_mask_from_pts: bool) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let m = high_res_masks.to_kind(self.kind());
+        let mask_for_mem = if is_mask_from_pts { m.gt(0.0).to_kind(self.kind()) } else { m.sigmoid() };
+        let mask_for_mem = mask_for_mem * 20.0 - 10.0;
+        let mut features = self.memory_encoder.forward(&feats.feat, &mask_for_mem);
+        if let Some(emb) = &self.no_obj_embed_spatial {
+            let appearing = object_score_logits.gt(0.0).to_kind(self.kind());
+            let add = (appearing.ones_like() - &appearing).unsqueeze(-1).unsqueeze(-1) * emb.unsqueeze(-1).unsqueeze(-1).expand_as(&features);
+            features = features + add;
+        }
+        features.to_kind(Kind::BFloat16)
     }
 }

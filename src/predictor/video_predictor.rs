@@ -1,19 +1,29 @@
-//! The video session (`sam2_video_predictor.py`, per-object predictor of sam2 1.1.0).
-//! INTERFACE ONLY for now — the implementation lands with the video engine.
+//! The video session (`sam2_video_predictor.py`, the per-object predictor of sam2 1.1.0):
+//! per-object prompt and output dictionaries with the reference's meaning, one journal op
+//! at a time. Frames stream from the media layer; only the frames being worked on are
+//! encoded, and the memory bank keeps what SAM 2 can still attend to in RAM (the rest
+//! lives on disk, see `memory_bank`).
+use super::memory_bank::{Entry, MemoryBank, Slot};
+use crate::media::prefetch::Prefetcher;
 use crate::media::FrameSource;
+use crate::model::postprocess::fill_holes;
+use crate::model::sam2_base::{FrameFeatures, PointInputs, PointerMemory, SpatialMemory, MAX_OBJ_PTRS, NO_OBJ_SCORE, NUM_MASKMEM};
 use crate::model::Sam2Base;
-use crate::session::{ObjectId, Op};
+use crate::session::{ObjectId, Op, Point};
 use crate::supervisor::events::StageTimings;
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
 
 /// One object's result on one frame.
 pub struct ObjectOutput {
     pub object: ObjectId,
     /// Logits at video resolution, `[H, W]` float32 on the CPU (threshold at 0).
-    pub logits: tch::Tensor,
-    /// Object score logit (> 0: present).
+    pub logits: Tensor,
+    /// Object score logit (> 0: present); NO_OBJ_SCORE when the object has no output here.
     pub score: f32,
 }
 
@@ -33,40 +43,438 @@ pub struct VideoOptions {
     pub bank_dir: Option<PathBuf>,
 }
 
+/// The prompts of one object on one frame as the user gave them (video pixels) and as
+/// the model takes them (model-input pixels, box corners first).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Prompt {
+    pub points: Vec<Point>,
+    pub bbox: Option<[f32; 4]>,
+}
+
+struct ObjectState {
+    id: ObjectId,
+    prompts: BTreeMap<usize, Prompt>,
+}
+
 pub struct VideoPredictor {
-    _frames: Box<dyn FrameSource>,
-    _model: Rc<Sam2Base>,
+    model: Rc<Sam2Base>,
+    frames: Prefetcher,
+    size: (u32, u32),
+    num_frames: usize,
+    opts: VideoOptions,
+    objects: Vec<ObjectState>,
+    bank: MemoryBank,
+    /// The most recently encoded frames (the reference keeps one; a prefetched frame
+    /// under the cursor is the second).
+    features: Vec<(usize, Rc<FrameFeatures>)>,
+    timings: StageTimings,
+}
+
+/// Which dictionary of the reference an output lives in.
+fn slot(is_cond: bool, temp: bool) -> Slot {
+    match (is_cond, temp) {
+        (true, false) => Slot::Cond,
+        (false, false) => Slot::NonCond,
+        (true, true) => Slot::TempCond,
+        (false, true) => Slot::TempNonCond,
+    }
 }
 
 impl VideoPredictor {
-    pub fn new(model: Rc<Sam2Base>, frames: Box<dyn FrameSource>, _opts: VideoOptions) -> anyhow::Result<Self> {
-        Ok(VideoPredictor { _frames: frames, _model: model })
+    pub fn new(model: Rc<Sam2Base>, frames: Box<dyn FrameSource>, opts: VideoOptions) -> anyhow::Result<Self> {
+        let size = frames.size();
+        let num_frames = frames.len();
+        anyhow::ensure!(num_frames > 0, "the video has no frames");
+        let frames = Prefetcher::new(frames, model.image_size() as u32);
+        let bank = MemoryBank::open(opts.bank_dir.clone(), model.device)?;
+        Ok(VideoPredictor { model, frames, size, num_frames, opts, objects: vec![], bank, features: vec![], timings: StageTimings::default() })
     }
 
     /// (width, height) of the video.
     pub fn video_size(&self) -> (u32, u32) {
-        self._frames.size()
+        self.size
     }
 
     pub fn num_frames(&self) -> usize {
-        self._frames.len()
+        self.num_frames
     }
 
-    /// Rebuilds the state that `ops` (already executed by an earlier worker on the same
-    /// bank_dir) produced, from the bank on disk and the ops' prompts — no model compute.
-    pub fn restore(&mut self, _ops: &[Op]) -> anyhow::Result<()> {
-        anyhow::bail!("video predictor not implemented yet")
+    pub fn model(&self) -> &Sam2Base {
+        &self.model
+    }
+
+    /// The object ids in the reference's order (order of first prompt).
+    pub fn object_ids(&self) -> Vec<ObjectId> {
+        self.objects.iter().map(|o| o.id).collect()
+    }
+
+    /// Rebuilds the state that an earlier worker left in the same bank directory (its
+    /// objects, prompts and every output it finished), with no model compute.
+    /// `ops` are the journal ops that worker completed; they must agree with the bank.
+    pub fn restore(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+        let saved: Vec<(ObjectId, BTreeMap<usize, Prompt>)> = self.bank.load_state()?;
+        let prompted: usize = ops.iter().filter(|o| matches!(o, Op::AddPrompt { .. })).count();
+        anyhow::ensure!(
+            !(saved.is_empty() && prompted > 0 && !ops.iter().any(|o| matches!(o, Op::Reset))),
+            "memory bank is empty but {prompted} prompt(s) were completed: cannot restore"
+        );
+        self.objects = saved.into_iter().map(|(id, prompts)| ObjectState { id, prompts }).collect();
+        Ok(())
     }
 
     /// Runs one journal op. add_prompt / clear_frame emit that frame's masks (all objects);
     /// remove_object emits the refreshed frames; propagate emits every frame it tracks and
     /// stops early when `on_frame` returns `Break` (cancel).
-    pub fn apply(&mut self, _op: &Op, _on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
-        anyhow::bail!("video predictor not implemented yet")
+    pub fn apply(&mut self, op: &Op, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
+        let _g = tch::no_grad_guard();
+        op.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let result = match op {
+            Op::AddPrompt { frame, object, points, bbox } => {
+                let out = self.add_prompt(*frame, *object, points, *bbox)?;
+                let _ = on_frame(out);
+                Ok(())
+            }
+            Op::Propagate { start, reverse, max_frames } => self.propagate(*start, *reverse, *max_frames, on_frame),
+            Op::ClearFrame { frame, object } => {
+                self.check_frame(*frame)?;
+                if let Some(idx) = self.obj_idx(*object) {
+                    self.clear_frame(idx, *frame)?;
+                    let out = self.frame_output(*frame, self.any_temp_cond(*frame))?;
+                    let _ = on_frame(out);
+                }
+                Ok(())
+            }
+            Op::RemoveObject { object } => {
+                for out in self.remove_object(*object)? {
+                    let _ = on_frame(out);
+                }
+                Ok(())
+            }
+            Op::Reset => {
+                self.reset()?;
+                Ok(())
+            }
+        };
+        self.save_state()?;
+        result
     }
 
     /// Encodes `frame` ahead of time so a click there only runs the decoder.
-    pub fn prefetch(&mut self, _frame: usize) -> anyhow::Result<()> {
+    pub fn prefetch(&mut self, frame: usize) -> anyhow::Result<()> {
+        let _g = tch::no_grad_guard();
+        self.check_frame(frame)?;
+        self.features_of(frame).map(|_| ())
+    }
+
+    fn save_state(&mut self) -> anyhow::Result<()> {
+        let state: Vec<(ObjectId, BTreeMap<usize, Prompt>)> = self.objects.iter().map(|o| (o.id, o.prompts.clone())).collect();
+        self.bank.save_state(&state)
+    }
+
+    fn check_frame(&self, frame: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(frame < self.num_frames, "frame {frame} out of range (the video has {} frames)", self.num_frames);
         Ok(())
     }
+
+    fn obj_idx(&self, id: ObjectId) -> Option<usize> {
+        self.objects.iter().position(|o| o.id == id)
+    }
+
+    fn features_of(&mut self, frame: usize) -> anyhow::Result<Rc<FrameFeatures>> {
+        if let Some((_, f)) = self.features.iter().find(|(i, _)| *i == frame) {
+            return Ok(f.clone());
+        }
+        let t = Instant::now();
+        let decoded = self.frames.get(frame)?;
+        self.timings.decode_ms += ms(t);
+        let t = Instant::now();
+        let feats = Rc::new(self.model.forward_image(&decoded.input));
+        self.sync();
+        self.timings.image_encoder_ms += ms(t);
+        self.features.insert(0, (frame, feats.clone()));
+        self.features.truncate(2);
+        Ok(feats)
+    }
+
+    fn sync(&self) {
+        if let Device::Cuda(i) = self.model.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// Video-pixel prompts → model-input pixels, box corners (labels 2, 3) first.
+    fn point_inputs(&self, prompt: &Prompt) -> PointInputs {
+        let mut xy: Vec<f32> = Vec::new();
+        let mut labels: Vec<i32> = Vec::new();
+        if let Some(b) = prompt.bbox {
+            xy.extend_from_slice(&b);
+            labels.extend_from_slice(&[2, 3]);
+        }
+        for p in &prompt.points {
+            xy.extend_from_slice(&[p.x, p.y]);
+            labels.push(p.label);
+        }
+        let n = labels.len() as i64;
+        let (w, h) = self.size;
+        // As the reference: / [W, H] in fp32, then × image_size.
+        let scale = Tensor::from_slice(&[w as i64, h as i64]);
+        let coords = (Tensor::from_slice(&xy).reshape([1, n, 2]) / scale) * self.model.image_size();
+        PointInputs { coords: coords.to_kind(Kind::Float), labels: Tensor::from_slice(&labels).reshape([1, n]) }
+    }
+
+    fn add_prompt(&mut self, frame: usize, id: ObjectId, points: &[Point], bbox: Option<[f32; 4]>) -> anyhow::Result<FrameOutput> {
+        self.check_frame(frame)?;
+        self.timings = StageTimings::default();
+        let t0 = Instant::now();
+        let idx = match self.obj_idx(id) {
+            Some(i) => i,
+            None => {
+                self.objects.push(ObjectState { id, prompts: BTreeMap::new() });
+                self.objects.len() - 1
+            }
+        };
+        let prompt = Prompt { points: points.to_vec(), bbox };
+        // clear_old_points=True: the new prompt replaces this frame's earlier one.
+        self.objects[idx].prompts.insert(frame, prompt.clone());
+        let tracked = self.bank.tracked(id, frame);
+        let is_init_cond = tracked.is_none();
+        let reverse = tracked.unwrap_or(false);
+        let storage = slot(is_init_cond, false);
+        let temp = slot(is_init_cond, true);
+        // A click on a frame that already has a mask feeds that mask back as the prompt.
+        let prev = [temp, Slot::Cond, Slot::NonCond]
+            .iter()
+            .find_map(|s| self.bank.get(id, *s, frame))
+            .map(|e| e.pred_masks.to_device(self.model.device).clamp(-32.0, 32.0));
+        let inputs = self.point_inputs(&prompt);
+        let entry = self.run_single_frame(idx, frame, is_init_cond, Some(&inputs), reverse, false, prev.as_ref())?;
+        let _ = storage;
+        self.bank.put(id, temp, frame, entry, None)?;
+        let mut out = self.frame_output(frame, is_init_cond)?;
+        self.timings.total_ms = ms(t0);
+        out.timings = self.timings;
+        Ok(out)
+    }
+
+    /// `_run_single_frame_inference` + `track_step` for one object.
+    #[allow(clippy::too_many_arguments)]
+    fn run_single_frame(&mut self, idx: usize, frame: usize, is_init_cond: bool, points: Option<&PointInputs>, reverse: bool, run_mem_encoder: bool, prev_logits: Option<&Tensor>) -> anyhow::Result<Entry> {
+        let feats = self.features_of(frame)?;
+        let id = self.objects[idx].id;
+        let t = Instant::now();
+        let pix = if is_init_cond {
+            self.model.condition_on_memory(&feats, None)
+        } else {
+            self.condition(id, frame, &feats, reverse)?
+        };
+        self.sync();
+        self.timings.memory_attention_ms += ms(t);
+        let t = Instant::now();
+        let num_pts = points.map_or(0, |p| p.labels.size()[1]);
+        // `_use_multimask`: tracking frames and single clicks get three candidates.
+        let multimask = num_pts <= 1;
+        let sam = self.model.forward_sam_heads(&pix, points, prev_logits, &feats.high_res, multimask);
+        self.sync();
+        self.timings.mask_decoder_ms += ms(t);
+        let maskmem = if run_mem_encoder {
+            let t = Instant::now();
+            let m = self.model.encode_new_memory(&feats, &sam.high_res_masks, &sam.object_score_logits, points.is_some());
+            self.sync();
+            self.timings.memory_encoder_ms += ms(t);
+            Some(m)
+        } else {
+            None
+        };
+        let pred_masks = if self.opts.fill_holes { fill_holes(&sam.low_res_masks, 8) } else { sam.low_res_masks };
+        Ok(Entry { maskmem, pred_masks, obj_ptr: sam.obj_ptr, score: sam.object_score_logits })
+    }
+
+    /// Chooses the memories of a non-initial frame exactly as
+    /// `_prepare_memory_conditioned_features` does, and runs memory attention.
+    fn condition(&mut self, id: ObjectId, frame: usize, feats: &FrameFeatures, reverse: bool) -> anyhow::Result<Tensor> {
+        let cond = self.bank.cond_frames(id);
+        anyhow::ensure!(!cond.is_empty(), "object {id} has no conditioning frame");
+        let mut spatial_entries: Vec<(usize, Rc<Entry>)> = Vec::new();
+        for &t in &cond {
+            spatial_entries.push((NUM_MASKMEM - 1, self.bank.get(id, Slot::Cond, t).unwrap()));
+        }
+        for t_pos in 1..NUM_MASKMEM {
+            let t_rel = NUM_MASKMEM - t_pos;
+            let prev = if reverse { frame as i64 + t_rel as i64 } else { frame as i64 - t_rel as i64 };
+            if prev < 0 {
+                continue;
+            }
+            if let Some(e) = self.bank.get(id, Slot::NonCond, prev as usize) {
+                spatial_entries.push((NUM_MASKMEM - t_pos - 1, e));
+            }
+        }
+        let v21 = self.model.config.is_v2_1();
+        let max_ptrs = self.num_frames.min(MAX_OBJ_PTRS);
+        let mut ptr_entries: Vec<(i64, Rc<Entry>)> = Vec::new();
+        for &t in &cond {
+            let in_past = if reverse { t >= frame } else { t <= frame };
+            if in_past {
+                let d = frame as i64 - t as i64;
+                let pos = if v21 { d * if reverse { -1 } else { 1 } } else { d.abs() };
+                ptr_entries.push((pos, self.bank.get(id, Slot::Cond, t).unwrap()));
+            }
+        }
+        for t_diff in 1..max_ptrs {
+            let t = if reverse { frame as i64 + t_diff as i64 } else { frame as i64 - t_diff as i64 };
+            if t < 0 || t >= self.num_frames as i64 {
+                break;
+            }
+            if let Some(e) = self.bank.get(id, Slot::NonCond, t as usize) {
+                ptr_entries.push((t_diff as i64, e));
+            }
+        }
+        let spatial: Vec<SpatialMemory> = spatial_entries
+            .iter()
+            .filter_map(|(i, e)| e.maskmem.as_ref().map(|m| SpatialMemory { features: m, tpos_index: *i }))
+            .collect();
+        let ptrs: Vec<PointerMemory> = ptr_entries.iter().map(|(pos, e)| PointerMemory { ptr: &e.obj_ptr, pos: *pos }).collect();
+        Ok(self.model.condition_on_memory(feats, Some((&spatial, &ptrs, self.num_frames))))
+    }
+
+    /// The masks of every object on `frame` at video resolution, each from (in order)
+    /// its temp output of the given kind, its conditioning output, its tracking output;
+    /// −1024 where it has none (`_consolidate_temp_output_across_obj`).
+    fn frame_output(&mut self, frame: usize, is_cond: bool) -> anyhow::Result<FrameOutput> {
+        let temp = slot(is_cond, true);
+        let mut objects = Vec::with_capacity(self.objects.len());
+        let ids = self.object_ids();
+        let e = self.model.image_size() / 4;
+        for id in ids {
+            let entry = [temp, Slot::Cond, Slot::NonCond].iter().find_map(|s| self.bank.get(id, *s, frame));
+            let (low, score) = match entry {
+                Some(en) => (en.pred_masks.shallow_clone(), en.score.to_kind(Kind::Float).double_value(&[0, 0]) as f32),
+                None => (Tensor::full([1, 1, e, e], NO_OBJ_SCORE, (Kind::Float, Device::Cpu)), NO_OBJ_SCORE as f32),
+            };
+            objects.push(ObjectOutput { object: id, logits: self.to_video_res(&low), score });
+        }
+        Ok(FrameOutput { frame, objects, timings: self.timings })
+    }
+
+    fn to_video_res(&self, low: &Tensor) -> Tensor {
+        let (w, h) = self.size;
+        low.to_kind(Kind::Float).upsample_bilinear2d([h as i64, w as i64], false, None, None).to_device(Device::Cpu).reshape([h as i64, w as i64])
+    }
+
+    fn any_temp_cond(&self, frame: usize) -> bool {
+        self.objects.iter().any(|o| self.bank.contains(o.id, Slot::TempCond, frame))
+    }
+
+    /// `propagate_in_video_preflight`: memories for the prompted frames, temp outputs
+    /// committed.
+    fn preflight(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.objects.is_empty(), "no prompts yet: add points or a box first");
+        let ids = self.object_ids();
+        for (idx, &id) in ids.iter().enumerate() {
+            for is_cond in [false, true] {
+                let temp = slot(is_cond, true);
+                for frame in self.bank.frames(id, temp) {
+                    let entry = self.bank.take(id, temp, frame)?.unwrap();
+                    let entry = if entry.maskmem.is_none() {
+                        let feats = self.features_of(frame)?;
+                        let s = self.model.image_size();
+                        let high = entry.pred_masks.to_device(self.model.device).upsample_bilinear2d([s, s], false, None, None);
+                        let t = Instant::now();
+                        let m = self.model.encode_new_memory(&feats, &high, &entry.score, true);
+                        self.timings.memory_encoder_ms += ms(t);
+                        Entry { maskmem: Some(m), ..entry }
+                    } else {
+                        entry
+                    };
+                    let tracked = self.bank.tracked(id, frame);
+                    self.bank.put(id, slot(is_cond, false), frame, entry, tracked)?;
+                }
+            }
+            anyhow::ensure!(!self.bank.cond_frames(id).is_empty(), "no prompts for object id {id}: add points or a box first");
+            for frame in self.bank.cond_frames(id) {
+                self.bank.take(id, Slot::NonCond, frame)?;
+            }
+            let _ = idx;
+        }
+        Ok(())
+    }
+
+    fn propagate(&mut self, start: Option<usize>, reverse: bool, max_frames: Option<usize>, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
+        self.preflight()?;
+        self.save_state()?;
+        let ids = self.object_ids();
+        let start = match start {
+            Some(s) => {
+                self.check_frame(s)?;
+                s
+            }
+            None => ids.iter().flat_map(|&id| self.bank.cond_frames(id)).min().unwrap(),
+        };
+        let max = max_frames.unwrap_or(self.num_frames);
+        let order: Vec<usize> = if reverse {
+            let end = start.saturating_sub(max);
+            if start > 0 { (end..=start).rev().collect() } else { vec![] }
+        } else {
+            let end = (start + max).min(self.num_frames - 1);
+            (start..=end).collect()
+        };
+        for (k, &frame) in order.iter().enumerate() {
+            self.timings = StageTimings::default();
+            self.frames.hint(order[k + 1..].iter().copied().take(crate::media::prefetch::DEPTH));
+            let t0 = Instant::now();
+            for (idx, &id) in ids.iter().enumerate() {
+                if !self.bank.contains(id, Slot::Cond, frame) {
+                    let entry = self.run_single_frame(idx, frame, false, None, reverse, true, None)?;
+                    self.bank.put(id, Slot::NonCond, frame, entry, Some(reverse))?;
+                } else {
+                    self.bank.mark_tracked(id, frame, reverse)?;
+                }
+            }
+            self.bank.advance(frame, reverse);
+            let mut out = self.frame_output(frame, false)?;
+            self.timings.total_ms = ms(t0);
+            out.timings = self.timings;
+            if on_frame(out).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `clear_all_prompts_in_frame` without output.
+    fn clear_frame(&mut self, idx: usize, frame: usize) -> anyhow::Result<()> {
+        let id = self.objects[idx].id;
+        self.objects[idx].prompts.remove(&frame);
+        self.bank.take(id, Slot::TempCond, frame)?;
+        self.bank.take(id, Slot::TempNonCond, frame)?;
+        // A conditioning output becomes an ordinary tracking output, no longer "tracked".
+        if let Some(e) = self.bank.take(id, Slot::Cond, frame)? {
+            self.bank.put(id, Slot::NonCond, frame, e, None)?;
+            self.bank.untrack(id, frame)?;
+        }
+        Ok(())
+    }
+
+    fn remove_object(&mut self, id: ObjectId) -> anyhow::Result<Vec<FrameOutput>> {
+        let Some(idx) = self.obj_idx(id) else { return Ok(vec![]) };
+        if self.objects.len() == 1 {
+            self.reset()?;
+            return Ok(vec![]);
+        }
+        let frames: Vec<usize> = self.objects[idx].prompts.keys().copied().collect();
+        for &f in &frames {
+            self.clear_frame(idx, f)?;
+        }
+        self.objects.remove(idx);
+        self.bank.remove_object(id)?;
+        frames.into_iter().map(|f| self.frame_output(f, self.any_temp_cond(f))).collect()
+    }
+
+    fn reset(&mut self) -> anyhow::Result<()> {
+        self.objects.clear();
+        self.bank.clear()
+    }
+}
+
+fn ms(t: Instant) -> f32 {
+    t.elapsed().as_secs_f32() * 1000.0
 }

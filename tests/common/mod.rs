@@ -51,3 +51,45 @@ pub fn fixture_cache(name: &str) -> PathBuf {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sam2-tui"))
 }
+
+/// A short hash of the fixture generators, so cached reference outputs are remade when
+/// a generator changes.
+pub fn fixtures_version() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().map_or(false, |x| x == "py")).collect();
+    names.sort();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in names {
+        for b in std::fs::read(&p).unwrap() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{:08x}", h as u32)
+}
+
+/// Loads every array of an `.npz` written by the fixture generators.
+pub fn read_npz(path: &Path) -> std::collections::HashMap<String, tch::Tensor> {
+    tch::Tensor::read_npz(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .map(|(k, v)| (k.trim_end_matches(".npy").to_string(), v))
+        .collect()
+}
+
+/// Max absolute difference, and the same relative to the reference's largest magnitude.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
+}
+
+/// Asserts `ours` matches `reference` within `tol` absolute, or `tol` relative to the
+/// reference's largest magnitude where values are large; prints the figure either way.
+pub fn assert_close(what: &str, ours: &tch::Tensor, reference: &tch::Tensor, tol: f64) -> f64 {
+    let ours = ours.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float);
+    let d = max_abs_diff(&ours, reference);
+    let scale = reference.abs().max().double_value(&[]).max(1.0);
+    println!("parity {what}: max abs diff {d:.3e} (reference max |x| {scale:.3})");
+    assert!(d <= tol || d / scale <= tol, "{what}: max abs diff {d:e} exceeds {tol:e} (scale {scale})");
+    d
+}

@@ -1,0 +1,153 @@
+//! The small building blocks every SAM 2 module uses (nn.Linear, nn.LayerNorm,
+//! LayerNorm2d, Conv2d, ConvTranspose2d, the reference's MLP).
+use super::params::P;
+use tch::Tensor;
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(p: P, in_dim: i64, out_dim: i64) -> Self {
+        Linear { weight: p.get("weight", &[out_dim, in_dim]), bias: p.get("bias", &[out_dim]) }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+/// nn.LayerNorm over the last dimension.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    dim: i64,
+}
+
+impl LayerNorm {
+    pub fn new(p: P, dim: i64, eps: f64) -> Self {
+        LayerNorm { weight: p.get("weight", &[dim]), bias: p.get("bias", &[dim]), eps, dim }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// `sam2_utils.LayerNorm2d`: normalises over channels of an NCHW tensor, written out as
+/// the reference does (mean, biased variance, sqrt) so the rounding matches.
+pub struct LayerNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm2d {
+    pub fn new(p: P, channels: i64, eps: f64) -> Self {
+        LayerNorm2d {
+            weight: p.get("weight", &[channels]).view([-1, 1, 1]),
+            bias: p.get("bias", &[channels]).view([-1, 1, 1]),
+            eps,
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let u = x.mean_dim(1, true, None);
+        let d = x - &u;
+        let s = d.square().mean_dim(1, true, None);
+        let x = d / (s + self.eps).sqrt();
+        &self.weight * x + &self.bias
+    }
+}
+
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+}
+
+impl Conv2d {
+    pub fn new(p: P, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, groups: i64) -> Self {
+        Conv2d {
+            weight: p.get("weight", &[cout, cin / groups, k, k]),
+            bias: p.get("bias", &[cout]),
+            stride,
+            padding,
+            groups,
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, Some(&self.bias), [self.stride], [self.padding], [1], self.groups)
+    }
+}
+
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+}
+
+impl ConvTranspose2d {
+    pub fn new(p: P, cin: i64, cout: i64, k: i64, stride: i64) -> Self {
+        ConvTranspose2d { weight: p.get("weight", &[cin, cout, k, k]), bias: p.get("bias", &[cout]), stride }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv_transpose2d(&self.weight, Some(&self.bias), [self.stride], [0], [0], 1, [1])
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    Gelu,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::Gelu => x.gelu("none"),
+        }
+    }
+}
+
+/// `sam2_utils.MLP`: `num_layers` linears, activation between them, optional sigmoid.
+pub struct Mlp {
+    layers: Vec<Linear>,
+    act: Activation,
+    sigmoid_output: bool,
+}
+
+impl Mlp {
+    pub fn new(p: P, input: i64, hidden: i64, output: i64, num_layers: usize, act: Activation, sigmoid_output: bool) -> Self {
+        let layers = (0..num_layers)
+            .map(|i| {
+                let n = if i == 0 { input } else { hidden };
+                let k = if i + 1 == num_layers { output } else { hidden };
+                Linear::new(p.sub(format!("layers.{i}")), n, k)
+            })
+            .collect();
+        Mlp { layers, act, sigmoid_output }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let n = self.layers.len();
+        let mut x = x.shallow_clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x);
+            if i + 1 < n {
+                x = self.act.apply(&x);
+            }
+        }
+        if self.sigmoid_output {
+            x.sigmoid()
+        } else {
+            x
+        }
+    }
+}
+
+/// F.scaled_dot_product_attention with the default scale, no mask, no dropout (eval).
+pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, false)
+}

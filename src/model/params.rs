@@ -1,0 +1,119 @@
+//! Named parameters for the modules, taken out of a checkpoint by their reference names.
+//! Loading is strict like the reference's `load_state_dict(strict=True)`: every module
+//! asks for its tensors with the shape it expects, and whatever the checkpoint holds that
+//! no module asked for is reported as unexpected.
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use tch::{Device, Kind, Tensor};
+
+pub struct Params {
+    tensors: BTreeMap<String, Tensor>,
+    taken: RefCell<BTreeSet<String>>,
+    problems: RefCell<Vec<String>>,
+    device: Device,
+    kind: Kind,
+}
+
+/// A view of `Params` under a key prefix (like candle's VarBuilder `pp`).
+#[derive(Clone, Copy)]
+pub struct P<'a> {
+    params: &'a Params,
+    prefix: &'a str,
+}
+
+impl Params {
+    /// `kind` is the floating dtype the modules compute in.
+    pub fn new(tensors: BTreeMap<String, Tensor>, device: Device, kind: Kind) -> Self {
+        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind }
+    }
+
+    pub fn root(&self) -> P<'_> {
+        P { params: self, prefix: "" }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Fails with every missing key, wrong shape and unexpected key (at most a few named).
+    pub fn finish(self) -> anyhow::Result<()> {
+        let taken = self.taken.into_inner();
+        let mut problems = self.problems.into_inner();
+        let unexpected: Vec<&String> = self.tensors.keys().filter(|k| !taken.contains(*k)).collect();
+        if !unexpected.is_empty() {
+            problems.push(format!(
+                "{} unexpected key(s): {}",
+                unexpected.len(),
+                unexpected.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            let n = problems.len();
+            let shown: Vec<String> = problems.into_iter().take(6).collect();
+            anyhow::bail!("checkpoint does not match the model: {}{}", shown.join("; "), if n > 6 { "; …" } else { "" })
+        }
+    }
+}
+
+impl<'a> P<'a> {
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// A sub-view: `p.sub("blocks.3")`. The prefix string is leaked once per module at
+    /// load time (a few hundred short strings per model), which keeps `P` Copy.
+    pub fn sub(&self, name: impl AsRef<str>) -> P<'a> {
+        let k: &'a str = Box::leak(self.key(name.as_ref()).into_boxed_str());
+        P { params: self.params, prefix: k }
+    }
+
+    /// The tensor `name` with the expected shape, on the model's device and dtype.
+    /// A missing or mis-shaped tensor is recorded (all are reported together by `finish`)
+    /// and a zero tensor stands in so construction can continue.
+    pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
+        self.get_kind(name, shape, self.params.kind)
+    }
+
+    /// Like `get`, but kept in fp32 whatever the compute dtype (buffers used for
+    /// positional encodings, which the reference always computes in fp32).
+    pub fn get_f32(&self, name: &str, shape: &[i64]) -> Tensor {
+        self.get_kind(name, shape, Kind::Float)
+    }
+
+    fn get_kind(&self, name: &str, shape: &[i64], kind: Kind) -> Tensor {
+        let key = self.key(name);
+        let p = self.params;
+        match p.tensors.get(&key) {
+            None => {
+                p.problems.borrow_mut().push(format!("missing key {key}"));
+                Tensor::zeros(shape, (kind, p.device))
+            }
+            Some(t) => {
+                p.taken.borrow_mut().insert(key.clone());
+                if t.size() != shape {
+                    p.problems.borrow_mut().push(format!("{key} has shape {:?}, expected {:?}", t.size(), shape));
+                    return Tensor::zeros(shape, (kind, p.device));
+                }
+                t.to_device(p.device).to_kind(kind).contiguous()
+            }
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.params.tensors.contains_key(&self.key(name))
+    }
+
+    pub fn device(&self) -> Device {
+        self.params.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.params.kind
+    }
+}

@@ -1,0 +1,123 @@
+//! Position encodings (`sam2/modeling/position_encoding.py`): the sine encoding of
+//! feature maps, the random-Fourier encoding of prompts, axial RoPE and the 1-D sine
+//! encoding of object-pointer distances. All are computed in fp32 with the reference's
+//! operation order, once per size, and cached by their owners.
+use super::params::P;
+use std::f64::consts::PI;
+use tch::{Device, Kind, Tensor};
+
+/// `temperature ** (2 * (i // 2) / n)` for i in 0..n, fp32 as the reference computes it.
+fn dim_t(n: i64, temperature: f64, device: Device) -> Tensor {
+    let i = Tensor::arange(n, (Kind::Float, device));
+    let e = i.floor_divide_scalar(2) * 2.0 / n as f64;
+    Tensor::from(temperature).to_kind(Kind::Float).to_device(device).pow(&e)
+}
+
+/// Interleaves sin of even and cos of odd channels: `stack((p[...,0::2].sin(), p[...,1::2].cos()), -1).flatten(-2)`.
+fn interleave_sin_cos(p: &Tensor) -> Tensor {
+    let n = p.size().len() as i64;
+    let last = p.size()[n as usize - 1];
+    let s = p.slice(n - 1, 0, last, 2).sin();
+    let c = p.slice(n - 1, 1, last, 2).cos();
+    Tensor::stack(&[s, c], n).flatten(n - 1, n)
+}
+
+/// `PositionEmbeddingSine(d)(x)` for an `h`×`w` map: `[1, d, h, w]`.
+pub fn sine_2d(d: i64, h: i64, w: i64, device: Device) -> Tensor {
+    let npf = d / 2;
+    let scale = 2.0 * PI;
+    let eps = 1e-6;
+    let y = Tensor::arange_start(1, h + 1, (Kind::Float, device)).view([1, h, 1]).repeat([1, 1, w]);
+    let x = Tensor::arange_start(1, w + 1, (Kind::Float, device)).view([1, 1, w]).repeat([1, h, 1]);
+    let y = &y / (y.narrow(1, h - 1, 1) + eps) * scale;
+    let x = &x / (x.narrow(2, w - 1, 1) + eps) * scale;
+    let dt = dim_t(npf, 10000.0, device);
+    let px = interleave_sin_cos(&(x.unsqueeze(-1) / &dt));
+    let py = interleave_sin_cos(&(y.unsqueeze(-1) / &dt));
+    Tensor::cat(&[py, px], 3).permute([0, 3, 1, 2]).contiguous()
+}
+
+/// `get_1d_sine_pe(pos, dim)`: cat(sin, cos), not interleaved.
+pub fn sine_1d(pos: &Tensor, dim: i64) -> Tensor {
+    let dt = dim_t(dim / 2, 10000.0, pos.device());
+    let pe = pos.unsqueeze(-1) / dt;
+    Tensor::cat(&[pe.sin(), pe.cos()], -1)
+}
+
+/// `PositionEmbeddingRandom`: random Fourier features of normalised coordinates.
+pub struct PositionEmbeddingRandom {
+    gaussian: Tensor,
+}
+
+impl PositionEmbeddingRandom {
+    pub fn new(p: P, num_pos_feats: i64) -> Self {
+        PositionEmbeddingRandom { gaussian: p.get_f32("positional_encoding_gaussian_matrix", &[2, num_pos_feats]) }
+    }
+
+    fn encode(&self, coords: &Tensor) -> Tensor {
+        let c = coords * 2.0 - 1.0;
+        let c = c.matmul(&self.gaussian) * (2.0 * PI);
+        Tensor::cat(&[c.sin(), c.cos()], -1)
+    }
+
+    /// Dense encoding of an `h`×`w` grid: `[C, h, w]`.
+    pub fn grid(&self, h: i64, w: i64) -> Tensor {
+        let dev = self.gaussian.device();
+        let ones = Tensor::ones([h, w], (Kind::Float, dev));
+        let y = (ones.cumsum(0, Kind::Float) - 0.5) / h as f64;
+        let x = (ones.cumsum(1, Kind::Float) - 0.5) / w as f64;
+        self.encode(&Tensor::stack(&[x, y], -1)).permute([2, 0, 1])
+    }
+
+    /// Encoding of points `[B, N, 2]` in pixels of an image of `size`×`size`.
+    pub fn points(&self, coords: &Tensor, size: i64) -> Tensor {
+        self.encode(&(coords.to_kind(Kind::Float) / size as f64))
+    }
+}
+
+/// Axial rotary position tables (`compute_axial_cis`) as real cos/sin pairs, so no
+/// complex dtype is needed on any device (complex `repeat` is unsupported on MPS).
+pub struct Rope {
+    /// `[N, dim/2]` each.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(dim: i64, end_x: i64, end_y: i64, theta: f64, device: Device) -> Self {
+        let q = dim / 4;
+        let freqs = Tensor::arange_start_step(0, dim, 4, (Kind::Int64, Device::Cpu)).narrow(0, 0, q).to_kind(Kind::Float);
+        let freqs = (Tensor::from(theta).to_kind(Kind::Float).pow(&(freqs / dim as f64))).reciprocal();
+        let t = Tensor::arange(end_x * end_y, (Kind::Float, Device::Cpu));
+        let tx = t.fmod(end_x as f64);
+        let ty = t.divide_scalar_mode(end_x as f64, "floor");
+        let fx = tx.outer(&freqs);
+        let fy = ty.outer(&freqs);
+        let angles = Tensor::cat(&[fx, fy], -1);
+        Rope { cos: angles.cos().to_device(device), sin: angles.sin().to_device(device) }
+    }
+
+    /// Number of positions the tables cover.
+    pub fn len(&self) -> i64 {
+        self.cos.size()[0]
+    }
+
+    /// Rotates adjacent channel pairs of `x` `[B, heads, N, dim]`; `N` may be a multiple
+    /// of the table length (memory frames: the tables are tiled, `rope_k_repeat`).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let n = s[2];
+        let reps = n / self.len();
+        let (cos, sin) = if reps == 1 {
+            (self.cos.shallow_clone(), self.sin.shallow_clone())
+        } else {
+            (self.cos.repeat([reps, 1]), self.sin.repeat([reps, 1]))
+        };
+        let xf = x.to_kind(Kind::Float).reshape([s[0], s[1], n, s[3] / 2, 2]);
+        let a = xf.select(4, 0);
+        let b = xf.select(4, 1);
+        let re = &a * &cos - &b * &sin;
+        let im = &a * &sin + &b * &cos;
+        Tensor::stack(&[re, im], 4).flatten(3, 4).to_kind(x.kind())
+    }
+}

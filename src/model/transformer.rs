@@ -1,0 +1,150 @@
+//! `TwoWayTransformer`, `Attention` and `RoPEAttention` (`sam2/modeling/sam/transformer.py`).
+use super::layers::{sdpa, Activation, LayerNorm, Linear, Mlp};
+use super::params::P;
+use super::position_encoding::Rope;
+use tch::Tensor;
+
+/// Attention with an optional down-projection of the embedding (`downsample_rate`) and
+/// keys/values of another width (`kv_in_dim`).
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: i64,
+}
+
+impl Attention {
+    pub fn new(p: P, dim: i64, heads: i64, downsample: i64, kv_in_dim: i64) -> Self {
+        let internal = dim / downsample;
+        Attention {
+            q_proj: Linear::new(p.sub("q_proj"), dim, internal),
+            k_proj: Linear::new(p.sub("k_proj"), kv_in_dim, internal),
+            v_proj: Linear::new(p.sub("v_proj"), kv_in_dim, internal),
+            out_proj: Linear::new(p.sub("out_proj"), internal, dim),
+            heads,
+        }
+    }
+
+    fn separate(&self, x: &Tensor) -> Tensor {
+        let (b, n, c) = x.size3().unwrap();
+        x.reshape([b, n, self.heads, c / self.heads]).transpose(1, 2)
+    }
+
+    fn recombine(x: &Tensor) -> Tensor {
+        let (b, h, n, c) = x.size4().unwrap();
+        x.transpose(1, 2).reshape([b, n, h * c])
+    }
+
+    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let q = self.separate(&self.q_proj.forward(q));
+        let k = self.separate(&self.k_proj.forward(k));
+        let v = self.separate(&self.v_proj.forward(v));
+        self.out_proj.forward(&Self::recombine(&sdpa(&q, &k, &v)))
+    }
+
+    /// Keys and values projected once, for callers that attend to the same memory many
+    /// times (the memory bank: its K/V do not change while the bank is unchanged).
+    pub fn project_kv(&self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        (self.separate(&self.k_proj.forward(k)), self.separate(&self.v_proj.forward(v)))
+    }
+
+    /// RoPE attention (`RoPEAttention.forward`): rotary encoding on q and on the first
+    /// `k.len - num_k_exclude_rope` keys (the object-pointer tokens at the end get none).
+    pub fn forward_rope(&self, q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope, num_k_exclude_rope: i64) -> Tensor {
+        let q = self.separate(&self.q_proj.forward(q));
+        let k = self.separate(&self.k_proj.forward(k));
+        let v = self.separate(&self.v_proj.forward(v));
+        let q = rope.apply(&q);
+        let nk = k.size()[2];
+        let n_rope = nk - num_k_exclude_rope;
+        let k = if num_k_exclude_rope > 0 {
+            Tensor::cat(&[rope.apply(&k.narrow(2, 0, n_rope)), k.narrow(2, n_rope, num_k_exclude_rope)], 2)
+        } else {
+            rope.apply(&k)
+        };
+        self.out_proj.forward(&Self::recombine(&sdpa(&q, &k, &v)))
+    }
+}
+
+struct TwoWayAttentionBlock {
+    self_attn: Attention,
+    norm1: LayerNorm,
+    cross_attn_token_to_image: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    norm3: LayerNorm,
+    norm4: LayerNorm,
+    cross_attn_image_to_token: Attention,
+    skip_first_layer_pe: bool,
+}
+
+impl TwoWayAttentionBlock {
+    fn forward(&self, queries: &Tensor, keys: &Tensor, query_pe: &Tensor, key_pe: &Tensor) -> (Tensor, Tensor) {
+        let queries = if self.skip_first_layer_pe {
+            // No PE and no residual in the very first self-attention.
+            self.self_attn.forward(queries, queries, queries)
+        } else {
+            let q = queries + query_pe;
+            queries + self.self_attn.forward(&q, &q, queries)
+        };
+        let queries = self.norm1.forward(&queries);
+        let q = &queries + query_pe;
+        let k = keys + key_pe;
+        let queries = self.norm2.forward(&(&queries + self.cross_attn_token_to_image.forward(&q, &k, keys)));
+        let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)));
+        let q = &queries + query_pe;
+        let keys = self.norm4.forward(&(keys + self.cross_attn_image_to_token.forward(&k, &q, &queries)));
+        (queries, keys)
+    }
+}
+
+pub struct TwoWayTransformer {
+    layers: Vec<TwoWayAttentionBlock>,
+    final_attn_token_to_image: Attention,
+    norm_final_attn: LayerNorm,
+}
+
+impl TwoWayTransformer {
+    pub fn new(p: P) -> Self {
+        let (d, heads, mlp) = (256, 8, 2048);
+        let layers = (0..2)
+            .map(|i| {
+                let lp = p.sub(format!("layers.{i}"));
+                TwoWayAttentionBlock {
+                    self_attn: Attention::new(lp.sub("self_attn"), d, heads, 1, d),
+                    norm1: LayerNorm::new(lp.sub("norm1"), d, 1e-5),
+                    cross_attn_token_to_image: Attention::new(lp.sub("cross_attn_token_to_image"), d, heads, 2, d),
+                    norm2: LayerNorm::new(lp.sub("norm2"), d, 1e-5),
+                    mlp: Mlp::new(lp.sub("mlp"), d, mlp, d, 2, Activation::Relu, false),
+                    norm3: LayerNorm::new(lp.sub("norm3"), d, 1e-5),
+                    norm4: LayerNorm::new(lp.sub("norm4"), d, 1e-5),
+                    cross_attn_image_to_token: Attention::new(lp.sub("cross_attn_image_to_token"), d, heads, 2, d),
+                    skip_first_layer_pe: i == 0,
+                }
+            })
+            .collect();
+        TwoWayTransformer {
+            layers,
+            final_attn_token_to_image: Attention::new(p.sub("final_attn_token_to_image"), d, heads, 2, d),
+            norm_final_attn: LayerNorm::new(p.sub("norm_final_attn"), d, 1e-5),
+        }
+    }
+
+    /// image `[B,C,H,W]`, image_pe same shape, tokens `[B,N,C]` → (queries, keys `[B,HW,C]`).
+    pub fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> (Tensor, Tensor) {
+        let image = image.flatten(2, -1).permute([0, 2, 1]);
+        let image_pe = image_pe.flatten(2, -1).permute([0, 2, 1]);
+        let mut queries = tokens.shallow_clone();
+        let mut keys = image;
+        for layer in &self.layers {
+            let (q, k) = layer.forward(&queries, &keys, tokens, &image_pe);
+            queries = q;
+            keys = k;
+        }
+        let q = &queries + tokens;
+        let k = &keys + &image_pe;
+        let queries = self.norm_final_attn.forward(&(&queries + self.final_attn_token_to_image.forward(&q, &k, &keys)));
+        (queries, keys)
+    }
+}

@@ -1,0 +1,291 @@
+//! The memory bank of a video session: per object, the reference's four output
+//! dictionaries (conditioning, tracking, and their temporary versions) plus which frames
+//! were tracked in which direction.
+//!
+//! Every output is written through to a directory as it is produced. That does two jobs:
+//! RAM holds only what SAM 2 can still attend to (conditioning and temporary outputs, and
+//! tracking outputs near the current frame — a 10,000-frame video costs what a 100-frame
+//! one does), and a new worker started on the same directory after a crash picks up the
+//! state of the dead one instead of recomputing the video.
+use crate::session::ObjectId;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tch::{Device, Kind, Tensor};
+
+/// One object's output on one frame (`compact_current_out` of the reference).
+pub struct Entry {
+    /// `[1,64,e,e]` bf16, None until the memory encoder ran (temporary outputs).
+    pub maskmem: Option<Tensor>,
+    /// `[1,1,4e,4e]` low-res logits (after hole filling).
+    pub pred_masks: Tensor,
+    /// `[1,256]`.
+    pub obj_ptr: Tensor,
+    /// `[1,1]`.
+    pub score: Tensor,
+}
+
+impl Entry {
+    fn shallow(&self) -> Entry {
+        Entry {
+            maskmem: self.maskmem.as_ref().map(|t| t.shallow_clone()),
+            pred_masks: self.pred_masks.shallow_clone(),
+            obj_ptr: self.obj_ptr.shallow_clone(),
+            score: self.score.shallow_clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    Cond,
+    NonCond,
+    TempCond,
+    TempNonCond,
+}
+
+impl Slot {
+    fn name(self) -> &'static str {
+        match self {
+            Slot::Cond => "cond",
+            Slot::NonCond => "noncond",
+            Slot::TempCond => "tempcond",
+            Slot::TempNonCond => "tempnoncond",
+        }
+    }
+    fn parse(s: &str) -> Option<Slot> {
+        [Slot::Cond, Slot::NonCond, Slot::TempCond, Slot::TempNonCond].into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// Tracking outputs kept in RAM on each side of the current frame: the 6 memory frames
+/// and 15 pointer frames SAM 2 looks back at, plus slack.
+const HOT_WINDOW: usize = 24;
+
+#[derive(Default)]
+struct Record {
+    /// Some(reverse) once the frame was tracked (`frames_tracked_per_obj`).
+    tracked: Option<bool>,
+    /// Loaded entry, if in RAM.
+    entry: RefCell<Option<Rc<Entry>>>,
+}
+
+pub struct MemoryBank {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    index: HashMap<ObjectId, BTreeMap<(Slot, usize), Record>>,
+    device: Device,
+}
+
+const MAGIC: &[u8; 4] = b"S2MB";
+
+impl MemoryBank {
+    /// Opens (or creates) a bank directory; None = a private temporary one.
+    pub fn open(dir: Option<PathBuf>, device: Device) -> anyhow::Result<Self> {
+        let (dir, temp) = match dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::Builder::new().prefix("sam2-tui-bank-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: cannot create memory bank: {e}", dir.display()))?;
+        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device };
+        bank.scan()?;
+        Ok(bank)
+    }
+
+    /// Rebuilds the index from the files (entries load lazily).
+    fn scan(&mut self) -> anyhow::Result<()> {
+        for obj_dir in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = obj_dir.file_name().to_string_lossy().to_string();
+            let Some(id) = name.strip_prefix('o').and_then(|s| s.parse::<ObjectId>().ok()) else { continue };
+            for f in std::fs::read_dir(obj_dir.path())?.flatten() {
+                let fname = f.file_name().to_string_lossy().to_string();
+                let Some(stem) = fname.strip_suffix(".bin") else { continue };
+                let Some((slot, frame)) = stem.split_once('-') else { continue };
+                let (Some(slot), Ok(frame)) = (Slot::parse(slot), frame.parse::<usize>()) else { continue };
+                let tracked = read_header(&f.path())?.0;
+                self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(None) });
+            }
+        }
+        Ok(())
+    }
+
+    fn path(&self, id: ObjectId, slot: Slot, frame: usize) -> PathBuf {
+        self.dir.join(format!("o{id}")).join(format!("{}-{frame:07}.bin", slot.name()))
+    }
+
+    pub fn contains(&self, id: ObjectId, slot: Slot, frame: usize) -> bool {
+        self.index.get(&id).is_some_and(|m| m.contains_key(&(slot, frame)))
+    }
+
+    /// Some(reverse) if the frame was tracked for this object.
+    pub fn tracked(&self, id: ObjectId, frame: usize) -> Option<bool> {
+        let m = self.index.get(&id)?;
+        [Slot::Cond, Slot::NonCond].iter().find_map(|s| m.get(&(*s, frame)).and_then(|r| r.tracked))
+    }
+
+    pub fn get(&self, id: ObjectId, slot: Slot, frame: usize) -> Option<Rc<Entry>> {
+        let rec = self.index.get(&id)?.get(&(slot, frame))?;
+        if let Some(e) = rec.entry.borrow().as_ref() {
+            return Some(e.clone());
+        }
+        let e = Rc::new(read_entry(&self.path(id, slot, frame), self.device).unwrap_or_else(|err| panic!("memory bank: {err:#}")));
+        *rec.entry.borrow_mut() = Some(e.clone());
+        Some(e)
+    }
+
+    pub fn frames(&self, id: ObjectId, slot: Slot) -> Vec<usize> {
+        self.index.get(&id).map(|m| m.keys().filter(|(s, _)| *s == slot).map(|(_, f)| *f).collect()).unwrap_or_default()
+    }
+
+    pub fn cond_frames(&self, id: ObjectId) -> Vec<usize> {
+        self.frames(id, Slot::Cond)
+    }
+
+    /// Stores an entry (replacing any), written through to disk.
+    pub fn put(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+        let path = self.path(id, slot, frame);
+        write_entry(&path, &entry, tracked)?;
+        self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
+        Ok(())
+    }
+
+    pub fn take(&mut self, id: ObjectId, slot: Slot, frame: usize) -> anyhow::Result<Option<Entry>> {
+        if !self.contains(id, slot, frame) {
+            return Ok(None);
+        }
+        let e = self.get(id, slot, frame).map(|e| e.shallow());
+        self.index.get_mut(&id).unwrap().remove(&(slot, frame));
+        let _ = std::fs::remove_file(self.path(id, slot, frame));
+        Ok(e)
+    }
+
+    fn set_tracked(&mut self, id: ObjectId, frame: usize, tracked: Option<bool>) -> anyhow::Result<()> {
+        for slot in [Slot::Cond, Slot::NonCond] {
+            if self.contains(id, slot, frame) {
+                let e = self.get(id, slot, frame).unwrap();
+                write_entry(&self.path(id, slot, frame), &e, tracked)?;
+                self.index.get_mut(&id).unwrap().get_mut(&(slot, frame)).unwrap().tracked = tracked;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mark_tracked(&mut self, id: ObjectId, frame: usize, reverse: bool) -> anyhow::Result<()> {
+        if self.tracked(id, frame) == Some(reverse) {
+            return Ok(());
+        }
+        self.set_tracked(id, frame, Some(reverse))
+    }
+
+    pub fn untrack(&mut self, id: ObjectId, frame: usize) -> anyhow::Result<()> {
+        self.set_tracked(id, frame, None)
+    }
+
+    /// Drops from RAM the tracking outputs SAM 2 can no longer attend to from `frame`
+    /// (they stay on disk for corrections and reverse passes).
+    pub fn advance(&mut self, frame: usize, _reverse: bool) {
+        for m in self.index.values() {
+            for ((slot, f), rec) in m.iter() {
+                if *slot == Slot::NonCond && f.abs_diff(frame) > HOT_WINDOW {
+                    rec.entry.borrow_mut().take();
+                }
+            }
+        }
+    }
+
+    pub fn remove_object(&mut self, id: ObjectId) -> anyhow::Result<()> {
+        self.index.remove(&id);
+        let d = self.dir.join(format!("o{id}"));
+        if d.exists() {
+            std::fs::remove_dir_all(&d)?;
+        }
+        Ok(())
+    }
+
+    pub fn clear(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<ObjectId> = self.index.keys().copied().collect();
+        for id in ids {
+            self.remove_object(id)?;
+        }
+        let _ = std::fs::remove_file(self.dir.join("state.json"));
+        Ok(())
+    }
+
+    /// The objects (in order) and their prompts, saved after every op.
+    pub fn save_state<T: serde::Serialize>(&self, state: &T) -> anyhow::Result<()> {
+        crate::util::atomic_write(&self.dir.join("state.json"), serde_json::to_string(state)?.as_bytes())
+    }
+
+    pub fn load_state<T: serde::de::DeserializeOwned + Default>(&self) -> anyhow::Result<T> {
+        let p = self.dir.join("state.json");
+        if !p.exists() {
+            return Ok(T::default());
+        }
+        let text = std::fs::read_to_string(&p)?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: corrupt memory bank state: {e}", p.display()))
+    }
+}
+
+fn tensor_bytes(t: &Tensor, kind: Kind) -> Vec<u8> {
+    let t = t.to_device(Device::Cpu).to_kind(kind).contiguous();
+    let n = t.numel() * kind.elt_size_in_bytes();
+    let mut v = vec![0u8; n];
+    t.copy_data_u8(&mut v, n);
+    v
+}
+
+fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+    let e4 = e.pred_masks.size()[3];
+    let mut buf = Vec::with_capacity(16 + (e4 * e4 * 4) as usize);
+    buf.extend_from_slice(MAGIC);
+    buf.push(match tracked {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    buf.push(e.maskmem.is_some() as u8);
+    buf.extend_from_slice(&(e4 as u32).to_le_bytes());
+    if let Some(m) = &e.maskmem {
+        buf.extend_from_slice(&tensor_bytes(m, Kind::BFloat16));
+    }
+    buf.extend_from_slice(&tensor_bytes(&e.pred_masks, Kind::Float));
+    buf.extend_from_slice(&tensor_bytes(&e.obj_ptr, Kind::Float));
+    buf.extend_from_slice(&tensor_bytes(&e.score, Kind::Float));
+    crate::util::atomic_write(path, &buf)
+}
+
+fn read_header(path: &Path) -> anyhow::Result<(Option<bool>, bool, i64)> {
+    use std::io::Read;
+    let mut h = [0u8; 10];
+    std::fs::File::open(path)?.read_exact(&mut h).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    anyhow::ensure!(&h[..4] == MAGIC, "{}: not a memory bank entry", path.display());
+    let tracked = match h[4] {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    };
+    Ok((tracked, h[5] == 1, u32::from_le_bytes([h[6], h[7], h[8], h[9]]) as i64))
+}
+
+fn read_entry(path: &Path, device: Device) -> anyhow::Result<Entry> {
+    let (_, has_mem, e4) = read_header(path)?;
+    let bytes = std::fs::read(path)?;
+    let e = e4 / 4;
+    let mut off = 10usize;
+    let mut take = |n: usize, kind: Kind, shape: &[i64]| -> anyhow::Result<Tensor> {
+        let len = n * kind.elt_size_in_bytes();
+        anyhow::ensure!(off + len <= bytes.len(), "{}: truncated memory bank entry", path.display());
+        let t = Tensor::from_data_size(&bytes[off..off + len], shape, kind);
+        off += len;
+        Ok(t.to_device(device))
+    };
+    let maskmem = if has_mem { Some(take((64 * e * e) as usize, Kind::BFloat16, &[1, 64, e, e])?) } else { None };
+    let pred_masks = take((e4 * e4) as usize, Kind::Float, &[1, 1, e4, e4])?;
+    let obj_ptr = take(256, Kind::Float, &[1, 256])?;
+    let score = take(1, Kind::Float, &[1, 1])?;
+    Ok(Entry { maskmem, pred_masks, obj_ptr, score })
+}

@@ -1,0 +1,135 @@
+//! The native image path reproduces the official SAM 2 (sam2==1.1.0) on CPU fp32:
+//! random-init official-format checkpoints, generated images and prompts, every stage
+//! compared with the reference package's outputs.
+mod common;
+
+use sam2_tui::device::Precision;
+use sam2_tui::model::sam2_base::PointInputs;
+use sam2_tui::model::{ModelSize, ModelVersion, Sam2Base, Sam2Config};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+
+struct Fixture {
+    model: Sam2Base,
+    input: Tensor,
+    reference: HashMap<String, Tensor>,
+}
+
+fn fixture(size: ModelSize, version: ModelVersion, image_size: i64, trunk_only: bool) -> Fixture {
+    let _ = tch::set_num_threads(2);
+    let name = format!("image-{size}-{version}-{image_size}{}-{}", if trunk_only { "-trunk" } else { "" }, common::fixtures_version());
+    let dir: PathBuf = common::fixture_cache(&name);
+    if !dir.join("reference.npz").exists() {
+        let mut args = vec![dir.to_str().unwrap().to_string(), size.to_string(), version.to_string(), image_size.to_string()];
+        if trunk_only {
+            args.push("--trunk-only".into());
+        }
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        common::run_fixture("make_image_parity.py", &args);
+    }
+    // Through the production loader: the official zip+pickle format, strict keys.
+    let ckpt = sam2_tui::weights::load(&dir.join("checkpoint.pt")).expect("load checkpoint");
+    let det = sam2_tui::weights::detect(&ckpt).expect("detect");
+    assert_eq!((det.size, det.version), (size, version));
+    let config = Sam2Config::new(size, version).with_image_size(image_size);
+    let model = Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, Precision::Fp32).expect("build model");
+    let input = Tensor::read_npy(dir.join("input.npy")).unwrap();
+    Fixture { model, input, reference: common::read_npz(&dir.join("reference.npz")) }
+}
+
+fn check_trunk(f: &Fixture, label: &str) {
+    let _g = tch::no_grad_guard();
+    let outs = f.model.image_encoder.trunk(&f.input);
+    for (i, t) in outs.iter().enumerate() {
+        common::assert_close(&format!("{label} trunk[{i}]"), t, &f.reference[&format!("trunk_{i}")], TOL);
+    }
+}
+
+fn check_end_to_end(f: &Fixture, label: &str) {
+    let _g = tch::no_grad_guard();
+    let r = &f.reference;
+    let feats = f.model.forward_image(&f.input);
+    common::assert_close(&format!("{label} fpn[0] (conv_s0)"), &feats.high_res[0], &r["fpn_0"], TOL);
+    common::assert_close(&format!("{label} fpn[1] (conv_s1)"), &feats.high_res[1], &r["fpn_1"], TOL);
+    common::assert_close(&format!("{label} fpn[2]"), &feats.feat, &r["fpn_2"], TOL);
+    common::assert_close(&format!("{label} pos[2]"), &feats.pos, &r["pos_2"], TOL);
+    let pix = f.model.condition_on_memory(&feats, None);
+    common::assert_close(&format!("{label} pix_feat"), &pix, &r["pix_feat"], TOL);
+    common::assert_close(&format!("{label} dense_pe"), f.model.prompt_encoder.dense_pe(), &r["dense_pe"], TOL);
+
+    let mut prev: Option<Tensor> = None;
+    for case in ["click", "box_click", "two_clicks_mask"] {
+        let pts = PointInputs { coords: r[&format!("{case}_points")].shallow_clone(), labels: r[&format!("{case}_labels")].to_kind(Kind::Int) };
+        let mask = if case == "two_clicks_mask" { prev.as_ref() } else { None };
+        let (sparse, dense) = f.model.prompt_encoder.forward(&pts.coords, &pts.labels, mask);
+        common::assert_close(&format!("{label} {case} sparse"), &sparse, &r[&format!("{case}_sparse")], TOL);
+        common::assert_close(&format!("{label} {case} dense"), &dense, &r[&format!("{case}_dense")], TOL);
+        let multimask = r[&format!("{case}_multimask")].double_value(&[]) > 0.5;
+        let out = f.model.forward_sam_heads(&pix, Some(&pts), mask, &feats.high_res, multimask);
+        common::assert_close(&format!("{label} {case} low-res logits (all)"), &out.low_res_multimasks, &r[&format!("{case}_low_multi")], TOL);
+        common::assert_close(&format!("{label} {case} iou"), &out.ious, &r[&format!("{case}_ious")], TOL);
+        common::assert_close(&format!("{label} {case} selected logits"), &out.low_res_masks, &r[&format!("{case}_low")], TOL);
+        common::assert_close(&format!("{label} {case} object score"), &out.object_score_logits, &r[&format!("{case}_score")], TOL);
+        common::assert_close(&format!("{label} {case} obj_ptr"), &out.obj_ptr, &r[&format!("{case}_obj_ptr")], TOL);
+        if multimask {
+            let ours = out.ious.argmax(-1, false).int64_value(&[0]);
+            assert_eq!(ours, r[&format!("{case}_best")].double_value(&[0]) as i64, "{label} {case}: selected mask index");
+        }
+        if case == "two_clicks_mask" {
+            let mem = f.model.encode_new_memory(&feats, &out.high_res_masks, &out.object_score_logits, true);
+            common::assert_close(&format!("{label} memory features"), &mem.to_kind(Kind::Float), &r["maskmem_features"], 2e-2);
+            common::assert_close(&format!("{label} memory pos"), f.model.memory_encoder.pos(), &r["maskmem_pos"], TOL);
+        }
+        prev = Some(out.low_res_masks.clamp(-32.0, 32.0));
+    }
+}
+
+#[test]
+fn tiny_2_1_matches_reference_end_to_end_at_1024() {
+    let f = fixture(ModelSize::Tiny, ModelVersion::V2_1, 1024, false);
+    check_trunk(&f, "tiny 2.1");
+    check_end_to_end(&f, "tiny 2.1");
+}
+
+#[test]
+fn tiny_2_0_matches_reference_end_to_end_at_512() {
+    let f = fixture(ModelSize::Tiny, ModelVersion::V2_0, 512, false);
+    check_trunk(&f, "tiny 2.0");
+    check_end_to_end(&f, "tiny 2.0");
+}
+
+#[test]
+fn base_plus_2_1_matches_reference_end_to_end_at_1024() {
+    let f = fixture(ModelSize::BasePlus, ModelVersion::V2_1, 1024, false);
+    check_trunk(&f, "base_plus 2.1");
+    check_end_to_end(&f, "base_plus 2.1");
+}
+
+#[test]
+fn small_2_1_trunk_matches_reference() {
+    let f = fixture(ModelSize::Small, ModelVersion::V2_1, 512, true);
+    check_trunk(&f, "small 2.1");
+}
+
+#[test]
+fn base_plus_2_0_trunk_matches_reference() {
+    let f = fixture(ModelSize::BasePlus, ModelVersion::V2_0, 512, true);
+    check_trunk(&f, "base_plus 2.0");
+}
+
+#[test]
+fn large_2_1_trunk_matches_reference() {
+    let f = fixture(ModelSize::Large, ModelVersion::V2_1, 256, true);
+    check_trunk(&f, "large 2.1");
+}
+
+#[test]
+fn small_2_0_and_large_2_0_trunks_match_reference() {
+    let f = fixture(ModelSize::Small, ModelVersion::V2_0, 256, true);
+    check_trunk(&f, "small 2.0");
+    let f = fixture(ModelSize::Large, ModelVersion::V2_0, 256, true);
+    check_trunk(&f, "large 2.0");
+}
