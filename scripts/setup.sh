@@ -16,7 +16,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # --- system packages -------------------------------------------------------------------
 if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null; then
   pkgs="libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libavfilter-dev
-        libavdevice-dev libswresample-dev clang libclang-dev pkg-config tmux ffmpeg"
+        libavdevice-dev libswresample-dev clang libclang-dev pkg-config tmux ffmpeg libturbojpeg0-dev"
   missing=""
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then
@@ -27,7 +27,7 @@ if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null; then
   fi
 elif [ "$(uname)" = "Darwin" ]; then
   command -v brew >/dev/null || { echo "setup: Homebrew is required on macOS (https://brew.sh)" >&2; exit 1; }
-  for p in ffmpeg pkg-config llvm tmux; do brew list "$p" >/dev/null 2>&1 || brew install "$p"; done
+  for p in ffmpeg pkg-config llvm tmux jpeg-turbo; do brew list "$p" >/dev/null 2>&1 || brew install "$p"; done
 fi
 
 # --- python environment (libtorch comes from the torch wheel) ---------------------------
@@ -44,7 +44,7 @@ if ! "$vpy" -c 'import torch,sys; sys.exit(0 if torch.__version__.startswith("2.
 fi
 if [ "$want_ref" = 1 ] && ! "$vpy" -c 'import sam2, torchvision, scipy' 2>/dev/null; then
   log "installing the reference sam2==1.1.0 (parity tests)"
-  "$vpy" -m pip install -q wheel numpy pillow scipy torch==2.11.0 torchvision==0.26.0
+  "$vpy" -m pip install -q wheel numpy pillow scipy pycocotools torch==2.11.0 torchvision==0.26.0
   SAM2_BUILD_CUDA=0 "$vpy" -m pip install -q --no-build-isolation sam2==1.1.0 torch==2.11.0 torchvision==0.26.0
 fi
 echo "$venv"

@@ -1,6 +1,18 @@
-//! Media: frames in (video files through FFmpeg, frame folders, single images), and the
-//! outputs (RLE, palette PNGs, npy logits, overlay video).
+//! Media: frames in (video files through FFmpeg, frame folders, single images), the
+//! reference's preprocessing, a decode-ahead prefetcher, and the outputs (RLE, palette
+//! PNGs, npy logits, overlay video).
+pub mod blend;
+pub mod image_file;
+pub mod image_frames;
+pub mod npy;
+pub mod outputs;
+pub mod overlay;
+pub mod palette;
+pub mod prefetch;
+pub mod preprocess;
 pub mod rle;
+mod turbojpeg;
+pub mod video;
 
 use std::path::Path;
 
@@ -20,7 +32,25 @@ pub trait FrameSource: Send {
     fn frame(&mut self, index: usize) -> anyhow::Result<image::RgbImage>;
 }
 
-/// Opens a video file, a frame folder or a single image.
-pub fn open(_path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
-    anyhow::bail!("media layer not implemented yet")
+/// Opens a video file, a frame folder or a single image. What it is is decided by the
+/// path: a directory is a frame folder, a `.jpg/.jpeg/.png` file a one-frame video, any
+/// other file goes to FFmpeg.
+pub fn open(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
+    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), io_reason(&e)))?;
+    if meta.is_dir() {
+        return Ok(Box::new(image_frames::FrameFolder::open(path)?));
+    }
+    if image_file::is_image_path(path) {
+        return Ok(Box::new(image_frames::SingleImage::open(path)?));
+    }
+    Ok(Box::new(video::VideoFile::open(path)?))
+}
+
+/// "no such file" rather than "No such file or directory (os error 2)".
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }

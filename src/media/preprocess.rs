@@ -1,0 +1,154 @@
+//! The reference's frame preprocessing, reproduced to the bit: Pillow's bicubic resize on
+//! uint8 (`Image.resize((S, S))`, whose default filter is bicubic), then `/255` in float64,
+//! stored as float32, minus the ImageNet mean and over its std in float32
+//! (`sam2/utils/misc.py`, `_load_img_as_tensor` and `load_video_frames_from_jpg_images`).
+//!
+//! The resize follows Pillow's `libImaging/Resample.c`: separable, horizontal pass first
+//! (over only the rows the vertical pass reads) then vertical; the filter's support widens
+//! by the downscale factor; weights are normalised in double, then turned into 22-bit
+//! fixed point (`PRECISION_BITS = 32 - 8 - 2`); each pass rounds and clips to uint8.
+use image::RgbImage;
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+const BICUBIC_SUPPORT: f64 = 2.0;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Keys's cubic convolution with a = -0.5, as Pillow defines it.
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// Per output pixel: the first input index and the fixed-point weights of its window.
+struct Coefficients {
+    first: Vec<usize>,
+    weights: Vec<Vec<i32>>,
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-image box.
+fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
+    let scale = in_size as f32 as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = BICUBIC_SUPPORT * filterscale;
+    let mut first = Vec::with_capacity(out_size);
+    let mut weights = Vec::with_capacity(out_size);
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C's (int) cast truncates toward zero; both bounds are then clamped.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin);
+        let mut k: Vec<f64> = (0..n).map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+        let ww: f64 = k.iter().sum();
+        if ww != 0.0 {
+            k.iter_mut().for_each(|v| *v /= ww);
+        }
+        let fixed = k
+            .iter()
+            .map(|&v| {
+                let scaled = v * (1u32 << PRECISION_BITS) as f64;
+                if v < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 }
+            })
+            .collect();
+        first.push(xmin);
+        weights.push(fixed);
+    }
+    Coefficients { first, weights }
+}
+
+/// Pillow's `clip8`: drop the fixed-point fraction, clamp to 0..=255.
+#[inline]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
+
+/// Resizes like `PIL.Image.resize((w, h), Image.BICUBIC)` on an RGB image, byte for byte.
+pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    assert!(w > 0 && h > 0, "resize target must be non-empty");
+    let (in_w, in_h) = (img.width() as usize, img.height() as usize);
+    let (out_w, out_h) = (w as usize, h as usize);
+    if (in_w, in_h) == (out_w, out_h) {
+        return img.clone();
+    }
+    let src = img.as_raw();
+    let vert = coefficients(in_h, out_h);
+    // Rows of the source the vertical pass will read.
+    let row_first = vert.first[0];
+    let row_last = vert.first[out_h - 1] + vert.weights[out_h - 1].len();
+
+    // Horizontal pass (skipped when the width is unchanged, as Pillow does).
+    let (mid, mid_w, mid_row0): (std::borrow::Cow<[u8]>, usize, usize) = if out_w != in_w {
+        let horiz = coefficients(in_w, out_w);
+        let rows = row_last - row_first;
+        let mut mid = vec![0u8; rows * out_w * 3];
+        for y in 0..rows {
+            let src_row = &src[(y + row_first) * in_w * 3..(y + row_first + 1) * in_w * 3];
+            let dst_row = &mut mid[y * out_w * 3..(y + 1) * out_w * 3];
+            for xx in 0..out_w {
+                let x0 = horiz.first[xx];
+                let mut acc = [ROUNDING; 3];
+                for (i, &k) in horiz.weights[xx].iter().enumerate() {
+                    let p = &src_row[(x0 + i) * 3..(x0 + i) * 3 + 3];
+                    acc[0] += p[0] as i32 * k;
+                    acc[1] += p[1] as i32 * k;
+                    acc[2] += p[2] as i32 * k;
+                }
+                dst_row[xx * 3] = clip8(acc[0]);
+                dst_row[xx * 3 + 1] = clip8(acc[1]);
+                dst_row[xx * 3 + 2] = clip8(acc[2]);
+            }
+        }
+        (mid.into(), out_w, row_first)
+    } else {
+        (src.as_slice().into(), in_w, 0)
+    };
+
+    if out_h == in_h {
+        // Pillow skips the vertical pass; `mid` then holds every row.
+        return RgbImage::from_raw(w, h, mid.into_owned()).expect("size checked");
+    }
+    let stride = mid_w * 3;
+    let mut out = vec![0u8; out_h * stride];
+    for yy in 0..out_h {
+        let y0 = vert.first[yy] - mid_row0;
+        let ks = &vert.weights[yy];
+        let dst_row = &mut out[yy * stride..(yy + 1) * stride];
+        for x in 0..stride {
+            let mut acc = ROUNDING;
+            for (i, &k) in ks.iter().enumerate() {
+                acc += mid[(y0 + i) * stride + x] as i32 * k;
+            }
+            dst_row[x] = clip8(acc);
+        }
+    }
+    RgbImage::from_raw(w, h, out).expect("size checked")
+}
+
+/// The model input for one frame: `[1, 3, size, size]` float32 on the CPU, normalised as
+/// the reference does it.
+pub fn to_model_input(img: &RgbImage, size: u32) -> tch::Tensor {
+    let resized = resize_bicubic_pillow(img, size, size);
+    let plane = (size * size) as usize;
+    let mut chw = vec![0f32; 3 * plane];
+    for (i, p) in resized.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            // float64 division stored as float32, then float32 arithmetic, in the
+            // reference's order.
+            let v = (p[c] as f64 / 255.0) as f32;
+            chw[c * plane + i] = (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    tch::Tensor::from_slice(&chw).reshape([1, 3, size as i64, size as i64])
+}
