@@ -204,3 +204,53 @@ fn is_contiguous(size: &[i64], stride: &[i64]) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A torch-style archive holding `{"w": tensor}` whose view is (offset, size) on a
+    /// FloatStorage that claims `numel` elements and has `bytes` bytes.
+    fn archive(offset: u8, size: u8, numel: u8, bytes: usize) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'}', b'X', 1, 0, 0, 0, b'w'];
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage");
+        p.extend(b"ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK");
+        p.extend([numel, b't', b'Q', b'K', offset, b'K', size, 0x85, b'K', 1, 0x85, 0x89]);
+        p.extend(b"ccollections\nOrderedDict\n)RtRs.");
+        let mut buf = Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+        z.start_file("archive/data.pkl", opts).unwrap();
+        z.write_all(&p).unwrap();
+        z.start_file("archive/data/0", opts).unwrap();
+        z.write_all(&(0..bytes).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
+        z.finish().unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn a_view_inside_its_storage_is_copied_out() {
+        let bytes = archive(1, 2, 4, 16);
+        let t = TorchZip::open(&bytes).unwrap().tensors().unwrap();
+        let w = &t["w"];
+        assert_eq!(w.size(), [2]);
+        let mut raw = [0u8; 8];
+        w.copy_data_u8(&mut raw, 2);
+        assert_eq!(raw, [4, 5, 6, 7, 8, 9, 10, 11]);
+    }
+
+    #[test]
+    fn a_view_past_the_end_of_its_storage_is_refused() {
+        let bytes = archive(3, 2, 4, 16);
+        let err = format!("{:#}", TorchZip::open(&bytes).unwrap().tensors().unwrap_err());
+        assert!(err.contains("tensor 'w'") && err.contains("needs 5 elements") && err.contains("holds 4"), "{err}");
+    }
+
+    #[test]
+    fn a_storage_shorter_than_its_declared_numel_is_refused() {
+        let bytes = archive(0, 2, 4, 12);
+        let err = format!("{:#}", TorchZip::open(&bytes).unwrap().tensors().unwrap_err());
+        assert!(err.contains("holds 12 bytes") && err.contains("need 16"), "{err}");
+    }
+}
