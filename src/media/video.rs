@@ -5,7 +5,10 @@
 //! each frame's presentation timestamp and whether it starts a keyframe. With that table a
 //! frame index maps to a timestamp, so a backwards (or far forward) read seeks to the
 //! keyframe before the frame and decodes from there. Sequential reads keep the decoder
-//! open and cost one decode each. Only the last frame handed out is kept.
+//! open and cost one decode each. Only the last frame handed out is kept, plus, while
+//! reading backwards, a small window of the frames just before it: a backwards read
+//! decodes from the keyframe anyway, and keeping the last few of those frames turns
+//! reverse propagation from one GOP decode per frame into one per window.
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
@@ -15,6 +18,10 @@ use ffmpeg::{codec, decoder, format, frame, media, software::scaling};
 use image::RgbImage;
 
 use super::FrameSource;
+
+/// Memory for the backwards-read window (frames are also capped at `WINDOW_MAX_FRAMES`).
+const WINDOW_BYTES: usize = 64 << 20;
+const WINDOW_MAX_FRAMES: usize = 32;
 
 /// Frames per second assumed when the container states none.
 const DEFAULT_FPS: f32 = 25.0;
@@ -65,6 +72,9 @@ pub struct VideoFile {
     /// Decoder has been sent end-of-stream.
     draining: bool,
     last: Option<(usize, RgbImage)>,
+    /// Frames decoded on the way to a backwards target, kept for the reads that follow.
+    window: Vec<(usize, RgbImage)>,
+    window_cap: usize,
 }
 
 fn open_stream(path: &Path) -> anyhow::Result<(format::context::Input, usize, decoder::Video)> {
@@ -150,6 +160,8 @@ impl VideoFile {
             next: Some(0),
             draining: false,
             last: None,
+            window: Vec::new(),
+            window_cap: (WINDOW_BYTES / (size.0 as usize * size.1 as usize * 3).max(1)).clamp(1, WINDOW_MAX_FRAMES),
         })
     }
 
@@ -299,13 +311,18 @@ impl VideoFile {
         }
     }
 
-    fn decode_at(&mut self, index: usize) -> anyhow::Result<Option<RgbImage>> {
+    /// Decodes up to frame `index`; frames from `keep_from` up to it go into the window.
+    fn decode_at(&mut self, index: usize, keep_from: Option<usize>) -> anyhow::Result<Option<RgbImage>> {
         self.position_for(index)?;
         while let Some((at, picture)) = self.decode_next()? {
             match at {
                 Some(i) if i == index => return Ok(Some(self.to_rgb(&picture)?)),
                 // A seek that landed past the target: let the caller start over.
                 Some(i) if i > index => return Ok(None),
+                Some(i) if keep_from.is_some_and(|k| i >= k) => {
+                    let img = self.to_rgb(&picture)?;
+                    self.window.push((i, img));
+                }
                 _ => {}
             }
         }
@@ -332,7 +349,15 @@ impl FrameSource for VideoFile {
                 return Ok(img.clone());
             }
         }
-        let img = match self.decode_at(index)? {
+        if let Some(pos) = self.window.iter().position(|(i, _)| *i == index) {
+            let (_, img) = self.window.swap_remove(pos);
+            self.last = Some((index, img.clone()));
+            return Ok(img);
+        }
+        let backward = matches!(self.last, Some((l, _)) if index < l);
+        self.window.clear();
+        let keep_from = backward.then(|| index.saturating_sub(self.window_cap));
+        let img = match self.decode_at(index, keep_from)? {
             Some(img) => img,
             None => {
                 // The timestamp route failed (a container that seeks imprecisely, frames
@@ -340,7 +365,8 @@ impl FrameSource for VideoFile {
                 self.table.pts = None;
                 self.table.keyframes = vec![0];
                 self.reopen()?;
-                self.decode_at(index)?.ok_or_else(|| {
+                self.window.clear();
+                self.decode_at(index, keep_from)?.ok_or_else(|| {
                     anyhow!("{}: frame {index}: the decoder produced no such frame", self.path.display())
                 })?
             }
