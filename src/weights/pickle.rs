@@ -490,7 +490,7 @@ impl<'a> Vm<'a> {
 
 fn set_items(d: &Value, items: Vec<Value>, at: usize) -> Result<()> {
     let Value::Dict(d) = d else { bail!("malformed pickle: SETITEM on a {} at offset {at}", d.type_name()) };
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         bail!("malformed pickle: odd number of dict items at offset {at}")
     }
     let mut d = d.borrow_mut();
