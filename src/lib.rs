@@ -7,4 +7,5 @@ pub mod session;
 pub mod supervisor;
 pub mod util;
 pub mod cli;
+pub mod config;
 pub mod console;

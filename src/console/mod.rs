@@ -1,7 +1,168 @@
-//! The operator console (placeholder until its owner lands it).
-#[derive(clap::Args, Debug, Default)]
-pub struct ConsoleArgs {}
+//! The operator console: a ratatui dashboard over the supervisor.
+//!
+//! * `action`     — everything that can change state; `app` — the state and `update`.
+//! * `keymap`     — keys → actions (remappable; help and hints are generated from it).
+//! * `view`       — pure drawing functions of `&App`.
+//! * `preview`    — frame + masks + marks, encoded for the terminal off the UI thread.
+//! * `event_loop` — terminal/engine/preview events in, effects out, redraws.
+//! * `tui`, `logging`, `engine_link`, `export` — the edges (terminal, log file,
+//!   supervisor, output files).
+pub mod action;
+pub mod app;
+pub mod engine_link;
+pub mod event_loop;
+pub mod export;
+pub mod keymap;
+pub mod logging;
+pub mod preview;
+pub mod testing;
+pub mod tui;
+pub mod view;
 
-pub fn run(_input: Option<std::path::PathBuf>, _args: ConsoleArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the console is not implemented yet")
+use crate::config::{Config, Graphics, Theme};
+use crate::device::DeviceChoice;
+use crate::model::config::ModelSize;
+use crate::session::Journal;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ConsoleArgs {
+    /// Terminal graphics for the preview (auto asks the terminal; halfblocks works everywhere).
+    #[arg(long, value_enum)]
+    pub graphics: Option<Graphics>,
+    /// Wrap image escapes for tmux even when TERM does not say tmux (ssh from inside tmux).
+    #[arg(long)]
+    pub tmux_passthrough: bool,
+    /// Colour theme: dark, light, high-contrast, or a path to a theme file.
+    #[arg(long)]
+    pub theme: Option<String>,
+    /// Model size: tiny, small, base_plus, large.
+    #[arg(long)]
+    pub model: Option<ModelSize>,
+    /// Device: auto, cpu, cuda, mps.
+    #[arg(long)]
+    pub device: Option<DeviceChoice>,
+    /// Checkpoint file (default: the official one for the model, from `weights/`).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Config file (default: $SAM2_TUI_CONFIG, $XDG_CONFIG_HOME/sam2-tui/config.toml, ...).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Session journal: resumed when it exists, and where `s` saves.
+    #[arg(long)]
+    pub session: Option<PathBuf>,
+    /// Where `e` exports masks (default: <video name>_masks/).
+    #[arg(long)]
+    pub export_dir: Option<PathBuf>,
+}
+
+/// The config with the command line's overrides applied.
+pub fn effective_config(args: &ConsoleArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(g) = args.graphics {
+        cfg.console.graphics = g;
+    }
+    if args.tmux_passthrough {
+        cfg.console.tmux_passthrough = Some(true);
+    }
+    if let Some(t) = &args.theme {
+        cfg.console.theme = t.clone();
+    }
+    if let Some(m) = args.model {
+        cfg.engine.model = m;
+    }
+    if let Some(d) = args.device {
+        cfg.engine.device = d;
+    }
+    if let Some(c) = &args.checkpoint {
+        cfg.engine.checkpoint = Some(c.clone());
+    }
+    Ok(cfg)
+}
+
+fn stem(input: Option<&Path>) -> String {
+    input
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sam2-tui".into())
+}
+
+pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
+    let cfg = effective_config(&args)?;
+    let theme = Theme::load(&cfg.console.theme)?;
+    let keymap = keymap::Keymap::from_config(&cfg)?;
+    if let Some(p) = &input {
+        anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
+    }
+    let session_path = args.session.clone().unwrap_or_else(|| PathBuf::from(format!("{}.session.json", stem(input.as_deref()))));
+    let resumed = match &args.session {
+        Some(p) if p.exists() => Some(Journal::load(p)?),
+        _ => None,
+    };
+    let export_dir = args.export_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}_masks", stem(input.as_deref()))));
+    let (_log_guard, log_path) = logging::init(&Config::data_dir(), &cfg.console.log_level)?;
+    tracing::info!(target: "console", "starting console on {:?}", input);
+
+    let mut app = app::App::new(&cfg, theme, keymap, input.clone(), session_path);
+    let initial_ops = resumed.as_ref().map(|j| j.ops.clone()).unwrap_or_default();
+    if let Some(j) = resumed {
+        app.resume(j);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let mut tui = tui::enter(cfg.console.mouse)?;
+        tui::install_panic_hook(cfg.console.mouse, log_path.clone());
+        // The probe must run in the alternate screen and before the event stream starts.
+        let picker = match cfg.console.graphics {
+            Graphics::Halfblocks => ratatui_image::picker::Picker::halfblocks(),
+            _ => ratatui_image::picker::Picker::from_query_stdio().unwrap_or_else(|e| {
+                app.note(crate::supervisor::events::LogLevel::Warn, format!("terminal graphics probe failed ({e}); using halfblocks"));
+                ratatui_image::picker::Picker::halfblocks()
+            }),
+        };
+        let encoder = preview::protocol::Encoder::new(picker, cfg.console.graphics, cfg.console.tmux_passthrough);
+        app.font = encoder.font();
+        app.note(
+            crate::supervisor::events::LogLevel::Info,
+            format!("preview: {:?}{} · log: {}", encoder.protocol_type(), if encoder.tmux { " via tmux" } else { "" }, log_path.display()),
+        );
+        let size = tui.terminal.size()?;
+        app.update(action::Action::Resize { width: size.width, height: size.height });
+
+        let mut source = None;
+        if let Some(p) = input.clone() {
+            match tokio::task::spawn_blocking(move || crate::media::open(&p)).await? {
+                Ok(s) => {
+                    let (w, h) = s.size();
+                    app.update(action::Action::MediaOpened { width: w, height: h, frames: s.len(), fps: s.fps() });
+                    source = Some(s);
+                }
+                Err(e) => app.note(crate::supervisor::events::LogLevel::Error, format!("{e:#}")),
+            }
+        }
+
+        let ckpt = engine_link::checkpoint(&cfg, None);
+        let link = engine_link::options(&cfg, ckpt, input.as_deref(), initial_ops).and_then(engine_link::start);
+        let (commands, events) = match link {
+            Ok(l) => (Some(l.commands), l.events),
+            Err(e) => {
+                app.note(crate::supervisor::events::LogLevel::Error, format!("engine not started: {e:#}"));
+                let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (None, rx)
+            }
+        };
+        let opts = event_loop::LoopOptions {
+            max_redraw_fps: cfg.console.max_redraw_fps,
+            tick: std::time::Duration::from_millis(cfg.console.tick_ms.max(10)),
+            preview: source.map(|s| (s, encoder, cfg.console.preview_fps)),
+            draws: None,
+            synchronized: true,
+            export_dir,
+        };
+        let events_stream = crossterm::event::EventStream::new();
+        let r = event_loop::run(&mut tui.terminal, &mut app, events_stream, events, commands, opts).await;
+        drop(tui);
+        r
+    })
 }

@@ -1,0 +1,71 @@
+//! Memory gauges: MPS current/driver allocated against the recommended maximum with the
+//! high-watermark line, CUDA allocated/reserved against the total, worker RSS on CPU.
+use super::bytes;
+use crate::console::app::App;
+use ratatui::layout::Rect;
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+/// A text gauge `████░░░┃░░` of `width` cells: `used/scale` filled, a mark at `mark/scale`.
+pub fn bar(width: usize, used: u64, scale: u64, mark: Option<u64>) -> String {
+    if width == 0 || scale == 0 {
+        return String::new();
+    }
+    let filled = ((used as f64 / scale as f64) * width as f64).round().clamp(0.0, width as f64) as usize;
+    let mark = mark.map(|m| ((m as f64 / scale as f64) * width as f64).round() as usize).filter(|&m| m < width);
+    (0..width)
+        .map(|i| match (Some(i) == mark, i < filled) {
+            (true, _) => '┃',
+            (false, true) => '█',
+            (false, false) => '░',
+        })
+        .collect()
+}
+
+fn gauge_line<'a>(app: &App, label: &str, used: u64, scale: u64, mark: Option<u64>, width: u16) -> Line<'a> {
+    let t = &app.theme.ui;
+    let pct = if scale > 0 { used as f64 / scale as f64 * 100.0 } else { 0.0 };
+    // nvitop's idea: colour by how full it is.
+    let color = if pct < 80.0 { t.ok } else if pct < 95.0 { t.warn } else { t.error };
+    let text = format!(" {} / {}", bytes(used), bytes(scale));
+    let bar_w = (width as usize).saturating_sub(label.len() + text.chars().count() + 2).min(30);
+    Line::from(vec![
+        Span::raw(format!("{label} ")),
+        Span::styled(bar(bar_w, used, scale, mark), Style::default().fg(color.color())),
+        Span::raw(text),
+    ])
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let dev = app.engine.device.map(|d| d.to_string()).unwrap_or_else(|| "?".into());
+    let block = super::panel(&format!("device: {dev}"), app);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let w = inner.width;
+    let mut lines = vec![];
+    match &app.engine.stats {
+        None => lines.push(Line::from("waiting for the first heartbeat").style(Style::default().fg(app.theme.ui.dim.color()))),
+        Some(s) => {
+            if let Some(m) = &s.mps {
+                // Scale to the hard cap (ratio × recommended max) so the bar ends where
+                // allocation fails; the mark shows the recommended max itself.
+                let ratio = m.high_watermark_ratio.filter(|r| *r > 0.0).unwrap_or(1.0).max(1.0);
+                let cap = (m.recommended_max as f64 * ratio as f64) as u64;
+                lines.push(gauge_line(app, "mps ", m.current_allocated, cap, Some(m.recommended_max), w));
+                lines.push(gauge_line(app, "drv ", m.driver_allocated, cap, Some(m.recommended_max), w));
+                let hw = m.high_watermark_ratio.map(|r| format!("{r}")).unwrap_or_else(|| "default".into());
+                lines.push(Line::from(format!("┃ recommended max · watermark {hw}")).style(Style::default().fg(app.theme.ui.dim.color())));
+            } else if let Some(c) = &s.cuda {
+                lines.push(gauge_line(app, "alloc", c.allocated, c.total, None, w));
+                lines.push(gauge_line(app, "resv ", c.reserved, c.total, None, w));
+                lines.push(Line::from(format!("peak {} · driver used {}", bytes(c.peak_allocated), bytes(c.used))).style(Style::default().fg(app.theme.ui.dim.color())));
+            } else {
+                lines.push(Line::from(format!("worker RSS {}", bytes(s.rss_bytes))));
+                lines.push(Line::from(format!("{} · {} threads", s.device_name, s.threads)).style(Style::default().fg(app.theme.ui.dim.color())));
+            }
+        }
+    }
+    f.render_widget(Paragraph::new(lines), inner);
+}

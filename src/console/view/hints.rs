@@ -1,0 +1,70 @@
+//! The key-hint bar: the keys that matter right now, labelled from the keymap.
+use crate::console::action::Command;
+use crate::console::app::{App, Modal};
+use ratatui::layout::Rect;
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+/// (keys, what) pairs for the current context.
+pub fn hints(app: &App) -> Vec<(String, String)> {
+    let k = |c: Command| app.keymap.label(c);
+    let mut out: Vec<(String, String)> = vec![];
+    let mut add = |c: Command, what: &str| {
+        let keys = k(c);
+        if !keys.is_empty() {
+            out.push((keys, what.to_string()));
+        }
+    };
+    match &app.modal {
+        Modal::Watermark(_) | Modal::ConfirmQuit | Modal::Help => {}
+        Modal::None if app.box_anchor.is_some() => {
+            add(Command::BoxToggle, "finish box");
+            add(Command::Cancel, "cancel box");
+            add(Command::CursorLeft, "move");
+        }
+        Modal::None if app.is_propagating() => {
+            add(Command::Cancel, "cancel propagation");
+            add(Command::Save, "save");
+            add(Command::Help, "help");
+        }
+        Modal::None => {
+            add(Command::Help, "help");
+            add(Command::PointPositive, "+point");
+            add(Command::PointNegative, "−point");
+            add(Command::BoxToggle, "box");
+            add(Command::Undo, "undo");
+            add(Command::NewObject, "new obj");
+            add(Command::PropagateForward, "propagate");
+            add(Command::Save, "save");
+            add(Command::Quit, "quit");
+        }
+    }
+    out
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let t = &app.theme.ui;
+    let line = match &app.modal {
+        Modal::Watermark(buf) => Line::from(vec![
+            Span::styled(" MPS high watermark ratio (0–2, 0 = unlimited): ", Style::default().fg(t.accent.color())),
+            Span::raw(format!("{buf}▏")),
+            Span::styled("  enter ok · esc cancel", Style::default().fg(t.dim.color())),
+        ]),
+        Modal::ConfirmQuit => Line::from(Span::styled(
+            " unsaved changes — s save and quit · y quit without saving · any other key stays",
+            Style::default().fg(t.warn.color()),
+        )),
+        Modal::Help => Line::from(Span::styled(" any key closes the help", Style::default().fg(t.dim.color()))),
+        Modal::None => {
+            let mut spans = vec![Span::raw(" ")];
+            for (keys, what) in hints(app) {
+                spans.push(Span::styled(keys, Style::default().fg(t.accent.color())));
+                spans.push(Span::styled(format!(" {what}  "), Style::default().fg(t.dim.color())));
+            }
+            Line::from(spans)
+        }
+    };
+    f.render_widget(Paragraph::new(line), area);
+}

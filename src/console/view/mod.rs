@@ -1,0 +1,60 @@
+//! The screen, as pure functions of `&App`: nothing here changes state or does I/O, so a
+//! `TestBackend` snapshot shows exactly what a user sees.
+pub mod device;
+pub mod header;
+pub mod help;
+pub mod hints;
+pub mod layout;
+pub mod log;
+pub mod objects;
+pub mod performance;
+pub mod preview;
+pub mod timeline;
+
+use super::app::{App, Modal};
+use ratatui::style::Style;
+use ratatui::widgets::Block;
+use ratatui::Frame;
+
+pub fn draw(f: &mut Frame, app: &App) {
+    let t = &app.theme.ui;
+    f.render_widget(
+        Block::default().style(Style::default().bg(t.background.color()).fg(t.foreground.color())),
+        f.area(),
+    );
+    let a = layout::areas(f.area(), app);
+    header::draw(f, a.header, app);
+    preview::draw(f, a.preview, app);
+    device::draw(f, a.device, app);
+    performance::draw(f, a.performance, app);
+    objects::draw(f, a.objects, app);
+    timeline::draw(f, a.timeline, app);
+    log::draw(f, a.log, app);
+    hints::draw(f, a.hints, app);
+    match &app.modal {
+        Modal::Help => help::draw(f, f.area(), app),
+        Modal::ConfirmQuit => help::draw_confirm_quit(f, f.area(), app),
+        Modal::Watermark(_) | Modal::None => {}
+    }
+}
+
+/// A bordered block in the theme's colours.
+pub fn panel(title: &str, app: &App) -> Block<'static> {
+    let t = &app.theme.ui;
+    Block::bordered()
+        .title(format!(" {title} "))
+        .border_style(Style::default().fg(t.border.color()))
+        .title_style(Style::default().fg(t.accent.color()))
+}
+
+/// "1.2 GiB", "340 MiB".
+pub fn bytes(n: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    const MIB: f64 = 1024.0 * 1024.0;
+    let n = n as f64;
+    if n >= GIB {
+        format!("{:.1} GiB", n / GIB)
+    } else {
+        format!("{:.0} MiB", n / MIB)
+    }
+}

@@ -1,0 +1,112 @@
+//! End to end through a real terminal: the `sam2-tui` binary inside tmux on a synthetic
+//! clip (a frame folder with a moving disc): place points and a box, propagate, kill the
+//! worker with SIGABRT mid-propagation (the supervisor must restart it and finish), export,
+//! save the session, and compare the export with `segment --session` on the same journal.
+//!
+//! Needs the engine, the supervisor and `segment`, and a checkpoint
+//! (`SAM2_TUI_E2E_CHECKPOINT`, default: the official tiny one in weights/).
+mod common;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SESSION: &str = "sam2tui-e2e";
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn screen() -> String {
+    tmux(&["capture-pane", "-p", "-t", SESSION])
+}
+
+fn keys(k: &[&str]) {
+    let mut a = vec!["send-keys", "-t", SESSION];
+    a.extend_from_slice(k);
+    tmux(&a);
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+fn wait_for(what: &str, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let s = screen();
+        if s.contains(what) {
+            return s;
+        }
+        if t0.elapsed() > timeout {
+            panic!("'{what}' did not appear within {timeout:?}; screen:\n{s}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn make_clip(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..24u32 {
+        let img = image::RgbImage::from_fn(320, 240, |x, y| {
+            let (dx, dy) = (x as i32 - (100 + 4 * i) as i32, y as i32 - 120);
+            if dx * dx + dy * dy < 40 * 40 {
+                image::Rgb([230, 60, 40])
+            } else {
+                image::Rgb([30, 90 + (y / 4) as u8, 60])
+            }
+        });
+        img.save(dir.join(format!("{i:05}.jpg"))).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs engine"]
+fn operator_session_in_tmux_survives_an_abort_and_matches_segment() {
+    let dir = common::scratch("console_e2e");
+    let clip = dir.join("clip");
+    make_clip(&clip);
+    let session = dir.join("session.json");
+    let export = dir.join("export");
+    let ckpt = std::env::var("SAM2_TUI_E2E_CHECKPOINT").unwrap_or_else(|_| "weights/sam2.1_hiera_tiny.pt".into());
+    let cmd = format!(
+        "{} {} --graphics halfblocks --device cpu --checkpoint {ckpt} --session {} --export-dir {}; sleep 30",
+        common::bin().display(),
+        clip.display(),
+        session.display(),
+        export.display()
+    );
+    let _ = tmux(&["kill-session", "-t", SESSION]);
+    tmux(&["new-session", "-d", "-s", SESSION, "-x", "140", "-y", "45", &cmd]);
+
+    wait_for("● ready", Duration::from_secs(180));
+    // Cursor starts at the centre (160, 120); the disc is at (100, 120) on frame 0.
+    keys(&["H", "Enter"]); // 50 px left: inside the disc
+    keys(&["l", "l", "l", "l", "l", "l", "l", "x"]); // a negative point outside it
+    keys(&["H", "H", "k", "k", "k", "k", "k", "b", "j", "j", "j", "j", "j", "j", "j", "j", "j", "j", "L", "b"]);
+    keys(&["p"]);
+    let s = wait_for("propagating", Duration::from_secs(60));
+    let pid: u32 = s
+        .split("worker ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no worker pid on screen:\n{s}"));
+    Command::new("kill").args(["-ABRT", &pid.to_string()]).status().unwrap();
+    wait_for("restarting", Duration::from_secs(30));
+    wait_for("propagation finished", Duration::from_secs(600));
+    keys(&["e"]);
+    wait_for("exported to", Duration::from_secs(60));
+    keys(&["s"]);
+    wait_for("saved session", Duration::from_secs(10));
+    keys(&["q"]);
+    let _ = tmux(&["kill-session", "-t", SESSION]);
+
+    let reference = dir.join("segment");
+    let out = Command::new(common::bin())
+        .args(["segment", clip.to_str().unwrap(), "--session", session.to_str().unwrap(), "--device", "cpu"])
+        .args(["--checkpoint", &ckpt, "--out", reference.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("masks.json")).unwrap()).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(reference.join("masks.json")).unwrap()).unwrap();
+    assert_eq!(a["frames"], b["frames"], "the console's export differs from segment's");
+}
