@@ -42,7 +42,7 @@ if ! "$vpy" -c 'import torch,sys; sys.exit(0 if torch.__version__.startswith("2.
   "$vpy" -m pip install -q --upgrade pip wheel setuptools
   "$vpy" -m pip install -q torch==2.11.0 numpy pillow
 fi
-if [ "$want_ref" = 1 ] && ! "$vpy" -c 'import sam2, torchvision, scipy' 2>/dev/null; then
+if [ "$want_ref" = 1 ] && ! "$vpy" -c 'import sam2, torchvision, scipy, pycocotools, safetensors' 2>/dev/null; then
   log "installing the reference sam2==1.1.0 (parity tests)"
   "$vpy" -m pip install -q wheel numpy pillow scipy safetensors pycocotools torch==2.11.0 torchvision==0.26.0
   SAM2_BUILD_CUDA=0 "$vpy" -m pip install -q --no-build-isolation sam2==1.1.0 torch==2.11.0 torchvision==0.26.0

@@ -141,9 +141,9 @@ mod tests {
 
     #[test]
     fn matches_pycocotools_strings() {
-        // pycocotools.mask.encode(np.asfortranarray(m)) for m = [[0,1],[1,1]] -> b'112'
+        // pycocotools.mask.encode(np.asfortranarray(m)) for m = [[0,1],[1,1]] -> b"13"
         let rle = Rle::encode(&[0, 1, 1, 1], 2, 2);
-        assert_eq!(rle.counts, "112");
+        assert_eq!(rle.counts, "13");
         let empty = Rle::encode(&[0; 6], 2, 3);
         assert_eq!(empty.counts, "6");
     }

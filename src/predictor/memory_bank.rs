@@ -234,7 +234,7 @@ fn tensor_bytes(t: &Tensor, kind: Kind) -> Vec<u8> {
     let t = t.to_device(Device::Cpu).to_kind(kind).contiguous();
     let n = t.numel() * kind.elt_size_in_bytes();
     let mut v = vec![0u8; n];
-    t.copy_data_u8(&mut v, n);
+    t.copy_data_u8(&mut v, t.numel());
     v
 }
 
