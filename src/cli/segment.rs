@@ -1,7 +1,239 @@
-//! `sam2-tui segment` (placeholder until its owner lands it).
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+//! `sam2-tui segment`: a video, frame folder or image in, masks out — headless, through
+//! the same supervisor as the console, so an engine crash mid-run costs a restart, not
+//! the run.
+use crate::device::{DeviceChoice, Precision};
+use crate::media::outputs::{OutputWriter, VideoInfo};
+use crate::model::config::{ModelSize, ModelVersion};
+use crate::session::Journal;
+use crate::supervisor::events::{EngineEvent, EngineState, LogLevel};
+use crate::supervisor::{self, SupervisorOptions};
+use anyhow::{anyhow, bail, Context};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("'segment' is not implemented yet")
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("ops").required(true).args(["prompts", "session"])))]
+pub struct Args {
+    /// Video file (anything FFmpeg reads), frame folder, or single image.
+    pub input: PathBuf,
+    /// Output directory (written atomically: complete or not at all).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Short form: objects with points/box on a frame, then one forward propagation.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// A session journal (`{"version":1,"ops":[...]}`), run in order.
+    #[arg(long)]
+    pub session: Option<PathBuf>,
+    /// Checkpoint file (default: the official file for --model in weights/).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[arg(long)]
+    pub model: Option<ModelSize>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
+    /// Also write float32 logits as logits/<object>/<frame:05>.npy.
+    #[arg(long)]
+    pub logits: bool,
+    /// Also write the video with the masks blended in.
+    #[arg(long)]
+    pub overlay: Option<PathBuf>,
+    /// Skip the reference's hole filling of small background holes.
+    #[arg(long)]
+    pub no_postprocess: bool,
+    /// Model input size (1024 for the official models; smaller only for tests).
+    #[arg(long, default_value_t = 1024, hide = true)]
+    pub image_size: i64,
+    /// Where the session journal and memory bank go (default: the data directory).
+    #[arg(long)]
+    pub session_dir: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Everything that can be checked before the engine starts is checked here, so bad
+    // input is one clear line and nothing is written.
+    let source = crate::media::open(&a.input)?;
+    let (width, height) = source.size();
+    let video = VideoInfo { width, height, frames: source.len(), fps: source.fps(), source: a.input.display().to_string() };
+    drop(source);
+    let journal = match (&a.prompts, &a.session) {
+        (Some(p), _) => Journal::load_prompts(p)?,
+        (None, Some(s)) => Journal::load(s)?,
+        _ => bail!("give --prompts FILE or --session FILE"),
+    };
+    for op in &journal.ops {
+        check_op(op, video.frames).map_err(|e| anyhow!("{}: {e}", a.prompts.as_ref().or(a.session.as_ref()).unwrap().display()))?;
+    }
+    let checkpoint = match &a.checkpoint {
+        Some(c) => c.clone(),
+        None => crate::weights::default_checkpoint(a.model.unwrap_or(ModelSize::Tiny), ModelVersion::V2_1),
+    };
+    if !checkpoint.exists() {
+        bail!("{}: checkpoint not found (run `sam2-tui weights download {}` or pass --checkpoint)", checkpoint.display(), a.model.unwrap_or(ModelSize::Tiny));
+    }
+    let det = {
+        let ckpt = crate::weights::load(&checkpoint)?;
+        let det = crate::weights::detect(&ckpt).map_err(|e| anyhow!("{e:#}"))?;
+        crate::weights::check_requested(&det, a.model, None, &checkpoint)?;
+        det
+    };
+    let out = absolute(&a.out)?;
+    let parent = out.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent).map_err(|e| anyhow!("{}: cannot create: {e}", parent.display()))?;
+    let staging = tempfile::Builder::new().prefix(".sam2-tui-segment-").tempdir_in(&parent).with_context(|| format!("{}: cannot write here", parent.display()))?;
+
+    let mut opts = SupervisorOptions::new(checkpoint.clone(), Some(absolute(&a.input)?))?;
+    opts.size = Some(det.size);
+    opts.version = Some(det.version);
+    opts.device = a.device;
+    opts.precision = a.precision;
+    opts.image_size = a.image_size;
+    opts.fill_holes = !a.no_postprocess;
+    opts.initial_ops = journal.ops.clone();
+    if let Some(d) = &a.session_dir {
+        opts.session_dir = d.clone();
+    }
+    if a.logits {
+        opts.set_env("SAM2_TUI_LOGITS_DIR", &staging.path().join("logits").to_string_lossy());
+    }
+    let n_ops = journal.ops.len();
+    let mut sup = supervisor::start(opts)?;
+    let mut restarts = 0u32;
+    let mut frames_done = 0usize;
+    let mut failure: Option<String> = None;
+    let mut finished = 0usize;
+    let progress_to_tty = atty_stderr();
+    while finished < n_ops {
+        let Some(ev) = sup.recv_timeout(Duration::from_millis(200)) else { continue };
+        match ev {
+            EngineEvent::OpFinished { .. } => finished += 1,
+            EngineEvent::OpFailed { index, message } => {
+                failure = Some(format!("op {index} ({}) failed: {message}", op_name(&journal.ops[index])));
+                break;
+            }
+            EngineEvent::Progress { done, total, fps, .. } => {
+                frames_done += 1;
+                let eta = if fps > 0.0 { (total.saturating_sub(done)) as f32 / fps } else { 0.0 };
+                let line = format!("segment: {done}/{total} frames  {fps:.2} FPS  ETA {eta:.0}s");
+                if progress_to_tty {
+                    eprint!("\r{line}   ");
+                } else if done == total || done % 25 == 0 {
+                    eprintln!("{line}");
+                }
+            }
+            EngineEvent::WorkerDied { reason, .. } => {
+                restarts += 1;
+                eprintln!("\nsegment: engine worker died: {reason}; restarting and resuming");
+            }
+            EngineEvent::FellBack { from, to, reason } => eprintln!("\nsegment: fell back from {from} to {to}: {reason}"),
+            EngineEvent::State(EngineState::Stopped) => {
+                failure = Some("the engine stopped: every rung of the fallback ladder failed (see the log)".into());
+                break;
+            }
+            EngineEvent::Log { level: LogLevel::Error, message } => {
+                eprintln!("\nsegment: {message}");
+            }
+            _ => {}
+        }
+    }
+    if progress_to_tty {
+        eprintln!();
+    }
+    let masks = sup.masks.clone();
+    sup.shutdown();
+    if let Some(f) = failure {
+        bail!("{}: {f}", a.input.display());
+    }
+
+    // Outputs: from the supervisor's store of finished masks (latest per frame/object).
+    let label = format!("SAM {} {}", det.version, det.size);
+    let mut writer = OutputWriter::new(staging.path(), video.clone(), &label, false)?;
+    let store = masks.lock().unwrap_or_else(|p| p.into_inner());
+    for ((frame, object), m) in store.iter() {
+        writer.add_rle(*frame, *object, m.rle.clone(), m.score)?;
+    }
+    let n_masks = store.len();
+    writer.finish()?;
+    if let Some(path) = &a.overlay {
+        write_overlay(&a.input, path, &video, &store)?;
+    }
+    drop(store);
+    // Swap the finished directory into place.
+    let staged = staging.into_path();
+    if out.exists() {
+        let old = parent.join(format!(".sam2-tui-old-{}", std::process::id()));
+        std::fs::rename(&out, &old).map_err(|e| anyhow!("{}: cannot replace: {e}", out.display()))?;
+        std::fs::rename(&staged, &out).map_err(|e| anyhow!("{}: cannot write: {e}", out.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&staged, &out).map_err(|e| anyhow!("{}: cannot write: {e}", out.display()))?;
+    }
+    let secs = started.elapsed().as_secs_f32();
+    eprintln!(
+        "segment: {} masks over {} frames ({frames_done} tracked) in {secs:.1}s with {label}; {restarts} worker restart(s); wrote {}",
+        n_masks,
+        video.frames,
+        out.display()
+    );
+    let _ = std::io::stderr().flush();
+    Ok(())
+}
+
+fn op_name(op: &crate::session::Op) -> &'static str {
+    use crate::session::Op;
+    match op {
+        Op::AddPrompt { .. } => "add_prompt",
+        Op::Propagate { .. } => "propagate",
+        Op::ClearFrame { .. } => "clear_frame",
+        Op::RemoveObject { .. } => "remove_object",
+        Op::Reset => "reset",
+    }
+}
+
+/// Frame indices and object ids the engine would refuse, refused before it starts.
+fn check_op(op: &crate::session::Op, frames: usize) -> Result<(), String> {
+    use crate::session::Op;
+    let frame = match op {
+        Op::AddPrompt { frame, object, .. } | Op::ClearFrame { frame, object } => {
+            if !(1..=255).contains(object) {
+                return Err(format!("object id {object} must be 1..=255"));
+            }
+            Some(*frame)
+        }
+        Op::Propagate { start, .. } => *start,
+        _ => None,
+    };
+    match frame {
+        Some(f) if f >= frames => Err(format!("frame {f} out of range (the video has {frames} frames)")),
+        _ => Ok(()),
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+}
+
+fn atty_stderr() -> bool {
+    unsafe { libc::isatty(2) == 1 }
+}
+
+fn write_overlay(input: &Path, path: &Path, video: &VideoInfo, store: &crate::supervisor::store::MaskStore) -> anyhow::Result<()> {
+    let mut source = crate::media::open(input)?;
+    let mut writer = crate::media::overlay::OverlayWriter::create(path, video.width, video.height, video.fps)?;
+    for frame in 0..video.frames {
+        let img = source.frame(frame)?;
+        let decoded: Vec<(u32, Vec<u8>)> = store
+            .iter()
+            .filter(|((f, _), _)| *f == frame)
+            .map(|((_, o), m)| Ok((*o, m.rle.decode().map_err(|e| anyhow!(e))?)))
+            .collect::<anyhow::Result<_>>()?;
+        let masks: Vec<(u32, &[u8])> = decoded.iter().map(|(o, m)| (*o, m.as_slice())).collect();
+        writer.write(&img, &masks)?;
+    }
+    writer.finish()?;
+    Ok(())
 }

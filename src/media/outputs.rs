@@ -122,11 +122,27 @@ impl OutputWriter {
             bail!("frame {frame}, object {object}: {} logits for a {w}x{h} video", logits.len());
         }
         let rle = Rle::encode(&binarize(logits), h as usize, w as usize);
-        self.masks.entry(frame).or_default().insert(object, (score, rle));
         if self.write_logits {
             let path = self.dir.join("logits").join(object.to_string()).join(format!("{frame:05}.npy"));
             crate::util::atomic_write(&path, &npy::f32_array(&[h as usize, w as usize], logits))?;
         }
+        self.add_rle(frame, object, rle, score)
+    }
+
+    /// Records a mask that is already RLE-encoded at the video's size (what the
+    /// supervisor keeps of every finished frame).
+    pub fn add_rle(&mut self, frame: usize, object: u32, rle: Rle, score: f32) -> anyhow::Result<()> {
+        let (w, h) = (self.video.width, self.video.height);
+        if !(1..=255).contains(&object) {
+            bail!("object {object}: annotation PNGs hold object ids 1..=255 (0 is the background)");
+        }
+        if frame >= self.video.frames {
+            bail!("frame {frame} out of range ({} frames)", self.video.frames);
+        }
+        if rle.size != [h, w] {
+            bail!("frame {frame}, object {object}: mask of {:?} for a {w}x{h} video", rle.size);
+        }
+        self.masks.entry(frame).or_default().insert(object, (score, rle));
         if self.current != Some(frame) {
             self.flush_annotations()?;
             self.current = Some(frame);

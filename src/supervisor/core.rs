@@ -506,6 +506,7 @@ impl Core {
         if is_prop {
             self.emit(EngineEvent::PropagationFinished { cancelled });
         }
+        self.emit(EngineEvent::OpFinished { index, cancelled });
         if self.completed >= self.journal.journal.ops.len() {
             self.emit(EngineEvent::State(EngineState::Ready));
         }
@@ -617,6 +618,7 @@ impl Core {
             Response::Error { seq: Some(seq), message } => {
                 let Some(f) = self.inflight.take().filter(|f| f.index as u64 == seq) else { return };
                 self.log(LogLevel::Error, format!("op {} failed: {message}", f.index));
+                self.emit(EngineEvent::OpFailed { index: f.index, message: message.clone() });
                 // It did not happen: drop it so no replay repeats the failure.
                 if f.progress.delivered == 0 {
                     if let Err(e) = self.journal.replace(f.index, None) {

@@ -94,6 +94,10 @@ pub enum EngineEvent {
     Masks(FrameMasks),
     Progress { frame: usize, done: usize, total: usize, fps: f32, timings: StageTimings },
     PropagationFinished { cancelled: bool },
+    /// Journal op `index` finished (every op ends with this or `OpFailed`).
+    OpFinished { index: usize, cancelled: bool },
+    /// Journal op `index` failed in the engine (bad frame, no prompts, …); the worker lives on.
+    OpFailed { index: usize, message: String },
     /// The worker died (signal name or exit status) and the supervisor is acting on it.
     WorkerDied { reason: String, stderr_tail: Vec<String> },
     FellBack { from: DeviceChoice, to: DeviceChoice, reason: String },

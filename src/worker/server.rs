@@ -250,8 +250,20 @@ impl Engine {
     }
 }
 
-/// Thresholds each object's logits at 0 and RLE-encodes the mask.
+/// Thresholds each object's logits at 0 and RLE-encodes the mask. With
+/// `SAM2_TUI_LOGITS_DIR` set (`segment --logits`), the float logits are also written
+/// there as `<object>/<frame:05>.npy` — they are too large to send through the pipe.
 fn frame_response(seq: u64, f: FrameOutput) -> Response {
+    if let Some(dir) = std::env::var_os("SAM2_TUI_LOGITS_DIR") {
+        for o in &f.objects {
+            let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
+            let data: Vec<f32> = Vec::<f32>::try_from(o.logits.contiguous().flatten(0, -1)).unwrap_or_default();
+            let path = std::path::Path::new(&dir).join(o.object.to_string()).join(format!("{:05}.npy", f.frame));
+            if let Err(e) = crate::util::atomic_write(&path, &crate::media::npy::f32_array(&[h, w], &data)) {
+                eprintln!("sam2-tui engine: {e:#}");
+            }
+        }
+    }
     let objects = f
         .objects
         .iter()
