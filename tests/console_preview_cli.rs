@@ -40,7 +40,11 @@ fn prints_the_frame_with_its_masks_as_terminal_graphics() {
     assert!(m.contains("\x1b["), "no terminal colours in {m:?}");
     assert!(m.contains("frame 0 of 1 · 1 object(s)"), "{m}");
     assert!(p.contains("0 object(s)"), "{p}");
-    assert_ne!(p.lines().next(), m.lines().next(), "the mask changes what is printed");
+    let (p_rows, m_rows): (Vec<&str>, Vec<&str>) = (p.lines().collect(), m.lines().collect());
+    assert_eq!(p_rows.len(), m_rows.len());
+    assert_eq!(p_rows[0], m_rows[0], "the mask's top is below the first row");
+    assert_ne!(p_rows[2], m_rows[2], "the mask changes the middle rows");
+    assert!(!m.contains("\x1b_G"), "no kitty query when stdout is not a terminal");
 }
 
 #[test]

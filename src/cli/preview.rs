@@ -88,9 +88,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--alpha must be in [0, 1], got {}", args.alpha);
     }
     let (img, objects, n) = composed(&args)?;
+    // Piped output gets plain coloured blocks: no graphics-protocol queries to a terminal
+    // that is not there (they would wait for an answer and litter the output).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let conf = viuer::Config {
         absolute_offset: false,
         width: args.width,
+        use_kitty: tty,
+        use_iterm: tty,
         ..Default::default()
     };
     viuer::print(&image::DynamicImage::ImageRgb8(img), &conf).map_err(|e| anyhow!("cannot print the image: {e}"))?;

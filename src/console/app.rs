@@ -338,9 +338,9 @@ impl App {
     fn command(&mut self, c: Command, count: Option<usize>) -> Vec<Effect> {
         let n = count.unwrap_or(1).max(1);
         match c {
-            Command::CursorLeft => self.move_cursor(-1.0 * n as f32, 0.0),
+            Command::CursorLeft => self.move_cursor(-(n as f32), 0.0),
             Command::CursorRight => self.move_cursor(n as f32, 0.0),
-            Command::CursorUp => self.move_cursor(0.0, -1.0 * n as f32),
+            Command::CursorUp => self.move_cursor(0.0, -(n as f32)),
             Command::CursorDown => self.move_cursor(0.0, n as f32),
             Command::CursorLeftFast => self.move_cursor(-10.0 * n as f32, 0.0),
             Command::CursorRightFast => self.move_cursor(10.0 * n as f32, 0.0),
@@ -699,6 +699,10 @@ impl App {
                 self.follow = false;
                 let what = if cancelled { "propagation cancelled" } else { "propagation finished" };
                 self.note(LogLevel::Info, format!("{what} ({} frames)", self.perf.done));
+            }
+            EngineEvent::OpFinished { .. } => {}
+            EngineEvent::OpFailed { index, message } => {
+                self.note(LogLevel::Error, format!("journal op {index} failed: {message}"));
             }
             EngineEvent::WorkerDied { reason, stderr_tail } => {
                 self.note(LogLevel::Error, format!("worker died: {reason}"));

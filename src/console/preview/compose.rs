@@ -50,8 +50,8 @@ pub fn compose(frame: &RgbImage, overlay: &Overlay, out_w: u32, out_h: u32) -> R
                     || !inside(x, y + 1);
                 let p = out.get_pixel_mut(x, y);
                 let k = if edge { 1.0 } else { a };
-                for c in 0..3 {
-                    p.0[c] = (p.0[c] as f32 * (1.0 - k) + color[c] as f32 * k).round() as u8;
+                for (v, &c) in p.0.iter_mut().zip(color) {
+                    *v = (*v as f32 * (1.0 - k) + c as f32 * k).round() as u8;
                 }
             }
         }
