@@ -23,12 +23,34 @@ pub enum Command {
         #[arg(long, default_value = "weights")]
         dir: PathBuf,
     },
+    /// Write a random-init checkpoint in the official layout (masks are meaningless; for
+    /// trying the tool and benchmarking without the real weights). The name must contain
+    /// `random-init`, which is how the console knows to show its banner.
+    InitRandom {
+        out: PathBuf,
+        #[arg(long, default_value = "tiny")]
+        model: ModelSize,
+        #[arg(long, default_value = "2.1")]
+        version: ModelVersion,
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+    },
 }
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Inspect { file } => inspect(&file),
         Command::Download { size, version, dir } => download(size, version, &dir),
+        Command::InitRandom { out, model, version, seed } => {
+            anyhow::ensure!(
+                crate::model::random_init::is_random_init(&out),
+                "{}: a random-init checkpoint's file name must contain 'random-init'",
+                out.display()
+            );
+            crate::model::random_init::write_random_checkpoint(&out, model, version, seed)?;
+            println!("wrote {} (random-init SAM {version} {model}: masks are meaningless)", out.display());
+            Ok(())
+        }
     }
 }
 

@@ -14,3 +14,4 @@ pub mod position_encoding;
 pub mod prompt_encoder;
 pub mod transformer;
 pub mod postprocess;
+pub mod random_init;

@@ -12,6 +12,8 @@ pub struct Params {
     problems: RefCell<Vec<String>>,
     device: Device,
     kind: Kind,
+    /// Random-init mode: missing tensors are made up (and recorded) instead of reported.
+    invented: Option<RefCell<BTreeMap<String, Tensor>>>,
 }
 
 /// A view of `Params` under a key prefix (like candle's VarBuilder `pp`).
@@ -24,7 +26,20 @@ pub struct P<'a> {
 impl Params {
     /// `kind` is the floating dtype the modules compute in.
     pub fn new(tensors: BTreeMap<String, Tensor>, device: Device, kind: Kind) -> Self {
-        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind }
+        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind, invented: None }
+    }
+
+    /// An empty store that invents every tensor a module asks for (a random-init model:
+    /// LayerNorm weights 1, biases 0, everything else N(0, 0.02)).
+    pub fn inventing() -> Self {
+        let mut p = Self::new(BTreeMap::new(), Device::Cpu, Kind::Float);
+        p.invented = Some(RefCell::default());
+        p
+    }
+
+    /// The tensors invented so far, by key.
+    pub fn take_invented(&self) -> BTreeMap<String, Tensor> {
+        self.invented.as_ref().map(|m| std::mem::take(&mut *m.borrow_mut())).unwrap_or_default()
     }
 
     pub fn root(&self) -> P<'_> {
@@ -89,6 +104,19 @@ impl<'a> P<'a> {
     fn get_kind(&self, name: &str, shape: &[i64], kind: Kind) -> Tensor {
         let key = self.key(name);
         let p = self.params;
+        if let Some(inv) = &p.invented {
+            let t = if key.ends_with("gaussian_matrix") {
+                Tensor::randn(shape, (Kind::Float, Device::Cpu))
+            } else if key.ends_with("bias") {
+                Tensor::zeros(shape, (Kind::Float, Device::Cpu))
+            } else if key.contains("norm") && key.ends_with("weight") || key.ends_with(".gamma") {
+                Tensor::ones(shape, (Kind::Float, Device::Cpu))
+            } else {
+                Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.02
+            };
+            inv.borrow_mut().insert(key, t.shallow_clone());
+            return t.to_kind(kind);
+        }
         match p.tensors.get(&key) {
             None => {
                 p.problems.borrow_mut().push(format!("missing key {key}"));

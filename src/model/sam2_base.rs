@@ -114,9 +114,17 @@ impl Sam2Base {
 
     /// Builds the model from a state dict (reference key names), strictly.
     pub fn from_tensors(config: Sam2Config, tensors: BTreeMap<String, Tensor>, device: Device, precision: Precision) -> anyhow::Result<Sam2Base> {
-        let _guard = tch::no_grad_guard();
         let params = Params::new(tensors, device, precision.kind());
+        let model = Self::build(config, &params, precision)?;
+        params.finish()?;
+        Ok(model)
+    }
+
+    /// Builds every module from `params` (which records what is missing or left over).
+    pub fn build(config: Sam2Config, params: &Params, precision: Precision) -> anyhow::Result<Sam2Base> {
+        let _guard = tch::no_grad_guard();
         let p = params.root();
+        let device = params.device();
         let e = config.image_size / 16;
         let v21 = config.is_v2_1();
         let model = Sam2Base {
@@ -136,11 +144,8 @@ impl Sam2Base {
             device,
             precision,
         };
-        // Parameters the reference has but never uses at inference.
-        for unused in ["no_mem_pos_enc"] {
-            let _ = p.get(unused, &[1, 1, 256]);
-        }
-        params.finish()?;
+        // A parameter the reference has but never uses at inference (strict load).
+        let _ = p.get("no_mem_pos_enc", &[1, 1, 256]);
         Ok(model)
     }
 

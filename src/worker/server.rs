@@ -196,7 +196,7 @@ impl Engine {
                 let label_model = ModelLabel {
                     size: model.config.size,
                     version: model.config.version,
-                    random_init: false,
+                    random_init: crate::model::random_init::is_random_init(&checkpoint),
                 };
                 self.model = Some(Rc::new(model));
                 self.video = None;
