@@ -6,6 +6,7 @@ pub mod predictor;
 pub mod session;
 pub mod supervisor;
 pub mod util;
+pub mod weights;
 pub mod cli;
 pub mod config;
 pub mod console;
