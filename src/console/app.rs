@@ -702,6 +702,8 @@ impl App {
             }
             EngineEvent::OpFinished { .. } => {}
             EngineEvent::OpFailed { index, message } => {
+                // A failed propagation will send no more progress to follow.
+                self.follow = false;
                 self.note(LogLevel::Error, format!("journal op {index} failed: {message}"));
             }
             EngineEvent::WorkerDied { reason, stderr_tail } => {
