@@ -43,7 +43,11 @@ fn options(name: &str, fault: &str) -> SupervisorOptions {
 }
 
 /// Collects events until `done` says so (or panics after `limit`, listing what came).
-fn collect_until(h: &mut SupervisorHandle, limit: Duration, mut done: impl FnMut(&EngineEvent) -> bool) -> Vec<EngineEvent> {
+fn collect_until(
+    h: &mut SupervisorHandle,
+    limit: Duration,
+    mut done: impl FnMut(&EngineEvent) -> bool,
+) -> Vec<EngineEvent> {
     let t = Instant::now();
     let mut seen = vec![];
     while t.elapsed() < limit {
@@ -55,7 +59,12 @@ fn collect_until(h: &mut SupervisorHandle, limit: Duration, mut done: impl FnMut
             }
         }
     }
-    panic!("timed out after {limit:?}; events: {seen:#?}");
+    // Masks are bulky and say nothing about why it stalled: leave them out.
+    let telling: Vec<_> = seen
+        .iter()
+        .filter(|e| !matches!(e, EngineEvent::Masks(_) | EngineEvent::Stats(_)))
+        .collect();
+    panic!("timed out after {limit:?}; events: {telling:#?}");
 }
 
 fn first_death(name: &str, fault: &str, watchdog: Option<Watchdog>) -> (String, Vec<String>) {
@@ -64,10 +73,15 @@ fn first_death(name: &str, fault: &str, watchdog: Option<Watchdog>) -> (String, 
         o.watchdog = w;
     }
     let mut h = start(o).unwrap();
-    let events = collect_until(&mut h, Duration::from_secs(30), |e| matches!(e, EngineEvent::WorkerDied { .. }));
+    let events = collect_until(&mut h, Duration::from_secs(30), |e| {
+        matches!(e, EngineEvent::WorkerDied { .. })
+    });
     h.shutdown();
     match events.into_iter().last() {
-        Some(EngineEvent::WorkerDied { reason, stderr_tail }) => (reason, stderr_tail),
+        Some(EngineEvent::WorkerDied {
+            reason,
+            stderr_tail,
+        }) => (reason, stderr_tail),
         e => panic!("{e:?}"),
     }
 }
@@ -77,7 +91,11 @@ fn a_worker_that_aborts_is_named_sigabrt_with_its_last_stderr_lines() {
     let _g = serial();
     let (reason, tail) = first_death("abort", "abort@load", None);
     assert!(reason.starts_with("SIGABRT"), "{reason}");
-    assert!(tail.iter().any(|l| l.contains("fault injection: firing abort@load")), "{tail:?}");
+    assert!(
+        tail.iter()
+            .any(|l| l.contains("fault injection: firing abort@load")),
+        "{tail:?}"
+    );
 }
 
 #[test]
@@ -104,8 +122,15 @@ fn a_hung_worker_is_killed_by_the_watchdog_when_heartbeats_stop() {
     };
     let t = Instant::now();
     let (reason, _) = first_death("hang", "hang@load", Some(wd));
-    assert!(reason.contains("watchdog") && reason.contains("no heartbeat"), "{reason}");
-    assert!(t.elapsed() < Duration::from_secs(10), "killed within the timeout, took {:?}", t.elapsed());
+    assert!(
+        reason.contains("watchdog") && reason.contains("no heartbeat"),
+        "{reason}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "killed within the timeout, took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -116,30 +141,73 @@ fn a_crash_loop_on_the_accelerator_falls_back_to_cpu_and_keeps_the_journal() {
     o.restart.max_retries = 2;
     let journal_path = o.session_dir.join("journal.json");
     let mut h = start(o).unwrap();
-    let prompt = Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(5.0, 6.0, true)], bbox: None };
+    let prompt = Op::AddPrompt {
+        frame: 0,
+        object: 1,
+        points: vec![Point::new(5.0, 6.0, true)],
+        bbox: None,
+    };
     assert!(h.send(EngineCommand::Op(prompt.clone())));
-    let events = collect_until(&mut h, Duration::from_secs(60), |e| matches!(e, EngineEvent::FellBack { .. }));
-    let deaths: Vec<_> = events.iter().filter_map(|e| if let EngineEvent::WorkerDied { reason, .. } = e { Some(reason) } else { None }).collect();
-    assert_eq!(deaths.len(), 3, "two retries, then the third crash exhausts them: {deaths:?}");
+    let events = collect_until(&mut h, Duration::from_secs(60), |e| {
+        matches!(e, EngineEvent::FellBack { .. })
+    });
+    let deaths: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let EngineEvent::WorkerDied { reason, .. } = e {
+                Some(reason)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        deaths.len(),
+        3,
+        "two retries, then the third crash exhausts them: {deaths:?}"
+    );
     assert!(deaths.iter().all(|r| r.starts_with("SIGABRT")));
-    let restarts: Vec<_> = events.iter().filter_map(|e| if let EngineEvent::State(EngineState::Restarting { attempt }) = e { Some(*attempt) } else { None }).collect();
+    let restarts: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let EngineEvent::State(EngineState::Restarting { attempt }) = e {
+                Some(*attempt)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(restarts, vec![1, 2]);
     match events.last().unwrap() {
         EngineEvent::FellBack { to, reason, .. } => {
             assert_eq!(*to, DeviceChoice::Cpu);
-            assert!(reason.contains("3 crashes") && reason.contains("accelerator"), "{reason}");
+            assert!(
+                reason.contains("3 crashes") && reason.contains("accelerator"),
+                "{reason}"
+            );
         }
         e => panic!("{e:?}"),
     }
     // On the CPU rung the fault does not apply: the worker gets as far as loading the
     // (missing) checkpoint, which is an error answer, not a crash.
-    let rest = collect_until(&mut h, Duration::from_secs(30), |e| {
-        matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("no-such-checkpoint"))
-    });
-    assert!(!rest.iter().any(|e| matches!(e, EngineEvent::WorkerDied { .. })), "{rest:#?}");
+    let rest = collect_until(
+        &mut h,
+        Duration::from_secs(30),
+        |e| matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("no-such-checkpoint")),
+    );
+    assert!(
+        !rest
+            .iter()
+            .any(|e| matches!(e, EngineEvent::WorkerDied { .. })),
+        "{rest:#?}"
+    );
     h.shutdown();
     let journal = Journal::load(&journal_path).unwrap();
-    assert_eq!(journal.ops, vec![prompt], "the prompt survived every crash on disk");
+    assert_eq!(
+        journal.ops,
+        vec![prompt],
+        "the prompt survived every crash on disk"
+    );
 }
 
 fn count_dir(path: &str) -> usize {
@@ -151,9 +219,13 @@ fn children() -> Vec<String> {
     let me = std::process::id().to_string();
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...; comm may contain spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         if f.get(1) == Some(&me.as_str()) {
             out.push(format!("{} {}", e.file_name().to_string_lossy(), f[0]));
@@ -175,7 +247,11 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
         fallback_to_cpu: false,
         smaller_model: false,
     };
-    let (fds0, threads0, kids0) = (count_dir("/proc/self/fd"), count_dir("/proc/self/task"), children());
+    let (fds0, threads0, kids0) = (
+        count_dir("/proc/self/fd"),
+        count_dir("/proc/self/task"),
+        children(),
+    );
     let t = Instant::now();
     let mut h = start(o).unwrap();
     let mut deaths = 0;
@@ -188,33 +264,55 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
     });
     let took = t.elapsed();
     // The 101st worker survives its load (the fault is spent) and the engine stops.
-    collect_until(&mut h, Duration::from_secs(30), |e| matches!(e, EngineEvent::State(EngineState::Stopped)));
+    collect_until(&mut h, Duration::from_secs(30), |e| {
+        matches!(e, EngineEvent::State(EngineState::Stopped))
+    });
     h.shutdown();
     let settle = Instant::now();
-    while (count_dir("/proc/self/task") > threads0 || !children().is_empty()) && settle.elapsed() < Duration::from_secs(5) {
+    while (count_dir("/proc/self/task") > threads0 || !children().is_empty())
+        && settle.elapsed() < Duration::from_secs(5)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("{n} crash-restarts in {took:.1?} ({:.0} ms each, mostly libtorch start-up)", took.as_millis() as f64 / n as f64);
+    println!(
+        "{n} crash-restarts in {took:.1?} ({:.0} ms each, mostly libtorch start-up)",
+        took.as_millis() as f64 / n as f64
+    );
     assert_eq!(count_dir("/proc/self/fd"), fds0, "file descriptors leaked");
     assert_eq!(count_dir("/proc/self/task"), threads0, "threads leaked");
-    assert_eq!(children(), kids0, "child processes (or zombies) left behind");
+    assert_eq!(
+        children(),
+        kids0,
+        "child processes (or zombies) left behind"
+    );
 }
 
 // ---- with the real engine (the lead's model + predictor) ----
 
-/// A random-init tiny SAM 2.1 checkpoint in the official format, made by the reference.
+/// A random-init tiny SAM 2.1 checkpoint in the official format, made by the reference
+/// (nudged so masks are not empty: see tests/fixtures/sam2_reference.py).
 fn random_checkpoint() -> PathBuf {
-    let dir = common::fixture_cache("supervisor-random-tiny");
+    let dir = common::fixture_cache(&format!(
+        "supervisor-random-tiny-{}",
+        common::fixtures_version()
+    ));
     let path = dir.join("sam2.1_hiera_tiny_random.pt");
     if !path.exists() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let script = format!(
-            "import torch\ntorch.manual_seed(0)\nfrom sam2.build_sam import build_sam2\n\
-             m = build_sam2('configs/sam2.1/sam2.1_hiera_t.yaml', ckpt_path=None, device='cpu')\n\
-             torch.save({{'model': m.state_dict()}}, {:?})\n",
+            "import sys\nsys.path.insert(0, {:?})\nfrom sam2_reference import make_checkpoint\nmake_checkpoint({:?}, 'tiny', '2.1', seed=5)\n",
+            fixtures.to_string_lossy(),
             path.to_string_lossy()
         );
-        let out = std::process::Command::new(common::python()).args(["-c", &script]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(common::python())
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     path
 }
@@ -240,35 +338,97 @@ fn moving_square_video(dir: &std::path::Path, frames: u32) -> PathBuf {
 fn segment(name: &str, fault: &str) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
     let mut o = options(name, fault);
     o.checkpoint = random_checkpoint();
-    o.media = Some(moving_square_video(&o.session_dir.parent().unwrap().to_path_buf(), 12));
-    o.image_size = 1024;
+    o.media = Some(moving_square_video(
+        &o.session_dir.parent().unwrap().to_path_buf(),
+        12,
+    ));
+    // Small model input: this test is about recovery, not numerics (parity tests cover those).
+    o.image_size = 256;
     o.restart.max_retries = 5;
     o.watchdog.heartbeat_timeout = Duration::from_secs(3);
     let mut h = start(o).unwrap();
-    h.send(EngineCommand::Op(Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(20.0, 30.0, true)], bbox: None }));
-    h.send(EngineCommand::Op(Op::Propagate { start: None, reverse: false, max_frames: None }));
-    let events = collect_until(&mut h, Duration::from_secs(600), |e| matches!(e, EngineEvent::PropagationFinished { .. }));
-    assert!(matches!(events.last(), Some(EngineEvent::PropagationFinished { cancelled: false })));
-    let masks = h.masks.lock().unwrap().iter().map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits()))).collect();
+    h.send(EngineCommand::Op(Op::AddPrompt {
+        frame: 0,
+        object: 1,
+        points: vec![Point::new(20.0, 30.0, true)],
+        bbox: None,
+    }));
+    h.send(EngineCommand::Op(Op::Propagate {
+        start: None,
+        reverse: false,
+        max_frames: None,
+    }));
+    let events = collect_until(&mut h, Duration::from_secs(600), |e| {
+        matches!(e, EngineEvent::PropagationFinished { .. })
+    });
+    assert!(matches!(
+        events.last(),
+        Some(EngineEvent::PropagationFinished { cancelled: false })
+    ));
+    let masks = h
+        .masks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits())))
+        .collect();
     h.shutdown();
     (masks, events)
 }
 
 #[test]
-#[ignore = "needs engine"]
 fn a_propagation_through_two_aborts_and_a_hang_ends_byte_identical_to_an_uninterrupted_one() {
     let _g = serial();
     let (clean, _) = segment("engine-clean", "");
     let (survived, events) = segment("engine-faults", "abort@frame=4,hang@frame=7,abort@frame=9");
     assert_eq!(clean.len(), 12, "one mask per frame");
-    assert_eq!(survived, clean, "final masks differ from the uninterrupted run");
-    let deaths: Vec<_> = events.iter().filter_map(|e| if let EngineEvent::WorkerDied { reason, .. } = e { Some(reason.clone()) } else { None }).collect();
+    assert!(
+        clean
+            .iter()
+            .any(|(_, m)| m.split(':').next().unwrap().len() > 2),
+        "all masks empty: the test would prove nothing"
+    );
+    assert_eq!(
+        survived, clean,
+        "final masks differ from the uninterrupted run"
+    );
+    let deaths: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let EngineEvent::WorkerDied { reason, .. } = e {
+                Some(reason.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(deaths.len(), 3, "{deaths:?}");
-    assert!(deaths[0].starts_with("SIGABRT") && deaths[1].contains("watchdog") && deaths[2].starts_with("SIGABRT"), "{deaths:?}");
-    let logs: Vec<_> = events.iter().filter_map(|e| if let EngineEvent::Log { message, .. } = e { Some(message.clone()) } else { None }).collect();
-    assert!(logs.iter().any(|l| l.contains("SIGABRT")) && logs.iter().any(|l| l.starts_with("restarting")), "{logs:#?}");
+    assert!(
+        deaths[0].starts_with("SIGABRT")
+            && deaths[1].contains("watchdog")
+            && deaths[2].starts_with("SIGABRT"),
+        "{deaths:?}"
+    );
+    let logs: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let EngineEvent::Log { message, .. } = e {
+                Some(message.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.contains("SIGABRT"))
+            && logs.iter().any(|l| l.starts_with("restarting")),
+        "{logs:#?}"
+    );
     for l in logs.iter().filter(|l| l.starts_with("recovered")) {
         println!("recovery: {l}");
     }
-    assert_eq!(logs.iter().filter(|l| l.starts_with("recovered")).count(), 3);
+    assert_eq!(
+        logs.iter().filter(|l| l.starts_with("recovered")).count(),
+        3
+    );
 }

@@ -58,7 +58,12 @@ impl SupervisorHandle {
 
     /// Stops the worker and waits until every supervisor thread has ended.
     pub fn shutdown(self) {
-        let SupervisorHandle { commands, events, threads, .. } = self;
+        let SupervisorHandle {
+            commands,
+            events,
+            threads,
+            ..
+        } = self;
         let _ = commands.send(EngineCommand::Shutdown);
         drop(commands);
         for t in threads {
@@ -80,8 +85,12 @@ fn wrap(generation: u64, news: WorkerNews) -> Input {
 
 /// Starts the supervisor on its own threads; the first worker starts at once.
 pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
-    std::fs::create_dir_all(&opts.session_dir)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", opts.session_dir.display()))?;
+    std::fs::create_dir_all(&opts.session_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot create session directory: {e}",
+            opts.session_dir.display()
+        )
+    })?;
     let journal_path = opts.session_dir.join("journal.json");
     let journal = JournalStore::create(&journal_path, opts.initial_ops.clone())?;
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -90,18 +99,28 @@ pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
     let masks = Arc::new(Mutex::new(MaskStore::default()));
 
     let fwd_tx = tx.clone();
-    let forwarder = std::thread::Builder::new().name("supervisor-commands".into()).spawn(move || {
-        while let Some(c) = cmd_rx.blocking_recv() {
-            if fwd_tx.send(Input::Command(c)).is_err() {
-                return;
+    let forwarder = std::thread::Builder::new()
+        .name("supervisor-commands".into())
+        .spawn(move || {
+            while let Some(c) = cmd_rx.blocking_recv() {
+                if fwd_tx.send(Input::Command(c)).is_err() {
+                    return;
+                }
             }
-        }
-        let _ = fwd_tx.send(Input::CommandsClosed);
-    })?;
+            let _ = fwd_tx.send(Input::CommandsClosed);
+        })?;
 
     let core = Core::new(opts, journal, masks.clone(), ev_tx, tx, rx);
-    let main = std::thread::Builder::new().name("supervisor".into()).spawn(move || core.run())?;
-    Ok(SupervisorHandle { commands: cmd_tx, events: ev_rx, masks, journal_path, threads: vec![main, forwarder] })
+    let main = std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || core.run())?;
+    Ok(SupervisorHandle {
+        commands: cmd_tx,
+        events: ev_rx,
+        masks,
+        journal_path,
+        threads: vec![main, forwarder],
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -169,7 +188,11 @@ impl Core {
         tx: Sender<Input>,
         rx: Receiver<Input>,
     ) -> Self {
-        let rung = Rung { device: opts.device, label: opts.device_label.clone(), size: opts.size };
+        let rung = Rung {
+            device: opts.device,
+            label: opts.device_label.clone(),
+            size: opts.size,
+        };
         Core {
             policy: CrashPolicy::new(opts.restart.clone()),
             opts,
@@ -209,7 +232,9 @@ impl Core {
     }
 
     fn bank_dir(&self) -> PathBuf {
-        self.opts.session_dir.join(format!("bank-{}", self.bank_epoch))
+        self.opts
+            .session_dir
+            .join(format!("bank-{}", self.bank_epoch))
     }
 
     /// The bank belongs to one model on one device: a switch starts a fresh one and
@@ -225,7 +250,10 @@ impl Core {
 
     fn run(mut self) {
         loop {
-            let wait = self.restart_at.map(|t| t.saturating_duration_since(Instant::now()).min(TICK)).unwrap_or(TICK);
+            let wait = self
+                .restart_at
+                .map(|t| t.saturating_duration_since(Instant::now()).min(TICK))
+                .unwrap_or(TICK);
             match self.rx.recv_timeout(wait) {
                 Ok(Input::Command(c)) => self.on_command(c),
                 Ok(Input::CommandsClosed) => self.on_command(EngineCommand::Shutdown),
@@ -251,41 +279,78 @@ impl Core {
         }
         let wd = self.opts.watchdog.clone();
         let busy = self.inflight.is_some();
-        let Some(live) = self.worker.as_mut() else { return };
+        let Some(live) = self.worker.as_mut() else {
+            return;
+        };
         if live.proc.exited {
             return;
         }
         let kill_reason = if let Some(since) = live.retiring {
-            (now.duration_since(since) > RETIRE_GRACE).then(|| "did not exit when asked".to_string())
+            (now.duration_since(since) > RETIRE_GRACE)
+                .then(|| "did not exit when asked".to_string())
         } else if now.duration_since(live.last_heartbeat) > wd.heartbeat_timeout {
-            Some(format!("no heartbeat for {:.1}s", wd.heartbeat_timeout.as_secs_f32()))
-        } else if live.phase != Phase::Ready && now.duration_since(live.last_progress) > wd.load_timeout {
-            Some(format!("no answer while starting for {:.0}s", wd.load_timeout.as_secs_f32()))
-        } else if live.phase == Phase::Ready && busy && now.duration_since(live.last_progress) > wd.progress_timeout {
-            Some(format!("no progress for {:.1}s", wd.progress_timeout.as_secs_f32()))
+            Some(format!(
+                "no heartbeat for {:.1}s",
+                wd.heartbeat_timeout.as_secs_f32()
+            ))
+        } else if live.phase != Phase::Ready
+            && now.duration_since(live.last_progress) > wd.load_timeout
+        {
+            Some(format!(
+                "no answer while starting for {:.0}s",
+                wd.load_timeout.as_secs_f32()
+            ))
+        } else if live.phase == Phase::Ready
+            && busy
+            && now.duration_since(live.last_progress) > wd.progress_timeout
+        {
+            Some(format!(
+                "no progress for {:.1}s",
+                wd.progress_timeout.as_secs_f32()
+            ))
         } else {
             None
         };
         if let Some(why) = kill_reason {
             let pid = live.proc.pid;
             live.proc.kill(&why);
-            self.log(LogLevel::Warn, format!("watchdog: killing worker {pid}: {why}"));
+            self.log(
+                LogLevel::Warn,
+                format!("watchdog: killing worker {pid}: {why}"),
+            );
         }
     }
 
     fn spawn(&mut self) {
         self.generation += 1;
         let mut env = self.opts.env.clone();
-        let fault_set = std::env::var_os(FAULT_ENV).is_some() || env.iter().any(|(k, _)| k == FAULT_ENV);
-        let state_set = std::env::var_os(FAULT_STATE_ENV).is_some() || env.iter().any(|(k, _)| k == FAULT_STATE_ENV);
+        let fault_set =
+            std::env::var_os(FAULT_ENV).is_some() || env.iter().any(|(k, _)| k == FAULT_ENV);
+        let state_set = std::env::var_os(FAULT_STATE_ENV).is_some()
+            || env.iter().any(|(k, _)| k == FAULT_STATE_ENV);
         if fault_set && !state_set {
             // Faults fire once per session, not once per worker.
-            env.push((FAULT_STATE_ENV.into(), self.opts.session_dir.join("fault-state.json").to_string_lossy().into()));
+            env.push((
+                FAULT_STATE_ENV.into(),
+                self.opts
+                    .session_dir
+                    .join("fault-state.json")
+                    .to_string_lossy()
+                    .into(),
+            ));
         }
         self.emit(EngineEvent::State(EngineState::Starting));
-        match WorkerProcess::spawn(self.generation, &self.opts.worker_command, &env, self.tx.clone(), wrap) {
+        match WorkerProcess::spawn(
+            self.generation,
+            &self.opts.worker_command,
+            &env,
+            self.tx.clone(),
+            wrap,
+        ) {
             Ok(mut proc) => {
-                proc.send(&Request::Hello { version: PROTOCOL_VERSION });
+                proc.send(&Request::Hello {
+                    version: PROTOCOL_VERSION,
+                });
                 let now = Instant::now();
                 self.worker = Some(Live {
                     proc,
@@ -301,7 +366,9 @@ impl Core {
             Err(e) => {
                 let reason = format!("{e:#}");
                 self.log(LogLevel::Error, reason.clone());
-                let d = self.policy.on_crash(Instant::now(), &self.rung.clone(), &reason);
+                let d = self
+                    .policy
+                    .on_crash(Instant::now(), &self.rung.clone(), &reason);
                 self.decide(d);
             }
         }
@@ -315,7 +382,9 @@ impl Core {
 
     /// Asks the live worker to stop; its replacement starts when it has exited.
     fn retire(&mut self, why: &str) {
-        let Some(live) = self.worker.as_mut() else { return };
+        let Some(live) = self.worker.as_mut() else {
+            return;
+        };
         if live.retiring.is_none() {
             live.retiring = Some(Instant::now());
             live.proc.send(&Request::Cancel);
@@ -358,16 +427,24 @@ impl Core {
             }
             EngineCommand::SwitchDevice(device) => {
                 self.opts.device = device;
-                self.rung = Rung { device, label: None, size: self.rung.size };
+                self.rung = Rung {
+                    device,
+                    label: None,
+                    size: self.rung.size,
+                };
                 self.switch(format!("switching to {device}"));
             }
             EngineCommand::SetWatermark(ratio) => {
                 if !(0.0..=2.0).contains(&ratio) {
-                    self.log(LogLevel::Error, format!("watermark ratio {ratio} is outside 0.0..=2.0"));
+                    self.log(
+                        LogLevel::Error,
+                        format!("watermark ratio {ratio} is outside 0.0..=2.0"),
+                    );
                     return;
                 }
                 // Read once when the MPS allocator is created: it takes a new process.
-                self.opts.set_env("PYTORCH_MPS_HIGH_WATERMARK_RATIO", &ratio.to_string());
+                self.opts
+                    .set_env("PYTORCH_MPS_HIGH_WATERMARK_RATIO", &ratio.to_string());
                 let low: Option<f32> = self
                     .opts
                     .env
@@ -375,12 +452,17 @@ impl Core {
                     .find(|(k, _)| k == "PYTORCH_MPS_LOW_WATERMARK_RATIO")
                     .and_then(|(_, v)| v.parse().ok());
                 if low.is_some_and(|l| l > ratio) {
-                    self.opts.set_env("PYTORCH_MPS_LOW_WATERMARK_RATIO", &ratio.to_string());
+                    self.opts
+                        .set_env("PYTORCH_MPS_LOW_WATERMARK_RATIO", &ratio.to_string());
                 }
                 self.recycle(&format!("high watermark ratio set to {ratio}"));
             }
             EngineCommand::Prefetch(frame) => {
-                if self.worker.as_ref().is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none()) {
+                if self
+                    .worker
+                    .as_ref()
+                    .is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none())
+                {
                     self.send(Request::Prefetch { frame });
                 }
             }
@@ -420,7 +502,10 @@ impl Core {
             f.recycle_cancel = true;
             self.recycle_due = true;
             self.send(Request::Cancel);
-            self.log(LogLevel::Info, format!("recycling the worker at the next frame boundary ({why})"));
+            self.log(
+                LogLevel::Info,
+                format!("recycling the worker at the next frame boundary ({why})"),
+            );
         } else {
             self.recycle_due = false;
             self.retire(why);
@@ -429,8 +514,14 @@ impl Core {
 
     fn dispatch(&mut self) {
         loop {
-            let Some(live) = self.worker.as_ref() else { return };
-            if live.phase != Phase::Ready || live.retiring.is_some() || self.inflight.is_some() || self.stopped {
+            let Some(live) = self.worker.as_ref() else {
+                return;
+            };
+            if live.phase != Phase::Ready
+                || live.retiring.is_some()
+                || self.inflight.is_some()
+                || self.stopped
+            {
                 return;
             }
             if self.recycle_due {
@@ -439,14 +530,22 @@ impl Core {
                 return;
             }
             let index = self.completed;
-            let Some(op) = self.journal.journal.ops.get(index).cloned() else { return };
+            let Some(op) = self.journal.journal.ops.get(index).cloned() else {
+                return;
+            };
             let mut progress = PropagationProgress::default();
             let mut to_send = op.clone();
             if let Some((ri, rp)) = self.resume.take() {
                 if ri == index {
                     match store::resume(&op, &rp, self.num_frames) {
                         Some(r) => {
-                            self.log(LogLevel::Info, format!("resuming propagation with {r:?} after {} frames", rp.delivered));
+                            self.log(
+                                LogLevel::Info,
+                                format!(
+                                    "resuming propagation with {r:?} after {} frames",
+                                    rp.delivered
+                                ),
+                            );
                             to_send = r;
                             progress = rp;
                         }
@@ -458,7 +557,10 @@ impl Core {
                 }
             }
             if let Op::Propagate { .. } = op {
-                self.emit(EngineEvent::State(EngineState::Propagating { done: progress.delivered, total: self.total_of(&op, &progress) }));
+                self.emit(EngineEvent::State(EngineState::Propagating {
+                    done: progress.delivered,
+                    total: self.total_of(&op, &progress),
+                }));
             }
             self.inflight = Some(InFlight {
                 index,
@@ -471,14 +573,21 @@ impl Core {
             if let Some(live) = self.worker.as_mut() {
                 live.last_progress = Instant::now();
             }
-            self.send(Request::Apply { seq: index as u64, op: to_send });
+            self.send(Request::Apply {
+                seq: index as u64,
+                op: to_send,
+            });
             return;
         }
     }
 
     fn total_of(&self, op: &Op, p: &PropagationProgress) -> usize {
         match op {
-            Op::Propagate { start, reverse, max_frames } => match start.or(p.first) {
+            Op::Propagate {
+                start,
+                reverse,
+                max_frames,
+            } => match start.or(p.first) {
                 Some(s) => store::span(s, *reverse, *max_frames, self.num_frames),
                 None => self.num_frames,
             },
@@ -500,7 +609,10 @@ impl Core {
                 self.completed += 1;
             }
         } else {
-            self.masks.lock().unwrap_or_else(|p| p.into_inner()).apply_completed(&op);
+            self.masks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_completed(&op);
             self.completed += 1;
         }
         if is_prop {
@@ -513,7 +625,10 @@ impl Core {
     }
 
     fn on_news(&mut self, generation: u64, news: WorkerNews) {
-        let current = self.worker.as_ref().is_some_and(|l| l.proc.generation == generation);
+        let current = self
+            .worker
+            .as_ref()
+            .is_some_and(|l| l.proc.generation == generation);
         if !current {
             return; // a dead worker's last words
         }
@@ -521,11 +636,17 @@ impl Core {
             WorkerNews::Exited(status) => self.on_exit(status),
             WorkerNews::StderrLine(line) => {
                 tracing::debug!(target: "worker", "{line}");
-                self.emit(EngineEvent::Log { level: LogLevel::Info, message: format!("worker: {line}") });
+                self.emit(EngineEvent::Log {
+                    level: LogLevel::Info,
+                    message: format!("worker: {line}"),
+                });
             }
             WorkerNews::ProtocolError(e) => {
                 let why = format!("protocol error: {e}");
-                self.log(LogLevel::Error, format!("worker sent garbage ({e}); killing it"));
+                self.log(
+                    LogLevel::Error,
+                    format!("worker sent garbage ({e}); killing it"),
+                );
                 if let Some(l) = self.worker.as_mut() {
                     l.proc.kill(&why);
                 }
@@ -536,7 +657,9 @@ impl Core {
 
     fn on_message(&mut self, m: Response) {
         let now = Instant::now();
-        let Some(live) = self.worker.as_mut() else { return };
+        let Some(live) = self.worker.as_mut() else {
+            return;
+        };
         live.last_heartbeat = now;
         if live.retiring.is_some() {
             return; // nothing from a worker on its way out changes the session
@@ -545,9 +668,16 @@ impl Core {
             live.last_progress = now;
         }
         let pid = live.proc.pid;
-        let load_took = live.load_sent.map(|t| now.duration_since(t)).unwrap_or_default();
+        let load_took = live
+            .load_sent
+            .map(|t| now.duration_since(t))
+            .unwrap_or_default();
         match m {
-            Response::Hello { version, pid, torch_version } => {
+            Response::Hello {
+                version,
+                pid,
+                torch_version,
+            } => {
                 if version != PROTOCOL_VERSION {
                     self.log(LogLevel::Error, format!("worker speaks protocol {version}, supervisor {PROTOCOL_VERSION}; wrong binary?"));
                     self.stop_engine("protocol version mismatch");
@@ -570,7 +700,11 @@ impl Core {
                 self.emit(EngineEvent::State(EngineState::Loading));
                 self.send(req);
             }
-            Response::Loaded { model, device, device_label } => {
+            Response::Loaded {
+                model,
+                device,
+                device_label,
+            } => {
                 if let Some(l) = self.worker.as_mut() {
                     l.load_took = load_took;
                 }
@@ -585,21 +719,38 @@ impl Core {
                     model,
                     restarts: self.restarts,
                 });
-                self.log(LogLevel::Info, format!("worker {pid} loaded the model on {device_label}"));
+                self.log(
+                    LogLevel::Info,
+                    format!("worker {pid} loaded the model on {device_label}"),
+                );
                 match self.opts.media.clone() {
                     Some(path) => {
                         if let Some(l) = self.worker.as_mut() {
                             l.phase = Phase::Opening;
                         }
                         let bank_dir = Some(self.bank_dir());
-                        self.send(Request::OpenMedia { path, bank_dir, fill_holes: self.opts.fill_holes });
+                        self.send(Request::OpenMedia {
+                            path,
+                            bank_dir,
+                            fill_holes: self.opts.fill_holes,
+                        });
                     }
                     None => self.ready(),
                 }
             }
-            Response::MediaInfo { width, height, frames, fps } => {
+            Response::MediaInfo {
+                width,
+                height,
+                frames,
+                fps,
+            } => {
                 self.num_frames = frames;
-                self.emit(EngineEvent::MediaInfo { width, height, frames, fps });
+                self.emit(EngineEvent::MediaInfo {
+                    width,
+                    height,
+                    frames,
+                    fps,
+                });
                 if self.completed > 0 {
                     if let Some(l) = self.worker.as_mut() {
                         l.phase = Phase::Restoring;
@@ -611,14 +762,25 @@ impl Core {
                 }
             }
             Response::Restored { ops } => {
-                self.log(LogLevel::Info, format!("restored the state of {ops} ops from the memory bank"));
+                self.log(
+                    LogLevel::Info,
+                    format!("restored the state of {ops} ops from the memory bank"),
+                );
                 self.ready();
             }
             Response::Error { seq: None, message } => self.on_setup_error(message),
-            Response::Error { seq: Some(seq), message } => {
-                let Some(f) = self.inflight.take().filter(|f| f.index as u64 == seq) else { return };
+            Response::Error {
+                seq: Some(seq),
+                message,
+            } => {
+                let Some(f) = self.inflight.take().filter(|f| f.index as u64 == seq) else {
+                    return;
+                };
                 self.log(LogLevel::Error, format!("op {} failed: {message}", f.index));
-                self.emit(EngineEvent::OpFailed { index: f.index, message: message.clone() });
+                self.emit(EngineEvent::OpFailed {
+                    index: f.index,
+                    message: message.clone(),
+                });
                 // It did not happen: drop it so no replay repeats the failure.
                 if f.progress.delivered == 0 {
                     if let Err(e) = self.journal.replace(f.index, None) {
@@ -629,9 +791,16 @@ impl Core {
                 }
                 self.dispatch();
             }
-            Response::Frame { seq, frame, objects, timings } => self.on_frame(seq, frame, objects, timings),
+            Response::Frame {
+                seq,
+                frame,
+                objects,
+                timings,
+            } => self.on_frame(seq, frame, objects, timings),
             Response::OpDone { seq, cancelled } => {
-                let Some(f) = self.inflight.take().filter(|f| f.index as u64 == seq) else { return };
+                let Some(f) = self.inflight.take().filter(|f| f.index as u64 == seq) else {
+                    return;
+                };
                 if cancelled && f.recycle_cancel && !f.user_cancel {
                     // Stopped for recycling, not by the user: continue in the next worker.
                     self.resume = Some((f.index, f.progress));
@@ -659,7 +828,9 @@ impl Core {
     }
 
     fn ready(&mut self) {
-        let Some(live) = self.worker.as_mut() else { return };
+        let Some(live) = self.worker.as_mut() else {
+            return;
+        };
         live.phase = Phase::Ready;
         let load = live.load_took;
         if let Some(t) = self.crashed_at.take() {
@@ -681,7 +852,10 @@ impl Core {
         let phase = self.worker.as_ref().map(|l| l.phase);
         match phase {
             Some(Phase::Loading) | Some(Phase::Hello) => {
-                self.log(LogLevel::Error, format!("{} worker: {message}", self.rung.label()));
+                self.log(
+                    LogLevel::Error,
+                    format!("{} worker: {message}", self.rung.label()),
+                );
                 let d = self.policy.next_rung(&self.rung.clone(), &message);
                 if let Some(l) = self.worker.as_mut() {
                     l.retiring = Some(Instant::now());
@@ -691,14 +865,21 @@ impl Core {
                 self.decide(d);
             }
             Some(Phase::Restoring) => {
-                self.log(LogLevel::Warn, format!("{message}; replaying the journal from scratch on a fresh bank"));
+                self.log(
+                    LogLevel::Warn,
+                    format!("{message}; replaying the journal from scratch on a fresh bank"),
+                );
                 self.fresh_bank();
                 if let Some(l) = self.worker.as_mut() {
                     l.phase = Phase::Opening;
                 }
                 if let Some(path) = self.opts.media.clone() {
                     let bank_dir = Some(self.bank_dir());
-                    self.send(Request::OpenMedia { path, bank_dir, fill_holes: self.opts.fill_holes });
+                    self.send(Request::OpenMedia {
+                        path,
+                        bank_dir,
+                        fill_holes: self.opts.fill_holes,
+                    });
                 }
             }
             Some(Phase::Opening) => {
@@ -713,15 +894,28 @@ impl Core {
     fn stop_engine(&mut self, reason: &str) {
         self.stopped = true;
         self.restart_at = None;
-        self.emit(EngineEvent::State(EngineState::Crashed { reason: reason.to_string() }));
+        self.emit(EngineEvent::State(EngineState::Crashed {
+            reason: reason.to_string(),
+        }));
         self.retire(reason);
         self.emit(EngineEvent::State(EngineState::Stopped));
     }
 
-    fn on_frame(&mut self, seq: u64, frame: usize, objects: Vec<super::events::ObjectMask>, timings: StageTimings) {
+    fn on_frame(
+        &mut self,
+        seq: u64,
+        frame: usize,
+        objects: Vec<super::events::ObjectMask>,
+        timings: StageTimings,
+    ) {
         let num_frames = self.num_frames;
-        let Some(f) = self.inflight.as_mut().filter(|f| f.index as u64 == seq) else { return };
-        self.masks.lock().unwrap_or_else(|p| p.into_inner()).insert(frame, &objects);
+        let Some(f) = self.inflight.as_mut().filter(|f| f.index as u64 == seq) else {
+            return;
+        };
+        self.masks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(frame, &objects);
         let op = self.journal.journal.ops[f.index].clone();
         let is_prop = matches!(op, Op::Propagate { .. });
         if is_prop {
@@ -730,25 +924,54 @@ impl Core {
         f.frames_here += 1;
         let fps = f.frames_here as f32 / f.started.elapsed().as_secs_f32().max(1e-3);
         let progress = f.progress.clone();
-        self.emit(EngineEvent::Masks(super::events::FrameMasks { frame, objects }));
+        self.emit(EngineEvent::Masks(super::events::FrameMasks {
+            frame,
+            objects,
+        }));
         if is_prop {
             let total = match &op {
-                Op::Propagate { start, reverse, max_frames } => {
-                    store::span(start.or(progress.first).unwrap_or(0), *reverse, *max_frames, num_frames)
-                }
+                Op::Propagate {
+                    start,
+                    reverse,
+                    max_frames,
+                } => store::span(
+                    start.or(progress.first).unwrap_or(0),
+                    *reverse,
+                    *max_frames,
+                    num_frames,
+                ),
                 _ => 1,
             };
-            self.emit(EngineEvent::Progress { frame, done: progress.delivered, total, fps, timings });
+            self.emit(EngineEvent::Progress {
+                frame,
+                done: progress.delivered,
+                total,
+                fps,
+                timings,
+            });
         }
-        let Some(live) = self.worker.as_mut() else { return };
+        let Some(live) = self.worker.as_mut() else {
+            return;
+        };
         live.frames += 1;
-        if self.opts.recycling.after_frames.is_some_and(|n| live.frames >= n) && !self.recycle_due {
-            self.recycle(&format!("{} frames processed", self.opts.recycling.after_frames.unwrap_or(0)));
+        if self
+            .opts
+            .recycling
+            .after_frames
+            .is_some_and(|n| live.frames >= n)
+            && !self.recycle_due
+        {
+            self.recycle(&format!(
+                "{} frames processed",
+                self.opts.recycling.after_frames.unwrap_or(0)
+            ));
         }
     }
 
     fn on_exit(&mut self, status: std::process::ExitStatus) {
-        let Some(mut live) = self.worker.take() else { return };
+        let Some(mut live) = self.worker.take() else {
+            return;
+        };
         live.proc.exited = true;
         let retiring = live.retiring.is_some();
         let reason = death::describe(status, live.proc.killed_by_us.as_deref());
@@ -766,9 +989,17 @@ impl Core {
         }
         // A crash.
         self.crashed_at = Some(Instant::now());
-        self.emit(EngineEvent::WorkerDied { reason: reason.clone(), stderr_tail: tail });
-        self.emit(EngineEvent::State(EngineState::Crashed { reason: reason.clone() }));
-        self.log(LogLevel::Error, format!("worker {pid} on {} died: {reason}", self.rung.label()));
+        self.emit(EngineEvent::WorkerDied {
+            reason: reason.clone(),
+            stderr_tail: tail,
+        });
+        self.emit(EngineEvent::State(EngineState::Crashed {
+            reason: reason.clone(),
+        }));
+        self.log(
+            LogLevel::Error,
+            format!("worker {pid} on {} died: {reason}", self.rung.label()),
+        );
         if let Some(f) = self.inflight.take() {
             if matches!(self.journal.journal.ops[f.index], Op::Propagate { .. }) && !f.user_cancel {
                 self.resume = Some((f.index, f.progress));
@@ -777,7 +1008,9 @@ impl Core {
             }
             // Other ops are simply re-sent: they are journaled and not completed.
         }
-        let d = self.policy.on_crash(Instant::now(), &self.rung.clone(), &reason);
+        let d = self
+            .policy
+            .on_crash(Instant::now(), &self.rung.clone(), &reason);
         self.decide(d);
     }
 
@@ -800,8 +1033,19 @@ impl Core {
             Decision::FallBack { to, reason } => {
                 self.restarts += 1;
                 let from = self.rung.clone();
-                self.emit(EngineEvent::FellBack { from: from.device, to: to.device, reason: reason.clone() });
-                self.log(LogLevel::Warn, format!("falling back from {} to {}: {reason}", from.label(), to.label()));
+                self.emit(EngineEvent::FellBack {
+                    from: from.device,
+                    to: to.device,
+                    reason: reason.clone(),
+                });
+                self.log(
+                    LogLevel::Warn,
+                    format!(
+                        "falling back from {} to {}: {reason}",
+                        from.label(),
+                        to.label()
+                    ),
+                );
                 self.rung = to;
                 self.fresh_bank();
                 self.restart_at = Some(Instant::now());
@@ -817,5 +1061,6 @@ impl Core {
 }
 
 fn live_ready(w: &Option<Live>) -> bool {
-    w.as_ref().is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none())
+    w.as_ref()
+        .is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none())
 }

@@ -44,19 +44,27 @@ pub struct Fault {
 }
 
 pub fn parse(spec: &str) -> Result<Vec<Fault>, String> {
-    spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse_one).collect()
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_one)
+        .collect()
 }
 
 fn parse_one(text: &str) -> Result<Fault, String> {
     let bad = |why: &str| format!("{FAULT_ENV}: bad fault '{text}': {why}");
     let (main, device) = match text.split_once(':') {
         Some((m, q)) => {
-            let label = q.strip_prefix("device=").ok_or_else(|| bad("qualifier must be device=LABEL"))?;
+            let label = q
+                .strip_prefix("device=")
+                .ok_or_else(|| bad("qualifier must be device=LABEL"))?;
             (m, Some(label.to_string()))
         }
         None => (text, None),
     };
-    let (kind, rest) = main.split_once('@').ok_or_else(|| bad("expected KIND@POINT"))?;
+    let (kind, rest) = main
+        .split_once('@')
+        .ok_or_else(|| bad("expected KIND@POINT"))?;
     let kind = match kind {
         "abort" => FaultKind::Abort,
         "segv" => FaultKind::Segv,
@@ -79,7 +87,13 @@ fn parse_one(text: &str) -> Result<Fault, String> {
     } else {
         return Err(bad("point must be load, frame=N or op=N"));
     };
-    Ok(Fault { kind, point, times, device, key: text.to_string() })
+    Ok(Fault {
+        kind,
+        point,
+        times,
+        device,
+        key: text.to_string(),
+    })
 }
 
 /// The faults of this worker plus the file that remembers which already fired.
@@ -99,7 +113,11 @@ impl FaultPlan {
             Err(_) => vec![],
         };
         let state = std::env::var_os(FAULT_STATE_ENV).map(PathBuf::from);
-        Ok(FaultPlan { faults, state, device_label: String::new() })
+        Ok(FaultPlan {
+            faults,
+            state,
+            device_label: String::new(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -121,24 +139,35 @@ impl FaultPlan {
             }
             *count += 1;
             // Recorded before the crash: the next worker must see this firing.
-            if let Err(e) = crate::util::atomic_write(state, serde_json::to_string(&fired).unwrap().as_bytes()) {
+            if let Err(e) =
+                crate::util::atomic_write(state, serde_json::to_string(&fired).unwrap().as_bytes())
+            {
                 eprintln!("fault injection: {e:#}");
             }
         }
-        eprintln!("fault injection: firing {} ({:?} at {:?})", fault.key, fault.kind, fault.point);
+        eprintln!(
+            "fault injection: firing {} ({:?} at {:?})",
+            fault.key, fault.kind, fault.point
+        );
         trigger(fault.kind);
     }
 }
 
 fn read_state(path: &Path) -> BTreeMap<String, u32> {
-    std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 /// Really crashes: these are the failure modes of Metal/MPS that supervision must survive.
 pub fn trigger(kind: FaultKind) -> ! {
     // An injected crash needs no core file (they are large and slow to write).
     unsafe {
-        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         libc::setrlimit(libc::RLIMIT_CORE, &none);
     }
     match kind {
@@ -184,7 +213,13 @@ mod tests {
 
     #[test]
     fn refuses_misspelled_faults() {
-        for bad in ["crash@load", "abort", "abort@frame=x", "abort@step=3", "abort@load:gpu=1"] {
+        for bad in [
+            "crash@load",
+            "abort",
+            "abort@frame=x",
+            "abort@step=3",
+            "abort@load:gpu=1",
+        ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
     }

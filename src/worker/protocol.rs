@@ -19,7 +19,9 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     LoadModel {
         checkpoint: PathBuf,
         size: Option<ModelSize>,
@@ -31,14 +33,25 @@ pub enum Request {
         /// qualifiers and stats use it. None = the resolved device's name.
         device_label: Option<String>,
     },
-    OpenMedia { path: PathBuf, bank_dir: Option<PathBuf>, fill_holes: bool },
+    OpenMedia {
+        path: PathBuf,
+        bank_dir: Option<PathBuf>,
+        fill_holes: bool,
+    },
     /// Rebuild the state of `ops` (completed by an earlier worker on the same bank).
-    Restore { ops: Vec<Op> },
+    Restore {
+        ops: Vec<Op>,
+    },
     /// Run one journal op; `seq` tags every result that belongs to it.
-    Apply { seq: u64, op: Op },
+    Apply {
+        seq: u64,
+        op: Op,
+    },
     /// Stop the running (or queued) propagation at the next frame boundary.
     Cancel,
-    Prefetch { frame: usize },
+    Prefetch {
+        frame: usize,
+    },
     Stats,
     Shutdown,
 }
@@ -47,16 +60,46 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Hello { version: u32, pid: u32, torch_version: String },
-    Loaded { model: ModelLabel, device: DeviceChoice, device_label: String },
-    MediaInfo { width: u32, height: u32, frames: usize, fps: f32 },
-    Restored { ops: usize },
-    Frame { seq: u64, frame: usize, objects: Vec<ObjectMask>, timings: StageTimings },
-    OpDone { seq: u64, cancelled: bool },
+    Hello {
+        version: u32,
+        pid: u32,
+        torch_version: String,
+    },
+    Loaded {
+        model: ModelLabel,
+        device: DeviceChoice,
+        device_label: String,
+    },
+    MediaInfo {
+        width: u32,
+        height: u32,
+        frames: usize,
+        fps: f32,
+    },
+    Restored {
+        ops: usize,
+    },
+    Frame {
+        seq: u64,
+        frame: usize,
+        objects: Vec<ObjectMask>,
+        timings: StageTimings,
+    },
+    OpDone {
+        seq: u64,
+        cancelled: bool,
+    },
     /// A request failed; the worker lives on. `seq` is set when it was an op.
-    Error { seq: Option<u64>, message: String },
-    Heartbeat { stats: WorkerStats },
-    Prefetched { frame: usize },
+    Error {
+        seq: Option<u64>,
+        message: String,
+    },
+    Heartbeat {
+        stats: WorkerStats,
+    },
+    Prefetched {
+        frame: usize,
+    },
     Bye,
 }
 
@@ -84,13 +127,19 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// Decodes one frame from the front of `buf`: the message and the bytes it used.
 pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<(T, usize), FrameError> {
     if buf.len() < 4 {
-        return Err(FrameError::Truncated { got: buf.len(), want: 4 });
+        return Err(FrameError::Truncated {
+            got: buf.len(),
+            want: 4,
+        });
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(len));
     }
-    let body = buf.get(4..4 + len).ok_or(FrameError::Truncated { got: buf.len() - 4, want: len })?;
+    let body = buf.get(4..4 + len).ok_or(FrameError::Truncated {
+        got: buf.len() - 4,
+        want: len,
+    })?;
     let msg = serde_json::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
     Ok((msg, 4 + len))
 }
@@ -119,7 +168,9 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, F
     if got < len {
         return Err(FrameError::Truncated { got, want: len });
     }
-    serde_json::from_slice(&body).map(Some).map_err(|e| FrameError::Malformed(e.to_string()))
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 /// Reads until `buf` is full or the stream ends; returns how many bytes arrived.

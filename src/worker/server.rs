@@ -57,7 +57,13 @@ fn spawn_reader(out: Out) -> Inbox {
                     Ok(None) => break,
                     Err(e) => {
                         // A bad frame desynchronises the stream: say so and stop reading.
-                        send(&out, &Response::Error { seq: None, message: format!("protocol: {e}") });
+                        send(
+                            &out,
+                            &Response::Error {
+                                seq: None,
+                                message: format!("protocol: {e}"),
+                            },
+                        );
                         break;
                     }
                 }
@@ -77,7 +83,9 @@ fn spawn_heartbeat(out: Out, device: Arc<Mutex<DeviceInfo>>, stop: Arc<AtomicBoo
             while !stop.load(Ordering::SeqCst) {
                 if !HANGING.load(Ordering::SeqCst) {
                     let dev = device.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let msg = Response::Heartbeat { stats: stats::collect(&dev, &version) };
+                    let msg = Response::Heartbeat {
+                        stats: stats::collect(&dev, &version),
+                    };
                     let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
                     // Checked under the stdout lock: nothing may follow `Bye`.
                     if stop.load(Ordering::SeqCst) {
@@ -104,10 +112,19 @@ pub fn serve() -> anyhow::Result<()> {
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let faults = FaultPlan::from_env()?;
     let inbox = spawn_reader(out.clone());
-    let device = Arc::new(Mutex::new(DeviceInfo { kind: "none".into(), ..Default::default() }));
+    let device = Arc::new(Mutex::new(DeviceInfo {
+        kind: "none".into(),
+        ..Default::default()
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     spawn_heartbeat(out.clone(), device.clone(), stop.clone());
-    let mut engine = Engine { out: out.clone(), faults, device, model: None, video: None };
+    let mut engine = Engine {
+        out: out.clone(),
+        faults,
+        device,
+        model: None,
+        video: None,
+    };
     while let Ok((n, req)) = inbox.rx.recv() {
         if matches!(req, Request::Shutdown) {
             break;
@@ -127,33 +144,70 @@ impl Engine {
         let reply = match req {
             Request::Hello { version } if version != PROTOCOL_VERSION => Response::Error {
                 seq: None,
-                message: format!("protocol version {version} not supported (worker speaks {PROTOCOL_VERSION})"),
+                message: format!(
+                    "protocol version {version} not supported (worker speaks {PROTOCOL_VERSION})"
+                ),
             },
             Request::Hello { .. } => Response::Hello {
                 version: PROTOCOL_VERSION,
                 pid: std::process::id(),
                 torch_version: stats::torch_version(),
             },
-            Request::LoadModel { checkpoint, size, version, device, precision, image_size, device_label } => {
-                self.load(checkpoint, size, version, device, precision, image_size, device_label)
-            }
-            Request::OpenMedia { path, bank_dir, fill_holes } => self.open(&path, bank_dir, fill_holes),
+            Request::LoadModel {
+                checkpoint,
+                size,
+                version,
+                device,
+                precision,
+                image_size,
+                device_label,
+            } => self.load(
+                checkpoint,
+                size,
+                version,
+                device,
+                precision,
+                image_size,
+                device_label,
+            ),
+            Request::OpenMedia {
+                path,
+                bank_dir,
+                fill_holes,
+            } => self.open(&path, bank_dir, fill_holes),
             Request::Restore { ops } => match self.video.as_mut() {
                 None => Err(anyhow::anyhow!("restore before open_media")),
-                Some(v) => v.restore(&ops).map(|_| Response::Restored { ops: ops.len() }),
+                Some(v) => v
+                    .restore(&ops)
+                    .map(|_| Response::Restored { ops: ops.len() }),
             }
-            .unwrap_or_else(|e| Response::Error { seq: None, message: format!("restore: {e:#}") }),
+            .unwrap_or_else(|e| Response::Error {
+                seq: None,
+                message: format!("restore: {e:#}"),
+            }),
             Request::Apply { seq, op } => self.apply(seq, &op, cancelled),
             Request::Prefetch { frame } => match self.video.as_mut() {
-                None => Response::Error { seq: None, message: "prefetch before open_media".into() },
+                None => Response::Error {
+                    seq: None,
+                    message: "prefetch before open_media".into(),
+                },
                 Some(v) => match v.prefetch(frame) {
                     Ok(()) => Response::Prefetched { frame },
-                    Err(e) => Response::Error { seq: None, message: format!("prefetch {frame}: {e:#}") },
+                    Err(e) => Response::Error {
+                        seq: None,
+                        message: format!("prefetch {frame}: {e:#}"),
+                    },
                 },
             },
             Request::Stats => {
-                let dev = self.device.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                Response::Heartbeat { stats: stats::collect(&dev, &stats::torch_version()) }
+                let dev = self
+                    .device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                Response::Heartbeat {
+                    stats: stats::collect(&dev, &stats::torch_version()),
+                }
             }
             Request::Cancel | Request::Shutdown => return,
         };
@@ -173,7 +227,12 @@ impl Engine {
     ) -> Response {
         let resolved = match device.resolve() {
             Ok(d) => d,
-            Err(e) => return Response::Error { seq: None, message: format!("load: {e:#}") },
+            Err(e) => {
+                return Response::Error {
+                    seq: None,
+                    message: format!("load: {e:#}"),
+                }
+            }
         };
         let choice = DeviceChoice::of(resolved);
         let label = device_label.unwrap_or_else(|| choice.to_string());
@@ -183,14 +242,27 @@ impl Engine {
             let mut d = self.device.lock().unwrap_or_else(|p| p.into_inner());
             d.kind = choice.to_string();
             d.mps = matches!(resolved, tch::Device::Mps);
-            d.cuda_index = if let tch::Device::Cuda(i) = resolved { Some(i as i32) } else { None };
+            d.cuda_index = if let tch::Device::Cuda(i) = resolved {
+                Some(i as i32)
+            } else {
+                None
+            };
             d.name = match resolved {
-                tch::Device::Cuda(i) => stats::cuda_device_name(i as i32).unwrap_or_else(|| format!("cuda:{i}")),
+                tch::Device::Cuda(i) => {
+                    stats::cuda_device_name(i as i32).unwrap_or_else(|| format!("cuda:{i}"))
+                }
                 tch::Device::Mps => "Apple GPU (MPS)".into(),
                 _ => format!("CPU ({} threads)", tch::get_num_threads()),
             };
         }
-        let opts = LoadOptions { checkpoint: checkpoint.clone(), size, version, device: resolved, precision, image_size };
+        let opts = LoadOptions {
+            checkpoint: checkpoint.clone(),
+            size,
+            version,
+            device: resolved,
+            precision,
+            image_size,
+        };
         match Sam2Base::load(&opts) {
             Ok(model) => {
                 let label_model = ModelLabel {
@@ -200,33 +272,74 @@ impl Engine {
                 };
                 self.model = Some(Rc::new(model));
                 self.video = None;
-                Response::Loaded { model: label_model, device: choice, device_label: label }
+                Response::Loaded {
+                    model: label_model,
+                    device: choice,
+                    device_label: label,
+                }
             }
-            Err(e) => Response::Error { seq: None, message: format!("load {}: {e:#}", checkpoint.display()) },
+            Err(e) => Response::Error {
+                seq: None,
+                message: format!("load {}: {e:#}", checkpoint.display()),
+            },
         }
     }
 
-    fn open(&mut self, path: &std::path::Path, bank_dir: Option<std::path::PathBuf>, fill_holes: bool) -> Response {
+    fn open(
+        &mut self,
+        path: &std::path::Path,
+        bank_dir: Option<std::path::PathBuf>,
+        fill_holes: bool,
+    ) -> Response {
         let result = (|| {
-            let model = self.model.clone().ok_or_else(|| anyhow::anyhow!("open_media before load_model"))?;
+            let model = self
+                .model
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("open_media before load_model"))?;
             let frames = crate::media::open(path)?;
             let fps = frames.fps();
-            let v = VideoPredictor::new(model, frames, VideoOptions { fill_holes, bank_dir })?;
+            let v = VideoPredictor::new(
+                model,
+                frames,
+                VideoOptions {
+                    fill_holes,
+                    bank_dir,
+                },
+            )?;
             let (width, height) = v.video_size();
             let frames = v.num_frames();
             self.video = Some(v);
-            Ok::<_, anyhow::Error>(Response::MediaInfo { width, height, frames, fps })
+            Ok::<_, anyhow::Error>(Response::MediaInfo {
+                width,
+                height,
+                frames,
+                fps,
+            })
         })();
-        result.unwrap_or_else(|e| Response::Error { seq: None, message: format!("open {}: {e:#}", path.display()) })
+        result.unwrap_or_else(|e| Response::Error {
+            seq: None,
+            message: format!("open {}: {e:#}", path.display()),
+        })
     }
 
-    fn apply(&mut self, seq: u64, op: &crate::session::Op, cancelled: &dyn Fn() -> bool) -> Response {
+    fn apply(
+        &mut self,
+        seq: u64,
+        op: &crate::session::Op,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Response {
         self.faults.check(FaultPoint::Op(seq));
         let Some(video) = self.video.as_mut() else {
-            return Response::Error { seq: Some(seq), message: "op before open_media".into() };
+            return Response::Error {
+                seq: Some(seq),
+                message: "op before open_media".into(),
+            };
         };
         if let Err(e) = op.validate() {
-            return Response::Error { seq: Some(seq), message: e };
+            return Response::Error {
+                seq: Some(seq),
+                message: e,
+            };
         }
         let out = self.out.clone();
         let faults = &self.faults;
@@ -244,8 +357,14 @@ impl Engine {
             }
         };
         match video.apply(op, &mut on_frame) {
-            Ok(()) => Response::OpDone { seq, cancelled: was_cancelled },
-            Err(e) => Response::Error { seq: Some(seq), message: format!("{e:#}") },
+            Ok(()) => Response::OpDone {
+                seq,
+                cancelled: was_cancelled,
+            },
+            Err(e) => Response::Error {
+                seq: Some(seq),
+                message: format!("{e:#}"),
+            },
         }
     }
 }
@@ -257,9 +376,14 @@ fn frame_response(seq: u64, f: FrameOutput) -> Response {
     if let Some(dir) = std::env::var_os("SAM2_TUI_LOGITS_DIR") {
         for o in &f.objects {
             let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
-            let data: Vec<f32> = Vec::<f32>::try_from(o.logits.contiguous().flatten(0, -1)).unwrap_or_default();
-            let path = std::path::Path::new(&dir).join(o.object.to_string()).join(format!("{:05}.npy", f.frame));
-            if let Err(e) = crate::util::atomic_write(&path, &crate::media::npy::f32_array(&[h, w], &data)) {
+            let data: Vec<f32> =
+                Vec::<f32>::try_from(o.logits.contiguous().flatten(0, -1)).unwrap_or_default();
+            let path = std::path::Path::new(&dir)
+                .join(o.object.to_string())
+                .join(format!("{:05}.npy", f.frame));
+            if let Err(e) =
+                crate::util::atomic_write(&path, &crate::media::npy::f32_array(&[h, w], &data))
+            {
                 eprintln!("sam2-tui engine: {e:#}");
             }
         }
@@ -270,9 +394,19 @@ fn frame_response(seq: u64, f: FrameOutput) -> Response {
         .map(|o| {
             let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
             let mask = o.logits.gt(0.0).to_kind(tch::Kind::Uint8).contiguous();
-            let bytes: Vec<u8> = Vec::<u8>::try_from(mask.flatten(0, -1)).unwrap_or_else(|_| vec![0; h * w]);
-            ObjectMask { object: o.object, rle: Rle::encode(&bytes, h, w), score: o.score }
+            let bytes: Vec<u8> =
+                Vec::<u8>::try_from(mask.flatten(0, -1)).unwrap_or_else(|_| vec![0; h * w]);
+            ObjectMask {
+                object: o.object,
+                rle: Rle::encode(&bytes, h, w),
+                score: o.score,
+            }
         })
         .collect();
-    Response::Frame { seq, frame: f.frame, objects, timings: f.timings }
+    Response::Frame {
+        seq,
+        frame: f.frame,
+        objects,
+        timings: f.timings,
+    }
 }
