@@ -21,7 +21,10 @@ pub fn state_text(app: &App) -> (String, u8) {
         EngineState::Starting => ("starting".to_string(), 1),
         EngineState::Loading => ("loading model".to_string(), 1),
         EngineState::Ready => ("ready".to_string(), 0),
-        EngineState::Propagating { done, total } => (format!("propagating {done}/{total}"), 0),
+        // The state is sent once per propagation; progress events carry the live count.
+        EngineState::Propagating { done, total } => {
+            (format!("propagating {}/{}", app.perf.done.max(*done), app.perf.total.max(*total)), 0)
+        }
         EngineState::Crashed { reason } => (format!("crashed: {reason}"), 2),
         EngineState::Restarting { attempt } => {
             let why = app.engine.last_death.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
