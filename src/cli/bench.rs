@@ -1,7 +1,271 @@
-//! `sam2-tui bench` (placeholder until its owner lands it).
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+//! `sam2-tui bench`: FPS, per-stage latency, memory and crashes per model size × device,
+//! each row a supervised propagation over a synthetic clip with one click on frame 0.
+//! See `crate::bench` for what is measured and how.
+use crate::bench::{clip, machine::Machine, measure, reference, report};
+use crate::device::{DeviceChoice, Precision};
+use crate::model::config::{ModelSize, ModelVersion};
+use anyhow::{anyhow, bail};
+use measure::{RowResult, RowSpec, RowStatus};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("'bench' is not implemented yet")
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small,base_plus,large")]
+    pub sizes: Vec<ModelSize>,
+    /// Devices to measure (default: cpu, plus cuda and mps where available). A device
+    /// that is not available gets an "unavailable" row.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<DeviceChoice>,
+    /// Frames in the clip (default: 8 on cpu, 200 on an accelerator).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Size of the synthetic frames, WIDTHxHEIGHT.
+    #[arg(long, default_value = "960x540", value_parser = parse_resolution)]
+    pub resolution: (u32, u32),
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
+    /// Propagations per row; on an accelerator the first is a warm-up left out of the
+    /// medians (default: 1 on cpu, 3 on an accelerator).
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Where to look for the official checkpoints (default: weights/ and the other usual
+    /// places). A size without one is measured with random-init weights, labelled so.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// One checkpoint file to measure (with a single --sizes entry).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Measure on this frame folder instead of a synthetic clip (all its frames).
+    #[arg(long)]
+    pub frames_dir: Option<PathBuf>,
+    /// CPU threads for the engine (OMP_NUM_THREADS of the worker).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also write the results, the machine and the settings as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also time the official Python predictor (scripts/bench_reference.py, needs the
+    /// `sam2` package) on the same frames and checkpoint, before each row.
+    #[arg(long)]
+    pub reference: bool,
+    /// Model input size (1024 for the official models; smaller only for tests).
+    #[arg(long, default_value_t = 1024, hide = true)]
+    pub image_size: i64,
+}
+
+fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("'{s}': expected WIDTHxHEIGHT, e.g. 960x540"))?;
+    let w: u32 = w.trim().parse().map_err(|_| format!("'{s}': bad width"))?;
+    let h: u32 = h.trim().parse().map_err(|_| format!("'{s}': bad height"))?;
+    if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) {
+        return Err(format!("'{s}': width and height must be 16..8192"));
+    }
+    Ok((w, h))
+}
+
+/// Where clips and random-init checkpoints are kept between runs.
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("SAM2_TUI_CACHE").map(PathBuf::from).or_else(|| {
+        directories::ProjectDirs::from("", "", "sam2-tui").map(|d| d.cache_dir().to_path_buf())
+    });
+    base.unwrap_or_else(std::env::temp_dir).join("bench")
+}
+
+/// Why a device cannot be measured here, or None when it can.
+fn unavailable(device: DeviceChoice) -> Option<&'static str> {
+    match device {
+        DeviceChoice::Cuda if !tch::Cuda::is_available() => Some("CUDA is not available on this machine"),
+        DeviceChoice::Mps if !tch::utils::has_mps() => Some("MPS is not available on this machine"),
+        _ => None,
+    }
+}
+
+/// The checkpoint for one size: --checkpoint, else the official file (in --checkpoint-dir
+/// or the usual places), else a random-init one in the cache (a `.pt` in the official
+/// layout when the reference must read it too; the reference script writes that one).
+fn checkpoint_for(a: &Args, size: ModelSize, cache: &Path) -> anyhow::Result<(PathBuf, ModelVersion, bool)> {
+    let real = match (&a.checkpoint, &a.checkpoint_dir) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(d)) => Some(d.join(crate::weights::official::file_name(size, ModelVersion::V2_1))).filter(|p| p.is_file()),
+        (None, None) => Some(crate::weights::default_checkpoint(size, ModelVersion::V2_1)).filter(|p| p.is_file()),
+    };
+    if let Some(path) = real {
+        if !path.is_file() {
+            bail!("{}: checkpoint not found", path.display());
+        }
+        let det = crate::weights::detect(&crate::weights::load(&path)?).map_err(|e| anyhow!("{e:#}"))?;
+        crate::weights::check_requested(&det, Some(size), None, &path)?;
+        let random = crate::model::random_init::is_random_init(&path);
+        return Ok((path, det.version, random));
+    }
+    let stem = format!("sam2.1_hiera_{}.random-init", size.name());
+    if a.reference {
+        return Ok((cache.join(format!("{stem}.pt")), ModelVersion::V2_1, true));
+    }
+    let path = cache.join(format!("{stem}.safetensors"));
+    if !path.is_file() {
+        eprintln!("bench: no {size} weights found; writing random-init ones to {}", path.display());
+        crate::model::random_init::write_random_checkpoint(&path, size, ModelVersion::V2_1, 0)?;
+    }
+    Ok((path, ModelVersion::V2_1, true))
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.sizes.is_empty() {
+        bail!("--sizes: give at least one model size");
+    }
+    if a.checkpoint.is_some() && a.sizes.len() != 1 {
+        bail!("--checkpoint measures one file: give exactly one --sizes entry");
+    }
+    if a.runs == Some(0) || a.frames == Some(0) {
+        bail!("--runs and --frames must be at least 1");
+    }
+    let cache = cache_dir();
+    let mut devices = a.devices.clone();
+    if devices.is_empty() {
+        devices.push(DeviceChoice::Cpu);
+        devices.extend([DeviceChoice::Cuda, DeviceChoice::Mps].into_iter().filter(|d| unavailable(*d).is_none()));
+    }
+    // `auto` is measured as whatever it resolves to, and named so in the row.
+    for d in devices.iter_mut() {
+        if *d == DeviceChoice::Auto {
+            *d = DeviceChoice::of(DeviceChoice::Auto.resolve()?);
+        }
+    }
+    devices.dedup();
+    let given_clip = match &a.frames_dir {
+        Some(dir) => {
+            let src = crate::media::open(dir)?;
+            let (w, h) = src.size();
+            Some((dir.canonicalize().unwrap_or_else(|_| dir.clone()), w, h, src.len()))
+        }
+        None => None,
+    };
+
+    let mut machine = Machine::probe();
+    let mut rows: Vec<RowResult> = vec![];
+    let mut clips: (Option<PathBuf>, Option<PathBuf>) = (None, None);
+    for &device in &devices {
+        let on_cpu = device == DeviceChoice::Cpu;
+        for &size in &a.sizes {
+            if let Some(why) = unavailable(device) {
+                rows.push(RowResult::unavailable(size, device, a.precision, why));
+                continue;
+            }
+            let row = bench_row(&a, size, device, &cache, given_clip.as_ref(), &mut clips, on_cpu)
+                .unwrap_or_else(|e| {
+                    let mut r = RowResult::empty(size, device, a.precision, RowStatus::Failed);
+                    r.error = Some(format!("{e:#}"));
+                    r
+                });
+            if device == DeviceChoice::Cuda {
+                if let Some(n) = &row.device_name {
+                    machine.add_gpu(n);
+                }
+            }
+            if device == DeviceChoice::Mps {
+                machine.add_gpu("Apple MPS");
+            }
+            eprintln!("bench: {}", report::table(std::slice::from_ref(&row))[1..].join("\n       "));
+            rows.push(row);
+        }
+    }
+
+    for line in report::table(&rows) {
+        println!("{line}");
+    }
+    if let Some(path) = &a.json {
+        let (w, h) = given_clip.as_ref().map(|c| (c.1, c.2)).unwrap_or(a.resolution);
+        let (cx, cy) = clip::click(w, h);
+        let settings = report::Settings {
+            resolution: (w, h),
+            image_size: a.image_size,
+            precision: a.precision.to_string(),
+            threads: a.threads,
+            click: format!("positive ({cx:.1}, {cy:.1}) on frame 0, object 1"),
+            frames_dir_cpu: clips.0.map(|p| p.display().to_string()),
+            frames_dir_accelerator: clips.1.map(|p| p.display().to_string()),
+        };
+        report::Report { machine, settings, rows: rows.clone() }.write_json(path)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    if rows.iter().any(|r| r.status == RowStatus::Failed) {
+        bail!("{} of {} rows failed (see the table)", rows.iter().filter(|r| r.status == RowStatus::Failed).count(), rows.len());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_row(
+    a: &Args,
+    size: ModelSize,
+    device: DeviceChoice,
+    cache: &Path,
+    given_clip: Option<&(PathBuf, u32, u32, usize)>,
+    clips: &mut (Option<PathBuf>, Option<PathBuf>),
+    on_cpu: bool,
+) -> anyhow::Result<RowResult> {
+    let (frames_dir, (w, h)) = match given_clip {
+        Some((dir, w, h, _)) => (dir.clone(), (*w, *h)),
+        None => {
+            let n = a.frames.unwrap_or(if on_cpu { 8 } else { 200 });
+            let (w, h) = a.resolution;
+            let dir = clip::ensure(cache, w, h, n)?;
+            *(if on_cpu { &mut clips.0 } else { &mut clips.1 }) = Some(dir.clone());
+            (dir, (w, h))
+        }
+    };
+    let (checkpoint, version, random_init) = checkpoint_for(a, size, cache)?;
+    let runs = a.runs.unwrap_or(if on_cpu { 1 } else { 3 });
+    let threads = a.threads;
+    // The reference runs first: with no real weights it writes the random-init .pt that
+    // both then read, so the two load the very same file.
+    let reference = if a.reference {
+        eprintln!("bench: reference {size} on {device} ({}) …", frames_dir.display());
+        Some(reference::run(size, device, a.precision, &frames_dir, &checkpoint, threads))
+    } else {
+        None
+    };
+    eprintln!(
+        "bench: {size} on {device} ({} precision, {runs} run(s), {}{}) …",
+        a.precision,
+        frames_dir.display(),
+        if random_init { ", random-init weights" } else { "" }
+    );
+    let spec = RowSpec {
+        size,
+        device,
+        precision: a.precision,
+        image_size: a.image_size,
+        checkpoint,
+        random_init,
+        frames_dir,
+        click: clip::click(w, h),
+        runs,
+        warmup: if on_cpu { 0 } else { 1 },
+        threads,
+        stall_timeout: Duration::from_secs(900),
+    };
+    let mut row = measure::measure(&spec, version);
+    match reference {
+        Some(Ok(r)) => row.reference = Some(r),
+        Some(Err(e)) => row.error = Some(format!("reference: {e:#}")),
+        None => {}
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_resolution;
+
+    #[test]
+    fn resolutions_are_width_x_height_within_bounds() {
+        assert_eq!(parse_resolution("960x540"), Ok((960, 540)));
+        assert_eq!(parse_resolution("64X48"), Ok((64, 48)));
+        assert!(parse_resolution("960").is_err());
+        assert!(parse_resolution("0x10").is_err());
+    }
 }

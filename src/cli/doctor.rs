@@ -76,6 +76,7 @@ pub struct Rehearsal {
     pub errors: Vec<String>,
 }
 
+#[cfg(feature = "video")]
 fn ffmpeg_version(v: u32) -> String {
     format!("{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)
 }
@@ -154,6 +155,7 @@ pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>) -> Report {
         cuda_devices,
         mps: tch::utils::has_mps(),
     };
+    #[cfg(feature = "video")]
     let ffmpeg = vec![
         (
             "avutil".to_string(),
@@ -172,6 +174,8 @@ pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>) -> Report {
             ffmpeg_version(ffmpeg_next::software::scaling::version()),
         ),
     ];
+    #[cfg(not(feature = "video"))]
+    let ffmpeg = vec![("ffmpeg".to_string(), "built without FFmpeg (feature `video`)".to_string())];
     let environment = ENV_VARS
         .iter()
         .filter_map(|k| env(k).map(|v| (k.to_string(), v)))

@@ -6,12 +6,14 @@ pub mod image_file;
 pub mod image_frames;
 pub mod npy;
 pub mod outputs;
+#[cfg(feature = "video")]
 pub mod overlay;
 pub mod palette;
 pub mod prefetch;
 pub mod preprocess;
 pub mod rle;
 mod turbojpeg;
+#[cfg(feature = "video")]
 pub mod video;
 
 use std::path::Path;
@@ -43,7 +45,33 @@ pub fn open(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
     if image_file::is_image_path(path) {
         return Ok(Box::new(image_frames::SingleImage::open(path)?));
     }
-    Ok(Box::new(video::VideoFile::open(path)?))
+    #[cfg(feature = "video")]
+    return Ok(Box::new(video::VideoFile::open(path)?));
+    #[cfg(not(feature = "video"))]
+    anyhow::bail!("{}: cannot read video files: built without FFmpeg (feature `video`); use a frame folder or an image", path.display())
+}
+
+/// Without FFmpeg there is no encoder: the overlay is refused in one line, up front.
+#[cfg(not(feature = "video"))]
+pub mod overlay {
+    use std::path::{Path, PathBuf};
+    pub const OVERLAY_ALPHA: f32 = 0.5;
+    /// Never constructed (`create` always fails), so the other methods are unreachable.
+    pub struct OverlayWriter(std::convert::Infallible);
+    impl OverlayWriter {
+        pub fn create(path: &Path, _width: u32, _height: u32, _fps: f32) -> anyhow::Result<Self> {
+            anyhow::bail!("{}: cannot write the overlay video: built without FFmpeg (feature `video`)", path.display())
+        }
+        pub fn write(&mut self, _frame: &image::RgbImage, _masks: &[(u32, &[u8])]) -> anyhow::Result<()> {
+            match self.0 {}
+        }
+        pub fn frames(&self) -> usize {
+            match self.0 {}
+        }
+        pub fn finish(self) -> anyhow::Result<PathBuf> {
+            match self.0 {}
+        }
+    }
 }
 
 /// "no such file" rather than "No such file or directory (os error 2)".

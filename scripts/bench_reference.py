@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Time the official SAM 2 video predictor (PyPI sam2==1.1.0) on a frame folder.
+
+Usage: bench_reference.py SIZE MODE FRAMES_DIR CKPT [--runs N] [--threads N] [--json FILE]
+  SIZE  tiny | small | base_plus | large
+  MODE  cpu | cpu_bf16 | cuda_fp32 | cuda_bf16   (cuda_fp32 enables TF32, as the
+        published baselines do; the *_bf16 modes run under torch.autocast(bfloat16))
+  CKPT  an official-format .pt ({"model": state_dict}); if the file does not exist, a
+        random-init one is written there first (torch.manual_seed(0), same shapes and cost
+        as the real weights) — so sam2-tui can be handed the very same file.
+
+What it measures, in the reference's own terms (one positive click on frame 0 at the
+point sam2-tui's bench uses, then propagate_in_video forward over every frame):
+  build_s        build_sam2_video_predictor (config + checkpoint load, to device)
+  init_state_s   init_state (reads and resizes every frame up front)
+  first_mask_s   from the start of the build to the click's mask
+  whole_s        from the start of the build to the last mask of the first propagation
+                 (= model build + init_state + propagation; sam2-tui's counterpart is
+                 process start -> last mask written)
+  process_s      the same end point measured from interpreter start (imports included)
+  fps            propagation frames / seconds, median over the measured runs
+                 (runs: 1 on cpu, 3 on cuda with the first a warm-up, unless --runs)
+The last stdout line is one JSON object with these fields; the line before it is a
+human-readable summary.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+PROCESS_START = time.time()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sam2.build_sam import build_sam2, build_sam2_video_predictor  # noqa: E402
+
+CONFIGS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+
+
+def click_point(frames_dir):
+    """The click sam2-tui's bench makes: (210, 300) on a 960x540 frame, scaled."""
+    from PIL import Image
+
+    first = sorted(f for f in os.listdir(frames_dir) if f.lower().endswith((".jpg", ".jpeg")))[0]
+    w, h = Image.open(os.path.join(frames_dir, first)).size
+    return np.array([[210.0 * w / 960.0, 300.0 * h / 540.0]], np.float32)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("size", choices=sorted(CONFIGS))
+    ap.add_argument("mode", choices=["cpu", "cpu_bf16", "cuda_fp32", "cuda_bf16"])
+    ap.add_argument("frames_dir")
+    ap.add_argument("ckpt")
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="also write the result object here")
+    a = ap.parse_args()
+
+    cfg = f"configs/sam2.1/sam2.1_hiera_{CONFIGS[a.size]}.yaml"
+    if not os.path.isdir(a.frames_dir):
+        sys.exit(f"{a.frames_dir}: no such frame folder")
+    if not os.path.exists(a.ckpt):
+        torch.manual_seed(0)
+        tmp = a.ckpt + ".partial"
+        torch.save({"model": build_sam2(cfg, None, device="cpu").state_dict()}, tmp)
+        os.replace(tmp, a.ckpt)
+
+    dev = "cuda" if a.mode.startswith("cuda") else "cpu"
+    bf16 = a.mode.endswith("bf16")
+    if dev == "cpu":
+        torch.set_num_threads(a.threads or os.cpu_count())
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    runs = a.runs or (1 if dev == "cpu" else 3)
+    warmup = 1 if (dev == "cuda" and runs > 1) else 0
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    point = click_point(a.frames_dir)
+
+    t0 = time.time()
+    predictor = build_sam2_video_predictor(cfg, a.ckpt, device=dev)
+    sync()
+    t_build = time.time()
+    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16)
+    durations, frames = [], 0
+    with autocast, torch.inference_mode():
+        state = predictor.init_state(video_path=a.frames_dir)
+        sync()
+        t_init = time.time()
+        predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=point, labels=np.array([1], np.int32))
+        sync()
+        t_first = time.time()
+        t_whole = None
+        for r in range(runs):
+            sync()
+            t = time.time()
+            frames = 0
+            # As tools/reference_fps.py measures it: masks stay on the device.
+            for _ in predictor.propagate_in_video(state):
+                frames += 1
+            sync()
+            durations.append(time.time() - t)
+            if t_whole is None:
+                t_whole = time.time()
+    measured = durations[warmup:]
+    fps = [frames / d for d in measured]
+    result = {
+        "implementation": "sam2==1.1.0 (python)",
+        "size": a.size,
+        "mode": a.mode,
+        "frames": frames,
+        "runs": runs,
+        "warmup_runs": warmup,
+        "build_s": t_build - t0,
+        "init_state_s": t_init - t_build,
+        "first_mask_s": t_first - t0,
+        "whole_s": t_whole - t0,
+        "process_s": t_whole - PROCESS_START,
+        "fps": statistics.median(fps),
+        "fps_runs": [frames / d for d in durations],
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cuda_peak_allocated_bytes": torch.cuda.max_memory_allocated() if dev == "cuda" else None,
+        "device_name": torch.cuda.get_device_name() if dev == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    print(
+        f"reference {a.size} {a.mode}: {result['fps']:.2f} FPS over {frames} frames; whole run "
+        f"{result['whole_s']:.2f}s (build {result['build_s']:.2f}s, init_state {result['init_state_s']:.2f}s, "
+        f"first mask {result['first_mask_s']:.2f}s)"
+    )
+    line = json.dumps(result)
+    if a.json:
+        tmp = a.json + ".partial"
+        with open(tmp, "w") as f:
+            f.write(line + "\n")
+        os.replace(tmp, a.json)
+    print(line)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Side-by-side: the official Python predictor (sam2==1.1.0) and sam2-tui on the SAME frame
+# folder and the SAME official-format .pt checkpoint, in one go, reference first and last
+# (these machines are noisy: only a ratio measured side by side holds).
+#
+# Usage: scripts/bench_side_by_side.sh SIZE DEVICE FRAMES
+#   SIZE    tiny | small | base_plus | large
+#   DEVICE  cpu | cuda
+#   FRAMES  number of synthetic frames (the reference benchmark's scene, 960x540 JPEGs)
+# Environment (all optional):
+#   PRECISIONS      sam2-tui precisions to run, e.g. "fp32 bf16"      (default: fp32)
+#   REF_PRECISIONS  reference modes to run (bf16 = torch.autocast)   (default: fp32)
+#   THREADS         CPU threads for both (default: all)
+#   SAM2_TUI        the binary (default: target/release/sam2-tui)
+#   PY              the Python with sam2 (default: $SAM2_TUI_PYTHON or python3)
+#   WORK            where frames, checkpoint and outputs go (default: /tmp/sam2-side-by-side)
+#   RESOLUTION      WIDTHxHEIGHT of the frames (default: 960x540)
+#   OUT_JSON        also write every figure here as JSON
+#
+# Per run it reports, for the reference: whole run = model build + init_state + first
+# propagation (bench_reference.py's whole_s); for sam2-tui: whole run = process start of
+# `sam2-tui segment` to its exit (last mask written), and propagation FPS from
+# `sam2-tui bench` on the same frames/checkpoint. Ratios are reference / ours for time and
+# ours / reference for FPS (> 1 = sam2-tui faster), against the mean of the two reference
+# runs. With both fp32 and bf16 in PRECISIONS, the bf16 masks are compared pixel-wise with
+# the fp32 ones.
+set -euo pipefail
+if [ $# -ne 3 ]; then
+    sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+    exit 2
+fi
+SIZE=$1 DEVICE=$2 FRAMES=$3
+case $SIZE in tiny|small|base_plus|large) ;; *) echo "SIZE: expected tiny, small, base_plus or large, got '$SIZE'" >&2; exit 2 ;; esac
+case $DEVICE in cpu|cuda) ;; *) echo "DEVICE: expected cpu or cuda, got '$DEVICE'" >&2; exit 2 ;; esac
+[[ $FRAMES =~ ^[1-9][0-9]*$ ]] || { echo "FRAMES: expected a positive number, got '$FRAMES'" >&2; exit 2; }
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+PY=${PY:-${SAM2_TUI_PYTHON:-python3}}
+BIN=${SAM2_TUI:-$ROOT/target/release/sam2-tui}
+WORK=${WORK:-/tmp/sam2-side-by-side}
+RESOLUTION=${RESOLUTION:-960x540}
+PRECISIONS=${PRECISIONS:-fp32}
+REF_PRECISIONS=${REF_PRECISIONS:-fp32}
+W=${RESOLUTION%x*} H=${RESOLUTION#*x}
+[ -x "$BIN" ] || { echo "$BIN: no sam2-tui binary (cargo build --release, or set SAM2_TUI)" >&2; exit 1; }
+mkdir -p "$WORK"
+FRAMES_DIR=$WORK/frames-${W}x${H}-$FRAMES
+CKPT=$WORK/sam2.1_hiera_$SIZE.random-init.pt
+LOG=$WORK/log-$SIZE-$DEVICE.txt
+: >"$LOG"
+THREAD_ARGS=()
+if [ -n "${THREADS:-}" ]; then
+    THREAD_ARGS=(--threads "$THREADS")
+    export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+fi
+
+# 1. Frames (Pillow, quality 75, the scene of tools/reference_fps.py) and a random-init
+#    checkpoint written by the official package itself.
+"$PY" - "$FRAMES_DIR" "$FRAMES" "$W" "$H" "$CKPT" "$SIZE" <<'EOF'
+import os, sys
+import numpy as np, torch
+from PIL import Image
+frames_dir, n, w, h, ckpt, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+if not os.path.isfile(os.path.join(frames_dir, f"{n - 1:05d}.jpg")):
+    tmp = frames_dir + ".partial"
+    os.makedirs(tmp, exist_ok=True)
+    sx, sy = w / 960.0, h / 540.0
+    bw = max(1, round(150 * sx))
+    travel = max(1, w - bw) / sx
+    for i in range(n):
+        img = np.full((h, w, 3), (40, 60, 80), np.uint8)
+        x = round(((100 + 3 * i) % travel) * sx)
+        img[round(200 * sy):round(380 * sy), x:x + bw] = (220, 60, 60)
+        Image.fromarray(img).save(f"{tmp}/{i:05d}.jpg")
+    os.replace(tmp, frames_dir)
+if not os.path.isfile(ckpt):
+    from sam2.build_sam import build_sam2
+    letter = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}[size]
+    torch.manual_seed(0)
+    model = build_sam2(f"configs/sam2.1/sam2.1_hiera_{letter}.yaml", None, device="cpu")
+    torch.save({"model": model.state_dict()}, ckpt + ".partial")
+    os.replace(ckpt + ".partial", ckpt)
+EOF
+CX=$("$PY" -c "print(210.0 * $W / 960.0)") CY=$("$PY" -c "print(300.0 * $H / 540.0)")
+echo "{\"objects\": [{\"id\": 1, \"frame\": 0, \"points\": [[$CX, $CY, 1]]}]}" >"$WORK/prompts.json"
+echo "side-by-side: $SIZE on $DEVICE, $FRAMES frames ${W}x${H} ($FRAMES_DIR), checkpoint $CKPT"
+echo "side-by-side: load $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) on $(nproc) CPUs before the first run"
+
+ref_mode() { # DEVICE PRECISION -> bench_reference.py mode
+    case "$1:$2" in cpu:fp32) echo cpu ;; cpu:bf16) echo cpu_bf16 ;; cuda:fp32) echo cuda_fp32 ;; cuda:bf16) echo cuda_bf16 ;; esac
+}
+run_reference() { # PASS PRECISION
+    local out=$WORK/ref-$SIZE-$DEVICE-$2-$1.json
+    echo "side-by-side: reference $(ref_mode "$DEVICE" "$2") (pass $1) …"
+    "$PY" "$HERE/bench_reference.py" "$SIZE" "$(ref_mode "$DEVICE" "$2")" "$FRAMES_DIR" "$CKPT" \
+        ${THREADS:+--threads "$THREADS"} --json "$out" 2>>"$LOG" | sed -n 1p
+}
+run_ours() { # PRECISION
+    local p=$1 out=$WORK/out-$SIZE-$DEVICE-$1
+    echo "side-by-side: sam2-tui segment --precision $p …"
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$BIN" segment "$FRAMES_DIR" --prompts "$WORK/prompts.json" --out "$out" --checkpoint "$CKPT" \
+        --device "$DEVICE" --precision "$p" --session-dir "$WORK/session-$p" 2>>"$LOG"
+    t1=$(date +%s.%N)
+    "$PY" -c "import json,sys; json.dump({'whole_s': $t1 - $t0}, open(sys.argv[1], 'w'))" "$WORK/segment-$SIZE-$DEVICE-$p.json"
+    echo "side-by-side: sam2-tui bench --precision $p …"
+    "$BIN" bench --sizes "$SIZE" --devices "$DEVICE" --frames-dir "$FRAMES_DIR" --checkpoint "$CKPT" \
+        --precision "$p" "${THREAD_ARGS[@]}" --json "$WORK/bench-$SIZE-$DEVICE-$p.json" 2>>"$LOG" | sed 's/^/    /'
+}
+
+for p in $REF_PRECISIONS; do run_reference 1 "$p"; done
+for p in $PRECISIONS; do run_ours "$p"; done
+for p in $REF_PRECISIONS; do run_reference 2 "$p"; done
+echo "side-by-side: load $(cut -d' ' -f1-3 /proc/loadavg) after the last run"
+
+"$PY" - "$WORK" "$SIZE" "$DEVICE" "$FRAMES" "$PRECISIONS" "$REF_PRECISIONS" "${OUT_JSON:-}" <<'EOF'
+import json, os, sys
+import numpy as np
+work, size, device, frames, precs, ref_precs, out_json = sys.argv[1:8]
+precs, ref_precs = precs.split(), ref_precs.split()
+load = lambda p: json.load(open(p)) if os.path.isfile(p) else None
+summary = {"size": size, "device": device, "frames": int(frames), "reference": {}, "ours": {}}
+for p in ref_precs:
+    runs = [load(f"{work}/ref-{size}-{device}-{p}-{i}.json") for i in (1, 2)]
+    runs = [r for r in runs if r]
+    summary["reference"][p] = {
+        "whole_s": [r["whole_s"] for r in runs], "fps": [r["fps"] for r in runs],
+        "first_mask_s": [r["first_mask_s"] for r in runs], "init_state_s": [r["init_state_s"] for r in runs],
+        "peak_rss_bytes": [r["peak_rss_bytes"] for r in runs],
+        "cuda_peak_allocated_bytes": [r["cuda_peak_allocated_bytes"] for r in runs],
+        "device_name": runs[0]["device_name"] if runs else None,
+    }
+for p in precs:
+    seg, bench = load(f"{work}/segment-{size}-{device}-{p}.json"), load(f"{work}/bench-{size}-{device}-{p}.json")
+    row = bench["rows"][0] if bench else {}
+    summary["ours"][p] = {"whole_s": seg and seg["whole_s"], "fps": row.get("fps"), "fps_runs": row.get("fps_runs"),
+                          "stages_ms": row.get("stages_ms"), "time_to_first_mask_s": row.get("time_to_first_mask_s"),
+                          "peak_rss_bytes": row.get("peak_rss_bytes"), "cuda_peak_allocated_bytes": row.get("cuda_peak_allocated_bytes"),
+                          "status": row.get("status"), "error": row.get("error"), "crashes": row.get("crashes")}
+    if bench:
+        summary["machine"] = bench["machine"]
+
+def rle_counts(s):
+    """COCO compressed RLE string -> run lengths (pycocotools' rleFrString)."""
+    counts, p = [], 0
+    while p < len(s):
+        x, k, more = 0, 0, 1
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = c & 0x20
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+def masks(path):
+    doc = json.load(open(path))
+    out = {}
+    for fr in doc["frames"]:
+        for o in fr["objects"]:
+            rle = o["rle"]
+            h, w = rle["size"]
+            flat = np.zeros(h * w, np.uint8)
+            pos, val = 0, 0
+            for n in rle_counts(rle["counts"]):
+                flat[pos:pos + n] = val
+                pos, val = pos + n, 1 - val
+            out[(fr["frame"], o["id"])] = flat
+    return out
+
+if "fp32" in precs and len(precs) > 1:
+    base = masks(f"{work}/out-{size}-{device}-fp32/masks.json")
+    for p in precs:
+        if p == "fp32":
+            continue
+        other = masks(f"{work}/out-{size}-{device}-{p}/masks.json")
+        keys = sorted(set(base) & set(other))
+        diff = sum(int((base[k] != other[k]).sum()) for k in keys)
+        total = sum(base[k].size for k in keys)
+        ious = []
+        for k in keys:
+            a, b = base[k].astype(bool), other[k].astype(bool)
+            u = (a | b).sum()
+            ious.append(1.0 if u == 0 else (a & b).sum() / u)
+        summary.setdefault("agreement", {})[f"{p}_vs_fp32"] = {
+            "frames": len(keys), "missing": len(set(base) ^ set(other)),
+            "pixels_differing": diff, "pixel_agreement": 1 - diff / max(total, 1),
+            "mean_iou": float(np.mean(ious)) if ious else None, "min_iou": float(np.min(ious)) if ious else None,
+        }
+
+def mean(v):
+    v = [x for x in v if x is not None]
+    return sum(v) / len(v) if v else None
+
+print()
+print(f"== {size} on {device}, {frames} frames ==")
+for p, o in summary["ours"].items():
+    ref = summary["reference"].get(p) or summary["reference"].get("fp32")
+    rp = p if p in summary["reference"] else "fp32"
+    rw, rf = mean(ref["whole_s"]), mean(ref["fps"])
+    fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)
+    print(f"ours {p} vs reference {rp}:")
+    print(f"  whole run   reference {', '.join(fmt(v) for v in ref['whole_s'])} s (mean {fmt(rw)})   ours {fmt(o['whole_s'])} s"
+          f"   reference/ours {fmt(rw / o['whole_s'] if rw and o['whole_s'] else None)}x")
+    print(f"  propagation reference {', '.join(fmt(v) for v in ref['fps'])} FPS (mean {fmt(rf)})   ours {fmt(o['fps'])} FPS"
+          f"   ours/reference {fmt(o['fps'] / rf if rf and o['fps'] else None)}x")
+    if o.get("stages_ms"):
+        s = o["stages_ms"]
+        print("  ours per frame (median ms): " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
+    print(f"  first mask  reference {', '.join(fmt(v) for v in ref['first_mask_s'])} s   ours {fmt(o['time_to_first_mask_s'])} s (supervisor start)")
+    gib = lambda b: None if b is None else b / 2**30
+    print(f"  peak RSS    reference {', '.join(fmt(gib(v)) for v in ref['peak_rss_bytes'])} GiB   ours {fmt(gib(o['peak_rss_bytes']))} GiB")
+    if device == "cuda":
+        print(f"  CUDA peak   reference {', '.join(fmt(gib(v)) for v in ref['cuda_peak_allocated_bytes'])} GiB   ours {fmt(gib(o['cuda_peak_allocated_bytes']))} GiB")
+    if o.get("status") != "ok":
+        print(f"  ours: {o.get('status')}: {o.get('error')}")
+for k, a in summary.get("agreement", {}).items():
+    print(f"masks {k}: {a['pixel_agreement'] * 100:.4f}% of pixels agree over {a['frames']} frame(s) "
+          f"({a['pixels_differing']} differ); IoU mean {a['mean_iou']:.4f}, min {a['min_iou']:.4f}")
+if out_json:
+    json.dump(summary, open(out_json, "w"), indent=1)
+EOF

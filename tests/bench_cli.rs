@@ -1,0 +1,68 @@
+//! `sam2-tui bench` end to end: a real supervised propagation on the CPU (a tiny clip at a
+//! small input size, random-init weights), its table and JSON; devices that are not there
+//! are rows that say so, not crashes.
+mod common;
+
+use common::{bin, scratch};
+use std::process::Command;
+
+#[test]
+fn bench_on_cpu_reports_fps_stages_and_memory_and_marks_missing_devices_unavailable() {
+    let dir = scratch("bench_cli_cpu");
+    let json = dir.join("bench.json");
+    let out = Command::new(bin())
+        .args(["bench", "--sizes", "tiny", "--devices", "cpu,cuda", "--frames", "2", "--resolution", "64x48"])
+        .args(["--image-size", "128", "--threads", "2", "--json"])
+        .arg(&json)
+        .env("SAM2_TUI_CACHE", dir.join("cache"))
+        .current_dir(&dir) // no weights/ here: the bench must make random-init ones
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
+
+    let cpu_line = stdout.lines().find(|l| l.starts_with("tiny") && l.contains(" cpu ")).unwrap_or_else(|| panic!("no cpu row:\n{stdout}"));
+    assert!(cpu_line.contains("random-init") && cpu_line.contains(" ok "), "{cpu_line}");
+
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let m = &doc["machine"];
+    assert!(m["cpu_model"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
+    assert!(m["cpu_threads"].as_u64().unwrap() >= 1);
+    assert!(m["libtorch"].as_str().unwrap().starts_with("2."), "{m}");
+    assert_eq!(doc["settings"]["resolution"], serde_json::json!([64, 48]));
+
+    let rows = doc["rows"].as_array().unwrap();
+    let cpu = rows.iter().find(|r| r["device"] == "cpu").unwrap();
+    assert_eq!(cpu["status"], "ok", "{cpu}");
+    assert_eq!(cpu["random_init"], true);
+    assert_eq!(cpu["frames"], 2, "one mask per frame of the clip: {cpu}");
+    assert!(cpu["fps"].as_f64().unwrap() > 0.0, "{cpu}");
+    let stages = &cpu["stages_ms"];
+    for k in ["image_encoder", "memory_attention", "mask_decoder", "memory_encoder", "total"] {
+        assert!(stages[k].as_f64().is_some(), "stage {k} missing: {stages}");
+    }
+    assert!(stages["total"].as_f64().unwrap() > 0.0 && stages["image_encoder"].as_f64().unwrap() > 0.0, "{stages}");
+    assert!(cpu["time_to_first_mask_s"].as_f64().unwrap() > 0.0);
+    assert!(cpu["peak_rss_bytes"].as_u64().unwrap() > 50 << 20, "a worker holding a model uses > 50 MiB: {cpu}");
+    assert_eq!(cpu["crashes"], serde_json::json!([]));
+
+    let cuda = rows.iter().find(|r| r["device"] == "cuda").unwrap();
+    if tch::Cuda::is_available() {
+        assert_eq!(cuda["status"], "ok", "{cuda}");
+    } else {
+        assert_eq!(cuda["status"], "unavailable", "{cuda}");
+        assert!(cuda["fps"].is_null());
+        let line = stdout.lines().find(|l| l.starts_with("tiny") && l.contains(" cuda ")).unwrap();
+        assert!(line.contains("unavailable"), "{line}");
+    }
+}
+
+#[test]
+fn a_bad_resolution_is_one_clear_line_before_anything_runs() {
+    let out = Command::new(bin()).args(["bench", "--sizes", "tiny", "--resolution", "960by540"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("960by540") && stderr.contains("WIDTHxHEIGHT"), "{stderr}");
+}
