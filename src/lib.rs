@@ -7,6 +7,7 @@ pub mod predictor;
 pub mod session;
 pub mod supervisor;
 pub mod util;
+pub mod worker;
 pub mod weights;
 pub mod cli;
 pub mod config;

@@ -6,7 +6,7 @@ use sam2_tui::device::{DeviceChoice, Precision};
 use sam2_tui::media::rle::Rle;
 use sam2_tui::session::{Op, Point};
 use sam2_tui::supervisor::events::{ObjectMask, StageTimings};
-use sam2_tui::supervisor::worker::protocol::{
+use sam2_tui::worker::protocol::{
     decode, encode, read_frame, write_frame, FrameError, Request, Response, MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
 };

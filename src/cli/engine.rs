@@ -7,5 +7,5 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         eprintln!("sam2-tui engine: this is the worker process; it speaks a binary protocol on stdin/stdout and is started by the console or `segment`");
     }
-    crate::supervisor::worker::server::serve()
+    crate::worker::server::serve()
 }

@@ -163,7 +163,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     drop(store);
     // Swap the finished directory into place.
-    let staged = staging.into_path();
+    let staged = staging.keep();
     if out.exists() {
         let old = parent.join(format!(".sam2-tui-old-{}", std::process::id()));
         std::fs::rename(&out, &old).map_err(|e| anyhow!("{}: cannot replace: {e}", out.display()))?;

@@ -190,8 +190,9 @@ impl Sam2Base {
         let s = self.image_size();
         let high_multi = low_multi.upsample_bilinear2d([s, s], false, None, None);
         let (low, high, token) = if multimask {
-            let best = out.iou.argmax(-1, false).int64_value(&[0]);
-            (low_multi.narrow(1, best, 1), high_multi.narrow(1, best, 1), out.sam_tokens.select(1, best))
+            // Index with a device tensor: no host round trip (a GPU sync) per object-frame.
+            let best = out.iou.argmax(-1, false);
+            (low_multi.index_select(1, &best), high_multi.index_select(1, &best), out.sam_tokens.index_select(1, &best).squeeze_dim(1))
         } else {
             (low_multi.shallow_clone(), high_multi, out.sam_tokens.select(1, 0))
         };

@@ -27,7 +27,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn shallow(&self) -> Entry {
+    pub fn shallow(&self) -> Entry {
         Entry {
             maskmem: self.maskmem.as_ref().map(|t| t.shallow_clone()),
             pred_masks: self.pred_masks.shallow_clone(),
@@ -179,10 +179,6 @@ impl MemoryBank {
             return Ok(());
         }
         self.set_tracked(id, frame, Some(reverse))
-    }
-
-    pub fn untrack(&mut self, id: ObjectId, frame: usize) -> anyhow::Result<()> {
-        self.set_tracked(id, frame, None)
     }
 
     /// Drops from RAM the tracking outputs SAM 2 can no longer attend to from `frame`

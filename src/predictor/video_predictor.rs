@@ -196,9 +196,15 @@ impl VideoPredictor {
         Ok(feats)
     }
 
+    /// Per-stage timings on a GPU need a synchronisation after each stage, which stops
+    /// the CPU from queueing the next kernels while the GPU works. Only when asked
+    /// (`SAM2_TUI_SYNC_TIMINGS=1`, set by `bench`); otherwise GPU stage times are
+    /// enqueue times and only the per-frame total is exact.
     fn sync(&self) {
         if let Device::Cuda(i) = self.model.device {
-            tch::Cuda::synchronize(i as i64);
+            if *SYNC_TIMINGS {
+                tch::Cuda::synchronize(i as i64);
+            }
         }
     }
 
@@ -373,7 +379,9 @@ impl VideoPredictor {
             for is_cond in [false, true] {
                 let temp = slot(is_cond, true);
                 for frame in self.bank.frames(id, temp) {
-                    let entry = self.bank.take(id, temp, frame)?.unwrap();
+                    // Committed first, temp removed after: a worker killed in between
+                    // leaves both (harmless), never neither (a lost prompt).
+                    let entry = self.bank.get(id, temp, frame).unwrap().shallow();
                     let entry = if entry.maskmem.is_none() {
                         let feats = self.features_of(frame)?;
                         let s = self.model.image_size();
@@ -387,6 +395,7 @@ impl VideoPredictor {
                     };
                     let tracked = self.bank.tracked(id, frame);
                     self.bank.put(id, slot(is_cond, false), frame, entry, tracked)?;
+                    self.bank.take(id, temp, frame)?;
                 }
             }
             anyhow::ensure!(!self.bank.cond_frames(id).is_empty(), "no prompts for object id {id}: add points or a box first");
@@ -447,9 +456,9 @@ impl VideoPredictor {
         self.bank.take(id, Slot::TempCond, frame)?;
         self.bank.take(id, Slot::TempNonCond, frame)?;
         // A conditioning output becomes an ordinary tracking output, no longer "tracked".
-        if let Some(e) = self.bank.take(id, Slot::Cond, frame)? {
-            self.bank.put(id, Slot::NonCond, frame, e, None)?;
-            self.bank.untrack(id, frame)?;
+        if let Some(e) = self.bank.get(id, Slot::Cond, frame) {
+            self.bank.put(id, Slot::NonCond, frame, e.shallow(), None)?;
+            self.bank.take(id, Slot::Cond, frame)?;
         }
         Ok(())
     }
@@ -474,6 +483,8 @@ impl VideoPredictor {
         self.bank.clear()
     }
 }
+
+static SYNC_TIMINGS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| std::env::var("SAM2_TUI_SYNC_TIMINGS").is_ok_and(|v| v == "1"));
 
 fn ms(t: Instant) -> f32 {
     t.elapsed().as_secs_f32() * 1000.0

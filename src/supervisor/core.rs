@@ -8,8 +8,8 @@ use super::options::SupervisorOptions;
 use super::policy::{CrashPolicy, Decision, Rung};
 use super::process::{WorkerNews, WorkerProcess};
 use super::store::{self, JournalStore, MaskStore, PropagationProgress};
-use super::worker::fault::{FAULT_ENV, FAULT_STATE_ENV};
-use super::worker::protocol::{Request, Response, PROTOCOL_VERSION};
+use crate::worker::fault::{FAULT_ENV, FAULT_STATE_ENV};
+use crate::worker::protocol::{Request, Response, PROTOCOL_VERSION};
 use crate::session::Op;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -788,6 +788,9 @@ impl Core {
                     }
                 } else {
                     self.finish(f.index, f.progress, true);
+                }
+                if self.completed >= self.journal.journal.ops.len() {
+                    self.emit(EngineEvent::State(EngineState::Ready));
                 }
                 self.dispatch();
             }

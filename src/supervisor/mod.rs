@@ -15,10 +15,5 @@ pub mod policy;
 pub mod process;
 pub mod store;
 
-// The worker lives in src/worker/; until lib.rs declares `pub mod worker;` it is mounted
-// here (the protocol is shared by both sides).
-#[path = "../worker/mod.rs"]
-pub mod worker;
-
 pub use self::core::{start, SupervisorHandle};
 pub use options::{Recycling, RestartPolicy, SupervisorOptions, Watchdog};

@@ -2,7 +2,7 @@
 //! stderr lines, the reaper that `wait`s so no zombie is left), killed by pid. Everything
 //! the threads see goes to the supervisor's one input channel, tagged with the worker's
 //! generation so news from a dead worker cannot be mistaken for the live one's.
-use super::worker::protocol::{self, Request, Response};
+use crate::worker::protocol::{self, Request, Response};
 use std::collections::VecDeque;
 use std::io::BufRead;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

@@ -1,0 +1,132 @@
+//! `sam2-tui segment` end to end: an mp4, a frame folder and a single image each produce
+//! masks.json (COCO RLE), DAVIS palette PNGs and — with --logits — npy logits; bad input
+//! is one clear line, a non-zero exit and nothing written.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A random-init checkpoint (the official layout), small model input for speed.
+fn checkpoint() -> PathBuf {
+    let dir = common::fixture_cache("segment-cli");
+    let path = dir.join("sam2.1_hiera_tiny.random-init.safetensors");
+    if !path.exists() {
+        let st = Command::new(common::bin()).args(["weights", "init-random"]).arg(&path).status().unwrap();
+        assert!(st.success());
+    }
+    path
+}
+
+fn segment(input: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(common::bin())
+        .arg("segment")
+        .arg(input)
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--out")
+        .arg(out)
+        .arg("--checkpoint")
+        .arg(checkpoint())
+        .args(["--device", "cpu", "--image-size", "128", "--session-dir"])
+        .arg(out.with_extension("session"))
+        .args(extra)
+        .env("OMP_NUM_THREADS", "2")
+        .output()
+        .unwrap()
+}
+
+fn prompts(dir: &Path) -> PathBuf {
+    let p = dir.join("prompts.json");
+    std::fs::write(&p, r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#).unwrap();
+    p
+}
+
+fn assert_outputs(out: &Path, frames: usize, w: u32, h: u32) {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap()).unwrap();
+    assert_eq!(doc["video"]["frames"], frames);
+    assert_eq!(doc["video"]["width"], w);
+    assert_eq!(doc["video"]["height"], h);
+    let fr = doc["frames"].as_array().unwrap();
+    assert_eq!(fr.len(), frames, "every frame has masks");
+    for f in fr {
+        let objs = f["objects"].as_array().unwrap();
+        assert_eq!(objs.len(), 2);
+        for o in objs {
+            assert_eq!(o["rle"]["size"], serde_json::json!([h, w]));
+            assert!(o["score"].is_number());
+        }
+    }
+    for i in 0..frames {
+        let png = image::open(out.join(format!("annotations/{i:05}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (w, h));
+        for obj in [1, 2] {
+            let npy = std::fs::read(out.join(format!("logits/{obj}/{i:05}.npy"))).unwrap();
+            assert_eq!(&npy[1..6], b"NUMPY");
+            assert_eq!(npy.len() - (npy[8] as usize + npy[9] as usize * 256 + 10), (w * h * 4) as usize);
+        }
+    }
+}
+
+#[test]
+fn an_mp4_a_frame_folder_and_an_image_each_produce_the_three_outputs() {
+    let dir = common::scratch("segment-cli");
+    let p = prompts(&dir);
+    let mp4 = dir.join("clip.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-frames:v", "5", "-pix_fmt", "yuv420p"])
+        .arg(&mp4)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = dir.join("out-mp4");
+    let r = segment(&mp4, &p, &out, &["--logits", "--overlay", dir.join("overlay.mp4").to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_outputs(&out, 5, 128, 64);
+    assert!(std::fs::metadata(dir.join("overlay.mp4")).unwrap().len() > 0);
+
+    let folder = dir.join("frames");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..3u32 {
+        image::RgbImage::from_fn(128, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3 + i * 20) as u8, 90])).save(folder.join(format!("{i:05}.png"))).unwrap();
+    }
+    let out = dir.join("out-folder");
+    let r = segment(&folder, &p, &out, &["--logits"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_outputs(&out, 3, 128, 64);
+
+    let out = dir.join("out-image");
+    let r = segment(&folder.join("00001.png"), &p, &out, &["--logits"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_outputs(&out, 1, 128, 64);
+}
+
+#[test]
+fn bad_input_is_one_line_naming_the_file_and_writes_nothing() {
+    let dir = common::scratch("segment-cli-bad");
+    let p = prompts(&dir);
+    let not_video = dir.join("notes.mp4");
+    std::fs::write(&not_video, "hello").unwrap();
+    let out = dir.join("out");
+    let r = segment(&not_video, &p, &out, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("notes.mp4"), "{err}");
+    assert!(!out.exists());
+
+    let bad_prompts = dir.join("bad.json");
+    std::fs::write(&bad_prompts, r#"{"objects":[{"id":1,"frame":0}]}"#).unwrap();
+    let img = dir.join("one.png");
+    image::RgbImage::new(32, 32).save(&img).unwrap();
+    let r = segment(&img, &bad_prompts, &out, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("bad.json") && err.contains("points or a box"), "{err}");
+    assert!(!out.exists());
+
+    let far = dir.join("far.json");
+    std::fs::write(&far, r#"{"objects":[{"id":1,"frame":9,"points":[[1,1,1]]}]}"#).unwrap();
+    let r = segment(&img, &far, &out, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("frame 9 out of range"), "{err}");
+    assert!(!out.exists());
+}
