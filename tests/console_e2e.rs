@@ -57,17 +57,40 @@ fn make_clip(dir: &Path) {
     }
 }
 
+/// A random-init tiny checkpoint in the official format, nudged so masks are not empty
+/// (made by the reference package: tests/fixtures/sam2_reference.py).
+fn checkpoint() -> String {
+    if let Ok(c) = std::env::var("SAM2_TUI_E2E_CHECKPOINT") {
+        return c;
+    }
+    let dir = common::fixture_cache(&format!("console-e2e-{}", common::fixtures_version()));
+    let path = dir.join("sam2.1_hiera_tiny_random.pt");
+    if !path.exists() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let script = format!(
+            "import sys\nsys.path.insert(0, {:?})\nfrom sam2_reference import make_checkpoint\nmake_checkpoint({:?}, 'tiny', '2.1', seed=9)\n",
+            fixtures.to_string_lossy(),
+            path.to_string_lossy()
+        );
+        let out = Command::new(common::python()).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    path.to_string_lossy().into_owned()
+}
+
+/// Model input size for this test: small, it is about the console, not the numerics.
+const IMAGE_SIZE: &str = "256";
+
 #[test]
-#[ignore = "needs engine"]
 fn operator_session_in_tmux_survives_an_abort_and_matches_segment() {
     let dir = common::scratch("console_e2e");
     let clip = dir.join("clip");
     make_clip(&clip);
     let session = dir.join("session.json");
     let export = dir.join("export");
-    let ckpt = std::env::var("SAM2_TUI_E2E_CHECKPOINT").unwrap_or_else(|_| "weights/sam2.1_hiera_tiny.pt".into());
+    let ckpt = checkpoint();
     let cmd = format!(
-        "{} {} --graphics halfblocks --device cpu --checkpoint {ckpt} --session {} --export-dir {}; sleep 30",
+        "{} {} --graphics halfblocks --device cpu --image-size {IMAGE_SIZE} --checkpoint {ckpt} --session {} --export-dir {}; sleep 30",
         common::bin().display(),
         clip.display(),
         session.display(),
@@ -101,7 +124,7 @@ fn operator_session_in_tmux_survives_an_abort_and_matches_segment() {
 
     let reference = dir.join("segment");
     let out = Command::new(common::bin())
-        .args(["segment", clip.to_str().unwrap(), "--session", session.to_str().unwrap(), "--device", "cpu"])
+        .args(["segment", clip.to_str().unwrap(), "--session", session.to_str().unwrap(), "--device", "cpu", "--image-size", IMAGE_SIZE])
         .args(["--checkpoint", &ckpt, "--out", reference.to_str().unwrap()])
         .output()
         .unwrap();

@@ -96,7 +96,7 @@ fn assert_parity(f: Figures) {
 
 #[test]
 fn tiny_2_1_tracks_like_the_reference() {
-    assert_parity(run_case(ModelSize::Tiny, ModelVersion::V2_1, 512, 12, true));
+    assert_parity(run_case(ModelSize::Tiny, ModelVersion::V2_1, 384, 12, true));
 }
 
 #[test]

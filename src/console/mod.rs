@@ -54,6 +54,9 @@ pub struct ConsoleArgs {
     /// Where `e` exports masks (default: <video name>_masks/).
     #[arg(long)]
     pub export_dir: Option<PathBuf>,
+    /// Model input size (1024 for the official models; smaller only for tests).
+    #[arg(long, hide = true)]
+    pub image_size: Option<i64>,
 }
 
 /// The config with the command line's overrides applied.
@@ -143,7 +146,15 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         }
 
         let ckpt = engine_link::checkpoint(&cfg, None);
-        let link = engine_link::options(&cfg, ckpt, input.as_deref(), initial_ops).and_then(engine_link::start);
+        let image_size = args.image_size;
+        let link = engine_link::options(&cfg, ckpt, input.as_deref(), initial_ops)
+            .map(|mut o| {
+                if let Some(s) = image_size {
+                    o.image_size = s;
+                }
+                o
+            })
+            .and_then(engine_link::start);
         let (commands, events) = match link {
             Ok(l) => (Some(l.commands), l.events),
             Err(e) => {
