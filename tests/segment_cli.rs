@@ -130,3 +130,41 @@ fn bad_input_is_one_line_naming_the_file_and_writes_nothing() {
     assert!(!r.status.success() && err.contains("frame 9 out of range"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn a_worker_crash_mid_run_does_not_fail_the_command_or_change_the_masks() {
+    let dir = common::scratch("segment-cli-crash");
+    let p = prompts(&dir);
+    let mp4 = dir.join("clip.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-frames:v", "6", "-pix_fmt", "yuv420p"])
+        .arg(&mp4)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let clean = dir.join("clean");
+    let r = segment(&mp4, &p, &clean, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+
+    let crashed = dir.join("crashed");
+    let r = Command::new(common::bin())
+        .arg("segment")
+        .arg(&mp4)
+        .arg("--prompts")
+        .arg(&p)
+        .arg("--out")
+        .arg(&crashed)
+        .arg("--checkpoint")
+        .arg(checkpoint())
+        .args(["--device", "cpu", "--image-size", "128", "--session-dir"])
+        .arg(dir.join("crashed-session"))
+        .env("SAM2_TUI_FAULT", "abort@frame=3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("SIGABRT") && err.contains("1 worker restart"), "{err}");
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(clean.join("masks.json")).unwrap()).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(crashed.join("masks.json")).unwrap()).unwrap();
+    assert_eq!(a["frames"], b["frames"], "masks after a crash differ from an uninterrupted run");
+}
