@@ -121,16 +121,21 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     }
     let stride = mid_w * 3;
     let mut out = vec![0u8; out_h * stride];
+    // Row-at-a-time accumulation (tap outer, pixel inner) so the compiler vectorises
+    // across the row; the sums are the same integers in the same order per pixel.
+    let mut acc = vec![0i32; stride];
     for yy in 0..out_h {
         let y0 = vert.first[yy] - mid_row0;
         let ks = &vert.weights[yy];
-        let dst_row = &mut out[yy * stride..(yy + 1) * stride];
-        for x in 0..stride {
-            let mut acc = ROUNDING;
-            for (i, &k) in ks.iter().enumerate() {
-                acc += mid[(y0 + i) * stride + x] as i32 * k;
+        acc.fill(ROUNDING);
+        for (i, &k) in ks.iter().enumerate() {
+            let src_row = &mid[(y0 + i) * stride..(y0 + i + 1) * stride];
+            for (a, &v) in acc.iter_mut().zip(src_row) {
+                *a += v as i32 * k;
             }
-            dst_row[x] = clip8(acc);
+        }
+        for (d, &a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
+            *d = clip8(a);
         }
     }
     RgbImage::from_raw(w, h, out).expect("size checked")
@@ -141,13 +146,18 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 pub fn to_model_input(img: &RgbImage, size: u32) -> tch::Tensor {
     let resized = resize_bicubic_pillow(img, size, size);
     let plane = (size * size) as usize;
+    // float64 division stored as float32, then float32 arithmetic, in the reference's
+    // order — tabulated once per channel for the 256 possible byte values.
+    let mut table = [[0f32; 256]; 3];
+    for (c, t) in table.iter_mut().enumerate() {
+        for (b, v) in t.iter_mut().enumerate() {
+            *v = ((b as f64 / 255.0) as f32 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
     let mut chw = vec![0f32; 3 * plane];
     for (i, p) in resized.as_raw().chunks_exact(3).enumerate() {
         for c in 0..3 {
-            // float64 division stored as float32, then float32 arithmetic, in the
-            // reference's order.
-            let v = (p[c] as f64 / 255.0) as f32;
-            chw[c * plane + i] = (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            chw[c * plane + i] = table[c][p[c] as usize];
         }
     }
     tch::Tensor::from_slice(&chw).reshape([1, 3, size as i64, size as i64])
