@@ -100,13 +100,19 @@ run_ours() { # PRECISION
     echo "side-by-side: sam2-tui segment --precision $p …"
     local t0 t1
     t0=$(date +%s.%N)
-    "$BIN" segment "$FRAMES_DIR" --prompts "$WORK/prompts.json" --out "$out" --checkpoint "$CKPT" \
-        --device "$DEVICE" --precision "$p" --session-dir "$WORK/session-$p" 2>>"$LOG"
-    t1=$(date +%s.%N)
-    "$PY" -c "import json,sys; json.dump({'whole_s': $t1 - $t0}, open(sys.argv[1], 'w'))" "$WORK/segment-$SIZE-$DEVICE-$p.json"
+    # A failed run of ours is a result too: say so and go on to the second reference pass.
+    rm -f "$WORK/segment-$SIZE-$DEVICE-$p.json" "$WORK/bench-$SIZE-$DEVICE-$p.json"
+    if "$BIN" segment "$FRAMES_DIR" --prompts "$WORK/prompts.json" --out "$out" --checkpoint "$CKPT" \
+        --device "$DEVICE" --precision "$p" --session-dir "$WORK/session-$p" 2>>"$LOG"; then
+        t1=$(date +%s.%N)
+        "$PY" -c "import json,sys; json.dump({'whole_s': $t1 - $t0}, open(sys.argv[1], 'w'))" "$WORK/segment-$SIZE-$DEVICE-$p.json"
+        echo "side-by-side: whole run $("$PY" -c "print(f'{$t1 - $t0:.2f}')") s"
+    else
+        echo "side-by-side: sam2-tui segment --precision $p FAILED: $(tail -n 1 "$LOG")"
+    fi
     echo "side-by-side: sam2-tui bench --precision $p …"
     "$BIN" bench --sizes "$SIZE" --devices "$DEVICE" --frames-dir "$FRAMES_DIR" --checkpoint "$CKPT" \
-        --precision "$p" "${THREAD_ARGS[@]}" --json "$WORK/bench-$SIZE-$DEVICE-$p.json" 2>>"$LOG" | sed 's/^/    /'
+        --precision "$p" "${THREAD_ARGS[@]}" --json "$WORK/bench-$SIZE-$DEVICE-$p.json" 2>>"$LOG" | sed 's/^/    /' || true
 }
 
 for p in $REF_PRECISIONS; do run_reference 1 "$p"; done
@@ -133,7 +139,7 @@ for p in ref_precs:
     }
 for p in precs:
     seg, bench = load(f"{work}/segment-{size}-{device}-{p}.json"), load(f"{work}/bench-{size}-{device}-{p}.json")
-    row = bench["rows"][0] if bench else {}
+    row = bench["rows"][0] if bench else {"status": "failed", "error": "bench wrote no JSON (see the log)"}
     summary["ours"][p] = {"whole_s": seg and seg["whole_s"], "fps": row.get("fps"), "fps_runs": row.get("fps_runs"),
                           "stages_ms": row.get("stages_ms"), "time_to_first_mask_s": row.get("time_to_first_mask_s"),
                           "peak_rss_bytes": row.get("peak_rss_bytes"), "cuda_peak_allocated_bytes": row.get("cuda_peak_allocated_bytes"),
@@ -175,9 +181,11 @@ def masks(path):
     return out
 
 if "fp32" in precs and len(precs) > 1:
-    base = masks(f"{work}/out-{size}-{device}-fp32/masks.json")
+    base = masks(f"{work}/out-{size}-{device}-fp32/masks.json") if os.path.isfile(f"{work}/out-{size}-{device}-fp32/masks.json") else {}
     for p in precs:
         if p == "fp32":
+            continue
+        if not os.path.isfile(f"{work}/out-{size}-{device}-{p}/masks.json"):
             continue
         other = masks(f"{work}/out-{size}-{device}-{p}/masks.json")
         keys = sorted(set(base) & set(other))
@@ -188,6 +196,8 @@ if "fp32" in precs and len(precs) > 1:
             a, b = base[k].astype(bool), other[k].astype(bool)
             u = (a | b).sum()
             ious.append(1.0 if u == 0 else (a & b).sum() / u)
+        if not keys:
+            continue
         summary.setdefault("agreement", {})[f"{p}_vs_fp32"] = {
             "frames": len(keys), "missing": len(set(base) ^ set(other)),
             "pixels_differing": diff, "pixel_agreement": 1 - diff / max(total, 1),

@@ -163,6 +163,9 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
         opts.set_env("OMP_NUM_THREADS", &t.to_string());
         opts.set_env("MKL_NUM_THREADS", &t.to_string());
     }
+    // A crash is reported by its panic line, which a backtrace would push out of the
+    // stderr tail the supervisor keeps.
+    opts.set_env("RUST_BACKTRACE", "0");
     let (x, y) = spec.click;
     opts.initial_ops = std::iter::once(Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(x, y, true)], bbox: None })
         .chain((0..spec.runs).map(|_| Op::Propagate { start: None, reverse: false, max_frames: None }))
@@ -229,7 +232,14 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
                 op_ended.push(Instant::now());
             }
             EngineEvent::OpFailed { index, message } => break Err(anyhow::anyhow!("op {index} failed: {message}")),
-            EngineEvent::WorkerDied { reason, .. } => row.crashes.push(reason),
+            EngineEvent::WorkerDied { reason, stderr_tail } => {
+                // The worker's last words (a panic message, a CUDA error) say more than
+                // its exit status.
+                match last_words(&stderr_tail) {
+                    Some(words) => row.crashes.push(format!("{reason}: {words}")),
+                    None => row.crashes.push(reason),
+                }
+            }
             EngineEvent::FellBack { from, to, reason } => {
                 break Err(anyhow::anyhow!("fell back from {from} to {to}: {reason}"))
             }
@@ -259,10 +269,49 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     Ok(())
 }
 
+/// A panic's location and message (`thread … panicked at FILE:LINE:COL:` then the message,
+/// before any backtrace), else the last line that is not backtrace noise.
+fn last_words(stderr: &[String]) -> Option<String> {
+    if let Some(i) = stderr.iter().rposition(|l| l.contains("panicked at")) {
+        let at = stderr[i].split("panicked at").nth(1).unwrap_or("").trim().trim_end_matches(':');
+        // Torch errors carry their C++ stack after an escaped newline: keep the first line.
+        let msg = stderr.get(i + 1).map(|m| m.trim()).unwrap_or("");
+        let msg = msg.split("\\n").next().unwrap_or(msg);
+        return Some(format!("panicked at {at}: {msg}"));
+    }
+    stderr
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty() && !l.starts_with("note:") && !l.starts_with("at ") && !l.starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
+}
+
 /// The peak resident set of a process (`VmHWM`), while it still exists.
 fn vm_hwm(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_words;
+
+    #[test]
+    fn a_dead_workers_last_words_are_its_panic_not_the_backtrace_note() {
+        let tail: Vec<String> = [
+            "thread 'main' panicked at src/model/layers.rs:42:9:",
+            "expected BFloat16 but got Float",
+            "stack backtrace:",
+            "   0: rust_begin_unwind",
+            "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(last_words(&tail).unwrap(), "panicked at src/model/layers.rs:42:9: expected BFloat16 but got Float");
+        assert_eq!(last_words(&["CUDA error: out of memory".into(), "".into()]).unwrap(), "CUDA error: out of memory");
+        assert_eq!(last_words(&[]), None);
+    }
 }

@@ -212,11 +212,10 @@ fn bench_row(
         None => {
             let n = a.frames.unwrap_or(if on_cpu { 8 } else { 200 });
             let (w, h) = a.resolution;
-            let dir = clip::ensure(cache, w, h, n)?;
-            *(if on_cpu { &mut clips.0 } else { &mut clips.1 }) = Some(dir.clone());
-            (dir, (w, h))
+            (clip::ensure(cache, w, h, n)?, (w, h))
         }
     };
+    *(if on_cpu { &mut clips.0 } else { &mut clips.1 }) = Some(frames_dir.clone());
     let (checkpoint, version, random_init) = checkpoint_for(a, size, cache)?;
     let runs = a.runs.unwrap_or(if on_cpu { 1 } else { 3 });
     let threads = a.threads;
