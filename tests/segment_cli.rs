@@ -18,6 +18,10 @@ fn checkpoint() -> PathBuf {
 }
 
 fn segment(input: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    segment_with_env(input, prompts, out, extra, &[])
+}
+
+fn segment_with_env(input: &Path, prompts: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(common::bin())
         .arg("segment")
         .arg(input)
@@ -31,6 +35,7 @@ fn segment(input: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> std::pro
         .arg(out.with_extension("session"))
         .args(extra)
         .env("OMP_NUM_THREADS", "2")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -147,20 +152,7 @@ fn a_worker_crash_mid_run_does_not_fail_the_command_or_change_the_masks() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 
     let crashed = dir.join("crashed");
-    let r = Command::new(common::bin())
-        .arg("segment")
-        .arg(&mp4)
-        .arg("--prompts")
-        .arg(&p)
-        .arg("--out")
-        .arg(&crashed)
-        .arg("--checkpoint")
-        .arg(checkpoint())
-        .args(["--device", "cpu", "--image-size", "128", "--session-dir"])
-        .arg(dir.join("crashed-session"))
-        .env("SAM2_TUI_FAULT", "abort@frame=3")
-        .output()
-        .unwrap();
+    let r = segment_with_env(&mp4, &p, &crashed, &[], &[("SAM2_TUI_FAULT", "abort@frame=3")]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert!(err.contains("SIGABRT") && err.contains("1 worker restart"), "{err}");
