@@ -121,3 +121,18 @@ impl fmt::Display for Precision {
         })
     }
 }
+
+extern "C" {
+    fn sam2_shim_set_tf32(allow: std::os::raw::c_int) -> std::os::raw::c_int;
+}
+
+/// Lets fp32 matmuls and convolutions on a CUDA device use TF32, as the reference's
+/// CUDA setups do (`torch.backends.cuda.matmul.allow_tf32 = True`). Off with
+/// `SAM2_TUI_TF32=0` (strict fp32, slower). Returns whether TF32 is on.
+pub fn configure_cuda_math(device: tch::Device) -> bool {
+    if !matches!(device, tch::Device::Cuda(_)) {
+        return false;
+    }
+    let allow = std::env::var("SAM2_TUI_TF32").map_or(true, |v| v != "0");
+    unsafe { sam2_shim_set_tf32(allow as std::os::raw::c_int) == 1 && allow }
+}

@@ -125,9 +125,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     eprintln!("{line}");
                 }
             }
-            EngineEvent::WorkerDied { reason, .. } => {
+            EngineEvent::WorkerDied { reason, stderr_tail } => {
                 restarts += 1;
-                eprintln!("\nsegment: engine worker died: {reason}; restarting and resuming");
+                let last = stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+                eprintln!("\nsegment: engine worker died: {reason} (last words: {last}); restarting and resuming");
             }
             EngineEvent::FellBack { from, to, reason } => eprintln!("\nsegment: fell back from {from} to {to}: {reason}"),
             EngineEvent::State(EngineState::Stopped) => {

@@ -38,7 +38,8 @@ impl FpnNeck {
                 (Some(p), true) => {
                     let (h, w) = (p.size()[2], p.size()[3]);
                     let td = p.to_kind(Kind::Float).upsample_nearest2d([h * 2, w * 2], 2.0, 2.0);
-                    &lateral + td
+                    // Back to the compute dtype (the reference relies on autocast for this).
+                    (&lateral + td).to_kind(lateral.kind())
                 }
                 _ => lateral,
             };

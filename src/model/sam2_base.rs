@@ -104,6 +104,7 @@ impl Sam2Base {
     /// Loads an official checkpoint (`.pt` or `.safetensors`), checks it is the model the
     /// user asked for, and builds the model on the device.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Sam2Base> {
+        crate::device::configure_cuda_math(opts.device);
         let ckpt = crate::weights::load(&opts.checkpoint)?;
         let det = crate::weights::detect(&ckpt).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         crate::weights::check_requested(&det, opts.size, opts.version, &opts.checkpoint)?;
@@ -230,7 +231,8 @@ impl Sam2Base {
         let mut num_ptr_tokens = 0;
         if !ptrs.is_empty() {
             let max_ptrs = num_frames.min(MAX_OBJ_PTRS) as f64;
-            let obj_ptrs = Tensor::stack(&ptrs.iter().map(|p| p.ptr.shallow_clone()).collect::<Vec<_>>(), 0); // [P,1,256]
+            // Stored pointers may come back from the bank in fp32: compute in the model's kind.
+            let obj_ptrs = Tensor::stack(&ptrs.iter().map(|p| p.ptr.to_device(self.device).to_kind(self.kind())).collect::<Vec<_>>(), 0); // [P,1,256]
             let n = ptrs.len() as i64;
             let obj_pos = match &self.obj_ptr_tpos_proj {
                 Some(proj) => {

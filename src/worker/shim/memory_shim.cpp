@@ -2,6 +2,7 @@
 // Why C++: the MPS hooks and the caching allocators' statistics are only reachable from
 // C++ (tch exposes neither). Every call is wrapped in try/catch: a C++ exception must
 // never unwind into Rust, so failures come back as 0 ("unavailable") plus a message.
+#include <ATen/Context.h>
 #include <ATen/detail/MPSHooksInterface.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -103,6 +104,18 @@ int sam2_shim_rss(uint64_t* bytes) {
   (void)bytes;
   return 0;
 #endif
+}
+
+// TF32 for fp32 matmuls and convolutions on CUDA (what the reference demo turns on for
+// compute capability >= 8). 1 on success.
+int sam2_shim_set_tf32(int allow) {
+  try {
+    at::globalContext().setFloat32MatmulPrecision(allow ? "high" : "highest");
+    at::globalContext().setAllowTF32CuDNN(allow != 0);
+    return 1;
+  } catch (...) {
+    return 0;
+  }
 }
 
 }  // extern "C"
