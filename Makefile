@@ -29,4 +29,4 @@ test: setup-test
 	cargo test --release -- --test-threads=1
 
 bench: build
-	./target/release/sam2-tui bench
+	./target/release/sam2-tui bench --sizes tiny
