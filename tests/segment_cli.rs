@@ -40,6 +40,16 @@ fn segment_with_env(input: &Path, prompts: &Path, out: &Path, extra: &[&str], en
         .unwrap()
 }
 
+/// A 128×64 H.264 clip of FFmpeg's test pattern.
+fn test_clip(path: &Path, frames: u32) {
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 fn prompts(dir: &Path) -> PathBuf {
     let p = dir.join("prompts.json");
     std::fs::write(&p, r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#).unwrap();
@@ -77,12 +87,7 @@ fn an_mp4_a_frame_folder_and_an_image_each_produce_the_three_outputs() {
     let dir = common::scratch("segment-cli");
     let p = prompts(&dir);
     let mp4 = dir.join("clip.mp4");
-    let st = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-frames:v", "5", "-pix_fmt", "yuv420p"])
-        .arg(&mp4)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    test_clip(&mp4, 5);
     let out = dir.join("out-mp4");
     let r = segment(&mp4, &p, &out, &["--logits", "--overlay", dir.join("overlay.mp4").to_str().unwrap()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -141,12 +146,7 @@ fn a_worker_crash_mid_run_does_not_fail_the_command_or_change_the_masks() {
     let dir = common::scratch("segment-cli-crash");
     let p = prompts(&dir);
     let mp4 = dir.join("clip.mp4");
-    let st = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-frames:v", "6", "-pix_fmt", "yuv420p"])
-        .arg(&mp4)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    test_clip(&mp4, 6);
     let clean = dir.join("clean");
     let r = segment(&mp4, &p, &clean, &[]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
