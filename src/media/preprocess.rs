@@ -74,6 +74,48 @@ fn clip8(acc: i32) -> u8 {
 
 const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
 
+/// Threads for resizing: a quarter of the machine, at most 4 (the model's own threads
+/// come first; on a 2-core machine this is 1), or `SAM2_TUI_RESIZE_THREADS`. Rows are
+/// independent, so the bytes are the same however they are split.
+fn resize_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("SAM2_TUI_RESIZE_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).clamp(1, 4)))
+    })
+}
+
+/// Calls `f(row_index, row)` for every `row_len`-long row of `buf`, in bands on
+/// `resize_threads()` threads.
+fn for_row_bands(buf: &mut [u8], row_len: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
+    for_row_bands_on(buf, row_len, resize_threads(), f)
+}
+
+fn for_row_bands_on(buf: &mut [u8], row_len: usize, threads: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
+    let rows = buf.len() / row_len;
+    let threads = threads.min(rows.max(1));
+    if threads <= 1 {
+        for (y, row) in buf.chunks_mut(row_len).enumerate() {
+            f(y, row);
+        }
+        return;
+    }
+    let band = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (b, chunk) in buf.chunks_mut(band * row_len).enumerate() {
+            let f = &f;
+            scope.spawn(move || {
+                for (i, row) in chunk.chunks_mut(row_len).enumerate() {
+                    f(b * band + i, row);
+                }
+            });
+        }
+    });
+}
+
 /// Resizes like `PIL.Image.resize((w, h), Image.BICUBIC)` on an RGB image, byte for byte.
 pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     assert!(w > 0 && h > 0, "resize target must be non-empty");
@@ -93,9 +135,8 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         let horiz = coefficients(in_w, out_w);
         let rows = row_last - row_first;
         let mut mid = vec![0u8; rows * out_w * 3];
-        for y in 0..rows {
+        for_row_bands(&mut mid, out_w * 3, |y, dst_row| {
             let src_row = &src[(y + row_first) * in_w * 3..(y + row_first + 1) * in_w * 3];
-            let dst_row = &mut mid[y * out_w * 3..(y + 1) * out_w * 3];
             for xx in 0..out_w {
                 let x0 = horiz.first[xx];
                 let mut acc = [ROUNDING; 3];
@@ -109,7 +150,7 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
                 dst_row[xx * 3 + 1] = clip8(acc[1]);
                 dst_row[xx * 3 + 2] = clip8(acc[2]);
             }
-        }
+        });
         (mid.into(), out_w, row_first)
     } else {
         (src.as_slice().into(), in_w, 0)
@@ -123,21 +164,21 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     let mut out = vec![0u8; out_h * stride];
     // Row-at-a-time accumulation (tap outer, pixel inner) so the compiler vectorises
     // across the row; the sums are the same integers in the same order per pixel.
-    let mut acc = vec![0i32; stride];
-    for yy in 0..out_h {
+    let mid = &mid;
+    for_row_bands(&mut out, stride, |yy, dst_row| {
         let y0 = vert.first[yy] - mid_row0;
         let ks = &vert.weights[yy];
-        acc.fill(ROUNDING);
+        let mut acc = vec![ROUNDING; stride];
         for (i, &k) in ks.iter().enumerate() {
             let src_row = &mid[(y0 + i) * stride..(y0 + i + 1) * stride];
             for (a, &v) in acc.iter_mut().zip(src_row) {
                 *a += v as i32 * k;
             }
         }
-        for (d, &a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
+        for (d, &a) in dst_row.iter_mut().zip(&acc) {
             *d = clip8(a);
         }
-    }
+    });
     RgbImage::from_raw(w, h, out).expect("size checked")
 }
 
@@ -161,4 +202,19 @@ pub fn to_model_input(img: &RgbImage, size: u32) -> tch::Tensor {
         }
     }
     tch::Tensor::from_slice(&chw).reshape([1, 3, size as i64, size as i64])
+}
+
+#[cfg(test)]
+mod band_tests {
+    use super::for_row_bands_on;
+
+    #[test]
+    fn every_row_is_visited_once_with_its_index_whatever_the_thread_count() {
+        for threads in [1, 2, 3, 4, 7] {
+            let mut buf = vec![0u8; 13 * 5];
+            for_row_bands_on(&mut buf, 5, threads, |y, row| row.iter_mut().for_each(|v| *v += y as u8 + 1));
+            let want: Vec<u8> = (0..13).flat_map(|y| std::iter::repeat(y as u8 + 1).take(5)).collect();
+            assert_eq!(buf, want, "{threads} threads");
+        }
+    }
 }
