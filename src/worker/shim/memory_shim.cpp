@@ -23,6 +23,20 @@ void put_error(char* buf, size_t len, const char* msg) {
   std::strncpy(buf, msg, len - 1);
   buf[len - 1] = '\0';
 }
+
+// Runs `body` (returning 1 or 0), turning any C++ exception into 0 plus its message:
+// an exception must never unwind into Rust.
+template <class F>
+int guarded(char* err, size_t err_len, F body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    put_error(err, err_len, e.what());
+  } catch (...) {
+    put_error(err, err_len, "unknown C++ exception");
+  }
+  return 0;
+}
 }  // namespace
 
 extern "C" {
@@ -31,7 +45,7 @@ const char* sam2_shim_torch_version() { return TORCH_VERSION; }
 
 // 1 when the MPS backend exists and answered, 0 otherwise (err says why).
 int sam2_shim_mps_memory(uint64_t* current, uint64_t* driver, uint64_t* recommended, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&]() -> int {
     const auto& hooks = at::detail::getMPSHooks();
     if (!hooks.hasMPS()) {
       put_error(err, err_len, "MPS backend not available");
@@ -41,18 +55,13 @@ int sam2_shim_mps_memory(uint64_t* current, uint64_t* driver, uint64_t* recommen
     *driver = hooks.getDriverAllocatedMemory();
     *recommended = hooks.getRecommendedMaxMemory();
     return 1;
-  } catch (const std::exception& e) {
-    put_error(err, err_len, e.what());
-  } catch (...) {
-    put_error(err, err_len, "unknown C++ exception");
-  }
-  return 0;
+  });
 }
 
 // The CUDA caching allocator's aggregate statistics, through the device-neutral
 // c10::DeviceAllocator interface (no CUDA headers needed, so this builds everywhere).
 int sam2_shim_cuda_stats(int device, uint64_t* allocated, uint64_t* reserved, uint64_t* peak, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&]() -> int {
     auto* alloc = c10::getDeviceAllocator(c10::DeviceType::CUDA);
     if (alloc == nullptr || !alloc->initialized()) {
       put_error(err, err_len, "CUDA caching allocator not initialized");
@@ -64,17 +73,12 @@ int sam2_shim_cuda_stats(int device, uint64_t* allocated, uint64_t* reserved, ui
     *reserved = static_cast<uint64_t>(stats.reserved_bytes[agg].current);
     *peak = static_cast<uint64_t>(stats.allocated_bytes[agg].peak);
     return 1;
-  } catch (const std::exception& e) {
-    put_error(err, err_len, e.what());
-  } catch (...) {
-    put_error(err, err_len, "unknown C++ exception");
-  }
-  return 0;
+  });
 }
 
 // Free and total device memory as the driver sees them (cudaMemGetInfo underneath).
 int sam2_shim_cuda_mem_info(int device, uint64_t* free_bytes, uint64_t* total_bytes, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&]() -> int {
     auto* alloc = c10::getDeviceAllocator(c10::DeviceType::CUDA);
     if (alloc == nullptr) {
       put_error(err, err_len, "no CUDA allocator");
@@ -84,12 +88,7 @@ int sam2_shim_cuda_mem_info(int device, uint64_t* free_bytes, uint64_t* total_by
     *free_bytes = static_cast<uint64_t>(info.first);
     *total_bytes = static_cast<uint64_t>(info.second);
     return 1;
-  } catch (const std::exception& e) {
-    put_error(err, err_len, e.what());
-  } catch (...) {
-    put_error(err, err_len, "unknown C++ exception");
-  }
-  return 0;
+  });
 }
 
 // Resident set size on macOS (mach task_info); Linux reads /proc/self/statm in Rust.
