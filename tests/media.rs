@@ -323,7 +323,7 @@ fn prefetcher_serves_planned_frames_from_its_queue_in_either_direction() {
         let f = pf.get(i).unwrap();
         assert_eq!(f.index, i);
         assert!(f.image == direct.frame(i).unwrap(), "frame {i}");
-        assert_eq!(f.input.size(), vec![1, 3, 64, 64]);
+        assert_eq!(f.pixels.size(), vec![1, 64, 64, 3]);
     }
     assert_eq!((pf.hits, pf.misses), (15, 0));
     pf.hint((0..=9).rev());
@@ -331,9 +331,31 @@ fn prefetcher_serves_planned_frames_from_its_queue_in_either_direction() {
         let f = pf.get(i).unwrap();
         assert!(f.image == direct.frame(i).unwrap(), "frame {i} (reverse)");
         let want = preprocess::to_model_input(&f.image, 64);
-        assert!(f.input.equal(&want));
+        assert!(f.input().equal(&want));
     }
     assert_eq!((pf.hits, pf.misses), (25, 0));
+}
+
+#[test]
+fn prefetcher_with_parallel_resizers_still_delivers_every_frame_in_the_asked_order() {
+    let dir = scratch("media_prefetch_parallel");
+    let clip = test_clip(&dir, "clip.mp4", 24, &["-c:v", "libx264", "-g", "5"]);
+    let mut direct = media::open(&clip).unwrap();
+    let mut pf = Prefetcher::with_resizers(media::open(&clip).unwrap(), 48, tch::Device::Cpu, 3);
+    pf.hint(0..24);
+    for i in 0..24 {
+        let f = pf.get(i).unwrap();
+        assert_eq!(f.index, i);
+        assert!(f.image == direct.frame(i).unwrap(), "frame {i}");
+        assert!(f.input().equal(&preprocess::to_model_input(&f.image, 48)), "frame {i} input");
+    }
+    assert_eq!((pf.hits, pf.misses), (24, 0));
+    // Skipping ahead within the plan is still a hit; the frames jumped over are dropped.
+    pf.hint((0..24).rev());
+    assert_eq!(pf.get(23).unwrap().index, 23);
+    assert_eq!(pf.get(20).unwrap().index, 20);
+    assert!(pf.get(19).unwrap().image == direct.frame(19).unwrap());
+    assert_eq!((pf.hits, pf.misses), (27, 0));
 }
 
 #[test]

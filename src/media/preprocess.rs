@@ -182,26 +182,37 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     RgbImage::from_raw(w, h, out).expect("size checked")
 }
 
+/// The resized frame as the model's input bytes: `[1, size, size, 3]` uint8 on the CPU
+/// (what Pillow's resize hands the reference). Four times smaller than the normalised
+/// input, so this is what crosses to the GPU; [`normalize`] finishes the job there.
+pub fn to_model_pixels(img: &RgbImage, size: u32) -> tch::Tensor {
+    let resized = resize_bicubic_pillow(img, size, size);
+    tch::Tensor::from_slice(resized.as_raw()).reshape([1, size as i64, size as i64, 3])
+}
+
+/// `[1, S, S, 3]` uint8 pixels (any device) → `[1, 3, S, S]` float32 on the same device,
+/// normalised with the reference's arithmetic: `/255` in float64 stored as float32, then
+/// float32 `(x - mean) / std`. The constants are device tensors, not scalars, because
+/// CUDA divides by a host scalar as a multiplication by its reciprocal, which is not
+/// bit-identical.
+pub fn normalize(pixels: &tch::Tensor) -> tch::Tensor {
+    use tch::{Kind, Tensor};
+    let dev = pixels.device();
+    let x = (pixels.to_kind(Kind::Double) / Tensor::full([1], 255.0, (Kind::Double, dev))).to_kind(Kind::Float);
+    let channels: Vec<Tensor> = (0..3)
+        .map(|c| {
+            let mean = Tensor::full([1], IMAGENET_MEAN[c] as f64, (Kind::Float, dev));
+            let std = Tensor::full([1], IMAGENET_STD[c] as f64, (Kind::Float, dev));
+            (x.select(3, c as i64) - mean) / std
+        })
+        .collect();
+    Tensor::stack(&channels, 1)
+}
+
 /// The model input for one frame: `[1, 3, size, size]` float32 on the CPU, normalised as
 /// the reference does it.
 pub fn to_model_input(img: &RgbImage, size: u32) -> tch::Tensor {
-    let resized = resize_bicubic_pillow(img, size, size);
-    let plane = (size * size) as usize;
-    // float64 division stored as float32, then float32 arithmetic, in the reference's
-    // order — tabulated once per channel for the 256 possible byte values.
-    let mut table = [[0f32; 256]; 3];
-    for (c, t) in table.iter_mut().enumerate() {
-        for (b, v) in t.iter_mut().enumerate() {
-            *v = ((b as f64 / 255.0) as f32 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        }
-    }
-    let mut chw = vec![0f32; 3 * plane];
-    for (i, p) in resized.as_raw().chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = table[c][p[c] as usize];
-        }
-    }
-    tch::Tensor::from_slice(&chw).reshape([1, 3, size as i64, size as i64])
+    normalize(&to_model_pixels(img, size))
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use tch::{Device, Kind, Tensor};
 fn dim_t(n: i64, temperature: f64, device: Device) -> Tensor {
     let i = Tensor::arange(n, (Kind::Float, device));
     let e = i.floor_divide_scalar(2) * 2.0 / n as f64;
-    Tensor::from(temperature).to_kind(Kind::Float).to_device(device).pow(&e)
+    // Filled on the device: uploading a host scalar would wait for the queued kernels.
+    Tensor::full([], temperature, (Kind::Float, device)).pow(&e)
 }
 
 /// Interleaves sin of even and cos of odd channels: `stack((p[...,0::2].sin(), p[...,1::2].cos()), -1).flatten(-2)`.

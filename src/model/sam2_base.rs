@@ -158,6 +158,14 @@ impl Sam2Base {
         self.config.image_size
     }
 
+    /// `forward_image` for one frame's resized pixels `[1,S,S,3]` uint8 (see
+    /// `media::preprocess`): uploaded without blocking (from page-locked memory the copy
+    /// overlaps the kernels still queued), then normalised on the device.
+    pub fn forward_pixels(&self, pixels: &Tensor) -> FrameFeatures {
+        let on_device = pixels.to_device_(self.device, Kind::Uint8, true, false);
+        self.forward_image(&crate::media::preprocess::normalize(&on_device))
+    }
+
     /// `forward_image` for one preprocessed frame `[1,3,S,S]` (fp32, normalised).
     pub fn forward_image(&self, image: &Tensor) -> FrameFeatures {
         let _g = tch::no_grad_guard();
@@ -186,7 +194,7 @@ impl Sam2Base {
         let appearing = out.object_score_logits.gt(0.0);
         let low_multi = out
             .masks
-            .where_self(&appearing.unsqueeze(-1).unsqueeze(-1), &Tensor::from(NO_OBJ_SCORE).to_kind(out.masks.kind()).to_device(dev))
+            .where_self(&appearing.unsqueeze(-1).unsqueeze(-1), &Tensor::full([], NO_OBJ_SCORE, (out.masks.kind(), dev)))
             .to_kind(Kind::Float);
         let s = self.image_size();
         let high_multi = low_multi.upsample_bilinear2d([s, s], false, None, None);
@@ -237,7 +245,8 @@ impl Sam2Base {
             let obj_pos = match &self.obj_ptr_tpos_proj {
                 Some(proj) => {
                     let pos: Vec<i64> = ptrs.iter().map(|p| p.pos).collect();
-                    let pos = Tensor::from_slice(&pos).to_device(self.device).to_kind(Kind::Float) / (max_ptrs - 1.0);
+                    // Non-blocking: a blocking upload would wait for every queued kernel.
+                    let pos = Tensor::from_slice(&pos).to_device_(self.device, Kind::Int64, true, false).to_kind(Kind::Float) / (max_ptrs - 1.0);
                     let pe = sine_1d(&pos, 256).to_kind(self.kind());
                     proj.forward(&pe).unsqueeze(1).expand([n, b, 64], false)
                 }

@@ -71,6 +71,14 @@ struct Record {
     entry: RefCell<Option<Rc<Entry>>>,
 }
 
+/// An entry held in RAM only (see `MemoryBank::stage`), with what it replaced.
+pub struct Staged {
+    pub id: ObjectId,
+    pub slot: Slot,
+    pub frame: usize,
+    previous: Option<Record>,
+}
+
 pub struct MemoryBank {
     dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -151,6 +159,23 @@ impl MemoryBank {
         write_entry(&path, &entry, tracked)?;
         self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
         Ok(())
+    }
+
+    /// Stores an entry in RAM only, for the frame being tracked while the previous one is
+    /// still being written out (propagation runs one frame ahead of its outputs). `put`
+    /// writes it through later; `unstage` undoes it exactly, older record included.
+    pub fn stage(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> Staged {
+        let record = Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) };
+        let previous = self.index.entry(id).or_default().insert((slot, frame), record);
+        Staged { id, slot, frame, previous }
+    }
+
+    pub fn unstage(&mut self, staged: Staged) {
+        let m = self.index.entry(staged.id).or_default();
+        match staged.previous {
+            Some(r) => m.insert((staged.slot, staged.frame), r),
+            None => m.remove(&(staged.slot, staged.frame)),
+        };
     }
 
     pub fn take(&mut self, id: ObjectId, slot: Slot, frame: usize) -> anyhow::Result<Option<Entry>> {

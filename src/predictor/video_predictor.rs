@@ -3,7 +3,7 @@
 //! at a time. Frames stream from the media layer; only the frames being worked on are
 //! encoded, and the memory bank keeps what SAM 2 can still attend to in RAM (the rest
 //! lives on disk, see `memory_bank`).
-use super::memory_bank::{Entry, MemoryBank, Slot};
+use super::memory_bank::{Entry, MemoryBank, Slot, Staged};
 use crate::media::prefetch::Prefetcher;
 use crate::media::FrameSource;
 use crate::model::postprocess::fill_holes;
@@ -70,6 +70,17 @@ pub struct VideoPredictor {
     timings: StageTimings,
 }
 
+/// A propagation frame whose model work is queued but whose outputs are not yet written.
+struct Tracked {
+    frame: usize,
+    reverse: bool,
+    /// New tracking outputs, in RAM only until written out.
+    staged: Vec<Staged>,
+    /// Objects prompted on this frame (their output is the prompt's; only marked tracked).
+    prompted: Vec<ObjectId>,
+    timings: StageTimings,
+}
+
 /// Which dictionary of the reference an output lives in.
 fn slot(is_cond: bool, temp: bool) -> Slot {
     match (is_cond, temp) {
@@ -85,7 +96,7 @@ impl VideoPredictor {
         let size = frames.size();
         let num_frames = frames.len();
         anyhow::ensure!(num_frames > 0, "the video has no frames");
-        let frames = Prefetcher::new(frames, model.image_size() as u32);
+        let frames = Prefetcher::for_device(frames, model.image_size() as u32, model.device);
         let bank = MemoryBank::open(opts.bank_dir.clone(), model.device)?;
         Ok(VideoPredictor { model, frames, size, num_frames, opts, objects: vec![], bank, features: vec![], timings: StageTimings::default() })
     }
@@ -188,7 +199,7 @@ impl VideoPredictor {
         let decoded = self.frames.get(frame)?;
         self.timings.decode_ms += ms(t);
         let t = Instant::now();
-        let feats = Rc::new(self.model.forward_image(&decoded.input));
+        let feats = Rc::new(self.model.forward_pixels(&decoded.pixels));
         self.sync();
         self.timings.image_encoder_ms += ms(t);
         self.features.insert(0, (frame, feats.clone()));
@@ -254,6 +265,7 @@ impl VideoPredictor {
             .map(|e| e.pred_masks.to_device(self.model.device).clamp(-32.0, 32.0));
         let inputs = self.point_inputs(&prompt);
         let entry = self.run_single_frame(idx, frame, is_init_cond, Some(&inputs), reverse, false, prev.as_ref())?;
+        let entry = self.postprocess(entry);
         let _ = storage;
         self.bank.put(id, temp, frame, entry, None)?;
         let mut out = self.frame_output(frame, is_init_cond)?;
@@ -291,8 +303,19 @@ impl VideoPredictor {
         } else {
             None
         };
-        let pred_masks = if self.opts.fill_holes { fill_holes(&sam.low_res_masks, 8) } else { sam.low_res_masks };
-        Ok(Entry { maskmem, pred_masks, obj_ptr: sam.obj_ptr, score: sam.object_score_logits })
+        Ok(Entry { maskmem, pred_masks: sam.low_res_masks, obj_ptr: sam.obj_ptr, score: sam.object_score_logits })
+    }
+
+    /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
+    /// host, so propagation applies it when the frame is written out, not while the next
+    /// frame's kernels could be queued; nothing downstream of the model reads the
+    /// unfilled masks (the memory encoder takes the high-res masks before this).
+    fn postprocess(&self, entry: Entry) -> Entry {
+        if self.opts.fill_holes {
+            Entry { pred_masks: fill_holes(&entry.pred_masks, 8), ..entry }
+        } else {
+            entry
+        }
     }
 
     /// Chooses the memories of a non-initial frame exactly as
@@ -426,27 +449,78 @@ impl VideoPredictor {
             let end = (start + max).min(self.num_frames - 1);
             (start..=end).collect()
         };
-        for (k, &frame) in order.iter().enumerate() {
-            self.timings = StageTimings::default();
-            self.frames.hint(order[k + 1..].iter().copied().take(crate::media::prefetch::DEPTH));
-            let t0 = Instant::now();
-            for (idx, &id) in ids.iter().enumerate() {
-                if !self.bank.contains(id, Slot::Cond, frame) {
-                    let entry = self.run_single_frame(idx, frame, false, None, reverse, true, None)?;
-                    self.bank.put(id, Slot::NonCond, frame, entry, Some(reverse))?;
-                } else {
-                    self.bank.mark_tracked(id, frame, reverse)?;
+        // One plan for the whole pass: the decode pipeline runs ahead of the model.
+        self.frames.hint(order.iter().copied());
+        // Frame k's outputs are fetched to the host (a device sync) only after frame k+1's
+        // kernels are queued, so the GPU never idles while the host writes results.
+        let mut pending: Option<Tracked> = None;
+        let mut last_out = Instant::now();
+        for &frame in &order {
+            let tracked = match self.track_frame(&ids, frame, reverse) {
+                Ok(t) => t,
+                Err(e) => {
+                    // Still deliver the frame that was finished before the failure.
+                    if let Some(p) = pending.take() {
+                        let _ = self.write_out(p, &mut last_out, on_frame);
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(p) = pending.take() {
+                if self.write_out(p, &mut last_out, on_frame)?.is_break() {
+                    // Cancelled: the frame tracked ahead never happened.
+                    tracked.staged.into_iter().for_each(|s| self.bank.unstage(s));
+                    return Ok(());
                 }
             }
-            self.bank.advance(frame, reverse);
-            let mut out = self.frame_output(frame, false)?;
-            self.timings.total_ms = ms(t0);
-            out.timings = self.timings;
-            if on_frame(out).is_break() {
-                break;
-            }
+            pending = Some(tracked);
+        }
+        if let Some(p) = pending {
+            let _ = self.write_out(p, &mut last_out, on_frame)?;
         }
         Ok(())
+    }
+
+    /// Queues the model work of one propagation frame for every object. The new tracking
+    /// outputs are staged in the bank's RAM (the next frame attends to them) and written
+    /// through by `write_out`.
+    fn track_frame(&mut self, ids: &[ObjectId], frame: usize, reverse: bool) -> anyhow::Result<Tracked> {
+        self.timings = StageTimings::default();
+        let mut tracked = Tracked { frame, reverse, staged: vec![], prompted: vec![], timings: StageTimings::default() };
+        for (idx, &id) in ids.iter().enumerate() {
+            if self.bank.contains(id, Slot::Cond, frame) {
+                tracked.prompted.push(id);
+                continue;
+            }
+            match self.run_single_frame(idx, frame, false, None, reverse, true, None) {
+                Ok(entry) => tracked.staged.push(self.bank.stage(id, Slot::NonCond, frame, entry, Some(reverse))),
+                Err(e) => {
+                    tracked.staged.into_iter().for_each(|s| self.bank.unstage(s));
+                    return Err(e);
+                }
+            }
+        }
+        self.bank.advance(frame, reverse);
+        tracked.timings = self.timings;
+        Ok(tracked)
+    }
+
+    /// Finishes a tracked frame: hole filling, written through to the bank, emitted.
+    fn write_out(&mut self, t: Tracked, last_out: &mut Instant, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<ControlFlow<()>> {
+        for s in &t.staged {
+            let entry = self.bank.get(s.id, s.slot, s.frame).expect("staged entry").shallow();
+            let entry = self.postprocess(entry);
+            self.bank.put(s.id, s.slot, s.frame, entry, Some(t.reverse))?;
+        }
+        for &id in &t.prompted {
+            self.bank.mark_tracked(id, t.frame, t.reverse)?;
+        }
+        let mut out = self.frame_output(t.frame, false)?;
+        out.timings = t.timings;
+        // Steady-state cost of a frame: the time between consecutive outputs.
+        out.timings.total_ms = ms(*last_out);
+        *last_out = Instant::now();
+        Ok(on_frame(out))
     }
 
     /// `clear_all_prompts_in_frame` without output.
