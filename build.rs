@@ -17,6 +17,8 @@ fn torch_lib_dir() -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo::rustc-check-cfg=cfg(sam2_cuda_graphs)");
     println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
     println!("cargo:rerun-if-env-changed=PATH");
     let Some(lib) = torch_lib_dir() else {
@@ -25,6 +27,7 @@ fn main() {
     };
     println!("cargo:rustc-link-search=native={lib}");
     build_memory_shim(&lib);
+    build_cuda_graph_shim(&lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if os == "linux" && std::path::Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
@@ -47,4 +50,34 @@ fn build_memory_shim(lib: &str) {
     build.compile("sam2_memory_shim");
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
+}
+
+/// The CUDA runtime headers: `$CUDA_HOME/include`, else those of the pip wheels that came
+/// with torch (`nvidia/cu13` or `nvidia/cuda_runtime`), else /usr/local/cuda.
+fn cuda_include(lib: &str) -> Option<std::path::PathBuf> {
+    let site = std::path::Path::new(lib).join("../..");
+    let mut candidates: Vec<std::path::PathBuf> = std::env::var("CUDA_HOME").map(|h| vec![std::path::Path::new(&h).join("include")]).unwrap_or_default();
+    candidates.extend([site.join("nvidia/cu13/include"), site.join("nvidia/cuda_runtime/include"), "/usr/local/cuda/include".into()]);
+    candidates.into_iter().find(|d| d.join("cuda_runtime_api.h").exists())
+}
+
+/// Compiles the CUDA-graph shim (src/cuda_graph) where libtorch has CUDA and the CUDA
+/// headers are present, and sets `cfg(sam2_cuda_graphs)`; elsewhere frames run eagerly.
+fn build_cuda_graph_shim(lib: &str) {
+    let shim = "src/cuda_graph/graph_shim.cpp";
+    println!("cargo:rerun-if-changed={shim}");
+    if !std::path::Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
+        return;
+    }
+    let Some(cuda) = cuda_include(lib) else {
+        println!("cargo:warning=CUDA headers not found: CUDA graphs disabled (set CUDA_HOME)");
+        return;
+    };
+    let include = std::path::Path::new(lib).join("../include");
+    let mut build = cc::Build::new();
+    build.cpp(true).file(shim).include(&include).include(&cuda).std("c++17").warnings(false).define("_GLIBCXX_USE_CXX11_ABI", "1");
+    build.compile("sam2_cuda_graph_shim");
+    println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    println!("cargo:rustc-link-lib=dylib=torch_cuda");
+    println!("cargo:rustc-cfg=sam2_cuda_graphs");
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the official SAM 2 video predictor (PyPI sam2==1.1.0) on a frame folder.
 
-Usage: bench_reference.py SIZE MODE FRAMES_DIR CKPT [--runs N] [--threads N] [--json FILE]
+Usage: bench_reference.py SIZE MODE FRAMES_DIR CKPT [--runs N] [--threads N] [--json FILE] [--masks NPZ]
   SIZE  tiny | small | base_plus | large
   MODE  cpu | cpu_bf16 | cuda_fp32 | cuda_bf16   (cuda_fp32 enables TF32, as the
         published baselines do; the *_bf16 modes run under torch.autocast(bfloat16))
@@ -58,6 +58,8 @@ def main():
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the result object here")
+    ap.add_argument("--masks", default=None, help="after timing, propagate once more and save every frame's "
+                    "binary mask (logits > 0, video resolution) here as .npz of np.packbits rows")
     a = ap.parse_args()
 
     cfg = f"configs/sam2.1/sam2.1_hiera_{CONFIGS[a.size]}.yaml"
@@ -106,6 +108,15 @@ def main():
             durations.append(time.time() - t)
             if t_whole is None:
                 t_whole = time.time()
+        if a.masks:
+            masks = {}
+            for f, _, logits in predictor.propagate_in_video(state):
+                m = (logits[0, 0] > 0).cpu().numpy()
+                masks[f"{f:05d}"] = np.packbits(m, axis=-1)
+                masks[f"{f:05d}_shape"] = np.array(m.shape)
+            tmp = a.masks + ".partial.npz"
+            np.savez_compressed(tmp, **masks)
+            os.replace(tmp, a.masks)
     measured = durations[warmup:]
     fps = [frames / d for d in measured]
     result = {

@@ -16,6 +16,8 @@
 #   WORK            where frames, checkpoint and outputs go (default: /tmp/sam2-side-by-side)
 #   RESOLUTION      WIDTHxHEIGHT of the frames (default: 960x540)
 #   OUT_JSON        also write every figure here as JSON
+#   MASKS_FROM_PASS if set, the first reference pass also saves its masks and every
+#                   sam2-tui precision is compared pixel-wise with the reference's
 #
 # Per run it reports, for the reference: whole run = model build + init_state + first
 # propagation (bench_reference.py's whole_s); for sam2-tui: whole run = process start of
@@ -45,7 +47,7 @@ W=${RESOLUTION%x*} H=${RESOLUTION#*x}
 [ -x "$BIN" ] || { echo "$BIN: no sam2-tui binary (cargo build --release, or set SAM2_TUI)" >&2; exit 1; }
 mkdir -p "$WORK"
 FRAMES_DIR=$WORK/frames-${W}x${H}-$FRAMES
-CKPT=$WORK/sam2.1_hiera_$SIZE.random-init.pt
+CKPT=$WORK/sam2.1_hiera_$SIZE.random-init-present.pt
 LOG=$WORK/log-$SIZE-$DEVICE.txt
 : >"$LOG"
 THREAD_ARGS=()
@@ -78,7 +80,13 @@ if not os.path.isfile(ckpt):
     letter = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}[size]
     torch.manual_seed(0)
     model = build_sam2(f"configs/sam2.1/sam2.1_hiera_{letter}.yaml", None, device="cpu")
-    torch.save({"model": model.state_dict()}, ckpt + ".partial")
+    sd = model.state_dict()
+    # As the parity fixtures do: plain random init says "no object" on every frame, and
+    # empty masks would make any agreement figure meaningless. Same shapes, same cost.
+    sd["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] += 3.0
+    for i in range(4):
+        sd[f"sam_mask_decoder.output_hypernetworks_mlps.{i}.layers.2.weight"] *= 8.0
+    torch.save({"model": sd}, ckpt + ".partial")
     os.replace(ckpt + ".partial", ckpt)
 EOF
 CX=$("$PY" -c "print(210.0 * $W / 960.0)") CY=$("$PY" -c "print(300.0 * $H / 540.0)")
@@ -93,7 +101,7 @@ run_reference() { # PASS PRECISION
     local out=$WORK/ref-$SIZE-$DEVICE-$2-$1.json
     echo "side-by-side: reference $(ref_mode "$DEVICE" "$2") (pass $1) …"
     "$PY" "$HERE/bench_reference.py" "$SIZE" "$(ref_mode "$DEVICE" "$2")" "$FRAMES_DIR" "$CKPT" \
-        ${THREADS:+--threads "$THREADS"} --json "$out" 2>>"$LOG" | sed -n 1p
+        ${THREADS:+--threads "$THREADS"} --json "$out" ${MASKS_FROM_PASS:+$([ "$1" = 1 ] && echo --masks "$WORK/ref-masks-$SIZE-$DEVICE-$2.npz")} 2>>"$LOG" | sed -n 1p
 }
 run_ours() { # PRECISION
     local p=$1 out=$WORK/out-$SIZE-$DEVICE-$1
@@ -102,8 +110,10 @@ run_ours() { # PRECISION
     t0=$(date +%s.%N)
     # A failed run of ours is a result too: say so and go on to the second reference pass.
     rm -f "$WORK/segment-$SIZE-$DEVICE-$p.json" "$WORK/bench-$SIZE-$DEVICE-$p.json"
+    # --no-postprocess: the reference built without its CUDA extension (SAM2_BUILD_CUDA=0)
+    # skips hole filling, so masks are compared like for like.
     if "$BIN" segment "$FRAMES_DIR" --prompts "$WORK/prompts.json" --out "$out" --checkpoint "$CKPT" \
-        --device "$DEVICE" --precision "$p" --session-dir "$WORK/session-$p" 2>>"$LOG"; then
+        --device "$DEVICE" --precision "$p" --session-dir "$WORK/session-$p" --no-postprocess 2>>"$LOG"; then
         t1=$(date +%s.%N)
         "$PY" -c "import json,sys; json.dump({'whole_s': $t1 - $t0}, open(sys.argv[1], 'w'))" "$WORK/segment-$SIZE-$DEVICE-$p.json"
         echo "side-by-side: whole run $("$PY" -c "print(f'{$t1 - $t0:.2f}')") s"
@@ -180,29 +190,43 @@ def masks(path):
             out[(fr["frame"], o["id"])] = flat
     return out
 
+def agreement(base, other):
+    keys = sorted(set(base) & set(other))
+    diff = sum(int((base[k] != other[k]).sum()) for k in keys)
+    total = sum(base[k].size for k in keys)
+    ious = []
+    for k in keys:
+        a, b = base[k].astype(bool), other[k].astype(bool)
+        u = (a | b).sum()
+        ious.append(1.0 if u == 0 else (a & b).sum() / u)
+    return {"frames": len(keys), "missing": len(set(base) ^ set(other)), "pixels_differing": diff,
+            "pixel_agreement": 1 - diff / max(total, 1), "foreground_pixels": int(sum(base[k].sum() for k in keys)),
+            "mean_iou": float(np.mean(ious)) if ious else None, "min_iou": float(np.min(ious)) if ious else None}
+
 if "fp32" in precs and len(precs) > 1:
-    base = masks(f"{work}/out-{size}-{device}-fp32/masks.json") if os.path.isfile(f"{work}/out-{size}-{device}-fp32/masks.json") else {}
+    fp32_path = f"{work}/out-{size}-{device}-fp32/masks.json"
+    base = masks(fp32_path) if os.path.isfile(fp32_path) else {}
     for p in precs:
-        if p == "fp32":
+        path = f"{work}/out-{size}-{device}-{p}/masks.json"
+        if p != "fp32" and base and os.path.isfile(path):
+            summary.setdefault("agreement", {})[f"{p}_vs_fp32"] = agreement(base, masks(path))
+
+def ref_masks(path):
+    z = np.load(path)
+    out = {}
+    for k in z.files:
+        if k.endswith("_shape"):
             continue
-        if not os.path.isfile(f"{work}/out-{size}-{device}-{p}/masks.json"):
-            continue
-        other = masks(f"{work}/out-{size}-{device}-{p}/masks.json")
-        keys = sorted(set(base) & set(other))
-        diff = sum(int((base[k] != other[k]).sum()) for k in keys)
-        total = sum(base[k].size for k in keys)
-        ious = []
-        for k in keys:
-            a, b = base[k].astype(bool), other[k].astype(bool)
-            u = (a | b).sum()
-            ious.append(1.0 if u == 0 else (a & b).sum() / u)
-        if not keys:
-            continue
-        summary.setdefault("agreement", {})[f"{p}_vs_fp32"] = {
-            "frames": len(keys), "missing": len(set(base) ^ set(other)),
-            "pixels_differing": diff, "pixel_agreement": 1 - diff / max(total, 1),
-            "mean_iou": float(np.mean(ious)) if ious else None, "min_iou": float(np.min(ious)) if ious else None,
-        }
+        h, w = z[k + "_shape"]
+        # Column-major, as COCO RLE (and so masks() above) orders pixels.
+        out[(int(k), 1)] = np.unpackbits(z[k], axis=-1)[:, :w].flatten(order="F").astype(np.uint8)
+    return out
+
+for p in precs:
+    rp = p if p in ref_precs else "fp32"
+    rpath, opath = f"{work}/ref-masks-{size}-{device}-{rp}.npz", f"{work}/out-{size}-{device}-{p}/masks.json"
+    if os.path.isfile(rpath) and os.path.isfile(opath):
+        summary.setdefault("agreement", {})[f"ours_{p}_vs_reference_{rp}"] = agreement(ref_masks(rpath), masks(opath))
 
 def mean(v):
     v = [x for x in v if x is not None]
@@ -232,7 +256,8 @@ for p, o in summary["ours"].items():
         print(f"  ours: {o.get('status')}: {o.get('error')}")
 for k, a in summary.get("agreement", {}).items():
     print(f"masks {k}: {a['pixel_agreement'] * 100:.4f}% of pixels agree over {a['frames']} frame(s) "
-          f"({a['pixels_differing']} differ); IoU mean {a['mean_iou']:.4f}, min {a['min_iou']:.4f}")
+          f"({a['pixels_differing']} differ, {a.get('foreground_pixels', '?')} foreground in the first); "
+          f"IoU mean {a['mean_iou']:.4f}, min {a['min_iou']:.4f}")
 if out_json:
     json.dump(summary, open(out_json, "w"), indent=1)
 EOF

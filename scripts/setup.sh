@@ -42,6 +42,13 @@ if ! "$vpy" -c 'import torch,sys; sys.exit(0 if torch.__version__.startswith("2.
   "$vpy" -m pip install -q --upgrade pip wheel setuptools
   "$vpy" -m pip install -q torch==2.11.0 numpy pillow
 fi
+# The CUDA runtime headers' crt/ part, for the CUDA-graph shim (build.rs): the torch wheel
+# brings cuda_runtime.h but not crt/host_config.h. Under 1 MB; Linux CUDA builds only.
+if [ -d "$("$vpy" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/../nvidia/cu13/include" ] \
+  && [ ! -f "$("$vpy" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/../nvidia/cu13/include/crt/host_config.h" ]; then
+  log "installing the CUDA crt headers (nvidia-cuda-crt, for CUDA graphs)"
+  "$vpy" -m pip install -q --no-deps nvidia-cuda-crt==13.0.88
+fi
 if [ "$want_ref" = 1 ] && ! "$vpy" -c 'import sam2, torchvision, scipy, pycocotools, safetensors' 2>/dev/null; then
   log "installing the reference sam2==1.1.0 (parity tests)"
   "$vpy" -m pip install -q wheel numpy pillow scipy safetensors pycocotools torch==2.11.0 torchvision==0.26.0

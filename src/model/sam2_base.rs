@@ -52,6 +52,13 @@ pub struct PointInputs {
     pub labels: Tensor,
 }
 
+/// Memory tokens ready for memory attention: `[M, 1, 64]` each.
+pub struct AssembledMemory {
+    pub tokens: Tensor,
+    pub pos: Tensor,
+    pub num_ptr_tokens: i64,
+}
+
 /// What the SAM heads produce for one object on one frame (`_forward_sam_heads`).
 pub struct SamOutput {
     /// `[1,1,4e,4e]` the selected low-res logits (−1024 where no object).
@@ -223,12 +230,20 @@ impl Sam2Base {
     /// `None` memories = an initial conditioning frame: features + `no_mem_embed`.
     pub fn condition_on_memory(&self, feats: &FrameFeatures, memories: Option<(&[SpatialMemory], &[PointerMemory], usize)>) -> Tensor {
         let _g = tch::no_grad_guard();
-        let (b, c, h, w) = feats.feat.size4().unwrap();
-        let curr = feats.feat.flatten(2, -1).permute([2, 0, 1]);
         let Some((spatial, ptrs, num_frames)) = memories else {
+            let (b, c, h, w) = feats.feat.size4().unwrap();
+            let curr = feats.feat.flatten(2, -1).permute([2, 0, 1]);
             return (curr + &self.no_mem_embed).permute([1, 2, 0]).reshape([b, c, h, w]);
         };
-        let curr_pos = feats.pos.flatten(2, -1).permute([2, 0, 1]);
+        let memory = self.assemble_memory(spatial, ptrs, num_frames);
+        self.attend_memory(feats, &memory.tokens, &memory.pos, memory.num_ptr_tokens)
+    }
+
+    /// The memory tokens of the chosen memories with their position encodings (spatial
+    /// memories with their temporal slot, then each object pointer as four tokens).
+    pub fn assemble_memory(&self, spatial: &[SpatialMemory], ptrs: &[PointerMemory], num_frames: usize) -> AssembledMemory {
+        let _g = tch::no_grad_guard();
+        let b = 1;
         let mem_pos_base = self.memory_encoder.pos().flatten(2, -1).permute([2, 0, 1]);
         let mut mem = Vec::new();
         let mut mem_pos = Vec::new();
@@ -259,10 +274,28 @@ impl Sam2Base {
             mem.push(obj_ptrs);
             mem_pos.push(obj_pos);
         }
-        let memory = Tensor::cat(&mem, 0);
-        let memory_pos = Tensor::cat(&mem_pos, 0);
-        let out = self.memory_attention.forward(&curr, &curr_pos, &memory, &memory_pos, num_ptr_tokens);
+        AssembledMemory { tokens: Tensor::cat(&mem, 0), pos: Tensor::cat(&mem_pos, 0), num_ptr_tokens }
+    }
+
+    /// Memory attention of the current frame's features over assembled memory tokens.
+    pub fn attend_memory(&self, feats: &FrameFeatures, memory: &Tensor, memory_pos: &Tensor, num_ptr_tokens: i64) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let (b, c, h, w) = feats.feat.size4().unwrap();
+        let curr = feats.feat.flatten(2, -1).permute([2, 0, 1]);
+        let curr_pos = feats.pos.flatten(2, -1).permute([2, 0, 1]);
+        let out = self.memory_attention.forward(&curr, &curr_pos, memory, memory_pos, num_ptr_tokens);
         out.permute([1, 2, 0]).reshape([b, c, h, w])
+    }
+
+    /// `track_step` of a propagation frame (no prompt, memory encoder on), from assembled
+    /// memory to the stored output: fixed shapes and no host round trip, so a GPU can
+    /// capture it as one graph. Returns (low-res masks, object pointer, object score,
+    /// memory features).
+    pub fn track_step(&self, feats: &FrameFeatures, memory: &Tensor, memory_pos: &Tensor, num_ptr_tokens: i64) -> (Tensor, Tensor, Tensor, Tensor) {
+        let pix = self.attend_memory(feats, memory, memory_pos, num_ptr_tokens);
+        let sam = self.forward_sam_heads(&pix, None, None, &feats.high_res, true);
+        let maskmem = self.encode_new_memory(feats, &sam.high_res_masks, &sam.object_score_logits, false);
+        (sam.low_res_masks, sam.obj_ptr, sam.object_score_logits, maskmem)
     }
 
     /// `_encode_new_memory`: the memory of one object on one frame, rounded through

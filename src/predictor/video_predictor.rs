@@ -7,7 +7,8 @@ use super::memory_bank::{Entry, MemoryBank, Slot, Staged};
 use crate::media::prefetch::Prefetcher;
 use crate::media::FrameSource;
 use crate::model::postprocess::fill_holes;
-use crate::model::sam2_base::{FrameFeatures, PointInputs, PointerMemory, SpatialMemory, MAX_OBJ_PTRS, NO_OBJ_SCORE, NUM_MASKMEM};
+use crate::cuda_graph::GraphCache;
+use crate::model::sam2_base::{AssembledMemory, FrameFeatures, PointInputs, PointerMemory, SpatialMemory, MAX_OBJ_PTRS, NO_OBJ_SCORE, NUM_MASKMEM};
 use crate::model::Sam2Base;
 use crate::session::{ObjectId, Op, Point};
 use crate::supervisor::events::StageTimings;
@@ -67,7 +68,15 @@ pub struct VideoPredictor {
     /// The most recently encoded frames (the reference keeps one; a prefetched frame
     /// under the cursor is the second).
     features: Vec<(usize, Rc<FrameFeatures>)>,
+    graphs: Graphs,
     timings: StageTimings,
+}
+
+/// CUDA graphs of the two fixed-shape pieces of a frame (no-ops off CUDA).
+struct Graphs {
+    image: GraphCache<()>,
+    /// Keyed by (memory tokens, of which object-pointer tokens).
+    track: GraphCache<(i64, i64)>,
 }
 
 /// A propagation frame whose model work is queued but whose outputs are not yet written.
@@ -98,7 +107,8 @@ impl VideoPredictor {
         anyhow::ensure!(num_frames > 0, "the video has no frames");
         let frames = Prefetcher::for_device(frames, model.image_size() as u32, model.device);
         let bank = MemoryBank::open(opts.bank_dir.clone(), model.device)?;
-        Ok(VideoPredictor { model, frames, size, num_frames, opts, objects: vec![], bank, features: vec![], timings: StageTimings::default() })
+        let graphs = Graphs { image: GraphCache::new(model.device, 1), track: GraphCache::new(model.device, 4) };
+        Ok(VideoPredictor { model, frames, size, num_frames, opts, objects: vec![], bank, features: vec![], graphs, timings: StageTimings::default() })
     }
 
     /// (width, height) of the video.
@@ -199,7 +209,20 @@ impl VideoPredictor {
         let decoded = self.frames.get(frame)?;
         self.timings.decode_ms += ms(t);
         let t = Instant::now();
-        let feats = Rc::new(self.model.forward_pixels(&decoded.pixels));
+        let feats = if self.graphs.image.enabled() {
+            let pixels = decoded.pixels.to_device_(self.model.device, Kind::Uint8, true, false);
+            let model = self.model.clone();
+            let encode = move |x: &[Tensor]| {
+                let f = model.forward_image(&crate::media::preprocess::normalize(&x[0]));
+                let [h0, h1] = f.high_res;
+                vec![h0, h1, f.feat, f.pos]
+            };
+            let mut out = self.graphs.image.run((), &[&pixels], &encode).into_iter();
+            let mut next = || out.next().expect("image encoder output");
+            Rc::new(FrameFeatures { high_res: [next(), next()], feat: next(), pos: next() })
+        } else {
+            Rc::new(self.model.forward_pixels(&decoded.pixels))
+        };
         self.sync();
         self.timings.image_encoder_ms += ms(t);
         self.features.insert(0, (frame, feats.clone()));
@@ -283,7 +306,11 @@ impl VideoPredictor {
         let pix = if is_init_cond {
             self.model.condition_on_memory(&feats, None)
         } else {
-            self.condition(id, frame, &feats, reverse)?
+            let memory = self.memories(id, frame, reverse)?;
+            if points.is_none() && prev_logits.is_none() && run_mem_encoder && self.graphs.track.enabled() {
+                return Ok(self.track_step_graphed(&feats, &memory));
+            }
+            self.model.attend_memory(&feats, &memory.tokens, &memory.pos, memory.num_ptr_tokens)
         };
         self.sync();
         self.timings.memory_attention_ms += ms(t);
@@ -306,6 +333,28 @@ impl VideoPredictor {
         Ok(Entry { maskmem, pred_masks: sam.low_res_masks, obj_ptr: sam.obj_ptr, score: sam.object_score_logits })
     }
 
+    /// A propagation frame's model work through a CUDA graph (see `cuda_graph`): captured
+    /// once the memory shapes repeat, i.e. once the memory bank is full. Stage times are
+    /// not separable inside a graph; the whole step is counted as memory attention.
+    fn track_step_graphed(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> Entry {
+        let t = Instant::now();
+        let model = self.model.clone();
+        let n = memory.num_ptr_tokens;
+        let key = (memory.tokens.size()[0], n);
+        let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &memory.tokens, &memory.pos];
+        let step = move |x: &[Tensor]| {
+            let f = FrameFeatures { high_res: [x[0].shallow_clone(), x[1].shallow_clone()], feat: x[2].shallow_clone(), pos: x[3].shallow_clone() };
+            let (low, ptr, score, maskmem) = model.track_step(&f, &x[4], &x[5], n);
+            vec![low, ptr, score, maskmem]
+        };
+        let mut out = self.graphs.track.run(key, &inputs, &step).into_iter();
+        let mut next = || out.next().expect("track step output");
+        let (pred_masks, obj_ptr, score, maskmem) = (next(), next(), next(), next());
+        self.sync();
+        self.timings.memory_attention_ms += ms(t);
+        Entry { maskmem: Some(maskmem), pred_masks, obj_ptr, score }
+    }
+
     /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
     /// host, so propagation applies it when the frame is written out, not while the next
     /// frame's kernels could be queued; nothing downstream of the model reads the
@@ -319,8 +368,8 @@ impl VideoPredictor {
     }
 
     /// Chooses the memories of a non-initial frame exactly as
-    /// `_prepare_memory_conditioned_features` does, and runs memory attention.
-    fn condition(&mut self, id: ObjectId, frame: usize, feats: &FrameFeatures, reverse: bool) -> anyhow::Result<Tensor> {
+    /// `_prepare_memory_conditioned_features` does, as memory tokens.
+    fn memories(&mut self, id: ObjectId, frame: usize, reverse: bool) -> anyhow::Result<AssembledMemory> {
         let cond = self.bank.cond_frames(id);
         anyhow::ensure!(!cond.is_empty(), "object {id} has no conditioning frame");
         let mut spatial_entries: Vec<(usize, Rc<Entry>)> = Vec::new();
@@ -362,7 +411,7 @@ impl VideoPredictor {
             .filter_map(|(i, e)| e.maskmem.as_ref().map(|m| SpatialMemory { features: m, tpos_index: *i }))
             .collect();
         let ptrs: Vec<PointerMemory> = ptr_entries.iter().map(|(pos, e)| PointerMemory { ptr: &e.obj_ptr, pos: *pos }).collect();
-        Ok(self.model.condition_on_memory(feats, Some((&spatial, &ptrs, self.num_frames))))
+        Ok(self.model.assemble_memory(&spatial, &ptrs, self.num_frames))
     }
 
     /// The masks of every object on `frame` at video resolution, each from (in order)
