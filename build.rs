@@ -18,7 +18,7 @@ fn torch_lib_dir() -> Option<String> {
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    println!("cargo::rustc-check-cfg=cfg(sam2_cuda_graphs)");
+    println!("cargo::rustc-check-cfg=cfg(sam2_cuda_shim)");
     println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
     println!("cargo:rerun-if-env-changed=PATH");
     let Some(lib) = torch_lib_dir() else {
@@ -61,10 +61,10 @@ fn cuda_include(lib: &str) -> Option<std::path::PathBuf> {
     candidates.into_iter().find(|d| d.join("cuda_runtime_api.h").exists())
 }
 
-/// Compiles the CUDA-graph shim (src/cuda_graph) where libtorch has CUDA and the CUDA
-/// headers are present, and sets `cfg(sam2_cuda_graphs)`; elsewhere frames run eagerly.
+/// Compiles the CUDA-graph shim (src/cuda) where libtorch has CUDA and the CUDA
+/// headers are present, and sets `cfg(sam2_cuda_shim)`; elsewhere frames run eagerly.
 fn build_cuda_graph_shim(lib: &str) {
-    let shim = "src/cuda_graph/graph_shim.cpp";
+    let shim = "src/cuda/shim.cpp";
     println!("cargo:rerun-if-changed={shim}");
     if !std::path::Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
         return;
@@ -76,8 +76,8 @@ fn build_cuda_graph_shim(lib: &str) {
     let include = std::path::Path::new(lib).join("../include");
     let mut build = cc::Build::new();
     build.cpp(true).file(shim).include(&include).include(&cuda).std("c++17").warnings(false).define("_GLIBCXX_USE_CXX11_ABI", "1");
-    build.compile("sam2_cuda_graph_shim");
+    build.compile("sam2_cuda_shim");
     println!("cargo:rustc-link-lib=dylib=c10_cuda");
     println!("cargo:rustc-link-lib=dylib=torch_cuda");
-    println!("cargo:rustc-cfg=sam2_cuda_graphs");
+    println!("cargo:rustc-cfg=sam2_cuda_shim");
 }

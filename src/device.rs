@@ -91,11 +91,54 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The low-precision type of the mode (fp32 for exact).
     pub fn kind(self) -> tch::Kind {
         match self {
             Precision::Fp32 => tch::Kind::Float,
             Precision::Bf16 => tch::Kind::BFloat16,
             Precision::Fp16 => tch::Kind::Half,
+        }
+    }
+
+    /// The type the weights are held in on `device`. On CUDA the fast modes keep fp32
+    /// weights and compute under autocast, as the reference's CUDA path does: matmuls and
+    /// convolutions in bf16/fp16, norms, softmax and the residual stream in fp32, so the
+    /// masks stay within a hair of the reference's. On the CPU and MPS everything is held
+    /// in the low type (there it is about memory bandwidth and native arithmetic).
+    pub fn weights_kind(self, device: tch::Device) -> tch::Kind {
+        match self.autocast(device) {
+            Some(_) => tch::Kind::Float,
+            None => self.kind(),
+        }
+    }
+
+    /// The autocast type on `device`, if this mode computes under autocast there.
+    pub fn autocast(self, device: tch::Device) -> Option<tch::Kind> {
+        (matches!(device, tch::Device::Cuda(_)) && self != Precision::Fp32).then_some(self.kind())
+    }
+}
+
+/// CUDA autocast on this thread while alive (autocast state is per thread); restores the
+/// previous state on drop. A no-op for `None`.
+pub struct AutocastGuard {
+    restore: Option<bool>,
+}
+
+impl AutocastGuard {
+    pub fn new(kind: Option<tch::Kind>) -> Self {
+        let Some(kind) = kind else { return AutocastGuard { restore: None } };
+        let mut was = 0;
+        let dtype = if kind == tch::Kind::Half { 1 } else { 0 };
+        let ok = unsafe { sam2_shim_set_autocast_cuda(1, dtype, &mut was) } == 1;
+        AutocastGuard { restore: ok.then_some(was == 1) }
+    }
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        if let Some(was) = self.restore {
+            let mut ignored = 0;
+            unsafe { sam2_shim_set_autocast_cuda(was as std::os::raw::c_int, 0, &mut ignored) };
         }
     }
 }
@@ -124,6 +167,7 @@ impl fmt::Display for Precision {
 
 extern "C" {
     fn sam2_shim_set_tf32(allow: std::os::raw::c_int) -> std::os::raw::c_int;
+    fn sam2_shim_set_autocast_cuda(enabled: std::os::raw::c_int, dtype: std::os::raw::c_int, was_enabled: *mut std::os::raw::c_int) -> std::os::raw::c_int;
 }
 
 /// Lets fp32 matmuls and convolutions on a CUDA device use TF32, as the reference's

@@ -45,6 +45,7 @@ fn bench_on_cpu_reports_fps_stages_and_memory_and_marks_missing_devices_unavaila
     }
     assert!(stages["total"].as_f64().unwrap() > 0.0 && stages["image_encoder"].as_f64().unwrap() > 0.0, "{stages}");
     assert!(cpu["time_to_first_mask_s"].as_f64().unwrap() > 0.0);
+    assert!(cpu["click_ms"].as_f64().unwrap() > 0.0, "click-to-mask latency missing: {cpu}");
     assert!(cpu["peak_rss_bytes"].as_u64().unwrap() > 50 << 20, "a worker holding a model uses > 50 MiB: {cpu}");
     assert_eq!(cpu["crashes"], serde_json::json!([]));
 

@@ -86,6 +86,11 @@ pub struct RowResult {
     pub stages_ms: Option<StageMs>,
     /// From supervisor start (worker spawn, model load, first frame) to the click's mask.
     pub time_to_first_mask_s: Option<f64>,
+    /// Click-to-mask latency on an already-encoded frame (decoder only, as when the
+    /// console has encoded the frame under the cursor): median over the repeated clicks
+    /// that follow the propagations, from the previous op's end to this one's (the ops
+    /// are queued back to back, so this includes the pipe both ways).
+    pub click_ms: Option<f64>,
     /// From supervisor start to the end of the first propagation.
     pub whole_run_s: Option<f64>,
     /// The worker's peak resident memory (VmHWM when readable, else the heartbeats' max).
@@ -116,6 +121,7 @@ impl RowResult {
             warmup_runs: 0,
             stages_ms: None,
             time_to_first_mask_s: None,
+            click_ms: None,
             whole_run_s: None,
             peak_rss_bytes: None,
             cuda_peak_allocated_bytes: None,
@@ -135,6 +141,9 @@ impl RowResult {
 }
 
 /// Runs one row. Errors that stop the row become `status: failed` with the reason.
+/// Clicks on an already-encoded frame whose latency is measured.
+const CLICKS: usize = 5;
+
 pub fn measure(spec: &RowSpec, version: ModelVersion) -> RowResult {
     let mut row = RowResult::empty(spec.size, spec.device, spec.precision, RowStatus::Ok);
     row.checkpoint = Some(spec.checkpoint.display().to_string());
@@ -167,8 +176,12 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     // stderr tail the supervisor keeps.
     opts.set_env("RUST_BACKTRACE", "0");
     let (x, y) = spec.click;
-    opts.initial_ops = std::iter::once(Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(x, y, true)], bbox: None })
+    let click = Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(x, y, true)], bbox: None };
+    // The same click again after the propagations: the first re-encodes frame 0, the
+    // CLICKS after it find it encoded (the same prompt, so the state does not change).
+    opts.initial_ops = std::iter::once(click.clone())
         .chain((0..spec.runs).map(|_| Op::Propagate { start: None, reverse: false, max_frames: None }))
+        .chain(std::iter::repeat_n(click, 1 + CLICKS))
         .collect();
     let n_ops = opts.initial_ops.len();
 
@@ -264,6 +277,8 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
         .collect();
     row.frames = frames_in_run.first().copied().unwrap_or(0);
     row.fps = median(&row.fps_runs[row.warmup_runs..]);
+    let clicks: Vec<f64> = op_ended.windows(2).skip(spec.runs + 1).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).collect();
+    row.click_ms = median(&clicks);
     row.stages_ms = StageMs::median_of(&timings);
     anyhow::ensure!(row.frames > 0, "the propagation produced no frames");
     Ok(())

@@ -30,8 +30,8 @@ impl Report {
     }
 }
 
-const HEADER: [&str; 15] = [
-    "model", "device", "prec", "status", "frames", "FPS", "1st mask", "enc ms", "attn ms", "dec ms", "memenc ms",
+const HEADER: [&str; 16] = [
+    "model", "device", "prec", "status", "frames", "FPS", "1st mask", "click ms", "enc ms", "attn ms", "dec ms", "memenc ms",
     "frame ms", "peak RSS", "CUDA peak", "crashes",
 ];
 
@@ -57,6 +57,7 @@ pub fn table(rows: &[RowResult]) -> Vec<String> {
             if r.frames > 0 { r.frames.to_string() } else { "-".into() },
             r.fps.map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
             r.time_to_first_mask_s.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "-".into()),
+            ms(r.click_ms),
             ms(s.map(|s| s.image_encoder)),
             ms(s.map(|s| s.memory_attention)),
             ms(s.map(|s| s.mask_decoder)),

@@ -122,7 +122,7 @@ impl Sam2Base {
 
     /// Builds the model from a state dict (reference key names), strictly.
     pub fn from_tensors(config: Sam2Config, tensors: BTreeMap<String, Tensor>, device: Device, precision: Precision) -> anyhow::Result<Sam2Base> {
-        let params = Params::new(tensors, device, precision.kind());
+        let params = Params::new(tensors, device, precision.weights_kind(device));
         let model = Self::build(config, &params, precision)?;
         params.finish()?;
         Ok(model)
@@ -157,8 +157,9 @@ impl Sam2Base {
         Ok(model)
     }
 
+    /// The type of the weights and of the explicit casts (fp32 under CUDA autocast).
     pub fn kind(&self) -> Kind {
-        self.precision.kind()
+        self.precision.weights_kind(self.device)
     }
 
     pub fn image_size(&self) -> i64 {

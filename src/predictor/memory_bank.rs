@@ -155,10 +155,21 @@ impl MemoryBank {
 
     /// Stores an entry (replacing any), written through to disk.
     pub fn put(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> anyhow::Result<()> {
-        let path = self.path(id, slot, frame);
-        write_entry(&path, &entry, tracked)?;
-        self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
+        write_entry(&self.path(id, slot, frame), &entry, tracked)?;
+        self.keep(id, slot, frame, entry, tracked);
         Ok(())
+    }
+
+    /// As `put`, writing `on_disk` — the same values already copied to the host — so the
+    /// write does not wait for the device; `entry` (on the device) stays in RAM.
+    pub fn put_copied(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, on_disk: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+        write_entry(&self.path(id, slot, frame), on_disk, tracked)?;
+        self.keep(id, slot, frame, entry, tracked);
+        Ok(())
+    }
+
+    fn keep(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) {
+        self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
     }
 
     /// Stores an entry in RAM only, for the frame being tracked while the previous one is
@@ -276,7 +287,9 @@ fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<
     buf.extend_from_slice(&tensor_bytes(&e.pred_masks, Kind::Float));
     buf.extend_from_slice(&tensor_bytes(&e.obj_ptr, Kind::Float));
     buf.extend_from_slice(&tensor_bytes(&e.score, Kind::Float));
-    crate::util::atomic_write(path, &buf)
+    // Unflushed: entries must survive the engine crashing (they do, in the page cache);
+    // a flush per frame would put a disk round trip on every frame.
+    crate::util::atomic_write_unflushed(path, &buf)
 }
 
 fn read_header(path: &Path) -> anyhow::Result<(Option<bool>, bool, i64)> {

@@ -7,7 +7,8 @@ use super::memory_bank::{Entry, MemoryBank, Slot, Staged};
 use crate::media::prefetch::Prefetcher;
 use crate::media::FrameSource;
 use crate::model::postprocess::fill_holes;
-use crate::cuda_graph::GraphCache;
+use crate::cuda::{CudaEvent, GraphCache};
+use crate::device::AutocastGuard;
 use crate::model::sam2_base::{AssembledMemory, FrameFeatures, PointInputs, PointerMemory, SpatialMemory, MAX_OBJ_PTRS, NO_OBJ_SCORE, NUM_MASKMEM};
 use crate::model::Sam2Base;
 use crate::session::{ObjectId, Op, Point};
@@ -83,8 +84,11 @@ struct Graphs {
 struct Tracked {
     frame: usize,
     reverse: bool,
-    /// New tracking outputs, in RAM only until written out.
+    /// New tracking outputs, in RAM only until written out, and their host copies
+    /// (queued without blocking; valid once `copied` has passed).
     staged: Vec<Staged>,
+    host: Vec<Entry>,
+    copied: Option<CudaEvent>,
     /// Objects prompted on this frame (their output is the prompt's; only marked tracked).
     prompted: Vec<ObjectId>,
     timings: StageTimings,
@@ -148,6 +152,7 @@ impl VideoPredictor {
     /// stops early when `on_frame` returns `Break` (cancel).
     pub fn apply(&mut self, op: &Op, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
         let _g = tch::no_grad_guard();
+        let _a = self.autocast();
         op.validate().map_err(|e| anyhow::anyhow!(e))?;
         let result = match op {
             Op::AddPrompt { frame, object, points, bbox } => {
@@ -183,8 +188,14 @@ impl VideoPredictor {
     /// Encodes `frame` ahead of time so a click there only runs the decoder.
     pub fn prefetch(&mut self, frame: usize) -> anyhow::Result<()> {
         let _g = tch::no_grad_guard();
+        let _a = self.autocast();
         self.check_frame(frame)?;
         self.features_of(frame).map(|_| ())
+    }
+
+    /// The precision mode's autocast (CUDA fast modes) for the duration of an op.
+    fn autocast(&self) -> AutocastGuard {
+        AutocastGuard::new(self.model.precision.autocast(self.model.device))
     }
 
     fn save_state(&mut self) -> anyhow::Result<()> {
@@ -333,7 +344,7 @@ impl VideoPredictor {
         Ok(Entry { maskmem, pred_masks: sam.low_res_masks, obj_ptr: sam.obj_ptr, score: sam.object_score_logits })
     }
 
-    /// A propagation frame's model work through a CUDA graph (see `cuda_graph`): captured
+    /// A propagation frame's model work through a CUDA graph (see `cuda::graph`): captured
     /// once the memory shapes repeat, i.e. once the memory bank is full. Stage times are
     /// not separable inside a graph; the whole step is counted as memory attention.
     fn track_step_graphed(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> Entry {
@@ -535,7 +546,7 @@ impl VideoPredictor {
     /// through by `write_out`.
     fn track_frame(&mut self, ids: &[ObjectId], frame: usize, reverse: bool) -> anyhow::Result<Tracked> {
         self.timings = StageTimings::default();
-        let mut tracked = Tracked { frame, reverse, staged: vec![], prompted: vec![], timings: StageTimings::default() };
+        let mut tracked = Tracked { frame, reverse, staged: vec![], host: vec![], copied: None, prompted: vec![], timings: StageTimings::default() };
         for (idx, &id) in ids.iter().enumerate() {
             if self.bank.contains(id, Slot::Cond, frame) {
                 tracked.prompted.push(id);
@@ -550,16 +561,34 @@ impl VideoPredictor {
             }
         }
         self.bank.advance(frame, reverse);
+        // Host copies now, before the next frame's kernels, so waiting for them later
+        // does not mean waiting for the next frame too.
+        for s in &tracked.staged {
+            let e = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
+            tracked.host.push(Entry { maskmem: e.maskmem.as_ref().map(to_host), pred_masks: to_host(&e.pred_masks), obj_ptr: to_host(&e.obj_ptr), score: to_host(&e.score) });
+        }
+        tracked.copied = CudaEvent::record(self.model.device);
         tracked.timings = self.timings;
         Ok(tracked)
     }
 
     /// Finishes a tracked frame: hole filling, written through to the bank, emitted.
+    /// The masks and score stay on the host from here on (outputs, corrections read
+    /// them there); memory features and pointers stay on the device for attention.
     fn write_out(&mut self, t: Tracked, last_out: &mut Instant, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<ControlFlow<()>> {
-        for s in &t.staged {
-            let entry = self.bank.get(s.id, s.slot, s.frame).expect("staged entry").shallow();
-            let entry = self.postprocess(entry);
-            self.bank.put(s.id, s.slot, s.frame, entry, Some(t.reverse))?;
+        if let Some(copied) = &t.copied {
+            copied.synchronize();
+        }
+        for (s, host) in t.staged.iter().zip(t.host) {
+            let on_device = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
+            let host = self.postprocess(host);
+            let kept = Entry {
+                maskmem: on_device.maskmem.as_ref().map(|m| m.shallow_clone()),
+                pred_masks: host.pred_masks.shallow_clone(),
+                obj_ptr: on_device.obj_ptr.shallow_clone(),
+                score: host.score.shallow_clone(),
+            };
+            self.bank.put_copied(s.id, s.slot, s.frame, kept, &host, Some(t.reverse))?;
         }
         for &id in &t.prompted {
             self.bank.mark_tracked(id, t.frame, t.reverse)?;
@@ -605,6 +634,12 @@ impl VideoPredictor {
         self.objects.clear();
         self.bank.clear()
     }
+}
+
+/// A host copy queued on the stream without blocking (into page-locked memory on a
+/// GPU; the tensor itself on the CPU).
+fn to_host(t: &Tensor) -> Tensor {
+    t.to_device_(Device::Cpu, t.kind(), true, false)
 }
 
 static SYNC_TIMINGS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| std::env::var("SAM2_TUI_SYNC_TIMINGS").is_ok_and(|v| v == "1"));

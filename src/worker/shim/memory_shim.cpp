@@ -3,6 +3,7 @@
 // C++ (tch exposes neither). Every call is wrapped in try/catch: a C++ exception must
 // never unwind into Rust, so failures come back as 0 ("unavailable") plus a message.
 #include <ATen/Context.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/detail/MPSHooksInterface.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -111,6 +112,20 @@ int sam2_shim_set_tf32(int allow) {
   try {
     at::globalContext().setFloat32MatmulPrecision(allow ? "high" : "highest");
     at::globalContext().setAllowTF32CuDNN(allow != 0);
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
+// CUDA autocast on this thread (the reference's fast mode, `torch.autocast("cuda", dtype)`):
+// dtype 0 = bfloat16, 1 = float16. Reports whether it was on before. 1 on success.
+int sam2_shim_set_autocast_cuda(int enabled, int dtype, int* was_enabled) {
+  try {
+    *was_enabled = at::autocast::is_autocast_enabled(c10::DeviceType::CUDA) ? 1 : 0;
+    at::autocast::set_autocast_dtype(c10::DeviceType::CUDA, dtype == 1 ? at::kHalf : at::kBFloat16);
+    at::autocast::set_autocast_enabled(c10::DeviceType::CUDA, enabled != 0);
+    if (!enabled) at::autocast::clear_cache();
     return 1;
   } catch (...) {
     return 0;

@@ -7,12 +7,12 @@
 //! (device-to-device), replays, and returns copies of the static outputs (the next replay
 //! overwrites them). [`GraphCache`] captures a key on its second consecutive use, so the
 //! growing shapes of a video's first frames run eagerly and the steady state replays.
-//! Built only where libtorch has CUDA and the CUDA headers were found (`build.rs` sets
-//! `cfg(sam2_cuda_graphs)`); `SAM2_TUI_CUDA_GRAPHS=0` turns graphs off at run time.
+//! Built only with the CUDA shim (see the module above); `SAM2_TUI_CUDA_GRAPHS=0` turns
+//! graphs off at run time.
 use tch::{Device, Tensor};
 
 mod ffi {
-    #[cfg(sam2_cuda_graphs)]
+    #[cfg(sam2_cuda_shim)]
     unsafe extern "C" {
         pub fn sam2_graph_new(device: i32, out: *mut *mut std::ffi::c_void, err: *mut std::ffi::c_char, len: usize) -> i32;
         pub fn sam2_graph_enter(g: *mut std::ffi::c_void, err: *mut std::ffi::c_char, len: usize) -> i32;
@@ -26,50 +26,43 @@ mod ffi {
 
 /// True when this build can capture graphs and they are not turned off.
 pub fn available() -> bool {
-    cfg!(sam2_cuda_graphs) && std::env::var("SAM2_TUI_CUDA_GRAPHS").map_or(true, |v| v != "0")
+    cfg!(sam2_cuda_shim) && std::env::var("SAM2_TUI_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
 /// One captured graph with its own side stream.
 struct CudaGraph {
-    #[cfg_attr(not(sam2_cuda_graphs), allow(dead_code))]
+    #[cfg_attr(not(sam2_cuda_shim), allow(dead_code))]
     raw: *mut std::ffi::c_void,
 }
 
-#[cfg(sam2_cuda_graphs)]
-fn call(what: &str, f: impl FnOnce(*mut std::ffi::c_char, usize) -> i32) -> anyhow::Result<()> {
-    let mut err = vec![0 as std::ffi::c_char; 512];
-    if f(err.as_mut_ptr(), err.len()) == 1 {
-        return Ok(());
-    }
-    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-    anyhow::bail!("CUDA graph {what}: {msg}")
-}
+#[cfg(sam2_cuda_shim)]
+use super::call;
 
-#[cfg(sam2_cuda_graphs)]
+#[cfg(sam2_cuda_shim)]
 impl CudaGraph {
     fn new(device: usize) -> anyhow::Result<Self> {
         let mut raw = std::ptr::null_mut();
-        call("create", |e, n| unsafe { ffi::sam2_graph_new(device as i32, &mut raw, e, n) })?;
+        call("graph create", |e, n| unsafe { ffi::sam2_graph_new(device as i32, &mut raw, e, n) })?;
         Ok(CudaGraph { raw })
     }
     fn enter(&self) -> anyhow::Result<()> {
-        call("enter", |e, n| unsafe { ffi::sam2_graph_enter(self.raw, e, n) })
+        call("graph enter", |e, n| unsafe { ffi::sam2_graph_enter(self.raw, e, n) })
     }
     fn begin(&self) -> anyhow::Result<()> {
-        call("capture", |e, n| unsafe { ffi::sam2_graph_capture_begin(self.raw, e, n) })
+        call("graph capture", |e, n| unsafe { ffi::sam2_graph_capture_begin(self.raw, e, n) })
     }
     fn end(&self) -> anyhow::Result<()> {
-        call("capture end", |e, n| unsafe { ffi::sam2_graph_capture_end(self.raw, e, n) })
+        call("graph capture end", |e, n| unsafe { ffi::sam2_graph_capture_end(self.raw, e, n) })
     }
     fn exit(&self) -> anyhow::Result<()> {
-        call("exit", |e, n| unsafe { ffi::sam2_graph_exit(self.raw, e, n) })
+        call("graph exit", |e, n| unsafe { ffi::sam2_graph_exit(self.raw, e, n) })
     }
     fn replay(&self) -> anyhow::Result<()> {
-        call("replay", |e, n| unsafe { ffi::sam2_graph_replay(self.raw, e, n) })
+        call("graph replay", |e, n| unsafe { ffi::sam2_graph_replay(self.raw, e, n) })
     }
 }
 
-#[cfg(not(sam2_cuda_graphs))]
+#[cfg(not(sam2_cuda_shim))]
 impl CudaGraph {
     fn new(_device: usize) -> anyhow::Result<Self> {
         anyhow::bail!("this build has no CUDA graph support")
@@ -93,7 +86,7 @@ impl CudaGraph {
 
 impl Drop for CudaGraph {
     fn drop(&mut self) {
-        #[cfg(sam2_cuda_graphs)]
+        #[cfg(sam2_cuda_shim)]
         unsafe {
             ffi::sam2_graph_free(self.raw)
         }
