@@ -76,8 +76,10 @@ def main():
     if dev == "cpu":
         torch.set_num_threads(a.threads or os.cpu_count())
     else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        # TF32 as the published baselines; REF_TF32=0 for strict fp32 (parity checks).
+        tf32 = os.environ.get("REF_TF32", "1") != "0"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     runs = a.runs or (1 if dev == "cpu" else 3)
     warmup = 1 if (dev == "cuda" and runs > 1) else 0
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)

@@ -16,6 +16,10 @@
 #   WORK            where frames, checkpoint and outputs go (default: /tmp/sam2-side-by-side)
 #   RESOLUTION      WIDTHxHEIGHT of the frames (default: 960x540)
 #   OUT_JSON        also write every figure here as JSON
+#   RUNS            propagations per process (reference and sam2-tui bench; default 3 on
+#                   cuda with the first a warm-up, 1 on cpu)
+#   STRICT_FP32     if 1, no TF32 on either side (SAM2_TUI_TF32=0, REF_TF32=0): a CUDA
+#                   parity check rather than a speed run
 #   MASKS_FROM_PASS if set, the first reference pass also saves its masks and every
 #                   sam2-tui precision is compared pixel-wise with the reference's
 #
@@ -51,6 +55,9 @@ CKPT=$WORK/sam2.1_hiera_$SIZE.random-init-present.pt
 LOG=$WORK/log-$SIZE-$DEVICE.txt
 : >"$LOG"
 THREAD_ARGS=()
+RUN_ARGS=()
+[ -n "${RUNS:-}" ] && RUN_ARGS=(--runs "$RUNS")
+if [ "${STRICT_FP32:-0}" = 1 ]; then export SAM2_TUI_TF32=0 REF_TF32=0; fi
 if [ -n "${THREADS:-}" ]; then
     THREAD_ARGS=(--threads "$THREADS")
     export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
@@ -101,7 +108,7 @@ run_reference() { # PASS PRECISION
     local out=$WORK/ref-$SIZE-$DEVICE-$2-$1.json
     echo "side-by-side: reference $(ref_mode "$DEVICE" "$2") (pass $1) …"
     "$PY" "$HERE/bench_reference.py" "$SIZE" "$(ref_mode "$DEVICE" "$2")" "$FRAMES_DIR" "$CKPT" \
-        ${THREADS:+--threads "$THREADS"} --json "$out" ${MASKS_FROM_PASS:+$([ "$1" = 1 ] && echo --masks "$WORK/ref-masks-$SIZE-$DEVICE-$2.npz")} 2>>"$LOG" | sed -n 1p
+        ${THREADS:+--threads "$THREADS"} "${RUN_ARGS[@]}" --json "$out" ${MASKS_FROM_PASS:+$([ "$1" = 1 ] && echo --masks "$WORK/ref-masks-$SIZE-$DEVICE-$2.npz")} 2>>"$LOG" | sed -n 1p
 }
 run_ours() { # PRECISION
     local p=$1 out=$WORK/out-$SIZE-$DEVICE-$1
@@ -122,7 +129,7 @@ run_ours() { # PRECISION
     fi
     echo "side-by-side: sam2-tui bench --precision $p …"
     "$BIN" bench --sizes "$SIZE" --devices "$DEVICE" --frames-dir "$FRAMES_DIR" --checkpoint "$CKPT" \
-        --precision "$p" "${THREAD_ARGS[@]}" --json "$WORK/bench-$SIZE-$DEVICE-$p.json" 2>>"$LOG" | sed 's/^/    /' || true
+        --precision "$p" "${THREAD_ARGS[@]}" "${RUN_ARGS[@]}" --json "$WORK/bench-$SIZE-$DEVICE-$p.json" 2>>"$LOG" | sed 's/^/    /' || true
 }
 
 for p in $REF_PRECISIONS; do run_reference 1 "$p"; done
@@ -199,7 +206,10 @@ def agreement(base, other):
         a, b = base[k].astype(bool), other[k].astype(bool)
         u = (a | b).sum()
         ious.append(1.0 if u == 0 else (a & b).sum() / u)
+    per_frame = [1 - int((base[k] != other[k]).sum()) / base[k].size for k in keys]
+    below = [k[0] for k, a in zip(keys, per_frame) if a < 0.999]
     return {"frames": len(keys), "missing": len(set(base) ^ set(other)), "pixels_differing": diff,
+            "per_frame_agreement": per_frame, "first_frame_below_99_9": below[0] if below else None,
             "pixel_agreement": 1 - diff / max(total, 1), "foreground_pixels": int(sum(base[k].sum() for k in keys)),
             "mean_iou": float(np.mean(ious)) if ious else None, "min_iou": float(np.min(ious)) if ious else None}
 
@@ -257,7 +267,8 @@ for p, o in summary["ours"].items():
 for k, a in summary.get("agreement", {}).items():
     print(f"masks {k}: {a['pixel_agreement'] * 100:.4f}% of pixels agree over {a['frames']} frame(s) "
           f"({a['pixels_differing']} differ, {a.get('foreground_pixels', '?')} foreground in the first); "
-          f"IoU mean {a['mean_iou']:.4f}, min {a['min_iou']:.4f}")
+          f"IoU mean {a['mean_iou']:.4f}, min {a['min_iou']:.4f}; first frame under 99.9%: {a['first_frame_below_99_9']}; "
+          f"by frame: " + " ".join(f"{v * 100:.2f}" for v in a["per_frame_agreement"][::max(1, len(a["per_frame_agreement"]) // 10)]))
 if out_json:
     json.dump(summary, open(out_json, "w"), indent=1)
 EOF

@@ -180,3 +180,25 @@ pub fn configure_cuda_math(device: tch::Device) -> bool {
     let allow = std::env::var("SAM2_TUI_TF32").map_or(true, |v| v != "0");
     unsafe { sam2_shim_set_tf32(allow as std::os::raw::c_int) == 1 && allow }
 }
+
+/// Whether the CPU does bf16 arithmetic natively (x86: avx512_bf16 or amx_bf16; Arm: the
+/// bf16 extension). Without it libtorch's bf16 matmuls fall back to a slow generic path
+/// (measured on an AVX2-only EPYC: about 4x slower than fp32), so the CPU fast mode only
+/// pays where this is true.
+pub fn cpu_native_bf16() -> bool {
+    #[cfg(target_os = "macos")]
+    {
+        std::process::Command::new("sysctl")
+            .args(["-n", "hw.optional.arm.FEAT_BF16"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        info.lines()
+            .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+            .flat_map(|l| l.split_whitespace())
+            .any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16"))
+    }
+}

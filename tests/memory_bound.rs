@@ -32,7 +32,7 @@ fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Pa
         .unwrap();
     assert!(st.success());
     let source = sam2_tui::media::open(&clip).unwrap();
-    let mut p = VideoPredictor::new(model, source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(format!("bank{frames}"))) }).unwrap();
+    let mut p = VideoPredictor::new(model, source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(format!("bank{frames}"))), ..Default::default() }).unwrap();
     p.apply(&Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(80.0, 60.0, true)], bbox: None }, &mut |_| ControlFlow::Continue(())).unwrap();
     let before = vm_rss_kb();
     let mut n = 0;

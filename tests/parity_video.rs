@@ -21,6 +21,10 @@ struct Figures {
 }
 
 fn run_case(size: ModelSize, version: ModelVersion, image_size: i64, frames: usize, postprocess: bool) -> Figures {
+    run_case_in(size, version, image_size, frames, postprocess, Precision::Fp32)
+}
+
+fn run_case_in(size: ModelSize, version: ModelVersion, image_size: i64, frames: usize, postprocess: bool, precision: Precision) -> Figures {
     let _ = tch::set_num_threads(2);
     let name = format!("video-{size}-{version}-{image_size}-{frames}{}-{}", if postprocess { "" } else { "-nopp" }, common::fixtures_version());
     let dir = common::fixture_cache(&name);
@@ -37,10 +41,10 @@ fn run_case(size: ModelSize, version: ModelVersion, image_size: i64, frames: usi
 
     let ckpt = sam2_tui::weights::load(&dir.join("checkpoint.pt")).unwrap();
     let config = Sam2Config::new(size, version).with_image_size(image_size);
-    let model = Rc::new(Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, Precision::Fp32).unwrap());
+    let model = Rc::new(Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, precision).unwrap());
     let source = sam2_tui::media::open(&dir.join("png")).unwrap();
-    let bank = common::scratch(&format!("bank-{name}"));
-    let mut predictor = VideoPredictor::new(model, source, VideoOptions { fill_holes: postprocess, bank_dir: Some(bank) }).unwrap();
+    let bank = common::scratch(&format!("bank-{name}-{precision}"));
+    let mut predictor = VideoPredictor::new(model, source, VideoOptions { fill_holes: postprocess, bank_dir: Some(bank), ..Default::default() }).unwrap();
 
     let mut latest: HashMap<String, (Tensor, f32)> = HashMap::new();
     let mut per_op: HashMap<String, Tensor> = HashMap::new();
@@ -84,7 +88,7 @@ fn run_case(size: ModelSize, version: ModelVersion, image_size: i64, frames: usi
     }
     assert_eq!(latest.len(), reference.keys().filter(|k| !k.starts_with("op")).count(), "same (frame, object) pairs");
     let agreement = same as f64 / total as f64;
-    println!("video parity {size} {version} @{image_size} {frames} frames postprocess={postprocess}: {compared} results, max |Δlogit| {max_diff:.3e}, binary agreement {:.5}%", agreement * 100.0);
+    println!("video parity {size} {version} {precision} @{image_size} {frames} frames postprocess={postprocess}: {compared} results, max |Δlogit| {max_diff:.3e}, binary agreement {:.5}%", agreement * 100.0);
     Figures { max_logit_diff: max_diff, mask_agreement: agreement, results: compared }
 }
 
@@ -123,4 +127,23 @@ fn base_plus_2_0_tracks_like_the_reference() {
 #[ignore = "dev: quick check on a 10-frame fixture"]
 fn dev_tiny_2_1_10_frames() {
     assert_parity(run_case(ModelSize::Tiny, ModelVersion::V2_1, 256, 10, true));
+}
+
+/// The CPU fast mode (`--precision bf16`: weights and arithmetic in bf16) changes logits
+/// by bf16 rounding, so it is held to the agreement the fast mode promises: at least
+/// 99.5 % of mask pixels as exact mode (= the reference, within 1e-3 above), over the
+/// same journal.
+fn assert_fast_mode_agreement(f: Figures) {
+    assert!(f.results > 20);
+    assert!(f.mask_agreement >= 0.995, "bf16 masks agree with exact mode on only {:.4}%", f.mask_agreement * 100.0);
+}
+
+#[test]
+fn tiny_2_1_in_bf16_agrees_with_exact_mode_on_995_per_mille_of_pixels() {
+    assert_fast_mode_agreement(run_case_in(ModelSize::Tiny, ModelVersion::V2_1, 384, 12, true, Precision::Bf16));
+}
+
+#[test]
+fn base_plus_2_1_in_bf16_agrees_with_exact_mode_on_995_per_mille_of_pixels() {
+    assert_fast_mode_agreement(run_case_in(ModelSize::BasePlus, ModelVersion::V2_1, 256, 12, true, Precision::Bf16));
 }

@@ -29,6 +29,10 @@ fn model(dir: &Path) -> Rc<Sam2Base> {
 }
 
 fn predictor(dir: &Path, name: &str) -> VideoPredictor {
+    predictor_with(dir, name, None)
+}
+
+fn predictor_with(dir: &Path, name: &str, encode_batch: Option<usize>) -> VideoPredictor {
     let clip = dir.join("clip.mp4");
     if !clip.exists() {
         let st = std::process::Command::new("ffmpeg")
@@ -39,7 +43,7 @@ fn predictor(dir: &Path, name: &str) -> VideoPredictor {
         assert!(st.success());
     }
     let source = sam2_tui::media::open(&clip).unwrap();
-    VideoPredictor::new(model(dir), source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(name)) }).unwrap()
+    VideoPredictor::new(model(dir), source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(name)), encode_batch }).unwrap()
 }
 
 fn click(frame: usize) -> Op {
@@ -83,4 +87,24 @@ fn a_cancelled_propagation_leaves_no_trace_of_the_frame_it_tracked_ahead() {
     run(&mut tracked, &click(0), None);
     run(&mut tracked, &forward(Some(3)), None);
     assert!(run(&mut tracked, &click(3), None) != want, "a click on a tracked frame should differ");
+}
+
+#[test]
+fn encoding_the_coming_frames_in_batches_tracks_as_one_at_a_time() {
+    let _ = tch::set_num_threads(2);
+    let dir = common::scratch("predictor-batch-encode");
+    let forward = Op::Propagate { start: None, reverse: false, max_frames: None };
+    let mut one = predictor_with(&dir, "one", Some(1));
+    run(&mut one, &click(0), None);
+    let want = run(&mut one, &forward, None);
+    let mut batched = predictor_with(&dir, "batched", Some(3));
+    run(&mut batched, &click(0), None);
+    let got = run(&mut batched, &forward, None);
+    assert_eq!(got.iter().map(|f| f.0).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    for ((f, a), (_, b)) in got.iter().zip(&want) {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let flipped = a.iter().zip(b).filter(|(x, y)| (**x > 0.0) != (**y > 0.0)).count();
+        // Batched GEMMs may sum in another order: last-bit differences, no flipped pixel.
+        assert!(diff < 1e-3 && flipped == 0, "frame {f}: max |Δlogit| {diff}, {flipped} pixels flipped");
+    }
 }

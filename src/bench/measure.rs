@@ -176,12 +176,14 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     // stderr tail the supervisor keeps.
     opts.set_env("RUST_BACKTRACE", "0");
     let (x, y) = spec.click;
-    let click = Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(x, y, true)], bbox: None };
-    // The same click again after the propagations: the first re-encodes frame 0, the
-    // CLICKS after it find it encoded (the same prompt, so the state does not change).
-    opts.initial_ops = std::iter::once(click.clone())
+    let click = |object| Op::AddPrompt { frame: 0, object, points: vec![Point::new(x, y, true)], bbox: None };
+    // After the propagations, clicks for a second object on frame 0: the first re-encodes
+    // the frame; the CLICKS after it find it encoded and, the object being new there
+    // (an initial conditioning frame), run only the prompt encoder and mask decoder — a
+    // click on a tracked frame would be a correction, which also runs memory attention.
+    opts.initial_ops = std::iter::once(click(1))
         .chain((0..spec.runs).map(|_| Op::Propagate { start: None, reverse: false, max_frames: None }))
-        .chain(std::iter::repeat_n(click, 1 + CLICKS))
+        .chain(std::iter::repeat_n(click(2), 1 + CLICKS))
         .collect();
     let n_ops = opts.initial_ops.len();
 

@@ -137,6 +137,11 @@ fn recommend(d: &Devices) -> Vec<String> {
     }
     if d.cuda.is_none() && !d.mps {
         r.push("device cpu, precision fp32, model tiny or small for interactive use".into());
+        if crate::device::cpu_native_bf16() {
+            r.push("this CPU has native bf16: --precision bf16 is the CPU fast mode".into());
+        } else {
+            r.push("this CPU has no native bf16 (no avx512_bf16/amx_bf16): keep fp32, bf16 runs slower here".into());
+        }
     }
     r
 }

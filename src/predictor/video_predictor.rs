@@ -43,6 +43,9 @@ pub struct VideoOptions {
     /// written there as it is produced, so a new worker can pick up the state of a dead
     /// one (`restore`) instead of recomputing the video. None = a private temp dir.
     pub bank_dir: Option<PathBuf>,
+    /// Frames per image-encoder call during propagation; None = the mode's default (see
+    /// `VideoPredictor::encode_batch`; `SAM2_TUI_ENCODE_BATCH` overrides it).
+    pub encode_batch: Option<usize>,
 }
 
 /// The prompts of one object on one frame as the user gave them (video pixels) and as
@@ -70,12 +73,20 @@ pub struct VideoPredictor {
     /// under the cursor is the second).
     features: Vec<(usize, Rc<FrameFeatures>)>,
     graphs: Graphs,
+    /// The frames a propagation will ask for next, in order (empty outside one).
+    lookahead: std::collections::VecDeque<usize>,
+    /// Frames encoded per image-encoder call during propagation: 1, or more in the CUDA
+    /// fast modes (`SAM2_TUI_ENCODE_BATCH`, default 4), where one frame's small kernels
+    /// leave most of the GPU idle. Batching changes nothing in the math, but the GPU
+    /// libraries may pick other kernels for other batch sizes, so exact mode stays at 1.
+    encode_batch: usize,
     timings: StageTimings,
 }
 
 /// CUDA graphs of the two fixed-shape pieces of a frame (no-ops off CUDA).
 struct Graphs {
-    image: GraphCache<()>,
+    /// Keyed by the number of frames encoded together.
+    image: GraphCache<i64>,
     /// Keyed by (memory tokens, of which object-pointer tokens).
     track: GraphCache<(i64, i64)>,
 }
@@ -111,8 +122,24 @@ impl VideoPredictor {
         anyhow::ensure!(num_frames > 0, "the video has no frames");
         let frames = Prefetcher::for_device(frames, model.image_size() as u32, model.device);
         let bank = MemoryBank::open(opts.bank_dir.clone(), model.device)?;
-        let graphs = Graphs { image: GraphCache::new(model.device, 1), track: GraphCache::new(model.device, 4) };
-        Ok(VideoPredictor { model, frames, size, num_frames, opts, objects: vec![], bank, features: vec![], graphs, timings: StageTimings::default() })
+        let graphs = Graphs { image: GraphCache::new(model.device, 2), track: GraphCache::new(model.device, 4) };
+        let from_env = std::env::var("SAM2_TUI_ENCODE_BATCH").ok().and_then(|v| v.parse().ok());
+        let default = if model.precision.autocast(model.device).is_some() { 4 } else { 1 };
+        let encode_batch = opts.encode_batch.or(from_env).filter(|&n| n >= 1).unwrap_or(default);
+        Ok(VideoPredictor {
+            model,
+            frames,
+            size,
+            num_frames,
+            opts,
+            objects: vec![],
+            bank,
+            features: vec![],
+            graphs,
+            lookahead: Default::default(),
+            encode_batch,
+            timings: StageTimings::default(),
+        })
     }
 
     /// (width, height) of the video.
@@ -216,29 +243,49 @@ impl VideoPredictor {
         if let Some((_, f)) = self.features.iter().find(|(i, _)| *i == frame) {
             return Ok(f.clone());
         }
+        // During propagation, the frames coming next are encoded together (see `encode_batch`).
+        let batch: Vec<usize> = if self.lookahead.front() == Some(&frame) {
+            self.lookahead.iter().copied().filter(|f| !self.features.iter().any(|(i, _)| i == f)).take(self.encode_batch).collect()
+        } else {
+            vec![frame]
+        };
         let t = Instant::now();
-        let decoded = self.frames.get(frame)?;
+        let mut pixels = Vec::with_capacity(batch.len());
+        for &f in &batch {
+            pixels.push(self.frames.get(f)?.pixels);
+        }
         self.timings.decode_ms += ms(t);
         let t = Instant::now();
-        let feats = if self.graphs.image.enabled() {
-            let pixels = decoded.pixels.to_device_(self.model.device, Kind::Uint8, true, false);
-            let model = self.model.clone();
-            let encode = move |x: &[Tensor]| {
-                let f = model.forward_image(&crate::media::preprocess::normalize(&x[0]));
-                let [h0, h1] = f.high_res;
-                vec![h0, h1, f.feat, f.pos]
-            };
-            let mut out = self.graphs.image.run((), &[&pixels], &encode).into_iter();
-            let mut next = || out.next().expect("image encoder output");
-            Rc::new(FrameFeatures { high_res: [next(), next()], feat: next(), pos: next() })
-        } else {
-            Rc::new(self.model.forward_pixels(&decoded.pixels))
-        };
+        let feats = self.encode(&pixels);
         self.sync();
         self.timings.image_encoder_ms += ms(t);
-        self.features.insert(0, (frame, feats.clone()));
-        self.features.truncate(2);
-        Ok(feats)
+        for (f, x) in batch.into_iter().zip(feats).rev() {
+            self.features.insert(0, (f, Rc::new(x)));
+        }
+        self.features.truncate(self.encode_batch + 1);
+        Ok(self.features.iter().find(|(i, _)| *i == frame).expect("just encoded").1.clone())
+    }
+
+    /// The image encoder on one or more frames' pixels, through a CUDA graph per batch
+    /// size where graphs are on.
+    fn encode(&mut self, pixels: &[Tensor]) -> Vec<FrameFeatures> {
+        if !self.graphs.image.enabled() && pixels.len() == 1 {
+            return vec![self.model.forward_pixels(&pixels[0])];
+        }
+        let on_device: Vec<Tensor> = pixels.iter().map(|p| p.to_device_(self.model.device, Kind::Uint8, true, false)).collect();
+        let x = Tensor::cat(&on_device, 0);
+        let b = pixels.len() as i64;
+        let model = self.model.clone();
+        let encode = move |x: &[Tensor]| {
+            let f = model.forward_image(&crate::media::preprocess::normalize(&x[0]));
+            let [h0, h1] = f.high_res;
+            vec![h0, h1, f.feat, f.pos]
+        };
+        let out = self.graphs.image.run(b, &[&x], &encode);
+        let per_frame = |t: &Tensor, i: i64| if t.size()[0] == b { t.narrow(0, i, 1) } else { t.shallow_clone() };
+        (0..b)
+            .map(|i| FrameFeatures { high_res: [per_frame(&out[0], i), per_frame(&out[1], i)], feat: per_frame(&out[2], i), pos: per_frame(&out[3], i) })
+            .collect()
     }
 
     /// Per-stage timings on a GPU need a synchronisation after each stage, which stops
@@ -511,12 +558,19 @@ impl VideoPredictor {
         };
         // One plan for the whole pass: the decode pipeline runs ahead of the model.
         self.frames.hint(order.iter().copied());
+        self.lookahead = order.iter().copied().collect();
+        let result = self.propagate_in_order(&ids, &order, reverse, on_frame);
+        self.lookahead.clear();
+        result
+    }
+
+    fn propagate_in_order(&mut self, ids: &[ObjectId], order: &[usize], reverse: bool, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
         // Frame k's outputs are fetched to the host (a device sync) only after frame k+1's
         // kernels are queued, so the GPU never idles while the host writes results.
         let mut pending: Option<Tracked> = None;
         let mut last_out = Instant::now();
-        for &frame in &order {
-            let tracked = match self.track_frame(&ids, frame, reverse) {
+        for &frame in order {
+            let tracked = match self.track_frame(ids, frame, reverse) {
                 Ok(t) => t,
                 Err(e) => {
                     // Still deliver the frame that was finished before the failure.
@@ -534,6 +588,7 @@ impl VideoPredictor {
                 }
             }
             pending = Some(tracked);
+            self.lookahead.pop_front();
         }
         if let Some(p) = pending {
             let _ = self.write_out(p, &mut last_out, on_frame)?;

@@ -263,6 +263,9 @@ impl Engine {
             precision,
             image_size,
         };
+        if resolved == tch::Device::Cpu && precision == crate::device::Precision::Bf16 && !crate::device::cpu_native_bf16() {
+            eprintln!("sam2-tui: warning: this CPU has no native bf16 arithmetic (no avx512_bf16/amx_bf16); bf16 will be slower than fp32 here");
+        }
         match Sam2Base::load(&opts) {
             Ok(model) => {
                 let label_model = ModelLabel {
@@ -304,6 +307,7 @@ impl Engine {
                 VideoOptions {
                     fill_holes,
                     bank_dir,
+                    ..Default::default()
                 },
             )?;
             let (width, height) = v.video_size();
