@@ -41,9 +41,10 @@ fn main() {
 fn build_memory_shim(lib: &str) {
     let shim = "src/worker/shim/memory_shim.cpp";
     println!("cargo:rerun-if-changed={shim}");
+    println!("cargo:rerun-if-changed=src/shim/guarded.h");
     let include = std::path::Path::new(lib).join("../include");
     let mut build = cc::Build::new();
-    build.cpp(true).file(shim).include(&include).std("c++17").warnings(false);
+    build.cpp(true).file(shim).include(&include).include("src/shim").std("c++17").warnings(false);
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         build.define("_GLIBCXX_USE_CXX11_ABI", "1");
     }
@@ -75,7 +76,7 @@ fn build_cuda_graph_shim(lib: &str) {
     };
     let include = std::path::Path::new(lib).join("../include");
     let mut build = cc::Build::new();
-    build.cpp(true).file(shim).include(&include).include(&cuda).std("c++17").warnings(false).define("_GLIBCXX_USE_CXX11_ABI", "1");
+    build.cpp(true).file(shim).include(&include).include(&cuda).include("src/shim").std("c++17").warnings(false).define("_GLIBCXX_USE_CXX11_ABI", "1");
     build.compile("sam2_cuda_shim");
     println!("cargo:rustc-link-lib=dylib=c10_cuda");
     println!("cargo:rustc-link-lib=dylib=torch_cuda");

@@ -12,29 +12,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAFunctions.h>
 
-#include <cstring>
-#include <exception>
 #include <optional>
 #include <stdexcept>
 
-namespace {
-void put_error(char* buf, size_t len, const char* msg) {
-  if (buf == nullptr || len == 0) return;
-  std::strncpy(buf, msg, len - 1);
-  buf[len - 1] = '\0';
-}
+#include "guarded.h"
 
-template <class F>
-int guarded(char* err, size_t err_len, F body) {
-  try {
-    return body();
-  } catch (const std::exception& e) {
-    put_error(err, err_len, e.what());
-  } catch (...) {
-    put_error(err, err_len, "unknown C++ exception");
-  }
-  return 0;
-}
+namespace {
+using sam2_shim::guarded;
 
 struct Runtime {
   cudaError_t (*create)(cudaEvent_t*, unsigned int);

@@ -1,7 +1,7 @@
 // A tiny C ABI over libtorch's device-memory introspection, for the worker's heartbeat.
 // Why C++: the MPS hooks and the caching allocators' statistics are only reachable from
-// C++ (tch exposes neither). Every call is wrapped in try/catch: a C++ exception must
-// never unwind into Rust, so failures come back as 0 ("unavailable") plus a message.
+// C++ (tch exposes neither). Every call goes through `guarded` (src/shim/guarded.h):
+// failures come back as 0 ("unavailable") plus a message, never as an exception.
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/MPSHooksInterface.h>
@@ -10,34 +10,17 @@
 #include <torch/headeronly/version.h>
 
 #include <cstdint>
-#include <cstring>
-#include <exception>
 #include <string>
 
 #ifdef __APPLE__
 #include <mach/mach.h>
 #endif
 
-namespace {
-void put_error(char* buf, size_t len, const char* msg) {
-  if (buf == nullptr || len == 0) return;
-  std::strncpy(buf, msg, len - 1);
-  buf[len - 1] = '\0';
-}
+#include "guarded.h"
 
-// Runs `body` (returning 1 or 0), turning any C++ exception into 0 plus its message:
-// an exception must never unwind into Rust.
-template <class F>
-int guarded(char* err, size_t err_len, F body) {
-  try {
-    return body();
-  } catch (const std::exception& e) {
-    put_error(err, err_len, e.what());
-  } catch (...) {
-    put_error(err, err_len, "unknown C++ exception");
-  }
-  return 0;
-}
+namespace {
+using sam2_shim::guarded;
+using sam2_shim::put_error;
 }  // namespace
 
 extern "C" {
