@@ -6,7 +6,6 @@
 mod common;
 
 use sam2_tui::device::Precision;
-use sam2_tui::model::random_init::write_random_checkpoint;
 use sam2_tui::model::sam2_base::FrameFeatures;
 use sam2_tui::model::{ModelSize, ModelVersion, Sam2Base, Sam2Config};
 use tch::{Device, Kind, Tensor};
@@ -16,9 +15,7 @@ use tch::{Device, Kind, Tensor};
 fn memory_attention_with_a_full_bank() {
     let _ = tch::set_num_threads(2);
     let dir = common::scratch("memory-attention-speed");
-    let ckpt = dir.join("tiny.random-init.safetensors");
-    write_random_checkpoint(&ckpt, ModelSize::Tiny, ModelVersion::V2_1, 0).unwrap();
-    let tensors = sam2_tui::weights::load(&ckpt).unwrap().tensors;
+    let tensors = common::random_tiny_tensors(&dir);
     let model = Sam2Base::from_tensors(Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1), tensors, Device::Cpu, Precision::Fp32).unwrap();
     let _g = tch::no_grad_guard();
     let opts = (Kind::Float, Device::Cpu);

@@ -5,7 +5,6 @@
 mod common;
 
 use sam2_tui::device::Precision;
-use sam2_tui::model::random_init::write_random_checkpoint;
 use sam2_tui::model::{ModelSize, ModelVersion, Sam2Base, Sam2Config};
 use sam2_tui::predictor::{VideoOptions, VideoPredictor};
 use sam2_tui::session::{Op, Point};
@@ -50,9 +49,7 @@ fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Pa
 fn peak_memory_of_1000_frames_is_within_10_percent_of_100_frames() {
     let _ = tch::set_num_threads(2);
     let dir = common::scratch("memory-bound");
-    let ckpt = dir.join("tiny.random-init.safetensors");
-    write_random_checkpoint(&ckpt, ModelSize::Tiny, ModelVersion::V2_1, 0).unwrap();
-    let tensors = sam2_tui::weights::load(&ckpt).unwrap().tensors;
+    let tensors = common::random_tiny_tensors(&dir);
     let model = Rc::new(Sam2Base::from_tensors(Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1).with_image_size(256), tensors, tch::Device::Cpu, Precision::Fp32).unwrap());
     // 100 frames first: the high-water mark then includes every warm-up allocation.
     let t = std::time::Instant::now();

@@ -4,7 +4,6 @@
 mod common;
 
 use sam2_tui::device::Precision;
-use sam2_tui::model::random_init::write_random_checkpoint;
 use sam2_tui::model::{ModelSize, ModelVersion, Sam2Base, Sam2Config};
 use sam2_tui::predictor::{FrameOutput, VideoOptions, VideoPredictor};
 use sam2_tui::session::{Op, Point};
@@ -13,11 +12,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 fn model(dir: &Path) -> Rc<Sam2Base> {
-    let ckpt = dir.join("tiny.random-init.safetensors");
-    if !ckpt.exists() {
-        write_random_checkpoint(&ckpt, ModelSize::Tiny, ModelVersion::V2_1, 0).unwrap();
-    }
-    let mut tensors = sam2_tui::weights::load(&ckpt).unwrap().tensors;
+    let mut tensors = common::random_tiny_tensors(dir);
     // As the parity fixtures do: objects present, logits with a usable spread (plain
     // random init says "absent" everywhere, which would make every output alike).
     let _ = tensors.get_mut("sam_mask_decoder.pred_obj_score_head.layers.2.bias").unwrap().g_add_scalar_(3.0);

@@ -288,7 +288,7 @@ impl Prefetcher {
                     self.hits += 1;
                     return ready.frame;
                 }
-                if self.expected.contains(&ready.index) {
+                if self.expected.iter().take(self.window).any(|&i| i == ready.index) {
                     self.early.insert(ready.index, ready.frame);
                 }
             }

@@ -110,3 +110,14 @@ pub fn assert_close(what: &str, ours: &tch::Tensor, reference: &tch::Tensor, tol
     );
     d
 }
+
+/// The weights of a random-init tiny 2.1 checkpoint (official layout), written once in
+/// `dir`: for tests about the engine's behaviour or speed, not its numbers.
+pub fn random_tiny_tensors(dir: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
+    use sam2_tui::model::{ModelSize, ModelVersion};
+    let ckpt = dir.join("tiny.random-init.safetensors");
+    if !ckpt.exists() {
+        sam2_tui::model::random_init::write_random_checkpoint(&ckpt, ModelSize::Tiny, ModelVersion::V2_1, 0).unwrap();
+    }
+    sam2_tui::weights::load(&ckpt).unwrap().tensors
+}
