@@ -7,6 +7,7 @@ pub mod model;
 pub mod predictor;
 pub mod session;
 pub mod supervisor;
+pub mod trace;
 pub mod util;
 pub mod worker;
 pub mod weights;

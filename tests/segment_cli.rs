@@ -22,6 +22,10 @@ fn segment(input: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> std::pro
 }
 
 fn segment_with_env(input: &Path, prompts: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    segment_in(&out.with_extension("session"), &checkpoint(), input, prompts, out, extra, env)
+}
+
+fn segment_in(session: &Path, checkpoint: &Path, input: &Path, prompts: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(common::bin())
         .arg("segment")
         .arg(input)
@@ -30,9 +34,9 @@ fn segment_with_env(input: &Path, prompts: &Path, out: &Path, extra: &[&str], en
         .arg("--out")
         .arg(out)
         .arg("--checkpoint")
-        .arg(checkpoint())
+        .arg(checkpoint)
         .args(["--device", "cpu", "--image-size", "128", "--session-dir"])
-        .arg(out.with_extension("session"))
+        .arg(session)
         .args(extra)
         .env("OMP_NUM_THREADS", "2")
         .envs(env.iter().copied())
@@ -159,4 +163,36 @@ fn a_worker_crash_mid_run_does_not_fail_the_command_or_change_the_masks() {
     let a: serde_json::Value = serde_json::from_slice(&std::fs::read(clean.join("masks.json")).unwrap()).unwrap();
     let b: serde_json::Value = serde_json::from_slice(&std::fs::read(crashed.join("masks.json")).unwrap()).unwrap();
     assert_eq!(a["frames"], b["frames"], "masks after a crash differ from an uninterrupted run");
+}
+
+#[test]
+fn a_session_directory_left_by_an_earlier_run_does_not_leak_into_the_next() {
+    // A new run starts from its own journal. The memory bank an earlier process left in
+    // the same --session-dir (its masks, its frames marked tracked) belongs to that run:
+    // reused, the new click became a correction of the old run's mask, and the old mask
+    // was what came out for the clicked frame.
+    let dir = common::scratch("segment-cli-stale-bank");
+    let mp4 = dir.join("clip.mp4");
+    test_clip(&mp4, 4);
+    let ckpt = common::present_tiny_checkpoint(&dir);
+    let click = |name: &str, x: u32, y: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!(r#"{{"objects":[{{"id":1,"frame":0,"points":[[{x},{y},1]]}}]}}"#)).unwrap();
+        p
+    };
+    let (left, right) = (click("left.json", 30, 30), click("right.json", 100, 40));
+    let shared = dir.join("shared.session");
+    let _ = std::fs::remove_dir_all(&shared);
+    for (session, prompts, out) in [(&shared, &left, "first"), (&shared, &right, "second"), (&dir.join("fresh.session"), &right, "fresh")] {
+        let r = segment_in(session, &ckpt, &mp4, prompts, &dir.join(out), &["--logits"], &[]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    for i in 0..4 {
+        let npy = format!("logits/1/{i:05}.npy");
+        let first = std::fs::read(dir.join("first").join(&npy)).unwrap();
+        let second = std::fs::read(dir.join("second").join(&npy)).unwrap();
+        let fresh = std::fs::read(dir.join("fresh").join(&npy)).unwrap();
+        assert!(first != fresh, "{npy}: the two clicks should give different masks");
+        assert!(second == fresh, "{npy}: a run in a used session directory differs from the same run in a fresh one");
+    }
 }

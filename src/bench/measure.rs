@@ -84,6 +84,9 @@ pub struct RowResult {
     pub fps_runs: Vec<f64>,
     pub warmup_runs: usize,
     pub stages_ms: Option<StageMs>,
+    /// The last propagation's time per frame in order (ms between consecutive outputs):
+    /// where the medians hide the ramp-up while the memory bank fills.
+    pub frame_ms: Vec<f64>,
     /// From supervisor start (worker spawn, model load, first frame) to the click's mask.
     pub time_to_first_mask_s: Option<f64>,
     /// Click-to-mask latency on an already-encoded frame (decoder only, as when the
@@ -120,6 +123,7 @@ impl RowResult {
             fps_runs: vec![],
             warmup_runs: 0,
             stages_ms: None,
+            frame_ms: vec![],
             time_to_first_mask_s: None,
             click_ms: None,
             whole_run_s: None,
@@ -215,6 +219,9 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
                 if let Some(run) = op_ended.len().checked_sub(1) {
                     if run < spec.runs {
                         frames_in_run[run] += 1;
+                        if run + 1 == spec.runs {
+                            row.frame_ms.push(t.total_ms as f64);
+                        }
                         if run >= row.warmup_runs {
                             timings.push(t);
                         }

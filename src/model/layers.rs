@@ -10,7 +10,7 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: P, in_dim: i64, out_dim: i64) -> Self {
-        Linear { weight: p.get("weight", &[out_dim, in_dim]), bias: p.get("bias", &[out_dim]) }
+        Linear { weight: p.get_matmul("weight", &[out_dim, in_dim]), bias: p.get_matmul("bias", &[out_dim]) }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, Some(&self.bias))
@@ -70,8 +70,8 @@ pub struct Conv2d {
 impl Conv2d {
     pub fn new(p: P, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, groups: i64) -> Self {
         Conv2d {
-            weight: p.get("weight", &[cout, cin / groups, k, k]),
-            bias: p.get("bias", &[cout]),
+            weight: p.get_matmul("weight", &[cout, cin / groups, k, k]),
+            bias: p.get_matmul("bias", &[cout]),
             stride,
             padding,
             groups,
@@ -90,7 +90,7 @@ pub struct ConvTranspose2d {
 
 impl ConvTranspose2d {
     pub fn new(p: P, cin: i64, cout: i64, k: i64, stride: i64) -> Self {
-        ConvTranspose2d { weight: p.get("weight", &[cin, cout, k, k]), bias: p.get("bias", &[cout]), stride }
+        ConvTranspose2d { weight: p.get_matmul("weight", &[cin, cout, k, k]), bias: p.get_matmul("bias", &[cout]), stride }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv_transpose2d(&self.weight, Some(&self.bias), [self.stride], [0], [0], 1, [1])

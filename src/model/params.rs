@@ -12,6 +12,11 @@ pub struct Params {
     problems: RefCell<Vec<String>>,
     device: Device,
     kind: Kind,
+    /// The dtype of the weights that feed matmuls and convolutions. Under CUDA autocast
+    /// the reference casts its fp32 weights to bf16 on every call; holding that cast
+    /// once gives the very same values (round to nearest even either way) without a
+    /// cast kernel per layer per frame. Otherwise `kind`.
+    matmul_kind: Kind,
     /// Random-init mode: missing tensors are made up (and recorded) instead of reported.
     invented: Option<RefCell<BTreeMap<String, Tensor>>>,
 }
@@ -26,7 +31,13 @@ pub struct P<'a> {
 impl Params {
     /// `kind` is the floating dtype the modules compute in.
     pub fn new(tensors: BTreeMap<String, Tensor>, device: Device, kind: Kind) -> Self {
-        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind, invented: None }
+        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind, matmul_kind: kind, invented: None }
+    }
+
+    /// Weights of matmuls and convolutions in `kind` (the autocast dtype), see `matmul_kind`.
+    pub fn with_matmul_kind(mut self, kind: Kind) -> Self {
+        self.matmul_kind = kind;
+        self
     }
 
     /// An empty store that invents every tensor a module asks for (a random-init model:
@@ -93,6 +104,12 @@ impl<'a> P<'a> {
     /// and a zero tensor stands in so construction can continue.
     pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
         self.get_kind(name, shape, self.params.kind)
+    }
+
+    /// A weight or bias of a matmul or convolution (nn.Linear, nn.Conv2d, …): in the
+    /// dtype autocast would cast it to, when the model runs under autocast.
+    pub fn get_matmul(&self, name: &str, shape: &[i64]) -> Tensor {
+        self.get_kind(name, shape, self.params.matmul_kind)
     }
 
     /// Like `get`, but kept in fp32 whatever the compute dtype (buffers used for

@@ -123,6 +123,10 @@ impl Sam2Base {
     /// Builds the model from a state dict (reference key names), strictly.
     pub fn from_tensors(config: Sam2Config, tensors: BTreeMap<String, Tensor>, device: Device, precision: Precision) -> anyhow::Result<Sam2Base> {
         let params = Params::new(tensors, device, precision.weights_kind(device));
+        let params = match precision.autocast(device) {
+            Some(lowp) => params.with_matmul_kind(lowp),
+            None => params,
+        };
         let model = Self::build(config, &params, precision)?;
         params.finish()?;
         Ok(model)

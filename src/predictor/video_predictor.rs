@@ -559,6 +559,7 @@ impl VideoPredictor {
         // One plan for the whole pass: the decode pipeline runs ahead of the model.
         self.frames.hint(order.iter().copied());
         self.lookahead = order.iter().copied().collect();
+        let _trace = crate::trace::propagation(self.model.device);
         let result = self.propagate_in_order(&ids, &order, reverse, on_frame);
         self.lookahead.clear();
         result

@@ -84,6 +84,20 @@ fn wrap(generation: u64, news: WorkerNews) -> Input {
 }
 
 /// Starts the supervisor on its own threads; the first worker starts at once.
+/// Memory banks an earlier process left in the session directory. A bank holds the
+/// outputs of one journal on one model; this process starts a new journal, and an old
+/// bank read as its own would pass off the old run's masks (another model's, another
+/// click's) as this run's, and mark frames tracked that this run never tracked.
+fn remove_stale_banks(session_dir: &std::path::Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(session_dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("bank-") && entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| anyhow::anyhow!("{}: cannot remove an earlier run's memory bank: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
     std::fs::create_dir_all(&opts.session_dir).map_err(|e| {
         anyhow::anyhow!(
@@ -93,6 +107,7 @@ pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
     })?;
     let journal_path = opts.session_dir.join("journal.json");
     let journal = JournalStore::create(&journal_path, opts.initial_ops.clone())?;
+    remove_stale_banks(&opts.session_dir)?;
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let (tx, rx) = mpsc::channel::<Input>();

@@ -121,3 +121,28 @@ pub fn random_tiny_tensors(dir: &Path) -> std::collections::BTreeMap<String, tch
     }
     sam2_tui::weights::load(&ckpt).unwrap().tensors
 }
+
+/// `random_tiny_tensors` nudged as the parity fixtures are: objects present and mask
+/// logits with a usable spread (plain random init says "absent" everywhere, so every
+/// output would look alike and no difference between two runs could show).
+pub fn present_tiny_tensors(dir: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
+    let mut tensors = random_tiny_tensors(dir);
+    let _ = tensors.get_mut("sam_mask_decoder.pred_obj_score_head.layers.2.bias").unwrap().g_add_scalar_(3.0);
+    for i in 0..4 {
+        let _ = tensors.get_mut(&format!("sam_mask_decoder.output_hypernetworks_mlps.{i}.layers.2.weight")).unwrap().g_mul_scalar_(8.0);
+    }
+    tensors
+}
+
+/// `present_tiny_tensors` as a checkpoint file (safetensors, official key names).
+pub fn present_tiny_checkpoint(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny.random-init-present.safetensors");
+    if !path.exists() {
+        let tensors = present_tiny_tensors(dir);
+        let named: Vec<(&str, &tch::Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tmp = path.with_extension("partial");
+        tch::Tensor::write_safetensors(&named, &tmp).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}

@@ -101,6 +101,17 @@ int sam2_shim_set_tf32(int allow) {
   }
 }
 
+// Whether scaled_dot_product_attention may pick cuDNN's kernels (libtorch prefers them on
+// Hopper). Off, it picks FlashAttention where the shapes allow. 1 on success.
+int sam2_shim_set_sdp_cudnn(int enabled) {
+  try {
+    at::globalContext().setSDPUseCuDNN(enabled != 0);
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
 // CUDA autocast on this thread (the reference's fast mode, `torch.autocast("cuda", dtype)`):
 // dtype 0 = bfloat16, 1 = float16. Reports whether it was on before. 1 on success.
 int sam2_shim_set_autocast_cuda(int enabled, int dtype, int* was_enabled) {

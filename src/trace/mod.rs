@@ -1,0 +1,73 @@
+//! Where a frame's time goes: `SAM2_TUI_TRACE=FILE` records one propagation with
+//! libtorch's profiler (Kineto: CPU operators and, on CUDA, every kernel, graph replays
+//! included) and saves it as a Chrome trace (open in Perfetto or chrome://tracing).
+//! `SAM2_TUI_TRACE_PASS=N` picks the N-th propagation of the process; the default 2 skips
+//! `bench`'s warm-up. Off unless asked: recording slows every operator down.
+use std::ffi::{c_char, c_int, CString};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+extern "C" {
+    fn sam2_shim_trace_start(cuda: c_int, err: *mut c_char, err_len: usize) -> c_int;
+    fn sam2_shim_trace_stop(path: *const c_char, err: *mut c_char, err_len: usize) -> c_int;
+}
+
+static PASSES: AtomicUsize = AtomicUsize::new(0);
+
+/// Records while alive (if this propagation is the one asked for) and saves on drop.
+pub struct Trace {
+    path: Option<PathBuf>,
+}
+
+/// Starts recording a propagation on `device` when `SAM2_TUI_TRACE` asks for this one.
+pub fn propagation(device: tch::Device) -> Trace {
+    let pass = PASSES.fetch_add(1, Ordering::Relaxed) + 1;
+    let Some(path) = std::env::var_os("SAM2_TUI_TRACE").map(PathBuf::from) else {
+        return Trace { path: None };
+    };
+    let wanted = std::env::var("SAM2_TUI_TRACE_PASS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    if pass != wanted {
+        return Trace { path: None };
+    }
+    let cuda = matches!(device, tch::Device::Cuda(_)) as c_int;
+    match shim("start", |err, len| unsafe {
+        sam2_shim_trace_start(cuda, err, len)
+    }) {
+        Ok(()) => Trace { path: Some(path) },
+        Err(e) => {
+            eprintln!("trace: {e}");
+            Trace { path: None }
+        }
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else { return };
+        // Written beside the target, then renamed: a half-written trace never appears.
+        let tmp = path.with_extension("partial.json");
+        let c = CString::new(tmp.to_string_lossy().as_bytes()).unwrap_or_default();
+        let saved = shim("save", |err, len| unsafe {
+            sam2_shim_trace_stop(c.as_ptr(), err, len)
+        })
+        .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
+        match saved {
+            Ok(()) => eprintln!("trace: propagation recorded to {}", path.display()),
+            Err(e) => eprintln!("trace: {}: {e}", path.display()),
+        }
+    }
+}
+
+fn shim(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> anyhow::Result<()> {
+    let mut err = vec![0 as c_char; 512];
+    if f(err.as_mut_ptr(), err.len()) == 1 {
+        return Ok(());
+    }
+    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    anyhow::bail!("profiler {what}: {msg}")
+}
