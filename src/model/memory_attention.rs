@@ -51,18 +51,61 @@ impl MemoryAttention {
     /// curr `[HW, B, 256]`, curr_pos same, memory `[M, B, 64]`, memory_pos same →
     /// `[HW, B, 256]`. The last `num_obj_ptr_tokens` memory tokens skip RoPE.
     pub fn forward(&self, curr: &Tensor, curr_pos: &Tensor, memory: &Tensor, memory_pos: &Tensor, num_obj_ptr_tokens: i64) -> Tensor {
-        let mut out = (curr + curr_pos * 0.1).transpose(0, 1);
-        let memory = memory.transpose(0, 1);
-        let memory_pos = memory_pos.transpose(0, 1);
-        let k_in = &memory + &memory_pos;
-        for l in &self.layers {
-            let t = l.norm1.forward(&out);
-            out = &out + l.self_attn.forward_rope(&t, &t, &t, &self.rope, 0);
-            let t = l.norm2.forward(&out);
-            out = &out + l.cross_attn_image.forward_rope(&t, &k_in, &memory, &self.rope, num_obj_ptr_tokens);
-            let t = l.norm3.forward(&out);
-            out = &out + l.linear2.forward(&l.linear1.forward(&t).relu());
+        let (k_in, v_in) = Self::memory_inputs(memory, memory_pos);
+        let mut out = self.begin(curr, curr_pos);
+        for i in 0..self.layers.len() {
+            let (residual, q) = self.until_cross(i, &out);
+            let attn = self.cross(i, &q, &k_in, &v_in, num_obj_ptr_tokens);
+            out = self.after_cross(i, &residual, &attn);
         }
-        self.norm.forward(&out).transpose(0, 1)
+        self.end(&out)
+    }
+
+    // `forward` in parts. Only `cross` has shapes that follow the number of memories;
+    // everything between two `cross` calls has the same shapes on every frame, which is
+    // what lets a GPU replay those parts as graphs while the memory bank is still filling.
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The memory tokens, batch first, as keys (with their position encodings) and values.
+    pub fn memory_inputs(memory: &Tensor, memory_pos: &Tensor) -> (Tensor, Tensor) {
+        let memory = memory.transpose(0, 1);
+        let k_in = &memory + memory_pos.transpose(0, 1);
+        (k_in, memory)
+    }
+
+    /// The residual stream entering the first layer, batch first.
+    pub fn begin(&self, curr: &Tensor, curr_pos: &Tensor) -> Tensor {
+        (curr + curr_pos * 0.1).transpose(0, 1)
+    }
+
+    /// Layer `i` up to its cross-attention: self-attention, then the cross-attention's
+    /// rotated queries. Returns (residual stream, queries).
+    pub fn until_cross(&self, i: usize, out: &Tensor) -> (Tensor, Tensor) {
+        let l = &self.layers[i];
+        let t = l.norm1.forward(out);
+        let out = out + l.self_attn.forward_rope(&t, &t, &t, &self.rope, 0);
+        let q = l.cross_attn_image.rope_queries(&l.norm2.forward(&out), &self.rope);
+        (out, q)
+    }
+
+    /// Layer `i`'s attention to the memory, before its output projection.
+    pub fn cross(&self, i: usize, q: &Tensor, k_in: &Tensor, v_in: &Tensor, num_obj_ptr_tokens: i64) -> Tensor {
+        self.layers[i].cross_attn_image.attend_rope(q, k_in, v_in, &self.rope, num_obj_ptr_tokens)
+    }
+
+    /// Layer `i` after its cross-attention: output projection, residual, MLP.
+    pub fn after_cross(&self, i: usize, out: &Tensor, attn: &Tensor) -> Tensor {
+        let l = &self.layers[i];
+        let out = out + l.cross_attn_image.project_out(attn);
+        let t = l.norm3.forward(&out);
+        &out + l.linear2.forward(&l.linear1.forward(&t).relu())
+    }
+
+    /// The final norm, back to `[HW, B, 256]`.
+    pub fn end(&self, out: &Tensor) -> Tensor {
+        self.norm.forward(out).transpose(0, 1)
     }
 }

@@ -297,7 +297,51 @@ impl Sam2Base {
     /// capture it as one graph. Returns (low-res masks, object pointer, object score,
     /// memory features).
     pub fn track_step(&self, feats: &FrameFeatures, memory: &Tensor, memory_pos: &Tensor, num_ptr_tokens: i64) -> (Tensor, Tensor, Tensor, Tensor) {
-        let pix = self.attend_memory(feats, memory, memory_pos, num_ptr_tokens);
+        let (k_in, v_in) = MemoryAttention::memory_inputs(memory, memory_pos);
+        let last = self.memory_attention.num_layers() - 1;
+        let (mut out, mut q) = self.track_begin(&feats.feat, &feats.pos);
+        for i in 0..last {
+            let attn = self.track_cross(i, &q, &k_in, &v_in, num_ptr_tokens);
+            (out, q) = self.track_between(i, &out, &attn);
+        }
+        let attn = self.track_cross(last, &q, &k_in, &v_in, num_ptr_tokens);
+        self.track_end(feats, &out, &attn)
+    }
+
+    // `track_step` in parts: `track_cross` is the only one whose shapes follow the number
+    // of memories, so the others can be replayed as CUDA graphs from the first tracked
+    // frame on, while the memory bank is still filling (see `MemoryAttention::forward`).
+
+    /// The memory tokens as the cross-attentions' keys and values.
+    pub fn track_memory_inputs(&self, memory: &Tensor, memory_pos: &Tensor) -> (Tensor, Tensor) {
+        MemoryAttention::memory_inputs(memory, memory_pos)
+    }
+
+    /// From the frame's features to the first cross-attention: (residual stream, queries).
+    pub fn track_begin(&self, feat: &Tensor, pos: &Tensor) -> (Tensor, Tensor) {
+        let curr = feat.flatten(2, -1).permute([2, 0, 1]);
+        let curr_pos = pos.flatten(2, -1).permute([2, 0, 1]);
+        let ma = &self.memory_attention;
+        ma.until_cross(0, &ma.begin(&curr, &curr_pos))
+    }
+
+    /// Memory-attention layer `i`'s attention to the memory.
+    pub fn track_cross(&self, i: usize, q: &Tensor, k_in: &Tensor, v_in: &Tensor, num_ptr_tokens: i64) -> Tensor {
+        self.memory_attention.cross(i, q, k_in, v_in, num_ptr_tokens)
+    }
+
+    /// From layer `i`'s cross-attention to layer `i + 1`'s: (residual stream, queries).
+    pub fn track_between(&self, i: usize, out: &Tensor, attn: &Tensor) -> (Tensor, Tensor) {
+        let ma = &self.memory_attention;
+        ma.until_cross(i + 1, &ma.after_cross(i, out, attn))
+    }
+
+    /// From the last cross-attention to the stored output: the rest of memory attention,
+    /// the SAM heads and the memory encoder (see `track_step`).
+    pub fn track_end(&self, feats: &FrameFeatures, out: &Tensor, attn: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
+        let ma = &self.memory_attention;
+        let (b, c, h, w) = feats.feat.size4().unwrap();
+        let pix = ma.end(&ma.after_cross(ma.num_layers() - 1, out, attn)).permute([1, 2, 0]).reshape([b, c, h, w]);
         let sam = self.forward_sam_heads(&pix, None, None, &feats.high_res, true);
         let maskmem = self.encode_new_memory(feats, &sam.high_res_masks, &sam.object_score_logits, false);
         (sam.low_res_masks, sam.obj_ptr, sam.object_score_logits, maskmem)

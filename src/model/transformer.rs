@@ -52,10 +52,21 @@ impl Attention {
     /// RoPE attention (`RoPEAttention.forward`): rotary encoding on q and on the first
     /// `k.len - num_k_exclude_rope` keys (the object-pointer tokens at the end get none).
     pub fn forward_rope(&self, q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope, num_k_exclude_rope: i64) -> Tensor {
-        let q = self.separate(&self.q_proj.forward(q));
+        self.project_out(&self.attend_rope(&self.rope_queries(q, rope), k, v, rope, num_k_exclude_rope))
+    }
+
+    /// `forward_rope` in three parts, so that a caller can run the part whose shapes
+    /// follow the keys (`attend_rope`) apart from the fixed-shape rest: the queries,
+    /// projected and rotated …
+    pub fn rope_queries(&self, q: &Tensor, rope: &Rope) -> Tensor {
+        rope.apply(&self.separate(&self.q_proj.forward(q)))
+    }
+
+    /// … attention over keys and values (their projections, RoPE on all but the last
+    /// `num_k_exclude_rope` keys), heads recombined …
+    pub fn attend_rope(&self, q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope, num_k_exclude_rope: i64) -> Tensor {
         let k = self.separate(&self.k_proj.forward(k));
         let v = self.separate(&self.v_proj.forward(v));
-        let q = rope.apply(&q);
         let nk = k.size()[2];
         let n_rope = nk - num_k_exclude_rope;
         let k = if num_k_exclude_rope > 0 {
@@ -63,7 +74,12 @@ impl Attention {
         } else {
             rope.apply(&k)
         };
-        self.out_proj.forward(&Self::recombine(&sdpa(&q, &k, &v)))
+        Self::recombine(&sdpa(q, &k, &v))
+    }
+
+    /// … and the output projection.
+    pub fn project_out(&self, x: &Tensor) -> Tensor {
+        self.out_proj.forward(x)
     }
 }
 

@@ -89,6 +89,12 @@ struct Graphs {
     image: GraphCache<i64>,
     /// Keyed by (memory tokens, of which object-pointer tokens).
     track: GraphCache<(i64, i64)>,
+    /// The tracking step's parts between its cross-attentions (`Sam2Base::track_begin`,
+    /// `track_between` per layer, `track_end`), one graph each: the same shapes on every
+    /// frame, so they replay while the memory bank fills and every frame brings a new
+    /// memory shape (eagerly, the CPU could not queue those frames as fast as the GPU
+    /// runs them).
+    track_parts: Vec<GraphCache<()>>,
 }
 
 /// A propagation frame whose model work is queued but whose outputs are not yet written.
@@ -122,7 +128,12 @@ impl VideoPredictor {
         anyhow::ensure!(num_frames > 0, "the video has no frames");
         let frames = Prefetcher::for_device(frames, model.image_size() as u32, model.device);
         let bank = MemoryBank::open(opts.bank_dir.clone(), model.device)?;
-        let graphs = Graphs { image: GraphCache::new(model.device, 2), track: GraphCache::new(model.device, 4) };
+        let parts = model.memory_attention.num_layers() + 1;
+        let graphs = Graphs {
+            image: GraphCache::new(model.device, 2),
+            track: GraphCache::new(model.device, 4),
+            track_parts: (0..parts).map(|_| GraphCache::new(model.device, 1)).collect(),
+        };
         let from_env = std::env::var("SAM2_TUI_ENCODE_BATCH").ok().and_then(|v| v.parse().ok());
         let default = if model.precision.autocast(model.device).is_some() { 4 } else { 1 };
         let encode_batch = opts.encode_batch.or(from_env).filter(|&n| n >= 1).unwrap_or(default);
@@ -399,6 +410,15 @@ impl VideoPredictor {
         let model = self.model.clone();
         let n = memory.num_ptr_tokens;
         let key = (memory.tokens.size()[0], n);
+        if !self.graphs.track.graphed_next(&key) {
+            // A memory shape not seen on the previous frame: in parts, the fixed-shape
+            // ones graphed.
+            self.graphs.track.saw(key);
+            let (pred_masks, obj_ptr, score, maskmem) = self.track_step_in_parts(feats, memory);
+            self.sync();
+            self.timings.memory_attention_ms += ms(t);
+            return Entry { maskmem: Some(maskmem), pred_masks, obj_ptr, score };
+        }
         let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &memory.tokens, &memory.pos];
         let step = move |x: &[Tensor]| {
             let f = FrameFeatures { high_res: [x[0].shallow_clone(), x[1].shallow_clone()], feat: x[2].shallow_clone(), pos: x[3].shallow_clone() };
@@ -411,6 +431,45 @@ impl VideoPredictor {
         self.sync();
         self.timings.memory_attention_ms += ms(t);
         Entry { maskmem: Some(maskmem), pred_masks, obj_ptr, score }
+    }
+
+    /// `Sam2Base::track_step` with its fixed-shape parts through `graphs.track_parts` and
+    /// the cross-attentions (the shapes that follow the memories) run eagerly.
+    fn track_step_in_parts(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> (Tensor, Tensor, Tensor, Tensor) {
+        let model = self.model.clone();
+        let n = memory.num_ptr_tokens;
+        let (k_in, v_in) = model.track_memory_inputs(&memory.tokens, &memory.pos);
+        let last = model.memory_attention.num_layers() - 1;
+        let pair = |mut v: Vec<Tensor>| {
+            let q = v.pop().expect("queries");
+            (v.pop().expect("residual stream"), q)
+        };
+        let m = model.clone();
+        let begin = move |x: &[Tensor]| {
+            let (out, q) = m.track_begin(&x[0], &x[1]);
+            vec![out, q]
+        };
+        let (mut out, mut q) = pair(self.graphs.track_parts[0].run((), &[&feats.feat, &feats.pos], &begin));
+        for i in 0..last {
+            let attn = model.track_cross(i, &q, &k_in, &v_in, n);
+            let m = model.clone();
+            let between = move |x: &[Tensor]| {
+                let (out, q) = m.track_between(i, &x[0], &x[1]);
+                vec![out, q]
+            };
+            (out, q) = pair(self.graphs.track_parts[i + 1].run((), &[&out, &attn], &between));
+        }
+        let attn = model.track_cross(last, &q, &k_in, &v_in, n);
+        let m = model.clone();
+        let end = move |x: &[Tensor]| {
+            let f = FrameFeatures { high_res: [x[0].shallow_clone(), x[1].shallow_clone()], feat: x[2].shallow_clone(), pos: x[3].shallow_clone() };
+            let (low, ptr, score, maskmem) = m.track_end(&f, &x[4], &x[5]);
+            vec![low, ptr, score, maskmem]
+        };
+        let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &out, &attn];
+        let mut o = self.graphs.track_parts[last + 1].run((), &inputs, &end).into_iter();
+        let mut next = || o.next().expect("track step output");
+        (next(), next(), next(), next())
     }
 
     /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
