@@ -22,6 +22,7 @@
 #                   parity check rather than a speed run
 #   MASKS_FROM_PASS if set, the first reference pass also saves its masks and every
 #                   sam2-tui precision is compared pixel-wise with the reference's
+#   PREPARE_ONLY    if 1, only write the frames and the checkpoint (for other harnesses)
 #
 # Per run it reports, for the reference: whole run = model build + init_state + first
 # propagation (bench_reference.py's whole_s); for sam2-tui: whole run = process start of
@@ -96,6 +97,7 @@ if not os.path.isfile(ckpt):
     torch.save({"model": sd}, ckpt + ".partial")
     os.replace(ckpt + ".partial", ckpt)
 EOF
+[ "${PREPARE_ONLY:-0}" = 1 ] && { echo "$FRAMES_DIR $CKPT"; exit 0; }
 CX=$("$PY" -c "print(210.0 * $W / 960.0)") CY=$("$PY" -c "print(300.0 * $H / 540.0)")
 echo "{\"objects\": [{\"id\": 1, \"frame\": 0, \"points\": [[$CX, $CY, 1]]}]}" >"$WORK/prompts.json"
 echo "side-by-side: $SIZE on $DEVICE, $FRAMES frames ${W}x${H} ($FRAMES_DIR), checkpoint $CKPT"
