@@ -169,7 +169,6 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
         self.enabled
     }
 
-    /// `f(inputs)`, through a graph when one exists or can be captured for `key`.
     /// Whether `run(key, …)` would replay or capture a graph now rather than run eagerly.
     pub fn graphed_next(&self, key: &K) -> bool {
         self.enabled && !self.failed.contains(key) && (self.graphs.iter().any(|(k, _)| k == key) || self.last.as_ref() == Some(key))
@@ -180,6 +179,7 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
         self.last = Some(key);
     }
 
+    /// `f(inputs)`, through a graph when one exists or can be captured for `key`.
     pub fn run(&mut self, key: K, inputs: &[&Tensor], f: Step) -> Vec<Tensor> {
         if self.enabled && !self.failed.contains(&key) {
             if let Some(i) = self.graphs.iter().position(|(k, _)| *k == key) {

@@ -407,35 +407,35 @@ impl VideoPredictor {
     /// not separable inside a graph; the whole step is counted as memory attention.
     fn track_step_graphed(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> Entry {
         let t = Instant::now();
-        let model = self.model.clone();
-        let n = memory.num_ptr_tokens;
-        let key = (memory.tokens.size()[0], n);
-        if !self.graphs.track.graphed_next(&key) {
+        let key = (memory.tokens.size()[0], memory.num_ptr_tokens);
+        let [pred_masks, obj_ptr, score, maskmem] = if self.graphs.track.graphed_next(&key) {
+            self.track_step_whole(key, feats, memory)
+        } else {
             // A memory shape not seen on the previous frame: in parts, the fixed-shape
             // ones graphed.
             self.graphs.track.saw(key);
-            let (pred_masks, obj_ptr, score, maskmem) = self.track_step_in_parts(feats, memory);
-            self.sync();
-            self.timings.memory_attention_ms += ms(t);
-            return Entry { maskmem: Some(maskmem), pred_masks, obj_ptr, score };
-        }
-        let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &memory.tokens, &memory.pos];
-        let step = move |x: &[Tensor]| {
-            let f = FrameFeatures { high_res: [x[0].shallow_clone(), x[1].shallow_clone()], feat: x[2].shallow_clone(), pos: x[3].shallow_clone() };
-            let (low, ptr, score, maskmem) = model.track_step(&f, &x[4], &x[5], n);
-            vec![low, ptr, score, maskmem]
+            self.track_step_in_parts(feats, memory)
         };
-        let mut out = self.graphs.track.run(key, &inputs, &step).into_iter();
-        let mut next = || out.next().expect("track step output");
-        let (pred_masks, obj_ptr, score, maskmem) = (next(), next(), next(), next());
         self.sync();
         self.timings.memory_attention_ms += ms(t);
         Entry { maskmem: Some(maskmem), pred_masks, obj_ptr, score }
     }
 
+    /// `Sam2Base::track_step` as one graph (low-res masks, pointer, score, memory).
+    fn track_step_whole(&mut self, key: (i64, i64), feats: &FrameFeatures, memory: &AssembledMemory) -> [Tensor; 4] {
+        let model = self.model.clone();
+        let n = memory.num_ptr_tokens;
+        let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &memory.tokens, &memory.pos];
+        let step = move |x: &[Tensor]| {
+            let (low, ptr, score, maskmem) = model.track_step(&graph_features(x), &x[4], &x[5], n);
+            vec![low, ptr, score, maskmem]
+        };
+        four(self.graphs.track.run(key, &inputs, &step))
+    }
+
     /// `Sam2Base::track_step` with its fixed-shape parts through `graphs.track_parts` and
     /// the cross-attentions (the shapes that follow the memories) run eagerly.
-    fn track_step_in_parts(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> (Tensor, Tensor, Tensor, Tensor) {
+    fn track_step_in_parts(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> [Tensor; 4] {
         let model = self.model.clone();
         let n = memory.num_ptr_tokens;
         let (k_in, v_in) = model.track_memory_inputs(&memory.tokens, &memory.pos);
@@ -462,14 +462,11 @@ impl VideoPredictor {
         let attn = model.track_cross(last, &q, &k_in, &v_in, n);
         let m = model.clone();
         let end = move |x: &[Tensor]| {
-            let f = FrameFeatures { high_res: [x[0].shallow_clone(), x[1].shallow_clone()], feat: x[2].shallow_clone(), pos: x[3].shallow_clone() };
-            let (low, ptr, score, maskmem) = m.track_end(&f, &x[4], &x[5]);
+            let (low, ptr, score, maskmem) = m.track_end(&graph_features(x), &x[4], &x[5]);
             vec![low, ptr, score, maskmem]
         };
         let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &out, &attn];
-        let mut o = self.graphs.track_parts[last + 1].run((), &inputs, &end).into_iter();
-        let mut next = || o.next().expect("track step output");
-        (next(), next(), next(), next())
+        four(self.graphs.track_parts[last + 1].run((), &inputs, &end))
     }
 
     /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
@@ -749,6 +746,16 @@ impl VideoPredictor {
         self.objects.clear();
         self.bank.clear()
     }
+}
+
+/// A frame's features from a graph's inputs `[high_res 0, high_res 1, feat, pos, …]`.
+fn graph_features(x: &[Tensor]) -> FrameFeatures {
+    FrameFeatures { high_res: [x[0].shallow_clone(), x[1].shallow_clone()], feat: x[2].shallow_clone(), pos: x[3].shallow_clone() }
+}
+
+/// The tracking step's four outputs (low-res masks, object pointer, score, memory).
+fn four(outputs: Vec<Tensor>) -> [Tensor; 4] {
+    outputs.try_into().unwrap_or_else(|v: Vec<Tensor>| panic!("the tracking step gives 4 outputs, got {}", v.len()))
 }
 
 /// A host copy queued on the stream without blocking (into page-locked memory on a
