@@ -279,7 +279,10 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
         took.as_millis() as f64 / n as f64
     );
     assert_eq!(count_dir("/proc/self/fd"), fds0, "file descriptors leaked");
-    assert_eq!(count_dir("/proc/self/task"), threads0, "threads leaked");
+    // More threads than before is a leak; fewer is a thread the process had at the start
+    // (this test may run first, while the harness's own threads settle) that has ended.
+    let threads = count_dir("/proc/self/task");
+    assert!(threads <= threads0, "threads leaked: {threads} now, {threads0} before");
     assert_eq!(
         children(),
         kids0,
