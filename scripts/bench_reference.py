@@ -24,6 +24,7 @@ The last stdout line is one JSON object with these fields; the line before it is
 human-readable summary.
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -91,7 +92,15 @@ def main():
     t_build = time.time()
     autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16)
     durations, frames = [], 0
-    with autocast, torch.inference_mode():
+    # REF_SDPA=flash|efficient|cudnn|math: only that attention backend (parity studies:
+    # which kernels the reference's own default picks matters for bf16 rounding).
+    sdpa = contextlib.nullcontext()
+    if os.environ.get("REF_SDPA"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+        sdpa = sdpa_kernel([names[os.environ["REF_SDPA"]]])
+    with autocast, sdpa, torch.inference_mode():
         state = predictor.init_state(video_path=a.frames_dir)
         sync()
         t_init = time.time()

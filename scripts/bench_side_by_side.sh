@@ -23,6 +23,8 @@
 #   MASKS_FROM_PASS if set, the first reference pass also saves its masks and every
 #                   sam2-tui precision is compared pixel-wise with the reference's
 #   PREPARE_ONLY    if 1, only write the frames and the checkpoint (for other harnesses)
+#   REF_SDPA        flash | efficient | cudnn | math: the reference uses only that
+#                   attention backend (bench_reference.py; for parity studies)
 #
 # Per run it reports, for the reference: whole run = model build + init_state + first
 # propagation (bench_reference.py's whole_s); for sam2-tui: whole run = process start of
