@@ -6,6 +6,7 @@ pub mod media;
 pub mod model;
 pub mod predictor;
 pub mod session;
+mod shim;
 pub mod supervisor;
 pub mod trace;
 pub mod util;

@@ -11,10 +11,5 @@ pub use graph::{available, GraphCache, Graphed};
 /// Turns a shim call's (status, message) into a Result.
 #[cfg(sam2_cuda_shim)]
 pub(crate) fn call(what: &str, f: impl FnOnce(*mut std::ffi::c_char, usize) -> i32) -> anyhow::Result<()> {
-    let mut err = vec![0 as std::ffi::c_char; 512];
-    if f(err.as_mut_ptr(), err.len()) == 1 {
-        return Ok(());
-    }
-    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-    anyhow::bail!("CUDA {what}: {msg}")
+    crate::shim::call(&format!("CUDA {what}"), f)
 }

@@ -62,12 +62,5 @@ impl Drop for Trace {
 }
 
 fn shim(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> anyhow::Result<()> {
-    let mut err = vec![0 as c_char; 512];
-    if f(err.as_mut_ptr(), err.len()) == 1 {
-        return Ok(());
-    }
-    let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    anyhow::bail!("profiler {what}: {msg}")
+    crate::shim::call(&format!("profiler {what}"), f)
 }
