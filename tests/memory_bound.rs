@@ -48,6 +48,8 @@ fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Pa
 #[ignore = "benchmark: several minutes"]
 fn peak_memory_of_1000_frames_is_within_10_percent_of_100_frames() {
     let _ = tch::set_num_threads(2);
+    // The worker's allocator policy: freed blocks stay in the heap (must not grow it).
+    sam2_tui::worker::host_memory::keep_freed_memory();
     let dir = common::scratch("memory-bound");
     let tensors = common::random_tiny_tensors(&dir);
     let model = Rc::new(Sam2Base::from_tensors(Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1).with_image_size(256), tensors, tch::Device::Cpu, Precision::Fp32).unwrap());

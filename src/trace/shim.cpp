@@ -13,7 +13,8 @@ extern "C" {
 int sam2_shim_trace_start(int cuda, char* err, size_t err_len) {
   return sam2_shim::guarded(err, err_len, [&]() -> int {
     using namespace torch::profiler::impl;
-    ProfilerConfig config(ProfilerState::KINETO);
+    // Input shapes tell the many calls of one operator apart (which attention, which matmul).
+    ProfilerConfig config(ProfilerState::KINETO, /*report_input_shapes=*/true);
     std::set<ActivityType> activities{ActivityType::CPU};
     if (cuda != 0) activities.insert(ActivityType::CUDA);
     torch::autograd::profiler::prepareProfiler(config, activities);

@@ -2,6 +2,7 @@
 //! stdio by the supervisor. A crash here (MPS SIGABRT, segfault, OOM kill) costs this one
 //! process; the supervisor restarts it and replays the journal.
 pub mod fault;
+pub mod host_memory;
 pub mod protocol;
 pub mod server;
 pub mod stats;

@@ -109,6 +109,7 @@ struct Engine {
 
 /// Runs the worker until `Shutdown` or stdin closes.
 pub fn serve() -> anyhow::Result<()> {
+    super::host_memory::keep_freed_memory();
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let faults = FaultPlan::from_env()?;
     let inbox = spawn_reader(out.clone());
