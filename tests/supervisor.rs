@@ -339,6 +339,12 @@ fn moving_square_video(dir: &std::path::Path, frames: u32) -> PathBuf {
 }
 
 fn segment(name: &str, fault: &str) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
+    segment_from(name, fault, 0, false)
+}
+
+/// A click on the square in `prompt_frame` of the 12-frame clip, then a propagation
+/// (backwards if `reverse`) to its end, through the faults in `fault`.
+fn segment_from(name: &str, fault: &str, prompt_frame: usize, reverse: bool) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
     let mut o = options(name, fault);
     o.checkpoint = random_checkpoint();
     o.media = Some(moving_square_video(
@@ -351,14 +357,14 @@ fn segment(name: &str, fault: &str) -> (Vec<((usize, u32), String)>, Vec<EngineE
     o.watchdog.heartbeat_timeout = Duration::from_secs(3);
     let mut h = start(o).unwrap();
     h.send(EngineCommand::Op(Op::AddPrompt {
-        frame: 0,
+        frame: prompt_frame,
         object: 1,
-        points: vec![Point::new(20.0, 30.0, true)],
+        points: vec![Point::new(20.0 + 4.0 * prompt_frame as f32, 30.0, true)],
         bbox: None,
     }));
     h.send(EngineCommand::Op(Op::Propagate {
         start: None,
-        reverse: false,
+        reverse,
         max_frames: None,
     }));
     let events = collect_until(&mut h, Duration::from_secs(600), |e| {
@@ -434,4 +440,17 @@ fn a_propagation_through_two_aborts_and_a_hang_ends_byte_identical_to_an_uninter
         logs.iter().filter(|l| l.starts_with("recovered")).count(),
         3
     );
+}
+
+#[test]
+fn a_backward_propagation_that_dies_on_frame_0_still_ends_with_frame_0() {
+    let _g = serial();
+    // Prompt on the last frame, propagate backwards, die while frame 0 is computed: the
+    // resumed run must still cover frame 0 (a reverse run *starting* at 0 covers nothing).
+    let (clean, _) = segment_from("engine-reverse-clean", "", 11, true);
+    let (survived, events) = segment_from("engine-reverse-fault", "abort@frame=0", 11, true);
+    assert_eq!(clean.len(), 12, "one mask per frame");
+    let died = events.iter().filter(|e| matches!(e, EngineEvent::WorkerDied { .. })).count();
+    assert_eq!(died, 1, "the fault did not fire");
+    assert_eq!(survived, clean, "final masks differ from the uninterrupted run");
 }

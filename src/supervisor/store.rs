@@ -147,7 +147,11 @@ pub fn resume(op: &Op, p: &PropagationProgress, num_frames: usize) -> Option<Op>
         if last <= end {
             return None;
         }
-        let next = last - 1;
+        // The reference skips a reverse propagation that *starts* at frame 0, so when
+        // only frame 0 is left it cannot be resumed from there: resume at `last` instead.
+        // Re-tracking `last` gives the same result (in reverse it attends to the frames
+        // after it, which have not changed) and frame 0 follows.
+        let next = if last == 1 { last } else { last - 1 };
         Some(Op::Propagate {
             start: Some(next),
             reverse: true,
@@ -217,6 +221,17 @@ mod tests {
     fn a_reverse_propagation_resumes_below_the_last_frame() {
         let r = resume(&prop(Some(10), true, None), &progress([10, 9, 8]), 20).unwrap();
         assert_eq!(r, prop(Some(7), true, Some(7)));
+    }
+
+    #[test]
+    fn a_reverse_propagation_cut_off_just_above_frame_0_still_tracks_frame_0() {
+        // Died after delivering 5..=1: frame 0 is left. A reverse run *starting* at frame 0
+        // covers nothing (the reference skips it), so the resumed run redoes frame 1.
+        let r = resume(&prop(Some(5), true, None), &progress((1..=5).rev()), 20).unwrap();
+        assert_eq!(r, prop(Some(1), true, Some(1)));
+        assert_eq!(end_frame(1, true, Some(1), 20), 0);
+        assert_eq!(span(1, true, Some(1), 20), 2);
+        assert_eq!(span(0, true, Some(0), 20), 0, "what the old resume sent: nothing");
     }
 
     #[test]
