@@ -26,9 +26,15 @@ fn window_unpartition(windows: &Tensor, ws: i64, (hp, wp): (i64, i64), (h, w): (
     }
 }
 
-/// 2×2 max-pool over a BHWC tensor (`do_pool`).
+/// 2×2 max-pool over a BHWC tensor (`do_pool`: `max_pool2d`, odd edges dropped), as the
+/// maximum of its four strided quarters. The reference permutes to NCHW for `max_pool2d`,
+/// which first copies the strided queries into a contiguous tensor; the maxima are the
+/// same values.
 fn pool(x: &Tensor) -> Tensor {
-    x.permute([0, 3, 1, 2]).max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false).permute([0, 2, 3, 1])
+    let (_, h, w, _) = x.size4().unwrap();
+    let x = x.narrow(1, 0, h / 2 * 2).narrow(2, 0, w / 2 * 2);
+    let quarter = |dy: i64, dx: i64| x.slice(1, dy, None, 2).slice(2, dx, None, 2);
+    quarter(0, 0).maximum(&quarter(0, 1)).maximum(&quarter(1, 0).maximum(&quarter(1, 1)))
 }
 
 struct MultiScaleAttention {
@@ -166,7 +172,9 @@ impl Hiera {
     /// The end of every stage, NCHW, highest resolution first.
     pub fn forward(&self, x: &Tensor) -> Vec<Tensor> {
         let x = self.patch_embed.forward(x).permute([0, 2, 3, 1]);
-        let mut x = x + &self.pos_embed;
+        // The sum keeps the conv's NCHW layout behind the BHWC view; made contiguous once
+        // here, the first stage's layer norms need not each copy it (the reference's do).
+        let mut x = (x + &self.pos_embed).contiguous();
         let mut outputs = Vec::with_capacity(4);
         for (i, blk) in self.blocks.iter().enumerate() {
             x = blk.forward(&x);

@@ -26,11 +26,13 @@ impl FpnNeck {
         FpnNeck { convs, pos }
     }
 
-    fn forward(&self, xs: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
+    /// Levels `first..` of the pyramid (the top-down path needs the levels above, not
+    /// below, so lower levels can be left to the caller).
+    fn forward(&self, xs: &[Tensor], first: usize) -> (Vec<Tensor>, Vec<Tensor>) {
         let n = self.convs.len() - 1;
-        let mut out: Vec<Option<Tensor>> = (0..=n).map(|_| None).collect();
+        let mut feats = Vec::new();
         let mut prev: Option<Tensor> = None;
-        for i in (0..=n).rev() {
+        for i in (first..=n).rev() {
             let lateral = self.convs[n - i].forward(&xs[i]);
             // Top-down only into levels 2 and 3 (`fpn_top_down_levels=[2,3]`): nearest ×2,
             // computed in fp32, summed.
@@ -43,11 +45,11 @@ impl FpnNeck {
                 }
                 _ => lateral,
             };
-            out[i] = Some(f.shallow_clone());
+            feats.push(f.shallow_clone());
             prev = Some(f);
         }
-        let feats: Vec<Tensor> = out.into_iter().map(|t| t.unwrap()).collect();
-        let pos = self.pos.iter().map(|p| p.shallow_clone()).collect();
+        feats.reverse();
+        let pos = self.pos[first..].iter().map(|p| p.shallow_clone()).collect();
         (feats, pos)
     }
 }
@@ -70,12 +72,20 @@ impl ImageEncoder {
         self.trunk.forward(x)
     }
 
-    pub fn forward(&self, x: &Tensor) -> BackboneOut {
-        let (mut feats, mut pos) = self.neck.forward(&self.trunk.forward(x));
-        feats.truncate(3);
-        pos.truncate(3);
-        let b = x.size()[0];
+    /// The pyramid from level `first` up (levels below `first` are left out of
+    /// `backbone_fpn` and `vision_pos_enc`), from the trunk's outputs.
+    pub fn forward_from(&self, trunk: &[Tensor], first: usize) -> BackboneOut {
+        let (mut feats, mut pos) = self.neck.forward(trunk, first);
+        // `scalp=1`: the stride-32 level is dropped.
+        feats.pop();
+        pos.pop();
+        let b = trunk[0].size()[0];
         let pos = pos.into_iter().map(|p| if b > 1 { p.expand([b, -1, -1, -1], false) } else { p }).collect();
         BackboneOut { backbone_fpn: feats, vision_pos_enc: pos }
+    }
+
+    /// The neck's 1×1 lateral convolution of trunk level `level`.
+    pub fn lateral(&self, level: usize) -> &Conv2d {
+        &self.neck.convs[self.neck.convs.len() - 1 - level]
     }
 }

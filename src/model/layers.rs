@@ -1,7 +1,7 @@
 //! The small building blocks every SAM 2 module uses (nn.Linear, nn.LayerNorm,
 //! LayerNorm2d, Conv2d, ConvTranspose2d, the reference's MLP).
 use super::params::P;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 pub struct Linear {
     pub weight: Tensor,
@@ -80,6 +80,17 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(&self.weight, Some(&self.bias), [self.stride], [self.padding], [1], self.groups)
     }
+
+    /// The single 1×1 convolution that equals `self` followed by `next` (both 1×1, no
+    /// activation between: a product of two linear maps), composed in fp32.
+    pub fn then(&self, next: &Conv2d) -> Conv2d {
+        let (w1, b1) = (self.weight.to_kind(Kind::Float).flatten(1, -1), self.bias.to_kind(Kind::Float));
+        let (w2, b2) = (next.weight.to_kind(Kind::Float).flatten(1, -1), next.bias.to_kind(Kind::Float));
+        assert!(self.weight.size()[2..] == [1, 1] && next.weight.size()[2..] == [1, 1] && self.groups == 1 && next.groups == 1, "only 1x1 convolutions compose");
+        let weight = w2.matmul(&w1).unsqueeze(-1).unsqueeze(-1).to_kind(self.weight.kind());
+        let bias = (w2.matmul(&b1) + b2).to_kind(self.bias.kind());
+        Conv2d { weight, bias, stride: 1, padding: 0, groups: 1 }
+    }
 }
 
 pub struct ConvTranspose2d {
@@ -150,4 +161,26 @@ impl Mlp {
 /// F.scaled_dot_product_attention with the default scale, no mask, no dropout (eval).
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn conv(cin: i64, cout: i64) -> Conv2d {
+        let opts = (Kind::Float, Device::Cpu);
+        Conv2d { weight: Tensor::randn([cout, cin, 1, 1], opts), bias: Tensor::randn([cout], opts), stride: 1, padding: 0, groups: 1 }
+    }
+
+    #[test]
+    fn two_1x1_convolutions_compose_into_one() {
+        tch::manual_seed(3);
+        let (lateral, narrow) = (conv(12, 40), conv(40, 5));
+        let x = Tensor::randn([2, 12, 9, 7], (Kind::Float, Device::Cpu));
+        let composed = lateral.then(&narrow);
+        assert_eq!(composed.weight.size(), [5, 12, 1, 1]);
+        let diff = (composed.forward(&x) - narrow.forward(&lateral.forward(&x))).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "max |Δ| {diff}");
+    }
 }

@@ -97,6 +97,17 @@ pub struct Sam2Base {
     pub mask_decoder: MaskDecoder,
     pub memory_attention: MemoryAttention,
     pub memory_encoder: MemoryEncoder,
+    /// The high-resolution features the mask decoder reads come from the neck's lateral
+    /// 1×1 conv of trunk levels 0 and 1 and the decoder's `conv_s0` / `conv_s1` (1×1),
+    /// composed into one conv each. The reference computes the 256-channel maps between
+    /// (at model input 1024, 256×256×256 for level 0) only to narrow them to 32 and 64
+    /// channels; on two CPU cores that is 0.13 s a frame. In fp32 the composed conv agrees
+    /// to ~1e-6 (video parity: max |Δlogit| 4e-6). Not under CUDA autocast, whose masks are
+    /// compared with the reference's autocast masks: the reference rounds those maps to
+    /// bf16, and skipping that rounding moved base_plus's masks away from the reference's
+    /// (H100: 99.33 % vs 99.61 % of pixels). The CPU's pure-bf16 mode is compared with exact
+    /// mode, and agrees as well composed as not (99.18 % vs 99.16 %, base_plus journal).
+    high_res_convs: Option<[Conv2d; 2]>,
     maskmem_tpos_enc: Tensor,
     no_mem_embed: Tensor,
     no_obj_ptr: Tensor,
@@ -139,10 +150,15 @@ impl Sam2Base {
         let device = params.device();
         let e = config.image_size / 16;
         let v21 = config.is_v2_1();
+        let image_encoder = ImageEncoder::new(p.sub("image_encoder"), &config);
+        let mask_decoder = MaskDecoder::new(p.sub("sam_mask_decoder"));
+        let high_res_convs = precision.autocast(device).is_none()
+            .then(|| [image_encoder.lateral(0).then(&mask_decoder.conv_s0), image_encoder.lateral(1).then(&mask_decoder.conv_s1)]);
         let model = Sam2Base {
-            image_encoder: ImageEncoder::new(p.sub("image_encoder"), &config),
+            image_encoder,
             prompt_encoder: PromptEncoder::new(p.sub("sam_prompt_encoder"), config.image_size),
-            mask_decoder: MaskDecoder::new(p.sub("sam_mask_decoder")),
+            mask_decoder,
+            high_res_convs,
             memory_attention: MemoryAttention::new(p.sub("memory_attention"), e),
             memory_encoder: MemoryEncoder::new(p.sub("memory_encoder"), e),
             maskmem_tpos_enc: p.get("maskmem_tpos_enc", &[NUM_MASKMEM as i64, 1, 1, 64]),
@@ -182,12 +198,20 @@ impl Sam2Base {
     pub fn forward_image(&self, image: &Tensor) -> FrameFeatures {
         let _g = tch::no_grad_guard();
         let x = image.to_device(self.device).to_kind(self.kind());
-        let out = self.image_encoder.forward(&x);
-        let fpn = out.backbone_fpn;
+        let trunk = self.image_encoder.trunk(&x);
+        let (high_res, out) = match &self.high_res_convs {
+            Some([s0, s1]) => ([s0.forward(&trunk[0]), s1.forward(&trunk[1])], self.image_encoder.forward_from(&trunk, 2)),
+            None => {
+                let out = self.image_encoder.forward_from(&trunk, 0);
+                let fpn = &out.backbone_fpn;
+                ([self.mask_decoder.conv_s0.forward(&fpn[0]), self.mask_decoder.conv_s1.forward(&fpn[1])], out)
+            }
+        };
+        let level2 = out.backbone_fpn.len() - 1;
         FrameFeatures {
-            high_res: [self.mask_decoder.conv_s0.forward(&fpn[0]), self.mask_decoder.conv_s1.forward(&fpn[1])],
-            feat: fpn[2].shallow_clone(),
-            pos: out.vision_pos_enc[2].shallow_clone(),
+            high_res,
+            feat: out.backbone_fpn[level2].shallow_clone(),
+            pos: out.vision_pos_enc[level2].shallow_clone(),
         }
     }
 
