@@ -320,13 +320,18 @@ fn random_checkpoint() -> PathBuf {
     path
 }
 
+/// Where the square of `moving_square_video` is centred in frame `i`.
+fn square_centre(i: u32) -> (u32, u32) {
+    (20 + 4 * i, 30)
+}
+
 /// A frame folder: a bright square moving across a dark background.
 fn moving_square_video(dir: &std::path::Path, frames: u32) -> PathBuf {
     let v = dir.join("frames");
     std::fs::create_dir_all(&v).unwrap();
     for i in 0..frames {
         let img = image::RgbImage::from_fn(96, 64, |x, y| {
-            let (cx, cy) = (20 + 4 * i, 30);
+            let (cx, cy) = square_centre(i);
             if x.abs_diff(cx) < 10 && y.abs_diff(cy) < 10 {
                 image::Rgb([230, 200, 40])
             } else {
@@ -359,7 +364,10 @@ fn segment_from(name: &str, fault: &str, prompt_frame: usize, reverse: bool) -> 
     h.send(EngineCommand::Op(Op::AddPrompt {
         frame: prompt_frame,
         object: 1,
-        points: vec![Point::new(20.0 + 4.0 * prompt_frame as f32, 30.0, true)],
+        points: {
+            let (x, y) = square_centre(prompt_frame as u32);
+            vec![Point::new(x as f32, y as f32, true)]
+        },
         bbox: None,
     }));
     h.send(EngineCommand::Op(Op::Propagate {

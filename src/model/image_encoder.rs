@@ -67,7 +67,7 @@ impl ImageEncoder {
         }
     }
 
-    /// The raw trunk outputs (for parity tests of the trunk alone).
+    /// The raw trunk outputs, NCHW, one per stage (see `forward_from` for the neck).
     pub fn trunk(&self, x: &Tensor) -> Vec<Tensor> {
         self.trunk.forward(x)
     }

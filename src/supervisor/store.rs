@@ -148,10 +148,10 @@ pub fn resume(op: &Op, p: &PropagationProgress, num_frames: usize) -> Option<Op>
             return None;
         }
         // The reference skips a reverse propagation that *starts* at frame 0, so when
-        // only frame 0 is left it cannot be resumed from there: resume at `last` instead.
-        // Re-tracking `last` gives the same result (in reverse it attends to the frames
-        // after it, which have not changed) and frame 0 follows.
-        let next = if last == 1 { last } else { last - 1 };
+        // only frame 0 is left it cannot be resumed from there: resume at frame 1 instead.
+        // Re-tracking it gives the same result (in reverse it attends to the frames after
+        // it, which have not changed) and frame 0 follows.
+        let next = (last - 1).max(1);
         Some(Op::Propagate {
             start: Some(next),
             reverse: true,
