@@ -129,16 +129,30 @@ fn dev_tiny_2_1_10_frames() {
     assert_parity(run_case(ModelSize::Tiny, ModelVersion::V2_1, 256, 10, true));
 }
 
-/// The CPU fast mode (`--precision bf16`: weights and arithmetic in bf16) changes logits
-/// by bf16 rounding. Over this journal (two objects, a box, corrections, a reverse pass)
-/// it was measured at 99.18 % (base_plus), 99.31 % (tiny 2.1) and 99.83 % (tiny 2.0) of mask pixels agreeing with
-/// exact mode (= the reference, within 1e-3 above): short of the 99.5 % the speed issue
-/// asks for, so this guards the measured level, not the target. (On the simpler
-/// side-by-side clip it is 99.89 %.) One size only: without native bf16 (this dev
-/// machine's CPU) bf16 runs about four times slower than fp32.
-#[test]
-fn base_plus_2_1_in_bf16_agrees_with_exact_mode_on_99_per_cent_of_pixels() {
-    let f = run_case_in(ModelSize::BasePlus, ModelVersion::V2_1, 256, 12, true, Precision::Bf16);
+/// The CPU fast mode (`--precision bf16`: weights and arithmetic in bf16, the SAM heads
+/// in fp32) changes logits by bf16 rounding. Over these journals (two objects, a box,
+/// corrections, a reverse pass) its masks must agree with exact mode (= the reference,
+/// within 1e-3 above) on at least 99.5 % of pixels, as the speed issue asks. With the
+/// heads in bf16 too (`SAM2_TUI_FP32_HEADS=0`) base_plus reaches only 99.23 %.
+/// Without native bf16 (this dev machine's CPU) bf16 runs about four times slower than
+/// fp32, hence the small model inputs.
+fn assert_bf16_agrees_with_exact_mode(size: ModelSize, version: ModelVersion, image_size: i64) {
+    let f = run_case_in(size, version, image_size, 12, true, Precision::Bf16);
     assert!(f.results > 20);
-    assert!(f.mask_agreement >= 0.99, "bf16 masks agree with exact mode on only {:.4}%", f.mask_agreement * 100.0);
+    assert!(f.mask_agreement >= 0.995, "bf16 masks agree with exact mode on only {:.4}%", f.mask_agreement * 100.0);
+}
+
+#[test]
+fn base_plus_2_1_in_bf16_agrees_with_exact_mode_on_99_5_per_cent_of_pixels() {
+    assert_bf16_agrees_with_exact_mode(ModelSize::BasePlus, ModelVersion::V2_1, 256);
+}
+
+#[test]
+fn tiny_2_1_in_bf16_agrees_with_exact_mode_on_99_5_per_cent_of_pixels() {
+    assert_bf16_agrees_with_exact_mode(ModelSize::Tiny, ModelVersion::V2_1, 384);
+}
+
+#[test]
+fn tiny_2_0_in_bf16_agrees_with_exact_mode_on_99_5_per_cent_of_pixels() {
+    assert_bf16_agrees_with_exact_mode(ModelSize::Tiny, ModelVersion::V2_0, 256);
 }

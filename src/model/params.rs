@@ -17,6 +17,8 @@ pub struct Params {
     /// once gives the very same values (round to nearest even either way) without a
     /// cast kernel per layer per frame. Otherwise `kind`.
     matmul_kind: Kind,
+    /// Modules (key prefixes) kept in fp32 whatever `kind` is.
+    fp32_modules: Vec<String>,
     /// Random-init mode: missing tensors are made up (and recorded) instead of reported.
     invented: Option<RefCell<BTreeMap<String, Tensor>>>,
 }
@@ -31,12 +33,18 @@ pub struct P<'a> {
 impl Params {
     /// `kind` is the floating dtype the modules compute in.
     pub fn new(tensors: BTreeMap<String, Tensor>, device: Device, kind: Kind) -> Self {
-        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind, matmul_kind: kind, invented: None }
+        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind, matmul_kind: kind, fp32_modules: Vec::new(), invented: None }
     }
 
     /// Weights of matmuls and convolutions in `kind` (the autocast dtype), see `matmul_kind`.
     pub fn with_matmul_kind(mut self, kind: Kind) -> Self {
         self.matmul_kind = kind;
+        self
+    }
+
+    /// Keeps the modules under these key prefixes in fp32 (weights and arithmetic).
+    pub fn with_fp32_modules(mut self, prefixes: &[&str]) -> Self {
+        self.fp32_modules = prefixes.iter().map(|s| s.to_string()).collect();
         self
     }
 
@@ -103,13 +111,14 @@ impl<'a> P<'a> {
     /// A missing or mis-shaped tensor is recorded (all are reported together by `finish`)
     /// and a zero tensor stands in so construction can continue.
     pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
-        self.get_kind(name, shape, self.params.kind)
+        self.get_kind(name, shape, self.kind())
     }
 
     /// A weight or bias of a matmul or convolution (nn.Linear, nn.Conv2d, …): in the
     /// dtype autocast would cast it to, when the model runs under autocast.
     pub fn get_matmul(&self, name: &str, shape: &[i64]) -> Tensor {
-        self.get_kind(name, shape, self.params.matmul_kind)
+        let kind = if self.in_fp32_module() { Kind::Float } else { self.params.matmul_kind };
+        self.get_kind(name, shape, kind)
     }
 
     /// Like `get`, but kept in fp32 whatever the compute dtype (buffers used for
@@ -158,7 +167,41 @@ impl<'a> P<'a> {
         self.params.device
     }
 
+    /// The dtype this module computes in.
     pub fn kind(&self) -> Kind {
-        self.params.kind
+        if self.in_fp32_module() {
+            Kind::Float
+        } else {
+            self.params.kind
+        }
+    }
+
+    fn in_fp32_module(&self) -> bool {
+        self.params.fp32_modules.iter().any(|m| self.prefix == m || self.prefix.starts_with(&format!("{m}.")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Params {
+        let t = |n: i64| Tensor::ones([n], (Kind::Float, Device::Cpu));
+        let tensors = [("sam_mask_decoder.iou_token.weight", 4), ("sam_mask_decoder_extra.weight", 2), ("memory_encoder.fuser.weight", 3)];
+        Params::new(tensors.iter().map(|(k, n)| (k.to_string(), t(*n))).collect(), Device::Cpu, Kind::BFloat16)
+    }
+
+    #[test]
+    fn a_module_kept_in_fp32_gets_fp32_weights_and_the_rest_the_model_dtype() {
+        let params = store().with_fp32_modules(&["sam_mask_decoder"]);
+        let root = params.root();
+        let decoder = root.sub("sam_mask_decoder");
+        assert_eq!(decoder.kind(), Kind::Float);
+        assert_eq!(decoder.sub("iou_token").get_matmul("weight", &[4]).kind(), Kind::Float);
+        // A prefix match is by whole module names, not by string prefix.
+        assert_eq!(root.sub("sam_mask_decoder_extra").get("weight", &[2]).kind(), Kind::BFloat16);
+        assert_eq!(root.sub("memory_encoder").sub("fuser").get_matmul("weight", &[3]).kind(), Kind::BFloat16);
+        assert_eq!(root.kind(), Kind::BFloat16);
+        params.finish().unwrap();
     }
 }

@@ -116,6 +116,10 @@ pub struct Sam2Base {
     obj_ptr_tpos_proj: Option<Linear>,
     /// `mask_downsample` (used only for mask prompts; kept for a strict load).
     _mask_downsample: Conv2d,
+    /// The dtype the SAM heads compute in: the model's, except in the pure low-precision
+    /// modes, which keep them in fp32 (see `Precision::fp32_modules`). Their inputs are
+    /// cast on entry (a no-op where the dtypes agree).
+    heads_kind: Kind,
 }
 
 impl Sam2Base {
@@ -133,7 +137,7 @@ impl Sam2Base {
 
     /// Builds the model from a state dict (reference key names), strictly.
     pub fn from_tensors(config: Sam2Config, tensors: BTreeMap<String, Tensor>, device: Device, precision: Precision) -> anyhow::Result<Sam2Base> {
-        let params = Params::new(tensors, device, precision.weights_kind(device));
+        let params = Params::new(tensors, device, precision.weights_kind(device)).with_fp32_modules(&precision.fp32_modules(device));
         let params = match precision.autocast(device) {
             Some(lowp) => params.with_matmul_kind(lowp),
             None => params,
@@ -168,6 +172,7 @@ impl Sam2Base {
             obj_ptr_proj: Mlp::new(p.sub("obj_ptr_proj"), 256, 256, 256, 3, Activation::Relu, false),
             obj_ptr_tpos_proj: v21.then(|| Linear::new(p.sub("obj_ptr_tpos_proj"), 256, 64)),
             _mask_downsample: Conv2d::new(p.sub("mask_downsample"), 1, 1, 4, 4, 0, 1),
+            heads_kind: p.sub("sam_mask_decoder").kind(),
             config,
             device,
             precision,
@@ -224,9 +229,11 @@ impl Sam2Base {
             // No prompt: one padding point, label −1.
             None => (Tensor::zeros([1, 1, 2], (Kind::Float, dev)), Tensor::full([1, 1], -1, (Kind::Int, dev))),
         };
-        let mask = mask_input.map(|m| m.to_device(dev).to_kind(self.kind()));
+        let k = self.heads_kind;
+        let mask = mask_input.map(|m| m.to_device(dev).to_kind(k));
         let (sparse, dense) = self.prompt_encoder.forward(&coords, &labels, mask.as_ref());
-        let out = self.mask_decoder.forward(pix_feat, self.prompt_encoder.dense_pe(), &sparse, &dense, multimask, high_res);
+        let high_res = [high_res[0].to_kind(k), high_res[1].to_kind(k)];
+        let out = self.mask_decoder.forward(&pix_feat.to_kind(k), self.prompt_encoder.dense_pe(), &sparse, &dense, multimask, &high_res);
         let appearing = out.object_score_logits.gt(0.0);
         let low_multi = out
             .masks
