@@ -69,7 +69,9 @@ fn cuda_include(lib: &str) -> Option<std::path::PathBuf> {
 /// headers are present, and sets `cfg(sam2_cuda_shim)`; elsewhere frames run eagerly.
 fn build_cuda_graph_shim(lib: &str) {
     let shim = "src/cuda/shim.cpp";
+    let fused = "src/cuda/fused.cpp";
     println!("cargo:rerun-if-changed={shim}");
+    println!("cargo:rerun-if-changed={fused}");
     if !std::path::Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
         return;
     }
@@ -79,7 +81,7 @@ fn build_cuda_graph_shim(lib: &str) {
     };
     let include = std::path::Path::new(lib).join("../include");
     let mut build = cc::Build::new();
-    build.cpp(true).file(shim).include(&include).include(&cuda).include("src/shim").std("c++17").warnings(false).define("_GLIBCXX_USE_CXX11_ABI", "1");
+    build.cpp(true).file(shim).file(fused).include(&include).include(&cuda).include("src/shim").std("c++17").warnings(false).define("_GLIBCXX_USE_CXX11_ABI", "1");
     build.compile("sam2_cuda_shim");
     println!("cargo:rustc-link-lib=dylib=c10_cuda");
     println!("cargo:rustc-link-lib=dylib=torch_cuda");

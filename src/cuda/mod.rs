@@ -3,6 +3,7 @@
 //! `cfg(sam2_cuda_shim)`): graphs, to replay a frame's kernels as one launch, and
 //! events, to wait for one frame's results while the next frame's kernels run.
 pub mod event;
+pub mod fused;
 pub mod graph;
 
 pub use event::CudaEvent;

@@ -77,7 +77,8 @@ struct MultiScaleBlock {
 impl MultiScaleBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
         let mut shortcut = x.shallow_clone();
-        let x = self.norm1.forward(x);
+        // The normed input feeds the qkv and shortcut projections only.
+        let x = self.norm1.forward_into_matmul(x);
         if let Some(proj) = &self.proj {
             // The shortcut is projected from the *normed* input, then pooled.
             shortcut = proj.forward(&x);
@@ -103,7 +104,7 @@ impl MultiScaleBlock {
             x = window_unpartition(&x, ws, pad_hw, (h, w));
         }
         let x = shortcut + x;
-        let y = self.mlp.forward(&self.norm2.forward(&x));
+        let y = self.mlp.forward(&self.norm2.forward_into_matmul(&x));
         x + y
     }
 }

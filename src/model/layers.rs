@@ -32,6 +32,13 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
+
+    /// `forward` for a caller that feeds the result to matmuls only: under bf16 autocast
+    /// on CUDA the output comes straight in bf16 (`cuda::fused`), the dtype those matmuls
+    /// would cast it to; elsewhere it is `forward`.
+    pub fn forward_into_matmul(&self, x: &Tensor) -> Tensor {
+        crate::cuda::fused::layer_norm_to_bf16(x, &self.weight, &self.bias, self.eps).unwrap_or_else(|| self.forward(x))
+    }
 }
 
 /// `sam2_utils.LayerNorm2d`: normalises over channels of an NCHW tensor, written out as

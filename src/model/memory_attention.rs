@@ -85,9 +85,9 @@ impl MemoryAttention {
     /// rotated queries. Returns (residual stream, queries).
     pub fn until_cross(&self, i: usize, out: &Tensor) -> (Tensor, Tensor) {
         let l = &self.layers[i];
-        let t = l.norm1.forward(out);
+        let t = l.norm1.forward_into_matmul(out);
         let out = out + l.self_attn.forward_rope(&t, &t, &t, &self.rope, 0);
-        let q = l.cross_attn_image.rope_queries(&l.norm2.forward(&out), &self.rope);
+        let q = l.cross_attn_image.rope_queries(&l.norm2.forward_into_matmul(&out), &self.rope);
         (out, q)
     }
 
@@ -100,7 +100,7 @@ impl MemoryAttention {
     pub fn after_cross(&self, i: usize, out: &Tensor, attn: &Tensor) -> Tensor {
         let l = &self.layers[i];
         let out = out + l.cross_attn_image.project_out(attn);
-        let t = l.norm3.forward(&out);
+        let t = l.norm3.forward_into_matmul(&out);
         &out + l.linear2.forward(&l.linear1.forward(&t).relu())
     }
 

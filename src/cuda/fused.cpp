@@ -1,0 +1,230 @@
+// A fused kernel libtorch lacks, compiled at run time with NVRTC (the torch wheels ship
+// libnvrtc, not nvcc) and launched through the driver API, both looked up with dlopen so
+// the binary links neither.
+//
+// layer_norm_to_bf16: LayerNorm in fp32 with its output rounded to bf16 in the same pass.
+// Under bf16 autocast every LayerNorm in front of a Linear runs in fp32 and writes fp32
+// (4 bytes an element), which the Linear then reads back only to cast it to bf16 (another
+// 4 + 2 bytes): on the H100 those two passes are a tenth of a tracked frame. Rounding the
+// fp32 result to bf16 in the kernel gives the values the cast would, up to the order in
+// which the row's mean and variance are summed (two-pass here, Welford in libtorch).
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda.h>
+#include <dlfcn.h>
+
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "guarded.h"
+
+namespace {
+using sam2_shim::guarded;
+
+// One warp per row; each lane holds PER values of the row in registers (cols <= 32 * PER).
+const char* kSource = R"(
+__device__ __forceinline__ unsigned short to_bf16(float f) {
+  unsigned int u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN, as c10::BFloat16
+  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#define LAYER_NORM(PER)                                                                      \
+extern "C" __global__ void layer_norm_to_bf16_##PER(const float* __restrict__ x,              \
+    const float* __restrict__ w, const float* __restrict__ b, unsigned short* __restrict__ y, \
+    long long rows, int cols, float eps) {                                                   \
+  const int lane = threadIdx.x & 31;                                                         \
+  const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);      \
+  if (row >= rows) return;                                                                   \
+  const float* xr = x + row * cols;                                                          \
+  float v[PER];                                                                              \
+  float sum = 0.f;                                                                           \
+  _Pragma("unroll") for (int i = 0; i < PER; i++) {                                          \
+    const int c = lane + 32 * i;                                                             \
+    v[i] = c < cols ? xr[c] : 0.f;                                                           \
+    sum += v[i];                                                                             \
+  }                                                                                          \
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);             \
+  const float mean = sum / cols;                                                             \
+  float sq = 0.f;                                                                            \
+  _Pragma("unroll") for (int i = 0; i < PER; i++) {                                          \
+    const int c = lane + 32 * i;                                                             \
+    const float d = c < cols ? v[i] - mean : 0.f;                                            \
+    sq += d * d;                                                                             \
+  }                                                                                          \
+  for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);               \
+  const float rstd = rsqrtf(sq / cols + eps);                                                \
+  unsigned short* yr = y + row * cols;                                                       \
+  _Pragma("unroll") for (int i = 0; i < PER; i++) {                                          \
+    const int c = lane + 32 * i;                                                             \
+    if (c < cols) yr[c] = to_bf16(w[c] * (rstd * (v[i] - mean)) + b[c]);                     \
+  }                                                                                          \
+}
+LAYER_NORM(4)
+LAYER_NORM(8)
+LAYER_NORM(16)
+LAYER_NORM(40)
+)";
+const int kPer[] = {4, 8, 16, 40};
+
+struct Nvrtc {
+  int (*create)(void**, const char*, const char*, int, const char* const*, const char* const*);
+  int (*compile)(void*, int, const char* const*);
+  int (*log_size)(void*, size_t*);
+  int (*log)(void*, char*);
+  int (*cubin_size)(void*, size_t*);
+  int (*cubin)(void*, char*);
+  int (*destroy)(void**);
+};
+
+struct Driver {
+  CUresult (*load)(CUmodule*, const void*);
+  CUresult (*function)(CUfunction*, CUmodule, const char*);
+  CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void**, void**);
+  CUresult (*device)(CUdevice*, int);
+  CUresult (*attribute)(int*, CUdevice_attribute, CUdevice);
+};
+
+template <class T>
+void sym(void* lib, const char* name, T& out) {
+  out = reinterpret_cast<T>(dlsym(lib, name));
+  if (!out) throw std::runtime_error(std::string("missing symbol ") + name);
+}
+
+// libnvrtc sits next to the CUDA runtime the torch wheel ships (nvidia/cu13/lib); it is
+// not loaded until something compiles, so it is looked for there as well.
+void* open_nvrtc() {
+  for (const char* name : {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"}) {
+    if (void* h = dlopen(name, RTLD_NOW | RTLD_GLOBAL)) return h;
+  }
+  Dl_info info{};
+  void* runtime_symbol = dlsym(RTLD_DEFAULT, "cudaGetDevice");
+  if (runtime_symbol && dladdr(runtime_symbol, &info) && info.dli_fname) {
+    std::string dir(info.dli_fname);
+    dir = dir.substr(0, dir.rfind('/'));
+    for (const char* name : {"/libnvrtc.so.13", "/libnvrtc.so.12"}) {
+      if (void* h = dlopen((dir + name).c_str(), RTLD_NOW | RTLD_GLOBAL)) return h;
+    }
+  }
+  throw std::runtime_error("libnvrtc not found");
+}
+
+struct Kernels {
+  CUfunction fn[4];
+  Driver driver;
+};
+
+// Compiled once per device on first use; a failure is remembered and reported each time.
+Kernels* kernels_for(int device) {
+  static std::mutex lock;
+  static std::vector<Kernels*> built(64, nullptr);
+  static std::vector<std::string> failed(64);
+  std::lock_guard<std::mutex> guard(lock);
+  if (device < 0 || device >= 64) throw std::runtime_error("device index out of range");
+  if (built[device]) return built[device];
+  if (!failed[device].empty()) throw std::runtime_error(failed[device]);
+  try {
+    void* nv = open_nvrtc();
+    Nvrtc n{};
+    sym(nv, "nvrtcCreateProgram", n.create);
+    sym(nv, "nvrtcCompileProgram", n.compile);
+    sym(nv, "nvrtcGetProgramLogSize", n.log_size);
+    sym(nv, "nvrtcGetProgramLog", n.log);
+    sym(nv, "nvrtcGetCUBINSize", n.cubin_size);
+    sym(nv, "nvrtcGetCUBIN", n.cubin);
+    sym(nv, "nvrtcDestroyProgram", n.destroy);
+    void* cu = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!cu) throw std::runtime_error("libcuda.so.1 not found");
+    auto* k = new Kernels{};
+    sym(cu, "cuModuleLoadData", k->driver.load);
+    sym(cu, "cuModuleGetFunction", k->driver.function);
+    sym(cu, "cuLaunchKernel", k->driver.launch);
+    sym(cu, "cuDeviceGet", k->driver.device);
+    sym(cu, "cuDeviceGetAttribute", k->driver.attribute);
+
+    CUdevice dev;
+    int major = 0, minor = 0;
+    if (k->driver.device(&dev, device) != CUDA_SUCCESS ||
+        k->driver.attribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev) != CUDA_SUCCESS ||
+        k->driver.attribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev) != CUDA_SUCCESS)
+      throw std::runtime_error("cannot read the device's compute capability");
+    std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
+    const char* opts[] = {arch.c_str(), "--std=c++17"};
+    void* prog = nullptr;
+    if (n.create(&prog, kSource, "sam2_fused.cu", 0, nullptr, nullptr) != 0) throw std::runtime_error("nvrtcCreateProgram failed");
+    int rc = n.compile(prog, 2, opts);
+    if (rc != 0) {
+      size_t len = 0;
+      n.log_size(prog, &len);
+      std::string log(len, '\0');
+      n.log(prog, log.data());
+      n.destroy(&prog);
+      throw std::runtime_error("NVRTC (" + arch + "): " + log.substr(0, 300));
+    }
+    size_t size = 0;
+    n.cubin_size(prog, &size);
+    std::vector<char> cubin(size);
+    n.cubin(prog, cubin.data());
+    n.destroy(&prog);
+    // The module loads into the current device's (primary) context.
+    const auto previous = c10::cuda::current_device();
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
+    CUmodule module;
+    const CUresult loaded = k->driver.load(&module, cubin.data());
+    c10::cuda::set_device(previous);
+    if (loaded != CUDA_SUCCESS) throw std::runtime_error("cuModuleLoadData failed");
+    for (int i = 0; i < 4; i++) {
+      std::string name = "layer_norm_to_bf16_" + std::to_string(kPer[i]);
+      if (k->driver.function(&k->fn[i], module, name.c_str()) != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
+    }
+    built[device] = k;
+    return k;
+  } catch (const std::exception& e) {
+    failed[device] = e.what();
+    throw;
+  }
+}
+}  // namespace
+
+extern "C" {
+
+// LayerNorm over the last dim of a contiguous fp32 CUDA tensor, written as bf16: only
+// while bf16 autocast is on (the dtype the consuming Linear would cast to). Returns 1 with
+// `*out` set, 2 when not applicable (the caller runs the ordinary LayerNorm), 0 on error.
+int sam2_layer_norm_to_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, double eps, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> int {
+    if (!x->is_cuda() || x->scalar_type() != at::kFloat || !x->is_contiguous()) return 2;
+    if (!at::autocast::is_autocast_enabled(at::kCUDA) || at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return 2;
+    const int64_t cols = x->size(-1);
+    if (cols > 32 * 40 || w->scalar_type() != at::kFloat || b->scalar_type() != at::kFloat || !w->is_contiguous() || !b->is_contiguous() ||
+        w->numel() != cols || b->numel() != cols)
+      return 2;
+    const int device = x->get_device();
+    Kernels* k = kernels_for(device);
+    int which = 0;
+    while (32 * kPer[which] < cols) which++;
+    at::Tensor y = at::empty(x->sizes(), x->options().dtype(at::kBFloat16));
+    long long rows = x->numel() / cols;
+    int c = static_cast<int>(cols);
+    float e = static_cast<float>(eps);
+    const void* xp = x->data_ptr();
+    const void* wp = w->data_ptr();
+    const void* bp = b->data_ptr();
+    void* yp = y.data_ptr();
+    void* args[] = {&xp, &wp, &bp, &yp, &rows, &c, &e};
+    const unsigned threads = 256, rows_per_block = threads / 32;
+    const unsigned blocks = static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
+    if (rows > 0) {
+      auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+      if (k->driver.launch(k->fn[which], blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) != CUDA_SUCCESS)
+        throw std::runtime_error("cuLaunchKernel failed");
+    }
+    *out = new at::Tensor(std::move(y));
+    return 1;
+  });
+}
+
+}  // extern "C"

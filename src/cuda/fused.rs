@@ -1,0 +1,90 @@
+//! Fused kernels libtorch lacks (`fused.cpp`, compiled at run time with NVRTC): LayerNorm
+//! written straight in bf16 for the Linear that follows it under bf16 autocast, instead of
+//! an fp32 LayerNorm plus the cast autocast inserts. Used only where its output feeds
+//! matmuls alone (see `LayerNorm::forward_into_matmul`). `SAM2_TUI_FUSED=0` turns it off
+//! (A/B runs); a failure to compile turns it off for the process, with one warning.
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Device, Kind, Tensor};
+
+static USABLE: AtomicBool = AtomicBool::new(true);
+
+#[cfg(sam2_cuda_shim)]
+unsafe extern "C" {
+    fn sam2_layer_norm_to_bf16(
+        x: *const std::ffi::c_void,
+        w: *const std::ffi::c_void,
+        b: *const std::ffi::c_void,
+        eps: f64,
+        out: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        len: usize,
+    ) -> i32;
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SAM2_TUI_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// LayerNorm of `x` over its last dim as bf16, where that applies: `x` a contiguous fp32
+/// CUDA tensor while bf16 autocast is on. None otherwise (the caller runs the ordinary one).
+pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Option<Tensor> {
+    if !matches!(x.device(), Device::Cuda(_)) || x.kind() != Kind::Float || !USABLE.load(Ordering::Relaxed) || !enabled() {
+        return None;
+    }
+    #[cfg(sam2_cuda_shim)]
+    {
+        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        let mut raw = std::ptr::null_mut();
+        let mut status = 0;
+        let result = crate::shim::call("fused LayerNorm", |e, n| {
+            status = unsafe { sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, &mut raw, e, n) };
+            // 2 = not applicable: not an error.
+            if status == 2 { 1 } else { status }
+        });
+        match result {
+            Ok(()) if status == 1 => return Some(unsafe { Tensor::from_ptr(raw as *mut _) }),
+            Ok(()) => {}
+            Err(e) => {
+                USABLE.store(false, Ordering::Relaxed);
+                eprintln!("sam2-tui: {e:#}; LayerNorm runs unfused");
+            }
+        }
+    }
+    let _ = (weight, bias, eps);
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::AutocastGuard;
+
+    /// Run on a CUDA machine: `cargo test --release --lib fused -- --ignored`.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn fused_layer_norm_gives_what_autocast_would_cast_the_fp32_one_to() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        let dev = Device::Cuda(0);
+        tch::manual_seed(0);
+        for cols in [96, 112, 256, 448, 1152] {
+            let x = Tensor::randn([3, 1000, cols], (Kind::Float, dev)) * 3.0 + 0.5;
+            let w = Tensor::randn([cols], (Kind::Float, dev));
+            let b = Tensor::randn([cols], (Kind::Float, dev));
+            let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
+            let fused = layer_norm_to_bf16(&x, &w, &b, 1e-6).expect("fused kernel applies");
+            let reference = x.layer_norm([cols], Some(&w), Some(&b), 1e-6, true).to_kind(Kind::BFloat16);
+            assert_eq!(fused.kind(), Kind::BFloat16);
+            let same = fused.eq_tensor(&reference).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            // Rounding to bf16 hides the fp32 summation-order differences but for values
+            // on a rounding boundary: those move by one bf16 step at most.
+            let step = (&fused.to_kind(Kind::Float) - reference.to_kind(Kind::Float)).abs() / reference.to_kind(Kind::Float).abs().clamp_min(1e-3);
+            let worst = step.max().double_value(&[]);
+            assert!(same > 0.999, "cols {cols}: {:.4}% identical", same * 100.0);
+            assert!(worst <= 1.0 / 128.0, "cols {cols}: relative difference {worst}");
+        }
+        // Outside autocast it does not apply.
+        let x = Tensor::randn([4, 96], (Kind::Float, dev));
+        assert!(layer_norm_to_bf16(&x, &Tensor::ones([96], (Kind::Float, dev)), &Tensor::zeros([96], (Kind::Float, dev)), 1e-6).is_none());
+    }
+}
