@@ -1,4 +1,4 @@
-// A fused kernel libtorch lacks, compiled at run time with NVRTC (the torch wheels ship
+// Fused kernels libtorch lacks, compiled at run time with NVRTC (the torch wheels ship
 // libnvrtc, not nvcc) and launched through the driver API, both looked up with dlopen so
 // the binary links neither.
 //
@@ -8,6 +8,12 @@
 // 4 + 2 bytes): on the H100 those two passes are a tenth of a tracked frame. Rounding the
 // fp32 result to bf16 in the kernel gives the values the cast would, up to the order in
 // which the row's mean and variance are summed (two-pass here, Welford in libtorch).
+//
+// rope_bf16: the rotary encoding of the memory attention's queries and keys in one pass.
+// Spelled out in libtorch ops it is a cast to fp32, four multiplications, an add, a
+// subtraction, a stack and a cast back, plus the tiling of the tables for each memory
+// frame: over the 28k memory keys of four layers, about half a millisecond of an H100
+// frame. Bit-identical to those ops (each product and sum rounded on its own).
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -67,6 +73,32 @@ LAYER_NORM(4)
 LAYER_NORM(8)
 LAYER_NORM(16)
 LAYER_NORM(40)
+
+// Rotary encoding of bf16 [rows, dim] rows whose position is row % tokens % positions:
+// adjacent channel pairs (a, b) -> (a cos - b sin, a sin + b cos) with the cos/sin of the
+// pair, each product and sum rounded on its own (no FMA), as libtorch's separate kernels
+// do; rows at or past `rotated` within each sequence of `tokens` pass through.
+__device__ __forceinline__ float from_bf16(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+extern "C" __global__ void rope_bf16(const unsigned short* __restrict__ x, const float* __restrict__ cos_t,
+    const float* __restrict__ sin_t, unsigned short* __restrict__ y, long long pairs, int half, long long tokens,
+    long long rotated, long long positions) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= pairs) return;
+  const long long row = i / half;
+  const int j = (int)(i - row * half);
+  const long long t = row % tokens;
+  const unsigned int packed = ((const unsigned int*)x)[i];
+  if (t >= rotated) {
+    ((unsigned int*)y)[i] = packed;
+    return;
+  }
+  const long long k = (t % positions) * half + j;
+  const float c = cos_t[k], s = sin_t[k];
+  const float a = from_bf16((unsigned short)(packed & 0xffffu)), b = from_bf16((unsigned short)(packed >> 16));
+  const float re = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  const float im = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+  ((unsigned int*)y)[i] = (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
+}
 )";
 const int kPer[] = {4, 8, 16, 40};
 
@@ -114,6 +146,7 @@ void* open_nvrtc() {
 
 struct Kernels {
   CUfunction fn[4];
+  CUfunction rope;
   Driver driver;
 };
 
@@ -180,6 +213,7 @@ Kernels* kernels_for(int device) {
       std::string name = "layer_norm_to_bf16_" + std::to_string(kPer[i]);
       if (k->driver.function(&k->fn[i], module, name.c_str()) != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     }
+    if (k->driver.function(&k->rope, module, "rope_bf16") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     built[device] = k;
     return k;
   } catch (const std::exception& e) {
@@ -220,6 +254,43 @@ int sam2_layer_norm_to_bf16(const at::Tensor* x, const at::Tensor* w, const at::
     if (rows > 0) {
       auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
       if (k->driver.launch(k->fn[which], blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) != CUDA_SUCCESS)
+        throw std::runtime_error("cuLaunchKernel failed");
+    }
+    *out = new at::Tensor(std::move(y));
+    return 1;
+  });
+}
+
+// Rotary encoding of a contiguous bf16 CUDA tensor [..., tokens, dim] with fp32 tables
+// [positions, dim/2] (positions dividing the rotated rows: memory frames tile them); the
+// last tokens - rotated rows of each sequence pass through (object-pointer tokens).
+// Returns 1 with `*out` set, 2 when not applicable, 0 on error.
+int sam2_rope_bf16(const at::Tensor* x, const at::Tensor* cos_t, const at::Tensor* sin_t, int64_t rotated, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> int {
+    if (!x->is_cuda() || x->scalar_type() != at::kBFloat16 || !x->is_contiguous() || x->dim() < 2 ||
+        reinterpret_cast<uintptr_t>(x->data_ptr()) % 4 != 0)
+      return 2;
+    const int64_t dim = x->size(-1), tokens = x->size(-2);
+    if (dim % 2 != 0 || !cos_t->is_cuda() || cos_t->scalar_type() != at::kFloat || !cos_t->is_contiguous() || !sin_t->is_contiguous() ||
+        sin_t->scalar_type() != at::kFloat || cos_t->dim() != 2 || cos_t->size(1) != dim / 2 || sin_t->sizes() != cos_t->sizes())
+      return 2;
+    const int64_t positions = cos_t->size(0);
+    if (rotated < 0 || rotated > tokens || positions == 0 || rotated % positions != 0) return 2;
+    const int device = x->get_device();
+    Kernels* k = kernels_for(device);
+    at::Tensor y = at::empty(x->sizes(), x->options());
+    long long pairs = x->numel() / 2, tok = tokens, rot = rotated, pos = positions;
+    int half = static_cast<int>(dim / 2);
+    const void* xp = x->data_ptr();
+    const void* cp = cos_t->data_ptr();
+    const void* sp = sin_t->data_ptr();
+    void* yp = y.data_ptr();
+    void* args[] = {&xp, &cp, &sp, &yp, &pairs, &half, &tok, &rot, &pos};
+    const unsigned threads = 256;
+    const unsigned blocks = static_cast<unsigned>((pairs + threads - 1) / threads);
+    if (pairs > 0) {
+      auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+      if (k->driver.launch(k->rope, blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) != CUDA_SUCCESS)
         throw std::runtime_error("cuLaunchKernel failed");
     }
     *out = new at::Tensor(std::move(y));

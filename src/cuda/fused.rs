@@ -1,8 +1,10 @@
 //! Fused kernels libtorch lacks (`fused.cpp`, compiled at run time with NVRTC): LayerNorm
 //! written straight in bf16 for the Linear that follows it under bf16 autocast, instead of
-//! an fp32 LayerNorm plus the cast autocast inserts. Used only where its output feeds
-//! matmuls alone (see `LayerNorm::forward_into_matmul`). `SAM2_TUI_FUSED=0` turns it off
-//! (A/B runs); a failure to compile turns it off for the process, with one warning.
+//! an fp32 LayerNorm plus the cast autocast inserts (used only where its output feeds
+//! matmuls alone, see `LayerNorm::forward_into_matmul`), and the rotary encoding of bf16
+//! queries and keys in one pass (`Rope::apply_except_tail`). `SAM2_TUI_FUSED=0` turns
+//! them off (A/B runs); a failure to compile turns them off for the process, with one
+//! warning.
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
@@ -10,6 +12,15 @@ static USABLE: AtomicBool = AtomicBool::new(true);
 
 #[cfg(sam2_cuda_shim)]
 unsafe extern "C" {
+    fn sam2_rope_bf16(
+        x: *const std::ffi::c_void,
+        cos: *const std::ffi::c_void,
+        sin: *const std::ffi::c_void,
+        rotated: i64,
+        out: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        len: usize,
+    ) -> i32;
     fn sam2_layer_norm_to_bf16(
         x: *const std::ffi::c_void,
         w: *const std::ffi::c_void,
@@ -35,24 +46,54 @@ pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
     #[cfg(sam2_cuda_shim)]
     {
         let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
-        let mut raw = std::ptr::null_mut();
-        let mut status = 0;
-        let result = crate::shim::call("fused LayerNorm", |e, n| {
-            status = unsafe { sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, &mut raw, e, n) };
-            // 2 = not applicable: not an error.
-            if status == 2 { 1 } else { status }
-        });
-        match result {
-            Ok(()) if status == 1 => return Some(unsafe { Tensor::from_ptr(raw as *mut _) }),
-            Ok(()) => {}
-            Err(e) => {
-                USABLE.store(false, Ordering::Relaxed);
-                eprintln!("sam2-tui: {e:#}; LayerNorm runs unfused");
-            }
+        return run("fused LayerNorm", |out, e, n| unsafe { sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n) });
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (weight, bias, eps);
+        None
+    }
+}
+
+/// The rotary encoding of a contiguous bf16 CUDA tensor `x` `[…, N, dim]` with the fp32
+/// tables `cos`/`sin` `[P, dim/2]`: the first `rotated` rows of each sequence (a multiple
+/// of P: memory frames tile the tables) are rotated, the rest pass through. Bit-identical
+/// to `Rope::apply` on bf16 input. None where it does not apply.
+pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option<Tensor> {
+    if !matches!(x.device(), Device::Cuda(_)) || x.kind() != Kind::BFloat16 || !USABLE.load(Ordering::Relaxed) || !enabled() {
+        return None;
+    }
+    #[cfg(sam2_cuda_shim)]
+    {
+        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        return run("fused RoPE", |out, e, n| unsafe { sam2_rope_bf16(ptr(x), ptr(cos), ptr(sin), rotated, out, e, n) });
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (cos, sin, rotated);
+        None
+    }
+}
+
+/// Calls a fused entry point: 1 = done (`out` set), 2 = not applicable, 0 = error (then
+/// the fused kernels are off for the rest of the process).
+#[cfg(sam2_cuda_shim)]
+fn run(what: &str, f: impl FnOnce(*mut *mut std::ffi::c_void, *mut std::ffi::c_char, usize) -> i32) -> Option<Tensor> {
+    let mut raw = std::ptr::null_mut();
+    let mut status = 0;
+    let result = crate::shim::call(what, |e, n| {
+        status = f(&mut raw, e, n);
+        if status == 2 { 1 } else { status }
+    });
+    match result {
+        Ok(()) if status == 1 => Some(unsafe { Tensor::from_ptr(raw as *mut _) }),
+        Ok(()) => None,
+        Err(e) => {
+            USABLE.store(false, Ordering::Relaxed);
+            eprintln!("sam2-tui: {e:#}; the fused kernels are off");
+            None
         }
     }
-    let _ = (weight, bias, eps);
-    None
 }
 
 #[cfg(test)]

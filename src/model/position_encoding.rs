@@ -118,6 +118,24 @@ impl Rope {
     /// Rotates adjacent channel pairs of `x` `[B, heads, N, dim]`; `N` may be a multiple
     /// of the table length (memory frames: the tables are tiled, `rope_k_repeat`).
     pub fn apply(&self, x: &Tensor) -> Tensor {
+        self.apply_except_tail(x, 0)
+    }
+
+    /// `apply` to all but the last `tail` rows of each sequence, which pass through (the
+    /// object-pointer tokens at the end of the memory get no rotary encoding). On CUDA in
+    /// bf16 one fused kernel does it all (`cuda::fused::rope_bf16`, bit-identical).
+    pub fn apply_except_tail(&self, x: &Tensor, tail: i64) -> Tensor {
+        let n = x.size()[2];
+        if let Some(out) = crate::cuda::fused::rope_bf16(x, &self.cos, &self.sin, n - tail) {
+            return out;
+        }
+        if tail > 0 {
+            return Tensor::cat(&[self.rotate(&x.narrow(2, 0, n - tail)), x.narrow(2, n - tail, tail)], 2);
+        }
+        self.rotate(x)
+    }
+
+    fn rotate(&self, x: &Tensor) -> Tensor {
         let s = x.size();
         let n = s[2];
         let reps = n / self.len();
@@ -145,5 +163,31 @@ impl Rope {
         let t = cis.repeat([reps, 1]);
         tiled.push((reps, t.shallow_clone()));
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run on a CUDA machine: `cargo test --release --lib fused -- --ignored`.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn fused_rope_on_cuda_is_bit_identical_to_the_spelled_out_rotation() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        let dev = Device::Cuda(0);
+        let rope = Rope::new(256, 64, 64, 10000.0, dev);
+        tch::manual_seed(1);
+        // Three memory frames (tiled tables) and twelve object-pointer tokens at the end.
+        let (frames, tail) = (3, 12);
+        let n = frames * rope.len() + tail;
+        let x = Tensor::randn([1, 1, n, 256], (Kind::Float, dev)).to_kind(Kind::BFloat16);
+        let fused = crate::cuda::fused::rope_bf16(&x, &rope.cos, &rope.sin, n - tail).expect("fused kernel applies");
+        let spelled_out = Tensor::cat(&[rope.rotate(&x.narrow(2, 0, n - tail)), x.narrow(2, n - tail, tail)], 2);
+        assert_eq!(fused.kind(), Kind::BFloat16);
+        assert!(fused.equal(&spelled_out), "max |Δ| {}", (fused.to_kind(Kind::Float) - spelled_out.to_kind(Kind::Float)).abs().max());
+        // Queries: one table's worth, nothing passed through.
+        let q = x.narrow(2, 0, rope.len()).contiguous();
+        assert!(rope.apply(&q).equal(&rope.rotate(&q)));
     }
 }

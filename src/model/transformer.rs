@@ -67,13 +67,7 @@ impl Attention {
     pub fn attend_rope(&self, q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope, num_k_exclude_rope: i64) -> Tensor {
         let k = self.separate(&self.k_proj.forward(k));
         let v = self.separate(&self.v_proj.forward(v));
-        let nk = k.size()[2];
-        let n_rope = nk - num_k_exclude_rope;
-        let k = if num_k_exclude_rope > 0 {
-            Tensor::cat(&[rope.apply(&k.narrow(2, 0, n_rope)), k.narrow(2, n_rope, num_k_exclude_rope)], 2)
-        } else {
-            rope.apply(&k)
-        };
+        let k = rope.apply_except_tail(&k, num_k_exclude_rope);
         Self::recombine(&sdpa(q, &k, &v))
     }
 
