@@ -38,19 +38,28 @@ __device__ __forceinline__ unsigned short to_bf16(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN, as c10::BFloat16
   return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
+__device__ __forceinline__ float from_bf16(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+// The input is fp32 or bf16 (`in_bf16`; autocast widens a bf16 input to fp32 exactly
+// before its fp32 LayerNorm: Hiera's residual stream turns bf16 at its first projected
+// shortcut). Rows are addressed through up to three leading dims (sizes s0..s2, strides
+// t0..t2, in elements): a strided view needs no copy. The output is contiguous.
 #define LAYER_NORM(PER)                                                                      \
-extern "C" __global__ void layer_norm_to_bf16_##PER(const float* __restrict__ x,              \
+extern "C" __global__ void layer_norm_to_bf16_##PER(const void* __restrict__ x, int in_bf16,  \
     const float* __restrict__ w, const float* __restrict__ b, unsigned short* __restrict__ y, \
-    long long rows, int cols, float eps) {                                                   \
+    long long rows, int cols, float eps, long long s1, long long s2, long long t0,            \
+    long long t1, long long t2) {                                                            \
   const int lane = threadIdx.x & 31;                                                         \
   const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);      \
   if (row >= rows) return;                                                                   \
-  const float* xr = x + row * cols;                                                          \
+  const long long i2 = row % s2, r1 = row / s2, i1 = r1 % s1, i0 = r1 / s1;                   \
+  const long long off = i0 * t0 + i1 * t1 + i2 * t2;                                        \
+  const float* xf = (const float*)x + off;                                                   \
+  const unsigned short* xh = (const unsigned short*)x + off;                                 \
   float v[PER];                                                                              \
   float sum = 0.f;                                                                           \
   _Pragma("unroll") for (int i = 0; i < PER; i++) {                                          \
     const int c = lane + 32 * i;                                                             \
-    v[i] = c < cols ? xr[c] : 0.f;                                                           \
+    v[i] = c < cols ? (in_bf16 ? from_bf16(xh[c]) : xf[c]) : 0.f;                           \
     sum += v[i];                                                                             \
   }                                                                                          \
   for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);             \
@@ -78,7 +87,6 @@ LAYER_NORM(40)
 // adjacent channel pairs (a, b) -> (a cos - b sin, a sin + b cos) with the cos/sin of the
 // pair, each product and sum rounded on its own (no FMA), as libtorch's separate kernels
 // do; rows at or past `rotated` within each sequence of `tokens` pass through.
-__device__ __forceinline__ float from_bf16(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
 extern "C" __global__ void rope_bf16(const unsigned short* __restrict__ x, const float* __restrict__ cos_t,
     const float* __restrict__ sin_t, unsigned short* __restrict__ y, long long pairs, int half, long long tokens,
     long long rotated, long long positions) {
@@ -225,12 +233,14 @@ Kernels* kernels_for(int device) {
 
 extern "C" {
 
-// LayerNorm over the last dim of a contiguous fp32 CUDA tensor, written as bf16: only
+// LayerNorm over the last dim of an fp32 or bf16 CUDA tensor (at most 4-d, last dim dense),
+// written as a contiguous bf16 tensor: only
 // while bf16 autocast is on (the dtype the consuming Linear would cast to). Returns 1 with
 // `*out` set, 2 when not applicable (the caller runs the ordinary LayerNorm), 0 on error.
 int sam2_layer_norm_to_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, double eps, at::Tensor** out, char* err, size_t err_len) {
   return guarded(err, err_len, [&]() -> int {
-    if (!x->is_cuda() || x->scalar_type() != at::kFloat || !x->is_contiguous()) return 2;
+    const bool in_bf16 = x->scalar_type() == at::kBFloat16;
+    if (!x->is_cuda() || (x->scalar_type() != at::kFloat && !in_bf16) || x->dim() < 1 || x->dim() > 4 || x->stride(-1) != 1) return 2;
     if (!at::autocast::is_autocast_enabled(at::kCUDA) || at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return 2;
     const int64_t cols = x->size(-1);
     if (cols > 32 * 40 || w->scalar_type() != at::kFloat || b->scalar_type() != at::kFloat || !w->is_contiguous() || !b->is_contiguous() ||
@@ -241,14 +251,21 @@ int sam2_layer_norm_to_bf16(const at::Tensor* x, const at::Tensor* w, const at::
     int which = 0;
     while (32 * kPer[which] < cols) which++;
     at::Tensor y = at::empty(x->sizes(), x->options().dtype(at::kBFloat16));
-    long long rows = x->numel() / cols;
+    long long rows = cols == 0 ? 0 : x->numel() / cols;
     int c = static_cast<int>(cols);
     float e = static_cast<float>(eps);
+    // The leading dims, right-aligned into three (missing ones: size 1).
+    long long size[3] = {1, 1, 1}, stride[3] = {0, 0, 0};
+    for (int64_t d = x->dim() - 2, k = 2; d >= 0; d--, k--) {
+      size[k] = x->size(d);
+      stride[k] = x->stride(d);
+    }
     const void* xp = x->data_ptr();
     const void* wp = w->data_ptr();
     const void* bp = b->data_ptr();
     void* yp = y.data_ptr();
-    void* args[] = {&xp, &wp, &bp, &yp, &rows, &c, &e};
+    int bf16_input = in_bf16 ? 1 : 0;
+    void* args[] = {&xp, &bf16_input, &wp, &bp, &yp, &rows, &c, &e, &size[1], &size[2], &stride[0], &stride[1], &stride[2]};
     const unsigned threads = 256, rows_per_block = threads / 32;
     const unsigned blocks = static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block);
     if (rows > 0) {

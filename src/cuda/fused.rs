@@ -37,10 +37,11 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("SAM2_TUI_FUSED").map_or(true, |v| v != "0"))
 }
 
-/// LayerNorm of `x` over its last dim as bf16, where that applies: `x` a contiguous fp32
-/// CUDA tensor while bf16 autocast is on. None otherwise (the caller runs the ordinary one).
+/// LayerNorm of `x` over its last dim as bf16, where that applies: `x` an fp32 or bf16
+/// CUDA tensor of at most four dims with a dense last dim, while bf16 autocast is on.
+/// None otherwise (the caller runs the ordinary one).
 pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Option<Tensor> {
-    if !matches!(x.device(), Device::Cuda(_)) || x.kind() != Kind::Float || !USABLE.load(Ordering::Relaxed) || !enabled() {
+    if !matches!(x.device(), Device::Cuda(_)) || !matches!(x.kind(), Kind::Float | Kind::BFloat16) || !USABLE.load(Ordering::Relaxed) || !enabled() {
         return None;
     }
     #[cfg(sam2_cuda_shim)]
@@ -108,8 +109,9 @@ mod tests {
         assert!(tch::Cuda::is_available(), "no CUDA device");
         let dev = Device::Cuda(0);
         tch::manual_seed(0);
-        for cols in [96, 112, 256, 448, 1152] {
-            let x = Tensor::randn([3, 1000, cols], (Kind::Float, dev)) * 3.0 + 0.5;
+        for (cols, kind) in [(96, Kind::Float), (112, Kind::BFloat16), (256, Kind::Float), (448, Kind::BFloat16), (1152, Kind::Float)] {
+            // A strided view, as Hiera's residual stream often is; fp32 or bf16.
+            let x = (Tensor::randn([5, 9, 12, cols], (Kind::Float, dev)) * 3.0 + 0.5).to_kind(kind).narrow(1, 1, 7).narrow(2, 2, 8);
             let w = Tensor::randn([cols], (Kind::Float, dev));
             let b = Tensor::randn([cols], (Kind::Float, dev));
             let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
@@ -121,8 +123,8 @@ mod tests {
             // on a rounding boundary: those move by one bf16 step at most.
             let step = (&fused.to_kind(Kind::Float) - reference.to_kind(Kind::Float)).abs() / reference.to_kind(Kind::Float).abs().clamp_min(1e-3);
             let worst = step.max().double_value(&[]);
-            assert!(same > 0.999, "cols {cols}: {:.4}% identical", same * 100.0);
-            assert!(worst <= 1.0 / 128.0, "cols {cols}: relative difference {worst}");
+            assert!(same > 0.999, "cols {cols} {kind:?}: {:.4}% identical", same * 100.0);
+            assert!(worst <= 1.0 / 128.0, "cols {cols} {kind:?}: relative difference {worst}");
         }
         // Outside autocast it does not apply.
         let x = Tensor::randn([4, 96], (Kind::Float, dev));
