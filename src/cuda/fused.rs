@@ -10,11 +10,50 @@ use tch::{Device, Kind, Tensor};
 
 static USABLE: AtomicBool = AtomicBool::new(true);
 
+#[cfg(sam2_cuda_shim)]
+unsafe extern "C" {
+    fn sam2_rope_bf16(
+        x: *const std::ffi::c_void,
+        cos: *const std::ffi::c_void,
+        sin: *const std::ffi::c_void,
+        rotated: i64,
+        out: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        len: usize,
+    ) -> i32;
+    fn sam2_layer_norm_to_bf16(
+        x: *const std::ffi::c_void,
+        w: *const std::ffi::c_void,
+        b: *const std::ffi::c_void,
+        eps: f64,
+        out: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        len: usize,
+    ) -> i32;
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SAM2_TUI_FUSED").map_or(true, |v| v != "0"))
+}
+
 /// LayerNorm of `x` over its last dim as bf16, where that applies: `x` an fp32 or bf16
 /// CUDA tensor of at most four dims with a dense last dim, while bf16 autocast is on.
 /// None otherwise (the caller runs the ordinary one).
 pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Option<Tensor> {
-    applies(x, &[Kind::Float, Kind::BFloat16]).then(|| ffi::layer_norm_to_bf16(x, weight, bias, eps)).flatten()
+    if !matches!(x.device(), Device::Cuda(_)) || !matches!(x.kind(), Kind::Float | Kind::BFloat16) || !USABLE.load(Ordering::Relaxed) || !enabled() {
+        return None;
+    }
+    #[cfg(sam2_cuda_shim)]
+    {
+        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        return run("fused LayerNorm", |out, e, n| unsafe { sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n) });
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (weight, bias, eps);
+        None
+    }
 }
 
 /// The rotary encoding of a contiguous bf16 CUDA tensor `x` `[…, N, dim]` with the fp32
@@ -22,70 +61,39 @@ pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
 /// of P: memory frames tile the tables) are rotated, the rest pass through. Bit-identical
 /// to `Rope::apply` on bf16 input. None where it does not apply.
 pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option<Tensor> {
-    applies(x, &[Kind::BFloat16]).then(|| ffi::rope_bf16(x, cos, sin, rotated)).flatten()
+    if !matches!(x.device(), Device::Cuda(_)) || x.kind() != Kind::BFloat16 || !USABLE.load(Ordering::Relaxed) || !enabled() {
+        return None;
+    }
+    #[cfg(sam2_cuda_shim)]
+    {
+        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        return run("fused RoPE", |out, e, n| unsafe { sam2_rope_bf16(ptr(x), ptr(cos), ptr(sin), rotated, out, e, n) });
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (cos, sin, rotated);
+        None
+    }
 }
 
-/// The checks that need no call into C++ (the shim checks the rest).
-fn applies(x: &Tensor, kinds: &[Kind]) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ON.get_or_init(|| std::env::var("SAM2_TUI_FUSED").map_or(true, |v| v != "0"));
-    enabled && USABLE.load(Ordering::Relaxed) && matches!(x.device(), Device::Cuda(_)) && kinds.contains(&x.kind())
-}
-
+/// Calls a fused entry point: 1 = done (`out` set), 2 = not applicable, 0 = error (then
+/// the fused kernels are off for the rest of the process).
 #[cfg(sam2_cuda_shim)]
-mod ffi {
-    use super::{Ordering, Tensor, USABLE};
-    use std::ffi::{c_char, c_void};
-
-    unsafe extern "C" {
-        fn sam2_layer_norm_to_bf16(x: *const c_void, w: *const c_void, b: *const c_void, eps: f64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-        fn sam2_rope_bf16(x: *const c_void, cos: *const c_void, sin: *const c_void, rotated: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    }
-
-    fn ptr(t: &Tensor) -> *const c_void {
-        t.as_ptr() as *const c_void
-    }
-
-    pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Option<Tensor> {
-        run("fused LayerNorm", |out, e, n| unsafe { sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n) })
-    }
-
-    pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option<Tensor> {
-        run("fused RoPE", |out, e, n| unsafe { sam2_rope_bf16(ptr(x), ptr(cos), ptr(sin), rotated, out, e, n) })
-    }
-
-    /// Calls a fused entry point: 1 = done (`out` set), 2 = not applicable, 0 = error
-    /// (then the fused kernels are off for the rest of the process).
-    fn run(what: &str, f: impl FnOnce(*mut *mut c_void, *mut c_char, usize) -> i32) -> Option<Tensor> {
-        let mut raw = std::ptr::null_mut();
-        let mut status = 0;
-        let result = crate::shim::call(what, |e, n| {
-            status = f(&mut raw, e, n);
-            if status == 2 { 1 } else { status }
-        });
-        match result {
-            Ok(()) if status == 1 => Some(unsafe { Tensor::from_ptr(raw as *mut _) }),
-            Ok(()) => None,
-            Err(e) => {
-                USABLE.store(false, Ordering::Relaxed);
-                eprintln!("sam2-tui: {e:#}; the fused kernels are off");
-                None
-            }
+fn run(what: &str, f: impl FnOnce(*mut *mut std::ffi::c_void, *mut std::ffi::c_char, usize) -> i32) -> Option<Tensor> {
+    let mut raw = std::ptr::null_mut();
+    let mut status = 0;
+    let result = crate::shim::call(what, |e, n| {
+        status = f(&mut raw, e, n);
+        if status == 2 { 1 } else { status }
+    });
+    match result {
+        Ok(()) if status == 1 => Some(unsafe { Tensor::from_ptr(raw as *mut _) }),
+        Ok(()) => None,
+        Err(e) => {
+            USABLE.store(false, Ordering::Relaxed);
+            eprintln!("sam2-tui: {e:#}; the fused kernels are off");
+            None
         }
-    }
-}
-
-/// Without the CUDA shim (no CUDA headers at build time) nothing is fused.
-#[cfg(not(sam2_cuda_shim))]
-mod ffi {
-    use super::Tensor;
-
-    pub fn layer_norm_to_bf16(_x: &Tensor, _weight: &Tensor, _bias: &Tensor, _eps: f64) -> Option<Tensor> {
-        None
-    }
-
-    pub fn rope_bf16(_x: &Tensor, _cos: &Tensor, _sin: &Tensor, _rotated: i64) -> Option<Tensor> {
-        None
     }
 }
 
