@@ -1,6 +1,7 @@
-//! Propagation runs one frame ahead of its outputs (frame k+1's kernels are queued before
-//! frame k is written out). That must not be observable: a cancelled pass leaves exactly
-//! the state of a pass that stopped at the last frame it delivered.
+//! Propagation runs ahead of its outputs (frames k+1..=k+depth are queued before frame k
+//! is written out: one frame on the CPU, three on CUDA). That must not be observable: a
+//! cancelled pass leaves exactly the state of a pass that stopped at the last frame it
+//! delivered, and the masks do not depend on the depth.
 mod common;
 
 use sam2_tui::device::Precision;
@@ -18,10 +19,10 @@ fn model(dir: &Path) -> Rc<Sam2Base> {
 }
 
 fn predictor(dir: &Path, name: &str) -> VideoPredictor {
-    predictor_with(dir, name, None)
+    predictor_with(dir, name, VideoOptions::default())
 }
 
-fn predictor_with(dir: &Path, name: &str, encode_batch: Option<usize>) -> VideoPredictor {
+fn predictor_with(dir: &Path, name: &str, opts: VideoOptions) -> VideoPredictor {
     let clip = dir.join("clip.mp4");
     if !clip.exists() {
         let st = std::process::Command::new("ffmpeg")
@@ -32,7 +33,7 @@ fn predictor_with(dir: &Path, name: &str, encode_batch: Option<usize>) -> VideoP
         assert!(st.success());
     }
     let source = sam2_tui::media::open(&clip).unwrap();
-    VideoPredictor::new(model(dir), source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(name)), encode_batch }).unwrap()
+    VideoPredictor::new(model(dir), source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(name)), ..opts }).unwrap()
 }
 
 fn click(frame: usize) -> Op {
@@ -50,8 +51,12 @@ fn run(p: &mut VideoPredictor, op: &Op, stop_after: Option<usize>) -> Vec<(usize
     got
 }
 
+fn deep(depth: usize) -> VideoOptions {
+    VideoOptions { pipeline_depth: Some(depth), ..Default::default() }
+}
+
 #[test]
-fn a_cancelled_propagation_leaves_no_trace_of_the_frame_it_tracked_ahead() {
+fn a_cancelled_propagation_leaves_no_trace_of_the_frames_it_tracked_ahead() {
     let _ = tch::set_num_threads(2);
     let dir = common::scratch("predictor-pipeline");
     let forward = |max_frames| Op::Propagate { start: None, reverse: false, max_frames };
@@ -63,13 +68,16 @@ fn a_cancelled_propagation_leaves_no_trace_of_the_frame_it_tracked_ahead() {
     assert_eq!(frames, vec![0, 1, 2]);
     let want = run(&mut stopped, &click(3), None);
 
-    // Cancelled by the consumer after frame 2 (frame 3 was already being tracked).
-    let mut cancelled = predictor(&dir, "cancelled");
-    run(&mut cancelled, &click(0), None);
-    let frames: Vec<usize> = run(&mut cancelled, &forward(None), Some(3)).iter().map(|f| f.0).collect();
-    assert_eq!(frames, vec![0, 1, 2]);
-    let got = run(&mut cancelled, &click(3), None);
-    assert!(got == want, "a click after the cancel differs from one after a pass that stopped at frame 2");
+    // Cancelled by the consumer after frame 2, while frame 3 (depth 1) or frames 3..=5
+    // (depth 3) were already being tracked.
+    for depth in [1, 3] {
+        let mut cancelled = predictor_with(&dir, &format!("cancelled-{depth}"), deep(depth));
+        run(&mut cancelled, &click(0), None);
+        let frames: Vec<usize> = run(&mut cancelled, &forward(None), Some(3)).iter().map(|f| f.0).collect();
+        assert_eq!(frames, vec![0, 1, 2]);
+        let got = run(&mut cancelled, &click(3), None);
+        assert!(got == want, "depth {depth}: a click after the cancel differs from one after a pass that stopped at frame 2");
+    }
 
     // The check can fail: had frame 3 been tracked, the click would be a correction.
     let mut tracked = predictor(&dir, "tracked");
@@ -79,14 +87,29 @@ fn a_cancelled_propagation_leaves_no_trace_of_the_frame_it_tracked_ahead() {
 }
 
 #[test]
+fn queueing_frames_deeper_changes_no_mask_and_no_order() {
+    let _ = tch::set_num_threads(2);
+    let dir = common::scratch("predictor-depth");
+    let forward = Op::Propagate { start: None, reverse: false, max_frames: None };
+    let mut outputs = vec![];
+    for depth in [1, 4] {
+        let mut p = predictor_with(&dir, &format!("depth-{depth}"), deep(depth));
+        run(&mut p, &click(0), None);
+        outputs.push(run(&mut p, &forward, None));
+    }
+    assert_eq!(outputs[1].iter().map(|f| f.0).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    assert!(outputs[0] == outputs[1], "the masks depend on how many frames were queued ahead");
+}
+
+#[test]
 fn encoding_the_coming_frames_in_batches_tracks_as_one_at_a_time() {
     let _ = tch::set_num_threads(2);
     let dir = common::scratch("predictor-batch-encode");
     let forward = Op::Propagate { start: None, reverse: false, max_frames: None };
-    let mut one = predictor_with(&dir, "one", Some(1));
+    let mut one = predictor_with(&dir, "one", VideoOptions { encode_batch: Some(1), ..Default::default() });
     run(&mut one, &click(0), None);
     let want = run(&mut one, &forward, None);
-    let mut batched = predictor_with(&dir, "batched", Some(3));
+    let mut batched = predictor_with(&dir, "batched", VideoOptions { encode_batch: Some(3), ..Default::default() });
     run(&mut batched, &click(0), None);
     let got = run(&mut batched, &forward, None);
     assert_eq!(got.iter().map(|f| f.0).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());

@@ -46,6 +46,9 @@ pub struct VideoOptions {
     /// Frames per image-encoder call during propagation; None = the mode's default (see
     /// `VideoPredictor::encode_batch`; `SAM2_TUI_ENCODE_BATCH` overrides it).
     pub encode_batch: Option<usize>,
+    /// Propagation frames queued ahead of the one being written out; None = the device's
+    /// default (see `VideoPredictor::pipeline_depth`; `SAM2_TUI_PIPELINE_DEPTH` overrides it).
+    pub pipeline_depth: Option<usize>,
 }
 
 /// The prompts of one object on one frame as the user gave them (video pixels) and as
@@ -80,6 +83,14 @@ pub struct VideoPredictor {
     /// leave most of the GPU idle. Batching changes nothing in the math, but the GPU
     /// libraries may pick other kernels for other batch sizes, so exact mode stays at 1.
     encode_batch: usize,
+    /// Frames whose model work is queued before the oldest of them is written out: 1,
+    /// or 3 on CUDA. There the host's share of a frame (hole filling, the bank's write
+    /// through, resizing to video resolution, sending the masks) is about as long as the
+    /// GPU's share of a tracking-only frame, and one frame in `encode_batch` brings the
+    /// image encoder for several; queued deeper, the host's slow frames overlap the GPU's
+    /// long ones instead of leaving the GPU idle. On the CPU the model work runs
+    /// synchronously, so a deeper queue would only delay outputs.
+    pipeline_depth: usize,
     timings: StageTimings,
 }
 
@@ -137,6 +148,9 @@ impl VideoPredictor {
         let from_env = std::env::var("SAM2_TUI_ENCODE_BATCH").ok().and_then(|v| v.parse().ok());
         let default = if model.precision.autocast(model.device).is_some() { 4 } else { 1 };
         let encode_batch = opts.encode_batch.or(from_env).filter(|&n| n >= 1).unwrap_or(default);
+        let from_env = std::env::var("SAM2_TUI_PIPELINE_DEPTH").ok().and_then(|v| v.parse().ok());
+        let default = if matches!(model.device, Device::Cuda(_)) { 3 } else { 1 };
+        let pipeline_depth = opts.pipeline_depth.or(from_env).filter(|&n| n >= 1).unwrap_or(default);
         Ok(VideoPredictor {
             model,
             frames,
@@ -149,6 +163,7 @@ impl VideoPredictor {
             graphs,
             lookahead: Default::default(),
             encode_batch,
+            pipeline_depth,
             timings: StageTimings::default(),
         })
     }
@@ -622,35 +637,63 @@ impl VideoPredictor {
     }
 
     fn propagate_in_order(&mut self, ids: &[ObjectId], order: &[usize], reverse: bool, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
-        // Frame k's outputs are fetched to the host (a device sync) only after frame k+1's
-        // kernels are queued, so the GPU never idles while the host writes results.
-        let mut pending: Option<Tracked> = None;
+        // Frame k's outputs are fetched to the host (a device sync) only after the kernels
+        // of the next `pipeline_depth` frames are queued, so the GPU never idles while the
+        // host writes results.
+        let mut pending: std::collections::VecDeque<Tracked> = Default::default();
         let mut last_out = Instant::now();
         for &frame in order {
             let tracked = match self.track_frame(ids, frame, reverse) {
                 Ok(t) => t,
                 Err(e) => {
-                    // Still deliver the frame that was finished before the failure.
-                    if let Some(p) = pending.take() {
-                        let _ = self.write_out(p, &mut last_out, on_frame);
-                    }
+                    // Still deliver the frames that were finished before the failure.
+                    let _ = self.drain(pending, &mut last_out, on_frame);
                     return Err(e);
                 }
             };
-            if let Some(p) = pending.take() {
-                if self.write_out(p, &mut last_out, on_frame)?.is_break() {
-                    // Cancelled: the frame tracked ahead never happened.
-                    tracked.staged.into_iter().for_each(|s| self.bank.unstage(s));
-                    return Ok(());
+            pending.push_back(tracked);
+            self.lookahead.pop_front();
+            if pending.len() > self.pipeline_depth {
+                let oldest = pending.pop_front().expect("pending frame");
+                match self.write_out(oldest, &mut last_out, on_frame) {
+                    Ok(ControlFlow::Continue(())) => {}
+                    Ok(ControlFlow::Break(())) => {
+                        // Cancelled: the frames tracked ahead never happened.
+                        self.forget(pending);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.forget(pending);
+                        return Err(e);
+                    }
                 }
             }
-            pending = Some(tracked);
-            self.lookahead.pop_front();
         }
-        if let Some(p) = pending {
-            let _ = self.write_out(p, &mut last_out, on_frame)?;
+        self.drain(pending, &mut last_out, on_frame)
+    }
+
+    /// Writes out the queued frames in order; after a cancel, forgets the rest.
+    fn drain(&mut self, mut pending: std::collections::VecDeque<Tracked>, last_out: &mut Instant, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
+        while let Some(t) = pending.pop_front() {
+            match self.write_out(t, last_out, on_frame) {
+                Ok(ControlFlow::Continue(())) => {}
+                Ok(ControlFlow::Break(())) => break,
+                Err(e) => {
+                    self.forget(pending);
+                    return Err(e);
+                }
+            }
         }
+        self.forget(pending);
         Ok(())
+    }
+
+    /// Undoes queued frames that will not be written out, newest first (each one's
+    /// staging remembers what the bank held before it).
+    fn forget(&mut self, pending: std::collections::VecDeque<Tracked>) {
+        for t in pending.into_iter().rev() {
+            t.staged.into_iter().rev().for_each(|s| self.bank.unstage(s));
+        }
     }
 
     /// Queues the model work of one propagation frame for every object. The new tracking
