@@ -37,17 +37,20 @@ fn main() {
 
 /// Compiles the worker's C++ memory shim (src/worker/shim) and the profiler shim
 /// (src/trace) against the same libtorch headers tch links, so heartbeats can report
-/// MPS/CUDA allocator memory and a propagation can be traced. They need no CUDA
+/// MPS/CUDA allocator memory and a propagation can be traced; and the CPU attention
+/// kernel (src/cpu), which calls the sgemm libtorch exports on x86-64 Linux. They need no CUDA
 /// headers (it goes through c10::DeviceAllocator), so it builds on CPU-only Linux and macOS.
 fn build_memory_shim(lib: &str) {
     let shim = "src/worker/shim/memory_shim.cpp";
     let trace = "src/trace/shim.cpp";
+    let attention = "src/cpu/attention.cpp";
     println!("cargo:rerun-if-changed={shim}");
     println!("cargo:rerun-if-changed={trace}");
+    println!("cargo:rerun-if-changed={attention}");
     println!("cargo:rerun-if-changed=src/shim/guarded.h");
     let include = std::path::Path::new(lib).join("../include");
     let mut build = cc::Build::new();
-    build.cpp(true).file(shim).file(trace).include(&include).include("src/shim").std("c++17").warnings(false);
+    build.cpp(true).file(shim).file(trace).file(attention).include(&include).include("src/shim").std("c++17").warnings(false);
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         build.define("_GLIBCXX_USE_CXX11_ABI", "1");
     }

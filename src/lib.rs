@@ -1,5 +1,6 @@
 //! sam2-tui: SAM 2 on libtorch, a supervised engine worker and a terminal console.
 pub mod bench;
+pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod media;
