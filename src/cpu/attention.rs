@@ -106,7 +106,9 @@ mod timing {
     #[ignore]
     fn time_the_kernel_against_sdpa() {
         use tch::{Device, Kind, Tensor};
-        let _ = tch::set_num_threads(2);
+        let threads = std::env::var("SAM2_TUI_TIMING_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+        let _ = tch::set_num_threads(threads);
+        println!("{threads} threads");
         let opts = (Kind::Float, Device::Cpu);
         let (q, k, x) = (Tensor::randn([4096, 256], opts), Tensor::randn([28736, 256], opts), Tensor::randn([28736, 64], opts));
         let w = Tensor::randn([256, 64], opts);
