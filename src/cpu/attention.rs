@@ -37,21 +37,9 @@ pub fn attend_folded(q: &Tensor, k: &Tensor, x: &Tensor, scale: f64) -> Option<T
         return None;
     }
     let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
-    let mut raw = std::ptr::null_mut();
-    let mut status = 0;
-    let result = crate::shim::call("CPU attention", |e, n| {
-        status = unsafe { sam2_cpu_attention_folded(ptr(q), ptr(k), ptr(x), scale, &mut raw, e, n) };
-        if status == 2 { 1 } else { status }
-    });
-    match result {
-        Ok(()) if status == 1 => Some(unsafe { Tensor::from_ptr(raw as *mut _) }),
-        Ok(()) => None,
-        Err(e) => {
-            USABLE.store(false, Ordering::Relaxed);
-            eprintln!("sam2-tui: {e:#}; the CPU attention kernel is off");
-            None
-        }
-    }
+    crate::shim::optional_tensor("CPU attention", "the CPU attention kernel is", &USABLE, |out, e, n| unsafe {
+        sam2_cpu_attention_folded(ptr(q), ptr(k), ptr(x), scale, out, e, n)
+    })
 }
 
 #[cfg(test)]

@@ -76,25 +76,10 @@ pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option
     }
 }
 
-/// Calls a fused entry point: 1 = done (`out` set), 2 = not applicable, 0 = error (then
-/// the fused kernels are off for the rest of the process).
+/// Calls a fused entry point (see `shim::optional_tensor`).
 #[cfg(sam2_cuda_shim)]
 fn run(what: &str, f: impl FnOnce(*mut *mut std::ffi::c_void, *mut std::ffi::c_char, usize) -> i32) -> Option<Tensor> {
-    let mut raw = std::ptr::null_mut();
-    let mut status = 0;
-    let result = crate::shim::call(what, |e, n| {
-        status = f(&mut raw, e, n);
-        if status == 2 { 1 } else { status }
-    });
-    match result {
-        Ok(()) if status == 1 => Some(unsafe { Tensor::from_ptr(raw as *mut _) }),
-        Ok(()) => None,
-        Err(e) => {
-            USABLE.store(false, Ordering::Relaxed);
-            eprintln!("sam2-tui: {e:#}; the fused kernels are off");
-            None
-        }
-    }
+    crate::shim::optional_tensor(what, "the fused kernels are", &USABLE, f)
 }
 
 #[cfg(test)]
