@@ -39,6 +39,46 @@ impl Rle {
         Rle { size: [height as u32, width as u32], counts: counts_to_string(&runs) }
     }
 
+    /// Encodes `values > 0` for row-major `values` (logits) without transposing: a run
+    /// ends wherever a pixel differs from the one before it in column-major order, i.e.
+    /// from the pixel above it (or, at the top of a column, from the bottom of the one
+    /// before). Rows equal to the row above are skipped with one comparison, so a mask's
+    /// cost is its edges. The worker's per-frame path: thresholding, casting and
+    /// transposing a 960×540 frame through libtorch took 1.6 ms on the thread that feeds
+    /// the GPU.
+    pub fn encode_positive(values: &[f32], height: usize, width: usize) -> Rle {
+        assert_eq!(values.len(), height * width, "mask size does not match {height}x{width}");
+        let (h, w) = (height, width);
+        let m: Vec<u8> = values.iter().map(|&v| (v > 0.0) as u8).collect();
+        // Column-major indices at which a new run starts.
+        let mut starts: Vec<usize> = Vec::new();
+        if h * w > 0 {
+            if m[0] != 0 {
+                starts.push(0); // the leading run of zeros is empty
+            }
+            for x in 1..w {
+                if m[x] != m[(h - 1) * w + x - 1] {
+                    starts.push(x * h);
+                }
+            }
+            for y in 1..h {
+                let (above, row) = (&m[(y - 1) * w..y * w], &m[y * w..(y + 1) * w]);
+                if above != row {
+                    starts.extend((0..w).filter(|&x| above[x] != row[x]).map(|x| x * h + y));
+                }
+            }
+        }
+        starts.sort_unstable();
+        let mut runs: Vec<i64> = Vec::with_capacity(starts.len() + 1);
+        let mut last = 0;
+        for &i in &starts {
+            runs.push((i - last) as i64);
+            last = i;
+        }
+        runs.push((h * w - last) as i64);
+        Rle { size: [height as u32, width as u32], counts: counts_to_string(&runs) }
+    }
+
     /// Decodes into a row-major mask of 0/1, or an error for a malformed string.
     pub fn decode(&self) -> Result<Vec<u8>, String> {
         let (h, w) = (self.height(), self.width());
@@ -137,6 +177,24 @@ mod tests {
             assert_eq!(rle.decode().unwrap(), mask);
             assert_eq!(rle.area(), mask.iter().map(|&v| v as u64).sum::<u64>());
         }
+    }
+
+    #[test]
+    fn encoding_logits_thresholds_at_zero_exclusive() {
+        for (h, w) in [(7, 5), (3, 130), (130, 3), (0, 4), (1, 6), (6, 1), (40, 50)] {
+            let patterns: [Box<dyn Fn(usize) -> f32>; 3] = [
+                Box::new(|i| ((i * 37 % 11) as f32 - 5.0) * 0.5),
+                // A blob: rows repeat, so most rows are skipped as equal to the one above.
+                Box::new(move |i| if (i / w.max(1)) % 9 > 2 && (i % w.max(1)) % 7 > 1 { 1.0 } else { -1.0 }),
+                Box::new(|i| if i == 0 { 1.0 } else { -1.0 }),
+            ];
+            for (k, f) in patterns.iter().enumerate() {
+                let values: Vec<f32> = (0..h * w).map(f).collect();
+                let mask: Vec<u8> = values.iter().map(|&v| (v > 0.0) as u8).collect();
+                assert_eq!(Rle::encode_positive(&values, h, w), Rle::encode(&mask, h, w), "{h}x{w} pattern {k}");
+            }
+        }
+        assert_eq!(Rle::encode_positive(&[0.0, -0.0, f32::NAN, 1e-30], 2, 2), Rle::encode(&[0, 0, 0, 1], 2, 2));
     }
 
     #[test]

@@ -262,17 +262,19 @@ impl MemoryBank {
     }
 }
 
-fn tensor_bytes(t: &Tensor, kind: Kind) -> Vec<u8> {
+/// Appends `t`'s values as `kind` to `buf` (one copy, straight into the buffer).
+fn put_tensor(buf: &mut Vec<u8>, t: &Tensor, kind: Kind) {
     let t = t.to_device(Device::Cpu).to_kind(kind).contiguous();
-    let n = t.numel() * kind.elt_size_in_bytes();
-    let mut v = vec![0u8; n];
-    t.copy_data_u8(&mut v, t.numel());
-    v
+    let start = buf.len();
+    buf.resize(start + t.numel() * kind.elt_size_in_bytes(), 0);
+    t.copy_data_u8(&mut buf[start..], t.numel());
 }
 
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
     let e4 = e.pred_masks.size()[3];
-    let mut buf = Vec::with_capacity(16 + (e4 * e4 * 4) as usize);
+    let bytes = |t: &Tensor, kind: Kind| t.numel() * kind.elt_size_in_bytes();
+    let len = 10 + e.maskmem.as_ref().map_or(0, |m| bytes(m, Kind::BFloat16)) + bytes(&e.pred_masks, Kind::Float) + bytes(&e.obj_ptr, Kind::Float) + bytes(&e.score, Kind::Float);
+    let mut buf = Vec::with_capacity(len);
     buf.extend_from_slice(MAGIC);
     buf.push(match tracked {
         None => 0,
@@ -282,11 +284,11 @@ fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<
     buf.push(e.maskmem.is_some() as u8);
     buf.extend_from_slice(&(e4 as u32).to_le_bytes());
     if let Some(m) = &e.maskmem {
-        buf.extend_from_slice(&tensor_bytes(m, Kind::BFloat16));
+        put_tensor(&mut buf, m, Kind::BFloat16);
     }
-    buf.extend_from_slice(&tensor_bytes(&e.pred_masks, Kind::Float));
-    buf.extend_from_slice(&tensor_bytes(&e.obj_ptr, Kind::Float));
-    buf.extend_from_slice(&tensor_bytes(&e.score, Kind::Float));
+    put_tensor(&mut buf, &e.pred_masks, Kind::Float);
+    put_tensor(&mut buf, &e.obj_ptr, Kind::Float);
+    put_tensor(&mut buf, &e.score, Kind::Float);
     // Unflushed: entries must survive the engine crashing (they do, in the page cache);
     // a flush per frame would put a disk round trip on every frame.
     crate::util::atomic_write_unflushed(path, &buf)

@@ -398,12 +398,14 @@ fn frame_response(seq: u64, f: FrameOutput) -> Response {
         .iter()
         .map(|o| {
             let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
-            let mask = o.logits.gt(0.0).to_kind(tch::Kind::Uint8).contiguous();
-            let bytes: Vec<u8> =
-                Vec::<u8>::try_from(mask.flatten(0, -1)).unwrap_or_else(|_| vec![0; h * w]);
+            let logits = o.logits.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous();
+            // SAFETY: `logits` is a contiguous fp32 CPU tensor of h·w elements, alive
+            // (and not written) while the slice is in use.
+            let values =
+                unsafe { std::slice::from_raw_parts(logits.data_ptr() as *const f32, h * w) };
             ObjectMask {
                 object: o.object,
-                rle: Rle::encode(&bytes, h, w),
+                rle: Rle::encode_positive(values, h, w),
                 score: o.score,
             }
         })
