@@ -85,11 +85,11 @@ pub struct VideoPredictor {
     encode_batch: usize,
     /// Frames whose model work is queued before the oldest of them is written out: 1,
     /// or 3 on CUDA. There the host's share of a frame (hole filling, the bank's write
-    /// through, resizing to video resolution, sending the masks) is about as long as the
-    /// GPU's share of a tracking-only frame, and one frame in `encode_batch` brings the
-    /// image encoder for several; queued deeper, the host's slow frames overlap the GPU's
-    /// long ones instead of leaving the GPU idle. On the CPU the model work runs
-    /// synchronously, so a deeper queue would only delay outputs.
+    /// through, resizing to video resolution, sending the masks: 3–4 ms on an H100 host)
+    /// comes close to the GPU's share of a tracking-only frame, and one frame in
+    /// `encode_batch` brings the image encoder for several; queued deeper, the host's slow
+    /// frames overlap the GPU's long ones instead of leaving the GPU idle. On the CPU the
+    /// model work runs synchronously, so a deeper queue would only delay outputs.
     pipeline_depth: usize,
     timings: StageTimings,
 }
