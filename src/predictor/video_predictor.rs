@@ -647,45 +647,31 @@ impl VideoPredictor {
                 Ok(t) => t,
                 Err(e) => {
                     // Still deliver the frames that were finished before the failure.
-                    let _ = self.drain(pending, &mut last_out, on_frame);
+                    let _ = self.write_out_until(&mut pending, 0, &mut last_out, on_frame);
                     return Err(e);
                 }
             };
             pending.push_back(tracked);
             self.lookahead.pop_front();
-            if pending.len() > self.pipeline_depth {
-                let oldest = pending.pop_front().expect("pending frame");
-                match self.write_out(oldest, &mut last_out, on_frame) {
-                    Ok(ControlFlow::Continue(())) => {}
-                    Ok(ControlFlow::Break(())) => {
-                        // Cancelled: the frames tracked ahead never happened.
-                        self.forget(pending);
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        self.forget(pending);
-                        return Err(e);
-                    }
-                }
+            if self.write_out_until(&mut pending, self.pipeline_depth, &mut last_out, on_frame)?.is_break() {
+                return Ok(());
             }
         }
-        self.drain(pending, &mut last_out, on_frame)
+        self.write_out_until(&mut pending, 0, &mut last_out, on_frame).map(|_| ())
     }
 
-    /// Writes out the queued frames in order; after a cancel, forgets the rest.
-    fn drain(&mut self, mut pending: std::collections::VecDeque<Tracked>, last_out: &mut Instant, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
-        while let Some(t) = pending.pop_front() {
-            match self.write_out(t, last_out, on_frame) {
-                Ok(ControlFlow::Continue(())) => {}
-                Ok(ControlFlow::Break(())) => break,
-                Err(e) => {
-                    self.forget(pending);
-                    return Err(e);
-                }
+    /// Writes out the oldest queued frames until `keep` remain. After a cancel or an
+    /// error the frames still queued are forgotten: they never happened.
+    fn write_out_until(&mut self, pending: &mut std::collections::VecDeque<Tracked>, keep: usize, last_out: &mut Instant, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<ControlFlow<()>> {
+        while pending.len() > keep {
+            let oldest = pending.pop_front().expect("pending frame");
+            let written = self.write_out(oldest, last_out, on_frame);
+            if !matches!(written, Ok(ControlFlow::Continue(()))) {
+                self.forget(std::mem::take(pending));
+                return written;
             }
         }
-        self.forget(pending);
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Undoes queued frames that will not be written out, newest first (each one's
