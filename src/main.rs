@@ -15,6 +15,6 @@ fn main() {
     if let Err(e) = result {
         // One line: the error and its causes, so scripts can grep it.
         eprintln!("sam2-tui: {}", format!("{e:#}").replace('\n', " "));
-        std::process::exit(1);
+        std::process::exit(sam2_tui::util::exit::code_of(&e));
     }
 }

@@ -27,3 +27,42 @@ fn write_and_rename(path: &Path, bytes: &[u8], flush: bool) -> anyhow::Result<()
     tmp.persist(path).map_err(|e| anyhow::anyhow!("{}: cannot rename into place: {e}", path.display()))?;
     Ok(())
 }
+
+/// What the user gave (a file, a flag, a prompt) is wrong, as opposed to a run that
+/// failed. Every command exits 2 for these and 1 for a failed run (README, "Exit codes");
+/// wrap the one-line message with `bad_input` where the input is judged.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// An error that makes the command exit 2 (bad input or usage).
+pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(message.into()))
+}
+
+/// Exit codes, one scheme for every command.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The run failed (the engine gave up, an output could not be written, …).
+    pub const FAILED: i32 = 1;
+    /// Bad input or usage: nothing was run, nothing was written.
+    pub const BAD_INPUT: i32 = 2;
+    /// Stopped by SIGINT / SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: i32 = 130;
+
+    /// The code for an error that ended a command.
+    pub fn code_of(e: &anyhow::Error) -> i32 {
+        if e.chain().any(|c| c.is::<super::BadInput>()) {
+            BAD_INPUT
+        } else {
+            FAILED
+        }
+    }
+}
