@@ -7,6 +7,7 @@ fn main() {
         Some(Command::Segment(a)) => sam2_tui::cli::segment::run(a),
         Some(Command::Bench(a)) => sam2_tui::cli::bench::run(a),
         Some(Command::Doctor(a)) => sam2_tui::cli::doctor::run(a),
+        Some(Command::Sessions(a)) => sam2_tui::cli::sessions::run(a),
         Some(Command::Weights(c)) => sam2_tui::cli::weights::run(c),
         Some(Command::Preview(a)) => sam2_tui::cli::preview::run(a),
         Some(Command::Engine(a)) => sam2_tui::cli::engine::run(a),

@@ -59,10 +59,35 @@ pub mod exit {
 
     /// The code for an error that ended a command.
     pub fn code_of(e: &anyhow::Error) -> i32 {
-        if e.chain().any(|c| c.is::<super::BadInput>()) {
+        if e.chain().any(|c| c.is::<super::Interrupted>()) {
+            INTERRUPTED
+        } else if e.chain().any(|c| c.is::<super::BadInput>()) {
             BAD_INPUT
         } else {
             FAILED
         }
     }
+}
+
+/// The command was stopped by SIGINT, SIGTERM or SIGHUP (exit code 130); what it had
+/// started writing is gone.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted; nothing was written")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Whether process `pid` exists (for telling a live run's files from a dead one's).
+pub fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists; it sends nothing.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

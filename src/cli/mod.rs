@@ -3,8 +3,10 @@
 pub mod bench;
 pub mod doctor;
 pub mod engine;
+pub mod interrupt;
 pub mod preview;
 pub mod segment;
+pub mod sessions;
 pub mod weights;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Report devices, libtorch, FFmpeg, terminal graphics and recommended settings.
     Doctor(doctor::Args),
+    /// List or prune the session folders kept in the data directory.
+    Sessions(sessions::Args),
     /// Inspect or download checkpoints.
     #[command(subcommand)]
     Weights(weights::Command),

@@ -2,12 +2,15 @@
 //! the same supervisor as the console, so an engine crash mid-run costs a restart, not
 //! the run.
 use crate::device::{DeviceChoice, Precision};
+use crate::cli::interrupt;
+use crate::media::output_dir::{OutputTarget, Staging};
 use crate::media::outputs::{OutputWriter, VideoInfo};
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::session::Journal;
 use crate::supervisor::events::{EngineEvent, EngineState, LogLevel};
-use crate::supervisor::{self, SupervisorOptions};
-use anyhow::{anyhow, bail, Context};
+use crate::supervisor::{self, session_dirs, SupervisorOptions};
+use crate::util::{bad_input, Interrupted};
+use anyhow::{anyhow, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,7 +20,8 @@ use std::time::{Duration, Instant};
 pub struct Args {
     /// Video file (anything FFmpeg reads), frame folder, or single image.
     pub input: PathBuf,
-    /// Output directory (written atomically: complete or not at all).
+    /// Output folder: written next to it and swapped in whole; only a folder that
+    /// sam2-tui wrote (or an empty one) is ever replaced.
     #[arg(long)]
     pub out: PathBuf,
     /// Short form: objects with points/box on a frame, then one forward propagation.
@@ -38,7 +42,8 @@ pub struct Args {
     /// Also write float32 logits as logits/<object>/<frame:05>.npy.
     #[arg(long)]
     pub logits: bool,
-    /// Also write the video with the masks blended in.
+    /// Also write the video with the masks blended in (put in place with the masks;
+    /// an existing file is replaced only if the output being replaced wrote it).
     #[arg(long)]
     pub overlay: Option<PathBuf>,
     /// Skip the reference's hole filling of small background holes.
@@ -47,7 +52,8 @@ pub struct Args {
     /// Model input size (1024 for the official models; smaller only for tests).
     #[arg(long, default_value_t = 1024, hide = true)]
     pub image_size: i64,
-    /// Where the session journal and memory bank go (default: the data directory).
+    /// Keep the session journal and memory bank in this folder (default: a folder in
+    /// the data directory, removed when the run ends).
     #[arg(long)]
     pub session_dir: Option<PathBuf>,
 }
@@ -60,20 +66,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (width, height) = source.size();
     let video = VideoInfo { width, height, frames: source.len(), fps: source.fps(), source: a.input.display().to_string() };
     drop(source);
+    let ops_file = a.prompts.as_ref().or(a.session.as_ref()).ok_or_else(|| bad_input("give --prompts FILE or --session FILE"))?;
     let journal = match (&a.prompts, &a.session) {
         (Some(p), _) => Journal::load_prompts(p)?,
         (None, Some(s)) => Journal::load(s)?,
-        _ => bail!("give --prompts FILE or --session FILE"),
+        _ => unreachable!("checked above"),
     };
     for op in &journal.ops {
-        check_op(op, video.frames).map_err(|e| anyhow!("{}: {e}", a.prompts.as_ref().or(a.session.as_ref()).unwrap().display()))?;
+        check_op(op, video.frames).map_err(|e| bad_input(format!("{}: {e}", ops_file.display())))?;
     }
     let checkpoint = match &a.checkpoint {
         Some(c) => c.clone(),
         None => crate::weights::default_checkpoint(a.model.unwrap_or(ModelSize::Tiny), ModelVersion::V2_1),
     };
+    // What sam2-tui may write, judged before the checkpoint is read: never the input,
+    // never a folder or file it did not write itself.
+    let target = OutputTarget::check(&a.out, a.overlay.as_deref(), &[&a.input, ops_file, &checkpoint])?;
     if !checkpoint.exists() {
-        bail!("{}: checkpoint not found (run `sam2-tui weights download {}` or pass --checkpoint)", checkpoint.display(), a.model.unwrap_or(ModelSize::Tiny));
+        return Err(bad_input(format!(
+            "{}: checkpoint not found (run `sam2-tui weights download {}` or pass --checkpoint)",
+            checkpoint.display(),
+            a.model.unwrap_or(ModelSize::Tiny)
+        )));
     }
     let det = {
         let ckpt = crate::weights::load(&checkpoint)?;
@@ -81,10 +95,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         crate::weights::check_requested(&det, a.model, None, &checkpoint)?;
         det
     };
-    let out = absolute(&a.out)?;
-    let parent = out.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).map_err(|e| anyhow!("{}: cannot create: {e}", parent.display()))?;
-    let staging = tempfile::Builder::new().prefix(".sam2-tui-segment-").tempdir_in(&parent).with_context(|| format!("{}: cannot write here", parent.display()))?;
+    interrupt::install();
+    let staging = target.stage()?;
 
     let mut opts = SupervisorOptions::new(checkpoint.clone(), Some(absolute(&a.input)?))?;
     opts.size = Some(det.size);
@@ -94,12 +106,52 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.image_size = a.image_size;
     opts.fill_holes = !a.no_postprocess;
     opts.initial_ops = journal.ops.clone();
-    if let Some(d) = &a.session_dir {
-        opts.session_dir = d.clone();
+    // A run without --session-dir keeps its journal and memory bank only while it runs.
+    let one_shot = a.session_dir.is_none();
+    match &a.session_dir {
+        Some(d) => opts.session_dir = d.clone(),
+        None => {
+            session_dirs::sweep_one_shot(&session_dirs::root());
+            session_dirs::mark_one_shot(&opts.session_dir)?;
+        }
     }
+    let session_dir = opts.session_dir.clone();
+    let logits_dir = staging.path().join("logits");
     if a.logits {
-        opts.set_env("SAM2_TUI_LOGITS_DIR", &staging.path().join("logits").to_string_lossy());
+        opts.set_env("SAM2_TUI_LOGITS_DIR", &logits_dir.to_string_lossy());
     }
+    let result = track(&a, opts, &journal, &video, &det, &staging, &logits_dir);
+    if one_shot {
+        session_dirs::remove_one_shot(&session_dir);
+    }
+    let (n_masks, frames_done, restarts, label) = result?;
+    // The last instant an interrupt can still leave everything as it was.
+    if interrupt::requested() {
+        return Err(anyhow::Error::new(Interrupted));
+    }
+    target.publish(staging)?;
+    let secs = started.elapsed().as_secs_f32();
+    eprintln!(
+        "segment: {} masks over {} frames ({frames_done} tracked) in {secs:.1}s with {label}; {restarts} worker restart(s); wrote {}",
+        n_masks,
+        video.frames,
+        target.out().display()
+    );
+    let _ = std::io::stderr().flush();
+    Ok(())
+}
+
+/// Runs the journal under the supervisor and writes every output into `staging`:
+/// (masks, frames tracked, worker restarts, model label).
+fn track(
+    a: &Args,
+    opts: SupervisorOptions,
+    journal: &Journal,
+    video: &VideoInfo,
+    det: &crate::weights::Detected,
+    staging: &Staging,
+    logits_dir: &Path,
+) -> anyhow::Result<(usize, usize, u32, String)> {
     let n_ops = journal.ops.len();
     let mut sup = supervisor::start(opts)?;
     let mut restarts = 0u32;
@@ -108,6 +160,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut finished = 0usize;
     let progress_to_tty = atty_stderr();
     while finished < n_ops {
+        if interrupt::requested() {
+            break;
+        }
         let Some(ev) = sup.recv_timeout(Duration::from_millis(200)) else { continue };
         match ev {
             EngineEvent::OpFinished { .. } => finished += 1,
@@ -146,6 +201,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let masks = sup.masks.clone();
     sup.shutdown();
+    if interrupt::requested() {
+        return Err(anyhow::Error::new(Interrupted));
+    }
     if let Some(f) = failure {
         bail!("{}: {f}", a.input.display());
     }
@@ -159,28 +217,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let n_masks = store.len();
     writer.finish()?;
-    if let Some(path) = &a.overlay {
-        write_overlay(&a.input, path, &video, &store)?;
+    if a.logits {
+        check_logits(logits_dir, &store, video)?;
     }
-    drop(store);
-    // Swap the finished directory into place.
-    let staged = staging.keep();
-    if out.exists() {
-        let old = parent.join(format!(".sam2-tui-old-{}", std::process::id()));
-        std::fs::rename(&out, &old).map_err(|e| anyhow!("{}: cannot replace: {e}", out.display()))?;
-        std::fs::rename(&staged, &out).map_err(|e| anyhow!("{}: cannot write: {e}", out.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&staged, &out).map_err(|e| anyhow!("{}: cannot write: {e}", out.display()))?;
+    if let Some(path) = staging.overlay_path() {
+        write_overlay(&a.input, path, video, &store)?;
     }
-    let secs = started.elapsed().as_secs_f32();
-    eprintln!(
-        "segment: {} masks over {} frames ({frames_done} tracked) in {secs:.1}s with {label}; {restarts} worker restart(s); wrote {}",
-        n_masks,
-        video.frames,
-        out.display()
-    );
-    let _ = std::io::stderr().flush();
+    Ok((n_masks, frames_done, restarts, label))
+}
+
+/// Every mask in masks.json has its logits file, whole; files of objects removed later
+/// in the journal are dropped so that the folder says what masks.json says.
+fn check_logits(dir: &Path, store: &crate::supervisor::store::MaskStore, video: &VideoInfo) -> anyhow::Result<()> {
+    let want = crate::media::npy::f32_array_len(&[video.height as usize, video.width as usize]) as u64;
+    for ((frame, object), _) in store.iter() {
+        let path = dir.join(object.to_string()).join(format!("{frame:05}.npy"));
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        anyhow::ensure!(len == want, "{}: --logits output missing or incomplete ({len} of {want} bytes)", path.display());
+    }
+    for obj in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let kept = obj.file_name().to_str().and_then(|n| n.parse::<u32>().ok()).is_some_and(|id| store.iter().any(|((_, o), _)| *o == id));
+        if !kept {
+            std::fs::remove_dir_all(obj.path())?;
+        }
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub mod blend;
 pub mod image_file;
 pub mod image_frames;
 pub mod npy;
+pub mod output_dir;
 pub mod outputs;
 #[cfg(feature = "video")]
 pub mod overlay;

@@ -3,6 +3,21 @@
 /// A little-endian float32, C-order `.npy` of the given shape.
 pub fn f32_array(shape: &[usize], data: &[f32]) -> Vec<u8> {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape does not match the data");
+    let header = f32_header(shape);
+    let mut out = Vec::with_capacity(header.len() + data.len() * 4);
+    out.extend_from_slice(&header);
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// The size in bytes of `f32_array(shape, …)`: what a whole file of that shape has.
+pub fn f32_array_len(shape: &[usize]) -> usize {
+    f32_header(shape).len() + 4 * shape.iter().product::<usize>()
+}
+
+fn f32_header(shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     // A one-element tuple needs its trailing comma in Python syntax.
     let shape_text = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
@@ -12,13 +27,10 @@ pub fn f32_array(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     out
 }
 
@@ -36,5 +48,6 @@ mod tests {
         assert!(header.ends_with('\n'));
         let last = &bytes[bytes.len() - 4..];
         assert_eq!(f32::from_le_bytes(last.try_into().unwrap()), -1.5);
+        assert_eq!(bytes.len(), f32_array_len(&[2, 3]));
     }
 }

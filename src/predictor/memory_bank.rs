@@ -7,6 +7,7 @@
 //! tracking outputs near the current frame — a 10,000-frame video costs what a 100-frame
 //! one does), and a new worker started on the same directory after a crash picks up the
 //! state of the dead one instead of recomputing the video.
+use super::bank_undo::{self, LoggedOp, UndoLog};
 use crate::session::ObjectId;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -84,9 +85,23 @@ pub struct MemoryBank {
     _temp: Option<tempfile::TempDir>,
     index: HashMap<ObjectId, BTreeMap<(Slot, usize), Record>>,
     device: Device,
+    /// The undo log of the op in flight, when that op is one that can be taken back
+    /// (see `bank_undo`): every change to the directory is preserved before it is made.
+    undo: Option<UndoLog>,
 }
 
 const MAGIC: &[u8; 4] = b"S2MB";
+
+thread_local! {
+    static BEFORE_CHANGE: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
+}
+
+/// Runs `hook` just before every change the banks of this thread make on disk (None
+/// removes it): the worker's fault injection crashes there to prove that a crash at any
+/// of those instants leaves the session as if it had not happened.
+pub fn set_before_change(hook: Option<Box<dyn Fn()>>) {
+    BEFORE_CHANGE.with(|h| *h.borrow_mut() = hook);
+}
 
 impl MemoryBank {
     /// Opens (or creates) a bank directory; None = a private temporary one.
@@ -99,9 +114,59 @@ impl MemoryBank {
             }
         };
         std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: cannot create memory bank: {e}", dir.display()))?;
-        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device };
+        // An op that a dead worker left half-done is taken back before anything is read.
+        if bank_undo::logged(&dir)?.is_some_and(|op| !op.committed) {
+            bank_undo::roll_back(&dir)?;
+        }
+        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device, undo: None };
         bank.scan()?;
         Ok(bank)
+    }
+
+    /// Starts op `seq`: from here until `commit_op`, every change can be taken back.
+    pub fn begin_op(&mut self, seq: u64) -> anyhow::Result<()> {
+        self.undo = Some(UndoLog::begin(&self.dir, seq)?);
+        Ok(())
+    }
+
+    /// Starts an op that is never taken back whole (a propagation resumes instead): the
+    /// previous op's log goes, nothing is logged.
+    pub fn begin_unlogged_op(&mut self) -> anyhow::Result<()> {
+        self.undo = None;
+        bank_undo::discard(&self.dir)
+    }
+
+    pub fn commit_op(&mut self) -> anyhow::Result<()> {
+        match self.undo.take() {
+            Some(log) => log.commit(),
+            None => Ok(()),
+        }
+    }
+
+    /// The op whose changes the bank can still take back.
+    pub fn logged_op(&self) -> anyhow::Result<Option<LoggedOp>> {
+        bank_undo::logged(&self.dir)
+    }
+
+    /// Takes back every change of the logged op and forgets what RAM held.
+    pub fn roll_back_op(&mut self) -> anyhow::Result<()> {
+        self.undo = None;
+        bank_undo::roll_back(&self.dir)?;
+        self.index.clear();
+        self.scan()
+    }
+
+    /// Called before `path` (inside the bank) is written, overwritten or removed.
+    fn preserve(&mut self, path: &Path) -> anyhow::Result<()> {
+        BEFORE_CHANGE.with(|h| {
+            if let Some(hook) = h.borrow().as_ref() {
+                hook();
+            }
+        });
+        match self.undo.as_mut() {
+            Some(log) => log.preserve(path),
+            None => Ok(()),
+        }
     }
 
     /// Rebuilds the index from the files (entries load lazily).
@@ -155,7 +220,9 @@ impl MemoryBank {
 
     /// Stores an entry (replacing any), written through to disk.
     pub fn put(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> anyhow::Result<()> {
-        write_entry(&self.path(id, slot, frame), &entry, tracked)?;
+        let path = self.path(id, slot, frame);
+        self.preserve(&path)?;
+        write_entry(&path, &entry, tracked)?;
         self.keep(id, slot, frame, entry, tracked);
         Ok(())
     }
@@ -163,7 +230,9 @@ impl MemoryBank {
     /// As `put`, writing `on_disk` — the same values already copied to the host — so the
     /// write does not wait for the device; `entry` (on the device) stays in RAM.
     pub fn put_copied(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, on_disk: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
-        write_entry(&self.path(id, slot, frame), on_disk, tracked)?;
+        let path = self.path(id, slot, frame);
+        self.preserve(&path)?;
+        write_entry(&path, on_disk, tracked)?;
         self.keep(id, slot, frame, entry, tracked);
         Ok(())
     }
@@ -195,7 +264,9 @@ impl MemoryBank {
         }
         let e = self.get(id, slot, frame).map(|e| e.shallow());
         self.index.get_mut(&id).unwrap().remove(&(slot, frame));
-        let _ = std::fs::remove_file(self.path(id, slot, frame));
+        let path = self.path(id, slot, frame);
+        self.preserve(&path)?;
+        let _ = std::fs::remove_file(path);
         Ok(e)
     }
 
@@ -203,7 +274,9 @@ impl MemoryBank {
         for slot in [Slot::Cond, Slot::NonCond] {
             if self.contains(id, slot, frame) {
                 let e = self.get(id, slot, frame).unwrap();
-                write_entry(&self.path(id, slot, frame), &e, tracked)?;
+                let path = self.path(id, slot, frame);
+                self.preserve(&path)?;
+                write_entry(&path, &e, tracked)?;
                 self.index.get_mut(&id).unwrap().get_mut(&(slot, frame)).unwrap().tracked = tracked;
             }
         }
@@ -233,7 +306,11 @@ impl MemoryBank {
         self.index.remove(&id);
         let d = self.dir.join(format!("o{id}"));
         if d.exists() {
-            std::fs::remove_dir_all(&d)?;
+            // Under an undo log, preserving the directory is what removes it.
+            self.preserve(&d)?;
+            if d.exists() {
+                std::fs::remove_dir_all(&d)?;
+            }
         }
         Ok(())
     }
@@ -243,13 +320,17 @@ impl MemoryBank {
         for id in ids {
             self.remove_object(id)?;
         }
-        let _ = std::fs::remove_file(self.dir.join("state.json"));
+        let state = self.dir.join("state.json");
+        self.preserve(&state)?;
+        let _ = std::fs::remove_file(state);
         Ok(())
     }
 
     /// The objects (in order) and their prompts, saved after every op.
-    pub fn save_state<T: serde::Serialize>(&self, state: &T) -> anyhow::Result<()> {
-        crate::util::atomic_write(&self.dir.join("state.json"), serde_json::to_string(state)?.as_bytes())
+    pub fn save_state<T: serde::Serialize>(&mut self, state: &T) -> anyhow::Result<()> {
+        let path = self.dir.join("state.json");
+        self.preserve(&path)?;
+        crate::util::atomic_write(&path, serde_json::to_string(state)?.as_bytes())
     }
 
     pub fn load_state<T: serde::de::DeserializeOwned + Default>(&self) -> anyhow::Result<T> {

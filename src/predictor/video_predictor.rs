@@ -190,6 +190,11 @@ impl VideoPredictor {
     /// objects, prompts and every output it finished), with no model compute.
     /// `ops` are the journal ops that worker completed; they must agree with the bank.
     pub fn restore(&mut self, ops: &[Op]) -> anyhow::Result<()> {
+        // An op that ran to its end in the dead worker but that the supervisor never heard
+        // of is sent again: take it back first, or it would run twice.
+        if self.bank.logged_op()?.is_some_and(|op| op.seq >= ops.len() as u64) {
+            self.bank.roll_back_op()?;
+        }
         let saved: Vec<(ObjectId, BTreeMap<usize, Prompt>)> = self.bank.load_state()?;
         let prompted: usize = ops.iter().filter(|o| matches!(o, Op::AddPrompt { .. })).count();
         anyhow::ensure!(
@@ -198,6 +203,30 @@ impl VideoPredictor {
         );
         self.objects = saved.into_iter().map(|(id, prompts)| ObjectState { id, prompts }).collect();
         Ok(())
+    }
+
+    /// Runs op `seq` of the journal (its index) so that on disk it happens whole or not
+    /// at all: a prompt edit that fails is taken back here, one cut short by a crash is
+    /// taken back by the next worker (`MemoryBank::open`, `restore`). A propagation is
+    /// not taken back: the supervisor resumes it after the last frame it delivered.
+    pub fn apply_journaled(&mut self, seq: u64, op: &Op, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
+        let logged = !matches!(op, Op::Propagate { .. });
+        if logged {
+            self.bank.begin_op(seq)?;
+        } else {
+            self.bank.begin_unlogged_op()?;
+        }
+        match self.apply(op, on_frame) {
+            Ok(()) => self.bank.commit_op(),
+            Err(e) if logged => {
+                if let Err(r) = self.bank.roll_back_op() {
+                    return Err(e.context(format!("and taking it back failed: {r:#}")));
+                }
+                self.objects = self.bank.load_state::<Vec<(ObjectId, BTreeMap<usize, Prompt>)>>()?.into_iter().map(|(id, prompts)| ObjectState { id, prompts }).collect();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs one journal op. add_prompt / clear_frame emit that frame's masks (all objects);

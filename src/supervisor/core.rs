@@ -766,15 +766,13 @@ impl Core {
                     frames,
                     fps,
                 });
-                if self.completed > 0 {
-                    if let Some(l) = self.worker.as_mut() {
-                        l.phase = Phase::Restoring;
-                    }
-                    let ops = self.journal.journal.ops[..self.completed].to_vec();
-                    self.send(Request::Restore { ops });
-                } else {
-                    self.ready();
+                // Also with nothing completed: the bank may hold an op the dead worker
+                // finished without the news reaching us, which the worker takes back.
+                if let Some(l) = self.worker.as_mut() {
+                    l.phase = Phase::Restoring;
                 }
+                let ops = self.journal.journal.ops[..self.completed].to_vec();
+                self.send(Request::Restore { ops });
             }
             Response::Restored { ops } => {
                 self.log(

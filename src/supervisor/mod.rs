@@ -13,6 +13,7 @@ pub mod events;
 pub mod options;
 pub mod policy;
 pub mod process;
+pub mod session_dirs;
 pub mod store;
 
 pub use self::core::{start, SupervisorHandle};

@@ -2,7 +2,10 @@
 //! segfaults, real hangs and real kills, triggered by `SAM2_TUI_FAULT`.
 //!
 //! Syntax: comma-separated `KIND@POINT[xN][:device=LABEL]`, KIND one of abort, segv, hang,
-//! oom; POINT one of `load`, `frame=N`, `op=N` (the op sequence number). `xN` fires N
+//! oom; POINT one of `load`, `frame=N`, `op=N` (the op sequence number), `op=N.write=W`
+//! (just before the W-th change, from 1, that op N makes to the memory bank on disk: the
+//! instants at which a crash can leave the bank different), `op=N.done` (after op N ran
+//! to its end, before the supervisor hears of it). `xN` fires N
 //! times per session (default once); `device=LABEL` restricts it to a worker whose device
 //! label matches. Each firing is recorded in the state file (`SAM2_TUI_FAULT_STATE`)
 //! BEFORE the fault is triggered, so a restarted worker does not die at the same place
@@ -31,6 +34,8 @@ pub enum FaultPoint {
     Load,
     Frame(usize),
     Op(u64),
+    BankWrite { op: u64, write: u32 },
+    OpDone(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,10 +87,17 @@ fn parse_one(text: &str) -> Result<Fault, String> {
         FaultPoint::Load
     } else if let Some(n) = point.strip_prefix("frame=") {
         FaultPoint::Frame(n.parse().map_err(|_| bad("frame must be a number"))?)
+    } else if let Some((op, write)) = point.strip_prefix("op=").and_then(|r| r.split_once(".write=")) {
+        FaultPoint::BankWrite {
+            op: op.parse().map_err(|_| bad("op must be a number"))?,
+            write: write.parse().map_err(|_| bad("write must be a number"))?,
+        }
+    } else if let Some(n) = point.strip_prefix("op=").and_then(|r| r.strip_suffix(".done")) {
+        FaultPoint::OpDone(n.parse().map_err(|_| bad("op must be a number"))?)
     } else if let Some(n) = point.strip_prefix("op=") {
         FaultPoint::Op(n.parse().map_err(|_| bad("op must be a number"))?)
     } else {
-        return Err(bad("point must be load, frame=N or op=N"));
+        return Err(bad("point must be load, frame=N, op=N, op=N.write=W or op=N.done"));
     };
     Ok(Fault {
         kind,
@@ -97,7 +109,7 @@ fn parse_one(text: &str) -> Result<Fault, String> {
 }
 
 /// The faults of this worker plus the file that remembers which already fired.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
     faults: Vec<Fault>,
     state: Option<PathBuf>,
@@ -122,6 +134,11 @@ impl FaultPlan {
 
     pub fn is_empty(&self) -> bool {
         self.faults.is_empty()
+    }
+
+    /// Whether any fault waits inside op `seq`'s changes to the memory bank.
+    pub fn watches_bank_writes_of(&self, seq: u64) -> bool {
+        self.faults.iter().any(|f| matches!(f.point, FaultPoint::BankWrite { op, .. } if op == seq))
     }
 
     /// Triggers the first armed fault at `point`, if any (does not return when one fires).
@@ -209,6 +226,8 @@ mod tests {
         assert_eq!(f[3].times, 5);
         assert_eq!(f[3].device.as_deref(), Some("cuda"));
         assert_eq!(parse("abort@frame=3x5").unwrap()[0].times, 5);
+        assert_eq!(parse("abort@op=2.write=4").unwrap()[0].point, FaultPoint::BankWrite { op: 2, write: 4 });
+        assert_eq!(parse("abort@op=2.done").unwrap()[0].point, FaultPoint::OpDone(2));
     }
 
     #[test]
@@ -218,6 +237,7 @@ mod tests {
             "abort",
             "abort@frame=x",
             "abort@step=3",
+            "abort@op=2.write=x",
             "abort@load:gpu=1",
         ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");

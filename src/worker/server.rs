@@ -349,10 +349,17 @@ impl Engine {
         let out = self.out.clone();
         let faults = &self.faults;
         let mut was_cancelled = false;
+        let mut write_error: Option<anyhow::Error> = None;
         let mut on_frame = |f: FrameOutput| {
             // Faults fire before the frame is delivered: the supervisor never sees it,
             // exactly like a crash inside that frame's compute.
             faults.check(FaultPoint::Frame(f.frame));
+            if let Err(e) = write_logits(&f) {
+                // An output the run promised is missing: the op fails (and `segment`
+                // with it) rather than finish with a silent gap.
+                write_error = Some(e);
+                return ControlFlow::Break(());
+            }
             send(&out, &frame_response(seq, f));
             if cancelled() {
                 was_cancelled = true;
@@ -361,7 +368,26 @@ impl Engine {
                 ControlFlow::Continue(())
             }
         };
-        match video.apply(op, &mut on_frame) {
+        if faults.watches_bank_writes_of(seq) {
+            let plan = faults.clone();
+            let writes = std::cell::Cell::new(0u32);
+            crate::predictor::memory_bank::set_before_change(Some(Box::new(move || {
+                writes.set(writes.get() + 1);
+                plan.check(FaultPoint::BankWrite { op: seq, write: writes.get() });
+            })));
+        }
+        let result = video.apply_journaled(seq, op, &mut on_frame);
+        crate::predictor::memory_bank::set_before_change(None);
+        if let Some(e) = write_error {
+            return Response::Error {
+                seq: Some(seq),
+                message: format!("{e:#}"),
+            };
+        }
+        if result.is_ok() {
+            self.faults.check(FaultPoint::OpDone(seq));
+        }
+        match result {
             Ok(()) => Response::OpDone {
                 seq,
                 cancelled: was_cancelled,
@@ -374,25 +400,27 @@ impl Engine {
     }
 }
 
-/// Thresholds each object's logits at 0 and RLE-encodes the mask. With
-/// `SAM2_TUI_LOGITS_DIR` set (`segment --logits`), the float logits are also written
-/// there as `<object>/<frame:05>.npy` — they are too large to send through the pipe.
-fn frame_response(seq: u64, f: FrameOutput) -> Response {
-    if let Some(dir) = std::env::var_os("SAM2_TUI_LOGITS_DIR") {
-        for o in &f.objects {
-            let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
-            let data: Vec<f32> =
-                Vec::<f32>::try_from(o.logits.contiguous().flatten(0, -1)).unwrap_or_default();
-            let path = std::path::Path::new(&dir)
-                .join(o.object.to_string())
-                .join(format!("{:05}.npy", f.frame));
-            if let Err(e) =
-                crate::util::atomic_write(&path, &crate::media::npy::f32_array(&[h, w], &data))
-            {
-                eprintln!("sam2-tui engine: {e:#}");
-            }
-        }
+/// With `SAM2_TUI_LOGITS_DIR` set (`segment --logits`), writes each object's float
+/// logits there as `<object>/<frame:05>.npy` — they are too large to send through the
+/// pipe — before the frame is delivered, so a delivered frame has its logits on disk.
+fn write_logits(f: &FrameOutput) -> anyhow::Result<()> {
+    let Some(dir) = std::env::var_os("SAM2_TUI_LOGITS_DIR") else {
+        return Ok(());
+    };
+    for o in &f.objects {
+        let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
+        let data = Vec::<f32>::try_from(o.logits.contiguous().flatten(0, -1))?;
+        let path = std::path::Path::new(&dir)
+            .join(o.object.to_string())
+            .join(format!("{:05}.npy", f.frame));
+        crate::util::atomic_write(&path, &crate::media::npy::f32_array(&[h, w], &data))
+            .map_err(|e| anyhow::anyhow!("--logits: {e:#}"))?;
     }
+    Ok(())
+}
+
+/// Thresholds each object's logits at 0 and RLE-encodes the mask.
+fn frame_response(seq: u64, f: FrameOutput) -> Response {
     let objects = f
         .objects
         .iter()
