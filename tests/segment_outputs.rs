@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[derive(Clone)]
 struct Setup {
     dir: PathBuf,
     clip: PathBuf,
@@ -100,6 +101,7 @@ fn an_out_that_is_the_input_or_anything_sam2_tui_did_not_write_is_refused_before
     std::fs::write(users.join("beach.jpg"), b"a user's photo").unwrap();
     let before = tree(&s.dir);
     // The checkpoint does not exist: an error about --out proves it was judged first.
+    let no_model = Setup { checkpoint: s.dir.join("missing.pt"), ..s.clone() };
     let cases: [(&Path, &Path, &str); 5] = [
         (&frames, &frames, "is or contains the input"),
         (&frames, &s.dir, "is or contains the input"),
@@ -108,7 +110,7 @@ fn an_out_that_is_the_input_or_anything_sam2_tui_did_not_write_is_refused_before
         (&frames, &s.clip, "not a folder"),
     ];
     for (input, out, why) in cases {
-        let o = s.command(input, out, &[]).arg("--checkpoint").arg(s.dir.join("missing.pt")).output().unwrap();
+        let o = no_model.command(input, out, &[]).output().unwrap();
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{}: {err}", out.display());
         assert_eq!(err.trim().lines().count(), 1, "{err}");
