@@ -1,7 +1,7 @@
 //! `sam2-tui segment`: a video, frame folder or image in, masks out — headless, through
 //! the same supervisor as the console, so an engine crash mid-run costs a restart, not
 //! the run.
-use crate::device::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, PrecisionChoice};
 use crate::media::outputs::{OutputWriter, VideoInfo};
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::session::Journal;
@@ -33,8 +33,9 @@ pub struct Args {
     pub model: Option<ModelSize>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    #[arg(long, default_value = "fp32")]
-    pub precision: Precision,
+    /// auto: bf16 on CUDA, fp32 on the CPU and MPS (what the official demo uses).
+    #[arg(long, default_value = "auto")]
+    pub precision: PrecisionChoice,
     /// Also write float32 logits as logits/<object>/<frame:05>.npy.
     #[arg(long)]
     pub logits: bool,
