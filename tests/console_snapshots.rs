@@ -119,3 +119,9 @@ fn quit_question_when_unsaved() {
     run(&mut app, &[Command::Quit]);
     insta::assert_snapshot!(screen(&app));
 }
+
+#[test]
+fn too_small_60x20() {
+    let app = prompted(60, 20);
+    insta::assert_snapshot!(screen(&app));
+}

@@ -28,9 +28,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Report devices, libtorch, FFmpeg, terminal graphics and recommended settings.
     Doctor(doctor::Args),
-    /// Inspect or download checkpoints.
-    #[command(subcommand)]
-    Weights(weights::Command),
+    /// List installed checkpoints and where they are looked for; inspect or download one.
+    Weights(weights::Args),
     /// Print one frame with its mask overlay straight to the terminal.
     Preview(preview::Args),
     /// The engine worker (spoken to by the supervisor over stdin/stdout).
