@@ -227,3 +227,88 @@ pub fn cpu_native_bf16() -> bool {
             .any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16"))
     }
 }
+
+/// The precision asked for. `auto` (the default) is what the official SAM 2 demo and
+/// notebooks use on each device: bf16 autocast on CUDA (`torch.autocast("cuda",
+/// dtype=torch.bfloat16)` around every call), fp32 on the CPU, and fp32 on MPS too: the
+/// demo's predictor only autocasts on CUDA, MPS's bf16 needs macOS 14 and its kernels are
+/// where the known MPS crashes live, so the exact mode is the safe default there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    #[default]
+    Auto,
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+impl PrecisionChoice {
+    /// The precision on `device` (resolved: auto means the device `auto` finds here).
+    pub fn resolve(self, device: DeviceChoice) -> Precision {
+        match self {
+            PrecisionChoice::Fp32 => Precision::Fp32,
+            PrecisionChoice::Bf16 => Precision::Bf16,
+            PrecisionChoice::Fp16 => Precision::Fp16,
+            PrecisionChoice::Auto => match device {
+                DeviceChoice::Cuda => Precision::Bf16,
+                DeviceChoice::Cpu | DeviceChoice::Mps => Precision::Fp32,
+                DeviceChoice::Auto => match DeviceChoice::Auto.resolve() {
+                    Ok(tch::Device::Cuda(_)) => Precision::Bf16,
+                    _ => Precision::Fp32,
+                },
+            },
+        }
+    }
+}
+
+/// An explicit precision (bench rows, scripts) as a choice.
+impl From<Precision> for PrecisionChoice {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Fp32 => PrecisionChoice::Fp32,
+            Precision::Bf16 => PrecisionChoice::Bf16,
+            Precision::Fp16 => PrecisionChoice::Fp16,
+        }
+    }
+}
+
+impl FromStr for PrecisionChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(PrecisionChoice::Auto);
+        }
+        match s.parse::<Precision>() {
+            Ok(Precision::Fp32) => Ok(PrecisionChoice::Fp32),
+            Ok(Precision::Bf16) => Ok(PrecisionChoice::Bf16),
+            Ok(Precision::Fp16) => Ok(PrecisionChoice::Fp16),
+            Err(_) => Err(format!("unknown precision '{s}' (expected auto, fp32, bf16 or fp16)")),
+        }
+    }
+}
+
+impl fmt::Display for PrecisionChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrecisionChoice::Auto => "auto",
+            PrecisionChoice::Fp32 => "fp32",
+            PrecisionChoice::Bf16 => "bf16",
+            PrecisionChoice::Fp16 => "fp16",
+        })
+    }
+}
+
+#[cfg(test)]
+mod precision_choice_tests {
+    use super::*;
+
+    #[test]
+    fn auto_precision_is_what_the_official_demo_uses_on_each_device() {
+        assert_eq!(PrecisionChoice::Auto.resolve(DeviceChoice::Cuda), Precision::Bf16);
+        assert_eq!(PrecisionChoice::Auto.resolve(DeviceChoice::Cpu), Precision::Fp32);
+        assert_eq!(PrecisionChoice::Auto.resolve(DeviceChoice::Mps), Precision::Fp32);
+        assert_eq!(PrecisionChoice::Bf16.resolve(DeviceChoice::Cpu), Precision::Bf16, "an explicit choice stays");
+        assert_eq!("auto".parse::<PrecisionChoice>(), Ok(PrecisionChoice::Auto));
+    }
+}

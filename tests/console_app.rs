@@ -111,7 +111,8 @@ fn objects_are_created_switched_and_deleted() {
     assert!(matches!(e[0], Op::AddPrompt { object: 2, .. }));
     app.update(cmd(Command::NextObject));
     assert_eq!(app.selected_object(), 1, "tab wraps around");
-    let e = ops(&app.update(cmd(Command::DeleteObject)));
+    app.update(cmd(Command::DeleteObject)); // it has a prompt: asks first
+    let e = ops(&app.update(Action::Yes));
     assert_eq!(e, vec![Op::RemoveObject { object: 1 }]);
     assert_eq!(app.objects, vec![2]);
     assert!(app.prompts.keys().all(|(_, o)| *o == 2));
@@ -234,4 +235,190 @@ fn a_click_in_the_preview_places_a_point_where_it_lands() {
     assert!((points[0].x - WIDTH as f32 / 2.0).abs() <= WIDTH as f32 / img.width as f32, "{:?}", points[0]);
     assert!((points[0].y - HEIGHT as f32 / 2.0).abs() <= HEIGHT as f32 / img.height as f32, "{:?}", points[0]);
     assert!(ops(&app.update(Action::Click { column: 0, row: 0, positive: true })).is_empty(), "outside: ignored");
+}
+
+#[test]
+fn the_model_cycle_goes_on_from_the_size_last_asked_for_not_the_one_still_loaded() {
+    let mut app = app_with_video(120, 40); // tiny is loaded
+    assert_eq!(app.update(cmd(Command::CycleModel)), vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::Small))]);
+    // The supervisor refused small (no checkpoint for it): tiny still runs, and the next
+    // `m` asks for the next size instead of small again.
+    assert_eq!(app.update(cmd(Command::CycleModel)), vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::BasePlus))]);
+    let said = &app.log.back().unwrap().message;
+    assert!(said.contains("base_plus") && said.contains("new worker"), "an engine restart says what it will do: {said}");
+}
+
+#[test]
+fn a_click_shows_busy_until_its_masks_come_and_its_latency_lands_in_the_performance_panel() {
+    use sam2_tui::console::view::header::state_text;
+    let mut app = app_with_video(120, 40);
+    app.update(cmd(Command::PointPositive));
+    let (state, class) = state_text(&app);
+    assert_eq!((state.as_str(), class), ("busy: click on frame 0", 1), "not 'ready' while the click runs");
+    app.update(Action::Engine(masks(0, &[(1, ellipse(300.0, 170.0, 120.0, 80.0))])));
+    assert_eq!(state_text(&app).0, "ready");
+    assert!(app.perf.click_ms.is_some(), "the click's latency is measured");
+}
+
+#[test]
+fn cancelling_says_which_frame_it_finishes_and_leaves_no_stale_cancel_hint_or_eta() {
+    use sam2_tui::console::view::{header::state_text, hints::hints};
+    let mut app = app_with_video(120, 40);
+    app.update(cmd(Command::PointPositive));
+    app.update(Action::Engine(masks(0, &[(1, ellipse(300.0, 170.0, 120.0, 80.0))])));
+    app.update(cmd(Command::PropagateForward));
+    app.update(Action::Engine(EngineEvent::State(EngineState::Propagating { done: 0, total: 24 })));
+    app.update(Action::Engine(progress(12, 12, 24, 0.1)));
+    assert!(app.update(cmd(Command::Cancel)).contains(&Effect::Engine(EngineCommand::Cancel)));
+    assert_eq!(state_text(&app).0, "cancelling · finishing frame 13");
+    assert!(!hints(&app).iter().any(|(_, what)| what.contains("cancel")), "no second cancel is offered");
+    app.update(Action::Engine(EngineEvent::PropagationFinished { cancelled: true }));
+    app.update(Action::Engine(EngineEvent::State(EngineState::Ready)));
+    assert_eq!(state_text(&app).0, "ready");
+    assert_eq!(app.perf.eta_secs(), None, "no ETA once the pass is over");
+}
+
+#[test]
+fn deleting_an_object_with_prompts_asks_first_and_any_other_key_keeps_it() {
+    let mut app = app_with_video(120, 40);
+    app.update(cmd(Command::PointPositive));
+    app.update(Action::Engine(masks(0, &[(1, ellipse(300.0, 170.0, 120.0, 80.0))])));
+    assert!(app.update(cmd(Command::DeleteObject)).is_empty(), "nothing is deleted yet");
+    assert_eq!(app.modal, Modal::ConfirmDelete(1));
+    app.update(Action::Dismiss);
+    assert_eq!(app.object_work(1), (1, 1), "the prompts and masks are still there");
+    app.update(cmd(Command::DeleteObject));
+    let gone = ops(&app.update(Action::Yes));
+    assert_eq!(gone, vec![Op::RemoveObject { object: 1 }]);
+    assert_eq!(app.modal, Modal::None);
+}
+
+#[test]
+fn an_object_without_prompts_or_masks_is_deleted_without_asking() {
+    let mut app = app_with_video(120, 40);
+    app.update(cmd(Command::NewObject));
+    app.update(cmd(Command::DeleteObject));
+    assert_eq!(app.modal, Modal::None);
+    assert_eq!(app.objects, vec![1]);
+}
+
+#[test]
+fn precision_defaults_to_auto_and_the_header_says_what_auto_chose() {
+    use sam2_tui::device::{Precision, PrecisionChoice};
+    let mut app = app_with_video(160, 40);
+    assert_eq!(app.engine.precision_choice, PrecisionChoice::Auto);
+    assert_eq!(PrecisionChoice::Auto.resolve(DeviceChoice::Cuda), Precision::Bf16, "the official demo's CUDA autocast");
+    app.update(Action::Engine(EngineEvent::WorkerStarted {
+        pid: 7,
+        device: DeviceChoice::Cuda,
+        precision: Precision::Bf16,
+        model: sam2_tui::supervisor::events::ModelLabel {
+            size: ModelSize::Tiny,
+            version: sam2_tui::model::config::ModelVersion::V2_1,
+            random_init: false,
+        },
+        restarts: 0,
+    }));
+    let screen = {
+        let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 40)).unwrap();
+        t.draw(|f| sam2_tui::console::view::draw(f, &app)).unwrap();
+        format!("{:?}", t.backend().buffer())
+    };
+    assert!(screen.contains("cuda bf16 (auto)"), "{screen}");
+}
+
+/// Object 1 prompted on frame 0, then a forward pass that reports frames 0..=last and is
+/// cancelled there.
+fn cancelled_pass(app: &mut sam2_tui::console::app::App, last: usize) {
+    app.update(cmd(Command::PointPositive));
+    app.update(Action::Engine(masks(0, &[(1, ellipse(300.0, 170.0, 120.0, 80.0))])));
+    app.update(cmd(Command::PropagateForward));
+    app.update(Action::Engine(EngineEvent::State(EngineState::Propagating { done: 0, total: 24 })));
+    for f in 0..=last {
+        app.update(Action::Engine(progress(f, f + 1, 24, 2.0)));
+    }
+    app.update(cmd(Command::Cancel));
+    app.update(Action::Engine(EngineEvent::PropagationFinished { cancelled: true }));
+    app.update(Action::Engine(EngineEvent::OpFinished { index: 1, cancelled: true }));
+}
+
+#[test]
+fn a_cancelled_pass_is_saved_as_far_as_it_ran_not_as_a_whole_video_pass() {
+    let mut app = app_with_video(120, 40);
+    cancelled_pass(&mut app, 12);
+    assert_eq!(app.journal.ops[1], Op::Propagate { start: Some(0), reverse: false, max_frames: Some(12) });
+}
+
+#[test]
+fn a_resumed_session_announces_its_replays_and_esc_skips_all_of_them() {
+    let mut app = app_with_video(120, 40);
+    cancelled_pass(&mut app, 12);
+    app.update(cmd(Command::PropagateForward));
+    let journal = app.journal.clone();
+    let mut resumed = app_with_video(120, 40);
+    resumed.resume(journal);
+    assert!(resumed.log.iter().any(|l| l.message.contains("replaying 2 saved propagation")), "{:?}", resumed.log);
+    resumed.update(Action::Engine(EngineEvent::State(EngineState::Propagating { done: 0, total: 13 })));
+    assert!(sam2_tui::console::view::header::state_text(&resumed).0.starts_with("replaying saved propagation (2 left)"));
+    assert_eq!(resumed.update(cmd(Command::Cancel)), vec![Effect::Engine(EngineCommand::Cancel)]);
+    resumed.update(Action::Engine(EngineEvent::PropagationFinished { cancelled: true }));
+    resumed.update(Action::Engine(EngineEvent::State(EngineState::Ready)));
+    // The second replayed pass starts by itself in the supervisor: it is stopped at once.
+    let second = resumed.update(Action::Engine(EngineEvent::State(EngineState::Propagating { done: 0, total: 300 })));
+    assert_eq!(second, vec![Effect::Engine(EngineCommand::Cancel)]);
+    resumed.update(Action::Engine(EngineEvent::PropagationFinished { cancelled: true }));
+    assert_eq!(resumed.replay_left, 0);
+}
+
+#[test]
+fn a_session_saved_for_the_video_is_offered_and_declining_it_never_overwrites_it() {
+    let dir = std::env::temp_dir().join(format!("sam2tui-offer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("clip.session.json");
+    let mut earlier = app_with_video(120, 40);
+    earlier.update(cmd(Command::PointPositive));
+    earlier.journal.save(&saved).unwrap();
+
+    let mut app = app_with_video(120, 40);
+    app.offer_session(saved.clone(), earlier.journal.clone());
+    assert!(matches!(app.modal, Modal::OfferSession { .. }));
+    app.update(Action::Dismiss);
+    assert_eq!(app.session_path, dir.join("clip.session-2.json"), "`s` goes to a new file");
+
+    let mut again = app_with_video(120, 40);
+    again.offer_session(saved.clone(), earlier.journal.clone());
+    let sent = ops(&again.update(Action::Yes));
+    assert_eq!(sent, earlier.journal.ops, "resuming sends the saved ops to the engine");
+    assert_eq!(again.session_path, saved);
+    assert_eq!(again.prompts, earlier.prompts);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn rendered(app: &sam2_tui::console::app::App) -> String {
+    let (w, h) = app.size;
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+    t.draw(|f| sam2_tui::console::view::draw(f, app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect()
+}
+
+#[test]
+fn the_watermark_key_on_a_cpu_worker_says_it_is_an_mps_setting_and_opens_nothing() {
+    let mut app = app_with_video(120, 40);
+    app.update(Action::Engine(worker_started(DeviceChoice::Cpu, 0)));
+    assert!(app.update(cmd(Command::SetWatermark)).is_empty());
+    assert_eq!(app.modal, Modal::None);
+    assert!(app.log.back().unwrap().message.contains("MPS"), "{:?}", app.log.back());
+}
+
+#[test]
+fn a_device_slower_than_one_frame_a_second_shows_seconds_per_frame() {
+    let mut app = app_with_video(160, 48);
+    app.update(cmd(Command::PointPositive));
+    app.update(cmd(Command::PropagateForward));
+    app.update(Action::Engine(EngineEvent::State(EngineState::Propagating { done: 0, total: 24 })));
+    app.update(Action::Engine(progress(1, 2, 24, 0.08)));
+    let s = rendered(&app);
+    assert!(s.contains("12.5 s/frame"), "{s}");
+    assert!(s.contains("frame 1 of 300"), "one frame numbering: {s}");
 }

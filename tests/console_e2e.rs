@@ -18,20 +18,32 @@ fn tmux(args: &[&str]) -> String {
 }
 
 fn screen() -> String {
-    tmux(&["capture-pane", "-p", "-t", SESSION])
+    screen_of(SESSION)
+}
+
+fn screen_of(session: &str) -> String {
+    tmux(&["capture-pane", "-p", "-t", session])
 }
 
 fn keys(k: &[&str]) {
-    let mut a = vec!["send-keys", "-t", SESSION];
+    keys_to(SESSION, k)
+}
+
+fn keys_to(session: &str, k: &[&str]) {
+    let mut a = vec!["send-keys", "-t", session];
     a.extend_from_slice(k);
     tmux(&a);
     std::thread::sleep(Duration::from_millis(150));
 }
 
 fn wait_for(what: &str, timeout: Duration) -> String {
+    wait_for_in(SESSION, what, timeout)
+}
+
+fn wait_for_in(session: &str, what: &str, timeout: Duration) -> String {
     let t0 = Instant::now();
     loop {
-        let s = screen();
+        let s = screen_of(session);
         if s.contains(what) {
             return s;
         }
@@ -132,4 +144,78 @@ fn operator_session_in_tmux_survives_an_abort_and_matches_segment() {
     let a: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("masks.json")).unwrap()).unwrap();
     let b: serde_json::Value = serde_json::from_slice(&std::fs::read(reference.join("masks.json")).unwrap()).unwrap();
     assert_eq!(a["frames"], b["frames"], "the console's export differs from segment's");
+}
+
+/// The terminal-graphics query at start-up (no `--graphics`: the console asks tmux) must
+/// leave stdin alone once answered: the very first key typed is the console's.
+#[test]
+fn the_first_key_typed_after_start_up_reaches_the_console_in_tmux() {
+    const FIRST_KEY: &str = "sam2tui-first-key";
+    let dir = common::scratch("console_first_key");
+    let clip = dir.join("clip");
+    make_clip(&clip);
+    let cmd = format!(
+        "{} {} --device cpu --image-size 128 --checkpoint {} --session {}; echo CONSOLE-EXITED; sleep 30",
+        common::bin().display(),
+        clip.display(),
+        checkpoint(),
+        dir.join("session.json").display()
+    );
+    let _ = tmux(&["kill-session", "-t", FIRST_KEY]);
+    tmux(&["new-session", "-d", "-s", FIRST_KEY, "-x", "140", "-y", "45", &cmd]);
+    // Drawn after the probe: from here on a key is input, not an answer.
+    wait_for_in(FIRST_KEY, "preview:", Duration::from_secs(30));
+    keys_to(FIRST_KEY, &["q"]);
+    let s = std::panic::catch_unwind(|| wait_for_in(FIRST_KEY, "CONSOLE-EXITED", Duration::from_secs(10)));
+    let _ = tmux(&["kill-session", "-t", FIRST_KEY]);
+    assert!(s.is_ok(), "the first q did not quit the console");
+}
+
+#[test]
+fn term_dumb_gets_one_clear_line_and_exit_code_2_instead_of_a_truecolor_dashboard() {
+    let dir = common::scratch("console_dumb");
+    let clip = dir.join("clip");
+    make_clip(&clip);
+    let out = Command::new(common::bin()).arg(&clip).env("TERM", "dumb").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("TERM=dumb") && err.lines().count() == 1, "{err}");
+    assert!(out.stdout.is_empty(), "nothing drawn: {:?}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// NO_COLOR drops the interface's colours, not the image's: with halfblocks the preview is
+/// coloured cells, and those must keep their colours.
+#[test]
+fn no_color_keeps_the_preview_image_in_colour_and_drops_the_interface_colours() {
+    const NO_COLOR: &str = "sam2tui-no-color";
+    let dir = common::scratch("console_no_color");
+    let clip = dir.join("clip");
+    make_clip(&clip);
+    let cmd = format!(
+        "NO_COLOR=1 {} {} --graphics halfblocks --device cpu --image-size 128 --checkpoint {} --session {}; sleep 30",
+        common::bin().display(),
+        clip.display(),
+        checkpoint(),
+        dir.join("session.json").display()
+    );
+    let _ = tmux(&["kill-session", "-t", NO_COLOR]);
+    tmux(&["new-session", "-d", "-s", NO_COLOR, "-x", "140", "-y", "45", &cmd]);
+    wait_for_in(NO_COLOR, "preview:", Duration::from_secs(30));
+    // Only the preview may carry true colours now: wait for it to be drawn.
+    let t0 = Instant::now();
+    let coloured = loop {
+        let s = tmux(&["capture-pane", "-e", "-p", "-t", NO_COLOR]);
+        if s.contains("48;2;") {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    keys_to(NO_COLOR, &["q"]);
+    let _ = tmux(&["kill-session", "-t", NO_COLOR]);
+    assert!(coloured.contains("48;2;"), "the preview lost its colours:\n{coloured}");
+    let header = coloured.lines().next().unwrap_or_default();
+    assert!(!header.contains("38;2;"), "the interface is still coloured: {header:?}");
 }

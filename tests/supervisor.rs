@@ -4,6 +4,7 @@
 mod common;
 
 use sam2_tui::device::DeviceChoice;
+use sam2_tui::model::config::ModelSize;
 use sam2_tui::session::{Journal, Op, Point};
 use sam2_tui::supervisor::events::{EngineCommand, EngineEvent, EngineState, LogLevel};
 use sam2_tui::supervisor::{start, RestartPolicy, SupervisorHandle, SupervisorOptions, Watchdog};
@@ -318,6 +319,63 @@ fn random_checkpoint() -> PathBuf {
         );
     }
     path
+}
+
+#[test]
+fn a_model_switch_with_no_checkpoint_for_that_size_is_refused_and_the_working_worker_keeps_running() {
+    let _g = serial();
+    let mut o = options("switch-refused", "");
+    o.checkpoint = random_checkpoint(); // tiny; no small checkpoint exists anywhere looked
+    o.image_size = 128;
+    let mut h = start(o).unwrap();
+    collect_until(&mut h, Duration::from_secs(120), |e| {
+        matches!(e, EngineEvent::State(EngineState::Ready))
+    });
+    h.send(EngineCommand::SwitchModel(ModelSize::Small));
+    let refused = collect_until(&mut h, Duration::from_secs(30), |e| {
+        matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("not switching"))
+    });
+    let Some(EngineEvent::Log { message, .. }) = refused.last() else { unreachable!() };
+    assert!(
+        message.contains("sam2-tui weights download small") && message.contains("staying on tiny"),
+        "the refusal says how to get the checkpoint and what stays: {message}"
+    );
+    let disruptive = refused.iter().find(|e| {
+        matches!(e, EngineEvent::State(EngineState::Starting | EngineState::Stopped) | EngineEvent::WorkerDied { .. })
+            || matches!(e, EngineEvent::Log { message, .. } if message.starts_with("stopping worker"))
+    });
+    assert!(disruptive.is_none(), "the working worker was touched: {disruptive:?}");
+    // Still the same live worker: switching to what runs is a no-op, not a restart.
+    h.send(EngineCommand::SwitchModel(ModelSize::Tiny));
+    collect_until(&mut h, Duration::from_secs(10), |e| {
+        matches!(e, EngineEvent::Log { message, .. } if message.contains("already running the tiny model"))
+    });
+    h.shutdown();
+}
+
+#[test]
+fn a_missing_checkpoint_stops_the_engine_once_with_the_download_command_and_no_device_fall_back() {
+    let _g = serial();
+    let mut o = options("missing-checkpoint", "");
+    o.device = DeviceChoice::Auto; // an accelerator rung: the old ladder fell back to the CPU
+    let mut h = start(o).unwrap();
+    let events = collect_until(&mut h, Duration::from_secs(60), |e| {
+        matches!(e, EngineEvent::State(EngineState::Stopped))
+    });
+    h.shutdown();
+    assert!(
+        !events.iter().any(|e| matches!(e, EngineEvent::FellBack { .. })),
+        "a missing file is not the device's fault: {events:#?}"
+    );
+    let errors: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Log { level: LogLevel::Error, message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "one message, not one per rung and retry: {errors:#?}");
+    assert!(errors[0].contains("no-such-checkpoint.pt") && errors[0].contains("sam2-tui weights download tiny"), "{}", errors[0]);
 }
 
 /// Where the square of `moving_square_video` is centred in frame `i`.

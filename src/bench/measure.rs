@@ -166,7 +166,7 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     opts.size = Some(spec.size);
     opts.version = Some(version);
     opts.device = spec.device;
-    opts.precision = spec.precision;
+    opts.precision = spec.precision.into();
     opts.image_size = spec.image_size;
     opts.session_dir = session.path().to_path_buf();
     // A row measures one device: falling back to the CPU would report the wrong thing.

@@ -32,9 +32,8 @@ pub enum Command {
     Doctor(doctor::Args),
     /// List or prune the session folders kept in the data directory.
     Sessions(sessions::Args),
-    /// Inspect or download checkpoints.
-    #[command(subcommand)]
-    Weights(weights::Command),
+    /// List installed checkpoints and where they are looked for; inspect or download one.
+    Weights(weights::Args),
     /// Print one frame with its mask overlay straight to the terminal.
     Preview(preview::Args),
     /// The engine worker (spoken to by the supervisor over stdin/stdout).

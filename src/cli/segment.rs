@@ -1,8 +1,8 @@
 //! `sam2-tui segment`: a video, frame folder or image in, masks out — headless, through
 //! the same supervisor as the console, so an engine crash mid-run costs a restart, not
 //! the run.
-use crate::device::{DeviceChoice, Precision};
 use crate::cli::interrupt;
+use crate::device::{DeviceChoice, PrecisionChoice};
 use crate::media::output_dir::{OutputTarget, Staging};
 use crate::media::outputs::{OutputWriter, VideoInfo};
 use crate::model::config::{ModelSize, ModelVersion};
@@ -37,8 +37,9 @@ pub struct Args {
     pub model: Option<ModelSize>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    #[arg(long, default_value = "fp32")]
-    pub precision: Precision,
+    /// auto: bf16 on CUDA, fp32 on the CPU and MPS (what the official demo uses).
+    #[arg(long, default_value = "auto")]
+    pub precision: PrecisionChoice,
     /// Also write float32 logits as logits/<object>/<frame:05>.npy.
     #[arg(long)]
     pub logits: bool,

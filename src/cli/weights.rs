@@ -1,4 +1,5 @@
-//! `sam2-tui weights inspect FILE` and `sam2-tui weights download [SIZE]`.
+//! `sam2-tui weights` (what is installed, where it is looked for), `weights inspect FILE`
+//! and `weights download [SIZE]`.
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
@@ -6,6 +7,12 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::weights::{self, official};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -37,7 +44,11 @@ pub enum Command {
     },
 }
 
-pub fn run(cmd: Command) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
+    let Some(cmd) = args.command else {
+        print!("{}", listing(&installed()));
+        return Ok(());
+    };
     match cmd {
         Command::Inspect { file } => inspect(&file),
         Command::Download { size, version, dir } => download(size, version, &dir),
@@ -52,6 +63,46 @@ pub fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Every official checkpoint found, as (size, version, path, bytes), in search order.
+pub fn installed() -> Vec<(ModelSize, ModelVersion, PathBuf, u64)> {
+    let mut out = vec![];
+    for version in [ModelVersion::V2_1, ModelVersion::V2_0] {
+        for size in ModelSize::ALL {
+            for p in official::checkpoint_candidates(size, version) {
+                if let Some(m) = std::fs::metadata(&p).ok().filter(|m| m.is_file()) {
+                    out.push((size, version, p, m.len()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What `sam2-tui weights` prints: the installed checkpoints (the console uses the first
+/// of its size), the folders searched, and how to get one.
+pub fn listing(found: &[(ModelSize, ModelVersion, PathBuf, u64)]) -> String {
+    let mut s = String::new();
+    if found.is_empty() {
+        s.push_str("no official checkpoint installed\n");
+    } else {
+        s.push_str("installed:\n");
+        for (size, version, path, bytes) in found {
+            s.push_str(&format!("  SAM {version} {:<9} {:>6.0} MB  {}\n", size.name(), *bytes as f64 / 1e6, path.display()));
+        }
+    }
+    s.push_str("looked in (first found wins):\n");
+    let name = official::file_name(ModelSize::Tiny, ModelVersion::V2_1);
+    for p in official::checkpoint_candidates(ModelSize::Tiny, ModelVersion::V2_1) {
+        s.push_str(&format!("  {}\n", p.parent().unwrap_or(&p).display()));
+    }
+    s.push_str(&format!(
+        "get one: sam2-tui weights download tiny   ({name}, about {} MB, into weights/; small, base_plus, large likewise)\n",
+        official::approx_megabytes(ModelSize::Tiny)
+    ));
+    s.push_str("inspect one: sam2-tui weights inspect FILE\n");
+    s
 }
 
 fn inspect(file: &Path) -> Result<()> {

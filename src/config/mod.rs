@@ -5,7 +5,7 @@
 //! `[supervisor]`.
 pub mod theme;
 
-use crate::device::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, PrecisionChoice};
 use crate::model::config::{ModelSize, ModelVersion};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -46,7 +46,8 @@ pub struct EngineConfig {
     pub version: ModelVersion,
     /// A checkpoint file; None means the cache's official one for `model`/`version`.
     pub checkpoint: Option<PathBuf>,
-    pub precision: Precision,
+    /// auto (default): bf16 on CUDA, fp32 on the CPU and MPS, as the official demo.
+    pub precision: PrecisionChoice,
     /// Intra-op threads of the worker (0: libtorch's default).
     pub threads: u32,
     /// `PYTORCH_MPS_HIGH_WATERMARK_RATIO` (None: libtorch's default, 1.7).
@@ -68,7 +69,7 @@ impl Default for EngineConfig {
             model: ModelSize::Tiny,
             version: ModelVersion::V2_1,
             checkpoint: None,
-            precision: Precision::Fp32,
+            precision: PrecisionChoice::Auto,
             threads: 0,
             mps_high_watermark_ratio: None,
             mps_low_watermark_ratio: None,

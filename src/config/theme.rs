@@ -8,8 +8,26 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rgb(pub [u8; 3]);
 
+/// `NO_COLOR` (no-color.org): the interface drops its colours (the terminal's own fg/bg
+/// everywhere; emphasis stays as bold/reverse). The preview image keeps its pixels: it is
+/// content, not decoration.
+static MONOCHROME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the interface's colours off (or on) for the whole process.
+pub fn set_monochrome(on: bool) {
+    MONOCHROME.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `NO_COLOR` asks for no colour (set and not empty, as the convention says).
+pub fn no_color_requested() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 impl Rgb {
     pub fn color(self) -> Color {
+        if MONOCHROME.load(std::sync::atomic::Ordering::Relaxed) {
+            return Color::Reset;
+        }
         Color::Rgb(self.0[0], self.0[1], self.0[2])
     }
 }

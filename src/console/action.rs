@@ -210,6 +210,8 @@ pub enum Action {
     /// Answers to the quit question.
     QuitAnyway,
     SaveAndQuit,
+    /// The answer yes to a question (delete object N? resume the saved session?).
+    Yes,
     /// Closes the help overlay or the quit question.
     Dismiss,
     /// A mouse click on the terminal cell (column, row).

@@ -12,6 +12,7 @@ use crate::supervisor::events::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// What the runner must do after an update.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +61,8 @@ pub struct EngineView {
     pub restarts: u32,
     pub device: Option<DeviceChoice>,
     pub precision: Option<Precision>,
+    /// The precision asked for (`auto` is resolved per device by the supervisor).
+    pub precision_choice: crate::device::PrecisionChoice,
     pub model: Option<ModelLabel>,
     /// The model size asked for (the `m` cycle starts from here until a worker reports).
     pub requested_model: ModelSize,
@@ -68,6 +71,8 @@ pub struct EngineView {
     pub last_death: Option<String>,
     pub watermark: Option<f32>,
     pub stats: Option<WorkerStats>,
+    /// Why no engine was started (e.g. no checkpoint), shown instead of a state.
+    pub blocked: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,6 +83,12 @@ pub struct Perf {
     pub timings: StageTimings,
     pub done: usize,
     pub total: usize,
+    /// A propagation is running (its progress and ETA mean something).
+    pub running: bool,
+    /// The last frame a propagation reported.
+    pub last_frame: Option<usize>,
+    /// How long the last click (a prompt op) took from key to masks, in milliseconds.
+    pub click_ms: Option<f32>,
 }
 
 impl Perf {
@@ -85,7 +96,7 @@ impl Perf {
 
     /// Seconds left at the current rate, when propagating.
     pub fn eta_secs(&self) -> Option<f32> {
-        (self.fps > 0.0 && self.total > self.done).then(|| (self.total - self.done) as f32 / self.fps)
+        (self.running && self.fps > 0.0 && self.total > self.done).then(|| (self.total - self.done) as f32 / self.fps)
     }
 }
 
@@ -100,8 +111,23 @@ pub enum Modal {
     None,
     Help,
     ConfirmQuit,
+    /// `d` on an object with prompts or masks: deleting loses work, so it asks.
+    ConfirmDelete(ObjectId),
+    /// A session saved for this video was found at start-up (not given with --session).
+    OfferSession { path: PathBuf, journal: Journal },
     /// The watermark ratio being typed.
     Watermark(String),
+}
+
+/// An op sent to the engine and not answered yet: what the user waits for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    /// Its index in the journal (the supervisor's `OpFinished` names it).
+    pub index: usize,
+    /// The frame whose masks answer it (prompt edits).
+    pub frame: Option<usize>,
+    pub what: String,
+    pub since: Instant,
 }
 
 pub struct App {
@@ -146,6 +172,22 @@ pub struct App {
     pub mask_alpha: f32,
     /// Terminal cell size in pixels (from the graphics probe; 10×20 when unknown).
     pub font: (u16, u16),
+    /// The time of the last update (ages of busy states are measured against it).
+    pub clock: Instant,
+    /// When the engine state last changed.
+    pub state_since: Instant,
+    /// Ops sent and not answered, oldest first.
+    pub pending: VecDeque<Pending>,
+    /// A cancel was asked for and the engine is finishing its current frame (since when).
+    pub cancelling: Option<Instant>,
+    /// The running propagation goes backwards (which frame it finishes next).
+    propagating_reverse: bool,
+    /// The first frame the running pass reported (with `perf.last_frame`: how far it ran).
+    pass_first: Option<usize>,
+    /// Propagations of a resumed session still to be replayed.
+    pub replay_left: usize,
+    /// `esc` during the replay: cancel each replayed pass as it starts.
+    skip_replay: bool,
 }
 
 impl App {
@@ -163,12 +205,14 @@ impl App {
                 restarts: 0,
                 device: None,
                 precision: None,
+                precision_choice: config.engine.precision,
                 model: None,
                 requested_model: config.engine.model,
                 fell_back: None,
                 last_death: None,
                 watermark: config.engine.mps_high_watermark_ratio,
                 stats: None,
+                blocked: None,
             },
             perf: Perf::default(),
             media: None,
@@ -196,6 +240,14 @@ impl App {
             should_quit: false,
             mask_alpha: config.console.mask_alpha,
             font: (10, 20),
+            clock: Instant::now(),
+            state_since: Instant::now(),
+            pending: VecDeque::new(),
+            cancelling: None,
+            propagating_reverse: false,
+            pass_first: None,
+            replay_left: 0,
+            skip_replay: false,
         }
     }
 
@@ -223,9 +275,30 @@ impl App {
             self.next_object += 1;
         }
         self.note(LogLevel::Info, format!("resumed {} journal ops from {}", journal.ops.len(), self.session_path.display()));
+        self.replay_left = journal.ops.iter().filter(|op| matches!(op, Op::Propagate { .. })).count();
+        if self.replay_left > 0 {
+            self.note(
+                LogLevel::Info,
+                format!("replaying {} saved propagation(s); esc skips them (prompts and their masks stay)", self.replay_left),
+            );
+        }
         self.journal = journal;
         self.dirty = false;
         self.scene_version += 1;
+    }
+
+    /// At start-up: a session saved for this video exists; ask whether to resume it.
+    pub fn offer_session(&mut self, path: PathBuf, journal: Journal) {
+        self.note(LogLevel::Info, format!("found a saved session for this video: {} ({} ops)", path.display(), journal.ops.len()));
+        self.modal = Modal::OfferSession { path, journal };
+    }
+
+    /// Resumes a session after the engine started: its ops go to the engine in order.
+    fn resume_now(&mut self, path: PathBuf, journal: Journal) -> Vec<Effect> {
+        self.session_path = path;
+        let ops = journal.ops.clone();
+        self.resume(journal);
+        ops.into_iter().map(|op| Effect::Engine(EngineCommand::Op(op))).collect()
     }
 
     pub fn mode(&self) -> Mode {
@@ -233,6 +306,7 @@ impl App {
             Modal::None => Mode::Normal,
             Modal::Help => Mode::Help,
             Modal::ConfirmQuit => Mode::ConfirmQuit,
+            Modal::ConfirmDelete(_) | Modal::OfferSession { .. } => Mode::Question,
             Modal::Watermark(_) => Mode::Input,
         }
     }
@@ -254,7 +328,26 @@ impl App {
         self.prompts.iter().filter(|(_, p)| !p.is_empty()).map(|((f, _), _)| *f).collect()
     }
 
+    /// What the engine is busy with that the user waits for, with its age once it is a
+    /// second old: a cancel finishing its frame, else the oldest unanswered op.
+    pub fn busy(&self) -> Option<String> {
+        let age = |since: Instant| {
+            let secs = self.clock.saturating_duration_since(since).as_secs_f32();
+            if secs >= 1.0 { format!(" · {secs:.0} s") } else { String::new() }
+        };
+        if let Some(since) = self.cancelling {
+            let finishing = match self.perf.last_frame {
+                Some(f) if self.propagating_reverse => format!(" · finishing frame {}", f.saturating_sub(1)),
+                Some(f) => format!(" · finishing frame {}", (f + 1).min(self.frames() - 1)),
+                None => String::new(),
+            };
+            return Some(format!("cancelling{finishing}{}", age(since)));
+        }
+        self.pending.front().map(|p| format!("{}{}", p.what, age(p.since)))
+    }
+
     pub fn update(&mut self, action: Action) -> Vec<Effect> {
+        self.clock = Instant::now();
         match action {
             Action::Command(c) => {
                 let count = self.count.take();
@@ -276,9 +369,27 @@ impl App {
                 vec![Effect::Save(self.session_path.clone())]
             }
             Action::Dismiss => {
+                match &self.modal {
+                    Modal::ConfirmDelete(id) => self.note(LogLevel::Info, format!("object {id} kept")),
+                    Modal::OfferSession { path, .. } => {
+                        // Starting fresh must not overwrite the saved session on `s`.
+                        self.session_path = fresh_session_path(path);
+                        let note = format!("starting fresh; {} is kept, `s` saves to {}", path.display(), self.session_path.display());
+                        self.note(LogLevel::Info, note);
+                    }
+                    _ => {}
+                }
                 self.modal = Modal::None;
                 vec![]
             }
+            Action::Yes => match std::mem::replace(&mut self.modal, Modal::None) {
+                Modal::ConfirmDelete(id) => self.delete_object(id),
+                Modal::OfferSession { path, journal } => self.resume_now(path, journal),
+                other => {
+                    self.modal = other;
+                    vec![]
+                }
+            },
             Action::Click { column, row, positive } => self.click(column, row, positive),
             Action::Resize { width, height } => {
                 self.size = (width, height);
@@ -365,7 +476,7 @@ impl App {
                 self.note(LogLevel::Info, format!("object {id} created"));
                 self.scene_version += 1;
             }
-            Command::DeleteObject => return self.delete_object(),
+            Command::DeleteObject => return self.ask_to_delete(),
             Command::PrevFrame => return self.go_to_frame(self.frame.saturating_sub(n)),
             Command::NextFrame => return self.go_to_frame(self.frame.saturating_add(n)),
             Command::FirstFrame => return self.go_to_frame(0),
@@ -382,30 +493,43 @@ impl App {
                 }
                 let reverse = c == Command::PropagateBackward;
                 self.follow = true;
+                self.propagating_reverse = reverse;
                 return self.send_op(Op::Propagate { start: Some(self.frame), reverse, max_frames: None });
             }
             Command::Cancel => {
                 if self.box_anchor.take().is_some() {
                     self.scene_version += 1;
-                } else if self.is_propagating() {
-                    self.note(LogLevel::Info, "cancelling propagation".into());
+                } else if self.is_propagating() && self.cancelling.is_none() && self.replay_left > 0 {
+                    self.skip_replay = true;
+                    self.cancelling = Some(self.clock);
+                    self.note(LogLevel::Info, format!("skipping the replay of {} saved propagation(s)", self.replay_left));
+                    return vec![Effect::Engine(EngineCommand::Cancel)];
+                } else if self.is_propagating() && self.cancelling.is_none() {
+                    self.note(LogLevel::Info, "cancelling propagation: the frame in progress is finished first".into());
+                    self.cancelling = Some(self.clock);
                     return vec![Effect::Engine(EngineCommand::Cancel)];
                 }
             }
             Command::CycleModel => {
-                let current = self.engine.model.as_ref().map(|m| m.size).unwrap_or(self.engine.requested_model);
-                let next = current.next();
+                // From the size last asked for, not the one still loaded: after a refused
+                // switch, `m` moves on instead of asking for the same size again.
+                let next = self.engine.requested_model.next();
                 self.engine.requested_model = next;
-                self.note(LogLevel::Info, format!("switching model to {next}"));
+                let what = format!("switching to the {next} model");
+                self.note(LogLevel::Info, self.restart_notice(&what));
                 return vec![Effect::Engine(EngineCommand::SwitchModel(next))];
             }
             Command::FallBackToCpu => {
-                self.note(LogLevel::Info, "switching to CPU".into());
+                self.note(LogLevel::Info, self.restart_notice("switching to the CPU"));
                 return vec![Effect::Engine(EngineCommand::SwitchDevice(DeviceChoice::Cpu))];
             }
             Command::AutoDevice => {
-                self.note(LogLevel::Info, "returning to the auto device".into());
+                self.note(LogLevel::Info, self.restart_notice("returning to the auto device"));
                 return vec![Effect::Engine(EngineCommand::SwitchDevice(DeviceChoice::Auto))];
+            }
+            Command::SetWatermark if self.engine.device.is_some_and(|d| d != DeviceChoice::Mps) => {
+                let on = self.engine.device.map(|d| d.to_string()).unwrap_or_default();
+                self.note(LogLevel::Info, format!("the watermark ratio is an MPS allocator setting; this worker runs on {on}, so there is nothing to set"));
             }
             Command::SetWatermark => {
                 let current = self.engine.watermark.map(|r| format!("{r}")).unwrap_or_default();
@@ -426,6 +550,14 @@ impl App {
             }
         }
         vec![]
+    }
+
+    /// What an engine restart will do, said before it happens.
+    fn restart_notice(&self, what: &str) -> String {
+        match self.journal.ops.len() {
+            0 => format!("{what}: a new worker loads the model (the current one stops once the switch is checked)"),
+            n => format!("{what}: a new worker loads the model and replays the {n} journal ops (masks are recomputed)"),
+        }
     }
 
     fn step(&self) -> f32 {
@@ -473,6 +605,16 @@ impl App {
     }
 
     fn send_op(&mut self, op: Op) -> Vec<Effect> {
+        let what = match &op {
+            Op::AddPrompt { frame, .. } | Op::ClearFrame { frame, .. } => Some((Some(*frame), format!("click on frame {frame}"))),
+            Op::RemoveObject { object } => Some((None, format!("removing object {object}"))),
+            Op::Reset => Some((None, "resetting".to_string())),
+            // A propagation shows its own progress.
+            Op::Propagate { .. } => None,
+        };
+        if let Some((frame, what)) = what {
+            self.pending.push_back(Pending { index: self.journal.ops.len(), frame, what, since: self.clock });
+        }
         self.journal.ops.push(op.clone());
         self.dirty = true;
         vec![Effect::Engine(EngineCommand::Op(op))]
@@ -561,8 +703,24 @@ impl App {
         self.selected = self.selected.min(self.objects.len().saturating_sub(1));
     }
 
-    fn delete_object(&mut self) -> Vec<Effect> {
+    /// What deleting `id` would lose: (prompt sets, frames with its masks).
+    pub fn object_work(&self, id: ObjectId) -> (usize, usize) {
+        let prompts = self.prompts.iter().filter(|((_, o), p)| *o == id && !p.is_empty()).count();
+        let masked = self.masks.values().filter(|m| m.iter().any(|m| m.object == id)).count();
+        (prompts, masked)
+    }
+
+    /// `d`: an object with work asks first (deleting cannot be undone); an empty one goes.
+    fn ask_to_delete(&mut self) -> Vec<Effect> {
         let id = self.selected_object();
+        if self.object_work(id) == (0, 0) {
+            return self.delete_object(id);
+        }
+        self.modal = Modal::ConfirmDelete(id);
+        vec![]
+    }
+
+    fn delete_object(&mut self, id: ObjectId) -> Vec<Effect> {
         let known_to_engine = self.journal.ops.iter().any(|op| match op {
             Op::AddPrompt { object, .. } => *object == id,
             _ => false,
@@ -643,9 +801,24 @@ impl App {
     fn engine_event(&mut self, ev: EngineEvent) -> Vec<Effect> {
         match ev {
             EngineEvent::State(s) => {
+                let pass_starts = matches!(s, EngineState::Propagating { .. }) && !self.is_propagating();
+                if pass_starts && self.skip_replay && self.replay_left > 0 {
+                    // A replayed pass the user chose to skip: stop it as it starts.
+                    self.engine.state = s;
+                    self.cancelling = Some(self.clock);
+                    return vec![Effect::Engine(EngineCommand::Cancel)];
+                }
                 if let EngineState::Propagating { done, total } = s {
                     self.perf.done = done;
                     self.perf.total = total;
+                    self.perf.running = true;
+                }
+                if matches!(s, EngineState::Starting) {
+                    // The old worker is gone or going: its pid means nothing now.
+                    self.engine.pid = None;
+                }
+                if std::mem::discriminant(&s) != std::mem::discriminant(&self.engine.state) {
+                    self.state_since = self.clock;
                 }
                 if let EngineState::Crashed { reason } = &s {
                     self.engine.last_death = Some(reason.clone());
@@ -679,9 +852,15 @@ impl App {
                 if fm.frame == self.frame {
                     self.scene_version += 1;
                 }
+                if !self.is_propagating() {
+                    self.answered(|p| p.frame == Some(fm.frame));
+                }
                 self.masks.insert(fm.frame, fm.objects);
             }
             EngineEvent::Progress { frame, done, total, fps, timings } => {
+                self.perf.running = true;
+                self.pass_first.get_or_insert(frame);
+                self.perf.last_frame = Some(frame);
                 self.perf.fps = fps;
                 self.perf.done = done;
                 self.perf.total = total;
@@ -697,13 +876,31 @@ impl App {
             }
             EngineEvent::PropagationFinished { cancelled } => {
                 self.follow = false;
+                self.cancelling = None;
+                self.perf.running = false;
+                if self.replay_left > 0 {
+                    self.replay_left -= 1;
+                    if self.replay_left == 0 {
+                        self.skip_replay = false;
+                    }
+                }
                 let what = if cancelled { "propagation cancelled" } else { "propagation finished" };
                 self.note(LogLevel::Info, format!("{what} ({} frames)", self.perf.done));
             }
-            EngineEvent::OpFinished { .. } => {}
+            EngineEvent::OpFinished { index, cancelled } => {
+                self.answered(|p| p.index <= index);
+                if cancelled {
+                    self.record_as_ran(index);
+                }
+                self.pass_first = None;
+                self.perf.last_frame = None;
+            }
             EngineEvent::OpFailed { index, message } => {
                 // A failed propagation will send no more progress to follow.
                 self.follow = false;
+                self.cancelling = None;
+                self.perf.running = false;
+                self.answered(|p| p.index <= index);
                 self.note(LogLevel::Error, format!("journal op {index} failed: {message}"));
             }
             EngineEvent::WorkerDied { reason, stderr_tail } => {
@@ -723,6 +920,40 @@ impl App {
         vec![]
     }
 
+    /// A cancelled pass is kept in the journal as far as it ran (what the supervisor's
+    /// journal holds too), so a saved session replays that much and not the whole video.
+    fn record_as_ran(&mut self, index: usize) {
+        let Some(Op::Propagate { reverse, .. }) = self.journal.ops.get(index).cloned() else { return };
+        match (self.pass_first, self.perf.last_frame) {
+            (Some(first), Some(last)) => {
+                self.journal.ops[index] = Op::Propagate { start: Some(first), reverse, max_frames: Some(first.abs_diff(last)) };
+            }
+            _ => {
+                self.journal.ops.remove(index);
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Ops the engine has answered leave the busy list; a click's latency is recorded.
+    fn answered(&mut self, done: impl Fn(&Pending) -> bool) {
+        let now = self.clock;
+        let mut latency: Option<Duration> = None;
+        self.pending.retain(|p| {
+            if done(p) {
+                if p.frame.is_some() {
+                    latency = Some(now.saturating_duration_since(p.since));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(l) = latency {
+            self.perf.click_ms = Some(l.as_secs_f32() * 1000.0);
+        }
+    }
+
     pub fn note(&mut self, level: LogLevel, message: String) {
         match level {
             LogLevel::Info => tracing::info!(target: "console", "{message}"),
@@ -734,4 +965,14 @@ impl App {
             self.log.pop_front();
         }
     }
+}
+
+/// `clip.session.json` → the first of `clip.session-2.json`, `-3`, … that does not exist.
+fn fresh_session_path(saved: &std::path::Path) -> PathBuf {
+    let name = saved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".json").unwrap_or(&name).to_string();
+    (2..)
+        .map(|i| saved.with_file_name(format!("{stem}-{i}.json")))
+        .find(|p| !p.exists())
+        .expect("some name is free")
 }

@@ -21,6 +21,30 @@ pub fn checkpoint(cfg: &Config, flag: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| crate::weights::official::default_checkpoint(cfg.engine.model, cfg.engine.version))
 }
 
+/// Why the engine cannot start for want of a checkpoint, in one line that says how to
+/// get one (size, destination) — checked before any worker is spawned, so a first run
+/// shows this instead of a crash-and-fall-back cascade. None when the file is there.
+pub fn missing_checkpoint(cfg: &Config, path: &Path) -> Option<String> {
+    if path.is_file() {
+        return None;
+    }
+    let size = cfg.engine.model;
+    if cfg.engine.checkpoint.is_some() {
+        return Some(format!("{}: no such checkpoint file (given with --checkpoint or in the config)", path.display()));
+    }
+    let looked: Vec<String> = crate::weights::official::checkpoint_candidates(size, cfg.engine.version)
+        .iter()
+        .map(|p| p.parent().unwrap_or(p).display().to_string())
+        .collect();
+    Some(format!(
+        "no {} checkpoint (looked in {}): `sam2-tui weights download {}` fetches it, about {} MB, into weights/ — then start again",
+        crate::weights::official::file_name(size, cfg.engine.version),
+        looked.join(", "),
+        size.name(),
+        crate::weights::official::approx_megabytes(size)
+    ))
+}
+
 /// The supervisor's options from the config (`[engine]`, `[supervisor]`).
 pub fn options(cfg: &Config, checkpoint: PathBuf, media: Option<&Path>, initial_ops: Vec<Op>) -> anyhow::Result<SupervisorOptions> {
     let e = &cfg.engine;

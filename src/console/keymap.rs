@@ -172,6 +172,7 @@ pub enum Mode {
     Normal,
     Help,
     ConfirmQuit,
+    Question,
     Input,
 }
 
@@ -323,6 +324,10 @@ impl Keymap {
                 KeyCodeOrd::Char('y') | KeyCodeOrd::Char('Y') if plain => Some(Action::QuitAnyway),
                 KeyCodeOrd::Char('s') | KeyCodeOrd::Char('S') if plain => Some(Action::SaveAndQuit),
                 KeyCodeOrd::Char('c') if key.ctrl => Some(Action::QuitAnyway),
+                _ => Some(Action::Dismiss),
+            },
+            Mode::Question => match key.code {
+                KeyCodeOrd::Char('y') | KeyCodeOrd::Char('Y') if plain => Some(Action::Yes),
                 _ => Some(Action::Dismiss),
             },
             Mode::Help => match self.command_for(&key) {

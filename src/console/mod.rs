@@ -42,6 +42,9 @@ pub struct ConsoleArgs {
     /// Device: auto, cpu, cuda, mps.
     #[arg(long)]
     pub device: Option<DeviceChoice>,
+    /// Precision: auto (bf16 on CUDA, fp32 on the CPU and MPS, as the official demo), fp32, bf16, fp16.
+    #[arg(long)]
+    pub precision: Option<crate::device::PrecisionChoice>,
     /// Checkpoint file (default: the official one for the model, from `weights/`).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -80,6 +83,9 @@ pub fn effective_config(args: &ConsoleArgs) -> anyhow::Result<Config> {
     if let Some(c) = &args.checkpoint {
         cfg.engine.checkpoint = Some(c.clone());
     }
+    if let Some(p) = args.precision {
+        cfg.engine.precision = p;
+    }
     Ok(cfg)
 }
 
@@ -92,6 +98,18 @@ fn stem(input: Option<&Path>) -> String {
 
 pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
     let cfg = effective_config(&args)?;
+    // A terminal without cursor addressing cannot show a full-screen dashboard.
+    if std::env::var("TERM").is_ok_and(|t| t == "dumb") {
+        return Err(crate::util::bad_input(
+            "TERM=dumb: this terminal cannot draw the console (no cursor addressing); run it in a real terminal, or use `sam2-tui segment` headless",
+        ));
+    }
+    if crate::config::theme::no_color_requested() {
+        crate::config::theme::set_monochrome(true);
+        // crossterm honours NO_COLOR by dropping every colour, the image's too (halfblocks
+        // are coloured cells): the interface goes monochrome above instead.
+        crossterm::style::force_color_output(true);
+    }
     let theme = Theme::load(&cfg.console.theme)?;
     let keymap = keymap::Keymap::from_config(&cfg)?;
     if let Some(p) = &input {
@@ -102,14 +120,23 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         Some(p) if p.exists() => Some(Journal::load(p)?),
         _ => None,
     };
+    // A session saved next to the video by an earlier run, not named on the command line:
+    // offered once the console is up (resuming then sends its ops to the engine).
+    let offered = match &args.session {
+        None if session_path.is_file() => Journal::load(&session_path).ok().filter(|j| !j.ops.is_empty()),
+        _ => None,
+    };
     let export_dir = args.export_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}_masks", stem(input.as_deref()))));
     let (_log_guard, log_path) = logging::init(&Config::data_dir(), &cfg.console.log_level)?;
     tracing::info!(target: "console", "starting console on {:?}", input);
 
-    let mut app = app::App::new(&cfg, theme, keymap, input.clone(), session_path);
+    let mut app = app::App::new(&cfg, theme, keymap, input.clone(), session_path.clone());
     let initial_ops = resumed.as_ref().map(|j| j.ops.clone()).unwrap_or_default();
     if let Some(j) = resumed {
         app.resume(j);
+    }
+    if let Some(j) = offered {
+        app.offer_session(session_path.clone(), j);
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -119,10 +146,18 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         // The probe must run in the alternate screen and before the event stream starts.
         let picker = match cfg.console.graphics {
             Graphics::Halfblocks => ratatui_image::picker::Picker::halfblocks(),
-            _ => ratatui_image::picker::Picker::from_query_stdio().unwrap_or_else(|e| {
-                app.note(crate::supervisor::events::LogLevel::Warn, format!("terminal graphics probe failed ({e}); using halfblocks"));
-                ratatui_image::picker::Picker::halfblocks()
-            }),
+            _ => match preview::probe::query(std::time::Duration::from_millis(1000)) {
+                Ok(answer) => {
+                    if !answer.complete {
+                        app.note(crate::supervisor::events::LogLevel::Warn, "the terminal did not answer the graphics query in 1 s; guessing from the environment".into());
+                    }
+                    preview::probe::picker(&answer)
+                }
+                Err(e) => {
+                    app.note(crate::supervisor::events::LogLevel::Warn, format!("terminal graphics probe failed ({e}); using halfblocks"));
+                    ratatui_image::picker::Picker::halfblocks()
+                }
+            },
         };
         let encoder = preview::protocol::Encoder::new(picker, cfg.console.graphics, cfg.console.tmux_passthrough);
         app.font = encoder.font();
@@ -146,8 +181,18 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         }
 
         let ckpt = engine_link::checkpoint(&cfg, None);
+        let missing = engine_link::missing_checkpoint(&cfg, &ckpt);
+        if let Some(why) = &missing {
+            app.engine.blocked = Some("no checkpoint (see the log)".into());
+            app.note(crate::supervisor::events::LogLevel::Error, why.clone());
+        }
         let image_size = args.image_size;
-        let link = engine_link::options(&cfg, ckpt, input.as_deref(), initial_ops)
+        let link = match missing {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(ckpt),
+        };
+        let link = link
+            .and_then(|ckpt| engine_link::options(&cfg, ckpt, input.as_deref(), initial_ops))
             .map(|mut o| {
                 if let Some(s) = image_size {
                     o.image_size = s;
@@ -158,7 +203,9 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         let (commands, events) = match link {
             Ok(l) => (Some(l.commands), l.events),
             Err(e) => {
-                app.note(crate::supervisor::events::LogLevel::Error, format!("engine not started: {e:#}"));
+                if app.engine.blocked.is_none() {
+                    app.note(crate::supervisor::events::LogLevel::Error, format!("engine not started: {e:#}"));
+                }
                 let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 (None, rx)
             }

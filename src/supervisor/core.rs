@@ -157,6 +157,8 @@ struct Live {
     retiring: Option<Instant>,
     load_sent: Option<Instant>,
     load_took: Duration,
+    /// The precision its model was loaded in (`auto` resolved for its rung).
+    precision: crate::device::Precision,
 }
 
 struct InFlight {
@@ -192,6 +194,19 @@ struct Core {
     resume: Option<(usize, PropagationProgress)>,
     recycle_due: bool,
     crashed_at: Option<Instant>,
+    /// The checkpoint each model size was last loaded from (where a switch back finds it).
+    loaded_from: std::collections::BTreeMap<crate::model::config::ModelSize, PathBuf>,
+    /// The last set-up a worker loaded: what a failed switch goes back to.
+    last_good: Option<Setup>,
+    /// Set while a switch's worker loads; its failure reverts to this set-up.
+    switch_from: Option<Setup>,
+}
+
+/// A checkpoint on a rung: everything a worker needs to load a model.
+#[derive(Clone, Debug)]
+struct Setup {
+    checkpoint: PathBuf,
+    rung: Rung,
 }
 
 impl Core {
@@ -230,6 +245,9 @@ impl Core {
             resume: None,
             recycle_due: false,
             crashed_at: None,
+            loaded_from: Default::default(),
+            last_good: None,
+            switch_from: None,
         }
     }
 
@@ -376,6 +394,7 @@ impl Core {
                     retiring: None,
                     load_sent: None,
                     load_took: Duration::ZERO,
+                    precision: crate::device::Precision::Fp32,
                 });
             }
             Err(e) => {
@@ -436,11 +455,28 @@ impl Core {
                 }
             }
             EngineCommand::SwitchModel(size) => {
+                // Checked before the working worker is stopped: a switch that cannot load
+                // must not cost the user the engine they have.
+                if self.last_good.as_ref().is_some_and(|g| g.rung.size == Some(size)) && live_ready(&self.worker) {
+                    self.log(LogLevel::Info, format!("already running the {} model", size.name()));
+                    return;
+                }
+                let checkpoint = match self.checkpoint_for(size) {
+                    Ok(c) => c,
+                    Err(why) => {
+                        let staying = self.last_good.as_ref().and_then(|g| g.rung.size).map(|s| format!("; staying on {}", s.name())).unwrap_or_default();
+                        self.log(LogLevel::Error, format!("not switching to the {} model: {why}{staying}", size.name()));
+                        return;
+                    }
+                };
+                self.switch_from = self.last_good.clone();
+                self.opts.checkpoint = checkpoint;
                 self.opts.size = Some(size);
                 self.rung.size = Some(size);
                 self.switch(format!("switching to the {} model", size.name()));
             }
             EngineCommand::SwitchDevice(device) => {
+                self.switch_from = self.last_good.clone();
                 self.opts.device = device;
                 self.rung = Rung {
                     device,
@@ -489,6 +525,30 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The checkpoint for `size`: the one it was last loaded from, else the official file
+    /// where `weights download` puts it; an error says what is missing and how to get it.
+    fn checkpoint_for(&self, size: crate::model::config::ModelSize) -> Result<PathBuf, String> {
+        if let Some(p) = self.loaded_from.get(&size).filter(|p| p.is_file()) {
+            return Ok(p.clone());
+        }
+        let version = self.opts.version.unwrap_or(crate::model::config::ModelVersion::V2_1);
+        let official = crate::weights::official::default_checkpoint(size, version);
+        if official.is_file() {
+            return Ok(official);
+        }
+        let given = self
+            .last_good
+            .as_ref()
+            .map(|g| format!("{} holds another size; ", g.checkpoint.display()))
+            .unwrap_or_default();
+        Err(format!(
+            "no checkpoint for it ({given}{} does not exist: `sam2-tui weights download {}` fetches it, about {} MB)",
+            official.display(),
+            size.name(),
+            crate::weights::official::approx_megabytes(size)
+        ))
     }
 
     /// A model or device switch: fresh bank, full replay, crash history forgotten.
@@ -557,8 +617,15 @@ impl Core {
                             self.log(
                                 LogLevel::Info,
                                 format!(
-                                    "resuming propagation with {r:?} after {} frames",
-                                    rp.delivered
+                                    "resuming the propagation after {} frames{}",
+                                    rp.delivered,
+                                    match &r {
+                                        Op::Propagate { start: Some(s), reverse, .. } => format!(
+                                            ", from frame {s} {}",
+                                            if *reverse { "backwards" } else { "forwards" }
+                                        ),
+                                        _ => String::new(),
+                                    }
                                 ),
                             );
                             to_send = r;
@@ -699,18 +766,20 @@ impl Core {
                     return;
                 }
                 tracing::info!("worker {pid} up (libtorch {torch_version})");
+                let precision = self.opts.precision.resolve(self.rung.device);
                 let req = Request::LoadModel {
                     checkpoint: self.opts.checkpoint.clone(),
                     size: self.rung.size,
                     version: self.opts.version,
                     device: self.rung.device,
-                    precision: self.opts.precision,
+                    precision,
                     image_size: self.opts.image_size,
                     device_label: self.rung.label.clone(),
                 };
                 if let Some(l) = self.worker.as_mut() {
                     l.phase = Phase::Loading;
                     l.load_sent = Some(now);
+                    l.precision = precision;
                 }
                 self.emit(EngineEvent::State(EngineState::Loading));
                 self.send(req);
@@ -720,17 +789,22 @@ impl Core {
                 device,
                 device_label,
             } => {
+                let mut precision = self.opts.precision.resolve(device);
                 if let Some(l) = self.worker.as_mut() {
                     l.load_took = load_took;
+                    precision = l.precision;
                 }
                 if self.rung.device == crate::device::DeviceChoice::Auto {
                     self.rung.device = device;
                 }
                 self.rung.size.get_or_insert(model.size);
+                self.loaded_from.insert(model.size, self.opts.checkpoint.clone());
+                self.last_good = Some(Setup { checkpoint: self.opts.checkpoint.clone(), rung: self.rung.clone() });
+                self.switch_from = None;
                 self.emit(EngineEvent::WorkerStarted {
                     pid,
                     device,
-                    precision: self.opts.precision,
+                    precision,
                     model,
                     restarts: self.restarts,
                 });
@@ -867,6 +941,42 @@ impl Core {
     fn on_setup_error(&mut self, message: String) {
         let phase = self.worker.as_ref().map(|l| l.phase);
         match phase {
+            Some(Phase::Loading) | Some(Phase::Hello) if self.switch_from.is_some() => {
+                // A switch that does not load goes back to what worked, saying why.
+                let back = self.switch_from.take().expect("checked");
+                self.log(
+                    LogLevel::Error,
+                    format!("the switch failed ({message}); going back to {} on {}", back.checkpoint.display(), back.rung.label()),
+                );
+                self.opts.checkpoint = back.checkpoint;
+                self.opts.size = back.rung.size;
+                self.opts.device = back.rung.device;
+                self.rung = back.rung;
+                self.fresh_bank();
+                if let Some(l) = self.worker.as_mut() {
+                    l.retiring = Some(Instant::now());
+                    l.proc.send(&Request::Shutdown);
+                    l.proc.close_stdin();
+                }
+            }
+            Some(Phase::Loading) | Some(Phase::Hello)
+                if message.contains(&self.opts.checkpoint.display().to_string()) =>
+            {
+                // A checkpoint problem is the same on every device: falling back to the
+                // CPU or retrying cannot help. One message, with how to get the file.
+                let hint = if self.opts.checkpoint.exists() {
+                    String::new()
+                } else {
+                    let size = self.rung.size.unwrap_or(crate::model::config::ModelSize::Tiny);
+                    format!(
+                        " — `sam2-tui weights download {}` fetches the official file (about {} MB) into weights/, or pass --checkpoint FILE",
+                        size.name(),
+                        crate::weights::official::approx_megabytes(size)
+                    )
+                };
+                self.log(LogLevel::Error, format!("{message}{hint}"));
+                self.stop_engine("no usable checkpoint");
+            }
             Some(Phase::Loading) | Some(Phase::Hello) => {
                 self.log(
                     LogLevel::Error,

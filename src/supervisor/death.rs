@@ -19,7 +19,7 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
-/// "SIGABRT (abort: MPS/Metal assertion?)", "killed (OOM?) by SIGKILL", "exit status 1".
+/// "SIGABRT (abort: a failed assertion …?)", "killed (OOM?) by SIGKILL", "exit status 1".
 /// `killed_by_us` marks a SIGKILL the watchdog sent, so it is not blamed on memory.
 pub fn describe(status: ExitStatus, killed_by_us: Option<&str>) -> String {
     if let Some(sig) = status.signal() {
@@ -29,7 +29,8 @@ pub fn describe(status: ExitStatus, killed_by_us: Option<&str>) -> String {
                 Some(why) => format!("SIGKILL by the watchdog ({why})"),
                 None => "killed (OOM?) by SIGKILL".into(),
             },
-            libc::SIGABRT => format!("{name} (abort: an assertion inside libtorch/Metal?)"),
+            // Said for every device: on the CPU there is no Metal to blame.
+            libc::SIGABRT => format!("{name} (abort: a failed assertion inside libtorch or the device driver?)"),
             libc::SIGSEGV | libc::SIGBUS => format!("{name} (invalid memory access)"),
             _ => name,
         } + if status.core_dumped() {
@@ -52,6 +53,7 @@ mod tests {
     #[test]
     fn names_signals_the_way_operators_search_for_them() {
         assert!(describe(ExitStatus::from_raw(libc::SIGABRT), None).starts_with("SIGABRT"));
+        assert!(!describe(ExitStatus::from_raw(libc::SIGABRT), None).contains("Metal"), "a CPU abort is not Metal's");
         assert!(describe(ExitStatus::from_raw(libc::SIGSEGV), None).starts_with("SIGSEGV"));
         assert_eq!(
             describe(ExitStatus::from_raw(libc::SIGKILL), None),

@@ -1,6 +1,6 @@
 //! What the supervisor runs and how it reacts. Defaults follow the gunicorn master the
 //! SAM 2 demo uses (`--timeout 60`), plus a crash-loop breaker and worker recycling.
-use crate::device::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, PrecisionChoice};
 use crate::model::config::{ModelSize, ModelVersion};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,7 +71,8 @@ pub struct SupervisorOptions {
     pub size: Option<ModelSize>,
     pub version: Option<ModelVersion>,
     pub device: DeviceChoice,
-    pub precision: Precision,
+    /// Resolved per rung: `auto` follows the device (bf16 on CUDA, fp32 after a fall-back to the CPU).
+    pub precision: PrecisionChoice,
     pub image_size: i64,
     pub media: Option<PathBuf>,
     /// Journal, banks and fault state live here.
@@ -98,7 +99,7 @@ impl SupervisorOptions {
             size: None,
             version: None,
             device: DeviceChoice::Auto,
-            precision: Precision::Fp32,
+            precision: PrecisionChoice::Auto,
             image_size: 1024,
             media,
             session_dir: default_session_dir(),

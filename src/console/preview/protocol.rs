@@ -1,5 +1,6 @@
-//! Choosing and building the terminal graphics protocol. Detection is ratatui-image's
-//! (`Picker::from_query_stdio`); `--graphics`/config can force one. Protocols are built here
+//! Choosing and building the terminal graphics protocol. Detection is `probe` (the query
+//! and parser of ratatui-image, read without a leftover thread); `--graphics`/config can
+//! force one. Protocols are built here
 //! rather than by `Picker::new_protocol` so the kitty image keeps one id across frames (the
 //! terminal replaces it instead of piling up images).
 use crate::config::Graphics;

@@ -63,7 +63,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 lines.push(Line::from(format!("peak {} · driver used {}", bytes(c.peak_allocated), bytes(c.used))).style(Style::default().fg(app.theme.ui.dim.color())));
             } else {
                 lines.push(Line::from(format!("worker RSS {}", bytes(s.rss_bytes))));
-                lines.push(Line::from(format!("{} · {} threads", if s.device_name.is_empty() { &s.device_kind } else { &s.device_name }, s.threads)).style(Style::default().fg(app.theme.ui.dim.color())));
+                let name = if s.device_name.is_empty() { s.device_kind.as_str() } else { s.device_name.as_str() };
+                // The worker's CPU name may already carry its thread count.
+                let line = if name.contains("threads") { name.to_string() } else { format!("{name} · {} threads", s.threads) };
+                lines.push(Line::from(line).style(Style::default().fg(app.theme.ui.dim.color())));
             }
         }
     }

@@ -17,10 +17,31 @@ pub fn state_text(app: &App) -> (String, u8) {
             format!(" · fell back to {to} (from {from})")
         }
     });
+    let age = {
+        let secs = app.clock.saturating_duration_since(app.state_since).as_secs();
+        if secs >= 1 { format!(" · {secs} s") } else { String::new() }
+    };
+    if let Some(b) = &app.engine.blocked {
+        return (format!("not started: {b}"), 2);
+    }
     let (s, class) = match &app.engine.state {
-        EngineState::Starting => ("starting".to_string(), 1),
-        EngineState::Loading => ("loading model".to_string(), 1),
-        EngineState::Ready => ("ready".to_string(), 0),
+        EngineState::Starting => (format!("starting{age}"), 1),
+        EngineState::Loading => (format!("loading model{age}"), 1),
+        EngineState::Ready => match app.busy() {
+            // "ready" only when nothing the user asked for is still running.
+            Some(b) => (format!("busy: {b}"), 1),
+            None => ("ready".to_string(), 0),
+        },
+        EngineState::Propagating { .. } if app.cancelling.is_some() => (app.busy().unwrap_or_default(), 1),
+        EngineState::Propagating { done, total } if app.replay_left > 0 => (
+            format!(
+                "replaying saved propagation ({} left) {}/{}",
+                app.replay_left,
+                app.perf.done.max(*done),
+                app.perf.total.max(*total)
+            ),
+            0,
+        ),
         // The state is sent once per propagation; progress events carry the live count.
         EngineState::Propagating { done, total } => {
             (format!("propagating {}/{}", app.perf.done.max(*done), app.perf.total.max(*total)), 0)
@@ -47,6 +68,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         None => format!("SAM {} (not loaded)", app.engine.requested_model),
     };
     let device = match (app.engine.device, app.engine.precision) {
+        (Some(d), Some(p)) if app.engine.precision_choice == crate::device::PrecisionChoice::Auto => format!("{d} {p} (auto)"),
         (Some(d), Some(p)) => format!("{d} {p}"),
         (Some(d), None) => d.to_string(),
         _ => "device ?".into(),
@@ -80,7 +102,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let mut lines = vec![line];
     if app.engine.model.as_ref().is_some_and(|m| m.random_init) {
         lines.push(
-            Line::from(" ⚠ random weights — masks are meaningless (no checkpoint found; see `sam2-tui weights`)")
+            Line::from(format!(
+                " ⚠ random weights — masks are meaningless (the checkpoint is a random-init one; `sam2-tui weights download {}` gets the real one)",
+                app.engine.model.as_ref().map(|m| m.size.name()).unwrap_or("tiny")
+            ))
                 .style(Style::default().fg(t.banner_fg.color()).bg(t.banner_bg.color()).add_modifier(Modifier::BOLD)),
         );
     }

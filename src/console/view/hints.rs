@@ -18,14 +18,18 @@ pub fn hints(app: &App) -> Vec<(String, String)> {
         }
     };
     match &app.modal {
-        Modal::Watermark(_) | Modal::ConfirmQuit | Modal::Help => {}
+        Modal::Watermark(_) | Modal::ConfirmQuit | Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::Help => {}
         Modal::None if app.box_anchor.is_some() => {
             add(Command::BoxToggle, "finish box");
             add(Command::Cancel, "cancel box");
             add(Command::CursorLeft, "move");
         }
         Modal::None if app.is_propagating() => {
-            add(Command::Cancel, "cancel propagation");
+            if app.cancelling.is_none() && app.replay_left > 0 {
+                add(Command::Cancel, "skip the replay");
+            } else if app.cancelling.is_none() {
+                add(Command::Cancel, "cancel propagation");
+            }
             add(Command::Save, "save");
             add(Command::Help, "help");
         }
@@ -41,6 +45,12 @@ pub fn hints(app: &App) -> Vec<(String, String)> {
             add(Command::Quit, "quit");
         }
     }
+    // The frame keys, as one entry after the prompt keys.
+    let (next, prev) = (k(Command::NextFrame), k(Command::PrevFrame));
+    if app.modal == Modal::None && app.box_anchor.is_none() && !app.is_propagating() && !next.is_empty() && !prev.is_empty() {
+        let at = out.len().min(4);
+        out.insert(at, (format!("{next} {prev}"), "frame ±1".to_string()));
+    }
     out
 }
 
@@ -55,6 +65,17 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         Modal::ConfirmQuit => Line::from(Span::styled(
             " unsaved changes — s save and quit · y quit without saving · any other key stays",
             Style::default().fg(t.warn.color()),
+        )),
+        Modal::ConfirmDelete(id) => {
+            let (prompts, masked) = app.object_work(*id);
+            Line::from(Span::styled(
+                format!(" delete object {id} ({prompts} prompt sets, masks on {masked} frames)? not undoable — y delete · other key keeps it"),
+                Style::default().fg(t.warn.color()),
+            ))
+        }
+        Modal::OfferSession { path, journal } => Line::from(Span::styled(
+            format!(" resume the saved session {} ({} ops)? y resume · other key starts fresh (it is kept)", path.display(), journal.ops.len()),
+            Style::default().fg(t.accent.color()),
         )),
         Modal::Help => Line::from(Span::styled(" any key closes the help", Style::default().fg(t.dim.color()))),
         Modal::None => {

@@ -12,20 +12,26 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let inner = block.inner(area);
     f.render_widget(block, area);
     let t = &app.theme.ui;
-    let n = inner.height as usize;
-    let skip = app.log.len().saturating_sub(n);
-    let lines: Vec<Line> = app
-        .log
-        .iter()
-        .skip(skip)
-        .map(|l| {
-            let (tag, c) = match l.level {
-                LogLevel::Info => ("info ", t.dim),
-                LogLevel::Warn => ("warn ", t.warn),
-                LogLevel::Error => ("error", t.error),
-            };
-            Line::from(format!("{tag} {}", l.message)).style(Style::default().fg(c.color()))
-        })
-        .collect();
-    f.render_widget(Paragraph::new(lines), inner);
+    let (n, w) = (inner.height as usize, (inner.width as usize).max(1));
+    // Long lines wrap (a path or an error's cause must be readable whole); the newest rows
+    // are the ones shown.
+    let mut rows: Vec<Line> = vec![];
+    for l in app.log.iter().rev() {
+        let (tag, c) = match l.level {
+            LogLevel::Info => ("info ", t.dim),
+            LogLevel::Warn => ("warn ", t.warn),
+            LogLevel::Error => ("error", t.error),
+        };
+        let text: Vec<char> = format!("{tag} {}", l.message).chars().collect();
+        let pieces: Vec<String> = text.chunks(w).map(|c| c.iter().collect()).collect();
+        for p in pieces.into_iter().rev() {
+            rows.push(Line::from(p).style(Style::default().fg(c.color())));
+        }
+        if rows.len() >= n {
+            break;
+        }
+    }
+    rows.truncate(n);
+    rows.reverse();
+    f.render_widget(Paragraph::new(rows), inner);
 }

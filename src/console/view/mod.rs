@@ -16,12 +16,27 @@ use ratatui::style::Style;
 use ratatui::widgets::Block;
 use ratatui::Frame;
 
+/// Below this the panels cannot show a frame, the hints or the log readably.
+pub const MIN_SIZE: (u16, u16) = (80, 24);
+
 pub fn draw(f: &mut Frame, app: &App) {
     let t = &app.theme.ui;
     f.render_widget(
         Block::default().style(Style::default().bg(t.background.color()).fg(t.foreground.color())),
         f.area(),
     );
+    let area = f.area();
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+        let quit = app.keymap.label(super::action::Command::Quit);
+        let text = format!(
+            "terminal too small: {}×{}\nthe console needs at least {}×{}\nenlarge the window ({quit} quits)",
+            area.width, area.height, MIN_SIZE.0, MIN_SIZE.1
+        );
+        let y = area.height.saturating_sub(3) / 2;
+        let r = ratatui::layout::Rect::new(area.x, area.y + y, area.width, area.height.saturating_sub(y).min(3));
+        f.render_widget(ratatui::widgets::Paragraph::new(text).alignment(ratatui::layout::Alignment::Center), r);
+        return;
+    }
     let a = layout::areas(f.area(), app);
     header::draw(f, a.header, app);
     preview::draw(f, a.preview, app);
@@ -34,7 +49,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     match &app.modal {
         Modal::Help => help::draw(f, f.area(), app),
         Modal::ConfirmQuit => help::draw_confirm_quit(f, f.area(), app),
-        Modal::Watermark(_) | Modal::None => {}
+        Modal::Watermark(_) | Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::None => {}
     }
 }
 

@@ -27,7 +27,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             Line::from(vec![
                 Span::raw(if sel { "▶ " } else { "  " }),
                 Span::styled("■ ", Style::default().fg(app.theme.object(id).color())),
-                Span::raw(format!("{id:<3} +{pos} −{neg}{bx} · prompted on {frames} · tracked {tracked}")),
+                Span::raw(format!("{id:<3} +{pos} −{neg}{bx} · prompt frames {frames} · tracked {tracked}")),
             ])
             .style(style)
         })

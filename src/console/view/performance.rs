@@ -25,8 +25,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let [top, spark, rest] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(2), Constraint::Min(0)]).areas(inner);
     let eta = p.eta_secs().map(|s| format!(" · ETA {}", eta(s))).unwrap_or_default();
-    f.render_widget(Paragraph::new(format!("{:.1} fps · {}/{} frames{eta}", p.fps, p.done, p.total)), top);
-    let data: Vec<u64> = p.fps_history.iter().rev().take(spark.width as usize).rev().map(|v| (v * 10.0) as u64).collect();
+    // Below 1 FPS (large models on a CPU) seconds per frame read better than 0.0 fps.
+    let rate = if p.fps > 0.0 && p.fps < 1.0 { format!("{:.1} s/frame", 1.0 / p.fps) } else { format!("{:.1} fps", p.fps) };
+    f.render_widget(Paragraph::new(format!("{rate} · {}/{} frames{eta}", p.done, p.total)), top);
+    // The sparkline scales to its maximum: milli-FPS keep slow devices' bars visible.
+    let data: Vec<u64> = p.fps_history.iter().rev().take(spark.width as usize).rev().map(|v| (v * 1000.0) as u64).collect();
     f.render_widget(Sparkline::default().data(&data).style(Style::default().fg(app.theme.ui.accent.color())), spark);
     let t = &p.timings;
     let dim = Style::default().fg(app.theme.ui.dim.color());
@@ -37,5 +40,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         Line::from(format!("memory encoder   {:7.1} ms", t.memory_encoder_ms)),
         Line::from(format!("decode {:.1} · total {:.1} ms", t.decode_ms, t.total_ms)).style(dim),
     ];
+    let mut lines = lines;
+    if let Some(ms) = p.click_ms {
+        // Key to masks: encoder (unless prefetched) + decoder + the round trip. First, so
+        // a short panel still shows it.
+        let click = if ms >= 1000.0 { format!("{:.1} s", ms / 1000.0) } else { format!("{ms:.0} ms") };
+        lines.insert(0, Line::from(format!("last click       {click:>7}")));
+    }
     f.render_widget(Paragraph::new(lines), rest);
 }

@@ -12,7 +12,8 @@ use ratatui::Frame;
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let object = app.selected_object();
-    let mut title = format!("frame {}/{}", app.frame, app.frames().saturating_sub(1));
+    // Frame indices are 0-based everywhere (as in `segment` and the journal): "of N" counts.
+    let mut title = format!("frame {} of {}", app.frame, app.frames());
     if let Some(m) = app.media {
         title += &format!(" · cursor ({}, {}) · {}×{}", app.cursor.0 as i64, app.cursor.1 as i64, m.width, m.height);
     }
