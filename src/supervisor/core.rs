@@ -300,20 +300,24 @@ impl Core {
         if live.proc.exited {
             return;
         }
+        // A worker still starting (exec, libtorch's dynamic loading, the model load) is
+        // judged by the load timeout alone: on a loaded machine its first heartbeat can
+        // come later than the heartbeat timeout, and killing it there only restarts the
+        // same slow start.
         let kill_reason = if let Some(since) = live.retiring {
             (now.duration_since(since) > RETIRE_GRACE)
                 .then(|| "did not exit when asked".to_string())
+        } else if live.phase != Phase::Ready {
+            (now.duration_since(live.last_progress) > wd.load_timeout).then(|| {
+                format!(
+                    "no answer while starting for {:.0}s",
+                    wd.load_timeout.as_secs_f32()
+                )
+            })
         } else if now.duration_since(live.last_heartbeat) > wd.heartbeat_timeout {
             Some(format!(
                 "no heartbeat for {:.1}s",
                 wd.heartbeat_timeout.as_secs_f32()
-            ))
-        } else if live.phase != Phase::Ready
-            && now.duration_since(live.last_progress) > wd.load_timeout
-        {
-            Some(format!(
-                "no answer while starting for {:.0}s",
-                wd.load_timeout.as_secs_f32()
             ))
         } else if live.phase == Phase::Ready
             && busy
