@@ -113,7 +113,8 @@ fn each_command_exits_2_with_one_line_naming_the_file_for_a_bad_input() {
 #[test]
 fn an_image_size_the_model_cannot_take_is_refused_at_argument_parsing() {
     let sc = scene("image-size");
-    let r = segment(&sc.image, ("--prompts", &sc.prompts), &sc, &["--image-size", "100"]);
+    let out = sc.dir.join("out");
+    let r = run(&["segment", s(&sc.image), "--prompts", s(&sc.prompts), "--out", s(&out), "--image-size", "100"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(2), "{err}");
     assert!(err.contains("multiple of 64"), "{err}");

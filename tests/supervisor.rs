@@ -497,3 +497,27 @@ fn a_backward_propagation_that_dies_on_frame_0_still_ends_with_frame_0() {
     assert_eq!(died, 1, "the fault did not fire");
     assert_eq!(survived, clean, "final masks differ from the uninterrupted run");
 }
+
+#[test]
+fn a_point_outside_the_opened_video_is_refused_and_never_journaled() {
+    let _g = serial();
+    let mut o = options("op-outside", "");
+    let dir = o.session_dir.parent().unwrap().to_path_buf();
+    common::random_tiny_tensors(&dir);
+    o.checkpoint = dir.join("tiny.random-init.safetensors");
+    o.media = Some(moving_square_video(&dir, 2));
+    o.image_size = 128;
+    let session_dir = o.session_dir.clone();
+    let mut h = start(o).unwrap();
+    collect_until(&mut h, Duration::from_secs(120), |e| matches!(e, EngineEvent::MediaInfo { .. }));
+    // Far outside the 96×64 frame: the reference's positional encoding overflows to NaN.
+    h.send(EngineCommand::Op(Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(3e38, 3e38, true)], bbox: None }));
+    let events = collect_until(&mut h, Duration::from_secs(30), |e| {
+        matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("refused op"))
+    });
+    h.shutdown();
+    let Some(EngineEvent::Log { message, .. }) = events.last() else { unreachable!() };
+    assert!(message.contains("outside the 96x64 frame"), "{message}");
+    let journal = Journal::load(&session_dir.join("journal.json")).unwrap();
+    assert_eq!(journal.ops, vec![], "the refused op is not in the journal");
+}

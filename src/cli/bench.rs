@@ -5,7 +5,7 @@ use crate::bench::{clip, machine::Machine, measure, reference, report};
 use crate::device::{DeviceChoice, Precision};
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::util::bad_input;
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use measure::{RowResult, RowSpec, RowStatus};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -352,7 +352,7 @@ mod tests {
             ("backoff_max_ms = 9223372036854775807", "supervisor.backoff_max_ms"),
             ("restart_window_secs = 0", "supervisor.restart_window_secs"),
             ("max_restarts = 1000000", "supervisor.max_restarts"),
-            ("heartbeat_timeout_secs = 18446744073709551615", "supervisor.heartbeat_timeout_secs"),
+            ("heartbeat_timeout_secs = 9223372036854775807", "supervisor.heartbeat_timeout_secs"),
             ("load_timeout_secs = 9999999999", "supervisor.load_timeout_secs"),
             ("backoff_initial_ms = 5000\nbackoff_max_ms = 1000", "supervisor.backoff_max_ms"),
         ] {

@@ -187,6 +187,9 @@ struct Core {
     stopped: bool,
     shutting_down: bool,
     num_frames: usize,
+    /// (width, height) of the media, once a worker has opened it: ops are checked
+    /// against it before they are journaled.
+    media_size: Option<(u32, u32)>,
     inflight: Option<InFlight>,
     /// An interrupted propagation (index, how far it got) to continue in the next worker.
     resume: Option<(usize, PropagationProgress)>,
@@ -226,6 +229,7 @@ impl Core {
             stopped: false,
             shutting_down: false,
             num_frames: 0,
+            media_size: None,
             inflight: None,
             resume: None,
             recycle_due: false,
@@ -417,7 +421,11 @@ impl Core {
     fn on_command(&mut self, c: EngineCommand) {
         match c {
             EngineCommand::Op(op) => {
-                if let Err(e) = op.validate() {
+                let fits = match self.media_size {
+                    Some((w, h)) => op.check_against(self.num_frames, w, h),
+                    None => Ok(()),
+                };
+                if let Err(e) = op.validate().and(fits) {
                     self.log(LogLevel::Error, format!("refused op: {e}"));
                     return;
                 }
@@ -764,6 +772,7 @@ impl Core {
                 fps,
             } => {
                 self.num_frames = frames;
+                self.media_size = Some((width, height));
                 self.emit(EngineEvent::MediaInfo {
                     width,
                     height,
