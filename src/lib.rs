@@ -3,6 +3,7 @@ pub mod bench;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod limits;
 pub mod media;
 pub mod model;
 pub mod predictor;

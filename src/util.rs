@@ -28,6 +28,15 @@ fn write_and_rename(path: &Path, bytes: &[u8], flush: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// "no such file" rather than "No such file or directory (os error 2)".
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// What the user gave (a file, a flag, a prompt) is wrong, as opposed to a run that
 /// failed. Every command exits 2 for these and 1 for a failed run (README, "Exit codes");
 /// wrap the one-line message with `bad_input` where the input is judged.
@@ -45,6 +54,16 @@ impl std::error::Error for BadInput {}
 /// An error that makes the command exit 2 (bad input or usage).
 pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(message.into()))
+}
+
+/// Marks an error as bad input, keeping its one-line message (for errors judged at a
+/// boundary such as opening the input, where every failure is the input's).
+pub fn as_bad_input(e: anyhow::Error) -> anyhow::Error {
+    if exit::code_of(&e) == exit::BAD_INPUT {
+        e
+    } else {
+        bad_input(format!("{e:#}"))
+    }
 }
 
 /// Exit codes, one scheme for every command.

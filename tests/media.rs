@@ -243,7 +243,14 @@ fn bad_inputs_get_one_line_errors_naming_the_file() {
     let corrupt = dir.join("corrupt");
     std::fs::create_dir_all(&corrupt).unwrap();
     solid_png(&corrupt.join("00000.png"), 1);
+    // A broken header is found when the folder is opened (every frame's header is read
+    // then, to refuse mixed sizes before any model work)…
     std::fs::write(corrupt.join("00007.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let e = open_err(&corrupt);
+    assert!(e.contains("00007.png") && e.contains("cannot read image header"), "{e}");
+    // …broken pixel data only when the frame is decoded.
+    let whole = std::fs::read(corrupt.join("00000.png")).unwrap();
+    std::fs::write(corrupt.join("00007.png"), &whole[..43]).unwrap();
     let mut src = media::open(&corrupt).unwrap();
     let e = src.frame(1).unwrap_err().to_string();
     assert!(e.starts_with("frame 00007.png: decode failed:"), "{e}");

@@ -196,3 +196,42 @@ fn a_session_directory_left_by_an_earlier_run_does_not_leak_into_the_next() {
         assert!(second == fresh, "{npy}: a run in a used session directory differs from the same run in a fresh one");
     }
 }
+
+/// The random-init checkpoint with a NaN in the first weight of the image encoder: every
+/// feature, logit and score downstream is NaN (as fp16 overflow on MPS makes them).
+fn nan_checkpoint() -> PathBuf {
+    let path = common::fixture_cache("segment-cli").join("sam2.1_hiera_tiny.nan.random-init.safetensors");
+    if !path.exists() {
+        let mut named = tch::Tensor::read_safetensors(checkpoint()).unwrap();
+        let (_, w) = named.iter_mut().find(|(k, _)| k == "image_encoder.trunk.patch_embed.proj.weight").unwrap();
+        let _ = w.get(0).fill_(f64::NAN);
+        let tmp = path.with_extension("tmp");
+        tch::Tensor::write_safetensors(&named, &tmp).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+#[test]
+fn a_checkpoint_holding_a_nan_gives_an_ordinary_result_not_a_crash_loop() {
+    let dir = common::scratch("segment-cli-nan");
+    let p = prompts(&dir);
+    let img = dir.join("still.png");
+    image::RgbImage::from_fn(128, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])).save(&img).unwrap();
+    let out = dir.join("out");
+    let r = segment_in(&dir.join("session"), &nan_checkpoint(), &img, &p, &out, &[], &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("0 worker restart(s)") && !err.contains("died"), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap()).unwrap();
+    let objects = doc["frames"][0]["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 2);
+    for o in objects {
+        // JSON has no NaN: null, and the reason named beside it.
+        assert!(o["score"].is_null(), "{o}");
+        assert_eq!(o["score_nonfinite"], "NaN", "{o}");
+        // NaN logits are not > 0: the reference's mask is empty, and so is ours.
+        let rle: sam2_tui::media::rle::Rle = serde_json::from_value(o["rle"].clone()).unwrap();
+        assert!(rle.decode().unwrap().iter().all(|&b| b == 0), "{o}");
+    }
+}

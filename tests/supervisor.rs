@@ -100,6 +100,15 @@ fn a_worker_that_aborts_is_named_sigabrt_with_its_last_stderr_lines() {
 }
 
 #[test]
+fn a_worker_that_panics_leaves_the_panic_message_as_its_last_words_not_the_backtrace_hint() {
+    let _g = serial();
+    let (reason, tail) = first_death("panic", "panic@load", None);
+    assert_eq!(reason, "exit status 101");
+    let last = tail.iter().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert_eq!(last, "injected panic: an invariant of our own code broke", "{tail:?}");
+}
+
+#[test]
 fn a_worker_that_segfaults_is_named_sigsegv() {
     let _g = serial();
     let (reason, _) = first_death("segv", "segv@load", None);
@@ -114,23 +123,49 @@ fn a_worker_killed_by_sigkill_is_suspected_of_running_out_of_memory() {
 }
 
 #[test]
-fn a_hung_worker_is_killed_by_the_watchdog_when_heartbeats_stop() {
+fn a_worker_hung_while_starting_is_killed_by_the_load_timeout() {
     let _g = serial();
     let wd = Watchdog {
-        heartbeat_timeout: Duration::from_millis(1500),
+        heartbeat_timeout: Duration::from_millis(500),
         progress_timeout: Duration::from_secs(30),
-        load_timeout: Duration::from_secs(60),
+        load_timeout: Duration::from_millis(1500),
     };
     let t = Instant::now();
     let (reason, _) = first_death("hang", "hang@load", Some(wd));
     assert!(
-        reason.contains("watchdog") && reason.contains("no heartbeat"),
+        reason.contains("watchdog") && reason.contains("no answer while starting"),
         "{reason}"
     );
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "killed within the timeout, took {:?}",
         t.elapsed()
+    );
+}
+
+#[test]
+fn a_worker_slower_to_start_than_the_heartbeat_timeout_is_not_killed() {
+    let _g = serial();
+    let mut o = options("slow-start", "");
+    // A loaded machine, played by a shell that waits before it becomes the worker: no
+    // heartbeat for 2 s, four times the heartbeat timeout, well inside the load timeout.
+    o.worker_command = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("sleep 2; exec '{}' engine", common::bin().display()),
+    ];
+    o.watchdog.heartbeat_timeout = Duration::from_millis(500);
+    let mut h = start(o).unwrap();
+    // The worker answers (its load of the missing checkpoint fails) instead of being killed.
+    let events = collect_until(&mut h, Duration::from_secs(30), |e| {
+        matches!(e, EngineEvent::WorkerDied { .. })
+            || matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("no-such-checkpoint"))
+    });
+    h.shutdown();
+    assert!(
+        !events.iter().any(|e| matches!(e, EngineEvent::WorkerDied { .. })),
+        "{:?}",
+        events.last()
     );
 }
 
@@ -597,4 +632,28 @@ fn a_crash_at_any_change_a_click_correction_or_removal_makes_to_the_bank_changes
     }
     println!("{crashes} crash instants checked");
     assert!(crashes >= 7, "only {crashes} crash instants were reached");
+}
+
+#[test]
+fn a_point_outside_the_opened_video_is_refused_and_never_journaled() {
+    let _g = serial();
+    let mut o = options("op-outside", "");
+    let dir = o.session_dir.parent().unwrap().to_path_buf();
+    common::random_tiny_tensors(&dir);
+    o.checkpoint = dir.join("tiny.random-init.safetensors");
+    o.media = Some(moving_square_video(&dir, 2));
+    o.image_size = 128;
+    let session_dir = o.session_dir.clone();
+    let mut h = start(o).unwrap();
+    collect_until(&mut h, Duration::from_secs(120), |e| matches!(e, EngineEvent::MediaInfo { .. }));
+    // Far outside the 96×64 frame: the reference's positional encoding overflows to NaN.
+    h.send(EngineCommand::Op(Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(3e38, 3e38, true)], bbox: None }));
+    let events = collect_until(&mut h, Duration::from_secs(30), |e| {
+        matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("refused op"))
+    });
+    h.shutdown();
+    let Some(EngineEvent::Log { message, .. }) = events.last() else { unreachable!() };
+    assert!(message.contains("outside the 96x64 frame"), "{message}");
+    let journal = Journal::load(&session_dir.join("journal.json")).unwrap();
+    assert_eq!(journal.ops, vec![], "the refused op is not in the journal");
 }

@@ -120,6 +120,28 @@ fn every_request_and_response_round_trips_through_a_frame() {
 }
 
 #[test]
+fn non_finite_scores_cross_the_wire_intact() {
+    let mask = |object, score| ObjectMask { object, rle: Rle::encode(&[0u8; 6], 2, 3), score };
+    let r = Response::Frame {
+        seq: 1,
+        frame: 0,
+        objects: vec![mask(1, f32::NAN), mask(2, f32::INFINITY), mask(3, f32::NEG_INFINITY), mask(4, -1.5)],
+        timings: StageTimings::default(),
+    };
+    let (back, _) = decode::<Response>(&encode(&r)).unwrap();
+    let Response::Frame { objects, .. } = back else { panic!("{back:?}") };
+    assert!(objects[0].score.is_nan());
+    assert_eq!(objects[1].score, f32::INFINITY);
+    assert_eq!(objects[2].score, f32::NEG_INFINITY);
+    assert_eq!(objects[3].score, -1.5);
+    // A peer of the previous version wrote `null`: still refused, never read as a number.
+    let old = br#"{"type":"frame","seq":1,"frame":0,"objects":[{"object":1,"rle":{"size":[2,3],"counts":"6"},"score":null}],"timings":{"decode_ms":0,"image_encoder_ms":0,"memory_attention_ms":0,"mask_decoder_ms":0,"memory_encoder_ms":0,"total_ms":0}}"#;
+    let mut framed = (old.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(old);
+    assert!(matches!(decode::<Response>(&framed), Err(FrameError::Malformed(_))));
+}
+
+#[test]
 fn oversized_truncated_and_garbage_frames_are_refused_with_an_error() {
     let big = ((MAX_FRAME_BYTES + 1) as u32).to_le_bytes();
     assert_eq!(
@@ -331,6 +353,32 @@ fn an_engine_error_is_an_answer_and_the_worker_lives_on() {
         read_frame::<Response>(&mut w.stdout).unwrap(),
         Some(Response::Heartbeat { .. })
     ));
+    w.send(&Request::Shutdown);
+    assert!(w.child.wait().unwrap().success());
+}
+
+#[test]
+fn an_image_size_the_model_cannot_take_is_an_error_answer_not_a_panic() {
+    // A real checkpoint: the size is judged where the model is built (it panicked there).
+    let dir = common::fixture_cache("worker-protocol");
+    let checkpoint = dir.join("tiny.random-init.safetensors");
+    if !checkpoint.exists() {
+        common::random_tiny_tensors(&dir);
+    }
+    let mut w = Wire::start(&[]);
+    w.send(&Request::LoadModel {
+        checkpoint,
+        size: None,
+        version: None,
+        device: DeviceChoice::Cpu,
+        precision: Precision::Fp32,
+        image_size: 100,
+        device_label: None,
+    });
+    match w.answer() {
+        Response::Error { seq: None, message } => assert!(message.contains("image size 100"), "{message}"),
+        r => panic!("{r:?}"),
+    }
     w.send(&Request::Shutdown);
     assert!(w.child.wait().unwrap().success());
 }

@@ -4,7 +4,8 @@
 use crate::bench::{clip, machine::Machine, measure, reference, report};
 use crate::device::{DeviceChoice, Precision};
 use crate::model::config::{ModelSize, ModelVersion};
-use anyhow::{anyhow, bail};
+use crate::util::bad_input;
+use anyhow::bail;
 use measure::{RowResult, RowSpec, RowStatus};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,7 +52,7 @@ pub struct Args {
     #[arg(long)]
     pub reference: bool,
     /// Model input size (1024 for the official models; smaller only for tests).
-    #[arg(long, default_value_t = 1024, hide = true)]
+    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
     pub image_size: i64,
 }
 
@@ -92,11 +93,7 @@ fn checkpoint_for(a: &Args, size: ModelSize, cache: &Path) -> anyhow::Result<(Pa
         (None, None) => Some(crate::weights::default_checkpoint(size, ModelVersion::V2_1)).filter(|p| p.is_file()),
     };
     if let Some(path) = real {
-        if !path.is_file() {
-            bail!("{}: checkpoint not found", path.display());
-        }
-        let det = crate::weights::detect(&crate::weights::load(&path)?).map_err(|e| anyhow!("{e:#}"))?;
-        crate::weights::check_requested(&det, Some(size), None, &path)?;
+        let det = super::checks::checkpoint(&path, Some(size))?;
         let random = crate::model::random_init::is_random_init(&path);
         return Ok((path, det.version, random));
     }
@@ -114,13 +111,13 @@ fn checkpoint_for(a: &Args, size: ModelSize, cache: &Path) -> anyhow::Result<(Pa
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     if a.sizes.is_empty() {
-        bail!("--sizes: give at least one model size");
+        return Err(bad_input("--sizes: give at least one model size"));
     }
     if a.checkpoint.is_some() && a.sizes.len() != 1 {
-        bail!("--checkpoint measures one file: give exactly one --sizes entry");
+        return Err(bad_input("--checkpoint measures one file: give exactly one --sizes entry"));
     }
     if a.runs == Some(0) || a.frames == Some(0) {
-        bail!("--runs and --frames must be at least 1");
+        return Err(bad_input("--runs and --frames must be at least 1"));
     }
     let cache = cache_dir();
     let mut devices = a.devices.clone();

@@ -300,6 +300,11 @@ fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>) -> Rehearsal {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // A checkpoint given by name is checked up front (exit 2), not reported as a crash of
+    // the rehearsal.
+    if let Some(c) = &args.checkpoint {
+        super::checks::checkpoint(c, None)?;
+    }
     let report = collect(args.rehearse, args.checkpoint);
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"

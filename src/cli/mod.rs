@@ -1,6 +1,7 @@
 //! Command-line surface: the console (default) and the headless subcommands that script
 //! the same engine. Each subcommand lives in its own file with its `Args` and `run`.
 pub mod bench;
+pub mod checks;
 pub mod doctor;
 pub mod engine;
 pub mod interrupt;

@@ -85,9 +85,10 @@ pub fn composed(args: &Args) -> anyhow::Result<(image::RgbImage, usize, usize)> 
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.alpha) {
-        bail!("--alpha must be in [0, 1], got {}", args.alpha);
+        return Err(crate::util::bad_input(format!("--alpha must be in [0, 1], got {}", args.alpha)));
     }
-    let (img, objects, n) = composed(&args)?;
+    // Every failure here is the input's (the video, the frame number, the masks).
+    let (img, objects, n) = composed(&args).map_err(crate::util::as_bad_input)?;
     // Piped output gets plain coloured blocks: no graphics-protocol queries to a terminal
     // that is not there (they would wait for an answer and litter the output).
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -1,6 +1,7 @@
 //! `sam2-tui segment`: a video, frame folder or image in, masks out — headless, through
 //! the same supervisor as the console, so an engine crash mid-run costs a restart, not
 //! the run.
+use super::checks;
 use crate::cli::interrupt;
 use crate::device::{DeviceChoice, PrecisionChoice};
 use crate::media::output_dir::{OutputTarget, Staging};
@@ -51,7 +52,7 @@ pub struct Args {
     #[arg(long)]
     pub no_postprocess: bool,
     /// Model input size (1024 for the official models; smaller only for tests).
-    #[arg(long, default_value_t = 1024, hide = true)]
+    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
     pub image_size: i64,
     /// Keep the session journal and memory bank in this folder (default: a folder in
     /// the data directory, removed when the run ends).
@@ -61,21 +62,19 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Everything that can be checked before the engine starts is checked here, so bad
-    // input is one clear line and nothing is written.
+    // Everything that can be checked before the engine starts is checked here (see
+    // `checks`), so bad input is one clear line, exit 2, and nothing is written.
     let source = crate::media::open(&a.input)?;
     let (width, height) = source.size();
     let video = VideoInfo { width, height, frames: source.len(), fps: source.fps(), source: a.input.display().to_string() };
     drop(source);
-    let ops_file = a.prompts.as_ref().or(a.session.as_ref()).ok_or_else(|| bad_input("give --prompts FILE or --session FILE"))?;
-    let journal = match (&a.prompts, &a.session) {
-        (Some(p), _) => Journal::load_prompts(p)?,
-        (None, Some(s)) => Journal::load(s)?,
-        _ => unreachable!("checked above"),
+    let (ops_file, journal) = match (&a.prompts, &a.session) {
+        (Some(p), _) => (p, Journal::load_prompts(p)?),
+        (None, Some(s)) => (s, Journal::load(s)?),
+        _ => return Err(bad_input("give --prompts FILE or --session FILE")),
     };
-    for op in &journal.ops {
-        check_op(op, video.frames).map_err(|e| bad_input(format!("{}: {e}", ops_file.display())))?;
-    }
+    checks::ops_for_video(&journal, ops_file, &video)?;
+    checks::overlay_target(&a.overlay)?;
     let checkpoint = match &a.checkpoint {
         Some(c) => c.clone(),
         None => crate::weights::default_checkpoint(a.model.unwrap_or(ModelSize::Tiny), ModelVersion::V2_1),
@@ -83,19 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // What sam2-tui may write, judged before the checkpoint is read: never the input,
     // never a folder or file it did not write itself.
     let target = OutputTarget::check(&a.out, a.overlay.as_deref(), &[&a.input, ops_file, &checkpoint])?;
-    if !checkpoint.exists() {
-        return Err(bad_input(format!(
-            "{}: checkpoint not found (run `sam2-tui weights download {}` or pass --checkpoint)",
-            checkpoint.display(),
-            a.model.unwrap_or(ModelSize::Tiny)
-        )));
-    }
-    let det = {
-        let ckpt = crate::weights::load(&checkpoint)?;
-        let det = crate::weights::detect(&ckpt).map_err(|e| anyhow!("{e:#}"))?;
-        crate::weights::check_requested(&det, a.model, None, &checkpoint)?;
-        det
-    };
+    let det = checks::checkpoint(&checkpoint, a.model)?;
     interrupt::install();
     let staging = target.stage()?;
 
@@ -253,25 +240,6 @@ fn op_name(op: &crate::session::Op) -> &'static str {
         Op::ClearFrame { .. } => "clear_frame",
         Op::RemoveObject { .. } => "remove_object",
         Op::Reset => "reset",
-    }
-}
-
-/// Frame indices and object ids the engine would refuse, refused before it starts.
-fn check_op(op: &crate::session::Op, frames: usize) -> Result<(), String> {
-    use crate::session::Op;
-    let frame = match op {
-        Op::AddPrompt { frame, object, .. } | Op::ClearFrame { frame, object } => {
-            if !(1..=255).contains(object) {
-                return Err(format!("object id {object} must be 1..=255"));
-            }
-            Some(*frame)
-        }
-        Op::Propagate { start, .. } => *start,
-        _ => None,
-    };
-    match frame {
-        Some(f) if f >= frames => Err(format!("frame {f} out of range (the video has {frames} frames)")),
-        _ => Ok(()),
     }
 }
 

@@ -53,11 +53,12 @@ pub fn run(args: Args) -> Result<()> {
         Command::Inspect { file } => inspect(&file),
         Command::Download { size, version, dir } => download(size, version, &dir),
         Command::InitRandom { out, model, version, seed } => {
-            anyhow::ensure!(
-                crate::model::random_init::is_random_init(&out),
-                "{}: a random-init checkpoint's file name must contain 'random-init'",
-                out.display()
-            );
+            if !crate::model::random_init::is_random_init(&out) {
+                return Err(crate::util::bad_input(format!(
+                    "{}: a random-init checkpoint's file name must contain 'random-init'",
+                    out.display()
+                )));
+            }
             crate::model::random_init::write_random_checkpoint(&out, model, version, seed)?;
             println!("wrote {} (random-init SAM {version} {model}: masks are meaningless)", out.display());
             Ok(())

@@ -224,10 +224,10 @@ impl Config {
             .unwrap_or_else(|| std::env::temp_dir().join("sam2-tui"))
     }
 
+    /// A config file is the user's input: every error here is bad input (exit 2).
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read config: {e}", path.display()))?;
-        Self::parse(&text, path)
+        let text = crate::limits::read_input_text(path, "config")?;
+        Self::parse(&text, path).map_err(crate::util::as_bad_input)
     }
 
     /// Parses config text; `path` only names the file in errors.
@@ -272,10 +272,38 @@ impl Config {
                 return Err(format!("engine.mps_low_watermark_ratio ({lo}) exceeds the high one ({hi})"));
             }
         }
+        self.check_supervisor()?;
         if !(0.0..=1.5).contains(&self.supervisor.recycle_memory_fraction) {
             return Err(format!(
                 "supervisor.recycle_memory_fraction must be in [0, 1.5], got {}",
                 self.supervisor.recycle_memory_fraction
+            ));
+        }
+        Ok(())
+    }
+
+    /// The restart and watchdog settings: a backoff of `i64::MAX` ms waits for ever and a
+    /// zero window never restarts, so every one has a range (README, "Limits").
+    fn check_supervisor(&self) -> Result<(), String> {
+        let s = &self.supervisor;
+        let ranges: [(&str, u64, u64, u64); 7] = [
+            ("supervisor.max_restarts", s.max_restarts as u64, 0, 100),
+            ("supervisor.restart_window_secs", s.restart_window_secs, 1, 86_400),
+            ("supervisor.backoff_initial_ms", s.backoff_initial_ms, 1, 60_000),
+            ("supervisor.backoff_max_ms", s.backoff_max_ms, 1, 600_000),
+            ("supervisor.heartbeat_timeout_secs", s.heartbeat_timeout_secs, 0, 3_600),
+            ("supervisor.progress_timeout_secs", s.progress_timeout_secs, 0, 86_400),
+            ("supervisor.load_timeout_secs", s.load_timeout_secs, 0, 86_400),
+        ];
+        for (name, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("{name} must be in [{lo}, {hi}], got {v}"));
+            }
+        }
+        if s.backoff_max_ms < s.backoff_initial_ms {
+            return Err(format!(
+                "supervisor.backoff_max_ms ({}) is below supervisor.backoff_initial_ms ({})",
+                s.backoff_max_ms, s.backoff_initial_ms
             ));
         }
         Ok(())
@@ -316,6 +344,23 @@ mod tests {
         assert!(e.starts_with("c.toml:2:1: "), "{e}");
         assert!(e.contains("thme"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn restart_and_watchdog_settings_out_of_range_are_refused_by_name() {
+        for (text, name) in [
+            ("backoff_initial_ms = 9223372036854775807", "supervisor.backoff_initial_ms"),
+            ("backoff_max_ms = 9223372036854775807", "supervisor.backoff_max_ms"),
+            ("restart_window_secs = 0", "supervisor.restart_window_secs"),
+            ("max_restarts = 1000000", "supervisor.max_restarts"),
+            ("heartbeat_timeout_secs = 9223372036854775807", "supervisor.heartbeat_timeout_secs"),
+            ("load_timeout_secs = 9999999999", "supervisor.load_timeout_secs"),
+            ("backoff_initial_ms = 5000\nbackoff_max_ms = 1000", "supervisor.backoff_max_ms"),
+        ] {
+            let e = Config::parse(&format!("[supervisor]\n{text}\n"), Path::new("c.toml")).unwrap_err().to_string();
+            assert!(e.starts_with("c.toml: ") && e.contains(name), "{text}: {e}");
+        }
+        Config::parse("[supervisor]\nbackoff_initial_ms = 100\nbackoff_max_ms = 100\nheartbeat_timeout_secs = 0\n", Path::new("c.toml")).unwrap();
     }
 
     #[test]

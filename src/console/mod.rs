@@ -58,7 +58,7 @@ pub struct ConsoleArgs {
     #[arg(long)]
     pub export_dir: Option<PathBuf>,
     /// Model input size (1024 for the official models; smaller only for tests).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = crate::model::config::parse_image_size)]
     pub image_size: Option<i64>,
 }
 
@@ -113,7 +113,11 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
     let theme = Theme::load(&cfg.console.theme)?;
     let keymap = keymap::Keymap::from_config(&cfg)?;
     if let Some(p) = &input {
-        anyhow::ensure!(p.exists(), "{}: no such file or directory", p.display());
+        // Before the terminal is taken over: a missing input, a FIFO or a device is one
+        // line and exit 2, not an error note inside the console (or a hang on the FIFO).
+        if !p.is_dir() {
+            crate::limits::regular_file(p, "video or image")?;
+        }
     }
     let session_path = args.session.clone().unwrap_or_else(|| PathBuf::from(format!("{}.session.json", stem(input.as_deref()))));
     let resumed = match &args.session {

@@ -43,6 +43,14 @@ pub fn dimensions(path: &Path) -> anyhow::Result<(u32, u32)> {
     }
 }
 
+/// (width, height) from the header, reading only the header's bytes whatever the format
+/// (`dimensions` reads a whole JPEG for TurboJPEG; this is for checking many frames).
+pub fn header_dimensions(path: &Path) -> anyhow::Result<(u32, u32)> {
+    let fail = |why: String| anyhow::anyhow!("{}: cannot read image header: {why}", path.display());
+    let reader = image::ImageReader::open(path).map_err(|e| fail(super::io_reason(&e)))?;
+    reader.with_guessed_format().map_err(|e| fail(e.to_string()))?.into_dimensions().map_err(|e| fail(e.to_string()))
+}
+
 /// Decodes an image file to RGB8. JPEG goes through libjpeg-turbo (bit-identical to
 /// Pillow); CMYK/YCCK JPEGs, which TurboJPEG cannot turn into RGB, and PNGs go through the
 /// `image` crate (PNG decoding is lossless, so any decoder agrees on 8-bit files).

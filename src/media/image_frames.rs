@@ -54,6 +54,16 @@ impl FrameFolder {
         }
         let frames: Vec<PathBuf> = numbered.into_iter().map(|(_, _, p)| p).collect();
         let size = image_file::dimensions(&frames[0])?;
+        // Every frame's header, now rather than when the propagation reaches it: a frame
+        // of another size (or a corrupt one) is refused before any model work. Headers
+        // only, a few hundred bytes a frame.
+        for path in &frames[1..] {
+            let other = image_file::header_dimensions(path)?;
+            if other != size {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                bail!("{shown}: frame {name} is {}x{}, the first frame {}x{} (every frame must have one size)", other.0, other.1, size.0, size.1);
+            }
+        }
         Ok(FrameFolder { dir: dir.to_path_buf(), frames, size })
     }
 

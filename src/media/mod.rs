@@ -38,11 +38,24 @@ pub trait FrameSource: Send {
 /// Opens a video file, a frame folder or a single image. What it is is decided by the
 /// path: a directory is a frame folder, a `.jpg/.jpeg/.png` file a one-frame video, any
 /// other file goes to FFmpeg.
+///
+/// Every error is bad input (exit 2): a missing or unreadable input, a FIFO or device
+/// (refused before it is opened, which would block), frames of mixed sizes, a frame
+/// larger than `limits::MAX_FRAME_SIDE`.
 pub fn open(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
+    open_unchecked(path).and_then(|source| {
+        crate::limits::check_frame_size(path, source.size())?;
+        Ok(source)
+    })
+    .map_err(crate::util::as_bad_input)
+}
+
+fn open_unchecked(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
     let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), io_reason(&e)))?;
     if meta.is_dir() {
         return Ok(Box::new(image_frames::FrameFolder::open(path)?));
     }
+    crate::limits::regular_file(path, "video or image")?;
     if image_file::is_image_path(path) {
         return Ok(Box::new(image_frames::SingleImage::open(path)?));
     }
@@ -57,6 +70,9 @@ pub fn open(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
 pub mod overlay {
     use std::path::{Path, PathBuf};
     pub const OVERLAY_ALPHA: f32 = 0.5;
+    pub fn check_target(path: &Path) -> anyhow::Result<()> {
+        Err(crate::util::bad_input(format!("{}: cannot write the overlay video: built without FFmpeg (feature `video`)", path.display())))
+    }
     /// Never constructed (`create` always fails), so the other methods are unreachable.
     pub struct OverlayWriter(std::convert::Infallible);
     impl OverlayWriter {
@@ -75,11 +91,4 @@ pub mod overlay {
     }
 }
 
-/// "no such file" rather than "No such file or directory (os error 2)".
-pub(crate) fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
-}
+pub(crate) use crate::util::io_reason;

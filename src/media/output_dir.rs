@@ -240,10 +240,7 @@ fn check_overlay(overlay: &Path, out: &Path, existing_out: &Existing, inputs: &[
             return Err(bad_input(format!("{name}: --overlay is or lies inside the input {}", input.display())));
         }
     }
-    match overlay.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("mp4" | "mkv" | "mov" | "avi" | "webm") => {}
-        _ => return Err(bad_input(format!("{name}: --overlay must end in .mp4, .mkv, .mov, .avi or .webm"))),
-    }
+    // Whether FFmpeg has a container for its extension is `media::overlay::check_target`'s.
     let parent = overlay.parent().unwrap();
     if !parent.is_dir() {
         return Err(bad_input(format!("{name}: the overlay's folder {} does not exist", parent.display())));

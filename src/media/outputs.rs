@@ -1,7 +1,9 @@
 //! The result directory of `segment --out DIR`, written as masks arrive:
 //!
 //! * `masks.json` — video info, model label and, per frame, every object's score and COCO
-//!   compressed RLE (pycocotools-compatible). Written last, atomically, by `finish`.
+//!   compressed RLE (pycocotools-compatible). Written last, atomically, by `finish`. A
+//!   non-finite score (a NaN from the model) is `"score": null` with `"score_nonfinite":
+//!   "NaN"` (or "inf"/"-inf"); its mask is empty, as the reference's `logits > 0` makes it.
 //! * `annotations/<frame:05>.png` — DAVIS-style palette PNGs (index = object id, 0 =
 //!   background). Where objects overlap the smaller id wins, as in the reference's
 //!   `tools/vos_inference.py` (it paints ids in descending order).
@@ -34,8 +36,24 @@ pub struct VideoInfo {
 #[derive(Serialize)]
 struct ObjectOut<'a> {
     id: u32,
-    score: f32,
+    /// JSON has no NaN or infinity: a non-finite score is `null` here and named in
+    /// `score_nonfinite` ("NaN", "inf", "-inf"), so every reader still parses the file.
+    score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_nonfinite: Option<&'static str>,
     rle: &'a Rle,
+}
+
+impl<'a> ObjectOut<'a> {
+    fn new(id: u32, score: f32, rle: &'a Rle) -> Self {
+        let nonfinite = match score {
+            s if s.is_finite() => None,
+            s if s.is_nan() => Some("NaN"),
+            s if s > 0.0 => Some("inf"),
+            _ => Some("-inf"),
+        };
+        ObjectOut { id, score: nonfinite.is_none().then_some(score), score_nonfinite: nonfinite, rle }
+    }
 }
 
 #[derive(Serialize)]
@@ -203,7 +221,7 @@ impl OutputWriter {
                 .iter()
                 .map(|(&frame, objects)| FrameOut {
                     frame,
-                    objects: objects.iter().map(|(&id, (score, rle))| ObjectOut { id, score: *score, rle }).collect(),
+                    objects: objects.iter().map(|(&id, (score, rle))| ObjectOut::new(id, *score, rle)).collect(),
                 })
                 .collect(),
         };

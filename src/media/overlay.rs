@@ -40,6 +40,40 @@ fn pick_encoder() -> anyhow::Result<ffmpeg::Codec> {
         .ok_or_else(|| anyhow!("FFmpeg has neither the libx264 nor the mpeg4 encoder"))
 }
 
+/// Checks an overlay target before any work: an existing target must be a regular file
+/// (it is replaced), an existing parent a directory, and FFmpeg must know a container for
+/// the extension (`out.mp4`, `out.mkv`, …). Otherwise the run would end, after all the
+/// model work, with "cannot create the video".
+pub fn check_target(path: &Path) -> anyhow::Result<()> {
+    use crate::util::bad_input;
+    let shown = path.display();
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(bad_input(format!("{shown}: exists and is not a regular file; the overlay would replace it")));
+        }
+    }
+    let mut dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // The nearest existing ancestor must be a directory (the rest is created).
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => dir = p,
+            _ => break,
+        }
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(bad_input(format!("{shown}: {} is not a directory", dir.display())));
+    }
+    super::video::init_ffmpeg()?;
+    let name = std::ffi::CString::new(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .map_err(|_| bad_input(format!("{shown}: bad file name")))?;
+    // SAFETY: a lookup by file name in FFmpeg's static muxer table; the name outlives it.
+    let known = !unsafe { ffmpeg::ffi::av_guess_format(std::ptr::null(), name.as_ptr(), std::ptr::null()) }.is_null();
+    if path.extension().is_none() || !known {
+        return Err(bad_input(format!("{shown}: FFmpeg knows no video container for this extension (use .mp4 or .mkv)")));
+    }
+    Ok(())
+}
+
 impl OverlayWriter {
     pub fn create(path: &Path, width: u32, height: u32, fps: f32) -> anyhow::Result<Self> {
         super::video::init_ffmpeg()?;

@@ -110,6 +110,25 @@ impl HieraConfig {
     }
 }
 
+/// The model input sizes the network accepts: the Hiera trunk halves the 4-pixel patch
+/// grid three times and the mask decoder upsamples by 4 from there, so the side must be a
+/// multiple of 64; below 128 the last stage has no window left, above 4096 the image
+/// encoder alone needs tens of GB.
+pub fn check_image_size(image_size: i64) -> Result<(), String> {
+    if image_size % 64 != 0 || !(128..=4096).contains(&image_size) {
+        return Err(format!("image size {image_size}: must be a multiple of 64 in 128..=4096 (1024 for the official models)"));
+    }
+    Ok(())
+}
+
+/// `--image-size` as clap parses it: refused at argument parsing (exit 2), never a panic
+/// in the worker.
+pub fn parse_image_size(s: &str) -> Result<i64, String> {
+    let v: i64 = s.trim().parse().map_err(|_| format!("'{s}': not a whole number"))?;
+    check_image_size(v)?;
+    Ok(v)
+}
+
 /// Everything that differs between the eight official models.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sam2Config {
@@ -158,8 +177,11 @@ impl Sam2Config {
         Sam2Config { size, version, image_size: 1024, hiera }
     }
 
+    /// Panics on a size `check_image_size` refuses: callers check user input first.
     pub fn with_image_size(mut self, image_size: i64) -> Self {
-        assert!(image_size % 64 == 0 && image_size >= 128, "image size must be a multiple of 64 (>= 128)");
+        if let Err(e) = check_image_size(image_size) {
+            panic!("{e}");
+        }
         self.image_size = image_size;
         self
     }

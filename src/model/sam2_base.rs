@@ -126,6 +126,7 @@ impl Sam2Base {
     /// Loads an official checkpoint (`.pt` or `.safetensors`), checks it is the model the
     /// user asked for, and builds the model on the device.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Sam2Base> {
+        crate::model::config::check_image_size(opts.image_size).map_err(anyhow::Error::msg)?;
         crate::device::configure_cuda_math(opts.device);
         let ckpt = crate::weights::load(&opts.checkpoint)?;
         let det = crate::weights::detect(&ckpt).map_err(|e| anyhow::anyhow!("{e:#}"))?;

@@ -189,6 +189,9 @@ struct Core {
     stopped: bool,
     shutting_down: bool,
     num_frames: usize,
+    /// (width, height) of the media, once a worker has opened it: ops are checked
+    /// against it before they are journaled.
+    media_size: Option<(u32, u32)>,
     inflight: Option<InFlight>,
     /// An interrupted propagation (index, how far it got) to continue in the next worker.
     resume: Option<(usize, PropagationProgress)>,
@@ -241,6 +244,7 @@ impl Core {
             stopped: false,
             shutting_down: false,
             num_frames: 0,
+            media_size: None,
             inflight: None,
             resume: None,
             recycle_due: false,
@@ -318,20 +322,24 @@ impl Core {
         if live.proc.exited {
             return;
         }
+        // A worker still starting (exec, libtorch's dynamic loading, the model load) is
+        // judged by the load timeout alone: on a loaded machine its first heartbeat can
+        // come later than the heartbeat timeout, and killing it there only restarts the
+        // same slow start.
         let kill_reason = if let Some(since) = live.retiring {
             (now.duration_since(since) > RETIRE_GRACE)
                 .then(|| "did not exit when asked".to_string())
+        } else if live.phase != Phase::Ready {
+            (now.duration_since(live.last_progress) > wd.load_timeout).then(|| {
+                format!(
+                    "no answer while starting for {:.0}s",
+                    wd.load_timeout.as_secs_f32()
+                )
+            })
         } else if now.duration_since(live.last_heartbeat) > wd.heartbeat_timeout {
             Some(format!(
                 "no heartbeat for {:.1}s",
                 wd.heartbeat_timeout.as_secs_f32()
-            ))
-        } else if live.phase != Phase::Ready
-            && now.duration_since(live.last_progress) > wd.load_timeout
-        {
-            Some(format!(
-                "no answer while starting for {:.0}s",
-                wd.load_timeout.as_secs_f32()
             ))
         } else if live.phase == Phase::Ready
             && busy
@@ -432,7 +440,11 @@ impl Core {
     fn on_command(&mut self, c: EngineCommand) {
         match c {
             EngineCommand::Op(op) => {
-                if let Err(e) = op.validate() {
+                let fits = match self.media_size {
+                    Some((w, h)) => op.check_against(self.num_frames, w, h),
+                    None => Ok(()),
+                };
+                if let Err(e) = op.validate().and(fits) {
                     self.log(LogLevel::Error, format!("refused op: {e}"));
                     return;
                 }
@@ -834,6 +846,7 @@ impl Core {
                 fps,
             } => {
                 self.num_frames = frames;
+                self.media_size = Some((width, height));
                 self.emit(EngineEvent::MediaInfo {
                     width,
                     height,

@@ -46,6 +46,13 @@ pub fn describe(status: ExitStatus, killed_by_us: Option<&str>) -> String {
     }
 }
 
+/// Whether a worker's stderr line belongs in its "last words" (the tail shown when it
+/// dies). Rust's `note: run with RUST_BACKTRACE=1 …` hint does not: it follows every
+/// panic, so as the last line it hid the panic message that says what went wrong.
+pub fn is_last_words(line: &str) -> bool {
+    !line.starts_with("note: run with `RUST_BACKTRACE=1`")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

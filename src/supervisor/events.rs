@@ -55,8 +55,44 @@ pub struct StageTimings {
 pub struct ObjectMask {
     pub object: ObjectId,
     pub rle: Rle,
-    /// The object score logit (> 0: present).
+    /// The object score logit (> 0: present). May be NaN or infinite (a checkpoint with a
+    /// NaN, fp16 overflow): it crosses the process boundary as such, see `finite_or_named`.
+    #[serde(with = "finite_or_named")]
     pub score: f32,
+}
+
+/// An f32 as a JSON number when finite and as the string "NaN", "inf" or "-inf" when not.
+/// JSON has no non-finite numbers and serde_json writes them as `null`, which the reader
+/// then refused as a malformed frame and killed the worker over a NaN result.
+pub mod finite_or_named {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f32(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(f32),
+            Name(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(v),
+            Repr::Name(n) => match n.as_str() {
+                "NaN" => Ok(f32::NAN),
+                "inf" => Ok(f32::INFINITY),
+                "-inf" => Ok(f32::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!("expected a number, \"NaN\", \"inf\" or \"-inf\", got {other:?}"))),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

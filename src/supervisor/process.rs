@@ -108,7 +108,10 @@ impl WorkerProcess {
                     for line in r.split(b'\n') {
                         let Ok(line) = line else { return };
                         let line = String::from_utf8_lossy(&line).trim_end().to_string();
-                        {
+                        if !super::death::is_last_words(&line) {
+                            // Kept for the log, not for the tail: it would hide the panic
+                            // message just above it.
+                        } else {
                             let mut q = tail2.lock().unwrap_or_else(|p| p.into_inner());
                             if q.len() == STDERR_TAIL {
                                 q.pop_front();

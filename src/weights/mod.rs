@@ -78,6 +78,8 @@ fn sniff(bytes: &[u8]) -> Result<Format> {
 }
 
 fn map(path: &Path) -> Result<memmap2::Mmap> {
+    // Before opening: opening a FIFO blocks until a writer comes.
+    crate::limits::regular_file(path, "checkpoint")?;
     let file = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
     let meta = file.metadata().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if meta.is_dir() {

@@ -2,10 +2,11 @@
 //! segfaults, real hangs and real kills, triggered by `SAM2_TUI_FAULT`.
 //!
 //! Syntax: comma-separated `KIND@POINT[xN][:device=LABEL]`, KIND one of abort, segv, hang,
-//! oom; POINT one of `load`, `frame=N`, `op=N` (the op sequence number), `op=N.write=W`
-//! (just before the W-th change, from 1, that op N makes to the memory bank on disk: the
-//! instants at which a crash can leave the bank different), `op=N.done` (after op N ran
-//! to its end, before the supervisor hears of it). `xN` fires N
+//! oom, panic (a Rust panic: a bug in our own code); POINT one of `load`, `frame=N`,
+//! `op=N` (the op sequence number), `op=N.write=W` (just before the W-th change, from 1,
+//! that op N makes to the memory bank on disk: the instants at which a crash can leave
+//! the bank different), `op=N.done` (after op N ran to its end, before the supervisor
+//! hears of it). `xN` fires N
 //! times per session (default once); `device=LABEL` restricts it to a worker whose device
 //! label matches. Each firing is recorded in the state file (`SAM2_TUI_FAULT_STATE`)
 //! BEFORE the fault is triggered, so a restarted worker does not die at the same place
@@ -27,6 +28,7 @@ pub enum FaultKind {
     Segv,
     Hang,
     Oom,
+    Panic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +77,8 @@ fn parse_one(text: &str) -> Result<Fault, String> {
         "segv" => FaultKind::Segv,
         "hang" => FaultKind::Hang,
         "oom" => FaultKind::Oom,
-        _ => return Err(bad("kind must be abort, segv, hang or oom")),
+        "panic" => FaultKind::Panic,
+        _ => return Err(bad("kind must be abort, segv, hang, oom or panic")),
     };
     let (point, times) = match rest.rsplit_once('x') {
         Some((p, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
@@ -207,6 +210,7 @@ pub fn trigger(kind: FaultKind) -> ! {
             libc::raise(libc::SIGKILL);
             libc::abort()
         },
+        FaultKind::Panic => panic!("injected panic: an invariant of our own code broke"),
     }
 }
 

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 /// Bumped on every incompatible change; both sides refuse a peer of another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest payload either side accepts (a frame of RLE masks is far smaller).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
