@@ -79,6 +79,36 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// Whether work on `device` takes the MPS branches: the real cos/sin RoPE (MPS has no
+/// complex dtype), pixel normalisation without float64 (MPS has none), no CPU-only
+/// kernels. True on MPS, and on the CPU when `SAM2_TUI_EMULATE_MPS=1` asks it to run those
+/// branches so their arithmetic can be checked where no Mac is (the parity tests do).
+/// The one place the model code asks; every other device keeps its own path.
+pub fn takes_mps_branches(device: tch::Device) -> bool {
+    match device {
+        tch::Device::Mps => true,
+        tch::Device::Cpu => emulating_mps(),
+        _ => false,
+    }
+}
+
+/// `SAM2_TUI_EMULATE_MPS=1`, read once: a process takes one set of branches throughout
+/// (tables built at load must match the ones used per frame).
+pub fn emulating_mps() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SAM2_TUI_EMULATE_MPS").is_ok_and(|v| v == "1"))
+}
+
+/// The CPU's name for the user: says when it runs the MPS branches, so a figure measured
+/// that way is never mistaken for a plain CPU run.
+pub fn cpu_label(threads: i32) -> String {
+    if emulating_mps() {
+        format!("CPU (MPS arithmetic, {threads} threads)")
+    } else {
+        format!("CPU ({threads} threads)")
+    }
+}
+
 /// Numeric precision of the engine. `Exact` is fp32 (bf16 only where the reference itself
 /// rounds through bf16); `Bf16`/`Fp16` are the fast modes, labelled as such everywhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

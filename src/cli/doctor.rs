@@ -30,6 +30,7 @@ const ENV_VARS: &[&str] = &[
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "SAM2_TUI_FAULT",
+    "SAM2_TUI_EMULATE_MPS",
     "TERM",
     "TERM_PROGRAM",
     "COLORTERM",
@@ -339,6 +340,9 @@ fn render(report: &Report) -> String {
         "  mps     {}",
         if d.mps { "available" } else { "not available" }
     );
+    if crate::device::emulating_mps() {
+        println!("  cpu     takes the MPS branches (SAM2_TUI_EMULATE_MPS=1): {}", crate::device::cpu_label(d.torch_threads));
+    }
     println!("libtorch  {}", report.libtorch);
     println!(
         "ffmpeg    {}",

@@ -194,11 +194,16 @@ pub fn to_model_pixels(img: &RgbImage, size: u32) -> tch::Tensor {
 /// normalised with the reference's arithmetic: `/255` in float64 stored as float32, then
 /// float32 `(x - mean) / std`. The constants are device tensors, not scalars, because
 /// CUDA divides by a host scalar as a multiplication by its reciprocal, which is not
-/// bit-identical.
+/// bit-identical. MPS has no float64: there (`device::takes_mps_branches`) the 256
+/// possible quotients are looked up instead, computed in f64 on the host — the same bits.
 pub fn normalize(pixels: &tch::Tensor) -> tch::Tensor {
     use tch::{Kind, Tensor};
     let dev = pixels.device();
-    let x = (pixels.to_kind(Kind::Double) / Tensor::full([1], 255.0, (Kind::Double, dev))).to_kind(Kind::Float);
+    let x = if scales_in_f64(dev) {
+        (pixels.to_kind(Kind::Double) / Tensor::full([1], 255.0, (Kind::Double, dev))).to_kind(Kind::Float)
+    } else {
+        unit_scale(pixels)
+    };
     let channels: Vec<Tensor> = (0..3)
         .map(|c| {
             let mean = Tensor::full([1], IMAGENET_MEAN[c] as f64, (Kind::Float, dev));
@@ -209,10 +214,38 @@ pub fn normalize(pixels: &tch::Tensor) -> tch::Tensor {
     Tensor::stack(&channels, 1)
 }
 
+/// Whether [`normalize`] divides by 255 in float64 on `device` (everywhere but MPS).
+pub fn scales_in_f64(device: tch::Device) -> bool {
+    !crate::device::takes_mps_branches(device)
+}
+
+/// `pixels / 255` as float32, without float64 on the device: a gather from the table of
+/// the 256 quotients, each divided in f64 and rounded to f32 as torch does.
+fn unit_scale(pixels: &tch::Tensor) -> tch::Tensor {
+    let table: Vec<f32> = (0..256).map(|v| (v as f64 / 255.0) as f32).collect();
+    let table = tch::Tensor::from_slice(&table).to_device(pixels.device());
+    table.index_select(0, &pixels.to_kind(tch::Kind::Int64).view([-1])).view(pixels.size().as_slice())
+}
+
 /// The model input for one frame: `[1, 3, size, size]` float32 on the CPU, normalised as
 /// the reference does it.
 pub fn to_model_input(img: &RgbImage, size: u32) -> tch::Tensor {
     normalize(&to_model_pixels(img, size))
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn the_float64_free_scaling_gives_the_bits_of_the_float64_one_for_every_byte() {
+        let bytes = Tensor::arange(256, (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8).view([1, 16, 16, 1]).repeat([1, 1, 1, 3]);
+        let f64_way = (bytes.to_kind(Kind::Double) / Tensor::full([1], 255.0, (Kind::Double, Device::Cpu))).to_kind(Kind::Float);
+        let looked_up = super::unit_scale(&bytes);
+        assert_eq!(looked_up.kind(), Kind::Float);
+        assert_eq!(looked_up.size(), bytes.size());
+        assert!(looked_up.equal(&f64_way));
+    }
 }
 
 #[cfg(test)]

@@ -79,8 +79,9 @@ impl PositionEmbeddingRandom {
 /// Axial rotary position tables (`compute_axial_cis`). On the CPU applied as the reference
 /// does, one complex multiplication per call (the real spelling below costs six passes
 /// over the 28k memory tokens per layer: 0.7 s a frame on two cores). Elsewhere the
-/// rotation is spelled out on real cos/sin pairs (MPS has no complex dtype); on CUDA in
-/// bf16 one fused kernel computes that same spelling in a single pass (`cuda::fused`).
+/// rotation is spelled out on real cos/sin pairs (MPS has no complex dtype; a CPU taking
+/// the MPS branches, `device::takes_mps_branches`, does the same); on CUDA in bf16 one
+/// fused kernel computes that same spelling in a single pass (`cuda::fused`).
 pub struct Rope {
     /// `[N, dim/2]` each.
     cos: Tensor,
@@ -95,6 +96,12 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(dim: i64, end_x: i64, end_y: i64, theta: f64, device: Device) -> Self {
+        let complex = device == Device::Cpu && !crate::device::takes_mps_branches(device);
+        Self::spelled(dim, end_x, end_y, theta, device, complex)
+    }
+
+    /// The tables, with the complex `freqs_cis` when `complex` (CPU only).
+    fn spelled(dim: i64, end_x: i64, end_y: i64, theta: f64, device: Device, complex: bool) -> Self {
         let q = dim / 4;
         let freqs = Tensor::arange_start_step(0, dim, 4, (Kind::Int64, Device::Cpu)).narrow(0, 0, q).to_kind(Kind::Float);
         let freqs = (Tensor::from(theta).to_kind(Kind::Float).pow(&(freqs / dim as f64))).reciprocal();
@@ -105,8 +112,15 @@ impl Rope {
         let fy = ty.outer(&freqs);
         let angles = Tensor::cat(&[fx, fy], -1);
         let (cos, sin) = (angles.cos(), angles.sin());
-        let cis = (device == Device::Cpu).then(|| Tensor::complex(&cos, &sin));
+        let cis = complex.then(|| Tensor::complex(&cos, &sin));
         Rope { cos: cos.to_device(device), sin: sin.to_device(device), cis, tiled: Default::default() }
+    }
+
+    /// Whether the rotation is one complex multiplication (the reference's spelling, on
+    /// the CPU) rather than real cos/sin arithmetic (MPS, CUDA, the CPU taking the MPS
+    /// branches).
+    pub fn is_complex(&self) -> bool {
+        self.cis.is_some()
     }
 
     /// Number of positions the tables cover.
@@ -171,6 +185,27 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The MPS spelling (real cos/sin pairs) computes the reference's complex rotation:
+    /// queries (one table) and memory keys (three tiled frames, then twelve
+    /// object-pointer tokens that pass through), fp32 on the CPU.
+    #[test]
+    fn real_cos_sin_rotation_agrees_with_the_complex_one_to_a_millionth() {
+        let complex = Rope::spelled(256, 16, 16, 10000.0, Device::Cpu, true);
+        let real = Rope::spelled(256, 16, 16, 10000.0, Device::Cpu, false);
+        assert!(complex.is_complex() && !real.is_complex());
+        tch::manual_seed(3);
+        let (frames, tail) = (3, 12);
+        let keys = Tensor::randn([1, 1, frames * real.len() + tail, 256], (Kind::Float, Device::Cpu));
+        let queries = keys.narrow(2, 0, real.len()).contiguous();
+        for (x, tail) in [(queries, 0), (keys, tail)] {
+            let (a, b) = (real.apply_except_tail(&x, tail), complex.apply_except_tail(&x, tail));
+            let d = (&a - &b).abs().max().double_value(&[]);
+            assert!(d <= 1e-6, "max |Δ| {d:e}");
+            let n = x.size()[2];
+            assert!(a.narrow(2, n - tail, tail).equal(&x.narrow(2, n - tail, tail)), "the tail passes through");
+        }
+    }
 
     /// Run on a CUDA machine: `cargo test --release --lib fused -- --ignored`.
     #[test]

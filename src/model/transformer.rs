@@ -75,10 +75,11 @@ impl Attention {
 
     /// One head of one sequence on the CPU: the attention over the unprojected values,
     /// `v_proj` after it (`cpu::attention`; a quarter of the P·V work when the values are
-    /// 64 wide and the head 256). None where that kernel does not apply.
+    /// 64 wide and the head 256). None where that kernel does not apply, and on a CPU
+    /// taking the MPS branches (MPS runs libtorch's SDPA, as the reference does).
     fn attend_folded(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Tensor> {
         let (b, h, _, d) = q.size4().ok()?;
-        if q.device() != tch::Device::Cpu || b != 1 || h != 1 || self.heads != 1 || v.size().len() != 3 {
+        if q.device() != tch::Device::Cpu || crate::device::takes_mps_branches(q.device()) || b != 1 || h != 1 || self.heads != 1 || v.size().len() != 3 {
             return None;
         }
         let out = crate::cpu::attention::attend_folded(&q.select(0, 0).select(0, 0), &k.select(0, 0).select(0, 0), &v.select(0, 0), 1.0 / (d as f64).sqrt())?;

@@ -104,11 +104,15 @@ pub fn format_of(path: &Path) -> Result<Format> {
 /// one line, `"PATH: problem"`.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = map(path)?;
-    let tensors = sniff(&bytes)
-        .and_then(|format| match format {
-            Format::TorchZip => torch_zip::TorchZip::open(&bytes)?.tensors(),
-            Format::Safetensors => safetensors_file::tensors(&bytes),
-        })
-        .map_err(|e| anyhow!("{}: {}", path.display(), format!("{e:#}").replace('\n', " ")))?;
+    let tensors = tensors_in(&bytes).map_err(|e| anyhow!("{}: {}", path.display(), format!("{e:#}").replace('\n', " ")))?;
     Ok(Checkpoint { path: path.to_path_buf(), tensors })
+}
+
+/// The tensors of a checkpoint file's bytes, whichever format they are in (the fuzz
+/// targets feed it arbitrary bytes: an error or tensors, never a panic).
+pub fn tensors_in(bytes: &[u8]) -> Result<BTreeMap<String, tch::Tensor>> {
+    match sniff(bytes)? {
+        Format::TorchZip => torch_zip::TorchZip::open(bytes)?.tensors(),
+        Format::Safetensors => safetensors_file::tensors(bytes),
+    }
 }

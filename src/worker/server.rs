@@ -253,7 +253,7 @@ impl Engine {
                     stats::cuda_device_name(i as i32).unwrap_or_else(|| format!("cuda:{i}"))
                 }
                 tch::Device::Mps => "Apple GPU (MPS)".into(),
-                _ => format!("CPU ({} threads)", tch::get_num_threads()),
+                _ => crate::device::cpu_label(tch::get_num_threads()),
             };
         }
         let opts = LoadOptions {

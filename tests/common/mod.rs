@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod image_parity;
+pub mod video_parity;
+
 /// The Python of the set-up environment (`make test` exports SAM2_TUI_PYTHON).
 pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("SAM2_TUI_PYTHON") {
