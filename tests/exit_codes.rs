@@ -97,6 +97,12 @@ fn each_command_exits_2_with_one_line_naming_the_file_for_a_bad_input() {
     assert_bad_input(&run(&["preview", s(&missing)]), "missing.mp4");
     assert_bad_input(&run(&["bench", "--frames-dir", s(&missing), "--devices", "cpu"]), "missing.mp4");
     assert_bad_input(&run(&[s(&missing)]), "missing.mp4");
+    // The console checks a resumed session against the video before it takes the terminal.
+    let far = sc.dir.join("far.session.json");
+    std::fs::write(&far, r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"points":[[500,30,1]]}]}"#).unwrap();
+    let r = run(&[s(&sc.image), "--session", s(&far)]);
+    assert_bad_input(&r, "far.session.json");
+    assert!(String::from_utf8_lossy(&r.stderr).contains("outside the 128x64 frame"));
     let ckpt = sc.dir.join("gone.pt");
     assert_bad_input(&run(&["weights", "inspect", s(&ckpt)]), "gone.pt");
     assert_bad_input(&run(&["doctor", "--checkpoint", s(&ckpt)]), "gone.pt");

@@ -12,11 +12,7 @@ pub fn ops_for_video(journal: &Journal, file: &Path, video: &VideoInfo) -> anyho
     if journal.ops.is_empty() {
         return Err(bad_input(format!("{}: no ops to run", file.display())));
     }
-    for (i, op) in journal.ops.iter().enumerate() {
-        op.check_against(video.frames, video.width, video.height)
-            .map_err(|e| bad_input(format!("{}: op {i}: {e}", file.display())))?;
-    }
-    Ok(())
+    journal.check_for_video(file, video.frames, video.width, video.height)
 }
 
 /// The checkpoint file: present, a regular file, a checkpoint of the model asked for.

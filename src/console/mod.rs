@@ -130,6 +130,14 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         None if session_path.is_file() => Journal::load(&session_path).ok().filter(|j| !j.ops.is_empty()),
         _ => None,
     };
+    // A resumed session must fit the video (frames, points inside the frame), checked as
+    // `segment` checks it and before the terminal is taken over. This opens the input
+    // once more; only when a session is resumed.
+    if let (Some(j), Some(p), Some(file)) = (&resumed, &input, &args.session) {
+        let source = crate::media::open(p)?;
+        let (width, height) = source.size();
+        j.check_for_video(file, source.len(), width, height)?;
+    }
     let export_dir = args.export_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}_masks", stem(input.as_deref()))));
     let (_log_guard, log_path) = logging::init(&Config::data_dir(), &cfg.console.log_level)?;
     tracing::info!(target: "console", "starting console on {:?}", input);

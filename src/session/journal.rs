@@ -226,6 +226,16 @@ impl Journal {
         Ok(j)
     }
 
+    /// Every op checked against the video it will run on (`Op::check_against`); errors
+    /// name `file` (where the ops came from) and the op, and are bad input (exit 2).
+    pub fn check_for_video(&self, file: &Path, frames: usize, width: u32, height: u32) -> anyhow::Result<()> {
+        for (i, op) in self.ops.iter().enumerate() {
+            op.check_against(frames, width, height)
+                .map_err(|e| bad_input(format!("{}: op {i}: {e}", file.display())))?;
+        }
+        Ok(())
+    }
+
     /// Writes atomically (temp file in the same directory, then rename).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         crate::util::atomic_write(path, serde_json::to_string_pretty(self)?.as_bytes())

@@ -78,16 +78,20 @@ fn sniff(bytes: &[u8]) -> Result<Format> {
 }
 
 fn map(path: &Path) -> Result<memmap2::Mmap> {
-    // Before opening: opening a FIFO blocks until a writer comes.
-    crate::limits::regular_file(path, "checkpoint")?;
-    let file = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
-    let meta = file.metadata().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    // What the file is, judged before it is opened (opening a FIFO blocks until a writer
+    // comes); every refusal is the user's input (exit 2).
+    let bad = |why: String| crate::util::bad_input(format!("{}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot open: {}", crate::util::io_reason(&e))))?;
     if meta.is_dir() {
-        bail!("{}: is a directory, not a checkpoint", path.display())
+        return Err(bad("is a directory, not a checkpoint".into()));
+    }
+    if !meta.is_file() {
+        return Err(bad("not a regular file (a FIFO, socket or device), not a checkpoint".into()));
     }
     if meta.len() == 0 {
-        bail!("{}: empty file (0 bytes), not a checkpoint", path.display())
+        return Err(bad("empty file (0 bytes), not a checkpoint".into()));
     }
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {}", crate::util::io_reason(&e))))?;
     // SAFETY: the mapping is read-only and lives only while we copy out of it. If another
     // process truncates the file meanwhile, reads may fault; that is the mmap contract
     // every checkpoint loader (torch included) accepts.
@@ -97,14 +101,14 @@ fn map(path: &Path) -> Result<memmap2::Mmap> {
 /// The file's format, without loading its tensors (for `weights inspect`).
 pub fn format_of(path: &Path) -> Result<Format> {
     let bytes = map(path)?;
-    sniff(&bytes).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    sniff(&bytes).map_err(|e| crate::util::bad_input(format!("{}: {e:#}", path.display())))
 }
 
 /// Loads a `.pt` (torch zip) or `.safetensors` checkpoint into CPU tensors. Errors are
 /// one line, `"PATH: problem"`.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = map(path)?;
-    let tensors = tensors_in(&bytes).map_err(|e| anyhow!("{}: {}", path.display(), format!("{e:#}").replace('\n', " ")))?;
+    let tensors = tensors_in(&bytes).map_err(|e| crate::util::bad_input(format!("{}: {}", path.display(), format!("{e:#}").replace('\n', " "))))?;
     Ok(Checkpoint { path: path.to_path_buf(), tensors })
 }
 
