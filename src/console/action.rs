@@ -214,6 +214,8 @@ pub enum Action {
     Yes,
     /// Closes the help overlay or the quit question.
     Dismiss,
+    /// Scrolls the help overlay by this many rows (when it does not fit the screen).
+    HelpScroll(i32),
     /// A mouse click on the terminal cell (column, row).
     Click { column: u16, row: u16, positive: bool },
     Resize { width: u16, height: u16 },

@@ -172,6 +172,8 @@ pub struct App {
     pub mask_alpha: f32,
     /// Terminal cell size in pixels (from the graphics probe; 10×20 when unknown).
     pub font: (u16, u16),
+    /// First row of the help overlay shown (it scrolls when the screen is too short).
+    pub help_scroll: usize,
     /// The time of the last update (ages of busy states are measured against it).
     pub clock: Instant,
     /// When the engine state last changed.
@@ -240,6 +242,7 @@ impl App {
             should_quit: false,
             mask_alpha: config.console.mask_alpha,
             font: (10, 20),
+            help_scroll: 0,
             clock: Instant::now(),
             state_since: Instant::now(),
             pending: VecDeque::new(),
@@ -380,6 +383,10 @@ impl App {
                     _ => {}
                 }
                 self.modal = Modal::None;
+                vec![]
+            }
+            Action::HelpScroll(d) => {
+                self.help_scroll = self.help_scroll.saturating_add_signed(d as isize).min(super::view::help::lines(self).len().saturating_sub(1));
                 vec![]
             }
             Action::Yes => match std::mem::replace(&mut self.modal, Modal::None) {
@@ -546,6 +553,7 @@ impl App {
                 }
             }
             Command::Help => {
+                self.help_scroll = 0;
                 self.modal = if self.modal == Modal::Help { Modal::None } else { Modal::Help };
             }
         }
