@@ -445,3 +445,19 @@ fn a_help_overlay_taller_than_the_screen_scrolls_with_the_cursor_keys() {
     assert!(s.contains("right click −point") && s.contains("scroll"), "scrolled to the end:\n{s}");
     assert_eq!(app.modal, Modal::Help, "scrolling does not close it");
 }
+
+#[test]
+fn the_log_scrolls_back_and_wraps_long_lines_instead_of_cutting_them() {
+    let mut app = app_with_video(100, 40);
+    let long = format!("{} END", "x".repeat(150));
+    app.update(Action::Note { error: true, message: long });
+    for i in 0..30 {
+        app.update(Action::Note { error: false, message: format!("line {i}") });
+    }
+    assert!(!rendered(&app).contains("END"), "scrolled off below 30 newer lines");
+    for _ in 0..6 {
+        app.update(cmd(Command::LogOlder));
+    }
+    let s = rendered(&app);
+    assert!(s.contains("END") && s.contains("lines back"), "the long line's end is shown, wrapped:\n{s}");
+}

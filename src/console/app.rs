@@ -174,6 +174,8 @@ pub struct App {
     pub font: (u16, u16),
     /// First row of the help overlay shown (it scrolls when the screen is too short).
     pub help_scroll: usize,
+    /// How many log lines back from the newest the log pane shows (0: follow new lines).
+    pub log_back: usize,
     /// The time of the last update (ages of busy states are measured against it).
     pub clock: Instant,
     /// When the engine state last changed.
@@ -243,6 +245,7 @@ impl App {
             mask_alpha: config.console.mask_alpha,
             font: (10, 20),
             help_scroll: 0,
+            log_back: 0,
             clock: Instant::now(),
             state_since: Instant::now(),
             pending: VecDeque::new(),
@@ -552,6 +555,8 @@ impl App {
                     return vec![Effect::Quit];
                 }
             }
+            Command::LogOlder => self.log_back = (self.log_back + 5 * n).min(self.log.len().saturating_sub(1)),
+            Command::LogNewer => self.log_back = self.log_back.saturating_sub(5 * n),
             Command::Help => {
                 self.help_scroll = 0;
                 self.modal = if self.modal == Modal::Help { Modal::None } else { Modal::Help };

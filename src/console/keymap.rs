@@ -209,6 +209,8 @@ pub const DEFAULT_BINDINGS: &[(Command, &[&str])] = &[
     (Command::Save, &["s"]),
     (Command::Quit, &["q", "ctrl-c"]),
     (Command::Help, &["?"]),
+    (Command::LogOlder, &["pageup"]),
+    (Command::LogNewer, &["pagedown"]),
 ];
 
 #[derive(Clone, Debug)]
