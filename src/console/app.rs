@@ -942,7 +942,12 @@ impl App {
                 self.journal.ops[index] = Op::Propagate { start: Some(first), reverse, max_frames: Some(first.abs_diff(last)) };
             }
             _ => {
+                // Nothing ran: gone from the journal, as from the supervisor's; later
+                // unanswered ops move up one.
                 self.journal.ops.remove(index);
+                for p in self.pending.iter_mut().filter(|p| p.index > index) {
+                    p.index -= 1;
+                }
             }
         }
         self.dirty = true;
