@@ -461,3 +461,13 @@ fn the_log_scrolls_back_and_wraps_long_lines_instead_of_cutting_them() {
     let s = rendered(&app);
     assert!(s.contains("END") && s.contains("lines back"), "the long line's end is shown, wrapped:\n{s}");
 }
+
+#[test]
+fn with_no_checkpoint_the_console_offers_the_download_and_y_starts_it() {
+    let mut app = app_with_video(120, 40);
+    app.modal = Modal::OfferDownload(ModelSize::Tiny);
+    let s = rendered(&app);
+    assert!(s.contains("156 MB") && s.contains("into weights/"), "size and destination are said:\n{s}");
+    assert_eq!(app.update(Action::Yes), vec![Effect::Download(ModelSize::Tiny)]);
+    assert_eq!(app.modal, Modal::None);
+}

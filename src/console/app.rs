@@ -20,6 +20,8 @@ pub enum Effect {
     Engine(EngineCommand),
     Save(PathBuf),
     Export,
+    /// Fetch the official checkpoint of this size into weights/ (`sam2-tui weights download`).
+    Download(ModelSize),
     Quit,
 }
 
@@ -115,6 +117,8 @@ pub enum Modal {
     ConfirmDelete(ObjectId),
     /// A session saved for this video was found at start-up (not given with --session).
     OfferSession { path: PathBuf, journal: Journal },
+    /// No checkpoint at start-up: offer to download the official one of this size.
+    OfferDownload(ModelSize),
     /// The watermark ratio being typed.
     Watermark(String),
 }
@@ -312,7 +316,7 @@ impl App {
             Modal::None => Mode::Normal,
             Modal::Help => Mode::Help,
             Modal::ConfirmQuit => Mode::ConfirmQuit,
-            Modal::ConfirmDelete(_) | Modal::OfferSession { .. } => Mode::Question,
+            Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::OfferDownload(_) => Mode::Question,
             Modal::Watermark(_) => Mode::Input,
         }
     }
@@ -395,6 +399,10 @@ impl App {
             Action::Yes => match std::mem::replace(&mut self.modal, Modal::None) {
                 Modal::ConfirmDelete(id) => self.delete_object(id),
                 Modal::OfferSession { path, journal } => self.resume_now(path, journal),
+                Modal::OfferDownload(size) => {
+                    self.note(LogLevel::Info, format!("downloading the official {size} checkpoint into weights/ …"));
+                    vec![Effect::Download(size)]
+                }
                 other => {
                     self.modal = other;
                     vec![]
