@@ -422,3 +422,52 @@ fn a_device_slower_than_one_frame_a_second_shows_seconds_per_frame() {
     assert!(s.contains("12.5 s/frame"), "{s}");
     assert!(s.contains("frame 1 of 300"), "one frame numbering: {s}");
 }
+
+#[test]
+fn the_help_overlay_shows_every_binding_at_150x44() {
+    let mut app = app_with_video(150, 44);
+    app.update(cmd(Command::Help));
+    let s = rendered(&app);
+    for what in ["this help", "right click −point", "count prefix", "cursor left"] {
+        assert!(s.contains(what), "'{what}' is cut off:\n{s}");
+    }
+}
+
+#[test]
+fn a_help_overlay_taller_than_the_screen_scrolls_with_the_cursor_keys() {
+    let mut app = app_with_video(80, 24);
+    app.update(cmd(Command::Help));
+    assert!(!rendered(&app).contains("right click −point"), "the last line does not fit at first");
+    for _ in 0..5 {
+        app.update(Action::HelpScroll(10));
+    }
+    let s = rendered(&app);
+    assert!(s.contains("right click −point") && s.contains("scroll"), "scrolled to the end:\n{s}");
+    assert_eq!(app.modal, Modal::Help, "scrolling does not close it");
+}
+
+#[test]
+fn the_log_scrolls_back_and_wraps_long_lines_instead_of_cutting_them() {
+    let mut app = app_with_video(100, 40);
+    let long = format!("{} END", "x".repeat(150));
+    app.update(Action::Note { error: true, message: long });
+    for i in 0..30 {
+        app.update(Action::Note { error: false, message: format!("line {i}") });
+    }
+    assert!(!rendered(&app).contains("END"), "scrolled off below 30 newer lines");
+    for _ in 0..6 {
+        app.update(cmd(Command::LogOlder));
+    }
+    let s = rendered(&app);
+    assert!(s.contains("END") && s.contains("lines back"), "the long line's end is shown, wrapped:\n{s}");
+}
+
+#[test]
+fn with_no_checkpoint_the_console_offers_the_download_and_y_starts_it() {
+    let mut app = app_with_video(120, 40);
+    app.modal = Modal::OfferDownload(ModelSize::Tiny);
+    let s = rendered(&app);
+    assert!(s.contains("156 MB") && s.contains("into weights/"), "size and destination are said:\n{s}");
+    assert_eq!(app.update(Action::Yes), vec![Effect::Download(ModelSize::Tiny)]);
+    assert_eq!(app.modal, Modal::None);
+}

@@ -59,3 +59,38 @@ fn a_broken_masks_file_is_one_line_naming_it() {
     let out = preview(&[dir.join("frame.png").to_str().unwrap(), "--frame", "4"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no frame 4 (it has 1)"));
 }
+
+/// A portrait frame whose object 2 covers the middle, as a `segment` result.
+fn write_tall_inputs(name: &str) -> std::path::PathBuf {
+    let dir = common::scratch(name);
+    let (w, h) = (40u32, 160u32);
+    image::RgbImage::from_fn(w, h, |_, y| image::Rgb([40, (y / 2) as u8, 90])).save(dir.join("frame.png")).unwrap();
+    let m: Vec<u8> = (0..h).flat_map(|y| (0..w).map(move |x| (8..32).contains(&x) as u8 * (40..120).contains(&y) as u8)).collect();
+    let rle = Rle::encode(&m, h as usize, w as usize);
+    let doc = serde_json::json!({
+        "video": {"width": w, "height": h, "frames": 1, "fps": 25.0, "source": "frame.png"},
+        "model": "SAM 2.1 tiny",
+        "frames": [{"frame": 0, "objects": [{"id": 2, "score": 3.5, "rle": rle}]}]
+    });
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    std::fs::write(dir.join("out/masks.json"), doc.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_tall_frame_fits_the_terminal_height_and_object_2_is_drawn_in_the_consoles_colour() {
+    let dir = write_tall_inputs("preview_cli_tall");
+    let out = Command::new(common::bin())
+        .args(["preview", dir.join("frame.png").to_str().unwrap(), "--masks", dir.join("out").to_str().unwrap(), "--alpha", "1"])
+        .env("TERM", "xterm-256color")
+        .env("COLUMNS", "160")
+        .env("LINES", "48")
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = s.lines().count();
+    assert!(rows <= 47, "{rows} lines do not fit a 48-row terminal with its prompt");
+    let [r, g, b] = sam2_tui::config::Theme::dark().object(2).0;
+    assert!(s.contains(&format!("2;{r};{g};{b}m")), "object 2 is not in the console's colour");
+}

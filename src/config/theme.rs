@@ -137,6 +137,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_theme_draws_objects_in_the_one_palette() {
+        let dark: Vec<[u8; 3]> = Theme::dark().objects.iter().map(|c| c.0).collect();
+        assert_eq!(dark, crate::media::palette::OBJECT_COLORS.to_vec());
+    }
+
+    #[test]
     fn every_built_in_theme_parses() {
         for (name, _) in BUILT_IN {
             let t = Theme::load(name).unwrap();

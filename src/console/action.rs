@@ -41,10 +41,12 @@ pub enum Command {
     Save,
     Quit,
     Help,
+    LogOlder,
+    LogNewer,
 }
 
 impl Command {
-    pub const ALL: [Command; 32] = [
+    pub const ALL: [Command; 34] = [
         Command::CursorLeft,
         Command::CursorRight,
         Command::CursorUp,
@@ -77,6 +79,8 @@ impl Command {
         Command::Save,
         Command::Quit,
         Command::Help,
+        Command::LogOlder,
+        Command::LogNewer,
     ];
 
     /// The config name (`[keys] point_positive = ["enter", "space"]`).
@@ -114,6 +118,8 @@ impl Command {
             Command::Save => "save",
             Command::Quit => "quit",
             Command::Help => "help",
+            Command::LogOlder => "log_older",
+            Command::LogNewer => "log_newer",
         }
     }
 
@@ -156,6 +162,8 @@ impl Command {
             Command::Save => "save the session journal",
             Command::Quit => "quit",
             Command::Help => "this help",
+            Command::LogOlder => "scroll the log back",
+            Command::LogNewer => "scroll the log forward",
         }
     }
 
@@ -171,6 +179,7 @@ impl Command {
             PropagateForward | PropagateBackward | Cancel => "tracking",
             CycleModel | FallBackToCpu | AutoDevice | SetWatermark => "engine",
             Export | Save | Quit | Help => "session",
+            LogOlder | LogNewer => "log",
         }
     }
 }
@@ -214,6 +223,8 @@ pub enum Action {
     Yes,
     /// Closes the help overlay or the quit question.
     Dismiss,
+    /// Scrolls the help overlay by this many rows (when it does not fit the screen).
+    HelpScroll(i32),
     /// A mouse click on the terminal cell (column, row).
     Click { column: u16, row: u16, positive: bool },
     Resize { width: u16, height: u16 },

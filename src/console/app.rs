@@ -20,6 +20,8 @@ pub enum Effect {
     Engine(EngineCommand),
     Save(PathBuf),
     Export,
+    /// Fetch the official checkpoint of this size into weights/ (`sam2-tui weights download`).
+    Download(ModelSize),
     Quit,
 }
 
@@ -115,6 +117,8 @@ pub enum Modal {
     ConfirmDelete(ObjectId),
     /// A session saved for this video was found at start-up (not given with --session).
     OfferSession { path: PathBuf, journal: Journal },
+    /// No checkpoint at start-up: offer to download the official one of this size.
+    OfferDownload(ModelSize),
     /// The watermark ratio being typed.
     Watermark(String),
 }
@@ -172,6 +176,10 @@ pub struct App {
     pub mask_alpha: f32,
     /// Terminal cell size in pixels (from the graphics probe; 10×20 when unknown).
     pub font: (u16, u16),
+    /// First row of the help overlay shown (it scrolls when the screen is too short).
+    pub help_scroll: usize,
+    /// How many log lines back from the newest the log pane shows (0: follow new lines).
+    pub log_back: usize,
     /// The time of the last update (ages of busy states are measured against it).
     pub clock: Instant,
     /// When the engine state last changed.
@@ -240,6 +248,8 @@ impl App {
             should_quit: false,
             mask_alpha: config.console.mask_alpha,
             font: (10, 20),
+            help_scroll: 0,
+            log_back: 0,
             clock: Instant::now(),
             state_since: Instant::now(),
             pending: VecDeque::new(),
@@ -306,7 +316,7 @@ impl App {
             Modal::None => Mode::Normal,
             Modal::Help => Mode::Help,
             Modal::ConfirmQuit => Mode::ConfirmQuit,
-            Modal::ConfirmDelete(_) | Modal::OfferSession { .. } => Mode::Question,
+            Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::OfferDownload(_) => Mode::Question,
             Modal::Watermark(_) => Mode::Input,
         }
     }
@@ -382,9 +392,17 @@ impl App {
                 self.modal = Modal::None;
                 vec![]
             }
+            Action::HelpScroll(d) => {
+                self.help_scroll = self.help_scroll.saturating_add_signed(d as isize).min(super::view::help::lines(self).len().saturating_sub(1));
+                vec![]
+            }
             Action::Yes => match std::mem::replace(&mut self.modal, Modal::None) {
                 Modal::ConfirmDelete(id) => self.delete_object(id),
                 Modal::OfferSession { path, journal } => self.resume_now(path, journal),
+                Modal::OfferDownload(size) => {
+                    self.note(LogLevel::Info, format!("downloading the official {size} checkpoint into weights/ …"));
+                    vec![Effect::Download(size)]
+                }
                 other => {
                     self.modal = other;
                     vec![]
@@ -545,7 +563,10 @@ impl App {
                     return vec![Effect::Quit];
                 }
             }
+            Command::LogOlder => self.log_back = (self.log_back + 5 * n).min(self.log.len().saturating_sub(1)),
+            Command::LogNewer => self.log_back = self.log_back.saturating_sub(5 * n),
             Command::Help => {
+                self.help_scroll = 0;
                 self.modal = if self.modal == Modal::Help { Modal::None } else { Modal::Help };
             }
         }
@@ -929,7 +950,12 @@ impl App {
                 self.journal.ops[index] = Op::Propagate { start: Some(first), reverse, max_frames: Some(first.abs_diff(last)) };
             }
             _ => {
+                // Nothing ran: gone from the journal, as from the supervisor's; later
+                // unanswered ops move up one.
                 self.journal.ops.remove(index);
+                for p in self.pending.iter_mut().filter(|p| p.index > index) {
+                    p.index -= 1;
+                }
             }
         }
         self.dirty = true;

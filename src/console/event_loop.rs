@@ -125,7 +125,10 @@ where
                 }
                 None => {
                     engine_open = false;
-                    handle(app, Action::Note { error: true, message: "the supervisor stopped; no engine".into() }, &mut ctx);
+                    // Not said again when the engine was never started (the log says why).
+                    if app.engine.blocked.is_none() {
+                        handle(app, Action::Note { error: true, message: "the supervisor stopped; no engine".into() }, &mut ctx);
+                    }
                     needs_draw = true;
                 }
             },
@@ -216,6 +219,24 @@ fn handle(app: &mut App, action: Action, ctx: &mut Ctx) {
                     }
                     Err(e) => app.note(crate::supervisor::events::LogLevel::Error, format!("export: {e}")),
                 }
+            }
+            Effect::Download(size) => {
+                // The same command a user would type; its outcome lands in the log. The
+                // engine is not started from here: the next start finds the file.
+                let tx = ctx.action_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let out = std::env::current_exe()
+                        .and_then(|exe| std::process::Command::new(exe).args(["weights", "download", size.name()]).output());
+                    let message = match out {
+                        Ok(o) if o.status.success() => format!(
+                            "downloaded: {} — quit and start again to load it",
+                            String::from_utf8_lossy(&o.stdout).trim()
+                        ),
+                        Ok(o) => format!("download failed: {}", String::from_utf8_lossy(&o.stderr).trim().replace('\n', " ")),
+                        Err(e) => format!("download failed: {e}"),
+                    };
+                    let _ = tx.send(Action::Note { error: message.starts_with("download failed"), message });
+                });
             }
             Effect::Quit => app.should_quit = true,
         }

@@ -209,6 +209,8 @@ pub const DEFAULT_BINDINGS: &[(Command, &[&str])] = &[
     (Command::Save, &["s"]),
     (Command::Quit, &["q", "ctrl-c"]),
     (Command::Help, &["?"]),
+    (Command::LogOlder, &["pageup"]),
+    (Command::LogNewer, &["pagedown"]),
 ];
 
 #[derive(Clone, Debug)]
@@ -332,6 +334,10 @@ impl Keymap {
             },
             Mode::Help => match self.command_for(&key) {
                 Some(Command::Quit) if key.ctrl => Some(Action::Command(Command::Quit)),
+                Some(Command::CursorDown) => Some(Action::HelpScroll(1)),
+                Some(Command::CursorUp) => Some(Action::HelpScroll(-1)),
+                Some(Command::CursorDownFast) => Some(Action::HelpScroll(10)),
+                Some(Command::CursorUpFast) => Some(Action::HelpScroll(-10)),
                 _ => Some(Action::Dismiss),
             },
             Mode::Normal => {

@@ -197,6 +197,9 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         if let Some(why) = &missing {
             app.engine.blocked = Some("no checkpoint (see the log)".into());
             app.note(crate::supervisor::events::LogLevel::Error, why.clone());
+            if cfg.engine.checkpoint.is_none() && app.modal == app::Modal::None {
+                app.modal = app::Modal::OfferDownload(cfg.engine.model);
+            }
         }
         let image_size = args.image_size;
         let link = match missing {

@@ -4,19 +4,10 @@ use image::RgbImage;
 
 pub type RgbColor = [u8; 3];
 
-/// The colour an object is drawn in: its DAVIS palette colour (as in the annotation
-/// PNGs), except that the palette's darkest entries are brightened to stay visible.
+/// The colour an object is drawn in: the one palette (`palette::OBJECT_COLORS`), so the
+/// overlay video and `preview` show object 2 in the console's colour.
 pub fn object_color(object_id: u32) -> RgbColor {
-    let index = match object_id {
-        1..=255 => object_id as u8,
-        _ => (object_id % 255 + 1) as u8,
-    };
-    let c = super::palette::davis_color(index);
-    if c.iter().map(|&v| v as u32).sum::<u32>() < 128 {
-        c.map(|v| v.saturating_add(96))
-    } else {
-        c
-    }
+    super::palette::object_color(object_id)
 }
 
 /// Blends each mask (row-major 0/1 at the frame's size) over the frame in its colour with

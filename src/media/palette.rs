@@ -2,6 +2,26 @@
 //! whose palette is the one the DAVIS / PASCAL VOC annotations use.
 use std::path::Path;
 
+/// The colours objects are drawn in, everywhere a person looks at them: the console (its
+/// default theme, `themes/dark.toml`, lists the same), the `preview` command and the
+/// overlay video. Object 1 gets the first; more objects cycle. (Annotation PNGs keep the
+/// DAVIS palette below: that is a file format, not a look.)
+pub const OBJECT_COLORS: [[u8; 3]; 8] = [
+    [0xff, 0x6b, 0x6b],
+    [0x4d, 0xab, 0xf7],
+    [0x51, 0xcf, 0x66],
+    [0xfc, 0xc4, 0x19],
+    [0xcc, 0x5d, 0xe8],
+    [0xff, 0x92, 0x2b],
+    [0x22, 0xb8, 0xcf],
+    [0xf0, 0x65, 0x95],
+];
+
+/// The drawing colour of object `id` (ids start at 1).
+pub fn object_color(id: u32) -> [u8; 3] {
+    OBJECT_COLORS[(id.max(1) as usize - 1) % OBJECT_COLORS.len()]
+}
+
 /// The DAVIS (PASCAL VOC) palette entry for `index`: each of the index's bits, three at a
 /// time, lights the high bits of red, green and blue in turn.
 pub fn davis_color(index: u8) -> [u8; 3] {

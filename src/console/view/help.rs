@@ -54,9 +54,23 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     } else {
         (1, rendered.len())
     };
+    // Still too tall: one column that scrolls with the cursor keys.
+    let scrolls = rows > inner_h;
+    let mut rendered = rendered;
+    if scrolls {
+        let first = app.help_scroll.min(rendered.len().saturating_sub(inner_h));
+        rendered = rendered.into_iter().skip(first).take(inner_h).collect();
+    }
+    let rows = rows.min(inner_h);
     let popup = centered(area, col_w * cols as u16 + 2 + (cols as u16 - 1), rows as u16 + 2);
     f.render_widget(Clear, popup);
-    let block = super::panel("keys (remap in config [keys]) · any key closes", app)
+    let title = if scrolls {
+        let (down, up) = (app.keymap.label(Command::CursorDown), app.keymap.label(Command::CursorUp));
+        format!("keys · {down} / {up} scroll · other keys close")
+    } else {
+        "keys (remap in config [keys]) · any key closes".to_string()
+    };
+    let block = super::panel(&title, app)
         .style(Style::default().bg(t.background.color()).fg(t.foreground.color()));
     let inner = block.inner(popup);
     f.render_widget(block, popup);

@@ -18,7 +18,7 @@ pub fn hints(app: &App) -> Vec<(String, String)> {
         }
     };
     match &app.modal {
-        Modal::Watermark(_) | Modal::ConfirmQuit | Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::Help => {}
+        Modal::Watermark(_) | Modal::ConfirmQuit | Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::OfferDownload(_) | Modal::Help => {}
         Modal::None if app.box_anchor.is_some() => {
             add(Command::BoxToggle, "finish box");
             add(Command::Cancel, "cancel box");
@@ -73,6 +73,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 Style::default().fg(t.warn.color()),
             ))
         }
+        Modal::OfferDownload(size) => Line::from(Span::styled(
+            format!(
+                " no checkpoint: download the official {size} one (about {} MB) into weights/? y download · other key: not now",
+                crate::weights::official::approx_megabytes(*size)
+            ),
+            Style::default().fg(t.accent.color()),
+        )),
         Modal::OfferSession { path, journal } => Line::from(Span::styled(
             format!(" resume the saved session {} ({} ops)? y resume · other key starts fresh (it is kept)", path.display(), journal.ops.len()),
             Style::default().fg(t.accent.color()),

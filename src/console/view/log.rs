@@ -8,7 +8,8 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
-    let block = super::panel("log", app);
+    let title = if app.log_back > 0 { format!("log · {} lines back (pagedown returns)", app.log_back) } else { "log".to_string() };
+    let block = super::panel(&title, app);
     let inner = block.inner(area);
     f.render_widget(block, area);
     let t = &app.theme.ui;
@@ -16,7 +17,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     // Long lines wrap (a path or an error's cause must be readable whole); the newest rows
     // are the ones shown.
     let mut rows: Vec<Line> = vec![];
-    for l in app.log.iter().rev() {
+    for l in app.log.iter().rev().skip(app.log_back) {
         let (tag, c) = match l.level {
             LogLevel::Info => ("info ", t.dim),
             LogLevel::Warn => ("warn ", t.warn),
