@@ -99,6 +99,12 @@ fn normal(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(resolved)
 }
 
+/// Whether `dir` holds a complete sam2-tui output (published whole, so the marker and
+/// masks.json together mean complete; `batch` skips such items when re-run).
+pub fn is_complete(dir: &Path) -> bool {
+    !std::fs::symlink_metadata(dir).map(|m| m.file_type().is_symlink()).unwrap_or(true) && read_marker(dir).is_some() && dir.join("masks.json").is_file()
+}
+
 fn read_marker(dir: &Path) -> Option<Marker> {
     let bytes = std::fs::read(dir.join(MARKER)).ok()?;
     serde_json::from_slice(&bytes).ok()
