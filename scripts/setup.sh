@@ -17,6 +17,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null; then
   pkgs="libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libavfilter-dev
         libavdevice-dev libswresample-dev clang libclang-dev pkg-config tmux ffmpeg libturbojpeg0-dev"
+  # `make test` starts a one-node Slurm of its own (tests/batch_slurm.rs).
+  [ "$want_ref" = 1 ] && pkgs="$pkgs slurm-wlm munge"
   missing=""
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then

@@ -54,6 +54,7 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
                 let done = ended.fetch_add(1, Ordering::SeqCst) + 1;
                 let line = match (&r.status, &r.error) {
                     (Status::Failed, Some(e)) => format!("FAILED: {e}"),
+                    (Status::Pending, _) => "interrupted; its output was not written".into(),
                     (st, _) => format!("{st:?}, {} frames in {:.1}s", r.frames, r.seconds).to_lowercase(),
                 };
                 eprintln!("batch: [{done}/{n}] {}: {line}", it.out);
