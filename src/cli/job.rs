@@ -120,9 +120,25 @@ pub fn prepare(spec: JobSpec) -> anyhow::Result<Prepared> {
     Ok(Prepared { spec, video, journal, target, checkpoint, det })
 }
 
+/// A supervisor kept from one job to the next (`batch`): its worker keeps the model
+/// loaded, so an item costs its frames, not a model load.
+pub struct Engine {
+    sup: supervisor::SupervisorHandle,
+    /// What the worker was started with; a job that needs anything else gets a new one.
+    key: String,
+}
+
+impl Engine {
+    pub fn shutdown(self) {
+        self.sup.shutdown();
+    }
+}
+
 /// Runs a prepared job under the supervisor and publishes its outputs. The caller
-/// installs the interrupt handlers (`interrupt::install`) before.
-pub fn execute(p: Prepared, on_frame: OnFrame) -> anyhow::Result<Outcome> {
+/// installs the interrupt handlers (`interrupt::install`) before. `engine` is the
+/// supervisor an earlier job left (reused when it runs the same model the same way) and
+/// receives this job's, still running, when it ended well; the caller shuts it down.
+pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let staging = p.target.stage()?;
     let a = &p.spec;
@@ -156,7 +172,34 @@ pub fn execute(p: Prepared, on_frame: OnFrame) -> anyhow::Result<Outcome> {
     if a.logits {
         opts.set_env("SAM2_TUI_LOGITS_DIR", &logits_dir.to_string_lossy());
     }
-    let result = track(&p, opts, &staging, &logits_dir, on_frame);
+    // The logits folder is the worker's environment, fixed when it starts: such a job
+    // gets a worker of its own.
+    let key = format!("{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}", opts.checkpoint, opts.size, opts.version, opts.device, opts.precision, opts.image_size, opts.fill_holes, a.env);
+    let reusable = !a.logits;
+    let previous = engine.take().filter(|e| reusable && e.key == key);
+    if let Some(stale) = engine.take() {
+        stale.shutdown();
+    }
+    let result = (|| {
+        let sup = match previous {
+            Some(mut e) => {
+                e.sup.next_item(absolute(&a.input)?, opts.session_dir.clone(), opts.initial_ops.clone())?;
+                e.sup
+            }
+            None => supervisor::start(opts)?,
+        };
+        let mut e = Engine { sup, key };
+        match track(&p, &mut e.sup, &staging, &logits_dir, on_frame) {
+            Ok(r) if reusable => {
+                *engine = Some(e);
+                Ok(r)
+            }
+            other => {
+                e.shutdown();
+                other
+            }
+        }
+    })();
     if one_shot {
         session_dirs::remove_one_shot(&session_dir);
     }
@@ -179,10 +222,9 @@ pub fn execute(p: Prepared, on_frame: OnFrame) -> anyhow::Result<Outcome> {
 
 /// Runs the journal under the supervisor and writes every output into `staging`:
 /// (masks, frames tracked, worker restarts, model label).
-fn track(p: &Prepared, opts: SupervisorOptions, staging: &Staging, logits_dir: &Path, on_frame: OnFrame) -> anyhow::Result<(usize, usize, u32, String)> {
+fn track(p: &Prepared, sup: &mut supervisor::SupervisorHandle, staging: &Staging, logits_dir: &Path, on_frame: OnFrame) -> anyhow::Result<(usize, usize, u32, String)> {
     let (a, journal, video, det) = (&p.spec, &p.journal, &p.video, &p.det);
     let n_ops = journal.ops.len();
-    let mut sup = supervisor::start(opts)?;
     let mut restarts = 0u32;
     let mut frames_done = 0usize;
     let mut failure: Option<String> = None;
@@ -219,7 +261,6 @@ fn track(p: &Prepared, opts: SupervisorOptions, staging: &Staging, logits_dir: &
         }
     }
     let masks = sup.masks.clone();
-    sup.shutdown();
     if interrupt::requested() {
         return Err(anyhow::Error::new(Interrupted));
     }

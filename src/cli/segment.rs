@@ -87,7 +87,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eprintln!("{line}");
         }
     };
-    let result = job::execute(prepared, &mut on_frame);
+    let mut engine = None;
+    let result = job::execute(prepared, &mut engine, &mut on_frame);
+    if let Some(e) = engine {
+        e.shutdown();
+    }
     if progress_to_tty {
         eprintln!();
     }

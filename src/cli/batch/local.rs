@@ -40,28 +40,41 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
     let next = AtomicUsize::new(0);
     let ended = AtomicUsize::new(0);
     let n = mine.len();
-    eprintln!("batch: {n} item(s) in shard {}/{} on {} worker(s): {}", shard.index, shard.count, lanes.len(), lanes.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", "));
+    eprintln!(
+        "batch: {n} item(s) in shard {}/{} on {} worker(s): {}",
+        shard.index,
+        shard.count,
+        lanes.len(),
+        lanes.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
     std::thread::scope(|s| {
         for lane in &lanes {
             let (mine, report, next, ended, report_path) = (&mine, &report, &next, &ended, &report_path);
-            s.spawn(move || loop {
-                let k = next.fetch_add(1, Ordering::SeqCst);
-                if k >= mine.len() || interrupt::requested() {
-                    break;
+            s.spawn(move || {
+                // One supervisor per lane, kept across its items: the model loads once.
+                let mut engine: Option<job::Engine> = None;
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= mine.len() || interrupt::requested() {
+                        break;
+                    }
+                    let it = &mine[k];
+                    let r = run_item(a, lane, it, out, n, ended, &mut engine);
+                    let done = ended.fetch_add(1, Ordering::SeqCst) + 1;
+                    let line = match (&r.status, &r.error) {
+                        (Status::Failed, Some(e)) => format!("FAILED: {e}"),
+                        (Status::Pending, _) => "interrupted; its output was not written".into(),
+                        (st, _) => format!("{st:?}, {} frames in {:.1}s", r.frames, r.seconds).to_lowercase(),
+                    };
+                    eprintln!("batch: [{done}/{n}] {}: {line}", it.out);
+                    let mut rep = report.lock().unwrap_or_else(|p| p.into_inner());
+                    rep.items[k] = r;
+                    if let Err(e) = rep.write(report_path) {
+                        eprintln!("batch: {e:#}");
+                    }
                 }
-                let it = &mine[k];
-                let r = run_item(a, lane, it, out, n, ended);
-                let done = ended.fetch_add(1, Ordering::SeqCst) + 1;
-                let line = match (&r.status, &r.error) {
-                    (Status::Failed, Some(e)) => format!("FAILED: {e}"),
-                    (Status::Pending, _) => "interrupted; its output was not written".into(),
-                    (st, _) => format!("{st:?}, {} frames in {:.1}s", r.frames, r.seconds).to_lowercase(),
-                };
-                eprintln!("batch: [{done}/{n}] {}: {line}", it.out);
-                let mut rep = report.lock().unwrap_or_else(|p| p.into_inner());
-                rep.items[k] = r;
-                if let Err(e) = rep.write(report_path) {
-                    eprintln!("batch: {e:#}");
+                if let Some(e) = engine {
+                    e.shutdown();
                 }
             });
         }
@@ -89,10 +102,19 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
 }
 
 fn pending(it: &Item) -> ItemReport {
-    ItemReport { index: it.index, out: it.out.clone(), input: it.input.display().to_string(), status: Status::Pending, frames: 0, seconds: 0.0, restarts: 0, error: None }
+    ItemReport {
+        index: it.index,
+        out: it.out.clone(),
+        input: it.input.display().to_string(),
+        status: Status::Pending,
+        frames: 0,
+        seconds: 0.0,
+        restarts: 0,
+        error: None,
+    }
 }
 
-fn run_item(a: &Args, lane: &Lane, it: &Item, out: &Path, n: usize, ended: &AtomicUsize) -> ItemReport {
+fn run_item(a: &Args, lane: &Lane, it: &Item, out: &Path, n: usize, ended: &AtomicUsize, engine: &mut Option<job::Engine>) -> ItemReport {
     let mut r = pending(it);
     let dest = out.join(&it.out);
     if crate::media::output_dir::is_complete(&dest) {
@@ -131,7 +153,7 @@ fn run_item(a: &Args, lane: &Lane, it: &Item, out: &Path, n: usize, ended: &Atom
     };
     let result = job::prepare(spec).and_then(|p| {
         r.frames = p.frames();
-        job::execute(p, &mut on_frame)
+        job::execute(p, engine, &mut on_frame)
     });
     if tty {
         eprintln!();
@@ -155,10 +177,16 @@ fn run_item(a: &Args, lane: &Lane, it: &Item, out: &Path, n: usize, ended: &Atom
 fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
     // Inside a scheduler's allocation CUDA_VISIBLE_DEVICES already names the cards; the
     // k-th lane gets the k-th of them.
-    let visible: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+    let visible: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
     let gpu = |k: usize| {
         let id = visible.as_ref().and_then(|v| v.get(k).cloned()).unwrap_or_else(|| k.to_string());
-        Lane { device: DeviceChoice::Cuda, env: vec![("CUDA_VISIBLE_DEVICES".into(), id.clone())], name: format!("cuda:{id}") }
+        Lane {
+            device: DeviceChoice::Cuda,
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), id.clone())],
+            name: format!("cuda:{id}"),
+        }
     };
     if let Some(list) = &a.devices {
         return Ok(list.iter().map(|&k| gpu(k)).collect());
@@ -170,5 +198,9 @@ fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
     if n_gpus > 1 {
         return Ok((0..n_gpus).map(gpu).collect());
     }
-    Ok(vec![Lane { device: a.device, env: vec![], name: format!("{:?}", a.device).to_lowercase() }])
+    Ok(vec![Lane {
+        device: a.device,
+        env: vec![],
+        name: format!("{:?}", a.device).to_lowercase(),
+    }])
 }

@@ -76,7 +76,13 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<Item>> {
             matches!((c.next(), c.next()), (Some(Component::Normal(_)), None))
         };
         if !plain_name || reserved(&l.out) {
-            return Err(at(n, format!("\"out\": {:?} must be a plain folder name (no '/', '..', leading '.', 'batch-' or 'slurm-')", l.out)));
+            return Err(at(
+                n,
+                format!(
+                    "\"out\": {:?} must be a plain folder name (no '/', '..', leading '.', 'batch-' or 'slurm-')",
+                    l.out
+                ),
+            ));
         }
         if let Some(other) = items.iter().find(|it| it.out == l.out) {
             return Err(at(n, format!("\"out\": {:?} is also the out of line {}", l.out, other.line)));
@@ -139,7 +145,9 @@ mod tests {
     use super::*;
 
     fn manifest(n: usize) -> String {
-        (0..n).map(|i| format!("{{\"input\":\"c{i}.mp4\",\"prompts\":\"p.json\",\"out\":\"c{i}\"}}\n")).collect()
+        (0..n)
+            .map(|i| format!("{{\"input\":\"c{i}.mp4\",\"prompts\":\"p.json\",\"out\":\"c{i}\"}}\n"))
+            .collect()
     }
 
     #[test]
@@ -179,7 +187,10 @@ mod tests {
             ("{\"input\":\"a\",\"prompts\":\"p\",\"out\":\"batch-report.json\"}", "plain folder name"),
             ("{\"input\":\"a\",\"prompts\":\"p\",\"out\":\"a\",\"typo\":1}", "not a manifest item"),
             ("not json", "not a manifest item"),
-            ("{\"input\":\"a\",\"prompts\":\"p\",\"out\":\"a\"}\n{\"input\":\"b\",\"prompts\":\"p\",\"out\":\"a\"}", "also the out of line 1"),
+            (
+                "{\"input\":\"a\",\"prompts\":\"p\",\"out\":\"a\"}\n{\"input\":\"b\",\"prompts\":\"p\",\"out\":\"a\"}",
+                "also the out of line 1",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(text, Path::new("/m/list.jsonl")).unwrap_err();

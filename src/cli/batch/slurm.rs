@@ -40,7 +40,11 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path) -> anyhow::Result<()> {
     crate::util::atomic_write(&path, text.as_bytes())?;
     if a.dry_run {
         print!("{text}");
-        eprintln!("batch: wrote {} ({} of {tasks} task(s) to run); not submitted (--dry-run)", path.display(), todo.len());
+        eprintln!(
+            "batch: wrote {} ({} of {tasks} task(s) to run); not submitted (--dry-run)",
+            path.display(),
+            todo.len()
+        );
         return Ok(());
     }
     let output = std::process::Command::new("sbatch")
@@ -48,7 +52,12 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path) -> anyhow::Result<()> {
         .arg(&path)
         .output()
         .map_err(|e| anyhow!("cannot run sbatch ({e}); is Slurm installed here? (--dry-run writes the script only)"))?;
-    anyhow::ensure!(output.status.success(), "sbatch {} failed: {}", path.display(), String::from_utf8_lossy(&output.stderr).trim());
+    anyhow::ensure!(
+        output.status.success(),
+        "sbatch {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
     let id = String::from_utf8_lossy(&output.stdout).trim().split(';').next().unwrap_or_default().to_string();
     anyhow::ensure!(!id.is_empty(), "sbatch printed no job id");
     let jobs = out.join(JOBS);
@@ -69,7 +78,9 @@ pub fn shards_with_work(items: &[Item], out: &Path, tasks: usize) -> Vec<usize> 
     (0..tasks)
         .filter(|&i| {
             let shard = Shard { index: i, count: tasks };
-            items.iter().any(|it| shard.owns(it.index) && !crate::media::output_dir::is_complete(&out.join(&it.out)))
+            items
+                .iter()
+                .any(|it| shard.owns(it.index) && !crate::media::output_dir::is_complete(&out.join(&it.out)))
         })
         .collect()
 }
@@ -99,7 +110,13 @@ fn script(a: &Args, config: &SlurmConfig, binary: &Path, manifest: &Path, out: &
     for m in &config.modules {
         s += &format!("module load {}\n", sh(m));
     }
-    let mut cmd = vec![sh(&binary.display().to_string()), "batch".into(), sh(&manifest.display().to_string()), "--out".into(), sh(&out.display().to_string())];
+    let mut cmd = vec![
+        sh(&binary.display().to_string()),
+        "batch".into(),
+        sh(&manifest.display().to_string()),
+        "--out".into(),
+        sh(&out.display().to_string()),
+    ];
     cmd.push(format!("--shard \"$SLURM_ARRAY_TASK_ID/{tasks}\""));
     let mut flag = |name: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -110,7 +127,10 @@ fn script(a: &Args, config: &SlurmConfig, binary: &Path, manifest: &Path, out: &
     flag("model", a.model.map(|m| m.to_string()));
     flag("device", Some(format!("{:?}", a.device).to_lowercase()));
     flag("precision", Some(format!("{:?}", a.precision).to_lowercase()));
-    flag("devices", a.devices.as_ref().map(|d| d.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")));
+    flag(
+        "devices",
+        a.devices.as_ref().map(|d| d.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")),
+    );
     if a.image_size != 1024 {
         flag("image-size", Some(a.image_size.to_string()));
     }

@@ -40,7 +40,13 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     if !listed.is_empty() {
         println!("outputs complete: {complete} of {} item(s)", listed.len());
     }
-    let jobs: Vec<String> = std::fs::read_to_string(dir.join(JOBS)).unwrap_or_default().lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let jobs: Vec<String> = std::fs::read_to_string(dir.join(JOBS))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     if let Some(ids) = (!jobs.is_empty()).then(|| jobs.join(",")) {
         match Command::new("squeue").args(["-h", "-r", "-j", &ids, "-o", "%i %T %M %R"]).output() {
             Ok(o) if o.status.success() => {
