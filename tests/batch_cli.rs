@@ -180,3 +180,40 @@ fn an_injected_worker_abort_in_one_item_leaves_its_masks_identical_to_a_clean_ru
         assert_eq!(frames_of(&crashed.join(name)), frames_of(&clean.join(name)), "{name}: masks after a crash differ from a clean run");
     }
 }
+
+#[test]
+fn a_slurm_dry_run_writes_a_job_array_with_the_configs_cluster_defaults_and_submits_nothing() {
+    let dir = common::scratch("batch-cli-slurm-dry-run");
+    let manifest = dir.join("manifest.jsonl");
+    let text: String = (0..5).map(|i| format!("{{\"input\":\"c{i}.mp4\",\"prompts\":\"p.json\",\"out\":\"c{i}\"}}\n")).collect();
+    std::fs::write(&manifest, text).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[slurm]\npartition = \"gpu\"\ngres = \"gpu:1\"\nmodules = [\"cuda/12.4\"]\nbinary = \"/shared/bin/sam2-tui\"\n").unwrap();
+    let out = dir.join("out");
+    let r = Command::new(common::bin())
+        .arg("batch")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out)
+        .args(["--slurm", "--array-size", "2", "--time", "01:00:00", "--partition", "a100", "--dry-run", "--device", "cuda"])
+        .env("SAM2_TUI_CONFIG", &config)
+        .env("PATH", "/nonexistent") // no sbatch: a dry run must not need it
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let script = std::fs::read_to_string(out.join("batch-slurm.sbatch")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), script, "the dry run prints the script it wrote");
+    for want in [
+        "#SBATCH --array=0-1\n",
+        "#SBATCH --partition=a100\n",
+        "#SBATCH --gres=gpu:1\n",
+        "#SBATCH --time=01:00:00\n",
+        "module load 'cuda/12.4'\n",
+        "exec '/shared/bin/sam2-tui' batch",
+        "--shard \"$SLURM_ARRAY_TASK_ID/2\"",
+        "--device 'cuda'",
+    ] {
+        assert!(script.contains(want), "missing {want:?} in\n{script}");
+    }
+    assert!(!out.join("batch-slurm-jobs").exists(), "nothing was submitted");
+}

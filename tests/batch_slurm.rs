@@ -243,7 +243,7 @@ fn a_slurm_array_gives_the_local_masks_and_a_cancelled_task_is_finished_by_resub
     cluster.wait_for("an array task to be mid-item", || {
         victim = std::fs::read_dir(&cancelled).into_iter().flatten().flatten().find_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name.strip_prefix(".sam2-tui-segment-")?.split('-').next()?.to_string();
+            let pid = name.strip_prefix(".sam2-tui-segment-")?.split(['-', '@']).next()?.to_string();
             task_of(&pid)
         });
         victim.is_some()
