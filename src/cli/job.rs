@@ -244,6 +244,9 @@ fn track(p: &Prepared, sup: &mut supervisor::SupervisorHandle, staging: &Staging
                 frames_done += 1;
                 on_frame(done, total, fps);
             }
+            // A signal to the whole process group (Ctrl-C, scancel) reaches the worker
+            // too: that is the interrupt, not a crash to report.
+            EngineEvent::WorkerDied { .. } if interrupt::requested() => break,
             EngineEvent::WorkerDied { reason, stderr_tail } => {
                 restarts += 1;
                 let last = stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
