@@ -20,6 +20,8 @@ if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null; then
   # The real-terminal test (tests/console_xterm.rs): xterm in sixel mode on a virtual X
   # display, a click sent by xdotool, a screenshot taken with xwd.
   [ "$want_ref" = 1 ] && pkgs="$pkgs xvfb xterm x11-apps xdotool xfonts-base"
+  # `make test` starts a one-node Slurm of its own (tests/batch_slurm.rs).
+  [ "$want_ref" = 1 ] && pkgs="$pkgs slurm-wlm munge"
   missing=""
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then

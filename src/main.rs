@@ -5,6 +5,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Segment(a)) => sam2_tui::cli::segment::run(a),
+        Some(Command::Batch(a)) => sam2_tui::cli::batch::run(a),
         Some(Command::Bench(a)) => sam2_tui::cli::bench::run(a),
         Some(Command::Doctor(a)) => sam2_tui::cli::doctor::run(a),
         Some(Command::Sessions(a)) => sam2_tui::cli::sessions::run(a),

@@ -110,3 +110,54 @@ pub fn process_alive(pid: i32) -> bool {
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// Who owns a run's temporary files: `<pid>@<host>`. Folders next to `--out` and session
+/// folders may sit on a file system that several machines share (a cluster's array tasks
+/// writing into one `--out`); a pid says nothing about a process on another host.
+pub fn owner_tag() -> String {
+    format!("{}@{}", std::process::id(), this_host())
+}
+
+/// This machine's name, with anything but letters, digits and '_' made '_' (it goes into
+/// file names that are split on '-').
+pub fn this_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { String::new() };
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+/// Whether the owner named by `tag` (`<pid>@<host>`, or a bare `<pid>` from before hosts
+/// were recorded) is known to be gone: its pid no longer runs on this host. An owner on
+/// another host is never taken for gone.
+pub fn owner_gone(tag: &str) -> bool {
+    let (pid, host) = match tag.split_once('@') {
+        Some((p, h)) => (p, Some(h)),
+        None => (tag, None),
+    };
+    let Ok(pid) = pid.parse::<i32>() else { return false };
+    if host.is_some_and(|h| h != this_host()) || pid <= 0 || pid == std::process::id() as i32 {
+        return false;
+    }
+    !process_alive(pid)
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_pid_here_is_gone_and_the_same_pid_on_another_host_is_not() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(owner_gone(&dead.to_string()));
+        assert!(owner_gone(&format!("{dead}@{}", this_host())));
+        assert!(!owner_gone(&format!("{dead}@another_node")), "a process on another node may well be running");
+        assert!(!owner_gone(&owner_tag()), "this process is not gone");
+        assert!(!owner_gone("1"), "pid 1 runs");
+        assert!(!this_host().contains('-') && !this_host().contains('@'));
+    }
+}

@@ -657,3 +657,65 @@ fn a_point_outside_the_opened_video_is_refused_and_never_journaled() {
     let journal = Journal::load(&session_dir.join("journal.json")).unwrap();
     assert_eq!(journal.ops, vec![], "the refused op is not in the journal");
 }
+
+/// Runs `ops` to their last op's end on `h`; the masks then, and the events seen.
+fn masks_after(h: &mut SupervisorHandle, n_ops: usize) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
+    let mut finished = 0;
+    let events = collect_until(h, Duration::from_secs(600), |e| {
+        finished += matches!(e, EngineEvent::OpFinished { cancelled: false, .. }) as usize;
+        finished == n_ops
+    });
+    let masks = h.masks.lock().unwrap().iter().map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits()))).collect();
+    (masks, events)
+}
+
+fn click_and_propagate(object: u32) -> Vec<Op> {
+    let (x, y) = square_centre(0);
+    vec![
+        Op::AddPrompt { frame: 0, object, points: vec![Point::new(x as f32, y as f32, true)], bbox: None },
+        Op::Propagate { start: None, reverse: false, max_frames: None },
+    ]
+}
+
+#[test]
+fn a_supervisor_moved_to_the_next_item_keeps_its_model_and_a_crash_there_replays_that_items_journal() {
+    let _g = serial();
+    let recovery = |o: &mut SupervisorOptions| {
+        o.checkpoint = random_checkpoint();
+        o.image_size = 256;
+        o.restart.max_retries = 5;
+        o.watchdog.heartbeat_timeout = Duration::from_secs(3);
+    };
+    // The second item alone, on a fresh supervisor.
+    let mut o = options("next-item-fresh", "");
+    recovery(&mut o);
+    let second = moving_square_video(o.session_dir.parent().unwrap(), 12);
+    o.media = Some(second.clone());
+    o.initial_ops = click_and_propagate(1);
+    let mut h = start(o).unwrap();
+    let (fresh, _) = masks_after(&mut h, 2);
+    h.shutdown();
+
+    // A first item (6 frames, object 2), then the second one on the same supervisor; its
+    // worker aborts on frame 9, which only the second item reaches.
+    let mut o = options("next-item-moved", "abort@frame=9");
+    recovery(&mut o);
+    let dir = o.session_dir.parent().unwrap().to_path_buf();
+    o.set_env("SAM2_TUI_FAULT_STATE", &dir.join("fault-state.json").to_string_lossy());
+    let first_dir = dir.join("first");
+    std::fs::create_dir_all(&first_dir).unwrap();
+    o.media = Some(moving_square_video(&first_dir, 6));
+    o.initial_ops = click_and_propagate(2);
+    let mut h = start(o).unwrap();
+    let (first, events) = masks_after(&mut h, 2);
+    assert_eq!(first.len(), 6, "{first:?}");
+    let loads = |ev: &[EngineEvent]| ev.iter().filter(|e| matches!(e, EngineEvent::WorkerStarted { .. })).count();
+    assert_eq!(loads(&events), 1);
+    h.next_item(second, dir.join("second-session"), click_and_propagate(1)).unwrap();
+    let (moved, events) = masks_after(&mut h, 2);
+    h.shutdown();
+    let died = events.iter().filter(|e| matches!(e, EngineEvent::WorkerDied { .. })).count();
+    assert_eq!(died, 1, "the fault on frame 9 fires once");
+    assert_eq!(loads(&events), 1, "only the crash costs a model load, not the move to the next item");
+    assert_eq!(moved, fresh, "the second item's masks differ from a fresh supervisor's (or the first item's linger)");
+}

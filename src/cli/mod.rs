@@ -1,10 +1,12 @@
 //! Command-line surface: the console (default) and the headless subcommands that script
 //! the same engine. Each subcommand lives in its own file with its `Args` and `run`.
+pub mod batch;
 pub mod bench;
 pub mod checks;
 pub mod doctor;
 pub mod engine;
 pub mod interrupt;
+pub mod job;
 pub mod preview;
 pub mod segment;
 pub mod sessions;
@@ -27,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Segment a video, frame folder or image headlessly from a prompts or session file.
     Segment(segment::Args),
+    /// Segment every item of a manifest (JSON Lines): locally, one shard (--shard I/N), or as a Slurm job array (--slurm).
+    Batch(batch::Args),
     /// Measure FPS, per-stage latency and memory per model size and device.
     Bench(bench::Args),
     /// Report devices, libtorch, FFmpeg, terminal graphics and recommended settings.

@@ -22,6 +22,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub supervisor: SupervisorConfig,
     pub console: ConsoleConfig,
+    /// Cluster defaults for `batch --slurm`.
+    pub slurm: SlurmConfig,
     /// Action name → keys (replaces that action's default keys). See `console::keymap`.
     pub keys: BTreeMap<String, toml::Spanned<Vec<String>>>,
     /// Where the file came from (None: built-in defaults). Used to name it in errors.
@@ -123,6 +125,21 @@ impl Default for SupervisorConfig {
             fallback_smaller_model: false,
         }
     }
+}
+
+/// Cluster defaults for `sam2-tui batch --slurm` (flags given on the command line win).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmConfig {
+    pub partition: Option<String>,
+    /// e.g. "gpu:1".
+    pub gres: Option<String>,
+    /// Time limit per array task, e.g. "02:00:00".
+    pub time: Option<String>,
+    /// Environment modules to `module load` before the task runs.
+    pub modules: Vec<String>,
+    /// The sam2-tui binary as the compute nodes see it (default: this executable).
+    pub binary: Option<PathBuf>,
 }
 
 /// Terminal graphics protocol for the preview.

@@ -6,7 +6,7 @@
 //!   else; only a folder with the marker and nothing but sam2-tui's own entries (or an
 //!   empty folder) is ever replaced. Anything else at `--out` is refused before any model
 //!   work, and so is an `--out` that is, holds or lies inside the input.
-//! - A run writes into a staging folder next to `--out` (`.sam2-tui-segment-<pid>-…`) and
+//! - A run writes into a staging folder next to `--out` (`.sam2-tui-segment-<pid>@<host>-…`) and
 //!   swaps it in with one atomic exchange (`renameat2(RENAME_EXCHANGE)` on Linux,
 //!   `renamex_np(RENAME_SWAP)` on macOS); the previous output then sits at the staging
 //!   name and is removed. Staging folders and overlay temp files of a process that is no
@@ -99,6 +99,12 @@ fn normal(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(resolved)
 }
 
+/// Whether `dir` holds a complete sam2-tui output (published whole, so the marker and
+/// masks.json together mean complete; `batch` skips such items when re-run).
+pub fn is_complete(dir: &Path) -> bool {
+    !std::fs::symlink_metadata(dir).map(|m| m.file_type().is_symlink()).unwrap_or(true) && read_marker(dir).is_some() && dir.join("masks.json").is_file()
+}
+
 fn read_marker(dir: &Path) -> Option<Marker> {
     let bytes = std::fs::read(dir.join(MARKER)).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -180,7 +186,7 @@ impl OutputTarget {
             sweep(dir, OVERLAY_PREFIX);
         }
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
+            .prefix(&format!("{STAGING_PREFIX}{}-", crate::util::owner_tag()))
             .tempdir_in(&self.parent)
             .map_err(|e| anyhow!("{}: cannot write here: {e}", self.parent.display()))?;
         let marker = Marker { written_by: format!("sam2-tui {}", env!("CARGO_PKG_VERSION")), overlay: None };
@@ -190,7 +196,7 @@ impl OutputTarget {
             Some(o) => {
                 let ext = o.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
                 let f = tempfile::Builder::new()
-                    .prefix(&format!("{OVERLAY_PREFIX}{}-", std::process::id()))
+                    .prefix(&format!("{OVERLAY_PREFIX}{}-", crate::util::owner_tag()))
                     .suffix(&ext)
                     .tempfile_in(o.parent().unwrap_or(Path::new("/")))
                     .map_err(|e| anyhow!("{}: cannot write next to the overlay: {e}", o.display()))?;
@@ -279,14 +285,15 @@ impl Staging {
     }
 }
 
-/// Removes `<prefix><pid>-…` entries in `dir` whose process is gone. Only names sam2-tui
+/// Removes `<prefix><pid>@<host>-…` entries in `dir` whose process is gone (on this host:
+/// another host's runs in a shared folder are left alone). Only names sam2-tui
 /// makes are touched, and a staging folder only when it holds the marker (or nothing).
 fn sweep(dir: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(prefix).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) else { continue };
-        if pid == std::process::id() as i32 || crate::util::process_alive(pid) || pid <= 0 {
+        let Some(owner) = name.strip_prefix(prefix).and_then(|r| r.split('-').next()) else { continue };
+        if !crate::util::owner_gone(owner) {
             continue;
         }
         let path = e.path();
@@ -456,6 +463,10 @@ mod tests {
         std::fs::write(stale.join(MARKER), b"{\"written_by\":\"sam2-tui\"}").unwrap();
         std::fs::write(stale.join("masks.json"), b"{}").unwrap();
         let live = t.path().join(format!("{STAGING_PREFIX}1-abc")); // pid 1 is always alive
+        // Another machine's run writing into the same shared folder (a cluster's tasks).
+        let elsewhere = t.path().join(format!("{STAGING_PREFIX}{dead}@another_node-abc"));
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join(MARKER), b"{\"written_by\":\"sam2-tui\"}").unwrap();
         std::fs::create_dir(&live).unwrap();
         let not_ours = t.path().join(format!("{STAGING_PREFIX}{dead}-user"));
         std::fs::create_dir(&not_ours).unwrap();
@@ -464,6 +475,7 @@ mod tests {
         let staging = target.stage().unwrap();
         assert!(!stale.exists(), "a dead run's staging is swept");
         assert!(live.exists(), "a live run's staging is left alone");
+        assert!(elsewhere.exists(), "a run on another host is not judged by a pid of this one");
         assert!(not_ours.join("keep.txt").exists(), "a folder without the marker is not ours");
         drop(staging);
     }

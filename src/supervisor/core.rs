@@ -56,6 +56,20 @@ impl SupervisorHandle {
         }
     }
 
+    /// Moves this supervisor (and its worker, model loaded) to the next item of a batch:
+    /// `media` with `ops` as its journal in `session_dir`. Call it when the previous
+    /// item's ops have all finished; a crash from here on replays the new journal.
+    pub fn next_item(&mut self, media: PathBuf, session_dir: PathBuf, ops: Vec<Op>) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&session_dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", session_dir.display()))?;
+        let journal_path = session_dir.join("journal.json");
+        JournalStore::create(&journal_path, ops.clone())?;
+        remove_stale_banks(&session_dir)?;
+        self.journal_path = journal_path;
+        anyhow::ensure!(self.send(EngineCommand::NextItem { media, session_dir, ops }), "the supervisor has stopped");
+        Ok(())
+    }
+
     /// Stops the worker and waits until every supervisor thread has ended.
     pub fn shutdown(self) {
         let SupervisorHandle {
@@ -529,6 +543,7 @@ impl Core {
                     self.send(Request::Prefetch { frame });
                 }
             }
+            EngineCommand::NextItem { media, session_dir, ops } => self.next_item(media, session_dir, ops),
             EngineCommand::Shutdown => {
                 self.shutting_down = true;
                 self.restart_at = None;
@@ -561,6 +576,35 @@ impl Core {
             size.name(),
             crate::weights::official::approx_megabytes(size)
         ))
+    }
+
+    /// The next batch item on the same model: everything of the session changes, the
+    /// worker stays when it is idle (it opens the new media on a fresh bank); one caught
+    /// mid-way (an op running, media opening) is replaced, so nothing of the old item can
+    /// answer for the new one.
+    fn next_item(&mut self, media: PathBuf, session_dir: PathBuf, ops: Vec<Op>) {
+        let idle = self.inflight.is_none() && self.worker.as_ref().is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none());
+        self.fresh_bank();
+        self.journal = JournalStore {
+            journal: crate::session::Journal { version: crate::session::Journal::VERSION, ops },
+            path: session_dir.join("journal.json"),
+        };
+        self.opts.session_dir = session_dir;
+        self.opts.media = Some(media.clone());
+        *self.masks.lock().unwrap_or_else(|p| p.into_inner()) = store::MaskStore::default();
+        self.num_frames = 0;
+        self.crashed_at = None;
+        if idle {
+            if let Some(l) = self.worker.as_mut() {
+                l.phase = Phase::Opening;
+                l.last_progress = Instant::now();
+            }
+            let bank_dir = Some(self.bank_dir());
+            self.send(Request::OpenMedia { path: media, bank_dir, fill_holes: self.opts.fill_holes });
+        } else if self.worker.is_some() {
+            self.retire("moving to the next item");
+        }
+        // No worker: the one being restarted opens the new media when it has loaded.
     }
 
     /// A model or device switch: fresh bank, full replay, crash history forgotten.

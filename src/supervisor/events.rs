@@ -158,5 +158,9 @@ pub enum EngineCommand {
     SetWatermark(f32),
     /// Encode this frame ahead of time so a click there only runs the decoder.
     Prefetch(usize),
+    /// Move to the next item of a batch: new media, session folder and journal (already
+    /// on disk: `SupervisorHandle::next_item` writes it), masks cleared. A ready worker
+    /// keeps its loaded model and only opens the new media.
+    NextItem { media: std::path::PathBuf, session_dir: std::path::PathBuf, ops: Vec<Op> },
     Shutdown,
 }

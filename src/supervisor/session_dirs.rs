@@ -16,11 +16,14 @@ pub fn root() -> PathBuf {
 /// Marks `dir` as belonging to this process only, for as long as it runs.
 pub fn mark_one_shot(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", dir.display()))?;
-    crate::util::atomic_write(&dir.join(ONE_SHOT), std::process::id().to_string().as_bytes())
+    crate::util::atomic_write(&dir.join(ONE_SHOT), crate::util::owner_tag().as_bytes())
 }
 
-fn one_shot_owner(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join(ONE_SHOT)).ok()?.trim().parse().ok()
+/// `<pid>@<host>` (or a bare pid, as written before hosts were recorded).
+fn one_shot_owner(dir: &Path) -> Option<String> {
+    let tag = std::fs::read_to_string(dir.join(ONE_SHOT)).ok()?.trim().to_string();
+    tag.split('@').next()?.parse::<i32>().ok()?;
+    Some(tag)
 }
 
 /// Removes a folder made by `mark_one_shot` (and nothing else).
@@ -37,10 +40,9 @@ pub fn sweep_one_shot(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for e in entries.flatten() {
         let dir = e.path();
-        if let Some(pid) = one_shot_owner(&dir) {
-            if pid != std::process::id() as i32 && !crate::util::process_alive(pid) {
-                remove_one_shot(&dir);
-            }
+        // A data directory in a shared home is seen by every node: judge only this host's.
+        if one_shot_owner(&dir).is_some_and(|owner| crate::util::owner_gone(&owner)) {
+            remove_one_shot(&dir);
         }
     }
 }
@@ -73,7 +75,7 @@ pub fn list(root: &Path) -> Vec<KeptSession> {
             let path = e.path();
             let journal = path.join("journal.json");
             let modified = std::fs::metadata(&journal).ok()?.modified().ok()?;
-            if one_shot_owner(&path).is_some_and(crate::util::process_alive) {
+            if one_shot_owner(&path).is_some_and(|owner| !crate::util::owner_gone(&owner)) {
                 return None;
             }
             let ops = crate::session::Journal::load(&journal).map(|j| j.ops.len()).unwrap_or(0);
@@ -117,11 +119,14 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         std::fs::write(killed.join(ONE_SHOT), child.id().to_string()).unwrap();
         child.wait().unwrap();
+        let elsewhere = session(t.path(), "elsewhere");
+        std::fs::write(elsewhere.join(ONE_SHOT), format!("{}@another_node", child.id())).unwrap();
         let mine = session(t.path(), "mine");
         mark_one_shot(&mine).unwrap();
         sweep_one_shot(t.path());
         assert!(!killed.exists());
         assert!(kept.exists() && mine.exists());
+        assert!(elsewhere.exists(), "a run on another host sharing this data directory is not swept");
         let listed: Vec<PathBuf> = list(t.path()).into_iter().map(|s| s.path).collect();
         assert_eq!(listed, vec![kept.clone()], "a live run's folder is not offered for pruning");
         remove_one_shot(&kept);

@@ -1,0 +1,206 @@
+//! Runs the items of one shard of a manifest on this machine: one worker thread per GPU
+//! (or one on the CPU), each item one `job` (the same checks, staging, publishing and
+//! crash replay as `segment`), a failed item reported without stopping the others.
+use super::manifest::{self, Item, Ops, Shard};
+use super::report::{ItemReport, Report, Status};
+use super::Args;
+use crate::cli::interrupt;
+use crate::cli::job::{self, JobSpec, OpsFile};
+use crate::device::DeviceChoice;
+use crate::util::{bad_input, Interrupted};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Where one worker thread runs its items.
+#[derive(Clone, Debug)]
+struct Lane {
+    device: DeviceChoice,
+    env: Vec<(String, String)>,
+    name: String,
+}
+
+pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::Result<()> {
+    let items = manifest::load(manifest_path)?;
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if !m.is_dir() => return Err(bad_input(format!("{}: --out exists and is not a folder", out.display()))),
+        _ => std::fs::create_dir_all(out).map_err(|e| bad_input(format!("{}: cannot create --out: {e}", out.display())))?,
+    }
+    let mine: Vec<Item> = items.into_iter().filter(|it| shard.owns(it.index)).collect();
+    let lanes = lanes(a)?;
+    interrupt::install();
+    let report_path = out.join(shard.report_name());
+    let report = Mutex::new(Report {
+        manifest: manifest_path.display().to_string(),
+        shard: format!("{}/{}", shard.index, shard.count),
+        items: mine.iter().map(|it| pending(it)).collect(),
+        finished: false,
+    });
+    report.lock().unwrap().write(&report_path)?;
+    let next = AtomicUsize::new(0);
+    let ended = AtomicUsize::new(0);
+    let n = mine.len();
+    eprintln!(
+        "batch: {n} item(s) in shard {}/{} on {} worker(s): {}",
+        shard.index,
+        shard.count,
+        lanes.len(),
+        lanes.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    std::thread::scope(|s| {
+        for lane in &lanes {
+            let (mine, report, next, ended, report_path) = (&mine, &report, &next, &ended, &report_path);
+            s.spawn(move || {
+                // One supervisor per lane, kept across its items: the model loads once.
+                let mut engine: Option<job::Engine> = None;
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= mine.len() || interrupt::requested() {
+                        break;
+                    }
+                    let it = &mine[k];
+                    let r = run_item(a, lane, it, out, n, ended, &mut engine);
+                    let done = ended.fetch_add(1, Ordering::SeqCst) + 1;
+                    let line = match (&r.status, &r.error) {
+                        (Status::Failed, Some(e)) => format!("FAILED: {e}"),
+                        (Status::Pending, _) => "interrupted; its output was not written".into(),
+                        (st, _) => format!("{st:?}, {} frames in {:.1}s", r.frames, r.seconds).to_lowercase(),
+                    };
+                    eprintln!("batch: [{done}/{n}] {}: {line}", it.out);
+                    let mut rep = report.lock().unwrap_or_else(|p| p.into_inner());
+                    rep.items[k] = r;
+                    if let Err(e) = rep.write(report_path) {
+                        eprintln!("batch: {e:#}");
+                    }
+                }
+                if let Some(e) = engine {
+                    e.shutdown();
+                }
+            });
+        }
+    });
+    let mut rep = report.into_inner().unwrap_or_else(|p| p.into_inner());
+    rep.finished = !interrupt::requested();
+    rep.write(&report_path)?;
+    let (done, skipped, failed) = (rep.count(Status::Done), rep.count(Status::Skipped), rep.count(Status::Failed));
+    let secs: f32 = rep.items.iter().map(|i| i.seconds).sum();
+    let frames: usize = rep.items.iter().filter(|i| i.status == Status::Done).map(|i| i.frames).sum();
+    let restarts: u32 = rep.items.iter().map(|i| i.restarts).sum();
+    eprintln!(
+        "batch: {done} done, {skipped} skipped (already complete), {failed} failed, {} not run; {frames} frames in {secs:.1}s item time; {restarts} worker restart(s); report {}",
+        rep.count(Status::Pending),
+        report_path.display()
+    );
+    for i in rep.items.iter().filter(|i| i.status == Status::Failed) {
+        eprintln!("batch: failed {}: {}", i.out, i.error.as_deref().unwrap_or("?"));
+    }
+    if interrupt::requested() {
+        return Err(anyhow::Error::new(Interrupted));
+    }
+    anyhow::ensure!(failed == 0, "{failed} of {n} item(s) failed; see {}", report_path.display());
+    Ok(())
+}
+
+fn pending(it: &Item) -> ItemReport {
+    ItemReport {
+        index: it.index,
+        out: it.out.clone(),
+        input: it.input.display().to_string(),
+        status: Status::Pending,
+        frames: 0,
+        seconds: 0.0,
+        restarts: 0,
+        error: None,
+    }
+}
+
+fn run_item(a: &Args, lane: &Lane, it: &Item, out: &Path, n: usize, ended: &AtomicUsize, engine: &mut Option<job::Engine>) -> ItemReport {
+    let mut r = pending(it);
+    let dest = out.join(&it.out);
+    if crate::media::output_dir::is_complete(&dest) {
+        r.status = Status::Skipped;
+        return r;
+    }
+    let started = std::time::Instant::now();
+    let spec = JobSpec {
+        input: it.input.clone(),
+        ops: match &it.ops {
+            Ops::Prompts(p) => OpsFile::Prompts(p.clone()),
+            Ops::Session(s) => OpsFile::Session(s.clone()),
+        },
+        out: dest,
+        checkpoint: it.checkpoint.clone().or_else(|| a.checkpoint.clone()),
+        model: it.model.or(a.model),
+        device: lane.device,
+        precision: a.precision,
+        logits: a.logits,
+        overlay: None,
+        fill_holes: !a.no_postprocess,
+        image_size: a.image_size,
+        session_dir: None,
+        env: lane.env.clone(),
+    };
+    let name = it.out.clone();
+    let tty = job::atty_stderr();
+    let mut on_frame = |done: usize, total: usize, fps: f32| {
+        let items_done = ended.load(Ordering::SeqCst);
+        let line = format!("batch: [{items_done}/{n} items] {name}: {done}/{total} frames  {fps:.2} FPS");
+        if tty {
+            eprint!("\r{line}   ");
+        } else if done == total || done % 50 == 0 {
+            eprintln!("{line}");
+        }
+    };
+    let result = job::prepare(spec).and_then(|p| {
+        r.frames = p.frames();
+        job::execute(p, engine, &mut on_frame)
+    });
+    if tty {
+        eprintln!();
+    }
+    r.seconds = started.elapsed().as_secs_f32();
+    match result {
+        Ok(o) => {
+            r.status = Status::Done;
+            r.restarts = o.restarts;
+        }
+        Err(e) if e.chain().any(|c| c.is::<Interrupted>()) => {}
+        Err(e) => {
+            r.status = Status::Failed;
+            r.error = Some(format!("{e:#}").replace('\n', " "));
+        }
+    }
+    r
+}
+
+/// One lane per GPU chosen (`--devices`), else one per visible GPU, else one on the CPU.
+fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
+    // Inside a scheduler's allocation CUDA_VISIBLE_DEVICES already names the cards; the
+    // k-th lane gets the k-th of them.
+    let visible: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+    let gpu = |k: usize| {
+        let id = visible.as_ref().and_then(|v| v.get(k).cloned()).unwrap_or_else(|| k.to_string());
+        Lane {
+            device: DeviceChoice::Cuda,
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), id.clone())],
+            name: format!("cuda:{id}"),
+        }
+    };
+    if let Some(list) = &a.devices {
+        return Ok(list.iter().map(|&k| gpu(k)).collect());
+    }
+    let n_gpus = match a.device {
+        DeviceChoice::Auto | DeviceChoice::Cuda => tch::Cuda::device_count().max(0) as usize,
+        _ => 0,
+    };
+    if n_gpus > 1 {
+        return Ok((0..n_gpus).map(gpu).collect());
+    }
+    Ok(vec![Lane {
+        device: a.device,
+        env: vec![],
+        name: format!("{:?}", a.device).to_lowercase(),
+    }])
+}

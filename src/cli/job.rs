@@ -1,0 +1,331 @@
+//! One segmentation job — an input and its prompts or session in, a published output
+//! folder out — shared by `segment` (one job) and `batch` (one per manifest item), so
+//! both give the same guarantees: bad input judged before any model work, outputs staged
+//! and swapped in whole, a worker crash replayed, an interrupt leaving nothing.
+use crate::cli::interrupt;
+use crate::device::{DeviceChoice, PrecisionChoice};
+use crate::media::output_dir::{OutputTarget, Staging};
+use crate::media::outputs::{OutputWriter, VideoInfo};
+use crate::model::config::{ModelSize, ModelVersion};
+use crate::session::Journal;
+use crate::supervisor::events::{EngineEvent, EngineState, LogLevel};
+use crate::supervisor::{self, session_dirs, SupervisorOptions};
+use crate::util::{bad_input, Interrupted};
+use anyhow::{anyhow, bail};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where a job's ops come from.
+#[derive(Clone, Debug)]
+pub enum OpsFile {
+    /// The short form `{"objects":[...]}`.
+    Prompts(PathBuf),
+    /// A session journal `{"version":1,"ops":[...]}`.
+    Session(PathBuf),
+}
+
+impl OpsFile {
+    pub fn path(&self) -> &Path {
+        match self {
+            OpsFile::Prompts(p) | OpsFile::Session(p) => p,
+        }
+    }
+}
+
+/// Everything one job needs.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub input: PathBuf,
+    pub ops: OpsFile,
+    pub out: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+    pub model: Option<ModelSize>,
+    pub device: DeviceChoice,
+    pub precision: PrecisionChoice,
+    pub logits: bool,
+    pub overlay: Option<PathBuf>,
+    pub fill_holes: bool,
+    pub image_size: i64,
+    pub session_dir: Option<PathBuf>,
+    /// Extra environment for the worker (e.g. `CUDA_VISIBLE_DEVICES` per batch worker).
+    pub env: Vec<(String, String)>,
+}
+
+/// A job whose input, ops, output folder and checkpoint have been judged: nothing has
+/// been written yet.
+pub struct Prepared {
+    spec: JobSpec,
+    video: VideoInfo,
+    journal: Journal,
+    target: OutputTarget,
+    checkpoint: PathBuf,
+    det: crate::weights::Detected,
+}
+
+impl Prepared {
+    pub fn frames(&self) -> usize {
+        self.video.frames
+    }
+}
+
+/// What a finished job did.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub masks: usize,
+    pub frames: usize,
+    pub frames_tracked: usize,
+    pub restarts: u32,
+    pub model_label: String,
+    pub seconds: f32,
+    pub out: PathBuf,
+}
+
+/// A frame delivered: (done, total, fps).
+pub type OnFrame<'a> = &'a mut dyn FnMut(usize, usize, f32);
+
+/// Checks everything that can be checked before the engine starts, so bad input is one
+/// clear `BadInput` line and nothing is written.
+pub fn prepare(spec: JobSpec) -> anyhow::Result<Prepared> {
+    let source = crate::media::open(&spec.input)?;
+    let (width, height) = source.size();
+    let video = VideoInfo { width, height, frames: source.len(), fps: source.fps(), source: spec.input.display().to_string() };
+    drop(source);
+    let journal = match &spec.ops {
+        OpsFile::Prompts(p) => Journal::load_prompts(p)?,
+        OpsFile::Session(s) => Journal::load(s)?,
+    };
+    super::checks::ops_for_video(&journal, spec.ops.path(), &video)?;
+    super::checks::overlay_target(&spec.overlay)?;
+    let checkpoint = match &spec.checkpoint {
+        Some(c) => c.clone(),
+        None => crate::weights::default_checkpoint(spec.model.unwrap_or(ModelSize::Tiny), ModelVersion::V2_1),
+    };
+    // What sam2-tui may write, judged before the checkpoint is read: never the input,
+    // never a folder or file it did not write itself.
+    let target = OutputTarget::check(&spec.out, spec.overlay.as_deref(), &[&spec.input, spec.ops.path(), &checkpoint])?;
+    let det = super::checks::checkpoint(&checkpoint, spec.model)?;
+    Ok(Prepared { spec, video, journal, target, checkpoint, det })
+}
+
+/// A supervisor kept from one job to the next (`batch`): its worker keeps the model
+/// loaded, so an item costs its frames, not a model load.
+pub struct Engine {
+    sup: supervisor::SupervisorHandle,
+    /// What the worker was started with; a job that needs anything else gets a new one.
+    key: String,
+}
+
+impl Engine {
+    pub fn shutdown(self) {
+        self.sup.shutdown();
+    }
+}
+
+/// Runs a prepared job under the supervisor and publishes its outputs. The caller
+/// installs the interrupt handlers (`interrupt::install`) before. `engine` is the
+/// supervisor an earlier job left (reused when it runs the same model the same way) and
+/// receives this job's, still running, when it ended well; the caller shuts it down.
+pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let staging = p.target.stage()?;
+    let a = &p.spec;
+    let mut opts = SupervisorOptions::new(p.checkpoint.clone(), Some(absolute(&a.input)?))?;
+    opts.size = Some(p.det.size);
+    opts.version = Some(p.det.version);
+    opts.device = a.device;
+    opts.precision = a.precision;
+    opts.image_size = a.image_size;
+    opts.fill_holes = a.fill_holes;
+    opts.initial_ops = p.journal.ops.clone();
+    for (k, v) in &a.env {
+        opts.set_env(k, v);
+    }
+    // A run without --session-dir keeps its journal and memory bank only while it runs.
+    let one_shot = a.session_dir.is_none();
+    match &a.session_dir {
+        Some(d) => opts.session_dir = d.clone(),
+        None => {
+            // Numbered, so that batch workers starting in the same millisecond differ.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let name = opts.session_dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            opts.session_dir = opts.session_dir.with_file_name(format!("{name}-{n}"));
+            session_dirs::sweep_one_shot(&session_dirs::root());
+            session_dirs::mark_one_shot(&opts.session_dir)?;
+        }
+    }
+    let session_dir = opts.session_dir.clone();
+    let logits_dir = staging.path().join("logits");
+    if a.logits {
+        opts.set_env("SAM2_TUI_LOGITS_DIR", &logits_dir.to_string_lossy());
+    }
+    // The logits folder is the worker's environment, fixed when it starts: such a job
+    // gets a worker of its own.
+    let key = format!("{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}", opts.checkpoint, opts.size, opts.version, opts.device, opts.precision, opts.image_size, opts.fill_holes, a.env);
+    let reusable = !a.logits;
+    let previous = engine.take().filter(|e| reusable && e.key == key);
+    if let Some(stale) = engine.take() {
+        stale.shutdown();
+    }
+    let result = (|| {
+        let sup = match previous {
+            Some(mut e) => {
+                e.sup.next_item(absolute(&a.input)?, opts.session_dir.clone(), opts.initial_ops.clone())?;
+                e.sup
+            }
+            None => supervisor::start(opts)?,
+        };
+        let mut e = Engine { sup, key };
+        match track(&p, &mut e.sup, &staging, &logits_dir, on_frame) {
+            Ok(r) if reusable => {
+                *engine = Some(e);
+                Ok(r)
+            }
+            other => {
+                e.shutdown();
+                other
+            }
+        }
+    })();
+    if one_shot {
+        session_dirs::remove_one_shot(&session_dir);
+    }
+    let (masks, frames_tracked, restarts, model_label) = result?;
+    // The last instant an interrupt can still leave everything as it was.
+    if interrupt::requested() {
+        return Err(anyhow::Error::new(Interrupted));
+    }
+    p.target.publish(staging)?;
+    Ok(Outcome {
+        masks,
+        frames: p.video.frames,
+        frames_tracked,
+        restarts,
+        model_label,
+        seconds: started.elapsed().as_secs_f32(),
+        out: p.target.out().to_path_buf(),
+    })
+}
+
+/// Runs the journal under the supervisor and writes every output into `staging`:
+/// (masks, frames tracked, worker restarts, model label).
+fn track(p: &Prepared, sup: &mut supervisor::SupervisorHandle, staging: &Staging, logits_dir: &Path, on_frame: OnFrame) -> anyhow::Result<(usize, usize, u32, String)> {
+    let (a, journal, video, det) = (&p.spec, &p.journal, &p.video, &p.det);
+    let n_ops = journal.ops.len();
+    let mut restarts = 0u32;
+    let mut frames_done = 0usize;
+    let mut failure: Option<String> = None;
+    let mut finished = 0usize;
+    while finished < n_ops {
+        if interrupt::requested() {
+            break;
+        }
+        let Some(ev) = sup.recv_timeout(Duration::from_millis(200)) else { continue };
+        match ev {
+            EngineEvent::OpFinished { .. } => finished += 1,
+            EngineEvent::OpFailed { index, message } => {
+                failure = Some(format!("op {index} ({}) failed: {message}", op_name(&journal.ops[index])));
+                break;
+            }
+            EngineEvent::Progress { done, total, fps, .. } => {
+                frames_done += 1;
+                on_frame(done, total, fps);
+            }
+            // A signal to the whole process group (Ctrl-C, scancel) reaches the worker
+            // too: that is the interrupt, not a crash to report.
+            EngineEvent::WorkerDied { .. } if interrupt::requested() => break,
+            EngineEvent::WorkerDied { reason, stderr_tail } => {
+                restarts += 1;
+                let last = stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+                eprintln!("\n{}: engine worker died: {reason} (last words: {last}); restarting and resuming", a.input.display());
+            }
+            EngineEvent::FellBack { from, to, reason } => eprintln!("\n{}: fell back from {from} to {to}: {reason}", a.input.display()),
+            EngineEvent::State(EngineState::Stopped) => {
+                failure = Some("the engine stopped: every rung of the fallback ladder failed (see the log)".into());
+                break;
+            }
+            EngineEvent::Log { level: LogLevel::Error, message } => {
+                eprintln!("\n{}: {message}", a.input.display());
+            }
+            _ => {}
+        }
+    }
+    let masks = sup.masks.clone();
+    if interrupt::requested() {
+        return Err(anyhow::Error::new(Interrupted));
+    }
+    if let Some(f) = failure {
+        bail!("{}: {f}", a.input.display());
+    }
+
+    // Outputs: from the supervisor's store of finished masks (latest per frame/object).
+    let label = format!("SAM {} {}", det.version, det.size);
+    let mut writer = OutputWriter::new(staging.path(), video.clone(), &label, false)?;
+    let store = masks.lock().unwrap_or_else(|p| p.into_inner());
+    for ((frame, object), m) in store.iter() {
+        writer.add_rle(*frame, *object, m.rle.clone(), m.score)?;
+    }
+    let n_masks = store.len();
+    writer.finish()?;
+    if a.logits {
+        check_logits(logits_dir, &store, video)?;
+    }
+    if let Some(path) = staging.overlay_path() {
+        write_overlay(&a.input, path, video, &store)?;
+    }
+    Ok((n_masks, frames_done, restarts, label))
+}
+/// Every mask in masks.json has its logits file, whole; files of objects removed later
+/// in the journal are dropped so that the folder says what masks.json says.
+fn check_logits(dir: &Path, store: &crate::supervisor::store::MaskStore, video: &VideoInfo) -> anyhow::Result<()> {
+    let want = crate::media::npy::f32_array_len(&[video.height as usize, video.width as usize]) as u64;
+    for ((frame, object), _) in store.iter() {
+        let path = dir.join(object.to_string()).join(format!("{frame:05}.npy"));
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        anyhow::ensure!(len == want, "{}: --logits output missing or incomplete ({len} of {want} bytes)", path.display());
+    }
+    for obj in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let kept = obj.file_name().to_str().and_then(|n| n.parse::<u32>().ok()).is_some_and(|id| store.iter().any(|((_, o), _)| *o == id));
+        if !kept {
+            std::fs::remove_dir_all(obj.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn op_name(op: &crate::session::Op) -> &'static str {
+    use crate::session::Op;
+    match op {
+        Op::AddPrompt { .. } => "add_prompt",
+        Op::Propagate { .. } => "propagate",
+        Op::ClearFrame { .. } => "clear_frame",
+        Op::RemoveObject { .. } => "remove_object",
+        Op::Reset => "reset",
+    }
+}
+
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+}
+
+pub fn atty_stderr() -> bool {
+    unsafe { libc::isatty(2) == 1 }
+}
+
+fn write_overlay(input: &Path, path: &Path, video: &VideoInfo, store: &crate::supervisor::store::MaskStore) -> anyhow::Result<()> {
+    let mut source = crate::media::open(input)?;
+    let mut writer = crate::media::overlay::OverlayWriter::create(path, video.width, video.height, video.fps)?;
+    for frame in 0..video.frames {
+        let img = source.frame(frame)?;
+        let decoded: Vec<(u32, Vec<u8>)> = store
+            .iter()
+            .filter(|((f, _), _)| *f == frame)
+            .map(|((_, o), m)| Ok((*o, m.rle.decode().map_err(|e| anyhow!(e))?)))
+            .collect::<anyhow::Result<_>>()?;
+        let masks: Vec<(u32, &[u8])> = decoded.iter().map(|(o, m)| (*o, m.as_slice())).collect();
+        writer.write(&img, &masks)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
