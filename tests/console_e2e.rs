@@ -17,10 +17,6 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn screen() -> String {
-    screen_of(SESSION)
-}
-
 fn screen_of(session: &str) -> String {
     tmux(&["capture-pane", "-p", "-t", session])
 }

@@ -10,7 +10,7 @@ use crate::model::config::{ModelSize, ModelVersion};
 use crate::session::Journal;
 use crate::supervisor::events::{EngineEvent, EngineState, LogLevel};
 use crate::supervisor::{self, session_dirs, SupervisorOptions};
-use crate::util::{bad_input, Interrupted};
+use crate::util::Interrupted;
 use anyhow::{anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
