@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long)]
     pub no_postprocess: bool,
     /// Model input size (1024 for the official models; smaller only for tests).
-    #[arg(long, default_value_t = 1024, hide = true)]
+    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
     pub image_size: i64,
     /// Keep the session journal and memory bank in this folder (default: a folder in
     /// the data directory, removed when the run ends).

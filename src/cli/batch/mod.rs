@@ -44,7 +44,7 @@ pub struct Args {
     pub logits: bool,
     #[arg(long)]
     pub no_postprocess: bool,
-    #[arg(long, default_value_t = 1024, hide = true)]
+    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
     pub image_size: i64,
 
     /// Write a Slurm job array script into --out and submit it with sbatch.
