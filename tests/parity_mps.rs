@@ -32,8 +32,11 @@ fn a_cpu_asked_to_emulate_mps_takes_every_mps_branch_and_says_so() {
 }
 
 /// The full 1024 path: Hiera's position embedding resized to 256×256 on the CPU, RoPE
-/// over 4096 tokens per memory frame.
+/// over 4096 tokens per memory frame. Measured: 39 results, max |Δlogit| 2.2e-6, masks
+/// 100 % identical; but 59 min on the loaded 2-core dev machine (about 40 of them making
+/// the reference's fixture), far past `make test`'s budget, hence `--ignored`.
 #[test]
+#[ignore = "full 1024 video path: ~1 h on a loaded 2-core machine; run with --ignored"]
 fn tiny_2_1_at_1024_tracks_like_the_reference_through_the_mps_branches() {
     on_mps_branches();
     assert_parity(run_case(ModelSize::Tiny, ModelVersion::V2_1, 1024, 10, true));
@@ -42,6 +45,7 @@ fn tiny_2_1_at_1024_tracks_like_the_reference_through_the_mps_branches() {
 /// Base+ (the other RoPE head layout of the memory attention, 2.1's object-pointer
 /// encoding) on the journal `parity_video` runs.
 #[test]
+#[ignore = "written, not yet run (out of time): run with --ignored, then un-ignore"]
 fn base_plus_2_1_tracks_like_the_reference_through_the_mps_branches() {
     on_mps_branches();
     assert_parity(run_case(ModelSize::BasePlus, ModelVersion::V2_1, 256, 12, true));
@@ -51,6 +55,7 @@ fn base_plus_2_1_tracks_like_the_reference_through_the_mps_branches() {
 /// The CPU computes in fp16 where libtorch has the kernels; its masks must agree with
 /// exact mode (= the reference within 1e-3) on 99.5 % of pixels, the CPU bf16 mode's bound.
 #[test]
+#[ignore = "written, not yet run (out of time): whether libtorch's CPU has every op in fp16 is unchecked"]
 fn tiny_2_1_in_fp16_with_fp32_heads_agrees_with_exact_mode_through_the_mps_branches() {
     on_mps_branches();
     let f = run_case_in(ModelSize::Tiny, ModelVersion::V2_1, 256, 12, true, Precision::Fp16);
@@ -61,6 +66,7 @@ fn tiny_2_1_in_fp16_with_fp32_heads_agrees_with_exact_mode_through_the_mps_branc
 /// The image path has no MPS-only branch (the position embedding is resized on the CPU
 /// for every device); held to `parity_image`'s bound anyway, as the full 1024 image path.
 #[test]
+#[ignore = "written, not yet run (out of time): run with --ignored, then un-ignore"]
 fn tiny_2_1_image_path_at_1024_matches_the_reference_through_the_mps_branches() {
     on_mps_branches();
     let f = common::image_parity::fixture(ModelSize::Tiny, ModelVersion::V2_1, 1024, false);

@@ -216,7 +216,7 @@ fn refused(module: &str, name: &str) -> anyhow::Error {
 
 /// Runs the pickle in `data` and returns the value it builds.
 pub fn unpickle(data: &[u8]) -> Result<Value> {
-    Vm { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() }.run()
+    Vm { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), nested: HashMap::new() }.run()
 }
 
 struct Vm<'a> {
@@ -225,6 +225,20 @@ struct Vm<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// The lists and dicts already put inside another container, by address (held here,
+    /// so an address is not reused while listed). They may not change any more: a pickle
+    /// of acyclic data fills each container before it goes into its parent, and refusing
+    /// the rest rules out reference cycles, which `Rc` would never free.
+    nested: HashMap<usize, Value>,
+}
+
+/// The address of a mutable container (list or dict), its identity.
+fn container_id(v: &Value) -> Option<usize> {
+    match v {
+        Value::List(l) => Some(Rc::as_ptr(l) as *const u8 as usize),
+        Value::Dict(d) => Some(Rc::as_ptr(d) as *const u8 as usize),
+        _ => None,
+    }
 }
 
 impl<'a> Vm<'a> {
@@ -287,8 +301,26 @@ impl<'a> Vm<'a> {
         self.memo.insert(i, v);
         Ok(())
     }
-    fn tuple(items: Vec<Value>) -> Value {
+    fn tuple(&mut self, items: Vec<Value>) -> Value {
+        self.nest(&items);
         Value::Tuple(Rc::new(Items(items)))
+    }
+    /// Notes that `items` are going into a container.
+    fn nest(&mut self, items: &[Value]) {
+        for v in items {
+            if let Some(id) = container_id(v) {
+                self.nested.entry(id).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    /// Checks that `target` may receive `items` (see `nested`), and notes them as nested.
+    fn fill(&mut self, target: &Value, items: &[Value], at: usize) -> Result<()> {
+        let id = container_id(target);
+        if id.is_some_and(|id| self.nested.contains_key(&id) || items.iter().any(|v| container_id(v) == Some(id))) {
+            bail!("malformed pickle: changes a {} already inside another container at offset {at} (refused: it could form a reference cycle)", target.type_name())
+        }
+        self.nest(items);
+        Ok(())
     }
 
     fn run(mut self) -> Result<Value> {
@@ -374,10 +406,14 @@ impl<'a> Vm<'a> {
                     let b = self.take(n)?;
                     self.stack.push(Value::Bytes(b.into()))
                 }
-                b')' => self.stack.push(Self::tuple(Vec::new())),
+                b')' => {
+                    let t = self.tuple(Vec::new());
+                    self.stack.push(t)
+                }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Self::tuple(items))
+                    let t = self.tuple(items);
+                    self.stack.push(t)
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -386,15 +422,19 @@ impl<'a> Vm<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.stack.push(Self::tuple(items))
+                    let t = self.tuple(items);
+                    self.stack.push(t)
                 }
                 b']' => self.stack.push(Value::List(Default::default())),
                 b'l' => {
                     let items = self.pop_mark()?;
+                    self.nest(&items);
                     self.stack.push(Value::List(Rc::new(RefCell::new(Items(items)))))
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    let target = self.top()?.clone();
+                    self.fill(&target, std::slice::from_ref(&v), at)?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().0.push(v),
                         other => bail!("malformed pickle: APPEND to a {} at offset {at}", other.type_name()),
@@ -402,6 +442,8 @@ impl<'a> Vm<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    let target = self.top()?.clone();
+                    self.fill(&target, &items, at)?;
                     match self.top()? {
                         Value::List(l) => l.borrow_mut().0.extend(items),
                         other => bail!("malformed pickle: APPENDS to a {} at offset {at}", other.type_name()),
@@ -410,6 +452,7 @@ impl<'a> Vm<'a> {
                 b'}' => self.stack.push(Value::Dict(Default::default())),
                 b'd' => {
                     let items = self.pop_mark()?;
+                    self.nest(&items);
                     let d = Value::Dict(Default::default());
                     set_items(&d, items, at)?;
                     self.stack.push(d)
@@ -418,11 +461,14 @@ impl<'a> Vm<'a> {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     let d = self.top()?.clone();
-                    set_items(&d, vec![k, v], at)?;
+                    let items = vec![k, v];
+                    self.fill(&d, &items, at)?;
+                    set_items(&d, items, at)?;
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
                     let d = self.top()?.clone();
+                    self.fill(&d, &items, at)?;
                     set_items(&d, items, at)?;
                 }
                 b'q' => {
@@ -668,6 +714,26 @@ mod tests {
         assert!(unpickle(b"\x80\x02I1\n.").unwrap_err().to_string().contains("opcode 0x49"));
         assert!(unpickle(b"\x80\x02h\x05.").unwrap_err().to_string().contains("memo"));
         assert!(unpickle(b"\x80\x02(s.").is_err());
+    }
+
+    /// Reference cycles would never be freed (a leak per load, and what libFuzzer's leak
+    /// checker reports): a list appended to itself, a dict set into itself, a list put
+    /// into a dict that is then appended to that list.
+    #[test]
+    fn containers_that_would_contain_themselves_are_refused() {
+        for (what, p) in [
+            ("list in itself", &b"\x80\x02]2a."[..]),
+            ("list in itself via APPENDS", b"\x80\x02]2(2e."),
+            ("dict in itself", b"\x80\x02}q\x00K\x01h\x00s."),
+            ("dict in itself via SETITEMS", b"\x80\x02}q\x00(K\x01h\x00u."),
+            ("dict → list → dict", b"\x80\x02}q\x00K\x01]q\x01sh\x01h\x00a."),
+        ] {
+            let err = unpickle(p).map(|v| v.type_name()).unwrap_err().to_string();
+            assert!(err.contains("cycle"), "{what}: {err}");
+        }
+        // Sharing without a cycle stays allowed: one list twice in a dict, a list of lists.
+        assert!(unpickle(b"\x80\x02}(K\x01]q\x00K\x02h\x00u.").is_ok_and(|v| matches!(v, Value::Dict(_))));
+        assert!(unpickle(b"\x80\x02]]q\x00ah\x00.").is_ok());
     }
 
     #[test]

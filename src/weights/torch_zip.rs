@@ -165,6 +165,12 @@ fn materialize(_key: &str, t: &TensorRef, storage: &[u8]) -> Result<Tensor> {
     let s: &StorageRef = &t.storage;
     let elt = s.kind.elt_size_in_bytes();
     let numel = t.size.iter().try_fold(1i64, |a, &d| a.checked_mul(d)).ok_or_else(|| anyhow!("size {:?} overflows", t.size))?;
+    // Copied out contiguously, a view that repeats its storage (stride 0, overlapping
+    // strides) would cost what its size claims, not what the file holds. A state dict
+    // saves no such views.
+    if numel as u64 > s.numel {
+        bail!("view of {numel} elements (size {:?}, stride {:?}) on storage '{}', which holds {}: views that repeat their storage are not supported", t.size, t.stride, s.key, s.numel)
+    }
     // The furthest element the view touches, plus one.
     let extent = if numel == 0 {
         0
@@ -245,6 +251,28 @@ mod tests {
         let bytes = archive(3, 2, 4, 16);
         let err = format!("{:#}", TorchZip::open(&bytes).unwrap().tensors().unwrap_err());
         assert!(err.contains("tensor 'w'") && err.contains("needs 5 elements") && err.contains("holds 4"), "{err}");
+    }
+
+    /// A view that repeats its storage (stride 0) would be copied out at the size it
+    /// claims: 2^20 floats from a 4-byte storage here, 2^40 in a crafted file.
+    #[test]
+    fn a_view_claiming_more_elements_than_its_storage_holds_is_refused() {
+        let mut p = vec![0x80, 2, b'}', b'X', 1, 0, 0, 0, b'w'];
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage");
+        p.extend(b"ctorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQK\x00");
+        p.extend(b"J\x00\x00\x10\x00\x85K\x00\x85\x89"); // size (2^20,), stride (0,)
+        p.extend(b"ccollections\nOrderedDict\n)RtRs.");
+        let mut buf = Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+        z.start_file("archive/data.pkl", opts).unwrap();
+        z.write_all(&p).unwrap();
+        z.start_file("archive/data/0", opts).unwrap();
+        z.write_all(&[0; 4]).unwrap();
+        z.finish().unwrap();
+        let bytes = buf.into_inner();
+        let err = format!("{:#}", TorchZip::open(&bytes).unwrap().tensors().map(|t| t.len()).unwrap_err());
+        assert!(err.contains("tensor 'w'") && err.contains("1048576 elements") && err.contains("holds 1"), "{err}");
     }
 
     #[test]
