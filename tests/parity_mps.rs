@@ -31,6 +31,16 @@ fn a_cpu_asked_to_emulate_mps_takes_every_mps_branch_and_says_so() {
     assert_eq!(Precision::Fp16.autocast(Device::Mps), None);
 }
 
+/// `parity_video`'s first journal (two objects from a click and a box, a correction on a
+/// tracked frame, an object added after tracking, a reverse pass, a cleared frame) through
+/// the MPS branches, at its model input and held to its bounds; it shares that test's
+/// reference fixture, so `make test` pays only for this engine run.
+#[test]
+fn tiny_2_1_tracks_like_the_reference_through_the_mps_branches() {
+    on_mps_branches();
+    assert_parity(run_case(ModelSize::Tiny, ModelVersion::V2_1, 384, 12, true));
+}
+
 /// The full 1024 path: Hiera's position embedding resized to 256×256 on the CPU, RoPE
 /// over 4096 tokens per memory frame. Measured: 39 results, max |Δlogit| 2.2e-6, masks
 /// 100 % identical; but 59 min on the loaded 2-core dev machine (about 40 of them making
