@@ -246,11 +246,12 @@ fn cli_inspect_describes_a_good_file() {
 }
 
 #[test]
-fn cli_inspect_fails_with_exit_1_and_one_line_on_a_bad_file() {
+fn cli_inspect_fails_with_exit_2_and_one_line_on_a_bad_file() {
     let path = fixture("photo.pt");
     let out = Command::new(common::bin()).args(["weights", "inspect"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // A file that is not a checkpoint is bad input: exit 2, as every command (README, Exit codes).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(out.stdout.is_empty());
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&path.display().to_string()) && stderr.contains("JPEG"), "{stderr}");
