@@ -34,7 +34,8 @@ fn a_cpu_asked_to_emulate_mps_takes_every_mps_branch_and_says_so() {
 /// `parity_video`'s first journal (two objects from a click and a box, a correction on a
 /// tracked frame, an object added after tracking, a reverse pass, a cleared frame) through
 /// the MPS branches, at its model input and held to its bounds; it shares that test's
-/// reference fixture, so `make test` pays only for this engine run.
+/// reference fixture, so `make test` pays only for this engine run. Measured: 44
+/// results, max |Δlogit| 1.9e-6, masks 99.99984 % identical.
 #[test]
 fn tiny_2_1_tracks_like_the_reference_through_the_mps_branches() {
     on_mps_branches();
@@ -53,9 +54,9 @@ fn tiny_2_1_at_1024_tracks_like_the_reference_through_the_mps_branches() {
 }
 
 /// Base+ (the other RoPE head layout of the memory attention, 2.1's object-pointer
-/// encoding) on the journal `parity_video` runs.
+/// encoding) on the journal `parity_video` runs (its fixture, shared). Measured: 44
+/// results, max |Δlogit| 3.6e-6, masks 100 % identical.
 #[test]
-#[ignore = "written, not yet run (out of time): run with --ignored, then un-ignore"]
 fn base_plus_2_1_tracks_like_the_reference_through_the_mps_branches() {
     on_mps_branches();
     assert_parity(run_case(ModelSize::BasePlus, ModelVersion::V2_1, 256, 12, true));
@@ -64,8 +65,9 @@ fn base_plus_2_1_tracks_like_the_reference_through_the_mps_branches() {
 /// `--precision fp16` as MPS runs it: fp16 weights and arithmetic, the SAM heads in fp32.
 /// The CPU computes in fp16 where libtorch has the kernels; its masks must agree with
 /// exact mode (= the reference within 1e-3) on 99.5 % of pixels, the CPU bf16 mode's bound.
+/// Measured: 44 results, 99.970 % of mask pixels as exact mode (max |Δlogit| 0.094);
+/// libtorch's CPU has every op this needs in fp16. It shares the bf16 test's fixture.
 #[test]
-#[ignore = "written, not yet run (out of time): whether libtorch's CPU has every op in fp16 is unchecked"]
 fn tiny_2_1_in_fp16_with_fp32_heads_agrees_with_exact_mode_through_the_mps_branches() {
     on_mps_branches();
     let f = run_case_in(ModelSize::Tiny, ModelVersion::V2_1, 256, 12, true, Precision::Fp16);
