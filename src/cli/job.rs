@@ -163,10 +163,14 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
     // gets a worker of its own.
     let key = format!("{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}", opts.checkpoint, opts.size, opts.version, opts.device, opts.precision, opts.image_size, opts.fill_holes, a.env);
     let reusable = !a.logits;
-    let previous = engine.take().filter(|e| reusable && e.key == key);
-    if let Some(stale) = engine.take() {
-        stale.shutdown();
-    }
+    let previous = match engine.take() {
+        Some(e) if reusable && e.key == key => Some(e),
+        Some(stale) => {
+            stale.shutdown();
+            None
+        }
+        None => None,
+    };
     let result = (|| {
         let sup = match previous {
             Some(mut e) => {
