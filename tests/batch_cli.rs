@@ -47,16 +47,8 @@ fn segment(input: &Path, prompts: &Path, out: &Path) -> Output {
         .unwrap()
 }
 
-/// A 128×64 H.264 clip of FFmpeg's test pattern, starting `offset` frames in.
 fn test_clip(path: &Path, frames: u32, offset: u32) {
-    let st = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-vf"])
-        .arg(format!("trim=start_frame={offset},setpts=PTS-STARTPTS"))
-        .args(["-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::pattern_clip(path, frames, offset);
 }
 
 fn prompts(dir: &Path) -> PathBuf {

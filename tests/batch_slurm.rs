@@ -205,14 +205,7 @@ fn a_slurm_array_gives_the_local_masks_and_a_cancelled_task_is_finished_by_resub
     let names: Vec<String> = (0..6).map(|i| format!("clip{i}")).collect();
     let mut manifest_text = String::new();
     for (i, n) in names.iter().enumerate() {
-        let st = Command::new("ffmpeg")
-            .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-vf"])
-            .arg(format!("trim=start_frame={},setpts=PTS-STARTPTS", i * 3))
-            .args(["-frames:v", "4", "-pix_fmt", "yuv420p"])
-            .arg(dir.join(format!("{n}.mp4")))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::pattern_clip(&dir.join(format!("{n}.mp4")), 4, i as u32 * 3);
         manifest_text += &format!("{{\"input\":\"{n}.mp4\",\"prompts\":\"prompts.json\",\"out\":\"{n}\"}}\n");
     }
     let manifest = dir.join("manifest.jsonl");

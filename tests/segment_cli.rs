@@ -44,14 +44,8 @@ fn segment_in(session: &Path, checkpoint: &Path, input: &Path, prompts: &Path, o
         .unwrap()
 }
 
-/// A 128×64 H.264 clip of FFmpeg's test pattern.
 fn test_clip(path: &Path, frames: u32) {
-    let st = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::pattern_clip(path, frames, 0);
 }
 
 fn prompts(dir: &Path) -> PathBuf {

@@ -21,12 +21,7 @@ struct Setup {
 fn setup(name: &str, frames: u32) -> Setup {
     let dir = common::scratch(name);
     let clip = dir.join("clip.mp4");
-    let st = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10", "-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"])
-        .arg(&clip)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::pattern_clip(&clip, frames, 0);
     let prompts = dir.join("prompts.json");
     std::fs::write(&prompts, r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#).unwrap();
     let checkpoint = common::present_tiny_checkpoint(&common::fixture_cache("segment-outputs"));

@@ -149,3 +149,15 @@ pub fn present_tiny_checkpoint(dir: &Path) -> PathBuf {
     }
     path
 }
+
+/// A 128×64 H.264 clip of FFmpeg's moving test pattern, `frames` long, starting `offset`
+/// frames into the pattern (so two clips with different offsets show different content).
+pub fn pattern_clip(path: &Path, frames: u32, offset: u32) {
+    let mut c = Command::new("ffmpeg");
+    c.args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10"]);
+    if offset > 0 {
+        c.arg("-vf").arg(format!("trim=start_frame={offset},setpts=PTS-STARTPTS"));
+    }
+    let st = c.args(["-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"]).arg(path).status().unwrap();
+    assert!(st.success(), "ffmpeg could not make {}", path.display());
+}
