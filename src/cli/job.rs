@@ -15,6 +15,34 @@ use anyhow::{anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+
+/// The engine flags `segment` and `batch` share (one definition, so the two commands
+/// cannot drift apart).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineFlags {
+    /// Checkpoint file (default: the official file for --model in weights/; a batch
+    /// item may name its own).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Model size (a batch item may name its own).
+    #[arg(long)]
+    pub model: Option<ModelSize>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// auto: bf16 on CUDA, fp32 on the CPU and MPS (what the official demo uses).
+    #[arg(long, default_value = "auto")]
+    pub precision: PrecisionChoice,
+    /// Also write float32 logits as logits/<object>/<frame:05>.npy.
+    #[arg(long)]
+    pub logits: bool,
+    /// Skip the reference's hole filling of small background holes.
+    #[arg(long)]
+    pub no_postprocess: bool,
+    /// Model input size (1024 for the official models; smaller only for tests).
+    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
+    pub image_size: i64,
+}
+
 /// Where a job's ops come from.
 #[derive(Clone, Debug)]
 pub enum OpsFile {

@@ -2,9 +2,7 @@
 //! the same supervisor as the console, so an engine crash mid-run costs a restart, not
 //! the run.
 use crate::cli::interrupt;
-use crate::cli::job::{self, JobSpec, OpsFile};
-use crate::device::{DeviceChoice, PrecisionChoice};
-use crate::model::config::ModelSize;
+use crate::cli::job::{self, EngineFlags, JobSpec, OpsFile};
 use crate::util::bad_input;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,29 +22,12 @@ pub struct Args {
     /// A session journal (`{"version":1,"ops":[...]}`), run in order.
     #[arg(long)]
     pub session: Option<PathBuf>,
-    /// Checkpoint file (default: the official file for --model in weights/).
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    #[arg(long)]
-    pub model: Option<ModelSize>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// auto: bf16 on CUDA, fp32 on the CPU and MPS (what the official demo uses).
-    #[arg(long, default_value = "auto")]
-    pub precision: PrecisionChoice,
-    /// Also write float32 logits as logits/<object>/<frame:05>.npy.
-    #[arg(long)]
-    pub logits: bool,
+    #[command(flatten)]
+    pub engine: EngineFlags,
     /// Also write the video with the masks blended in (put in place with the masks;
     /// an existing file is replaced only if the output being replaced wrote it).
     #[arg(long)]
     pub overlay: Option<PathBuf>,
-    /// Skip the reference's hole filling of small background holes.
-    #[arg(long)]
-    pub no_postprocess: bool,
-    /// Model input size (1024 for the official models; smaller only for tests).
-    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
-    pub image_size: i64,
     /// Keep the session journal and memory bank in this folder (default: a folder in
     /// the data directory, removed when the run ends).
     #[arg(long)]
@@ -63,14 +44,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         input: a.input.clone(),
         ops,
         out: a.out.clone(),
-        checkpoint: a.checkpoint.clone(),
-        model: a.model,
-        device: a.device,
-        precision: a.precision,
-        logits: a.logits,
+        checkpoint: a.engine.checkpoint.clone(),
+        model: a.engine.model,
+        device: a.engine.device,
+        precision: a.engine.precision,
+        logits: a.engine.logits,
         overlay: a.overlay.clone(),
-        fill_holes: !a.no_postprocess,
-        image_size: a.image_size,
+        fill_holes: !a.engine.no_postprocess,
+        image_size: a.engine.image_size,
         session_dir: a.session_dir.clone(),
         env: vec![],
     };

@@ -129,14 +129,14 @@ fn run_item(a: &Args, lane: &Lane, it: &Item, out: &Path, n: usize, ended: &Atom
             Ops::Session(s) => OpsFile::Session(s.clone()),
         },
         out: dest,
-        checkpoint: it.checkpoint.clone().or_else(|| a.checkpoint.clone()),
-        model: it.model.or(a.model),
+        checkpoint: it.checkpoint.clone().or_else(|| a.engine.checkpoint.clone()),
+        model: it.model.or(a.engine.model),
         device: lane.device,
-        precision: a.precision,
-        logits: a.logits,
+        precision: a.engine.precision,
+        logits: a.engine.logits,
         overlay: None,
-        fill_holes: !a.no_postprocess,
-        image_size: a.image_size,
+        fill_holes: !a.engine.no_postprocess,
+        image_size: a.engine.image_size,
         session_dir: None,
         env: lane.env.clone(),
     };
@@ -191,7 +191,7 @@ fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
     if let Some(list) = &a.devices {
         return Ok(list.iter().map(|&k| gpu(k)).collect());
     }
-    let n_gpus = match a.device {
+    let n_gpus = match a.engine.device {
         DeviceChoice::Auto | DeviceChoice::Cuda => tch::Cuda::device_count().max(0) as usize,
         _ => 0,
     };
@@ -199,8 +199,8 @@ fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
         return Ok((0..n_gpus).map(gpu).collect());
     }
     Ok(vec![Lane {
-        device: a.device,
+        device: a.engine.device,
         env: vec![],
-        name: format!("{:?}", a.device).to_lowercase(),
+        name: format!("{:?}", a.engine.device).to_lowercase(),
     }])
 }

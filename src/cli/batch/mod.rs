@@ -7,8 +7,6 @@ pub mod report;
 pub mod slurm;
 pub mod status;
 
-use crate::device::{DeviceChoice, PrecisionChoice};
-use crate::model::config::ModelSize;
 use crate::util::bad_input;
 use std::path::PathBuf;
 
@@ -28,24 +26,8 @@ pub struct Args {
     /// GPUs to run on, one worker each (default: every GPU; the CPU where there is none).
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<usize>>,
-    /// Checkpoint for items that name none (default: the official file for the model).
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// Model for items that name none.
-    #[arg(long)]
-    pub model: Option<ModelSize>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// auto: bf16 on CUDA, fp32 on the CPU and MPS (what the official demo uses).
-    #[arg(long, default_value = "auto")]
-    pub precision: PrecisionChoice,
-    /// Also write float32 logits per item.
-    #[arg(long)]
-    pub logits: bool,
-    #[arg(long)]
-    pub no_postprocess: bool,
-    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
-    pub image_size: i64,
+    #[command(flatten)]
+    pub engine: crate::cli::job::EngineFlags,
 
     /// Write a Slurm job array script into --out and submit it with sbatch.
     #[arg(long)]

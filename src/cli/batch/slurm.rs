@@ -123,21 +123,21 @@ fn script(a: &Args, config: &SlurmConfig, binary: &Path, manifest: &Path, out: &
             cmd.push(format!("--{name} {}", sh(&v)));
         }
     };
-    flag("checkpoint", a.checkpoint.as_ref().map(|c| absolute(c).display().to_string()));
-    flag("model", a.model.map(|m| m.to_string()));
-    flag("device", Some(format!("{:?}", a.device).to_lowercase()));
-    flag("precision", Some(a.precision.to_string()));
+    flag("checkpoint", a.engine.checkpoint.as_ref().map(|c| absolute(c).display().to_string()));
+    flag("model", a.engine.model.map(|m| m.to_string()));
+    flag("device", Some(format!("{:?}", a.engine.device).to_lowercase()));
+    flag("precision", Some(a.engine.precision.to_string()));
     flag(
         "devices",
         a.devices.as_ref().map(|d| d.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")),
     );
-    if a.image_size != 1024 {
-        flag("image-size", Some(a.image_size.to_string()));
+    if a.engine.image_size != 1024 {
+        flag("image-size", Some(a.engine.image_size.to_string()));
     }
-    if a.logits {
+    if a.engine.logits {
         cmd.push("--logits".into());
     }
-    if a.no_postprocess {
+    if a.engine.no_postprocess {
         cmd.push("--no-postprocess".into());
     }
     s += &format!("exec {}\n", cmd.join(" "));
