@@ -226,8 +226,8 @@ fn a_saved_journal_resumes_objects_and_prompts() {
 #[test]
 fn a_click_in_the_preview_places_a_point_where_it_lands() {
     let mut app = app_with_video(120, 40);
-    let areas = sam2_tui::console::view::layout::areas(ratatui::layout::Rect::new(0, 0, 120, 40), &app);
-    let img = sam2_tui::console::preview::fit_cells(areas.preview_inner, WIDTH, HEIGHT, app.font);
+    let areas = app.screen_areas(ratatui::layout::Rect::new(0, 0, 120, 40));
+    let img = sam2_tui::console::layout::fit_cells(areas.preview_inner, WIDTH, HEIGHT, app.font);
     let (col, row) = (img.x + img.width / 2, img.y + img.height / 2);
     let e = ops(&app.update(Action::Click { column: col, row, positive: false }));
     let Op::AddPrompt { points, .. } = &e[0] else { panic!("{e:?}") };
@@ -304,7 +304,7 @@ fn an_object_without_prompts_or_masks_is_deleted_without_asking() {
 
 #[test]
 fn precision_defaults_to_auto_and_the_header_says_what_auto_chose() {
-    use sam2_tui::device::{Precision, PrecisionChoice};
+    use sam2_tui::device::{Precision, PrecisionChoice, PrecisionChoiceExt};
     let mut app = app_with_video(160, 40);
     assert_eq!(app.engine.precision_choice, PrecisionChoice::Auto);
     assert_eq!(PrecisionChoice::Auto.resolve(DeviceChoice::Cuda), Precision::Bf16, "the official demo's CUDA autocast");

@@ -107,7 +107,7 @@ fn the_help_overlay_lists_every_bound_command_with_its_keys() {
     let cfg = Config::parse("[keys]\nexport = [\"E\", \"f5\"]\n", Path::new("c.toml")).unwrap();
     let mut app = app_with_video(200, 60);
     app.keymap = Keymap::from_config(&cfg).unwrap();
-    let lines = sam2_tui::console::view::help::lines(&app);
+    let lines = app.keymap.help_lines();
     for c in Command::ALL {
         let keys = app.keymap.label(c);
         assert!(

@@ -10,7 +10,7 @@ use sam2_tui::console::action::Action;
 use sam2_tui::console::preview::compose::Overlay;
 use sam2_tui::console::preview::protocol::Encoder;
 use sam2_tui::console::preview::worker::{render, request_for, run, PreviewRequest};
-use sam2_tui::console::preview::fit_cells;
+use sam2_tui::console::layout::fit_cells;
 use sam2_tui::console::testing::*;
 use sam2_tui::media::FrameSource;
 use std::time::Duration;
@@ -54,7 +54,7 @@ fn the_preview_shows_the_frame_with_masks_in_object_colours() {
 
     let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
     t.draw(|f| sam2_tui::console::view::draw(f, &app)).unwrap();
-    let areas = sam2_tui::console::view::layout::areas(Rect::new(0, 0, 120, 40), &app);
+    let areas = app.screen_areas(Rect::new(0, 0, 120, 40));
     let rect = fit_cells(areas.preview_inner, WIDTH, HEIGHT, app.font);
     assert_eq!((req.cells.width, req.cells.height), (rect.width, rect.height));
     let cell = |x: f32, y: f32| {

@@ -1,6 +1,6 @@
 //! `sam2-tui preview`: one frame with a `segment` result's masks printed to the terminal.
 mod common;
-use sam2_tui::media::rle::Rle;
+use sam2_tui::rle::Rle;
 use std::process::Command;
 
 fn write_inputs(name: &str) -> std::path::PathBuf {

@@ -160,8 +160,8 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
     app.update(Action::Resize { width: COLS, height: ROWS });
     app.update(Action::MediaOpened { width: vw, height: vh, frames: source.len(), fps: source.fps() });
     app.font = (cw as u16, ch as u16);
-    let areas = sam2_tui::console::view::layout::areas(ratatui::layout::Rect::new(0, 0, COLS, ROWS), &app);
-    let cells = sam2_tui::console::preview::fit_cells(areas.preview_inner, vw, vh, app.font);
+    let areas = app.screen_areas(ratatui::layout::Rect::new(0, 0, COLS, ROWS));
+    let cells = sam2_tui::console::layout::fit_cells(areas.preview_inner, vw, vh, app.font);
     let (x0, y0) = (cells.x as usize * cw, cells.y as usize * ch);
     let (w, h) = (cells.width as usize * cw, cells.height as usize * ch);
     let expected = image::imageops::resize(&frame, w as u32, h as u32, image::imageops::FilterType::Triangle);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::video_parity::{assert_parity, run_case, run_case_in};
-use sam2_tui::device::{self, Precision};
+use sam2_tui::device::{self, Precision, PrecisionExt};
 use sam2_tui::model::position_encoding::Rope;
 use sam2_tui::model::{ModelSize, ModelVersion};
 use tch::Device;

@@ -225,7 +225,7 @@ fn a_checkpoint_holding_a_nan_gives_an_ordinary_result_not_a_crash_loop() {
         assert!(o["score"].is_null(), "{o}");
         assert_eq!(o["score_nonfinite"], "NaN", "{o}");
         // NaN logits are not > 0: the reference's mask is empty, and so is ours.
-        let rle: sam2_tui::media::rle::Rle = serde_json::from_value(o["rle"].clone()).unwrap();
+        let rle: sam2_tui::rle::Rle = serde_json::from_value(o["rle"].clone()).unwrap();
         assert!(rle.decode().unwrap().iter().all(|&b| b == 0), "{o}");
     }
 }

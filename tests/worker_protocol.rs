@@ -2,8 +2,8 @@
 //! panic), a randomized decoder hammer, and a real `sam2-tui engine` process on the wire.
 mod common;
 
-use sam2_tui::device::{DeviceChoice, Precision};
-use sam2_tui::media::rle::Rle;
+use sam2_tui::device::{DeviceChoice, PrecisionChoice};
+use sam2_tui::rle::Rle;
 use sam2_tui::session::{Op, Point};
 use sam2_tui::supervisor::events::{ObjectMask, StageTimings};
 use sam2_tui::worker::protocol::{
@@ -24,7 +24,7 @@ fn sample_requests() -> Vec<Request> {
             size: None,
             version: None,
             device: DeviceChoice::Mps,
-            precision: Precision::Bf16,
+            precision: PrecisionChoice::Bf16,
             image_size: 1024,
             device_label: Some("accelerator".into()),
         },
@@ -336,7 +336,7 @@ fn an_engine_error_is_an_answer_and_the_worker_lives_on() {
         size: None,
         version: None,
         device: DeviceChoice::Cpu,
-        precision: Precision::Fp32,
+        precision: PrecisionChoice::Fp32,
         image_size: 1024,
         device_label: None,
     });
@@ -371,7 +371,7 @@ fn an_image_size_the_model_cannot_take_is_an_error_answer_not_a_panic() {
         size: None,
         version: None,
         device: DeviceChoice::Cpu,
-        precision: Precision::Fp32,
+        precision: PrecisionChoice::Fp32,
         image_size: 100,
         device_label: None,
     });

@@ -6,7 +6,7 @@
 //! mutation inside a real archive would only fail its CRC).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sam2_tui::weights::{pickle, tensors_in};
+use sam2_engine::weights::{pickle, tensors_in};
 use std::io::Write;
 
 fn archive_around(pkl: &[u8]) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! byte string with a message or an error — never a panic, never an out-of-bounds claim.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sam2_tui::worker::protocol::{decode, read_frame, Request, Response};
+use sam2_api::protocol::{decode, read_frame, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((_, used)) = decode::<Request>(data) {

@@ -3,7 +3,7 @@
 //! or an error — never a panic, never an allocation the header merely claims.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sam2_tui::weights::tensors_in;
+use sam2_engine::weights::tensors_in;
 
 fuzz_target!(|data: &[u8]| {
     // As given (the seeds are whole files: the mutations reach the length field too) …

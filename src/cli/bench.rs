@@ -128,7 +128,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // `auto` is measured as whatever it resolves to, and named so in the row.
     for d in devices.iter_mut() {
         if *d == DeviceChoice::Auto {
-            *d = DeviceChoice::of(DeviceChoice::Auto.resolve()?);
+            *d = crate::device::choice_of(crate::device::DeviceChoiceExt::resolve(DeviceChoice::Auto)?);
         }
     }
     devices.dedup();

@@ -78,10 +78,6 @@ pub struct Rehearsal {
 }
 
 #[cfg(feature = "video")]
-fn ffmpeg_version(v: u32) -> String {
-    format!("{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -161,27 +157,7 @@ pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>) -> Report {
         cuda_devices,
         mps: tch::utils::has_mps(),
     };
-    #[cfg(feature = "video")]
-    let ffmpeg = vec![
-        (
-            "avutil".to_string(),
-            ffmpeg_version(ffmpeg_next::util::version()),
-        ),
-        (
-            "avcodec".to_string(),
-            ffmpeg_version(ffmpeg_next::codec::version()),
-        ),
-        (
-            "avformat".to_string(),
-            ffmpeg_version(ffmpeg_next::format::version()),
-        ),
-        (
-            "swscale".to_string(),
-            ffmpeg_version(ffmpeg_next::software::scaling::version()),
-        ),
-    ];
-    #[cfg(not(feature = "video"))]
-    let ffmpeg = vec![("ffmpeg".to_string(), "built without FFmpeg (feature `video`)".to_string())];
+    let ffmpeg = crate::media::library_versions();
     let environment = ENV_VARS
         .iter()
         .filter_map(|k| env(k).map(|v| (k.to_string(), v)))

@@ -3,7 +3,7 @@
 //! look over SSH without the dashboard. The console's graphics stack (its probe, encoder
 //! and fit: sixel, kitty, iTerm2 or coloured half blocks) and the one object palette.
 use crate::media::blend::{blend_masks, object_color};
-use crate::media::rle::Rle;
+use crate::rle::Rle;
 use anyhow::{anyhow, bail};
 use ratatui::layout::Rect;
 use serde::Deserialize;
@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (cols, rows) = terminal_cells();
     // Both dimensions: the image and its caption line fit on one screen with the prompt.
     let area = Rect::new(0, 0, args.width.map(|w| w as u16).unwrap_or(cols).min(cols).max(1), rows.saturating_sub(2).max(1));
-    let cells = crate::console::preview::fit_cells(area, img.width(), img.height(), encoder.font());
+    let cells = crate::console::layout::fit_cells(area, img.width(), img.height(), encoder.font());
     let (pw, ph) = encoder.pixels_for(cells.as_size());
     let resized = image::imageops::resize(&img, pw.max(1), ph.max(1), image::imageops::FilterType::Triangle);
     let protocol = encoder.encode(image::DynamicImage::ImageRgb8(resized), cells.as_size())?;

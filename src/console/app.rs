@@ -393,7 +393,7 @@ impl App {
                 vec![]
             }
             Action::HelpScroll(d) => {
-                self.help_scroll = self.help_scroll.saturating_add_signed(d as isize).min(super::view::help::lines(self).len().saturating_sub(1));
+                self.help_scroll = self.help_scroll.saturating_add_signed(d as isize).min(self.keymap.help_lines().len().saturating_sub(1));
                 vec![]
             }
             Action::Yes => match std::mem::replace(&mut self.modal, Modal::None) {
@@ -805,11 +805,17 @@ impl App {
         vec![]
     }
 
+    /// Where each panel goes on a screen of `area` (the view draws into these, clicks
+    /// are mapped back through them).
+    pub fn screen_areas(&self, area: ratatui::layout::Rect) -> super::layout::Areas {
+        super::layout::areas(area, self.engine.model.as_ref().is_some_and(|m| m.random_init))
+    }
+
     /// A click inside the preview image places a point there.
     fn click(&mut self, column: u16, row: u16, positive: bool) -> Vec<Effect> {
         let Some(m) = self.media else { return vec![] };
-        let areas = super::view::layout::areas(ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1), self);
-        let image = super::preview::fit_cells(areas.preview_inner, m.width, m.height, self.font);
+        let areas = self.screen_areas(ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1));
+        let image = super::layout::fit_cells(areas.preview_inner, m.width, m.height, self.font);
         if !(column >= image.x && column < image.right() && row >= image.y && row < image.bottom()) {
             return vec![];
         }

@@ -232,6 +232,23 @@ impl Default for Keymap {
 }
 
 impl Keymap {
+    /// The overlay's lines: a heading per group, then `keys  description` per bound command.
+    pub fn help_lines(&self) -> Vec<(Option<&'static str>, String, String)> {
+        let mut out = vec![];
+        let mut group = "";
+        for (cmd, keys) in self.bindings() {
+            if cmd.group() != group {
+                group = cmd.group();
+                out.push((Some(group), String::new(), String::new()));
+            }
+            out.push((None, keys, cmd.describe().to_string()));
+        }
+        out.push((Some("other"), String::new(), String::new()));
+        out.push((None, "0-9".into(), "count prefix (12f, 5.)".into()));
+        out.push((None, "mouse".into(), "left click +point · right click −point".into()));
+        out
+    }
+
     /// Defaults with the config's `[keys]` applied. An unknown command or key, or a key
     /// bound twice, is an error naming file:line:column.
     pub fn from_config(cfg: &Config) -> anyhow::Result<Keymap> {

@@ -13,6 +13,7 @@ pub mod engine_link;
 pub mod event_loop;
 pub mod export;
 pub mod keymap;
+pub mod layout;
 pub mod logging;
 pub mod preview;
 pub mod testing;

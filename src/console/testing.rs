@@ -5,7 +5,7 @@ use super::keymap::Keymap;
 use super::action::Action;
 use crate::config::{Config, Theme};
 use crate::device::{DeviceChoice, Precision};
-use crate::media::rle::Rle;
+use crate::rle::Rle;
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::supervisor::events::{
     CudaMemory, EngineEvent, EngineState, FrameMasks, ModelLabel, MpsMemory, ObjectMask, StageTimings, WorkerStats,

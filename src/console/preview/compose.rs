@@ -1,5 +1,5 @@
 //! Draws masks and prompt marks over a frame, in theme colours, at the output size.
-use crate::media::rle::Rle;
+use crate::rle::Rle;
 use image::{imageops, Rgb, RgbImage};
 
 /// Everything drawn over the frame, in video pixel coordinates.

@@ -24,8 +24,8 @@ pub struct PreviewRequest {
 /// What the preview should show for this state (None: nothing to show yet).
 pub fn request_for(app: &App) -> Option<PreviewRequest> {
     let m = app.media?;
-    let areas = crate::console::view::layout::areas(Rect::new(0, 0, app.size.0, app.size.1), app);
-    let rect = super::fit_cells(areas.preview_inner, m.width, m.height, app.font);
+    let areas = app.screen_areas(Rect::new(0, 0, app.size.0, app.size.1));
+    let rect = crate::console::layout::fit_cells(areas.preview_inner, m.width, m.height, app.font);
     if rect.width == 0 || rect.height == 0 {
         return None;
     }

@@ -8,23 +8,6 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph};
 use ratatui::Frame;
 
-/// The overlay's lines: a heading per group, then `keys  description` per bound command.
-pub fn lines(app: &App) -> Vec<(Option<&'static str>, String, String)> {
-    let mut out = vec![];
-    let mut group = "";
-    for (cmd, keys) in app.keymap.bindings() {
-        if cmd.group() != group {
-            group = cmd.group();
-            out.push((Some(group), String::new(), String::new()));
-        }
-        out.push((None, keys, cmd.describe().to_string()));
-    }
-    out.push((Some("other"), String::new(), String::new()));
-    out.push((None, "0-9".into(), "count prefix (12f, 5.)".into()));
-    out.push((None, "mouse".into(), "left click +point · right click −point".into()));
-    out
-}
-
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
@@ -33,7 +16,7 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let t = &app.theme.ui;
-    let entries = lines(app);
+    let entries = app.keymap.help_lines();
     let key_w = entries.iter().map(|(_, k, _)| k.chars().count()).max().unwrap_or(0).min(24);
     let rendered: Vec<Line> = entries
         .iter()

@@ -4,7 +4,6 @@ pub mod device;
 pub mod header;
 pub mod help;
 pub mod hints;
-pub mod layout;
 pub mod log;
 pub mod objects;
 pub mod performance;
@@ -37,7 +36,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         f.render_widget(ratatui::widgets::Paragraph::new(text).alignment(ratatui::layout::Alignment::Center), r);
         return;
     }
-    let a = layout::areas(f.area(), app);
+    let a = app.screen_areas(f.area());
     header::draw(f, a.header, app);
     preview::draw(f, a.preview, app);
     device::draw(f, a.device, app);

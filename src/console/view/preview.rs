@@ -3,7 +3,7 @@
 //! image still on its way) it draws a schematic: the frame outline, masks as shaded cells
 //! and the marks as characters — also what the snapshot tests see.
 use crate::console::app::App;
-use crate::console::preview::fit_cells;
+use crate::console::layout::fit_cells;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};

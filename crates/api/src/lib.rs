@@ -1,0 +1,14 @@
+//! The vocabulary every layer of sam2-tui shares, and nothing else: model and device
+//! names, the session journal, COCO RLE masks, the events and the worker protocol, the
+//! catalogue of official checkpoints, input limits and exit codes. No libtorch, no
+//! terminal, no async runtime: the supervisor and any client can speak to an engine
+//! worker by depending on this crate alone.
+pub mod catalog;
+pub mod device;
+pub mod events;
+pub mod limits;
+pub mod model;
+pub mod protocol;
+pub mod rle;
+pub mod session;
+pub mod util;

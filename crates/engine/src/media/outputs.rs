@@ -1,0 +1,233 @@
+//! The result directory of `segment --out DIR`, written as masks arrive:
+//!
+//! * `masks.json` — video info, model label and, per frame, every object's score and COCO
+//!   compressed RLE (pycocotools-compatible). Written last, atomically, by `finish`. A
+//!   non-finite score (a NaN from the model) is `"score": null` with `"score_nonfinite":
+//!   "NaN"` (or "inf"/"-inf"); its mask is empty, as the reference's `logits > 0` makes it.
+//! * `annotations/<frame:05>.png` — DAVIS-style palette PNGs (index = object id, 0 =
+//!   background). Where objects overlap the smaller id wins, as in the reference's
+//!   `tools/vos_inference.py` (it paints ids in descending order).
+//! * `logits/<object>/<frame:05>.npy` — float32 H×W mask logits, when asked for.
+//!
+//! Every file is written with temp + rename. A (frame, object) may be reported more than
+//! once (a later propagation overwrites an earlier one): the latest report wins
+//! everywhere. Only the RLEs are kept in memory (a few KB a frame); a frame's PNG is
+//! written once the stream has moved on to another frame, and again if it changes later.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use serde::Serialize;
+
+use sam2_api::rle::Rle;
+use super::{npy, palette};
+
+/// What masks.json says about the input video.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VideoInfo {
+    pub width: u32,
+    pub height: u32,
+    pub frames: usize,
+    pub fps: f32,
+    /// The input path as given.
+    pub source: String,
+}
+
+#[derive(Serialize)]
+struct ObjectOut<'a> {
+    id: u32,
+    /// JSON has no NaN or infinity: a non-finite score is `null` here and named in
+    /// `score_nonfinite` ("NaN", "inf", "-inf"), so every reader still parses the file.
+    score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_nonfinite: Option<&'static str>,
+    rle: &'a Rle,
+}
+
+impl<'a> ObjectOut<'a> {
+    fn new(id: u32, score: f32, rle: &'a Rle) -> Self {
+        let nonfinite = match score {
+            s if s.is_finite() => None,
+            s if s.is_nan() => Some("NaN"),
+            s if s > 0.0 => Some("inf"),
+            _ => Some("-inf"),
+        };
+        ObjectOut { id, score: nonfinite.is_none().then_some(score), score_nonfinite: nonfinite, rle }
+    }
+}
+
+#[derive(Serialize)]
+struct FrameOut<'a> {
+    frame: usize,
+    objects: Vec<ObjectOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct MasksJson<'a> {
+    video: &'a VideoInfo,
+    model: &'a str,
+    frames: Vec<FrameOut<'a>>,
+}
+
+pub struct OutputWriter {
+    dir: PathBuf,
+    video: VideoInfo,
+    model: String,
+    write_logits: bool,
+    /// frame -> object -> (score, mask)
+    masks: BTreeMap<usize, BTreeMap<u32, (f32, Rle)>>,
+    /// Frames whose annotation PNG is missing or stale.
+    dirty: BTreeSet<usize>,
+    current: Option<usize>,
+}
+
+/// Row-major 0/1 mask from logits, thresholded at 0 as the reference does
+/// (`out_mask_logits > 0.0`).
+pub fn binarize(logits: &[f32]) -> Vec<u8> {
+    logits.iter().map(|&v| (v > 0.0) as u8).collect()
+}
+
+/// A `[H, W]` float tensor (any device, any float kind) as row-major f32 on the host.
+pub fn logits_to_vec(logits: &tch::Tensor, height: u32, width: u32) -> anyhow::Result<Vec<f32>> {
+    let size = logits.size();
+    let expected = [height as i64, width as i64];
+    let squeezed: Vec<i64> = size.iter().copied().filter(|&d| d != 1).collect();
+    if size.iter().product::<i64>() != expected[0] * expected[1] || (squeezed.len() == 2 && squeezed != expected) {
+        bail!("mask logits of shape {size:?} do not match the {width}x{height} video");
+    }
+    let host = logits.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous().view([-1]);
+    Vec::<f32>::try_from(&host).map_err(|e| anyhow!("cannot read mask logits: {e}"))
+}
+
+impl OutputWriter {
+    /// Creates `dir` (and its `annotations/`); nothing else is written yet.
+    pub fn new(dir: &Path, video: VideoInfo, model_label: &str, write_logits: bool) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir.join("annotations"))
+            .map_err(|e| anyhow!("{}: cannot create output directory: {}", dir.display(), super::io_reason(&e)))?;
+        Ok(OutputWriter {
+            dir: dir.to_path_buf(),
+            video,
+            model: model_label.to_string(),
+            write_logits,
+            masks: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            current: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records object `object`'s mask on `frame`: `mask_logits` is `[H, W]` float at the
+    /// video's size; `score` is the object score the engine reports.
+    pub fn add(&mut self, frame: usize, object: u32, mask_logits: &tch::Tensor, score: f32) -> anyhow::Result<()> {
+        let (w, h) = (self.video.width, self.video.height);
+        let logits = logits_to_vec(mask_logits, h, w).map_err(|e| anyhow!("frame {frame}, object {object}: {e}"))?;
+        self.add_logits(frame, object, &logits, score)
+    }
+
+    /// As [`add`](Self::add), with the logits already on the host (row-major H×W).
+    pub fn add_logits(&mut self, frame: usize, object: u32, logits: &[f32], score: f32) -> anyhow::Result<()> {
+        let (w, h) = (self.video.width, self.video.height);
+        if !(1..=255).contains(&object) {
+            bail!("object {object}: annotation PNGs hold object ids 1..=255 (0 is the background)");
+        }
+        if frame >= self.video.frames {
+            bail!("frame {frame} out of range ({} frames)", self.video.frames);
+        }
+        if logits.len() != (w * h) as usize {
+            bail!("frame {frame}, object {object}: {} logits for a {w}x{h} video", logits.len());
+        }
+        let rle = Rle::encode(&binarize(logits), h as usize, w as usize);
+        if self.write_logits {
+            let path = self.dir.join("logits").join(object.to_string()).join(format!("{frame:05}.npy"));
+            sam2_api::util::atomic_write(&path, &npy::f32_array(&[h as usize, w as usize], logits))?;
+        }
+        self.add_rle(frame, object, rle, score)
+    }
+
+    /// Records a mask that is already RLE-encoded at the video's size (what the
+    /// supervisor keeps of every finished frame).
+    pub fn add_rle(&mut self, frame: usize, object: u32, rle: Rle, score: f32) -> anyhow::Result<()> {
+        let (w, h) = (self.video.width, self.video.height);
+        if !(1..=255).contains(&object) {
+            bail!("object {object}: annotation PNGs hold object ids 1..=255 (0 is the background)");
+        }
+        if frame >= self.video.frames {
+            bail!("frame {frame} out of range ({} frames)", self.video.frames);
+        }
+        if rle.size != [h, w] {
+            bail!("frame {frame}, object {object}: mask of {:?} for a {w}x{h} video", rle.size);
+        }
+        self.masks.entry(frame).or_default().insert(object, (score, rle));
+        if self.current != Some(frame) {
+            self.flush_annotations()?;
+            self.current = Some(frame);
+        }
+        self.dirty.insert(frame);
+        Ok(())
+    }
+
+    /// Writes the PNGs of every changed frame except the one still being filled.
+    fn flush_annotations(&mut self) -> anyhow::Result<()> {
+        let pending: Vec<usize> = self.dirty.iter().copied().filter(|f| Some(*f) != self.current).collect();
+        for frame in pending {
+            self.write_annotation(frame)?;
+            self.dirty.remove(&frame);
+        }
+        Ok(())
+    }
+
+    /// The DAVIS index image of one frame.
+    pub fn annotation(&self, frame: usize) -> anyhow::Result<Vec<u8>> {
+        let (w, h) = (self.video.width as usize, self.video.height as usize);
+        let mut index = vec![0u8; w * h];
+        if let Some(objects) = self.masks.get(&frame) {
+            // Descending ids, so the smallest id is painted last and wins overlaps.
+            for (&id, (_, rle)) in objects.iter().rev() {
+                let mask = rle.decode().map_err(|e| anyhow!("frame {frame}, object {id}: {e}"))?;
+                for (dst, &m) in index.iter_mut().zip(&mask) {
+                    if m != 0 {
+                        *dst = id as u8;
+                    }
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    fn write_annotation(&self, frame: usize) -> anyhow::Result<()> {
+        let index = self.annotation(frame)?;
+        let path = self.dir.join("annotations").join(format!("{frame:05}.png"));
+        palette::write_indexed_png(&path, &index, self.video.width, self.video.height)
+    }
+
+    /// The latest mask of (frame, object), as recorded.
+    pub fn mask(&self, frame: usize, object: u32) -> Option<&(f32, Rle)> {
+        self.masks.get(&frame)?.get(&object)
+    }
+
+    /// Writes the remaining PNGs, then `masks.json` (atomically, last, so a reader that
+    /// sees it sees a complete directory). Returns its path.
+    pub fn finish(mut self) -> anyhow::Result<PathBuf> {
+        self.current = None;
+        self.flush_annotations()?;
+        let doc = MasksJson {
+            video: &self.video,
+            model: &self.model,
+            frames: self
+                .masks
+                .iter()
+                .map(|(&frame, objects)| FrameOut {
+                    frame,
+                    objects: objects.iter().map(|(&id, (score, rle))| ObjectOut::new(id, *score, rle)).collect(),
+                })
+                .collect(),
+        };
+        let path = self.dir.join("masks.json");
+        let text = serde_json::to_vec(&doc)?;
+        sam2_api::util::atomic_write(&path, &text)?;
+        Ok(path)
+    }
+}

@@ -1,0 +1,408 @@
+//! The memory bank of a video session: per object, the reference's four output
+//! dictionaries (conditioning, tracking, and their temporary versions) plus which frames
+//! were tracked in which direction.
+//!
+//! Every output is written through to a directory as it is produced. That does two jobs:
+//! RAM holds only what SAM 2 can still attend to (conditioning and temporary outputs, and
+//! tracking outputs near the current frame — a 10,000-frame video costs what a 100-frame
+//! one does), and a new worker started on the same directory after a crash picks up the
+//! state of the dead one instead of recomputing the video.
+use super::bank_undo::{self, LoggedOp, UndoLog};
+use sam2_api::session::ObjectId;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tch::{Device, Kind, Tensor};
+
+/// One object's output on one frame (`compact_current_out` of the reference).
+pub struct Entry {
+    /// `[1,64,e,e]` bf16, None until the memory encoder ran (temporary outputs).
+    pub maskmem: Option<Tensor>,
+    /// `[1,1,4e,4e]` low-res logits (after hole filling).
+    pub pred_masks: Tensor,
+    /// `[1,256]`.
+    pub obj_ptr: Tensor,
+    /// `[1,1]`.
+    pub score: Tensor,
+}
+
+impl Entry {
+    pub fn shallow(&self) -> Entry {
+        Entry {
+            maskmem: self.maskmem.as_ref().map(|t| t.shallow_clone()),
+            pred_masks: self.pred_masks.shallow_clone(),
+            obj_ptr: self.obj_ptr.shallow_clone(),
+            score: self.score.shallow_clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    Cond,
+    NonCond,
+    TempCond,
+    TempNonCond,
+}
+
+impl Slot {
+    fn name(self) -> &'static str {
+        match self {
+            Slot::Cond => "cond",
+            Slot::NonCond => "noncond",
+            Slot::TempCond => "tempcond",
+            Slot::TempNonCond => "tempnoncond",
+        }
+    }
+    fn parse(s: &str) -> Option<Slot> {
+        [Slot::Cond, Slot::NonCond, Slot::TempCond, Slot::TempNonCond].into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// Tracking outputs kept in RAM on each side of the current frame: the 6 memory frames
+/// and 15 pointer frames SAM 2 looks back at, plus slack.
+const HOT_WINDOW: usize = 24;
+
+#[derive(Default)]
+struct Record {
+    /// Some(reverse) once the frame was tracked (`frames_tracked_per_obj`).
+    tracked: Option<bool>,
+    /// Loaded entry, if in RAM.
+    entry: RefCell<Option<Rc<Entry>>>,
+}
+
+/// An entry held in RAM only (see `MemoryBank::stage`), with what it replaced.
+pub struct Staged {
+    pub id: ObjectId,
+    pub slot: Slot,
+    pub frame: usize,
+    previous: Option<Record>,
+}
+
+pub struct MemoryBank {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    index: HashMap<ObjectId, BTreeMap<(Slot, usize), Record>>,
+    device: Device,
+    /// The undo log of the op in flight, when that op is one that can be taken back
+    /// (see `bank_undo`): every change to the directory is preserved before it is made.
+    undo: Option<UndoLog>,
+}
+
+const MAGIC: &[u8; 4] = b"S2MB";
+
+thread_local! {
+    static BEFORE_CHANGE: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
+}
+
+/// Runs `hook` just before every change the banks of this thread make on disk (None
+/// removes it): the worker's fault injection crashes there to prove that a crash at any
+/// of those instants leaves the session as if it had not happened.
+pub fn set_before_change(hook: Option<Box<dyn Fn()>>) {
+    BEFORE_CHANGE.with(|h| *h.borrow_mut() = hook);
+}
+
+impl MemoryBank {
+    /// Opens (or creates) a bank directory; None = a private temporary one.
+    pub fn open(dir: Option<PathBuf>, device: Device) -> anyhow::Result<Self> {
+        let (dir, temp) = match dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::Builder::new().prefix("sam2-tui-bank-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: cannot create memory bank: {e}", dir.display()))?;
+        // An op that a dead worker left half-done is taken back before anything is read.
+        if bank_undo::logged(&dir)?.is_some_and(|op| !op.committed) {
+            bank_undo::roll_back(&dir)?;
+        }
+        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device, undo: None };
+        bank.scan()?;
+        Ok(bank)
+    }
+
+    /// Starts op `seq`: from here until `commit_op`, every change can be taken back.
+    pub fn begin_op(&mut self, seq: u64) -> anyhow::Result<()> {
+        self.undo = Some(UndoLog::begin(&self.dir, seq)?);
+        Ok(())
+    }
+
+    /// Starts an op that is never taken back whole (a propagation resumes instead): the
+    /// previous op's log goes, nothing is logged.
+    pub fn begin_unlogged_op(&mut self) -> anyhow::Result<()> {
+        self.undo = None;
+        bank_undo::discard(&self.dir)
+    }
+
+    pub fn commit_op(&mut self) -> anyhow::Result<()> {
+        match self.undo.take() {
+            Some(log) => log.commit(),
+            None => Ok(()),
+        }
+    }
+
+    /// The op whose changes the bank can still take back.
+    pub fn logged_op(&self) -> anyhow::Result<Option<LoggedOp>> {
+        bank_undo::logged(&self.dir)
+    }
+
+    /// Takes back every change of the logged op and forgets what RAM held.
+    pub fn roll_back_op(&mut self) -> anyhow::Result<()> {
+        self.undo = None;
+        bank_undo::roll_back(&self.dir)?;
+        self.index.clear();
+        self.scan()
+    }
+
+    /// Called before `path` (inside the bank) is written, overwritten or removed.
+    fn preserve(&mut self, path: &Path) -> anyhow::Result<()> {
+        BEFORE_CHANGE.with(|h| {
+            if let Some(hook) = h.borrow().as_ref() {
+                hook();
+            }
+        });
+        match self.undo.as_mut() {
+            Some(log) => log.preserve(path),
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds the index from the files (entries load lazily).
+    fn scan(&mut self) -> anyhow::Result<()> {
+        for obj_dir in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = obj_dir.file_name().to_string_lossy().to_string();
+            let Some(id) = name.strip_prefix('o').and_then(|s| s.parse::<ObjectId>().ok()) else { continue };
+            for f in std::fs::read_dir(obj_dir.path())?.flatten() {
+                let fname = f.file_name().to_string_lossy().to_string();
+                let Some(stem) = fname.strip_suffix(".bin") else { continue };
+                let Some((slot, frame)) = stem.split_once('-') else { continue };
+                let (Some(slot), Ok(frame)) = (Slot::parse(slot), frame.parse::<usize>()) else { continue };
+                let tracked = read_header(&f.path())?.0;
+                self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(None) });
+            }
+        }
+        Ok(())
+    }
+
+    fn path(&self, id: ObjectId, slot: Slot, frame: usize) -> PathBuf {
+        self.dir.join(format!("o{id}")).join(format!("{}-{frame:07}.bin", slot.name()))
+    }
+
+    pub fn contains(&self, id: ObjectId, slot: Slot, frame: usize) -> bool {
+        self.index.get(&id).is_some_and(|m| m.contains_key(&(slot, frame)))
+    }
+
+    /// Some(reverse) if the frame was tracked for this object.
+    pub fn tracked(&self, id: ObjectId, frame: usize) -> Option<bool> {
+        let m = self.index.get(&id)?;
+        [Slot::Cond, Slot::NonCond].iter().find_map(|s| m.get(&(*s, frame)).and_then(|r| r.tracked))
+    }
+
+    pub fn get(&self, id: ObjectId, slot: Slot, frame: usize) -> Option<Rc<Entry>> {
+        let rec = self.index.get(&id)?.get(&(slot, frame))?;
+        if let Some(e) = rec.entry.borrow().as_ref() {
+            return Some(e.clone());
+        }
+        let e = Rc::new(read_entry(&self.path(id, slot, frame), self.device).unwrap_or_else(|err| panic!("memory bank: {err:#}")));
+        *rec.entry.borrow_mut() = Some(e.clone());
+        Some(e)
+    }
+
+    pub fn frames(&self, id: ObjectId, slot: Slot) -> Vec<usize> {
+        self.index.get(&id).map(|m| m.keys().filter(|(s, _)| *s == slot).map(|(_, f)| *f).collect()).unwrap_or_default()
+    }
+
+    pub fn cond_frames(&self, id: ObjectId) -> Vec<usize> {
+        self.frames(id, Slot::Cond)
+    }
+
+    /// Stores an entry (replacing any), written through to disk.
+    pub fn put(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+        let path = self.path(id, slot, frame);
+        self.preserve(&path)?;
+        write_entry(&path, &entry, tracked)?;
+        self.keep(id, slot, frame, entry, tracked);
+        Ok(())
+    }
+
+    /// As `put`, writing `on_disk` — the same values already copied to the host — so the
+    /// write does not wait for the device; `entry` (on the device) stays in RAM.
+    pub fn put_copied(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, on_disk: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+        let path = self.path(id, slot, frame);
+        self.preserve(&path)?;
+        write_entry(&path, on_disk, tracked)?;
+        self.keep(id, slot, frame, entry, tracked);
+        Ok(())
+    }
+
+    fn keep(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) {
+        self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
+    }
+
+    /// Stores an entry in RAM only, for the frame being tracked while the previous one is
+    /// still being written out (propagation runs one frame ahead of its outputs). `put`
+    /// writes it through later; `unstage` undoes it exactly, older record included.
+    pub fn stage(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> Staged {
+        let record = Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) };
+        let previous = self.index.entry(id).or_default().insert((slot, frame), record);
+        Staged { id, slot, frame, previous }
+    }
+
+    pub fn unstage(&mut self, staged: Staged) {
+        let m = self.index.entry(staged.id).or_default();
+        match staged.previous {
+            Some(r) => m.insert((staged.slot, staged.frame), r),
+            None => m.remove(&(staged.slot, staged.frame)),
+        };
+    }
+
+    pub fn take(&mut self, id: ObjectId, slot: Slot, frame: usize) -> anyhow::Result<Option<Entry>> {
+        if !self.contains(id, slot, frame) {
+            return Ok(None);
+        }
+        let e = self.get(id, slot, frame).map(|e| e.shallow());
+        self.index.get_mut(&id).unwrap().remove(&(slot, frame));
+        let path = self.path(id, slot, frame);
+        self.preserve(&path)?;
+        let _ = std::fs::remove_file(path);
+        Ok(e)
+    }
+
+    fn set_tracked(&mut self, id: ObjectId, frame: usize, tracked: Option<bool>) -> anyhow::Result<()> {
+        for slot in [Slot::Cond, Slot::NonCond] {
+            if self.contains(id, slot, frame) {
+                let e = self.get(id, slot, frame).unwrap();
+                let path = self.path(id, slot, frame);
+                self.preserve(&path)?;
+                write_entry(&path, &e, tracked)?;
+                self.index.get_mut(&id).unwrap().get_mut(&(slot, frame)).unwrap().tracked = tracked;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mark_tracked(&mut self, id: ObjectId, frame: usize, reverse: bool) -> anyhow::Result<()> {
+        if self.tracked(id, frame) == Some(reverse) {
+            return Ok(());
+        }
+        self.set_tracked(id, frame, Some(reverse))
+    }
+
+    /// Drops from RAM the tracking outputs SAM 2 can no longer attend to from `frame`
+    /// (they stay on disk for corrections and reverse passes).
+    pub fn advance(&mut self, frame: usize, _reverse: bool) {
+        for m in self.index.values() {
+            for ((slot, f), rec) in m.iter() {
+                if *slot == Slot::NonCond && f.abs_diff(frame) > HOT_WINDOW {
+                    rec.entry.borrow_mut().take();
+                }
+            }
+        }
+    }
+
+    pub fn remove_object(&mut self, id: ObjectId) -> anyhow::Result<()> {
+        self.index.remove(&id);
+        let d = self.dir.join(format!("o{id}"));
+        if d.exists() {
+            // Under an undo log, preserving the directory is what removes it.
+            self.preserve(&d)?;
+            if d.exists() {
+                std::fs::remove_dir_all(&d)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn clear(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<ObjectId> = self.index.keys().copied().collect();
+        for id in ids {
+            self.remove_object(id)?;
+        }
+        let state = self.dir.join("state.json");
+        self.preserve(&state)?;
+        let _ = std::fs::remove_file(state);
+        Ok(())
+    }
+
+    /// The objects (in order) and their prompts, saved after every op.
+    pub fn save_state<T: serde::Serialize>(&mut self, state: &T) -> anyhow::Result<()> {
+        let path = self.dir.join("state.json");
+        self.preserve(&path)?;
+        sam2_api::util::atomic_write(&path, serde_json::to_string(state)?.as_bytes())
+    }
+
+    pub fn load_state<T: serde::de::DeserializeOwned + Default>(&self) -> anyhow::Result<T> {
+        let p = self.dir.join("state.json");
+        if !p.exists() {
+            return Ok(T::default());
+        }
+        let text = std::fs::read_to_string(&p)?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: corrupt memory bank state: {e}", p.display()))
+    }
+}
+
+/// Appends `t`'s values as `kind` to `buf` (one copy, straight into the buffer).
+fn put_tensor(buf: &mut Vec<u8>, t: &Tensor, kind: Kind) {
+    let t = t.to_device(Device::Cpu).to_kind(kind).contiguous();
+    let start = buf.len();
+    buf.resize(start + t.numel() * kind.elt_size_in_bytes(), 0);
+    t.copy_data_u8(&mut buf[start..], t.numel());
+}
+
+fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+    let e4 = e.pred_masks.size()[3];
+    let bytes = |t: &Tensor, kind: Kind| t.numel() * kind.elt_size_in_bytes();
+    let len = 10 + e.maskmem.as_ref().map_or(0, |m| bytes(m, Kind::BFloat16)) + bytes(&e.pred_masks, Kind::Float) + bytes(&e.obj_ptr, Kind::Float) + bytes(&e.score, Kind::Float);
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(MAGIC);
+    buf.push(match tracked {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    buf.push(e.maskmem.is_some() as u8);
+    buf.extend_from_slice(&(e4 as u32).to_le_bytes());
+    if let Some(m) = &e.maskmem {
+        put_tensor(&mut buf, m, Kind::BFloat16);
+    }
+    put_tensor(&mut buf, &e.pred_masks, Kind::Float);
+    put_tensor(&mut buf, &e.obj_ptr, Kind::Float);
+    put_tensor(&mut buf, &e.score, Kind::Float);
+    // Unflushed: entries must survive the engine crashing (they do, in the page cache);
+    // a flush per frame would put a disk round trip on every frame.
+    sam2_api::util::atomic_write_unflushed(path, &buf)
+}
+
+fn read_header(path: &Path) -> anyhow::Result<(Option<bool>, bool, i64)> {
+    use std::io::Read;
+    let mut h = [0u8; 10];
+    std::fs::File::open(path)?.read_exact(&mut h).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    anyhow::ensure!(&h[..4] == MAGIC, "{}: not a memory bank entry", path.display());
+    let tracked = match h[4] {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    };
+    Ok((tracked, h[5] == 1, u32::from_le_bytes([h[6], h[7], h[8], h[9]]) as i64))
+}
+
+fn read_entry(path: &Path, device: Device) -> anyhow::Result<Entry> {
+    let (_, has_mem, e4) = read_header(path)?;
+    let bytes = std::fs::read(path)?;
+    let e = e4 / 4;
+    let mut off = 10usize;
+    let mut take = |n: usize, kind: Kind, shape: &[i64]| -> anyhow::Result<Tensor> {
+        let len = n * kind.elt_size_in_bytes();
+        anyhow::ensure!(off + len <= bytes.len(), "{}: truncated memory bank entry", path.display());
+        let t = Tensor::from_data_size(&bytes[off..off + len], shape, kind);
+        off += len;
+        Ok(t.to_device(device))
+    };
+    let maskmem = if has_mem { Some(take((64 * e * e) as usize, Kind::BFloat16, &[1, 64, e, e])?) } else { None };
+    let pred_masks = take((e4 * e4) as usize, Kind::Float, &[1, 1, e4, e4])?;
+    let obj_ptr = take(256, Kind::Float, &[1, 256])?;
+    let score = take(1, Kind::Float, &[1, 1])?;
+    Ok(Entry { maskmem, pred_masks, obj_ptr, score })
+}
