@@ -53,7 +53,11 @@ fn test_clip(path: &Path, frames: u32, offset: u32) {
 
 fn prompts(dir: &Path) -> PathBuf {
     let p = dir.join("prompts.json");
-    std::fs::write(&p, r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#).unwrap();
+    std::fs::write(
+        &p,
+        r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#,
+    )
+    .unwrap();
     p
 }
 
@@ -62,7 +66,12 @@ fn report(path: &Path) -> serde_json::Value {
 }
 
 fn item<'a>(report: &'a serde_json::Value, out: &str) -> &'a serde_json::Value {
-    report["items"].as_array().unwrap().iter().find(|i| i["out"] == out).unwrap_or_else(|| panic!("{out} not in {report}"))
+    report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["out"] == out)
+        .unwrap_or_else(|| panic!("{out} not in {report}"))
 }
 
 fn frames_of(out: &Path) -> serde_json::Value {
@@ -103,7 +112,12 @@ fn a_missing_input_and_a_broken_session_are_reported_while_the_good_item_finishe
     assert!(broken["error"].as_str().unwrap().contains("broken.json"), "{broken}");
     assert!(out.join("good/masks.json").is_file());
     assert!(!out.join("missing").exists() && !out.join("broken").exists(), "a failed item leaves no output folder");
-    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with(".sam2-tui")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".sam2-tui"))
+        .collect();
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
 
@@ -111,7 +125,11 @@ fn a_missing_input_and_a_broken_session_are_reported_while_the_good_item_finishe
 fn a_bad_manifest_line_is_one_message_and_exit_2_before_any_item_runs() {
     let dir = common::scratch("batch-cli-bad-manifest");
     let manifest = dir.join("manifest.jsonl");
-    std::fs::write(&manifest, "{\"input\":\"a.mp4\",\"prompts\":\"p.json\",\"out\":\"a\"}\n{\"input\":\"b.mp4\",\"out\":\"b\"}\n").unwrap();
+    std::fs::write(
+        &manifest,
+        "{\"input\":\"a.mp4\",\"prompts\":\"p.json\",\"out\":\"a\"}\n{\"input\":\"b.mp4\",\"out\":\"b\"}\n",
+    )
+    .unwrap();
     let out = dir.join("out");
     let r = batch(&manifest, &out, &[], &[]);
     let err = String::from_utf8_lossy(&r.stderr);
@@ -146,7 +164,11 @@ fn batch_masks_equal_segment_run_item_by_item_and_a_re_run_skips_complete_items(
     let rep = report(&out.join("batch-report.json"));
     assert_eq!(item(&rep, "a")["status"], "skipped");
     assert_eq!(item(&rep, "b")["status"], "done");
-    assert_eq!(std::fs::metadata(out.join("a/masks.json")).unwrap().modified().unwrap(), before, "a complete item is not rewritten");
+    assert_eq!(
+        std::fs::metadata(out.join("a/masks.json")).unwrap().modified().unwrap(),
+        before,
+        "a complete item is not rewritten"
+    );
 }
 
 #[test]
@@ -169,7 +191,11 @@ fn an_injected_worker_abort_in_one_item_leaves_its_masks_identical_to_a_clean_ru
     assert_eq!(item(&rep, "long")["restarts"], 1, "{rep}");
     assert_eq!(item(&rep, "short")["restarts"], 0, "{rep}");
     for name in ["long", "short"] {
-        assert_eq!(frames_of(&crashed.join(name)), frames_of(&clean.join(name)), "{name}: masks after a crash differ from a clean run");
+        assert_eq!(
+            frames_of(&crashed.join(name)),
+            frames_of(&clean.join(name)),
+            "{name}: masks after a crash differ from a clean run"
+        );
     }
 }
 
@@ -177,7 +203,8 @@ fn an_injected_worker_abort_in_one_item_leaves_its_masks_identical_to_a_clean_ru
 fn a_slurm_dry_run_writes_a_job_array_with_the_configs_cluster_defaults_and_submits_nothing() {
     let dir = common::scratch("batch-cli-slurm-dry-run");
     let manifest = dir.join("manifest.jsonl");
-    let text: String = (0..5).map(|i| format!("{{\"input\":\"c{i}.mp4\",\"prompts\":\"p.json\",\"out\":\"c{i}\"}}\n")).collect();
+    let text: String =
+        (0..5).map(|i| format!("{{\"input\":\"c{i}.mp4\",\"prompts\":\"p.json\",\"out\":\"c{i}\"}}\n")).collect();
     std::fs::write(&manifest, text).unwrap();
     let config = dir.join("config.toml");
     std::fs::write(&config, "[slurm]\npartition = \"gpu\"\ngres = \"gpu:1\"\nmodules = [\"cuda/12.4\"]\nbinary = \"/shared/bin/sam2-tui\"\n").unwrap();
@@ -187,7 +214,18 @@ fn a_slurm_dry_run_writes_a_job_array_with_the_configs_cluster_defaults_and_subm
         .arg(&manifest)
         .arg("--out")
         .arg(&out)
-        .args(["--slurm", "--array-size", "2", "--time", "01:00:00", "--partition", "a100", "--dry-run", "--device", "cuda"])
+        .args([
+            "--slurm",
+            "--array-size",
+            "2",
+            "--time",
+            "01:00:00",
+            "--partition",
+            "a100",
+            "--dry-run",
+            "--device",
+            "cuda",
+        ])
         .env("SAM2_TUI_CONFIG", &config)
         .env("PATH", "/nonexistent") // no sbatch: a dry run must not need it
         .output()

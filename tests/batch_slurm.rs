@@ -29,7 +29,8 @@ fn require(tool: &str) -> PathBuf {
 
 impl Cluster {
     fn start(dir: &Path) -> Cluster {
-        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap().trim().to_string();
+        let host =
+            String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap().trim().to_string();
         let dir = dir.to_path_buf();
         let munge = dir.join("munge");
         for d in ["munge", "state", "spool", "log"] {
@@ -37,7 +38,8 @@ impl Cluster {
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&munge, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let key: Vec<u8> = (0..1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ std::process::id() as u8).collect();
+        let key: Vec<u8> =
+            (0..1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ std::process::id() as u8).collect();
         std::fs::write(munge.join("key"), key).unwrap();
         std::fs::set_permissions(munge.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let socket = munge.join("sock");
@@ -99,7 +101,13 @@ impl Cluster {
                 let logs: String = std::fs::read_dir(self.dir.join("log"))
                     .unwrap()
                     .flatten()
-                    .map(|e| format!("--- {}\n{}\n", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                    .map(|e| {
+                        format!(
+                            "--- {}\n{}\n",
+                            e.path().display(),
+                            std::fs::read_to_string(e.path()).unwrap_or_default()
+                        )
+                    })
                     .collect();
                 panic!("timed out waiting for {what}\n{logs}");
             }
@@ -176,7 +184,10 @@ fn submit(cluster: &Cluster, manifest: &Path, out: &Path) -> String {
 }
 
 fn frames_of(out: &Path) -> serde_json::Value {
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap_or_else(|e| panic!("{}: {e}", out.display()))).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("masks.json")).unwrap_or_else(|e| panic!("{}: {e}", out.display())),
+    )
+    .unwrap();
     doc["frames"].clone()
 }
 
@@ -189,19 +200,29 @@ fn complete(out: &Path, names: &[String]) -> BTreeMap<String, SystemTime> {
 }
 
 fn staging_left(out: &Path) -> Vec<String> {
-    std::fs::read_dir(out).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".sam2-tui")).collect()
+    std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".sam2-tui"))
+        .collect()
 }
 
 /// The array task a process belongs to (from its environment).
 fn task_of(pid: &str) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|&b| b == 0).find_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("SLURM_ARRAY_TASK_ID=").map(String::from))
+    env.split(|&b| b == 0)
+        .find_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("SLURM_ARRAY_TASK_ID=").map(String::from))
 }
 
 #[test]
 fn a_slurm_array_gives_the_local_masks_and_a_cancelled_task_is_finished_by_resubmitting_only_the_missing_items() {
     let dir = common::scratch("batch-slurm");
-    std::fs::write(dir.join("prompts.json"), r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#).unwrap();
+    std::fs::write(
+        dir.join("prompts.json"),
+        r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#,
+    )
+    .unwrap();
     let names: Vec<String> = (0..6).map(|i| format!("clip{i}")).collect();
     let mut manifest_text = String::new();
     for (i, n) in names.iter().enumerate() {
@@ -221,10 +242,15 @@ fn a_slurm_array_gives_the_local_masks_and_a_cancelled_task_is_finished_by_resub
     let job = submit(&cluster, &manifest, &array);
     cluster.wait_job(&job);
     for n in &names {
-        assert_eq!(frames_of(&array.join(n)), frames_of(&local.join(n)), "{n}: the array's masks differ from the local run's");
+        assert_eq!(
+            frames_of(&array.join(n)),
+            frames_of(&local.join(n)),
+            "{n}: the array's masks differ from the local run's"
+        );
     }
     for i in 0..3 {
-        let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(array.join(format!("batch-report-{i}-of-3.json"))).unwrap()).unwrap();
+        let rep: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(array.join(format!("batch-report-{i}-of-3.json"))).unwrap()).unwrap();
         assert_eq!(rep["finished"], true);
         assert!(rep["items"].as_array().unwrap().iter().all(|it| it["status"] == "done"), "{rep}");
     }
@@ -263,15 +289,29 @@ fn a_slurm_array_gives_the_local_masks_and_a_cancelled_task_is_finished_by_resub
     for (n, t) in &before {
         assert_eq!(after[n], *t, "{n} was complete and ran again");
     }
-    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(cancelled.join(format!("batch-report-{victim}-of-3.json"))).unwrap()).unwrap();
-    let ran: BTreeSet<String> = rep["items"].as_array().unwrap().iter().filter(|i| i["status"] == "done").map(|i| i["out"].as_str().unwrap().to_string()).collect();
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cancelled.join(format!("batch-report-{victim}-of-3.json"))).unwrap())
+            .unwrap();
+    let ran: BTreeSet<String> = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "done")
+        .map(|i| i["out"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ran, missing, "exactly the missing items ran");
     for n in &names {
         assert_eq!(frames_of(&cancelled.join(n)), frames_of(&local.join(n)), "{n}: differs from the local run");
     }
     assert!(staging_left(&cancelled).is_empty());
 
-    let o = Command::new(common::bin()).arg("batch").arg("--status").arg(&cancelled).env("SLURM_CONF", &cluster.conf).output().unwrap();
+    let o = Command::new(common::bin())
+        .arg("batch")
+        .arg("--status")
+        .arg(&cancelled)
+        .env("SLURM_CONF", &cluster.conf)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && text.contains("outputs complete: 6 of 6"), "{text}");
 }

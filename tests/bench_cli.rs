@@ -23,7 +23,10 @@ fn bench_on_cpu_reports_fps_stages_and_memory_and_marks_missing_devices_unavaila
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
     println!("{stdout}");
 
-    let cpu_line = stdout.lines().find(|l| l.starts_with("tiny") && l.contains(" cpu ")).unwrap_or_else(|| panic!("no cpu row:\n{stdout}"));
+    let cpu_line = stdout
+        .lines()
+        .find(|l| l.starts_with("tiny") && l.contains(" cpu "))
+        .unwrap_or_else(|| panic!("no cpu row:\n{stdout}"));
     assert!(cpu_line.contains("random-init") && cpu_line.contains(" ok "), "{cpu_line}");
 
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();

@@ -181,9 +181,18 @@ fn propagation_follows_progress_and_escape_cancels_it() {
 #[test]
 fn engine_keys_send_switch_commands() {
     let mut app = app_with_video(120, 40);
-    assert_eq!(app.update(cmd(Command::CycleModel)), vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::Small))]);
-    assert_eq!(app.update(cmd(Command::FallBackToCpu)), vec![Effect::Engine(EngineCommand::SwitchDevice(DeviceChoice::Cpu))]);
-    assert_eq!(app.update(cmd(Command::AutoDevice)), vec![Effect::Engine(EngineCommand::SwitchDevice(DeviceChoice::Auto))]);
+    assert_eq!(
+        app.update(cmd(Command::CycleModel)),
+        vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::Small))]
+    );
+    assert_eq!(
+        app.update(cmd(Command::FallBackToCpu)),
+        vec![Effect::Engine(EngineCommand::SwitchDevice(DeviceChoice::Cpu))]
+    );
+    assert_eq!(
+        app.update(cmd(Command::AutoDevice)),
+        vec![Effect::Engine(EngineCommand::SwitchDevice(DeviceChoice::Auto))]
+    );
     app.update(cmd(Command::SetWatermark));
     assert!(matches!(app.modal, Modal::Watermark(_)));
     for _ in 0..5 {
@@ -240,12 +249,21 @@ fn a_click_in_the_preview_places_a_point_where_it_lands() {
 #[test]
 fn the_model_cycle_goes_on_from_the_size_last_asked_for_not_the_one_still_loaded() {
     let mut app = app_with_video(120, 40); // tiny is loaded
-    assert_eq!(app.update(cmd(Command::CycleModel)), vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::Small))]);
+    assert_eq!(
+        app.update(cmd(Command::CycleModel)),
+        vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::Small))]
+    );
     // The supervisor refused small (no checkpoint for it): tiny still runs, and the next
     // `m` asks for the next size instead of small again.
-    assert_eq!(app.update(cmd(Command::CycleModel)), vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::BasePlus))]);
+    assert_eq!(
+        app.update(cmd(Command::CycleModel)),
+        vec![Effect::Engine(EngineCommand::SwitchModel(ModelSize::BasePlus))]
+    );
     let said = &app.log.back().unwrap().message;
-    assert!(said.contains("base_plus") && said.contains("new worker"), "an engine restart says what it will do: {said}");
+    assert!(
+        said.contains("base_plus") && said.contains("new worker"),
+        "an engine restart says what it will do: {said}"
+    );
 }
 
 #[test]
@@ -359,7 +377,9 @@ fn a_resumed_session_announces_its_replays_and_esc_skips_all_of_them() {
     resumed.resume(journal);
     assert!(resumed.log.iter().any(|l| l.message.contains("replaying 2 saved propagation")), "{:?}", resumed.log);
     resumed.update(Action::Engine(EngineEvent::State(EngineState::Propagating { done: 0, total: 13 })));
-    assert!(sam2_tui::console::view::header::state_text(&resumed).0.starts_with("replaying saved propagation (2 left)"));
+    assert!(sam2_tui::console::view::header::state_text(&resumed)
+        .0
+        .starts_with("replaying saved propagation (2 left)"));
     assert_eq!(resumed.update(cmd(Command::Cancel)), vec![Effect::Engine(EngineCommand::Cancel)]);
     resumed.update(Action::Engine(EngineEvent::PropagationFinished { cancelled: true }));
     resumed.update(Action::Engine(EngineEvent::State(EngineState::Ready)));

@@ -132,7 +132,16 @@ fn operator_session_in_tmux_survives_an_abort_and_matches_segment() {
 
     let reference = dir.join("segment");
     let out = Command::new(common::bin())
-        .args(["segment", clip.to_str().unwrap(), "--session", session.to_str().unwrap(), "--device", "cpu", "--image-size", IMAGE_SIZE])
+        .args([
+            "segment",
+            clip.to_str().unwrap(),
+            "--session",
+            session.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--image-size",
+            IMAGE_SIZE,
+        ])
         .args(["--checkpoint", &ckpt, "--out", reference.to_str().unwrap()])
         .output()
         .unwrap();

@@ -16,8 +16,14 @@ fn weights_alone_lists_what_is_installed_and_where_it_looks() {
         .unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(s.contains("SAM 2.1 small") && s.contains("weights/sam2.1_hiera_small.pt"), "lists the installed file:\n{s}");
-    assert!(s.contains("looked in") && s.contains(&dir.join("data/sam2-tui/weights").display().to_string()), "names where it looks:\n{s}");
+    assert!(
+        s.contains("SAM 2.1 small") && s.contains("weights/sam2.1_hiera_small.pt"),
+        "lists the installed file:\n{s}"
+    );
+    assert!(
+        s.contains("looked in") && s.contains(&dir.join("data/sam2-tui/weights").display().to_string()),
+        "names where it looks:\n{s}"
+    );
     assert!(s.contains("sam2-tui weights download tiny"), "says how to get one:\n{s}");
 }
 
@@ -32,5 +38,8 @@ fn a_console_without_a_checkpoint_says_what_to_download_how_big_and_where_before
     let mut given = cfg.clone();
     given.engine.checkpoint = Some(nowhere.clone());
     let said = sam2_tui::console::engine_link::missing_checkpoint(&given, &nowhere).unwrap();
-    assert!(said.starts_with(&nowhere.display().to_string()) && said.contains("--checkpoint"), "a given file is named as given: {said}");
+    assert!(
+        said.starts_with(&nowhere.display().to_string()) && said.contains("--checkpoint"),
+        "a given file is named as given: {said}"
+    );
 }

@@ -16,18 +16,34 @@ fn default_keys_follow_the_brief() {
     let k = Keymap::default();
     let t = |ev: KeyEvent| k.translate(Mode::Normal, &ev);
     assert!(matches!(t(key('h')), Some(Action::Command(Command::CursorLeft))));
-    assert!(matches!(t(KeyEvent::new(KeyCode::Char('H'), KeyModifiers::SHIFT)), Some(Action::Command(Command::CursorLeftFast))));
-    assert!(matches!(t(KeyEvent::new(KeyCode::Left, KeyModifiers::SHIFT)), Some(Action::Command(Command::CursorLeftFast))));
-    assert!(matches!(t(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)), Some(Action::Command(Command::PointPositive))));
+    assert!(matches!(
+        t(KeyEvent::new(KeyCode::Char('H'), KeyModifiers::SHIFT)),
+        Some(Action::Command(Command::CursorLeftFast))
+    ));
+    assert!(matches!(
+        t(KeyEvent::new(KeyCode::Left, KeyModifiers::SHIFT)),
+        Some(Action::Command(Command::CursorLeftFast))
+    ));
+    assert!(matches!(
+        t(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)),
+        Some(Action::Command(Command::PointPositive))
+    ));
     assert!(matches!(t(key(' ')), Some(Action::Command(Command::PointPositive))));
-    assert!(matches!(t(KeyEvent::new(KeyCode::Char('r'), KeyModifiers::CONTROL)), Some(Action::Command(Command::Redo))));
-    assert!(matches!(t(KeyEvent::new(KeyCode::Char('P'), KeyModifiers::SHIFT)), Some(Action::Command(Command::PropagateBackward))));
+    assert!(matches!(
+        t(KeyEvent::new(KeyCode::Char('r'), KeyModifiers::CONTROL)),
+        Some(Action::Command(Command::Redo))
+    ));
+    assert!(matches!(
+        t(KeyEvent::new(KeyCode::Char('P'), KeyModifiers::SHIFT)),
+        Some(Action::Command(Command::PropagateBackward))
+    ));
     assert!(matches!(t(key('7')), Some(Action::Digit(7))));
 }
 
 #[test]
 fn a_config_remaps_a_command_and_frees_its_old_keys() {
-    let cfg = Config::parse("[keys]\npoint_negative = [\"z\", \"ctrl-x\"]\nundo = [\"x\"]\n", Path::new("c.toml")).unwrap();
+    let cfg =
+        Config::parse("[keys]\npoint_negative = [\"z\", \"ctrl-x\"]\nundo = [\"x\"]\n", Path::new("c.toml")).unwrap();
     let k = Keymap::from_config(&cfg).unwrap();
     assert!(matches!(k.translate(Mode::Normal, &key('z')), Some(Action::Command(Command::PointNegative))));
     assert!(matches!(
@@ -110,11 +126,7 @@ fn the_help_overlay_lists_every_bound_command_with_its_keys() {
     let lines = app.keymap.help_lines();
     for c in Command::ALL {
         let keys = app.keymap.label(c);
-        assert!(
-            lines.iter().any(|(_, k, d)| *k == keys && d == c.describe()),
-            "help is missing {} ({keys})",
-            c.name()
-        );
+        assert!(lines.iter().any(|(_, k, d)| *k == keys && d == c.describe()), "help is missing {} ({keys})", c.name());
     }
     assert!(lines.iter().any(|(_, k, _)| k == "E/f5"), "remapped keys show as remapped");
 }

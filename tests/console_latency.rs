@@ -68,7 +68,10 @@ async fn key_to_frame_stays_fast_while_engine_events_flood_in() {
         let t0 = Instant::now();
         key_tx.unbounded_send(Ok(key(keys[n as usize % keys.len()]))).unwrap();
         loop {
-            let r = tokio::time::timeout(Duration::from_secs(5), draw_rx.recv()).await.expect("no draw within 5 s").unwrap();
+            let r = tokio::time::timeout(Duration::from_secs(5), draw_rx.recv())
+                .await
+                .expect("no draw within 5 s")
+                .unwrap();
             if r.keys_seen > n {
                 latencies.push(r.at.duration_since(t0));
                 break;

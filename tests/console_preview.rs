@@ -7,10 +7,10 @@ use ratatui::layout::{Rect, Size};
 use ratatui::style::Color;
 use ratatui::Terminal;
 use sam2_tui::console::action::Action;
+use sam2_tui::console::layout::fit_cells;
 use sam2_tui::console::preview::compose::Overlay;
 use sam2_tui::console::preview::protocol::Encoder;
 use sam2_tui::console::preview::worker::{render, request_for, run, PreviewRequest};
-use sam2_tui::console::layout::fit_cells;
 use sam2_tui::console::testing::*;
 use sam2_tui::media::FrameSource;
 use std::time::Duration;
@@ -77,7 +77,8 @@ async fn a_slow_preview_drops_stale_requests_and_ends_on_the_newest() {
     let worker = tokio::spawn(run(src, Encoder::halfblocks(), 1000.0, req_rx, act_tx));
     const N: u64 = 40;
     for g in 0..N {
-        let req = PreviewRequest { generation: g, frame: g as usize, cells: Size::new(20, 10), overlay: Overlay::default() };
+        let req =
+            PreviewRequest { generation: g, frame: g as usize, cells: Size::new(20, 10), overlay: Overlay::default() };
         req_tx.send_replace(Some(req));
         tokio::time::sleep(Duration::from_millis(3)).await;
     }

@@ -65,7 +65,8 @@ fn write_tall_inputs(name: &str) -> std::path::PathBuf {
     let dir = common::scratch(name);
     let (w, h) = (40u32, 160u32);
     image::RgbImage::from_fn(w, h, |_, y| image::Rgb([40, (y / 2) as u8, 90])).save(dir.join("frame.png")).unwrap();
-    let m: Vec<u8> = (0..h).flat_map(|y| (0..w).map(move |x| (8..32).contains(&x) as u8 * (40..120).contains(&y) as u8)).collect();
+    let m: Vec<u8> =
+        (0..h).flat_map(|y| (0..w).map(move |x| (8..32).contains(&x) as u8 * (40..120).contains(&y) as u8)).collect();
     let rle = Rle::encode(&m, h as usize, w as usize);
     let doc = serde_json::json!({
         "video": {"width": w, "height": h, "frames": 1, "fps": 25.0, "source": "frame.png"},
@@ -81,7 +82,14 @@ fn write_tall_inputs(name: &str) -> std::path::PathBuf {
 fn a_tall_frame_fits_the_terminal_height_and_object_2_is_drawn_in_the_consoles_colour() {
     let dir = write_tall_inputs("preview_cli_tall");
     let out = Command::new(common::bin())
-        .args(["preview", dir.join("frame.png").to_str().unwrap(), "--masks", dir.join("out").to_str().unwrap(), "--alpha", "1"])
+        .args([
+            "preview",
+            dir.join("frame.png").to_str().unwrap(),
+            "--masks",
+            dir.join("out").to_str().unwrap(),
+            "--alpha",
+            "1",
+        ])
         .env("TERM", "xterm-256color")
         .env("COLUMNS", "160")
         .env("LINES", "48")

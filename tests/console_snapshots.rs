@@ -26,7 +26,10 @@ fn run(app: &mut App, cmds: &[Command]) {
 /// Object 1 with a positive and a negative point and its mask on frame 0.
 fn prompted(width: u16, height: u16) -> App {
     let mut app = app_with_video(width, height);
-    run(&mut app, &[Command::PointPositive, Command::CursorRightFast, Command::CursorRightFast, Command::PointNegative]);
+    run(
+        &mut app,
+        &[Command::PointPositive, Command::CursorRightFast, Command::CursorRightFast, Command::PointNegative],
+    );
     app.update(Action::Engine(masks(0, &[(1, ellipse(300.0, 170.0, 120.0, 80.0))])));
     // The measured key-to-masks time is a few microseconds here: a typical value instead,
     // so the snapshot does not depend on the machine.
@@ -43,7 +46,17 @@ fn idle() {
 #[test]
 fn box_being_drawn() {
     let mut app = prompted(120, 40);
-    run(&mut app, &[Command::NewObject, Command::CursorUpFast, Command::BoxToggle, Command::CursorDownFast, Command::CursorDownFast, Command::CursorRightFast]);
+    run(
+        &mut app,
+        &[
+            Command::NewObject,
+            Command::CursorUpFast,
+            Command::BoxToggle,
+            Command::CursorDownFast,
+            Command::CursorDownFast,
+            Command::CursorRightFast,
+        ],
+    );
     insta::assert_snapshot!(screen(&app));
 }
 
@@ -66,9 +79,14 @@ fn crashed_and_restarting() {
     app.update(Action::Engine(EngineEvent::State(EngineState::Crashed { reason: "SIGABRT".into() })));
     app.update(Action::Engine(EngineEvent::WorkerDied {
         reason: "SIGABRT".into(),
-        stderr_tail: vec!["MPSLibrary::MPSKey_Create internal error: Unable to get MPS kernel ndArrayIdentityTranspose".into()],
+        stderr_tail: vec![
+            "MPSLibrary::MPSKey_Create internal error: Unable to get MPS kernel ndArrayIdentityTranspose".into(),
+        ],
     }));
-    app.update(Action::Engine(EngineEvent::Log { level: LogLevel::Info, message: "restarting in 500 ms (attempt 2 of 3)".into() }));
+    app.update(Action::Engine(EngineEvent::Log {
+        level: LogLevel::Info,
+        message: "restarting in 500 ms (attempt 2 of 3)".into(),
+    }));
     app.update(Action::Engine(EngineEvent::State(EngineState::Restarting { attempt: 2 })));
     insta::assert_snapshot!(screen(&app));
 }
@@ -112,7 +130,10 @@ fn wide_200x60_on_cuda_with_random_weights() {
     }));
     app.update(Action::Engine(EngineEvent::Stats(cuda_stats())));
     run(&mut app, &[Command::NewObject, Command::CursorDownFast, Command::PointPositive]);
-    app.update(Action::Engine(masks(0, &[(1, ellipse(300.0, 170.0, 120.0, 80.0)), (2, ellipse(330.0, 280.0, 60.0, 40.0))])));
+    app.update(Action::Engine(masks(
+        0,
+        &[(1, ellipse(300.0, 170.0, 120.0, 80.0)), (2, ellipse(330.0, 280.0, 60.0, 40.0))],
+    )));
     insta::assert_snapshot!(screen(&app));
 }
 

@@ -56,7 +56,8 @@ fn read_xwd(bytes: &[u8]) -> Shot {
 }
 
 fn screenshot(display: &str) -> Shot {
-    let out = Command::new("xwd").args(["-root", "-silent", "-display", display]).output().expect("xwd runs (x11-apps)");
+    let out =
+        Command::new("xwd").args(["-root", "-silent", "-display", display]).output().expect("xwd runs (x11-apps)");
     assert!(out.status.success(), "xwd: {}", String::from_utf8_lossy(&out.stderr));
     read_xwd(&out.stdout)
 }
@@ -148,7 +149,11 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
     let log = data.join("sam2-tui.log");
     let said = |what: &str| std::fs::read_to_string(&log).unwrap_or_default().contains(what);
     wait_until("the graphics probe", Duration::from_secs(60), || said("preview: ").then_some(()));
-    assert!(said("preview: Sixel"), "xterm -ti vt340 was not detected as sixel:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        said("preview: Sixel"),
+        "xterm -ti vt340 was not detected as sixel:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 
     // Where the console draws the image: its own layout for this terminal and font.
     let shot = screenshot(&display);
@@ -156,7 +161,8 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
     let mut source = sam2_tui::media::open(&demo).unwrap();
     let frame = source.frame(0).unwrap();
     let (vw, vh) = frame.dimensions();
-    let mut app = App::new(&Config::default(), Theme::dark(), Keymap::default(), Some(demo.clone()), dir.join("s.json"));
+    let mut app =
+        App::new(&Config::default(), Theme::dark(), Keymap::default(), Some(demo.clone()), dir.join("s.json"));
     app.update(Action::Resize { width: COLS, height: ROWS });
     app.update(Action::MediaOpened { width: vw, height: vh, frames: source.len(), fps: source.fps() });
     app.font = (cw as u16, ch as u16);
@@ -184,7 +190,9 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
         }
         k
     };
-    wait_until("the mask in the preview", Duration::from_secs(180), || (near_colour(&screenshot(&display)) > 20).then_some(()));
+    wait_until("the mask in the preview", Duration::from_secs(180), || {
+        (near_colour(&screenshot(&display)) > 20).then_some(())
+    });
     // Export what the console shows, then look at the screen once more.
     Command::new("xdotool").args(["key", "e"]).env("DISPLAY", &display).status().unwrap();
     let masks_json = export.join("masks.json");
@@ -205,16 +213,19 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
     for y in (4..h - 4).step_by(2) {
         for x in (4..w - 4).step_by(2) {
             let inside = mask_at(x, y);
-            if (x.abs_diff(w / 2) < 12 && y.abs_diff(h / 2) < 12) || [(-4, 0), (4, 0), (0, -4), (0, 4)].iter().any(|(dx, dy)| {
-                mask_at((x as i64 + dx) as usize, (y as i64 + dy) as usize) != inside
-            }) {
+            if (x.abs_diff(w / 2) < 12 && y.abs_diff(h / 2) < 12)
+                || [(-4, 0), (4, 0), (0, -4), (0, 4)]
+                    .iter()
+                    .any(|(dx, dy)| mask_at((x as i64 + dx) as usize, (y as i64 + dy) as usize) != inside)
+            {
                 continue;
             }
             let got = shot.at(x0 + x, y0 + y);
             let want = expected.get_pixel(x as u32, y as u32).0;
             if inside {
                 in_to_frame += dist(got, want) as f64;
-                let blend: [u8; 3] = std::array::from_fn(|i| (want[i] as f32 * (1.0 - alpha) + colour[i] as f32 * alpha).round() as u8);
+                let blend: [u8; 3] =
+                    std::array::from_fn(|i| (want[i] as f32 * (1.0 - alpha) + colour[i] as f32 * alpha).round() as u8);
                 in_to_blend += dist(got, blend) as f64;
                 in_n += 1;
             } else {
@@ -224,9 +235,11 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
         }
     }
     let png = dir.join("console-xterm.png");
-    let img = image::RgbImage::from_fn(shot.width.min(COLS as usize * cw) as u32, (ROWS as usize * ch).min(shot.height) as u32, |x, y| {
-        image::Rgb(shot.at(x as usize, y as usize))
-    });
+    let img = image::RgbImage::from_fn(
+        shot.width.min(COLS as usize * cw) as u32,
+        (ROWS as usize * ch).min(shot.height) as u32,
+        |x, y| image::Rgb(shot.at(x as usize, y as usize)),
+    );
     img.save(&png).unwrap();
     println!("screenshot: {}", png.display());
     assert!(off_n > 1000 && in_n > 100, "too few pixels to judge: {off_n} outside, {in_n} inside the mask");
@@ -234,5 +247,8 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
     let (to_frame, to_blend) = (in_to_frame / in_n as f64, in_to_blend / in_n as f64);
     println!("outside the mask: mean |Δ| to the frame {off:.1}; inside: to the frame {to_frame:.1}, to frame+mask colour {to_blend:.1}");
     assert!(off < 20.0, "outside the mask the preview is not the frame (mean |Δ| {off:.1})");
-    assert!(to_blend < 20.0 && to_blend + 10.0 < to_frame, "inside the mask the preview does not carry the mask's colour");
+    assert!(
+        to_blend < 20.0 && to_blend + 10.0 < to_frame,
+        "inside the mask the preview does not carry the mask's colour"
+    );
 }

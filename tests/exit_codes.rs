@@ -82,7 +82,20 @@ fn scene(name: &str) -> Scene {
 fn segment(input: &Path, ops: (&str, &Path), sc: &Scene, extra: &[&str]) -> Output {
     let out = sc.dir.join("out");
     let ckpt = sc.dir.join("no-such.random-init.safetensors");
-    let mut args = vec!["segment", s(input), ops.0, s(ops.1), "--out", s(&out), "--checkpoint", s(&ckpt), "--device", "cpu", "--image-size", "128"];
+    let mut args = vec![
+        "segment",
+        s(input),
+        ops.0,
+        s(ops.1),
+        "--out",
+        s(&out),
+        "--checkpoint",
+        s(&ckpt),
+        "--device",
+        "cpu",
+        "--image-size",
+        "128",
+    ];
     args.extend_from_slice(extra);
     let r = run(&args);
     assert!(!out.exists(), "nothing is written for bad input");
@@ -99,7 +112,8 @@ fn each_command_exits_2_with_one_line_naming_the_file_for_a_bad_input() {
     assert_bad_input(&run(&[s(&missing)]), "missing.mp4");
     // The console checks a resumed session against the video before it takes the terminal.
     let far = sc.dir.join("far.session.json");
-    std::fs::write(&far, r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"points":[[500,30,1]]}]}"#).unwrap();
+    std::fs::write(&far, r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"points":[[500,30,1]]}]}"#)
+        .unwrap();
     let r = run(&[s(&sc.image), "--session", s(&far)]);
     assert_bad_input(&r, "far.session.json");
     assert!(String::from_utf8_lossy(&r.stderr).contains("outside the 128x64 frame"));
@@ -110,7 +124,10 @@ fn each_command_exits_2_with_one_line_naming_the_file_for_a_bad_input() {
     assert_bad_input(&run(&["weights", "init-random", s(&not_random)]), "tiny.safetensors");
     assert!(!not_random.exists());
     // Usage errors are clap's, also 2 (several lines: the usage).
-    for args in [&["engine", "--bogus"][..], &["segment", s(&sc.image), "--out", "x", "--prompts", s(&sc.prompts), "--image-size", "100"]] {
+    for args in [
+        &["engine", "--bogus"][..],
+        &["segment", s(&sc.image), "--out", "x", "--prompts", s(&sc.prompts), "--image-size", "100"],
+    ] {
         let r = run(args);
         assert_eq!(r.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&r.stderr));
     }
@@ -171,7 +188,18 @@ fn endless_huge_and_special_files_are_refused_without_hanging_or_reading_them() 
     assert_bad_input(&segment(&input_fifo, ("--prompts", &sc.prompts), &sc, &[]), "video.fifo");
     let ckpt_fifo = sc.dir.join("ckpt.random-init.safetensors");
     mkfifo(&ckpt_fifo);
-    let r = run(&["segment", s(&sc.image), "--prompts", s(&sc.prompts), "--out", s(&sc.dir.join("out")), "--checkpoint", s(&ckpt_fifo), "--image-size", "128"]);
+    let r = run(&[
+        "segment",
+        s(&sc.image),
+        "--prompts",
+        s(&sc.prompts),
+        "--out",
+        s(&sc.dir.join("out")),
+        "--checkpoint",
+        s(&ckpt_fifo),
+        "--image-size",
+        "128",
+    ]);
     assert_bad_input(&r, "ckpt.random-init.safetensors");
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
 }

@@ -11,7 +11,11 @@ use sam2_tui::media::{self, outputs, overlay::OverlayWriter, prefetch::Prefetche
 
 /// Runs the system `ffmpeg` quietly; panics with its stderr on failure.
 fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg").args(["-y", "-hide_banner", "-loglevel", "error"]).args(args).output().expect("ffmpeg runs");
+    let out = Command::new("ffmpeg")
+        .args(["-y", "-hide_banner", "-loglevel", "error"])
+        .args(args)
+        .output()
+        .expect("ffmpeg runs");
     assert!(out.status.success(), "ffmpeg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -35,7 +39,18 @@ fn test_clip(dir: &Path, name: &str, frames: usize, extra: &[&str]) -> PathBuf {
 /// FFmpeg's own RGB decode of every frame.
 fn ffmpeg_rgb_frames(path: &Path, w: usize, h: usize) -> Vec<Vec<u8>> {
     let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-i", path.to_str().unwrap(), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            path.to_str().unwrap(),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -45,7 +60,17 @@ fn ffmpeg_rgb_frames(path: &Path, w: usize, h: usize) -> Vec<Vec<u8>> {
 /// `ffprobe -count_frames`: frames the decoder actually produces.
 fn ffprobe_frame_count(path: &Path) -> usize {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .unwrap();
@@ -89,7 +114,12 @@ fn mkv_and_webm_frame_counts_are_exact() {
         clips.push(test_clip(&dir, "vp9.webm", 17, &["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8"]));
     }
     if has_encoder("libvpx") {
-        clips.push(test_clip(&dir, "vp8.webm", 19, &["-c:v", "libvpx", "-auto-alt-ref", "1", "-lag-in-frames", "8", "-b:v", "1M"]));
+        clips.push(test_clip(
+            &dir,
+            "vp8.webm",
+            19,
+            &["-c:v", "libvpx", "-auto-alt-ref", "1", "-lag-in-frames", "8", "-b:v", "1M"],
+        ));
     }
     clips.push(test_clip(&dir, "mjpeg.avi", 9, &["-c:v", "mjpeg"]));
     for clip in clips {
@@ -175,7 +205,12 @@ fn jpeg_frames_decode_exactly_as_pillow_does() {
         let want = std::fs::read(dir.join(format!("{name}.rgb"))).unwrap();
         assert_eq!(got.as_raw().len(), want.len(), "{name}: size");
         let differing = got.as_raw().iter().zip(&want).filter(|(a, b)| a != b).count();
-        assert_eq!(differing, 0, "{name}: {differing} bytes differ from Pillow (max {})", max_abs_diff(got.as_raw(), &want));
+        assert_eq!(
+            differing,
+            0,
+            "{name}: {differing} bytes differ from Pillow (max {})",
+            max_abs_diff(got.as_raw(), &want)
+        );
     }
 }
 
@@ -304,8 +339,12 @@ fn model_input_is_bit_identical_to_the_reference_preprocessing() {
     for (name, size) in [("gradient_640x480.png", 1024u32), ("noise_37x23.png", 64)] {
         let out = dir.join(format!("{name}.{size}.f32"));
         let png = dir.join(name);
-        run_fixture("media_reference.py", &["model_input", png.to_str().unwrap(), &size.to_string(), out.to_str().unwrap()]);
-        let want: Vec<f32> = std::fs::read(&out).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        run_fixture(
+            "media_reference.py",
+            &["model_input", png.to_str().unwrap(), &size.to_string(), out.to_str().unwrap()],
+        );
+        let want: Vec<f32> =
+            std::fs::read(&out).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         let img = image::open(&png).unwrap().to_rgb8();
         let t = preprocess::to_model_input(&img, size);
         assert_eq!(t.size(), vec![1, 3, size as i64, size as i64]);
@@ -419,7 +458,8 @@ fn output_directory_reads_back_with_pycocotools_pillow_and_numpy() {
     let dir = scratch("media_outputs");
     let out = dir.join("out");
     let (w, h) = (9usize, 7usize);
-    let info = outputs::VideoInfo { width: w as u32, height: h as u32, frames: 3, fps: 10.0, source: "clip.mp4".into() };
+    let info =
+        outputs::VideoInfo { width: w as u32, height: h as u32, frames: 3, fps: 10.0, source: "clip.mp4".into() };
     let mut writer = outputs::OutputWriter::new(&out, info.clone(), "sam2.1_hiera_tiny", true).unwrap();
     let stale = rect_logits(w, h, 0, 0, 9, 7);
     writer.add_logits(0, 1, &stale, 0.1).unwrap();
@@ -435,7 +475,8 @@ fn output_directory_reads_back_with_pycocotools_pillow_and_numpy() {
     assert!(!out.join("masks.json").exists(), "masks.json comes last");
     writer.finish().unwrap();
 
-    let summary: serde_json::Value = serde_json::from_str(&run_fixture("media_reference.py", &["read_outputs", out.to_str().unwrap()])).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&run_fixture("media_reference.py", &["read_outputs", out.to_str().unwrap()])).unwrap();
     assert_eq!(summary["video"]["width"], 9);
     assert_eq!(summary["video"]["frames"], 3);
     assert_eq!(summary["video"]["source"], "clip.mp4");

@@ -16,7 +16,13 @@ fn memory_attention_with_a_full_bank() {
     let _ = tch::set_num_threads(2);
     let dir = common::scratch("memory-attention-speed");
     let tensors = common::random_tiny_tensors(&dir);
-    let model = Sam2Base::from_tensors(Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1), tensors, Device::Cpu, Precision::Fp32).unwrap();
+    let model = Sam2Base::from_tensors(
+        Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1),
+        tensors,
+        Device::Cpu,
+        Precision::Fp32,
+    )
+    .unwrap();
     let _g = tch::no_grad_guard();
     let opts = (Kind::Float, Device::Cpu);
     let feats = FrameFeatures {

@@ -25,14 +25,35 @@ fn vm_rss_kb() -> u64 {
 fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Path) -> u64 {
     let clip = dir.join(format!("clip{frames}.mp4"));
     let st = std::process::Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", &format!("testsrc2=size=160x120:rate=25"), "-frames:v", &frames.to_string(), "-pix_fmt", "yuv420p"])
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size=160x120:rate=25"),
+            "-frames:v",
+            &frames.to_string(),
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .arg(&clip)
         .status()
         .unwrap();
     assert!(st.success());
     let source = sam2_tui::media::open(&clip).unwrap();
-    let mut p = VideoPredictor::new(model, source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(format!("bank{frames}"))), ..Default::default() }).unwrap();
-    p.apply(&Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(80.0, 60.0, true)], bbox: None }, &mut |_| ControlFlow::Continue(())).unwrap();
+    let mut p = VideoPredictor::new(
+        model,
+        source,
+        VideoOptions { fill_holes: true, bank_dir: Some(dir.join(format!("bank{frames}"))), ..Default::default() },
+    )
+    .unwrap();
+    p.apply(
+        &Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(80.0, 60.0, true)], bbox: None },
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
     let before = vm_rss_kb();
     let mut n = 0;
     p.apply(&Op::Propagate { start: None, reverse: false, max_frames: None }, &mut |_| {
@@ -52,7 +73,15 @@ fn peak_memory_of_1000_frames_is_within_10_percent_of_100_frames() {
     sam2_tui::worker::host_memory::keep_freed_memory();
     let dir = common::scratch("memory-bound");
     let tensors = common::random_tiny_tensors(&dir);
-    let model = Rc::new(Sam2Base::from_tensors(Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1).with_image_size(256), tensors, tch::Device::Cpu, Precision::Fp32).unwrap());
+    let model = Rc::new(
+        Sam2Base::from_tensors(
+            Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1).with_image_size(256),
+            tensors,
+            tch::Device::Cpu,
+            Precision::Fp32,
+        )
+        .unwrap(),
+    );
     // 100 frames first: the high-water mark then includes every warm-up allocation.
     let t = std::time::Instant::now();
     let small = propagate_and_measure(model.clone(), 100, &dir);

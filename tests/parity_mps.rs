@@ -89,7 +89,8 @@ fn tiny_2_1_image_path_at_1024_matches_the_reference_through_the_mps_branches() 
 
 #[test]
 fn doctor_says_when_the_cpu_takes_the_mps_branches() {
-    let out = std::process::Command::new(common::bin()).arg("doctor").env("SAM2_TUI_EMULATE_MPS", "1").output().unwrap();
+    let out =
+        std::process::Command::new(common::bin()).arg("doctor").env("SAM2_TUI_EMULATE_MPS", "1").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("takes the MPS branches") && text.contains("CPU (MPS arithmetic"), "{text}");

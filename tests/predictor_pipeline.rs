@@ -26,14 +26,27 @@ fn predictor_with(dir: &Path, name: &str, opts: VideoOptions) -> VideoPredictor 
     let clip = dir.join("clip.mp4");
     if !clip.exists() {
         let st = std::process::Command::new("ffmpeg")
-            .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-frames:v", "8", "-pix_fmt", "yuv420p"])
+            .args([
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=160x120:rate=25",
+                "-frames:v",
+                "8",
+                "-pix_fmt",
+                "yuv420p",
+            ])
             .arg(&clip)
             .status()
             .unwrap();
         assert!(st.success());
     }
     let source = sam2_tui::media::open(&clip).unwrap();
-    VideoPredictor::new(model(dir), source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(name)), ..opts }).unwrap()
+    VideoPredictor::new(model(dir), source, VideoOptions { fill_holes: true, bank_dir: Some(dir.join(name)), ..opts })
+        .unwrap()
 }
 
 fn click(frame: usize) -> Op {
@@ -45,7 +58,11 @@ fn run(p: &mut VideoPredictor, op: &Op, stop_after: Option<usize>) -> Vec<(usize
     let mut got = vec![];
     p.apply(op, &mut |f: FrameOutput| {
         got.push((f.frame, Vec::<f32>::try_from(f.objects[0].logits.flatten(0, -1)).unwrap()));
-        if stop_after.is_some_and(|n| got.len() >= n) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if stop_after.is_some_and(|n| got.len() >= n) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })
     .unwrap();
     got
@@ -76,7 +93,10 @@ fn a_cancelled_propagation_leaves_no_trace_of_the_frames_it_tracked_ahead() {
         let frames: Vec<usize> = run(&mut cancelled, &forward(None), Some(3)).iter().map(|f| f.0).collect();
         assert_eq!(frames, vec![0, 1, 2]);
         let got = run(&mut cancelled, &click(3), None);
-        assert!(got == want, "depth {depth}: a click after the cancel differs from one after a pass that stopped at frame 2");
+        assert!(
+            got == want,
+            "depth {depth}: a click after the cancel differs from one after a pass that stopped at frame 2"
+        );
     }
 
     // The check can fail: had frame 3 been tracked, the click would be a correction.

@@ -21,11 +21,25 @@ fn segment(input: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> std::pro
     segment_with_env(input, prompts, out, extra, &[])
 }
 
-fn segment_with_env(input: &Path, prompts: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+fn segment_with_env(
+    input: &Path,
+    prompts: &Path,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     segment_in(&out.with_extension("session"), &checkpoint(), input, prompts, out, extra, env)
 }
 
-fn segment_in(session: &Path, checkpoint: &Path, input: &Path, prompts: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+fn segment_in(
+    session: &Path,
+    checkpoint: &Path,
+    input: &Path,
+    prompts: &Path,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     Command::new(common::bin())
         .arg("segment")
         .arg(input)
@@ -50,7 +64,11 @@ fn test_clip(path: &Path, frames: u32) {
 
 fn prompts(dir: &Path) -> PathBuf {
     let p = dir.join("prompts.json");
-    std::fs::write(&p, r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#).unwrap();
+    std::fs::write(
+        &p,
+        r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#,
+    )
+    .unwrap();
     p
 }
 
@@ -95,7 +113,9 @@ fn an_mp4_a_frame_folder_and_an_image_each_produce_the_three_outputs() {
     let folder = dir.join("frames");
     std::fs::create_dir_all(&folder).unwrap();
     for i in 0..3u32 {
-        image::RgbImage::from_fn(128, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3 + i * 20) as u8, 90])).save(folder.join(format!("{i:05}.png"))).unwrap();
+        image::RgbImage::from_fn(128, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3 + i * 20) as u8, 90]))
+            .save(folder.join(format!("{i:05}.png")))
+            .unwrap();
     }
     let out = dir.join("out-folder");
     let r = segment(&folder, &p, &out, &["--logits"]);
@@ -177,7 +197,9 @@ fn a_session_directory_left_by_an_earlier_run_does_not_leak_into_the_next() {
     let (left, right) = (click("left.json", 30, 30), click("right.json", 100, 40));
     let shared = dir.join("shared.session");
     let _ = std::fs::remove_dir_all(&shared);
-    for (session, prompts, out) in [(&shared, &left, "first"), (&shared, &right, "second"), (&dir.join("fresh.session"), &right, "fresh")] {
+    for (session, prompts, out) in
+        [(&shared, &left, "first"), (&shared, &right, "second"), (&dir.join("fresh.session"), &right, "fresh")]
+    {
         let r = segment_in(session, &ckpt, &mp4, prompts, &dir.join(out), &["--logits"], &[]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }

@@ -23,7 +23,11 @@ fn setup(name: &str, frames: u32) -> Setup {
     let clip = dir.join("clip.mp4");
     common::pattern_clip(&clip, frames, 0);
     let prompts = dir.join("prompts.json");
-    std::fs::write(&prompts, r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#).unwrap();
+    std::fs::write(
+        &prompts,
+        r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":2,"frame":0,"box":[70,10,110,50]}]}"#,
+    )
+    .unwrap();
     let checkpoint = common::present_tiny_checkpoint(&common::fixture_cache("segment-outputs"));
     Setup { dir, clip, prompts, checkpoint }
 }
@@ -36,7 +40,14 @@ impl Setup {
 
     fn command(&self, input: &Path, out: &Path, extra: &[&str]) -> Command {
         let mut c = Command::new(common::bin());
-        c.arg("segment").arg(input).arg("--prompts").arg(&self.prompts).arg("--out").arg(out).arg("--checkpoint").arg(&self.checkpoint);
+        c.arg("segment")
+            .arg(input)
+            .arg("--prompts")
+            .arg(&self.prompts)
+            .arg("--out")
+            .arg(out)
+            .arg("--checkpoint")
+            .arg(&self.checkpoint);
         c.args(["--device", "cpu", "--image-size", "128"]).args(extra);
         c.env("OMP_NUM_THREADS", "1").env("XDG_DATA_HOME", self.data());
         c
@@ -71,7 +82,12 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".sam2-tui")).collect()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".sam2-tui"))
+        .collect()
 }
 
 fn stderr(o: &Output) -> String {
@@ -89,7 +105,9 @@ fn an_out_that_is_the_input_or_anything_sam2_tui_did_not_write_is_refused_before
     let frames = s.dir.join("frames");
     std::fs::create_dir(&frames).unwrap();
     for i in 0..3u32 {
-        image::RgbImage::from_fn(128, 64, |x, y| image::Rgb([x as u8, (y * 3 + i) as u8, 90])).save(frames.join(format!("{i:05}.png"))).unwrap();
+        image::RgbImage::from_fn(128, 64, |x, y| image::Rgb([x as u8, (y * 3 + i) as u8, 90]))
+            .save(frames.join(format!("{i:05}.png")))
+            .unwrap();
     }
     let users = s.dir.join("holiday");
     std::fs::create_dir(&users).unwrap();
@@ -185,7 +203,9 @@ fn await_no_workers() {
         let ours = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            cmd.starts_with(common::bin().to_string_lossy().as_bytes()) && cmd.windows(7).any(|w| w == b"\0engine") && !stat.contains(") Z ")
+            cmd.starts_with(common::bin().to_string_lossy().as_bytes())
+                && cmd.windows(7).any(|w| w == b"\0engine")
+                && !stat.contains(") Z ")
         });
         if !ours {
             return;

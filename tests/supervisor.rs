@@ -61,10 +61,7 @@ fn collect_until(
         }
     }
     // Masks are bulky and say nothing about why it stalled: leave them out.
-    let telling: Vec<_> = seen
-        .iter()
-        .filter(|e| !matches!(e, EngineEvent::Masks(_) | EngineEvent::Stats(_)))
-        .collect();
+    let telling: Vec<_> = seen.iter().filter(|e| !matches!(e, EngineEvent::Masks(_) | EngineEvent::Stats(_))).collect();
     panic!("timed out after {limit:?}; events: {telling:#?}");
 }
 
@@ -74,15 +71,10 @@ fn first_death(name: &str, fault: &str, watchdog: Option<Watchdog>) -> (String, 
         o.watchdog = w;
     }
     let mut h = start(o).unwrap();
-    let events = collect_until(&mut h, Duration::from_secs(30), |e| {
-        matches!(e, EngineEvent::WorkerDied { .. })
-    });
+    let events = collect_until(&mut h, Duration::from_secs(30), |e| matches!(e, EngineEvent::WorkerDied { .. }));
     h.shutdown();
     match events.into_iter().last() {
-        Some(EngineEvent::WorkerDied {
-            reason,
-            stderr_tail,
-        }) => (reason, stderr_tail),
+        Some(EngineEvent::WorkerDied { reason, stderr_tail }) => (reason, stderr_tail),
         e => panic!("{e:?}"),
     }
 }
@@ -92,11 +84,7 @@ fn a_worker_that_aborts_is_named_sigabrt_with_its_last_stderr_lines() {
     let _g = serial();
     let (reason, tail) = first_death("abort", "abort@load", None);
     assert!(reason.starts_with("SIGABRT"), "{reason}");
-    assert!(
-        tail.iter()
-            .any(|l| l.contains("fault injection: firing abort@load")),
-        "{tail:?}"
-    );
+    assert!(tail.iter().any(|l| l.contains("fault injection: firing abort@load")), "{tail:?}");
 }
 
 #[test]
@@ -133,15 +121,8 @@ fn a_worker_hung_while_starting_is_killed_by_the_load_timeout() {
     };
     let t = Instant::now();
     let (reason, _) = first_death("hang", "hang@load", Some(wd));
-    assert!(
-        reason.contains("watchdog") && reason.contains("no answer while starting"),
-        "{reason}"
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "killed within the timeout, took {:?}",
-        t.elapsed()
-    );
+    assert!(reason.contains("watchdog") && reason.contains("no answer while starting"), "{reason}");
+    assert!(t.elapsed() < Duration::from_secs(10), "killed within the timeout, took {:?}", t.elapsed());
 }
 
 #[test]
@@ -150,11 +131,7 @@ fn a_worker_slower_to_start_than_the_heartbeat_timeout_is_not_killed() {
     let mut o = options("slow-start", "");
     // A loaded machine, played by a shell that waits before it becomes the worker: no
     // heartbeat for 2 s, four times the heartbeat timeout, well inside the load timeout.
-    o.worker_command = vec![
-        "sh".into(),
-        "-c".into(),
-        format!("sleep 2; exec '{}' engine", common::bin().display()),
-    ];
+    o.worker_command = vec!["sh".into(), "-c".into(), format!("sleep 2; exec '{}' engine", common::bin().display())];
     o.watchdog.heartbeat_timeout = Duration::from_millis(500);
     let mut h = start(o).unwrap();
     // The worker answers (its load of the missing checkpoint fails) instead of being killed.
@@ -163,11 +140,7 @@ fn a_worker_slower_to_start_than_the_heartbeat_timeout_is_not_killed() {
             || matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("no-such-checkpoint"))
     });
     h.shutdown();
-    assert!(
-        !events.iter().any(|e| matches!(e, EngineEvent::WorkerDied { .. })),
-        "{:?}",
-        events.last()
-    );
+    assert!(!events.iter().any(|e| matches!(e, EngineEvent::WorkerDied { .. })), "{:?}", events.last());
 }
 
 #[test]
@@ -178,50 +151,31 @@ fn a_crash_loop_on_the_accelerator_falls_back_to_cpu_and_keeps_the_journal() {
     o.restart.max_retries = 2;
     let journal_path = o.session_dir.join("journal.json");
     let mut h = start(o).unwrap();
-    let prompt = Op::AddPrompt {
-        frame: 0,
-        object: 1,
-        points: vec![Point::new(5.0, 6.0, true)],
-        bbox: None,
-    };
+    let prompt = Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(5.0, 6.0, true)], bbox: None };
     assert!(h.send(EngineCommand::Op(prompt.clone())));
-    let events = collect_until(&mut h, Duration::from_secs(60), |e| {
-        matches!(e, EngineEvent::FellBack { .. })
-    });
+    let events = collect_until(&mut h, Duration::from_secs(60), |e| matches!(e, EngineEvent::FellBack { .. }));
     let deaths: Vec<_> = events
         .iter()
-        .filter_map(|e| {
-            if let EngineEvent::WorkerDied { reason, .. } = e {
-                Some(reason)
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let EngineEvent::WorkerDied { reason, .. } = e { Some(reason) } else { None })
         .collect();
-    assert_eq!(
-        deaths.len(),
-        3,
-        "two retries, then the third crash exhausts them: {deaths:?}"
-    );
+    assert_eq!(deaths.len(), 3, "two retries, then the third crash exhausts them: {deaths:?}");
     assert!(deaths.iter().all(|r| r.starts_with("SIGABRT")));
-    let restarts: Vec<_> = events
-        .iter()
-        .filter_map(|e| {
-            if let EngineEvent::State(EngineState::Restarting { attempt }) = e {
-                Some(*attempt)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let restarts: Vec<_> =
+        events
+            .iter()
+            .filter_map(|e| {
+                if let EngineEvent::State(EngineState::Restarting { attempt }) = e {
+                    Some(*attempt)
+                } else {
+                    None
+                }
+            })
+            .collect();
     assert_eq!(restarts, vec![1, 2]);
     match events.last().unwrap() {
         EngineEvent::FellBack { to, reason, .. } => {
             assert_eq!(*to, DeviceChoice::Cpu);
-            assert!(
-                reason.contains("3 crashes") && reason.contains("accelerator"),
-                "{reason}"
-            );
+            assert!(reason.contains("3 crashes") && reason.contains("accelerator"), "{reason}");
         }
         e => panic!("{e:?}"),
     }
@@ -232,19 +186,10 @@ fn a_crash_loop_on_the_accelerator_falls_back_to_cpu_and_keeps_the_journal() {
         Duration::from_secs(30),
         |e| matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("no-such-checkpoint")),
     );
-    assert!(
-        !rest
-            .iter()
-            .any(|e| matches!(e, EngineEvent::WorkerDied { .. })),
-        "{rest:#?}"
-    );
+    assert!(!rest.iter().any(|e| matches!(e, EngineEvent::WorkerDied { .. })), "{rest:#?}");
     h.shutdown();
     let journal = Journal::load(&journal_path).unwrap();
-    assert_eq!(
-        journal.ops,
-        vec![prompt],
-        "the prompt survived every crash on disk"
-    );
+    assert_eq!(journal.ops, vec![prompt], "the prompt survived every crash on disk");
 }
 
 fn count_dir(path: &str) -> usize {
@@ -284,11 +229,7 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
         fallback_to_cpu: false,
         smaller_model: false,
     };
-    let (fds0, threads0, kids0) = (
-        count_dir("/proc/self/fd"),
-        count_dir("/proc/self/task"),
-        children(),
-    );
+    let (fds0, threads0, kids0) = (count_dir("/proc/self/fd"), count_dir("/proc/self/task"), children());
     let t = Instant::now();
     let mut h = start(o).unwrap();
     let mut deaths = 0;
@@ -301,9 +242,7 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
     });
     let took = t.elapsed();
     // The 101st worker survives its load (the fault is spent) and the engine stops.
-    collect_until(&mut h, Duration::from_secs(30), |e| {
-        matches!(e, EngineEvent::State(EngineState::Stopped))
-    });
+    collect_until(&mut h, Duration::from_secs(30), |e| matches!(e, EngineEvent::State(EngineState::Stopped)));
     h.shutdown();
     let settle = Instant::now();
     while (count_dir("/proc/self/task") > threads0 || !children().is_empty())
@@ -320,11 +259,7 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
     // (this test may run first, while the harness's own threads settle) that has ended.
     let threads = count_dir("/proc/self/task");
     assert!(threads <= threads0, "threads leaked: {threads} now, {threads0} before");
-    assert_eq!(
-        children(),
-        kids0,
-        "child processes (or zombies) left behind"
-    );
+    assert_eq!(children(), kids0, "child processes (or zombies) left behind");
 }
 
 // ---- with the real engine (the lead's model + predictor) ----
@@ -332,10 +267,7 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
 /// A random-init tiny SAM 2.1 checkpoint in the official format, made by the reference
 /// (nudged so masks are not empty: see tests/fixtures/sam2_reference.py).
 fn random_checkpoint() -> PathBuf {
-    let dir = common::fixture_cache(&format!(
-        "supervisor-random-tiny-{}",
-        common::fixtures_version()
-    ));
+    let dir = common::fixture_cache(&format!("supervisor-random-tiny-{}", common::fixtures_version()));
     let path = dir.join("sam2.1_hiera_tiny_random.pt");
     if !path.exists() {
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -344,15 +276,8 @@ fn random_checkpoint() -> PathBuf {
             fixtures.to_string_lossy(),
             path.to_string_lossy()
         );
-        let out = std::process::Command::new(common::python())
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = std::process::Command::new(common::python()).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     path
 }
@@ -364,13 +289,13 @@ fn a_model_switch_with_no_checkpoint_for_that_size_is_refused_and_the_working_wo
     o.checkpoint = random_checkpoint(); // tiny; no small checkpoint exists anywhere looked
     o.image_size = 128;
     let mut h = start(o).unwrap();
-    collect_until(&mut h, Duration::from_secs(120), |e| {
-        matches!(e, EngineEvent::State(EngineState::Ready))
-    });
+    collect_until(&mut h, Duration::from_secs(120), |e| matches!(e, EngineEvent::State(EngineState::Ready)));
     h.send(EngineCommand::SwitchModel(ModelSize::Small));
-    let refused = collect_until(&mut h, Duration::from_secs(30), |e| {
-        matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("not switching"))
-    });
+    let refused = collect_until(
+        &mut h,
+        Duration::from_secs(30),
+        |e| matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("not switching")),
+    );
     let Some(EngineEvent::Log { message, .. }) = refused.last() else { unreachable!() };
     assert!(
         message.contains("sam2-tui weights download small") && message.contains("staying on tiny"),
@@ -383,9 +308,11 @@ fn a_model_switch_with_no_checkpoint_for_that_size_is_refused_and_the_working_wo
     assert!(disruptive.is_none(), "the working worker was touched: {disruptive:?}");
     // Still the same live worker: switching to what runs is a no-op, not a restart.
     h.send(EngineCommand::SwitchModel(ModelSize::Tiny));
-    collect_until(&mut h, Duration::from_secs(10), |e| {
-        matches!(e, EngineEvent::Log { message, .. } if message.contains("already running the tiny model"))
-    });
+    collect_until(
+        &mut h,
+        Duration::from_secs(10),
+        |e| matches!(e, EngineEvent::Log { message, .. } if message.contains("already running the tiny model")),
+    );
     h.shutdown();
 }
 
@@ -395,9 +322,8 @@ fn a_missing_checkpoint_stops_the_engine_once_with_the_download_command_and_no_d
     let mut o = options("missing-checkpoint", "");
     o.device = DeviceChoice::Auto; // an accelerator rung: the old ladder fell back to the CPU
     let mut h = start(o).unwrap();
-    let events = collect_until(&mut h, Duration::from_secs(60), |e| {
-        matches!(e, EngineEvent::State(EngineState::Stopped))
-    });
+    let events =
+        collect_until(&mut h, Duration::from_secs(60), |e| matches!(e, EngineEvent::State(EngineState::Stopped)));
     h.shutdown();
     assert!(
         !events.iter().any(|e| matches!(e, EngineEvent::FellBack { .. })),
@@ -411,7 +337,11 @@ fn a_missing_checkpoint_stops_the_engine_once_with_the_download_command_and_no_d
         })
         .collect();
     assert_eq!(errors.len(), 1, "one message, not one per rung and retry: {errors:#?}");
-    assert!(errors[0].contains("no-such-checkpoint.pt") && errors[0].contains("sam2-tui weights download tiny"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("no-such-checkpoint.pt") && errors[0].contains("sam2-tui weights download tiny"),
+        "{}",
+        errors[0]
+    );
 }
 
 /// Where the square of `moving_square_video` is centred in frame `i`.
@@ -443,13 +373,15 @@ fn segment(name: &str, fault: &str) -> (Vec<((usize, u32), String)>, Vec<EngineE
 
 /// A click on the square in `prompt_frame` of the 12-frame clip, then a propagation
 /// (backwards if `reverse`) to its end, through the faults in `fault`.
-fn segment_from(name: &str, fault: &str, prompt_frame: usize, reverse: bool) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
+fn segment_from(
+    name: &str,
+    fault: &str,
+    prompt_frame: usize,
+    reverse: bool,
+) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
     let mut o = options(name, fault);
     o.checkpoint = random_checkpoint();
-    o.media = Some(moving_square_video(
-        &o.session_dir.parent().unwrap().to_path_buf(),
-        12,
-    ));
+    o.media = Some(moving_square_video(&o.session_dir.parent().unwrap().to_path_buf(), 12));
     // Small model input: this test is about recovery, not numerics (parity tests cover those).
     o.image_size = 256;
     o.restart.max_retries = 5;
@@ -464,25 +396,12 @@ fn segment_from(name: &str, fault: &str, prompt_frame: usize, reverse: bool) -> 
         },
         bbox: None,
     }));
-    h.send(EngineCommand::Op(Op::Propagate {
-        start: None,
-        reverse,
-        max_frames: None,
-    }));
-    let events = collect_until(&mut h, Duration::from_secs(600), |e| {
-        matches!(e, EngineEvent::PropagationFinished { .. })
-    });
-    assert!(matches!(
-        events.last(),
-        Some(EngineEvent::PropagationFinished { cancelled: false })
-    ));
-    let masks = h
-        .masks
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits())))
-        .collect();
+    h.send(EngineCommand::Op(Op::Propagate { start: None, reverse, max_frames: None }));
+    let events =
+        collect_until(&mut h, Duration::from_secs(600), |e| matches!(e, EngineEvent::PropagationFinished { .. }));
+    assert!(matches!(events.last(), Some(EngineEvent::PropagationFinished { cancelled: false })));
+    let masks =
+        h.masks.lock().unwrap().iter().map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits()))).collect();
     h.shutdown();
     (masks, events)
 }
@@ -494,54 +413,31 @@ fn a_propagation_through_two_aborts_and_a_hang_ends_byte_identical_to_an_uninter
     let (survived, events) = segment("engine-faults", "abort@frame=4,hang@frame=7,abort@frame=9");
     assert_eq!(clean.len(), 12, "one mask per frame");
     assert!(
-        clean
-            .iter()
-            .any(|(_, m)| m.split(':').next().unwrap().len() > 2),
+        clean.iter().any(|(_, m)| m.split(':').next().unwrap().len() > 2),
         "all masks empty: the test would prove nothing"
     );
-    assert_eq!(
-        survived, clean,
-        "final masks differ from the uninterrupted run"
-    );
+    assert_eq!(survived, clean, "final masks differ from the uninterrupted run");
     let deaths: Vec<_> = events
         .iter()
-        .filter_map(|e| {
-            if let EngineEvent::WorkerDied { reason, .. } = e {
-                Some(reason.clone())
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let EngineEvent::WorkerDied { reason, .. } = e { Some(reason.clone()) } else { None })
         .collect();
     assert_eq!(deaths.len(), 3, "{deaths:?}");
     assert!(
-        deaths[0].starts_with("SIGABRT")
-            && deaths[1].contains("watchdog")
-            && deaths[2].starts_with("SIGABRT"),
+        deaths[0].starts_with("SIGABRT") && deaths[1].contains("watchdog") && deaths[2].starts_with("SIGABRT"),
         "{deaths:?}"
     );
     let logs: Vec<_> = events
         .iter()
-        .filter_map(|e| {
-            if let EngineEvent::Log { message, .. } = e {
-                Some(message.clone())
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let EngineEvent::Log { message, .. } = e { Some(message.clone()) } else { None })
         .collect();
     assert!(
-        logs.iter().any(|l| l.contains("SIGABRT"))
-            && logs.iter().any(|l| l.starts_with("restarting")),
+        logs.iter().any(|l| l.contains("SIGABRT")) && logs.iter().any(|l| l.starts_with("restarting")),
         "{logs:#?}"
     );
     for l in logs.iter().filter(|l| l.starts_with("recovered")) {
         println!("recovery: {l}");
     }
-    assert_eq!(
-        logs.iter().filter(|l| l.starts_with("recovered")).count(),
-        3
-    );
+    assert_eq!(logs.iter().filter(|l| l.starts_with("recovered")).count(), 3);
 }
 
 #[test]
@@ -577,7 +473,8 @@ fn run_ops(name: &str, fault: &str, ops: &[Op]) -> (Vec<((usize, u32), String)>,
         finished == passes
     });
     let died = events.iter().filter(|e| matches!(e, EngineEvent::WorkerDied { .. })).count();
-    let masks = h.masks.lock().unwrap().iter().map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits()))).collect();
+    let masks =
+        h.masks.lock().unwrap().iter().map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits()))).collect();
     h.shutdown();
     (masks, died)
 }
@@ -618,7 +515,8 @@ fn a_crash_at_any_change_a_click_correction_or_removal_makes_to_the_bank_changes
     assert!(clean.iter().any(|((f, o), _)| *f == 11 && *o == 1) && !clean.iter().any(|((_, o), _)| *o == 2));
     let mut crashes = 0;
     let mut check = |point: String| -> bool {
-        let (survived, died) = run_ops(&format!("any-instant-{}", point.replace(['=', '.'], "-")), &format!("abort@{point}"), &ops);
+        let (survived, died) =
+            run_ops(&format!("any-instant-{}", point.replace(['=', '.'], "-")), &format!("abort@{point}"), &ops);
         if died > 0 {
             crashes += 1;
             assert_eq!(survived, clean, "a crash at {point} changed the masks");
@@ -648,10 +546,17 @@ fn a_point_outside_the_opened_video_is_refused_and_never_journaled() {
     let mut h = start(o).unwrap();
     collect_until(&mut h, Duration::from_secs(120), |e| matches!(e, EngineEvent::MediaInfo { .. }));
     // Far outside the 96×64 frame: the reference's positional encoding overflows to NaN.
-    h.send(EngineCommand::Op(Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(3e38, 3e38, true)], bbox: None }));
-    let events = collect_until(&mut h, Duration::from_secs(30), |e| {
-        matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("refused op"))
-    });
+    h.send(EngineCommand::Op(Op::AddPrompt {
+        frame: 0,
+        object: 1,
+        points: vec![Point::new(3e38, 3e38, true)],
+        bbox: None,
+    }));
+    let events = collect_until(
+        &mut h,
+        Duration::from_secs(30),
+        |e| matches!(e, EngineEvent::Log { level: LogLevel::Error, message } if message.contains("refused op")),
+    );
     h.shutdown();
     let Some(EngineEvent::Log { message, .. }) = events.last() else { unreachable!() };
     assert!(message.contains("outside the 96x64 frame"), "{message}");
@@ -666,7 +571,8 @@ fn masks_after(h: &mut SupervisorHandle, n_ops: usize) -> (Vec<((usize, u32), St
         finished += matches!(e, EngineEvent::OpFinished { cancelled: false, .. }) as usize;
         finished == n_ops
     });
-    let masks = h.masks.lock().unwrap().iter().map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits()))).collect();
+    let masks =
+        h.masks.lock().unwrap().iter().map(|(k, m)| (*k, format!("{}:{}", m.rle.counts, m.score.to_bits()))).collect();
     (masks, events)
 }
 

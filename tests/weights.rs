@@ -17,7 +17,8 @@ use tch::Kind;
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let script = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_checkpoints.py")).unwrap();
+        let script =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_checkpoints.py")).unwrap();
         let stamp = format!("{:016x}", checksum(&script));
         let dir = common::fixture_cache("checkpoints").join(stamp);
         if !dir.join("DONE").is_file() {

@@ -7,8 +7,7 @@ use sam2_tui::rle::Rle;
 use sam2_tui::session::{Op, Point};
 use sam2_tui::supervisor::events::{ObjectMask, StageTimings};
 use sam2_tui::worker::protocol::{
-    decode, encode, read_frame, write_frame, FrameError, Request, Response, MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    decode, encode, read_frame, write_frame, FrameError, Request, Response, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use std::io::Cursor;
 use std::process::{Command, Stdio};
@@ -16,9 +15,7 @@ use std::time::{Duration, Instant};
 
 fn sample_requests() -> Vec<Request> {
     vec![
-        Request::Hello {
-            version: PROTOCOL_VERSION,
-        },
+        Request::Hello { version: PROTOCOL_VERSION },
         Request::LoadModel {
             checkpoint: "/w/sam2.1_hiera_tiny.pt".into(),
             size: None,
@@ -28,14 +25,8 @@ fn sample_requests() -> Vec<Request> {
             image_size: 1024,
             device_label: Some("accelerator".into()),
         },
-        Request::OpenMedia {
-            path: "/v/clip.mp4".into(),
-            bank_dir: Some("/s/bank-0".into()),
-            fill_holes: true,
-        },
-        Request::Restore {
-            ops: vec![Op::Reset],
-        },
+        Request::OpenMedia { path: "/v/clip.mp4".into(), bank_dir: Some("/s/bank-0".into()), fill_holes: true },
+        Request::Restore { ops: vec![Op::Reset] },
         Request::Apply {
             seq: 7,
             op: Op::AddPrompt {
@@ -45,14 +36,7 @@ fn sample_requests() -> Vec<Request> {
                 bbox: Some([1.0, 2.0, 30.0, 40.0]),
             },
         },
-        Request::Apply {
-            seq: 8,
-            op: Op::Propagate {
-                start: Some(4),
-                reverse: true,
-                max_frames: Some(9),
-            },
-        },
+        Request::Apply { seq: 8, op: Op::Propagate { start: Some(4), reverse: true, max_frames: Some(9) } },
         Request::Cancel,
         Request::Prefetch { frame: 12 },
         Request::Stats,
@@ -63,36 +47,16 @@ fn sample_requests() -> Vec<Request> {
 fn sample_responses() -> Vec<Response> {
     let mask: Vec<u8> = (0..48).map(|i| (i % 5 == 0) as u8).collect();
     vec![
-        Response::Hello {
-            version: 1,
-            pid: 42,
-            torch_version: "2.11.0".into(),
-        },
+        Response::Hello { version: 1, pid: 42, torch_version: "2.11.0".into() },
         Response::Frame {
             seq: 8,
             frame: 5,
-            objects: vec![ObjectMask {
-                object: 2,
-                rle: Rle::encode(&mask, 6, 8),
-                score: 3.25,
-            }],
-            timings: StageTimings {
-                image_encoder_ms: 12.5,
-                total_ms: 40.0,
-                ..Default::default()
-            },
+            objects: vec![ObjectMask { object: 2, rle: Rle::encode(&mask, 6, 8), score: 3.25 }],
+            timings: StageTimings { image_encoder_ms: 12.5, total_ms: 40.0, ..Default::default() },
         },
-        Response::OpDone {
-            seq: 8,
-            cancelled: true,
-        },
-        Response::Error {
-            seq: Some(8),
-            message: "frame 99 out of range".into(),
-        },
-        Response::Heartbeat {
-            stats: Default::default(),
-        },
+        Response::OpDone { seq: 8, cancelled: true },
+        Response::Error { seq: Some(8), message: "frame 99 out of range".into() },
+        Response::Heartbeat { stats: Default::default() },
         Response::Bye,
     ]
 }
@@ -111,11 +75,7 @@ fn every_request_and_response_round_trips_through_a_frame() {
         let mut cur = Cursor::new(stream);
         assert_eq!(read_frame::<Response>(&mut cur).unwrap(), Some(r.clone()));
         assert_eq!(read_frame::<Response>(&mut cur).unwrap(), Some(r));
-        assert_eq!(
-            read_frame::<Response>(&mut cur).unwrap(),
-            None,
-            "clean end of stream"
-        );
+        assert_eq!(read_frame::<Response>(&mut cur).unwrap(), None, "clean end of stream");
     }
 }
 
@@ -144,46 +104,25 @@ fn non_finite_scores_cross_the_wire_intact() {
 #[test]
 fn oversized_truncated_and_garbage_frames_are_refused_with_an_error() {
     let big = ((MAX_FRAME_BYTES + 1) as u32).to_le_bytes();
-    assert_eq!(
-        read_frame::<Request>(&mut Cursor::new(big.to_vec())),
-        Err(FrameError::TooLarge(MAX_FRAME_BYTES + 1))
-    );
-    assert!(matches!(
-        decode::<Request>(&u32::MAX.to_le_bytes()),
-        Err(FrameError::TooLarge(_))
-    ));
+    assert_eq!(read_frame::<Request>(&mut Cursor::new(big.to_vec())), Err(FrameError::TooLarge(MAX_FRAME_BYTES + 1)));
+    assert!(matches!(decode::<Request>(&u32::MAX.to_le_bytes()), Err(FrameError::TooLarge(_))));
 
     let full = encode(&Request::Stats);
     for cut in 1..full.len() {
         let r = read_frame::<Request>(&mut Cursor::new(full[..cut].to_vec()));
-        assert!(
-            matches!(r, Err(FrameError::Truncated { .. })),
-            "cut at {cut}: {r:?}"
-        );
+        assert!(matches!(r, Err(FrameError::Truncated { .. })), "cut at {cut}: {r:?}");
         assert!(decode::<Request>(&full[..cut]).is_err());
     }
 
     let mut garbage = 5u32.to_le_bytes().to_vec();
     garbage.extend_from_slice(b"\xff{}}x");
-    assert!(matches!(
-        read_frame::<Request>(&mut Cursor::new(garbage)),
-        Err(FrameError::Malformed(_))
-    ));
+    assert!(matches!(read_frame::<Request>(&mut Cursor::new(garbage)), Err(FrameError::Malformed(_))));
     // Valid JSON, unknown message type.
     let unknown = [&10u32.to_le_bytes()[..], br#"{"type":1}"#.as_slice()].concat();
-    assert!(matches!(
-        decode::<Request>(&unknown),
-        Err(FrameError::Malformed(_))
-    ));
-    let wrong = [
-        &(br#"{"type":"launch"}"#.len() as u32).to_le_bytes()[..],
-        br#"{"type":"launch"}"#.as_slice(),
-    ]
-    .concat();
-    assert!(matches!(
-        decode::<Request>(&wrong),
-        Err(FrameError::Malformed(_))
-    ));
+    assert!(matches!(decode::<Request>(&unknown), Err(FrameError::Malformed(_))));
+    let wrong =
+        [&(br#"{"type":"launch"}"#.len() as u32).to_le_bytes()[..], br#"{"type":"launch"}"#.as_slice()].concat();
+    assert!(matches!(decode::<Request>(&wrong), Err(FrameError::Malformed(_))));
 }
 
 /// xorshift64*: deterministic, dependency-free randomness for the hammer below.
@@ -205,18 +144,13 @@ impl Rng {
 /// message or an error, never a panic, and never claim more bytes than it was given.
 #[test]
 fn the_decoder_survives_a_hundred_thousand_random_and_mutated_frames() {
-    let seeds: Vec<Vec<u8>> = sample_requests()
-        .iter()
-        .map(encode)
-        .chain(sample_responses().iter().map(encode))
-        .collect();
+    let seeds: Vec<Vec<u8>> =
+        sample_requests().iter().map(encode).chain(sample_responses().iter().map(encode)).collect();
     let mut rng = Rng(0x5EED_5A42);
     let (mut ok, mut err) = (0usize, 0usize);
     for i in 0..100_000 {
         let mut buf = if i % 4 == 0 {
-            (0..rng.below(64))
-                .map(|_| rng.next() as u8)
-                .collect::<Vec<u8>>()
+            (0..rng.below(64)).map(|_| rng.next() as u8).collect::<Vec<u8>>()
         } else {
             seeds[rng.below(seeds.len())].clone()
         };
@@ -240,9 +174,7 @@ fn the_decoder_survives_a_hundred_thousand_random_and_mutated_frames() {
             }
         }
         let a = std::panic::catch_unwind(|| decode::<Request>(&buf).map(|(_, used)| used));
-        let b = std::panic::catch_unwind(|| {
-            read_frame::<Response>(&mut Cursor::new(buf.clone())).map(|_| ())
-        });
+        let b = std::panic::catch_unwind(|| read_frame::<Response>(&mut Cursor::new(buf.clone())).map(|_| ()));
         match a.expect("decode panicked") {
             Ok(used) => {
                 assert!(used <= buf.len());
@@ -267,10 +199,7 @@ struct Wire {
 impl Wire {
     fn start(env: &[(&str, &str)]) -> Wire {
         let mut cmd = Command::new(common::bin());
-        cmd.arg("engine")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("engine").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("SAM2_TUI_FAULT");
         for (k, v) in env {
             cmd.env(k, v);
@@ -278,11 +207,7 @@ impl Wire {
         let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        Wire {
-            child,
-            stdin,
-            stdout,
-        }
+        Wire { child, stdin, stdout }
     }
     fn send(&mut self, r: &Request) {
         write_frame(&mut self.stdin, r).unwrap();
@@ -302,21 +227,11 @@ impl Wire {
 #[test]
 fn a_worker_answers_hello_with_its_version_and_refuses_a_foreign_one() {
     let mut w = Wire::start(&[]);
-    w.send(&Request::Hello {
-        version: PROTOCOL_VERSION + 1,
-    });
-    assert!(
-        matches!(w.answer(), Response::Error { seq: None, message } if message.contains("not supported"))
-    );
-    w.send(&Request::Hello {
-        version: PROTOCOL_VERSION,
-    });
+    w.send(&Request::Hello { version: PROTOCOL_VERSION + 1 });
+    assert!(matches!(w.answer(), Response::Error { seq: None, message } if message.contains("not supported")));
+    w.send(&Request::Hello { version: PROTOCOL_VERSION });
     match w.answer() {
-        Response::Hello {
-            version,
-            pid,
-            torch_version,
-        } => {
+        Response::Hello { version, pid, torch_version } => {
             assert_eq!(version, PROTOCOL_VERSION);
             assert_eq!(pid, w.child.id());
             assert!(torch_version.starts_with("2."));
@@ -340,19 +255,11 @@ fn an_engine_error_is_an_answer_and_the_worker_lives_on() {
         image_size: 1024,
         device_label: None,
     });
-    assert!(
-        matches!(w.answer(), Response::Error { seq: None, message } if message.contains("/nonexistent/"))
-    );
-    w.send(&Request::Apply {
-        seq: 3,
-        op: Op::Reset,
-    });
+    assert!(matches!(w.answer(), Response::Error { seq: None, message } if message.contains("/nonexistent/")));
+    w.send(&Request::Apply { seq: 3, op: Op::Reset });
     assert!(matches!(w.answer(), Response::Error { seq: Some(3), .. }));
     w.send(&Request::Stats);
-    assert!(matches!(
-        read_frame::<Response>(&mut w.stdout).unwrap(),
-        Some(Response::Heartbeat { .. })
-    ));
+    assert!(matches!(read_frame::<Response>(&mut w.stdout).unwrap(), Some(Response::Heartbeat { .. })));
     w.send(&Request::Shutdown);
     assert!(w.child.wait().unwrap().success());
 }
@@ -389,38 +296,27 @@ fn heartbeats_arrive_twice_a_second_with_real_process_numbers() {
     let t = Instant::now();
     let mut beats = vec![];
     while beats.len() < 3 {
-        if let Some(Response::Heartbeat { stats }) = read_frame::<Response>(&mut w.stdout).unwrap()
-        {
+        if let Some(Response::Heartbeat { stats }) = read_frame::<Response>(&mut w.stdout).unwrap() {
             beats.push((t.elapsed(), stats));
         }
     }
     let gap = beats[2].0 - beats[1].0;
-    assert!(
-        gap > Duration::from_millis(300) && gap < Duration::from_millis(1500),
-        "gap {gap:?}"
-    );
+    assert!(gap > Duration::from_millis(300) && gap < Duration::from_millis(1500), "gap {gap:?}");
     let s = &beats[2].1;
     assert!(s.rss_bytes > 10 << 20, "rss {}", s.rss_bytes);
     assert!(s.threads >= 1);
     assert!(s.torch_version.starts_with("2."));
     drop(w.stdin);
-    assert!(
-        w.child.wait().unwrap().success(),
-        "stdin EOF ends the worker cleanly"
-    );
+    assert!(w.child.wait().unwrap().success(), "stdin EOF ends the worker cleanly");
 }
 
 #[test]
 fn a_garbage_frame_gets_an_error_and_a_clean_exit_not_a_crash() {
     let mut w = Wire::start(&[]);
     use std::io::Write;
-    w.stdin
-        .write_all(&((MAX_FRAME_BYTES as u32) + 7).to_le_bytes())
-        .unwrap();
+    w.stdin.write_all(&((MAX_FRAME_BYTES as u32) + 7).to_le_bytes()).unwrap();
     w.stdin.flush().unwrap();
-    assert!(
-        matches!(w.answer(), Response::Error { seq: None, message } if message.contains("exceeds"))
-    );
+    assert!(matches!(w.answer(), Response::Error { seq: None, message } if message.contains("exceeds")));
     let status = w.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -33,7 +33,15 @@ fn build_memory_shim(lib: &str) {
     println!("cargo:rerun-if-changed=src/shim/guarded.h");
     let include = std::path::Path::new(lib).join("../include");
     let mut build = cc::Build::new();
-    build.cpp(true).file(shim).file(trace).file(attention).include(&include).include("src/shim").std("c++17").warnings(false);
+    build
+        .cpp(true)
+        .file(shim)
+        .file(trace)
+        .file(attention)
+        .include(&include)
+        .include("src/shim")
+        .std("c++17")
+        .warnings(false);
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         build.define("_GLIBCXX_USE_CXX11_ABI", "1");
     }
@@ -46,8 +54,13 @@ fn build_memory_shim(lib: &str) {
 /// with torch (`nvidia/cu13` or `nvidia/cuda_runtime`), else /usr/local/cuda.
 fn cuda_include(lib: &str) -> Option<std::path::PathBuf> {
     let site = std::path::Path::new(lib).join("../..");
-    let mut candidates: Vec<std::path::PathBuf> = std::env::var("CUDA_HOME").map(|h| vec![std::path::Path::new(&h).join("include")]).unwrap_or_default();
-    candidates.extend([site.join("nvidia/cu13/include"), site.join("nvidia/cuda_runtime/include"), "/usr/local/cuda/include".into()]);
+    let mut candidates: Vec<std::path::PathBuf> =
+        std::env::var("CUDA_HOME").map(|h| vec![std::path::Path::new(&h).join("include")]).unwrap_or_default();
+    candidates.extend([
+        site.join("nvidia/cu13/include"),
+        site.join("nvidia/cuda_runtime/include"),
+        "/usr/local/cuda/include".into(),
+    ]);
     candidates.into_iter().find(|d| d.join("cuda_runtime_api.h").exists())
 }
 
@@ -67,7 +80,16 @@ fn build_cuda_graph_shim(lib: &str) {
     };
     let include = std::path::Path::new(lib).join("../include");
     let mut build = cc::Build::new();
-    build.cpp(true).file(shim).file(fused).include(&include).include(&cuda).include("src/shim").std("c++17").warnings(false).define("_GLIBCXX_USE_CXX11_ABI", "1");
+    build
+        .cpp(true)
+        .file(shim)
+        .file(fused)
+        .include(&include)
+        .include(&cuda)
+        .include("src/shim")
+        .std("c++17")
+        .warnings(false)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1");
     build.compile("sam2_cuda_shim");
     println!("cargo:rustc-link-lib=dylib=c10_cuda");
     println!("cargo:rustc-link-lib=dylib=torch_cuda");

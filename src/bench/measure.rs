@@ -234,7 +234,8 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
             EngineEvent::Stats(s) => {
                 row.peak_rss_bytes = Some(row.peak_rss_bytes.unwrap_or(0).max(s.rss_bytes));
                 if let Some(c) = &s.cuda {
-                    row.cuda_peak_allocated_bytes = Some(row.cuda_peak_allocated_bytes.unwrap_or(0).max(c.peak_allocated));
+                    row.cuda_peak_allocated_bytes =
+                        Some(row.cuda_peak_allocated_bytes.unwrap_or(0).max(c.peak_allocated));
                 }
                 if !s.device_name.is_empty() {
                     row.device_name = Some(s.device_name.clone());
@@ -266,7 +267,10 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
                 break Err(anyhow::anyhow!("fell back from {from} to {to}: {reason}"))
             }
             EngineEvent::State(EngineState::Stopped) => {
-                break Err(anyhow::anyhow!("the engine stopped: {}", row.crashes.last().map(String::as_str).unwrap_or("see the log")))
+                break Err(anyhow::anyhow!(
+                    "the engine stopped: {}",
+                    row.crashes.last().map(String::as_str).unwrap_or("see the log")
+                ))
             }
             EngineEvent::Log { level: LogLevel::Error, message } => tracing::warn!("bench: {message}"),
             _ => {}
@@ -286,7 +290,8 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
         .collect();
     row.frames = frames_in_run.first().copied().unwrap_or(0);
     row.fps = median(&row.fps_runs[row.warmup_runs..]);
-    let clicks: Vec<f64> = op_ended.windows(2).skip(spec.runs + 1).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).collect();
+    let clicks: Vec<f64> =
+        op_ended.windows(2).skip(spec.runs + 1).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).collect();
     row.click_ms = median(&clicks);
     row.stages_ms = StageMs::median_of(&timings);
     anyhow::ensure!(row.frames > 0, "the propagation produced no frames");
@@ -307,7 +312,12 @@ fn last_words(stderr: &[String]) -> Option<String> {
         .iter()
         .rev()
         .map(|l| l.trim())
-        .find(|l| !l.is_empty() && !l.starts_with("note:") && !l.starts_with("at ") && !l.starts_with(|c: char| c.is_ascii_digit()))
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("note:")
+                && !l.starts_with("at ")
+                && !l.starts_with(|c: char| c.is_ascii_digit())
+        })
         .map(str::to_string)
 }
 

@@ -72,11 +72,12 @@ pub fn run(
         let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
         bail!("{}: failed ({}): {last}", script.display(), out.status);
     }
-    parse(&String::from_utf8_lossy(&out.stdout)).map(|mut r| {
-        r.checkpoint = Some(ckpt.display().to_string());
-        r
-    })
-    .map_err(|e| anyhow!("{}: {e}", script.display()))
+    parse(&String::from_utf8_lossy(&out.stdout))
+        .map(|mut r| {
+            r.checkpoint = Some(ckpt.display().to_string());
+            r
+        })
+        .map_err(|e| anyhow!("{}: {e}", script.display()))
 }
 
 /// The last line of the script's output, a JSON object.

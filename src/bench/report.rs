@@ -31,8 +31,22 @@ impl Report {
 }
 
 const HEADER: [&str; 16] = [
-    "model", "device", "prec", "status", "frames", "FPS", "1st mask", "click ms", "enc ms", "attn ms", "dec ms", "memenc ms",
-    "frame ms", "peak RSS", "CUDA peak", "crashes",
+    "model",
+    "device",
+    "prec",
+    "status",
+    "frames",
+    "FPS",
+    "1st mask",
+    "click ms",
+    "enc ms",
+    "attn ms",
+    "dec ms",
+    "memenc ms",
+    "frame ms",
+    "peak RSS",
+    "CUDA peak",
+    "crashes",
 ];
 
 /// One string per table line: a header, then one line per row (plus a reference line
@@ -69,7 +83,10 @@ pub fn table(rows: &[RowResult]) -> Vec<String> {
         ]);
         let line = cells.len() - 1;
         if let Some(e) = &r.error {
-            notes.push((line, format!("  {}: {e}", if r.status == RowStatus::Unavailable { "unavailable" } else { "error" })));
+            notes.push((
+                line,
+                format!("  {}: {e}", if r.status == RowStatus::Unavailable { "unavailable" } else { "error" }),
+            ));
         }
         if !r.crashes.is_empty() {
             notes.push((line, format!("  crashes: {}", r.crashes.join("; "))));
@@ -85,7 +102,8 @@ pub fn table(rows: &[RowResult]) -> Vec<String> {
             ));
         }
     }
-    let widths: Vec<usize> = (0..HEADER.len()).map(|c| cells.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..HEADER.len()).map(|c| cells.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = vec![];
     for (i, row) in cells.iter().enumerate() {
         let line: Vec<String> = row
@@ -112,10 +130,14 @@ mod tests {
 
     #[test]
     fn an_unavailable_row_is_a_line_that_says_why() {
-        let rows = vec![RowResult::unavailable(ModelSize::Tiny, DeviceChoice::Cuda, Precision::Fp32, "CUDA is not available")];
+        let rows =
+            vec![RowResult::unavailable(ModelSize::Tiny, DeviceChoice::Cuda, Precision::Fp32, "CUDA is not available")];
         let lines = table(&rows);
         assert!(lines[0].starts_with("model"));
-        assert!(lines[1].contains("tiny") && lines[1].contains("cuda") && lines[1].contains("unavailable"), "{lines:?}");
+        assert!(
+            lines[1].contains("tiny") && lines[1].contains("cuda") && lines[1].contains("unavailable"),
+            "{lines:?}"
+        );
         assert!(lines[2].contains("CUDA is not available"));
     }
 }

@@ -68,9 +68,9 @@ fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
 
 /// Where clips and random-init checkpoints are kept between runs.
 fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("SAM2_TUI_CACHE").map(PathBuf::from).or_else(|| {
-        directories::ProjectDirs::from("", "", "sam2-tui").map(|d| d.cache_dir().to_path_buf())
-    });
+    let base = std::env::var_os("SAM2_TUI_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| directories::ProjectDirs::from("", "", "sam2-tui").map(|d| d.cache_dir().to_path_buf()));
     base.unwrap_or_else(std::env::temp_dir).join("bench")
 }
 
@@ -89,7 +89,9 @@ fn unavailable(device: DeviceChoice) -> Option<&'static str> {
 fn checkpoint_for(a: &Args, size: ModelSize, cache: &Path) -> anyhow::Result<(PathBuf, ModelVersion, bool)> {
     let real = match (&a.checkpoint, &a.checkpoint_dir) {
         (Some(c), _) => Some(c.clone()),
-        (None, Some(d)) => Some(d.join(crate::weights::official::file_name(size, ModelVersion::V2_1))).filter(|p| p.is_file()),
+        (None, Some(d)) => {
+            Some(d.join(crate::weights::official::file_name(size, ModelVersion::V2_1))).filter(|p| p.is_file())
+        }
         (None, None) => Some(crate::weights::default_checkpoint(size, ModelVersion::V2_1)).filter(|p| p.is_file()),
     };
     if let Some(path) = real {
@@ -151,8 +153,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 rows.push(RowResult::unavailable(size, device, a.precision, why));
                 continue;
             }
-            let row = bench_row(&a, size, device, &cache, given_clip.as_ref(), &mut clips, on_cpu)
-                .unwrap_or_else(|e| {
+            let row =
+                bench_row(&a, size, device, &cache, given_clip.as_ref(), &mut clips, on_cpu).unwrap_or_else(|e| {
                     let mut r = RowResult::empty(size, device, a.precision, RowStatus::Failed);
                     r.error = Some(format!("{e:#}"));
                     r
@@ -189,7 +191,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("bench: wrote {}", path.display());
     }
     if rows.iter().any(|r| r.status == RowStatus::Failed) {
-        bail!("{} of {} rows failed (see the table)", rows.iter().filter(|r| r.status == RowStatus::Failed).count(), rows.len());
+        bail!(
+            "{} of {} rows failed (see the table)",
+            rows.iter().filter(|r| r.status == RowStatus::Failed).count(),
+            rows.len()
+        );
     }
     Ok(())
 }

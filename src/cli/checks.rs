@@ -26,7 +26,8 @@ pub fn checkpoint(path: &Path, model: Option<crate::model::ModelSize>) -> anyhow
         )));
     }
     let ckpt = crate::weights::load(path).map_err(as_bad_input)?;
-    let det = crate::weights::detect(&ckpt).map_err(|e| bad_input(format!("{}: {}", path.display(), format!("{e:#}").replace('\n', " "))))?;
+    let det = crate::weights::detect(&ckpt)
+        .map_err(|e| bad_input(format!("{}: {}", path.display(), format!("{e:#}").replace('\n', " "))))?;
     crate::weights::check_requested(&det, model, None, path).map_err(as_bad_input)?;
     Ok(det)
 }

@@ -88,46 +88,38 @@ pub fn guess_terminal() -> Terminal {
     let program = env("TERM_PROGRAM").unwrap_or_default();
     let tmux = env("TMUX").is_some() || term.starts_with("tmux") || term.starts_with("screen");
     let ssh = env("SSH_CONNECTION").is_some() || env("SSH_TTY").is_some();
-    let graphics =
-        if env("KITTY_WINDOW_ID").is_some() || term.contains("kitty") || program == "ghostty" {
-            "kitty"
-        } else if program.contains("iTerm")
-            || program.contains("WezTerm")
-            || env("LC_TERMINAL").is_some_and(|t| t.contains("iTerm"))
-        {
-            "iterm2"
-        } else if term.contains("foot") || term.contains("mlterm") || term.contains("sixel") {
-            "sixel"
-        } else {
-            "halfblocks (unknown terminal; the console's query may find more)"
-        };
+    let graphics = if env("KITTY_WINDOW_ID").is_some() || term.contains("kitty") || program == "ghostty" {
+        "kitty"
+    } else if program.contains("iTerm")
+        || program.contains("WezTerm")
+        || env("LC_TERMINAL").is_some_and(|t| t.contains("iTerm"))
+    {
+        "iterm2"
+    } else if term.contains("foot") || term.contains("mlterm") || term.contains("sixel") {
+        "sixel"
+    } else {
+        "halfblocks (unknown terminal; the console's query may find more)"
+    };
     let mut notes = vec![];
     if tmux {
         notes.push("tmux: set `allow-passthrough on` in your local tmux for images".into());
     }
     if ssh {
-        notes.push("ssh: TERM_PROGRAM is not forwarded, so this guess is weak; the console queries the terminal".into());
+        notes
+            .push("ssh: TERM_PROGRAM is not forwarded, so this guess is weak; the console queries the terminal".into());
     }
-    Terminal {
-        graphics_guess: graphics.into(),
-        tmux,
-        ssh,
-        notes,
-    }
+    Terminal { graphics_guess: graphics.into(), tmux, ssh, notes }
 }
 
 fn recommend(d: &Devices) -> Vec<String> {
-    let mut r = vec![format!(
-        "OMP_NUM_THREADS={} (one inference thread pool per worker)",
-        d.cpu_threads
-    )];
+    let mut r = vec![format!("OMP_NUM_THREADS={} (one inference thread pool per worker)", d.cpu_threads)];
     if d.mps {
-        r.push("device mps, precision fp32; if the worker aborts (MPSKey_Create…), the supervisor falls back to cpu".into());
-        r.push("PYTORCH_MPS_HIGH_WATERMARK_RATIO: keep the default 1.7; on out-of-memory aborts try 1.2-1.4 with worker recycling".into());
         r.push(
-            "PYTORCH_ENABLE_MPS_FALLBACK=1 (unsupported ops run on the CPU instead of failing)"
+            "device mps, precision fp32; if the worker aborts (MPSKey_Create…), the supervisor falls back to cpu"
                 .into(),
         );
+        r.push("PYTORCH_MPS_HIGH_WATERMARK_RATIO: keep the default 1.7; on out-of-memory aborts try 1.2-1.4 with worker recycling".into());
+        r.push("PYTORCH_ENABLE_MPS_FALLBACK=1 (unsupported ops run on the CPU instead of failing)".into());
     }
     if d.cuda.is_some() {
         r.push("device cuda; precision bf16 is the fast mode, fp32 the exact one".into());
@@ -145,23 +137,17 @@ fn recommend(d: &Devices) -> Vec<String> {
 
 pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>) -> Report {
     let cuda_devices = tch::Cuda::device_count();
-    let cuda = tch::Cuda::is_available().then(|| {
-        crate::worker::stats::cuda_device_name(0).unwrap_or_else(|| "cuda:0".into())
-    });
+    let cuda =
+        tch::Cuda::is_available().then(|| crate::worker::stats::cuda_device_name(0).unwrap_or_else(|| "cuda:0".into()));
     let devices = Devices {
-        cpu_threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpu_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         torch_threads: tch::get_num_threads(),
         cuda,
         cuda_devices,
         mps: tch::utils::has_mps(),
     };
     let ffmpeg = crate::media::library_versions();
-    let environment = ENV_VARS
-        .iter()
-        .filter_map(|k| env(k).map(|v| (k.to_string(), v)))
-        .collect();
+    let environment = ENV_VARS.iter().filter_map(|k| env(k).map(|v| (k.to_string(), v))).collect();
     let mut rehearsal = vec![];
     if rehearse {
         let mut list = vec![DeviceChoice::Cpu];
@@ -221,7 +207,12 @@ fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>) -> Rehearsal {
             Some(c) => c,
             None => {
                 let c = tmp.path().join("sam2.1_hiera_tiny.random-init.safetensors");
-                crate::model::random_init::write_random_checkpoint(&c, crate::model::ModelSize::Tiny, crate::model::ModelVersion::V2_1, 0)?;
+                crate::model::random_init::write_random_checkpoint(
+                    &c,
+                    crate::model::ModelSize::Tiny,
+                    crate::model::ModelVersion::V2_1,
+                    0,
+                )?;
                 c
             }
         };
@@ -237,20 +228,13 @@ fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>) -> Rehearsal {
             points: vec![crate::session::Point::new(16.0, 24.0, true)],
             bbox: None,
         }));
-        h.send(EngineCommand::Op(crate::session::Op::Propagate {
-            start: None,
-            reverse: false,
-            max_frames: None,
-        }));
+        h.send(EngineCommand::Op(crate::session::Op::Propagate { start: None, reverse: false, max_frames: None }));
         let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
             match h.recv_timeout(Duration::from_millis(200)) {
                 Some(EngineEvent::Masks(_)) => r.frames += 1,
                 Some(EngineEvent::WorkerDied { reason, .. }) => r.crashes.push(reason),
-                Some(EngineEvent::Log {
-                    level: LogLevel::Error,
-                    message,
-                }) => r.errors.push(message),
+                Some(EngineEvent::Log { level: LogLevel::Error, message }) => r.errors.push(message),
                 Some(EngineEvent::PropagationFinished { .. }) => {
                     r.outcome = "ok".into();
                     break;
@@ -267,11 +251,7 @@ fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>) -> Rehearsal {
         r.errors.push(format!("{e:#}"));
     }
     if r.outcome.is_empty() {
-        r.outcome = if r.crashes.is_empty() {
-            "failed".into()
-        } else {
-            "crashed".into()
-        };
+        r.outcome = if r.crashes.is_empty() { "failed".into() } else { "crashed".into() };
     }
     r
 }
@@ -283,11 +263,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::checks::checkpoint(c, None)?;
     }
     let report = collect(args.rehearse, args.checkpoint);
-    let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
-    } else {
-        render(&report)
-    };
+    let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { render(&report) };
     // A closed pipe (`doctor | head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     Ok(())
@@ -301,34 +277,20 @@ fn render(report: &Report) -> String {
     }
     let d = &report.devices;
     println!("devices");
-    println!(
-        "  cpu     {} hardware threads, libtorch uses {}",
-        d.cpu_threads, d.torch_threads
-    );
+    println!("  cpu     {} hardware threads, libtorch uses {}", d.cpu_threads, d.torch_threads);
     println!(
         "  cuda    {}",
-        d.cuda
-            .as_deref()
-            .map(|n| format!("{n} ({} devices)", d.cuda_devices))
-            .unwrap_or("not available".into())
+        d.cuda.as_deref().map(|n| format!("{n} ({} devices)", d.cuda_devices)).unwrap_or("not available".into())
     );
-    println!(
-        "  mps     {}",
-        if d.mps { "available" } else { "not available" }
-    );
+    println!("  mps     {}", if d.mps { "available" } else { "not available" });
     if crate::device::emulating_mps() {
-        println!("  cpu     takes the MPS branches (SAM2_TUI_EMULATE_MPS=1): {}", crate::device::cpu_label(d.torch_threads));
+        println!(
+            "  cpu     takes the MPS branches (SAM2_TUI_EMULATE_MPS=1): {}",
+            crate::device::cpu_label(d.torch_threads)
+        );
     }
     println!("libtorch  {}", report.libtorch);
-    println!(
-        "ffmpeg    {}",
-        report
-            .ffmpeg
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    println!("ffmpeg    {}", report.ffmpeg.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
     let t = &report.terminal;
     println!(
         "terminal  graphics: {}{}{}",
@@ -353,10 +315,7 @@ fn render(report: &Report) -> String {
     if !report.rehearsal.is_empty() {
         println!("rehearsal");
         for r in &report.rehearsal {
-            println!(
-                "  {:<5} {} ({} frames in {:.1}s)",
-                r.device, r.outcome, r.frames, r.seconds
-            );
+            println!("  {:<5} {} ({} frames in {:.1}s)", r.device, r.outcome, r.frames, r.seconds);
             for c in &r.crashes {
                 println!("        crash: {c}");
             }

@@ -15,7 +15,6 @@ use anyhow::{anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-
 /// The engine flags `segment` and `batch` share (one definition, so the two commands
 /// cannot drift apart).
 #[derive(clap::Args, Debug, Clone)]
@@ -116,7 +115,8 @@ pub type OnFrame<'a> = &'a mut dyn FnMut(usize, usize, f32);
 pub fn prepare(spec: JobSpec) -> anyhow::Result<Prepared> {
     let source = crate::media::open(&spec.input)?;
     let (width, height) = source.size();
-    let video = VideoInfo { width, height, frames: source.len(), fps: source.fps(), source: spec.input.display().to_string() };
+    let video =
+        VideoInfo { width, height, frames: source.len(), fps: source.fps(), source: spec.input.display().to_string() };
     drop(source);
     let journal = match &spec.ops {
         OpsFile::Prompts(p) => Journal::load_prompts(p)?,
@@ -189,7 +189,10 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
     }
     // The logits folder is the worker's environment, fixed when it starts: such a job
     // gets a worker of its own.
-    let key = format!("{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}", opts.checkpoint, opts.size, opts.version, opts.device, opts.precision, opts.image_size, opts.fill_holes, a.env);
+    let key = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}",
+        opts.checkpoint, opts.size, opts.version, opts.device, opts.precision, opts.image_size, opts.fill_holes, a.env
+    );
     let reusable = !a.logits;
     let previous = match engine.take() {
         Some(e) if reusable && e.key == key => Some(e),
@@ -241,7 +244,13 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
 
 /// Runs the journal under the supervisor and writes every output into `staging`:
 /// (masks, frames tracked, worker restarts, model label).
-fn track(p: &Prepared, sup: &mut supervisor::SupervisorHandle, staging: &Staging, logits_dir: &Path, on_frame: OnFrame) -> anyhow::Result<(usize, usize, u32, String)> {
+fn track(
+    p: &Prepared,
+    sup: &mut supervisor::SupervisorHandle,
+    staging: &Staging,
+    logits_dir: &Path,
+    on_frame: OnFrame,
+) -> anyhow::Result<(usize, usize, u32, String)> {
     let (a, journal, video, det) = (&p.spec, &p.journal, &p.video, &p.det);
     let n_ops = journal.ops.len();
     let mut restarts = 0u32;
@@ -269,9 +278,14 @@ fn track(p: &Prepared, sup: &mut supervisor::SupervisorHandle, staging: &Staging
             EngineEvent::WorkerDied { reason, stderr_tail } => {
                 restarts += 1;
                 let last = stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
-                eprintln!("\n{}: engine worker died: {reason} (last words: {last}); restarting and resuming", a.input.display());
+                eprintln!(
+                    "\n{}: engine worker died: {reason} (last words: {last}); restarting and resuming",
+                    a.input.display()
+                );
             }
-            EngineEvent::FellBack { from, to, reason } => eprintln!("\n{}: fell back from {from} to {to}: {reason}", a.input.display()),
+            EngineEvent::FellBack { from, to, reason } => {
+                eprintln!("\n{}: fell back from {from} to {to}: {reason}", a.input.display())
+            }
             EngineEvent::State(EngineState::Stopped) => {
                 failure = Some("the engine stopped: every rung of the fallback ladder failed (see the log)".into());
                 break;
@@ -314,10 +328,18 @@ fn check_logits(dir: &Path, store: &crate::supervisor::store::MaskStore, video: 
     for ((frame, object), _) in store.iter() {
         let path = dir.join(object.to_string()).join(format!("{frame:05}.npy"));
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        anyhow::ensure!(len == want, "{}: --logits output missing or incomplete ({len} of {want} bytes)", path.display());
+        anyhow::ensure!(
+            len == want,
+            "{}: --logits output missing or incomplete ({len} of {want} bytes)",
+            path.display()
+        );
     }
     for obj in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let kept = obj.file_name().to_str().and_then(|n| n.parse::<u32>().ok()).is_some_and(|id| store.iter().any(|((_, o), _)| *o == id));
+        let kept = obj
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|id| store.iter().any(|((_, o), _)| *o == id));
         if !kept {
             std::fs::remove_dir_all(obj.path())?;
         }
@@ -336,7 +358,6 @@ fn op_name(op: &crate::session::Op) -> &'static str {
     }
 }
 
-
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
 }
@@ -345,7 +366,12 @@ pub fn atty_stderr() -> bool {
     unsafe { libc::isatty(2) == 1 }
 }
 
-fn write_overlay(input: &Path, path: &Path, video: &VideoInfo, store: &crate::supervisor::store::MaskStore) -> anyhow::Result<()> {
+fn write_overlay(
+    input: &Path,
+    path: &Path,
+    video: &VideoInfo,
+    store: &crate::supervisor::store::MaskStore,
+) -> anyhow::Result<()> {
     let mut source = crate::media::open(input)?;
     let mut writer = crate::media::overlay::OverlayWriter::create(path, video.width, video.height, video.fps)?;
     for frame in 0..video.frames {

@@ -15,7 +15,11 @@ pub mod weights;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "sam2-tui", version, about = "SAM 2 in your terminal: a native engine, a supervisor that survives crashes, and a dashboard")]
+#[command(
+    name = "sam2-tui",
+    version,
+    about = "SAM 2 in your terminal: a native engine, a supervisor that survives crashes, and a dashboard"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

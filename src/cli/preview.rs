@@ -50,7 +50,8 @@ struct ObjectEntry {
 pub fn frame_masks(dir: &Path, frame: usize, width: u32, height: u32) -> anyhow::Result<Vec<(u32, Vec<u8>)>> {
     let path = dir.join("masks.json");
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
-    let doc: MasksJson = serde_json::from_str(&text).map_err(|e| anyhow!("{}: not a segment masks.json: {e}", path.display()))?;
+    let doc: MasksJson =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{}: not a segment masks.json: {e}", path.display()))?;
     let Some(entry) = doc.frames.into_iter().find(|f| f.frame == frame) else { return Ok(vec![]) };
     let mut out = vec![];
     for o in entry.objects {
@@ -98,7 +99,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let encoder = crate::console::preview::protocol::Encoder::new(picker, crate::config::Graphics::Auto, None);
     let (cols, rows) = terminal_cells();
     // Both dimensions: the image and its caption line fit on one screen with the prompt.
-    let area = Rect::new(0, 0, args.width.map(|w| w as u16).unwrap_or(cols).min(cols).max(1), rows.saturating_sub(2).max(1));
+    let area =
+        Rect::new(0, 0, args.width.map(|w| w as u16).unwrap_or(cols).min(cols).max(1), rows.saturating_sub(2).max(1));
     let cells = crate::console::layout::fit_cells(area, img.width(), img.height(), encoder.font());
     let (pw, ph) = encoder.pixels_for(cells.as_size());
     let resized = image::imageops::resize(&img, pw.max(1), ph.max(1), image::imageops::FilterType::Triangle);
@@ -106,7 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rect = Rect::new(0, 0, cells.width, cells.height);
     if tty {
         let opts = ratatui::TerminalOptions { viewport: ratatui::Viewport::Inline(cells.height) };
-        let mut term = ratatui::Terminal::with_options(ratatui::backend::CrosstermBackend::new(std::io::stdout()), opts)?;
+        let mut term =
+            ratatui::Terminal::with_options(ratatui::backend::CrosstermBackend::new(std::io::stdout()), opts)?;
         term.draw(|f| {
             let a = f.area();
             f.render_widget(ratatui_image::Image::new(&protocol), Rect::new(a.x, a.y, rect.width, rect.height));
@@ -128,7 +131,9 @@ fn probed_picker() -> ratatui_image::picker::Picker {
     }
     let answer = crate::console::preview::probe::query(std::time::Duration::from_millis(1000));
     let _ = crossterm::terminal::disable_raw_mode();
-    answer.map(|a| crate::console::preview::probe::picker(&a)).unwrap_or_else(|_| ratatui_image::picker::Picker::halfblocks())
+    answer
+        .map(|a| crate::console::preview::probe::picker(&a))
+        .unwrap_or_else(|_| ratatui_image::picker::Picker::halfblocks())
 }
 
 /// The terminal's size in cells: `COLUMNS`/`LINES` when set (scripts, piped output), else

@@ -58,7 +58,13 @@ fn human_bytes(b: u64) -> String {
 
 fn line(s: &KeptSession) -> String {
     let age = s.modified.elapsed().unwrap_or_default().as_secs();
-    let age = if age >= 86_400 { format!("{}d", age / 86_400) } else if age >= 3_600 { format!("{}h", age / 3_600) } else { format!("{}m", age / 60) };
+    let age = if age >= 86_400 {
+        format!("{}d", age / 86_400)
+    } else if age >= 3_600 {
+        format!("{}h", age / 3_600)
+    } else {
+        format!("{}m", age / 60)
+    };
     format!("{:>10}  {:>5} old  {:>4} ops  {}", human_bytes(s.bytes), age, s.ops, s.path.display())
 }
 
@@ -73,7 +79,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             let total: u64 = kept.iter().map(|s| s.bytes).sum();
             if !kept.is_empty() {
-                println!("{} in all; `sam2-tui sessions prune --older-than 30d` removes the older ones", human_bytes(total));
+                println!(
+                    "{} in all; `sam2-tui sessions prune --older-than 30d` removes the older ones",
+                    human_bytes(total)
+                );
             }
         }
         Action::Prune { older_than, dry_run } => {

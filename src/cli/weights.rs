@@ -90,7 +90,12 @@ pub fn listing(found: &[(ModelSize, ModelVersion, PathBuf, u64)]) -> String {
     } else {
         s.push_str("installed:\n");
         for (size, version, path, bytes) in found {
-            s.push_str(&format!("  SAM {version} {:<9} {:>6.0} MB  {}\n", size.name(), *bytes as f64 / 1e6, path.display()));
+            s.push_str(&format!(
+                "  SAM {version} {:<9} {:>6.0} MB  {}\n",
+                size.name(),
+                *bytes as f64 / 1e6,
+                path.display()
+            ));
         }
     }
     s.push_str("looked in (first found wins):\n");

@@ -377,7 +377,11 @@ mod tests {
             let e = Config::parse(&format!("[supervisor]\n{text}\n"), Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.starts_with("c.toml: ") && e.contains(name), "{text}: {e}");
         }
-        Config::parse("[supervisor]\nbackoff_initial_ms = 100\nbackoff_max_ms = 100\nheartbeat_timeout_secs = 0\n", Path::new("c.toml")).unwrap();
+        Config::parse(
+            "[supervisor]\nbackoff_initial_ms = 100\nbackoff_max_ms = 100\nheartbeat_timeout_secs = 0\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -100,8 +100,8 @@ impl Theme {
             let names: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
             anyhow::bail!("{name_or_path}: no such theme (built-in: {}; or a path to a .toml file)", names.join(", "));
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read theme: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read theme: {e}", path.display()))?;
         Self::parse(&text, path)
     }
 

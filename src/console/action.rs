@@ -226,16 +226,31 @@ pub enum Action {
     /// Scrolls the help overlay by this many rows (when it does not fit the screen).
     HelpScroll(i32),
     /// A mouse click on the terminal cell (column, row).
-    Click { column: u16, row: u16, positive: bool },
-    Resize { width: u16, height: u16 },
+    Click {
+        column: u16,
+        row: u16,
+        positive: bool,
+    },
+    Resize {
+        width: u16,
+        height: u16,
+    },
     Tick,
     Engine(EngineEvent),
     /// The local decoder opened the input.
-    MediaOpened { width: u32, height: u32, frames: usize, fps: f32 },
+    MediaOpened {
+        width: u32,
+        height: u32,
+        frames: usize,
+        fps: f32,
+    },
     PreviewReady(PreviewImage),
     /// The outcome of an effect the runner carried out.
     Saved(Result<PathBuf, String>),
     Exported(Result<PathBuf, String>),
     /// A message for the log pane from the console itself.
-    Note { error: bool, message: String },
+    Note {
+        error: bool,
+        message: String,
+    },
 }

@@ -116,7 +116,10 @@ pub enum Modal {
     /// `d` on an object with prompts or masks: deleting loses work, so it asks.
     ConfirmDelete(ObjectId),
     /// A session saved for this video was found at start-up (not given with --session).
-    OfferSession { path: PathBuf, journal: Journal },
+    OfferSession {
+        path: PathBuf,
+        journal: Journal,
+    },
     /// No checkpoint at start-up: offer to download the official one of this size.
     OfferDownload(ModelSize),
     /// The watermark ratio being typed.
@@ -284,12 +287,18 @@ impl App {
             self.objects.push(self.next_object);
             self.next_object += 1;
         }
-        self.note(LogLevel::Info, format!("resumed {} journal ops from {}", journal.ops.len(), self.session_path.display()));
+        self.note(
+            LogLevel::Info,
+            format!("resumed {} journal ops from {}", journal.ops.len(), self.session_path.display()),
+        );
         self.replay_left = journal.ops.iter().filter(|op| matches!(op, Op::Propagate { .. })).count();
         if self.replay_left > 0 {
             self.note(
                 LogLevel::Info,
-                format!("replaying {} saved propagation(s); esc skips them (prompts and their masks stay)", self.replay_left),
+                format!(
+                    "replaying {} saved propagation(s); esc skips them (prompts and their masks stay)",
+                    self.replay_left
+                ),
             );
         }
         self.journal = journal;
@@ -299,7 +308,10 @@ impl App {
 
     /// At start-up: a session saved for this video exists; ask whether to resume it.
     pub fn offer_session(&mut self, path: PathBuf, journal: Journal) {
-        self.note(LogLevel::Info, format!("found a saved session for this video: {} ({} ops)", path.display(), journal.ops.len()));
+        self.note(
+            LogLevel::Info,
+            format!("found a saved session for this video: {} ({} ops)", path.display(), journal.ops.len()),
+        );
         self.modal = Modal::OfferSession { path, journal };
     }
 
@@ -343,7 +355,11 @@ impl App {
     pub fn busy(&self) -> Option<String> {
         let age = |since: Instant| {
             let secs = self.clock.saturating_duration_since(since).as_secs_f32();
-            if secs >= 1.0 { format!(" · {secs:.0} s") } else { String::new() }
+            if secs >= 1.0 {
+                format!(" · {secs:.0} s")
+            } else {
+                String::new()
+            }
         };
         if let Some(since) = self.cancelling {
             let finishing = match self.perf.last_frame {
@@ -384,7 +400,11 @@ impl App {
                     Modal::OfferSession { path, .. } => {
                         // Starting fresh must not overwrite the saved session on `s`.
                         self.session_path = fresh_session_path(path);
-                        let note = format!("starting fresh; {} is kept, `s` saves to {}", path.display(), self.session_path.display());
+                        let note = format!(
+                            "starting fresh; {} is kept, `s` saves to {}",
+                            path.display(),
+                            self.session_path.display()
+                        );
                         self.note(LogLevel::Info, note);
                     }
                     _ => {}
@@ -393,7 +413,10 @@ impl App {
                 vec![]
             }
             Action::HelpScroll(d) => {
-                self.help_scroll = self.help_scroll.saturating_add_signed(d as isize).min(self.keymap.help_lines().len().saturating_sub(1));
+                self.help_scroll = self
+                    .help_scroll
+                    .saturating_add_signed(d as isize)
+                    .min(self.keymap.help_lines().len().saturating_sub(1));
                 vec![]
             }
             Action::Yes => match std::mem::replace(&mut self.modal, Modal::None) {
@@ -520,7 +543,10 @@ impl App {
                 } else if self.is_propagating() && self.cancelling.is_none() && self.replay_left > 0 {
                     self.skip_replay = true;
                     self.cancelling = Some(self.clock);
-                    self.note(LogLevel::Info, format!("skipping the replay of {} saved propagation(s)", self.replay_left));
+                    self.note(
+                        LogLevel::Info,
+                        format!("skipping the replay of {} saved propagation(s)", self.replay_left),
+                    );
                     return vec![Effect::Engine(EngineCommand::Cancel)];
                 } else if self.is_propagating() && self.cancelling.is_none() {
                     self.note(LogLevel::Info, "cancelling propagation: the frame in progress is finished first".into());
@@ -627,7 +653,9 @@ impl App {
 
     fn send_op(&mut self, op: Op) -> Vec<Effect> {
         let what = match &op {
-            Op::AddPrompt { frame, .. } | Op::ClearFrame { frame, .. } => Some((Some(*frame), format!("click on frame {frame}"))),
+            Op::AddPrompt { frame, .. } | Op::ClearFrame { frame, .. } => {
+                Some((Some(*frame), format!("click on frame {frame}")))
+            }
             Op::RemoveObject { object } => Some((None, format!("removing object {object}"))),
             Op::Reset => Some((None, "resetting".to_string())),
             // A propagation shows its own progress.
@@ -953,7 +981,8 @@ impl App {
         let Some(Op::Propagate { reverse, .. }) = self.journal.ops.get(index).cloned() else { return };
         match (self.pass_first, self.perf.last_frame) {
             (Some(first), Some(last)) => {
-                self.journal.ops[index] = Op::Propagate { start: Some(first), reverse, max_frames: Some(first.abs_diff(last)) };
+                self.journal.ops[index] =
+                    Op::Propagate { start: Some(first), reverse, max_frames: Some(first.abs_diff(last)) };
             }
             _ => {
                 // Nothing ran: gone from the journal, as from the supervisor's; later
@@ -1003,8 +1032,5 @@ impl App {
 fn fresh_session_path(saved: &std::path::Path) -> PathBuf {
     let name = saved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".json").unwrap_or(&name).to_string();
-    (2..)
-        .map(|i| saved.with_file_name(format!("{stem}-{i}.json")))
-        .find(|p| !p.exists())
-        .expect("some name is free")
+    (2..).map(|i| saved.with_file_name(format!("{stem}-{i}.json"))).find(|p| !p.exists()).expect("some name is free")
 }

@@ -46,7 +46,12 @@ pub fn missing_checkpoint(cfg: &Config, path: &Path) -> Option<String> {
 }
 
 /// The supervisor's options from the config (`[engine]`, `[supervisor]`).
-pub fn options(cfg: &Config, checkpoint: PathBuf, media: Option<&Path>, initial_ops: Vec<Op>) -> anyhow::Result<SupervisorOptions> {
+pub fn options(
+    cfg: &Config,
+    checkpoint: PathBuf,
+    media: Option<&Path>,
+    initial_ops: Vec<Op>,
+) -> anyhow::Result<SupervisorOptions> {
     let e = &cfg.engine;
     let s = &cfg.supervisor;
     let mut o = SupervisorOptions::new(checkpoint, media.map(Path::to_path_buf))?;
@@ -87,7 +92,8 @@ pub fn options(cfg: &Config, checkpoint: PathBuf, media: Option<&Path>, initial_
         progress_timeout: secs(s.progress_timeout_secs),
         load_timeout: secs(s.load_timeout_secs),
     };
-    o.recycling.after_frames = (s.recycle_after_frames > 0).then_some(s.recycle_after_frames + jitter(s.recycle_jitter_frames));
+    o.recycling.after_frames =
+        (s.recycle_after_frames > 0).then_some(s.recycle_after_frames + jitter(s.recycle_jitter_frames));
     o.recycling.mps_driver_share = (s.recycle_memory_fraction > 0.0).then_some(s.recycle_memory_fraction as f64);
     o.initial_ops = initial_ops;
     Ok(o)
@@ -98,7 +104,8 @@ fn jitter(max: u64) -> u64 {
     if max == 0 {
         return 0;
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     nanos as u64 % (max + 1)
 }
 

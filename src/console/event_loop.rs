@@ -176,8 +176,12 @@ pub fn terminal_action(app: &App, ev: Event) -> Option<Action> {
     match ev {
         Event::Key(k) => app.keymap.translate(app.mode(), &k),
         Event::Mouse(m) => match m.kind {
-            MouseEventKind::Down(MouseButton::Left) => Some(Action::Click { column: m.column, row: m.row, positive: true }),
-            MouseEventKind::Down(MouseButton::Right) => Some(Action::Click { column: m.column, row: m.row, positive: false }),
+            MouseEventKind::Down(MouseButton::Left) => {
+                Some(Action::Click { column: m.column, row: m.row, positive: true })
+            }
+            MouseEventKind::Down(MouseButton::Right) => {
+                Some(Action::Click { column: m.column, row: m.row, positive: false })
+            }
             _ => None,
         },
         Event::Resize(width, height) => Some(Action::Resize { width, height }),
@@ -197,7 +201,10 @@ fn handle(app: &mut App, action: Action, ctx: &mut Ctx) {
             Effect::Engine(cmd) => {
                 let sent = ctx.commands.as_ref().is_some_and(|c| c.send(cmd).is_ok());
                 if !sent && ctx.commands.take().is_some() {
-                    app.note(crate::supervisor::events::LogLevel::Error, "the engine is gone; commands are not delivered".into());
+                    app.note(
+                        crate::supervisor::events::LogLevel::Error,
+                        "the engine is gone; commands are not delivered".into(),
+                    );
                 }
             }
             Effect::Save(path) => {
@@ -225,14 +232,17 @@ fn handle(app: &mut App, action: Action, ctx: &mut Ctx) {
                 // engine is not started from here: the next start finds the file.
                 let tx = ctx.action_tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    let out = std::env::current_exe()
-                        .and_then(|exe| std::process::Command::new(exe).args(["weights", "download", size.name()]).output());
+                    let out = std::env::current_exe().and_then(|exe| {
+                        std::process::Command::new(exe).args(["weights", "download", size.name()]).output()
+                    });
                     let message = match out {
                         Ok(o) if o.status.success() => format!(
                             "downloaded: {} — quit and start again to load it",
                             String::from_utf8_lossy(&o.stdout).trim()
                         ),
-                        Ok(o) => format!("download failed: {}", String::from_utf8_lossy(&o.stderr).trim().replace('\n', " ")),
+                        Ok(o) => {
+                            format!("download failed: {}", String::from_utf8_lossy(&o.stderr).trim().replace('\n', " "))
+                        }
                         Err(e) => format!("download failed: {e}"),
                     };
                     let _ = tx.send(Action::Note { error: message.starts_with("download failed"), message });

@@ -316,11 +316,7 @@ impl Keymap {
 
     /// Every bound command with its keys, in `Command` order.
     pub fn bindings(&self) -> Vec<(Command, String)> {
-        Command::ALL
-            .iter()
-            .filter(|c| !self.keys_for(**c).is_empty())
-            .map(|c| (*c, self.label(*c)))
-            .collect()
+        Command::ALL.iter().filter(|c| !self.keys_for(**c).is_empty()).map(|c| (*c, self.label(*c))).collect()
     }
 
     /// Turns a terminal key into an action given what is open.

@@ -32,12 +32,8 @@ pub fn areas(area: Rect, banner: bool) -> Areas {
     let [preview, side] = Layout::horizontal([Constraint::Min(10), Constraint::Length(side_w)]).areas(middle);
     let [device, performance, objects] =
         Layout::vertical([Constraint::Length(5), Constraint::Length(9), Constraint::Min(3)]).areas(side);
-    let preview_inner = Rect::new(
-        preview.x + 1,
-        preview.y + 1,
-        preview.width.saturating_sub(2),
-        preview.height.saturating_sub(2),
-    );
+    let preview_inner =
+        Rect::new(preview.x + 1, preview.y + 1, preview.width.saturating_sub(2), preview.height.saturating_sub(2));
     Areas { header, preview, preview_inner, device, performance, objects, timeline, log, hints }
 }
 

@@ -91,10 +91,7 @@ pub fn effective_config(args: &ConsoleArgs) -> anyhow::Result<Config> {
 }
 
 fn stem(input: Option<&Path>) -> String {
-    input
-        .and_then(|p| p.file_stem())
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sam2-tui".into())
+    input.and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sam2-tui".into())
 }
 
 pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
@@ -120,7 +117,8 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
             crate::limits::regular_file(p, "video or image")?;
         }
     }
-    let session_path = args.session.clone().unwrap_or_else(|| PathBuf::from(format!("{}.session.json", stem(input.as_deref()))));
+    let session_path =
+        args.session.clone().unwrap_or_else(|| PathBuf::from(format!("{}.session.json", stem(input.as_deref()))));
     let resumed = match &args.session {
         Some(p) if p.exists() => Some(Journal::load(p)?),
         _ => None,
@@ -139,7 +137,8 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         let (width, height) = source.size();
         j.check_for_video(file, source.len(), width, height)?;
     }
-    let export_dir = args.export_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}_masks", stem(input.as_deref()))));
+    let export_dir =
+        args.export_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}_masks", stem(input.as_deref()))));
     let (_log_guard, log_path) = logging::init(&Config::data_dir(), &cfg.console.log_level)?;
     tracing::info!(target: "console", "starting console on {:?}", input);
 
@@ -162,12 +161,19 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
             _ => match preview::probe::query(std::time::Duration::from_millis(1000)) {
                 Ok(answer) => {
                     if !answer.complete {
-                        app.note(crate::supervisor::events::LogLevel::Warn, "the terminal did not answer the graphics query in 1 s; guessing from the environment".into());
+                        app.note(
+                            crate::supervisor::events::LogLevel::Warn,
+                            "the terminal did not answer the graphics query in 1 s; guessing from the environment"
+                                .into(),
+                        );
                     }
                     preview::probe::picker(&answer)
                 }
                 Err(e) => {
-                    app.note(crate::supervisor::events::LogLevel::Warn, format!("terminal graphics probe failed ({e}); using halfblocks"));
+                    app.note(
+                        crate::supervisor::events::LogLevel::Warn,
+                        format!("terminal graphics probe failed ({e}); using halfblocks"),
+                    );
                     ratatui_image::picker::Picker::halfblocks()
                 }
             },
@@ -176,7 +182,12 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
         app.font = encoder.font();
         app.note(
             crate::supervisor::events::LogLevel::Info,
-            format!("preview: {:?}{} · log: {}", encoder.protocol_type(), if encoder.tmux { " via tmux" } else { "" }, log_path.display()),
+            format!(
+                "preview: {:?}{} · log: {}",
+                encoder.protocol_type(),
+                if encoder.tmux { " via tmux" } else { "" },
+                log_path.display()
+            ),
         );
         let size = tui.terminal.size()?;
         app.update(action::Action::Resize { width: size.width, height: size.height });

@@ -1,12 +1,12 @@
 //! Fixtures for the console's tests (and for trying views by hand): an `App` with a video
 //! open and engine events of the kinds the supervisor sends. Deterministic on purpose.
+use super::action::Action;
 use super::app::App;
 use super::keymap::Keymap;
-use super::action::Action;
 use crate::config::{Config, Theme};
 use crate::device::{DeviceChoice, Precision};
-use crate::rle::Rle;
 use crate::model::config::{ModelSize, ModelVersion};
+use crate::rle::Rle;
 use crate::supervisor::events::{
     CudaMemory, EngineEvent, EngineState, FrameMasks, ModelLabel, MpsMemory, ObjectMask, StageTimings, WorkerStats,
 };
@@ -19,7 +19,13 @@ pub const FRAMES: usize = 300;
 /// A console on a 640×360, 300-frame clip with a ready tiny model on MPS.
 pub fn app_with_video(width: u16, height: u16) -> App {
     let cfg = Config::default();
-    let mut app = App::new(&cfg, Theme::dark(), Keymap::default(), Some(PathBuf::from("clip.mp4")), PathBuf::from("clip.session.json"));
+    let mut app = App::new(
+        &cfg,
+        Theme::dark(),
+        Keymap::default(),
+        Some(PathBuf::from("clip.mp4")),
+        PathBuf::from("clip.session.json"),
+    );
     app.update(Action::Resize { width, height });
     app.update(Action::MediaOpened { width: WIDTH, height: HEIGHT, frames: FRAMES, fps: 30.0 });
     app.update(Action::Engine(worker_started(DeviceChoice::Mps, 0)));
@@ -66,7 +72,13 @@ pub fn cuda_stats() -> WorkerStats {
         threads: 8,
         rss_bytes: 3 * GIB,
         mps: None,
-        cuda: Some(CudaMemory { allocated: 6 * GIB, reserved: 8 * GIB, peak_allocated: 7 * GIB, total: 80 * GIB, used: 9 * GIB }),
+        cuda: Some(CudaMemory {
+            allocated: 6 * GIB,
+            reserved: 8 * GIB,
+            peak_allocated: 7 * GIB,
+            total: 80 * GIB,
+            used: 9 * GIB,
+        }),
     }
 }
 

@@ -17,7 +17,8 @@ pub struct Tui {
 }
 
 pub fn enter(mouse: bool) -> anyhow::Result<Tui> {
-    enable_raw_mode().map_err(|e| anyhow::anyhow!("cannot put the terminal in raw mode (is stdin a terminal?): {e}"))?;
+    enable_raw_mode()
+        .map_err(|e| anyhow::anyhow!("cannot put the terminal in raw mode (is stdin a terminal?): {e}"))?;
     let mut out = stdout();
     execute!(out, EnterAlternateScreen, cursor::Hide)?;
     if mouse {

@@ -18,10 +18,15 @@ pub struct Fixture {
 
 pub fn fixture(size: ModelSize, version: ModelVersion, image_size: i64, trunk_only: bool) -> Fixture {
     let _ = tch::set_num_threads(2);
-    let name = format!("image-{size}-{version}-{image_size}{}-{}", if trunk_only { "-trunk" } else { "" }, super::fixtures_version());
+    let name = format!(
+        "image-{size}-{version}-{image_size}{}-{}",
+        if trunk_only { "-trunk" } else { "" },
+        super::fixtures_version()
+    );
     let dir: PathBuf = super::fixture_cache(&name);
     if !dir.join("reference.npz").exists() {
-        let mut args = vec![dir.to_str().unwrap().to_string(), size.to_string(), version.to_string(), image_size.to_string()];
+        let mut args =
+            vec![dir.to_str().unwrap().to_string(), size.to_string(), version.to_string(), image_size.to_string()];
         if trunk_only {
             args.push("--trunk-only".into());
         }
@@ -60,21 +65,43 @@ pub fn check_end_to_end(f: &Fixture, label: &str) {
 
     let mut prev: Option<Tensor> = None;
     for case in ["click", "box_click", "two_clicks_mask"] {
-        let pts = PointInputs { coords: r[&format!("{case}_points")].shallow_clone(), labels: r[&format!("{case}_labels")].to_kind(Kind::Int) };
+        let pts = PointInputs {
+            coords: r[&format!("{case}_points")].shallow_clone(),
+            labels: r[&format!("{case}_labels")].to_kind(Kind::Int),
+        };
         let mask = if case == "two_clicks_mask" { prev.as_ref() } else { None };
         let (sparse, dense) = f.model.prompt_encoder.forward(&pts.coords, &pts.labels, mask);
         super::assert_close(&format!("{label} {case} sparse"), &sparse, &r[&format!("{case}_sparse")], TOL);
         super::assert_close(&format!("{label} {case} dense"), &dense, &r[&format!("{case}_dense")], TOL);
         let multimask = r[&format!("{case}_multimask")].double_value(&[]) > 0.5;
         let out = f.model.forward_sam_heads(&pix, Some(&pts), mask, &feats.high_res, multimask);
-        super::assert_close(&format!("{label} {case} low-res logits (all)"), &out.low_res_multimasks, &r[&format!("{case}_low_multi")], TOL);
+        super::assert_close(
+            &format!("{label} {case} low-res logits (all)"),
+            &out.low_res_multimasks,
+            &r[&format!("{case}_low_multi")],
+            TOL,
+        );
         super::assert_close(&format!("{label} {case} iou"), &out.ious, &r[&format!("{case}_ious")], TOL);
-        super::assert_close(&format!("{label} {case} selected logits"), &out.low_res_masks, &r[&format!("{case}_low")], TOL);
-        super::assert_close(&format!("{label} {case} object score"), &out.object_score_logits, &r[&format!("{case}_score")], TOL);
+        super::assert_close(
+            &format!("{label} {case} selected logits"),
+            &out.low_res_masks,
+            &r[&format!("{case}_low")],
+            TOL,
+        );
+        super::assert_close(
+            &format!("{label} {case} object score"),
+            &out.object_score_logits,
+            &r[&format!("{case}_score")],
+            TOL,
+        );
         super::assert_close(&format!("{label} {case} obj_ptr"), &out.obj_ptr, &r[&format!("{case}_obj_ptr")], TOL);
         if multimask {
             let ours = out.ious.argmax(-1, false).int64_value(&[0]);
-            assert_eq!(ours, r[&format!("{case}_best")].double_value(&[0]) as i64, "{label} {case}: selected mask index");
+            assert_eq!(
+                ours,
+                r[&format!("{case}_best")].double_value(&[0]) as i64,
+                "{label} {case}: selected mask index"
+            );
         }
         if case == "two_clicks_mask" {
             // The memory encoder sees the clicked mask binarised, so a logit within float
@@ -87,10 +114,14 @@ pub fn check_end_to_end(f: &Fixture, label: &str) {
             println!("parity {label} {case}: {flips} of {} mask pixels on the other side of 0", reference_mask.numel());
             assert!(flips <= 10, "{label} {case}: {flips} mask pixels flipped");
             let mem = f.model.encode_new_memory(&feats, &reference_mask, &out.object_score_logits, true);
-            super::assert_close(&format!("{label} memory features"), &mem.to_kind(Kind::Float), &r["maskmem_features"], 2e-2);
+            super::assert_close(
+                &format!("{label} memory features"),
+                &mem.to_kind(Kind::Float),
+                &r["maskmem_features"],
+                2e-2,
+            );
             super::assert_close(&format!("{label} memory pos"), f.model.memory_encoder.pos(), &r["maskmem_pos"], TOL);
         }
         prev = Some(out.low_res_masks.clamp(-32.0, 32.0));
     }
 }
-

@@ -21,9 +21,7 @@ pub fn python() -> PathBuf {
 /// Runs a fixture script from `tests/fixtures/` with the reference's Python; panics with
 /// its stderr when it fails.
 pub fn run_fixture(script: &str, args: &[&str]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(script);
     let out = Command::new(python())
         .arg(&path)
         .args(args)
@@ -38,9 +36,7 @@ pub fn run_fixture(script: &str, args: &[&str]) -> String {
 
 /// A fresh, empty directory for one test, under target/ so it is easy to inspect.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/test-scratch")
-        .join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-scratch").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -49,9 +45,7 @@ pub fn scratch(name: &str) -> PathBuf {
 /// A directory for fixtures that are expensive to make (reference checkpoints and
 /// outputs), reused across tests in one run and keyed by the fixture script's content.
 pub fn fixture_cache(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/fixtures")
-        .join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -94,10 +88,7 @@ pub fn read_npz(path: &Path) -> std::collections::HashMap<String, tch::Tensor> {
 /// Max absolute difference, and the same relative to the reference's largest magnitude.
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shape mismatch");
-    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
 }
 
 /// Asserts `ours` matches `reference` within `tol` absolute, or `tol` relative to the
@@ -107,10 +98,7 @@ pub fn assert_close(what: &str, ours: &tch::Tensor, reference: &tch::Tensor, tol
     let d = max_abs_diff(&ours, reference);
     let scale = reference.abs().max().double_value(&[]).max(1.0);
     println!("parity {what}: max abs diff {d:.3e} (reference max |x| {scale:.3})");
-    assert!(
-        d <= tol || d / scale <= tol,
-        "{what}: max abs diff {d:e} exceeds {tol:e} (scale {scale})"
-    );
+    assert!(d <= tol || d / scale <= tol, "{what}: max abs diff {d:e} exceeds {tol:e} (scale {scale})");
     d
 }
 
@@ -132,7 +120,10 @@ pub fn present_tiny_tensors(dir: &Path) -> std::collections::BTreeMap<String, tc
     let mut tensors = random_tiny_tensors(dir);
     let _ = tensors.get_mut("sam_mask_decoder.pred_obj_score_head.layers.2.bias").unwrap().g_add_scalar_(3.0);
     for i in 0..4 {
-        let _ = tensors.get_mut(&format!("sam_mask_decoder.output_hypernetworks_mlps.{i}.layers.2.weight")).unwrap().g_mul_scalar_(8.0);
+        let _ = tensors
+            .get_mut(&format!("sam_mask_decoder.output_hypernetworks_mlps.{i}.layers.2.weight"))
+            .unwrap()
+            .g_mul_scalar_(8.0);
     }
     tensors
 }

@@ -22,9 +22,20 @@ pub fn run_case(size: ModelSize, version: ModelVersion, image_size: i64, frames:
     run_case_in(size, version, image_size, frames, postprocess, Precision::Fp32)
 }
 
-pub fn run_case_in(size: ModelSize, version: ModelVersion, image_size: i64, frames: usize, postprocess: bool, precision: Precision) -> Figures {
+pub fn run_case_in(
+    size: ModelSize,
+    version: ModelVersion,
+    image_size: i64,
+    frames: usize,
+    postprocess: bool,
+    precision: Precision,
+) -> Figures {
     let _ = tch::set_num_threads(2);
-    let name = format!("video-{size}-{version}-{image_size}-{frames}{}-{}", if postprocess { "" } else { "-nopp" }, super::fixtures_version());
+    let name = format!(
+        "video-{size}-{version}-{image_size}-{frames}{}-{}",
+        if postprocess { "" } else { "-nopp" },
+        super::fixtures_version()
+    );
     let dir = super::fixture_cache(&name);
     if !dir.join("reference.npz").exists() {
         let (s, v, i, n) = (size.to_string(), version.to_string(), image_size.to_string(), frames.to_string());
@@ -43,7 +54,12 @@ pub fn run_case_in(size: ModelSize, version: ModelVersion, image_size: i64, fram
     let source = sam2_tui::media::open(&dir.join("png")).unwrap();
     let mps = if sam2_tui::device::emulating_mps() { "-mps" } else { "" };
     let bank = super::scratch(&format!("bank-{name}-{precision}{mps}"));
-    let mut predictor = VideoPredictor::new(model, source, VideoOptions { fill_holes: postprocess, bank_dir: Some(bank), ..Default::default() }).unwrap();
+    let mut predictor = VideoPredictor::new(
+        model,
+        source,
+        VideoOptions { fill_holes: postprocess, bank_dir: Some(bank), ..Default::default() },
+    )
+    .unwrap();
 
     let mut latest: HashMap<String, (Tensor, f32)> = HashMap::new();
     let mut per_op: HashMap<String, Tensor> = HashMap::new();
@@ -96,4 +112,3 @@ pub fn assert_parity(f: Figures) {
     assert!(f.max_logit_diff <= 1e-3, "logits differ by {:e}", f.max_logit_diff);
     assert!(f.mask_agreement >= 0.9999, "binary masks agree on only {:.4}%", f.mask_agreement * 100.0);
 }
-

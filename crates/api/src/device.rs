@@ -161,8 +161,11 @@ mod precision_choice_tests {
         assert_eq!(PrecisionChoice::Auto.resolve_with(DeviceChoice::Cuda, || false), Precision::Bf16);
         assert_eq!(PrecisionChoice::Auto.resolve_with(DeviceChoice::Cpu, || true), Precision::Fp32);
         assert_eq!(PrecisionChoice::Auto.resolve_with(DeviceChoice::Mps, || true), Precision::Fp32);
-        assert_eq!(PrecisionChoice::Bf16.resolve_with(DeviceChoice::Cpu, || true), Precision::Bf16, "an explicit choice stays");
+        assert_eq!(
+            PrecisionChoice::Bf16.resolve_with(DeviceChoice::Cpu, || true),
+            Precision::Bf16,
+            "an explicit choice stays"
+        );
         assert_eq!("auto".parse::<PrecisionChoice>(), Ok(PrecisionChoice::Auto));
     }
 }
-

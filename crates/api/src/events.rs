@@ -2,8 +2,8 @@
 //! commands). The console never talks to a worker directly: it sends `EngineCommand`s and
 //! folds `EngineEvent`s into its state.
 use crate::device::{DeviceChoice, Precision};
-use crate::rle::Rle;
 use crate::model::{ModelSize, ModelVersion};
+use crate::rle::Rle;
 use crate::session::{ObjectId, Op};
 use serde::{Deserialize, Serialize};
 
@@ -89,7 +89,9 @@ pub mod finite_or_named {
                 "NaN" => Ok(f32::NAN),
                 "inf" => Ok(f32::INFINITY),
                 "-inf" => Ok(f32::NEG_INFINITY),
-                other => Err(serde::de::Error::custom(format!("expected a number, \"NaN\", \"inf\" or \"-inf\", got {other:?}"))),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"NaN\", \"inf\" or \"-inf\", got {other:?}"
+                ))),
             },
         }
     }
@@ -123,22 +125,57 @@ pub enum EngineState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EngineEvent {
     State(EngineState),
-    WorkerStarted { pid: u32, device: DeviceChoice, precision: Precision, model: ModelLabel, restarts: u32 },
-    MediaInfo { width: u32, height: u32, frames: usize, fps: f32 },
+    WorkerStarted {
+        pid: u32,
+        device: DeviceChoice,
+        precision: Precision,
+        model: ModelLabel,
+        restarts: u32,
+    },
+    MediaInfo {
+        width: u32,
+        height: u32,
+        frames: usize,
+        fps: f32,
+    },
     Stats(WorkerStats),
     /// Masks on one frame: the answer to a prompt, or one step of a propagation.
     Masks(FrameMasks),
-    Progress { frame: usize, done: usize, total: usize, fps: f32, timings: StageTimings },
-    PropagationFinished { cancelled: bool },
+    Progress {
+        frame: usize,
+        done: usize,
+        total: usize,
+        fps: f32,
+        timings: StageTimings,
+    },
+    PropagationFinished {
+        cancelled: bool,
+    },
     /// Journal op `index` finished (every op ends with this or `OpFailed`).
-    OpFinished { index: usize, cancelled: bool },
+    OpFinished {
+        index: usize,
+        cancelled: bool,
+    },
     /// Journal op `index` failed in the engine (bad frame, no prompts, …); the worker lives on.
-    OpFailed { index: usize, message: String },
+    OpFailed {
+        index: usize,
+        message: String,
+    },
     /// The worker died (signal name or exit status) and the supervisor is acting on it.
-    WorkerDied { reason: String, stderr_tail: Vec<String> },
-    FellBack { from: DeviceChoice, to: DeviceChoice, reason: String },
+    WorkerDied {
+        reason: String,
+        stderr_tail: Vec<String>,
+    },
+    FellBack {
+        from: DeviceChoice,
+        to: DeviceChoice,
+        reason: String,
+    },
     /// Free-form supervisor decisions and errors for the log pane.
-    Log { level: LogLevel, message: String },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +198,10 @@ pub enum EngineCommand {
     /// Move to the next item of a batch: new media, session folder and journal (already
     /// on disk: `SupervisorHandle::next_item` writes it), masks cleared. A ready worker
     /// keeps its loaded model and only opens the new media.
-    NextItem { media: std::path::PathBuf, session_dir: std::path::PathBuf, ops: Vec<Op> },
+    NextItem {
+        media: std::path::PathBuf,
+        session_dir: std::path::PathBuf,
+        ops: Vec<Op>,
+    },
     Shutdown,
 }

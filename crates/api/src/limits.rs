@@ -24,12 +24,16 @@ pub const MAX_FRAME_SIDE: u32 = 8192;
 /// opening a FIFO for reading blocks until a writer comes, and a device such as
 /// `/dev/zero` never ends. Follows symlinks (a link to a file is fine).
 pub fn regular_file(path: &Path, what: &str) -> anyhow::Result<std::fs::Metadata> {
-    let meta = std::fs::metadata(path).map_err(|e| bad_input(format!("{}: cannot read {what}: {}", path.display(), crate::util::io_reason(&e))))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| bad_input(format!("{}: cannot read {what}: {}", path.display(), crate::util::io_reason(&e))))?;
     if meta.is_dir() {
         return Err(bad_input(format!("{}: is a directory, expected a {what} file", path.display())));
     }
     if !meta.is_file() {
-        return Err(bad_input(format!("{}: not a regular file (a FIFO, socket or device), expected a {what} file", path.display())));
+        return Err(bad_input(format!(
+            "{}: not a regular file (a FIFO, socket or device), expected a {what} file",
+            path.display()
+        )));
     }
     Ok(meta)
 }
@@ -37,12 +41,14 @@ pub fn regular_file(path: &Path, what: &str) -> anyhow::Result<std::fs::Metadata
 /// Reads a JSON input file of at most `MAX_JSON_BYTES`, never more than that from the
 /// stream even if the file grows while it is read.
 pub fn read_input_text(path: &Path, what: &str) -> anyhow::Result<String> {
-    let too_big = || bad_input(format!("{}: {what} file larger than the {} MiB limit", path.display(), MAX_JSON_BYTES >> 20));
+    let too_big =
+        || bad_input(format!("{}: {what} file larger than the {} MiB limit", path.display(), MAX_JSON_BYTES >> 20));
     let meta = regular_file(path, what)?;
     if meta.len() > MAX_JSON_BYTES {
         return Err(too_big());
     }
-    let file = std::fs::File::open(path).map_err(|e| bad_input(format!("{}: cannot read {what}: {}", path.display(), crate::util::io_reason(&e))))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| bad_input(format!("{}: cannot read {what}: {}", path.display(), crate::util::io_reason(&e))))?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_JSON_BYTES + 1)
         .read_to_end(&mut bytes)

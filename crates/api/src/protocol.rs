@@ -8,9 +8,9 @@ pub const FAULT_ENV: &str = "SAM2_TUI_FAULT";
 pub const FAULT_STATE_ENV: &str = "SAM2_TUI_FAULT_STATE";
 
 use crate::device::{DeviceChoice, Precision, PrecisionChoice};
+use crate::events::{ModelLabel, ObjectMask, StageTimings, WorkerStats};
 use crate::model::{ModelSize, ModelVersion};
 use crate::session::Op;
-use crate::events::{ModelLabel, ObjectMask, StageTimings, WorkerStats};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -135,19 +135,13 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// Decodes one frame from the front of `buf`: the message and the bytes it used.
 pub fn decode<T: DeserializeOwned>(buf: &[u8]) -> Result<(T, usize), FrameError> {
     if buf.len() < 4 {
-        return Err(FrameError::Truncated {
-            got: buf.len(),
-            want: 4,
-        });
+        return Err(FrameError::Truncated { got: buf.len(), want: 4 });
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(len));
     }
-    let body = buf.get(4..4 + len).ok_or(FrameError::Truncated {
-        got: buf.len() - 4,
-        want: len,
-    })?;
+    let body = buf.get(4..4 + len).ok_or(FrameError::Truncated { got: buf.len() - 4, want: len })?;
     let msg = serde_json::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
     Ok((msg, 4 + len))
 }
@@ -176,9 +170,7 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, F
     if got < len {
         return Err(FrameError::Truncated { got, want: len });
     }
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| FrameError::Malformed(e.to_string()))
+    serde_json::from_slice(&body).map(Some).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 /// Reads until `buf` is full or the stream ends; returns how many bytes arrived.

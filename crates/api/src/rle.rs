@@ -106,9 +106,7 @@ impl Rle {
 
     /// Foreground pixel count without decoding to a mask.
     pub fn area(&self) -> u64 {
-        string_to_counts(&self.counts)
-            .map(|r| r.iter().skip(1).step_by(2).map(|&c| c.max(0) as u64).sum())
-            .unwrap_or(0)
+        string_to_counts(&self.counts).map(|r| r.iter().skip(1).step_by(2).map(|&c| c.max(0) as u64).sum()).unwrap_or(0)
     }
 }
 

@@ -158,7 +158,11 @@ impl Drop for AutocastGuard {
 extern "C" {
     fn sam2_shim_set_tf32(allow: std::os::raw::c_int) -> std::os::raw::c_int;
     fn sam2_shim_set_sdp_cudnn(enabled: std::os::raw::c_int) -> std::os::raw::c_int;
-    fn sam2_shim_set_autocast_cuda(enabled: std::os::raw::c_int, dtype: std::os::raw::c_int, was_enabled: *mut std::os::raw::c_int) -> std::os::raw::c_int;
+    fn sam2_shim_set_autocast_cuda(
+        enabled: std::os::raw::c_int,
+        dtype: std::os::raw::c_int,
+        was_enabled: *mut std::os::raw::c_int,
+    ) -> std::os::raw::c_int;
 }
 
 /// Lets fp32 matmuls and convolutions on a CUDA device use TF32, as the reference's

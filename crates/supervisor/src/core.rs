@@ -3,13 +3,13 @@
 //! It plays gunicorn's master for the engine: spawn, watch, kill, restart, fall back —
 //! and, unlike gunicorn, it replays the session journal into the new worker.
 use super::death;
-use sam2_api::events::{EngineCommand, EngineEvent, EngineState, LogLevel, StageTimings};
 use super::options::SupervisorOptions;
 use super::policy::{CrashPolicy, Decision, Rung};
 use super::process::{WorkerNews, WorkerProcess};
 use super::store::{self, JournalStore, MaskStore, PropagationProgress};
-use sam2_api::protocol::{FAULT_ENV, FAULT_STATE_ENV};
+use sam2_api::events::{EngineCommand, EngineEvent, EngineState, LogLevel, StageTimings};
 use sam2_api::protocol::{Request, Response, PROTOCOL_VERSION};
+use sam2_api::protocol::{FAULT_ENV, FAULT_STATE_ENV};
 use sam2_api::session::Op;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -72,12 +72,7 @@ impl SupervisorHandle {
 
     /// Stops the worker and waits until every supervisor thread has ended.
     pub fn shutdown(self) {
-        let SupervisorHandle {
-            commands,
-            events,
-            threads,
-            ..
-        } = self;
+        let SupervisorHandle { commands, events, threads, .. } = self;
         let _ = commands.send(EngineCommand::Shutdown);
         drop(commands);
         for t in threads {
@@ -105,20 +100,17 @@ fn wrap(generation: u64, news: WorkerNews) -> Input {
 fn remove_stale_banks(session_dir: &std::path::Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(session_dir)?.flatten() {
         if entry.file_name().to_string_lossy().starts_with("bank-") && entry.path().is_dir() {
-            std::fs::remove_dir_all(entry.path())
-                .map_err(|e| anyhow::anyhow!("{}: cannot remove an earlier run's memory bank: {e}", entry.path().display()))?;
+            std::fs::remove_dir_all(entry.path()).map_err(|e| {
+                anyhow::anyhow!("{}: cannot remove an earlier run's memory bank: {e}", entry.path().display())
+            })?;
         }
     }
     Ok(())
 }
 
 pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
-    std::fs::create_dir_all(&opts.session_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot create session directory: {e}",
-            opts.session_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&opts.session_dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", opts.session_dir.display()))?;
     let journal_path = opts.session_dir.join("journal.json");
     let journal = JournalStore::create(&journal_path, opts.initial_ops.clone())?;
     remove_stale_banks(&opts.session_dir)?;
@@ -128,28 +120,18 @@ pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
     let masks = Arc::new(Mutex::new(MaskStore::default()));
 
     let fwd_tx = tx.clone();
-    let forwarder = std::thread::Builder::new()
-        .name("supervisor-commands".into())
-        .spawn(move || {
-            while let Some(c) = cmd_rx.blocking_recv() {
-                if fwd_tx.send(Input::Command(c)).is_err() {
-                    return;
-                }
+    let forwarder = std::thread::Builder::new().name("supervisor-commands".into()).spawn(move || {
+        while let Some(c) = cmd_rx.blocking_recv() {
+            if fwd_tx.send(Input::Command(c)).is_err() {
+                return;
             }
-            let _ = fwd_tx.send(Input::CommandsClosed);
-        })?;
+        }
+        let _ = fwd_tx.send(Input::CommandsClosed);
+    })?;
 
     let core = Core::new(opts, journal, masks.clone(), ev_tx, tx, rx);
-    let main = std::thread::Builder::new()
-        .name("supervisor".into())
-        .spawn(move || core.run())?;
-    Ok(SupervisorHandle {
-        commands: cmd_tx,
-        events: ev_rx,
-        masks,
-        journal_path,
-        threads: vec![main, forwarder],
-    })
+    let main = std::thread::Builder::new().name("supervisor".into()).spawn(move || core.run())?;
+    Ok(SupervisorHandle { commands: cmd_tx, events: ev_rx, masks, journal_path, threads: vec![main, forwarder] })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -235,11 +217,7 @@ impl Core {
         tx: Sender<Input>,
         rx: Receiver<Input>,
     ) -> Self {
-        let rung = Rung {
-            device: opts.device,
-            label: opts.device_label.clone(),
-            size: opts.size,
-        };
+        let rung = Rung { device: opts.device, label: opts.device_label.clone(), size: opts.size };
         Core {
             policy: CrashPolicy::new(opts.restart.clone()),
             opts,
@@ -283,9 +261,7 @@ impl Core {
     }
 
     fn bank_dir(&self) -> PathBuf {
-        self.opts
-            .session_dir
-            .join(format!("bank-{}", self.bank_epoch))
+        self.opts.session_dir.join(format!("bank-{}", self.bank_epoch))
     }
 
     /// The bank belongs to one model on one device: a switch starts a fresh one and
@@ -301,10 +277,7 @@ impl Core {
 
     fn run(mut self) {
         loop {
-            let wait = self
-                .restart_at
-                .map(|t| t.saturating_duration_since(Instant::now()).min(TICK))
-                .unwrap_or(TICK);
+            let wait = self.restart_at.map(|t| t.saturating_duration_since(Instant::now()).min(TICK)).unwrap_or(TICK);
             match self.rx.recv_timeout(wait) {
                 Ok(Input::Command(c)) => self.on_command(c),
                 Ok(Input::CommandsClosed) => self.on_command(EngineCommand::Shutdown),
@@ -341,71 +314,37 @@ impl Core {
         // come later than the heartbeat timeout, and killing it there only restarts the
         // same slow start.
         let kill_reason = if let Some(since) = live.retiring {
-            (now.duration_since(since) > RETIRE_GRACE)
-                .then(|| "did not exit when asked".to_string())
+            (now.duration_since(since) > RETIRE_GRACE).then(|| "did not exit when asked".to_string())
         } else if live.phase != Phase::Ready {
-            (now.duration_since(live.last_progress) > wd.load_timeout).then(|| {
-                format!(
-                    "no answer while starting for {:.0}s",
-                    wd.load_timeout.as_secs_f32()
-                )
-            })
+            (now.duration_since(live.last_progress) > wd.load_timeout)
+                .then(|| format!("no answer while starting for {:.0}s", wd.load_timeout.as_secs_f32()))
         } else if now.duration_since(live.last_heartbeat) > wd.heartbeat_timeout {
-            Some(format!(
-                "no heartbeat for {:.1}s",
-                wd.heartbeat_timeout.as_secs_f32()
-            ))
-        } else if live.phase == Phase::Ready
-            && busy
-            && now.duration_since(live.last_progress) > wd.progress_timeout
-        {
-            Some(format!(
-                "no progress for {:.1}s",
-                wd.progress_timeout.as_secs_f32()
-            ))
+            Some(format!("no heartbeat for {:.1}s", wd.heartbeat_timeout.as_secs_f32()))
+        } else if live.phase == Phase::Ready && busy && now.duration_since(live.last_progress) > wd.progress_timeout {
+            Some(format!("no progress for {:.1}s", wd.progress_timeout.as_secs_f32()))
         } else {
             None
         };
         if let Some(why) = kill_reason {
             let pid = live.proc.pid;
             live.proc.kill(&why);
-            self.log(
-                LogLevel::Warn,
-                format!("watchdog: killing worker {pid}: {why}"),
-            );
+            self.log(LogLevel::Warn, format!("watchdog: killing worker {pid}: {why}"));
         }
     }
 
     fn spawn(&mut self) {
         self.generation += 1;
         let mut env = self.opts.env.clone();
-        let fault_set =
-            std::env::var_os(FAULT_ENV).is_some() || env.iter().any(|(k, _)| k == FAULT_ENV);
-        let state_set = std::env::var_os(FAULT_STATE_ENV).is_some()
-            || env.iter().any(|(k, _)| k == FAULT_STATE_ENV);
+        let fault_set = std::env::var_os(FAULT_ENV).is_some() || env.iter().any(|(k, _)| k == FAULT_ENV);
+        let state_set = std::env::var_os(FAULT_STATE_ENV).is_some() || env.iter().any(|(k, _)| k == FAULT_STATE_ENV);
         if fault_set && !state_set {
             // Faults fire once per session, not once per worker.
-            env.push((
-                FAULT_STATE_ENV.into(),
-                self.opts
-                    .session_dir
-                    .join("fault-state.json")
-                    .to_string_lossy()
-                    .into(),
-            ));
+            env.push((FAULT_STATE_ENV.into(), self.opts.session_dir.join("fault-state.json").to_string_lossy().into()));
         }
         self.emit(EngineEvent::State(EngineState::Starting));
-        match WorkerProcess::spawn(
-            self.generation,
-            &self.opts.worker_command,
-            &env,
-            self.tx.clone(),
-            wrap,
-        ) {
+        match WorkerProcess::spawn(self.generation, &self.opts.worker_command, &env, self.tx.clone(), wrap) {
             Ok(mut proc) => {
-                proc.send(&Request::Hello {
-                    version: PROTOCOL_VERSION,
-                });
+                proc.send(&Request::Hello { version: PROTOCOL_VERSION });
                 let now = Instant::now();
                 self.worker = Some(Live {
                     proc,
@@ -422,9 +361,7 @@ impl Core {
             Err(e) => {
                 let reason = format!("{e:#}");
                 self.log(LogLevel::Error, reason.clone());
-                let d = self
-                    .policy
-                    .on_crash(Instant::now(), &self.rung.clone(), &reason);
+                let d = self.policy.on_crash(Instant::now(), &self.rung.clone(), &reason);
                 self.decide(d);
             }
         }
@@ -467,7 +404,10 @@ impl Core {
                     self.log(LogLevel::Error, format!("{e:#}"));
                 }
                 if self.stopped {
-                    self.log(LogLevel::Warn, "engine is stopped; the op is journaled and runs after a device or model switch".into());
+                    self.log(
+                        LogLevel::Warn,
+                        "engine is stopped; the op is journaled and runs after a device or model switch".into(),
+                    );
                 }
                 self.dispatch();
             }
@@ -490,8 +430,16 @@ impl Core {
                 let checkpoint = match self.checkpoint_for(size) {
                     Ok(c) => c,
                     Err(why) => {
-                        let staying = self.last_good.as_ref().and_then(|g| g.rung.size).map(|s| format!("; staying on {}", s.name())).unwrap_or_default();
-                        self.log(LogLevel::Error, format!("not switching to the {} model: {why}{staying}", size.name()));
+                        let staying = self
+                            .last_good
+                            .as_ref()
+                            .and_then(|g| g.rung.size)
+                            .map(|s| format!("; staying on {}", s.name()))
+                            .unwrap_or_default();
+                        self.log(
+                            LogLevel::Error,
+                            format!("not switching to the {} model: {why}{staying}", size.name()),
+                        );
                         return;
                     }
                 };
@@ -504,24 +452,16 @@ impl Core {
             EngineCommand::SwitchDevice(device) => {
                 self.switch_from = self.last_good.clone();
                 self.opts.device = device;
-                self.rung = Rung {
-                    device,
-                    label: None,
-                    size: self.rung.size,
-                };
+                self.rung = Rung { device, label: None, size: self.rung.size };
                 self.switch(format!("switching to {device}"));
             }
             EngineCommand::SetWatermark(ratio) => {
                 if !(0.0..=2.0).contains(&ratio) {
-                    self.log(
-                        LogLevel::Error,
-                        format!("watermark ratio {ratio} is outside 0.0..=2.0"),
-                    );
+                    self.log(LogLevel::Error, format!("watermark ratio {ratio} is outside 0.0..=2.0"));
                     return;
                 }
                 // Read once when the MPS allocator is created: it takes a new process.
-                self.opts
-                    .set_env("PYTORCH_MPS_HIGH_WATERMARK_RATIO", &ratio.to_string());
+                self.opts.set_env("PYTORCH_MPS_HIGH_WATERMARK_RATIO", &ratio.to_string());
                 let low: Option<f32> = self
                     .opts
                     .env
@@ -529,17 +469,12 @@ impl Core {
                     .find(|(k, _)| k == "PYTORCH_MPS_LOW_WATERMARK_RATIO")
                     .and_then(|(_, v)| v.parse().ok());
                 if low.is_some_and(|l| l > ratio) {
-                    self.opts
-                        .set_env("PYTORCH_MPS_LOW_WATERMARK_RATIO", &ratio.to_string());
+                    self.opts.set_env("PYTORCH_MPS_LOW_WATERMARK_RATIO", &ratio.to_string());
                 }
                 self.recycle(&format!("high watermark ratio set to {ratio}"));
             }
             EngineCommand::Prefetch(frame) => {
-                if self
-                    .worker
-                    .as_ref()
-                    .is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none())
-                {
+                if self.worker.as_ref().is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none()) {
                     self.send(Request::Prefetch { frame });
                 }
             }
@@ -583,7 +518,8 @@ impl Core {
     /// mid-way (an op running, media opening) is replaced, so nothing of the old item can
     /// answer for the new one.
     fn next_item(&mut self, media: PathBuf, session_dir: PathBuf, ops: Vec<Op>) {
-        let idle = self.inflight.is_none() && self.worker.as_ref().is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none());
+        let idle = self.inflight.is_none()
+            && self.worker.as_ref().is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none());
         self.fresh_bank();
         self.journal = JournalStore {
             journal: sam2_api::session::Journal { version: sam2_api::session::Journal::VERSION, ops },
@@ -633,10 +569,7 @@ impl Core {
             f.recycle_cancel = true;
             self.recycle_due = true;
             self.send(Request::Cancel);
-            self.log(
-                LogLevel::Info,
-                format!("recycling the worker at the next frame boundary ({why})"),
-            );
+            self.log(LogLevel::Info, format!("recycling the worker at the next frame boundary ({why})"));
         } else {
             self.recycle_due = false;
             self.retire(why);
@@ -648,11 +581,7 @@ impl Core {
             let Some(live) = self.worker.as_ref() else {
                 return;
             };
-            if live.phase != Phase::Ready
-                || live.retiring.is_some()
-                || self.inflight.is_some()
-                || self.stopped
-            {
+            if live.phase != Phase::Ready || live.retiring.is_some() || self.inflight.is_some() || self.stopped {
                 return;
             }
             if self.recycle_due {
@@ -711,21 +640,14 @@ impl Core {
             if let Some(live) = self.worker.as_mut() {
                 live.last_progress = Instant::now();
             }
-            self.send(Request::Apply {
-                seq: index as u64,
-                op: to_send,
-            });
+            self.send(Request::Apply { seq: index as u64, op: to_send });
             return;
         }
     }
 
     fn total_of(&self, op: &Op, p: &PropagationProgress) -> usize {
         match op {
-            Op::Propagate {
-                start,
-                reverse,
-                max_frames,
-            } => match start.or(p.first) {
+            Op::Propagate { start, reverse, max_frames } => match start.or(p.first) {
                 Some(s) => store::span(s, *reverse, *max_frames, self.num_frames),
                 None => self.num_frames,
             },
@@ -747,10 +669,7 @@ impl Core {
                 self.completed += 1;
             }
         } else {
-            self.masks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply_completed(&op);
+            self.masks.lock().unwrap_or_else(|p| p.into_inner()).apply_completed(&op);
             self.completed += 1;
         }
         if is_prop {
@@ -763,10 +682,7 @@ impl Core {
     }
 
     fn on_news(&mut self, generation: u64, news: WorkerNews) {
-        let current = self
-            .worker
-            .as_ref()
-            .is_some_and(|l| l.proc.generation == generation);
+        let current = self.worker.as_ref().is_some_and(|l| l.proc.generation == generation);
         if !current {
             return; // a dead worker's last words
         }
@@ -774,17 +690,11 @@ impl Core {
             WorkerNews::Exited(status) => self.on_exit(status),
             WorkerNews::StderrLine(line) => {
                 tracing::debug!(target: "worker", "{line}");
-                self.emit(EngineEvent::Log {
-                    level: LogLevel::Info,
-                    message: format!("worker: {line}"),
-                });
+                self.emit(EngineEvent::Log { level: LogLevel::Info, message: format!("worker: {line}") });
             }
             WorkerNews::ProtocolError(e) => {
                 let why = format!("protocol error: {e}");
-                self.log(
-                    LogLevel::Error,
-                    format!("worker sent garbage ({e}); killing it"),
-                );
+                self.log(LogLevel::Error, format!("worker sent garbage ({e}); killing it"));
                 if let Some(l) = self.worker.as_mut() {
                     l.proc.kill(&why);
                 }
@@ -806,18 +716,14 @@ impl Core {
             live.last_progress = now;
         }
         let pid = live.proc.pid;
-        let load_took = live
-            .load_sent
-            .map(|t| now.duration_since(t))
-            .unwrap_or_default();
+        let load_took = live.load_sent.map(|t| now.duration_since(t)).unwrap_or_default();
         match m {
-            Response::Hello {
-                version,
-                pid,
-                torch_version,
-            } => {
+            Response::Hello { version, pid, torch_version } => {
                 if version != PROTOCOL_VERSION {
-                    self.log(LogLevel::Error, format!("worker speaks protocol {version}, supervisor {PROTOCOL_VERSION}; wrong binary?"));
+                    self.log(
+                        LogLevel::Error,
+                        format!("worker speaks protocol {version}, supervisor {PROTOCOL_VERSION}; wrong binary?"),
+                    );
                     self.stop_engine("protocol version mismatch");
                     return;
                 }
@@ -838,12 +744,7 @@ impl Core {
                 self.emit(EngineEvent::State(EngineState::Loading));
                 self.send(req);
             }
-            Response::Loaded {
-                model,
-                device,
-                precision,
-                device_label,
-            } => {
+            Response::Loaded { model, device, precision, device_label } => {
                 if let Some(l) = self.worker.as_mut() {
                     l.load_took = load_took;
                     l.precision = precision;
@@ -855,46 +756,23 @@ impl Core {
                 self.loaded_from.insert(model.size, self.opts.checkpoint.clone());
                 self.last_good = Some(Setup { checkpoint: self.opts.checkpoint.clone(), rung: self.rung.clone() });
                 self.switch_from = None;
-                self.emit(EngineEvent::WorkerStarted {
-                    pid,
-                    device,
-                    precision,
-                    model,
-                    restarts: self.restarts,
-                });
-                self.log(
-                    LogLevel::Info,
-                    format!("worker {pid} loaded the model on {device_label}"),
-                );
+                self.emit(EngineEvent::WorkerStarted { pid, device, precision, model, restarts: self.restarts });
+                self.log(LogLevel::Info, format!("worker {pid} loaded the model on {device_label}"));
                 match self.opts.media.clone() {
                     Some(path) => {
                         if let Some(l) = self.worker.as_mut() {
                             l.phase = Phase::Opening;
                         }
                         let bank_dir = Some(self.bank_dir());
-                        self.send(Request::OpenMedia {
-                            path,
-                            bank_dir,
-                            fill_holes: self.opts.fill_holes,
-                        });
+                        self.send(Request::OpenMedia { path, bank_dir, fill_holes: self.opts.fill_holes });
                     }
                     None => self.ready(),
                 }
             }
-            Response::MediaInfo {
-                width,
-                height,
-                frames,
-                fps,
-            } => {
+            Response::MediaInfo { width, height, frames, fps } => {
                 self.num_frames = frames;
                 self.media_size = Some((width, height));
-                self.emit(EngineEvent::MediaInfo {
-                    width,
-                    height,
-                    frames,
-                    fps,
-                });
+                self.emit(EngineEvent::MediaInfo { width, height, frames, fps });
                 // Also with nothing completed: the bank may hold an op the dead worker
                 // finished without the news reaching us, which the worker takes back.
                 if let Some(l) = self.worker.as_mut() {
@@ -904,25 +782,16 @@ impl Core {
                 self.send(Request::Restore { ops });
             }
             Response::Restored { ops } => {
-                self.log(
-                    LogLevel::Info,
-                    format!("restored the state of {ops} ops from the memory bank"),
-                );
+                self.log(LogLevel::Info, format!("restored the state of {ops} ops from the memory bank"));
                 self.ready();
             }
             Response::Error { seq: None, message } => self.on_setup_error(message),
-            Response::Error {
-                seq: Some(seq),
-                message,
-            } => {
+            Response::Error { seq: Some(seq), message } => {
                 let Some(f) = self.inflight.take().filter(|f| f.index as u64 == seq) else {
                     return;
                 };
                 self.log(LogLevel::Error, format!("op {} failed: {message}", f.index));
-                self.emit(EngineEvent::OpFailed {
-                    index: f.index,
-                    message: message.clone(),
-                });
+                self.emit(EngineEvent::OpFailed { index: f.index, message: message.clone() });
                 // It did not happen: drop it so no replay repeats the failure.
                 if f.progress.delivered == 0 {
                     if let Err(e) = self.journal.replace(f.index, None) {
@@ -936,12 +805,7 @@ impl Core {
                 }
                 self.dispatch();
             }
-            Response::Frame {
-                seq,
-                frame,
-                objects,
-                timings,
-            } => self.on_frame(seq, frame, objects, timings),
+            Response::Frame { seq, frame, objects, timings } => self.on_frame(seq, frame, objects, timings),
             Response::OpDone { seq, cancelled } => {
                 let Some(f) = self.inflight.take().filter(|f| f.index as u64 == seq) else {
                     return;
@@ -1001,7 +865,11 @@ impl Core {
                 let back = self.switch_from.take().expect("checked");
                 self.log(
                     LogLevel::Error,
-                    format!("the switch failed ({message}); going back to {} on {}", back.checkpoint.display(), back.rung.label()),
+                    format!(
+                        "the switch failed ({message}); going back to {} on {}",
+                        back.checkpoint.display(),
+                        back.rung.label()
+                    ),
                 );
                 self.opts.checkpoint = back.checkpoint;
                 self.opts.size = back.rung.size;
@@ -1033,10 +901,7 @@ impl Core {
                 self.stop_engine("no usable checkpoint");
             }
             Some(Phase::Loading) | Some(Phase::Hello) => {
-                self.log(
-                    LogLevel::Error,
-                    format!("{} worker: {message}", self.rung.label()),
-                );
+                self.log(LogLevel::Error, format!("{} worker: {message}", self.rung.label()));
                 let d = self.policy.next_rung(&self.rung.clone(), &message);
                 if let Some(l) = self.worker.as_mut() {
                     l.retiring = Some(Instant::now());
@@ -1046,21 +911,14 @@ impl Core {
                 self.decide(d);
             }
             Some(Phase::Restoring) => {
-                self.log(
-                    LogLevel::Warn,
-                    format!("{message}; replaying the journal from scratch on a fresh bank"),
-                );
+                self.log(LogLevel::Warn, format!("{message}; replaying the journal from scratch on a fresh bank"));
                 self.fresh_bank();
                 if let Some(l) = self.worker.as_mut() {
                     l.phase = Phase::Opening;
                 }
                 if let Some(path) = self.opts.media.clone() {
                     let bank_dir = Some(self.bank_dir());
-                    self.send(Request::OpenMedia {
-                        path,
-                        bank_dir,
-                        fill_holes: self.opts.fill_holes,
-                    });
+                    self.send(Request::OpenMedia { path, bank_dir, fill_holes: self.opts.fill_holes });
                 }
             }
             Some(Phase::Opening) => {
@@ -1075,28 +933,17 @@ impl Core {
     fn stop_engine(&mut self, reason: &str) {
         self.stopped = true;
         self.restart_at = None;
-        self.emit(EngineEvent::State(EngineState::Crashed {
-            reason: reason.to_string(),
-        }));
+        self.emit(EngineEvent::State(EngineState::Crashed { reason: reason.to_string() }));
         self.retire(reason);
         self.emit(EngineEvent::State(EngineState::Stopped));
     }
 
-    fn on_frame(
-        &mut self,
-        seq: u64,
-        frame: usize,
-        objects: Vec<super::events::ObjectMask>,
-        timings: StageTimings,
-    ) {
+    fn on_frame(&mut self, seq: u64, frame: usize, objects: Vec<super::events::ObjectMask>, timings: StageTimings) {
         let num_frames = self.num_frames;
         let Some(f) = self.inflight.as_mut().filter(|f| f.index as u64 == seq) else {
             return;
         };
-        self.masks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(frame, &objects);
+        self.masks.lock().unwrap_or_else(|p| p.into_inner()).insert(frame, &objects);
         let op = self.journal.journal.ops[f.index].clone();
         let is_prop = matches!(op, Op::Propagate { .. });
         if is_prop {
@@ -1105,47 +952,22 @@ impl Core {
         f.frames_here += 1;
         let fps = f.frames_here as f32 / f.started.elapsed().as_secs_f32().max(1e-3);
         let progress = f.progress.clone();
-        self.emit(EngineEvent::Masks(super::events::FrameMasks {
-            frame,
-            objects,
-        }));
+        self.emit(EngineEvent::Masks(super::events::FrameMasks { frame, objects }));
         if is_prop {
             let total = match &op {
-                Op::Propagate {
-                    start,
-                    reverse,
-                    max_frames,
-                } => store::span(
-                    start.or(progress.first).unwrap_or(0),
-                    *reverse,
-                    *max_frames,
-                    num_frames,
-                ),
+                Op::Propagate { start, reverse, max_frames } => {
+                    store::span(start.or(progress.first).unwrap_or(0), *reverse, *max_frames, num_frames)
+                }
                 _ => 1,
             };
-            self.emit(EngineEvent::Progress {
-                frame,
-                done: progress.delivered,
-                total,
-                fps,
-                timings,
-            });
+            self.emit(EngineEvent::Progress { frame, done: progress.delivered, total, fps, timings });
         }
         let Some(live) = self.worker.as_mut() else {
             return;
         };
         live.frames += 1;
-        if self
-            .opts
-            .recycling
-            .after_frames
-            .is_some_and(|n| live.frames >= n)
-            && !self.recycle_due
-        {
-            self.recycle(&format!(
-                "{} frames processed",
-                self.opts.recycling.after_frames.unwrap_or(0)
-            ));
+        if self.opts.recycling.after_frames.is_some_and(|n| live.frames >= n) && !self.recycle_due {
+            self.recycle(&format!("{} frames processed", self.opts.recycling.after_frames.unwrap_or(0)));
         }
     }
 
@@ -1170,17 +992,9 @@ impl Core {
         }
         // A crash.
         self.crashed_at = Some(Instant::now());
-        self.emit(EngineEvent::WorkerDied {
-            reason: reason.clone(),
-            stderr_tail: tail,
-        });
-        self.emit(EngineEvent::State(EngineState::Crashed {
-            reason: reason.clone(),
-        }));
-        self.log(
-            LogLevel::Error,
-            format!("worker {pid} on {} died: {reason}", self.rung.label()),
-        );
+        self.emit(EngineEvent::WorkerDied { reason: reason.clone(), stderr_tail: tail });
+        self.emit(EngineEvent::State(EngineState::Crashed { reason: reason.clone() }));
+        self.log(LogLevel::Error, format!("worker {pid} on {} died: {reason}", self.rung.label()));
         if let Some(f) = self.inflight.take() {
             if matches!(self.journal.journal.ops[f.index], Op::Propagate { .. }) && !f.user_cancel {
                 self.resume = Some((f.index, f.progress));
@@ -1189,9 +1003,7 @@ impl Core {
             }
             // Other ops are simply re-sent: they are journaled and not completed.
         }
-        let d = self
-            .policy
-            .on_crash(Instant::now(), &self.rung.clone(), &reason);
+        let d = self.policy.on_crash(Instant::now(), &self.rung.clone(), &reason);
         self.decide(d);
     }
 
@@ -1214,19 +1026,8 @@ impl Core {
             Decision::FallBack { to, reason } => {
                 self.restarts += 1;
                 let from = self.rung.clone();
-                self.emit(EngineEvent::FellBack {
-                    from: from.device,
-                    to: to.device,
-                    reason: reason.clone(),
-                });
-                self.log(
-                    LogLevel::Warn,
-                    format!(
-                        "falling back from {} to {}: {reason}",
-                        from.label(),
-                        to.label()
-                    ),
-                );
+                self.emit(EngineEvent::FellBack { from: from.device, to: to.device, reason: reason.clone() });
+                self.log(LogLevel::Warn, format!("falling back from {} to {}: {reason}", from.label(), to.label()));
                 self.rung = to;
                 self.fresh_bank();
                 self.restart_at = Some(Instant::now());
@@ -1242,6 +1043,5 @@ impl Core {
 }
 
 fn live_ready(w: &Option<Live>) -> bool {
-    w.as_ref()
-        .is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none())
+    w.as_ref().is_some_and(|l| l.phase == Phase::Ready && l.retiring.is_none())
 }

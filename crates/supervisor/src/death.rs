@@ -33,11 +33,7 @@ pub fn describe(status: ExitStatus, killed_by_us: Option<&str>) -> String {
             libc::SIGABRT => format!("{name} (abort: a failed assertion inside libtorch or the device driver?)"),
             libc::SIGSEGV | libc::SIGBUS => format!("{name} (invalid memory access)"),
             _ => name,
-        } + if status.core_dumped() {
-            ", core dumped"
-        } else {
-            ""
-        };
+        } + if status.core_dumped() { ", core dumped" } else { "" };
     }
     match status.code() {
         Some(0) => "exited cleanly (status 0) while work was pending".into(),
@@ -62,17 +58,8 @@ mod tests {
         assert!(describe(ExitStatus::from_raw(libc::SIGABRT), None).starts_with("SIGABRT"));
         assert!(!describe(ExitStatus::from_raw(libc::SIGABRT), None).contains("Metal"), "a CPU abort is not Metal's");
         assert!(describe(ExitStatus::from_raw(libc::SIGSEGV), None).starts_with("SIGSEGV"));
-        assert_eq!(
-            describe(ExitStatus::from_raw(libc::SIGKILL), None),
-            "killed (OOM?) by SIGKILL"
-        );
-        assert!(
-            describe(ExitStatus::from_raw(libc::SIGKILL), Some("no heartbeat"))
-                .contains("watchdog")
-        );
-        assert_eq!(
-            describe(ExitStatus::from_raw(3 << 8), None),
-            "exit status 3"
-        );
+        assert_eq!(describe(ExitStatus::from_raw(libc::SIGKILL), None), "killed (OOM?) by SIGKILL");
+        assert!(describe(ExitStatus::from_raw(libc::SIGKILL), Some("no heartbeat")).contains("watchdog"));
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8), None), "exit status 3");
     }
 }

@@ -121,8 +121,7 @@ impl SupervisorOptions {
 }
 
 pub fn default_worker_command() -> anyhow::Result<Vec<String>> {
-    let exe =
-        std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this executable: {e}"))?;
     Ok(vec![exe.to_string_lossy().into_owned(), "engine".into()])
 }
 
@@ -131,10 +130,6 @@ pub fn default_session_dir() -> PathBuf {
     let base = directories::ProjectDirs::from("", "", "sam2-tui")
         .map(|p| p.data_dir().to_path_buf())
         .unwrap_or_else(std::env::temp_dir);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    base.join("sessions")
-        .join(format!("{stamp}-{}", std::process::id()))
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    base.join("sessions").join(format!("{stamp}-{}", std::process::id()))
 }

@@ -19,9 +19,7 @@ pub struct Rung {
 
 impl Rung {
     pub fn label(&self) -> String {
-        self.label
-            .clone()
-            .unwrap_or_else(|| self.device.to_string())
+        self.label.clone().unwrap_or_else(|| self.device.to_string())
     }
 
     /// Whether falling back to the CPU means anything from here.
@@ -33,11 +31,7 @@ impl Rung {
     }
 
     pub fn cpu(&self) -> Rung {
-        Rung {
-            device: DeviceChoice::Cpu,
-            label: None,
-            size: self.size,
-        }
+        Rung { device: DeviceChoice::Cpu, label: None, size: self.size }
     }
 }
 
@@ -66,20 +60,12 @@ pub struct CrashPolicy {
 
 impl CrashPolicy {
     pub fn new(policy: RestartPolicy) -> Self {
-        CrashPolicy {
-            policy,
-            crashes: VecDeque::new(),
-        }
+        CrashPolicy { policy, crashes: VecDeque::new() }
     }
 
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1).min(20))
-            .unwrap_or(u32::MAX);
-        self.policy
-            .initial_backoff
-            .saturating_mul(factor)
-            .min(self.policy.max_backoff)
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+        self.policy.initial_backoff.saturating_mul(factor).min(self.policy.max_backoff)
     }
 
     /// A worker on `rung` died at `now` (`why` names how).
@@ -94,18 +80,11 @@ impl CrashPolicy {
         }
         let attempt = self.crashes.len() as u32;
         if attempt <= self.policy.max_retries {
-            return Decision::Retry {
-                attempt,
-                delay: self.backoff(attempt),
-            };
+            return Decision::Retry { attempt, delay: self.backoff(attempt) };
         }
         self.crashes.clear();
-        let exhausted = format!(
-            "{} crashes within {}s on {} (last: {why})",
-            attempt,
-            self.policy.window.as_secs(),
-            rung.label()
-        );
+        let exhausted =
+            format!("{} crashes within {}s on {} (last: {why})", attempt, self.policy.window.as_secs(), rung.label());
         self.next_rung(rung, &exhausted)
     }
 
@@ -113,25 +92,17 @@ impl CrashPolicy {
     pub fn next_rung(&mut self, rung: &Rung, reason: &str) -> Decision {
         self.crashes.clear();
         if rung.is_accelerator() && self.policy.fallback_to_cpu {
-            return Decision::FallBack {
-                to: rung.cpu(),
-                reason: reason.to_string(),
-            };
+            return Decision::FallBack { to: rung.cpu(), reason: reason.to_string() };
         }
         if self.policy.smaller_model {
             if let Some(smaller) = rung.size.and_then(|s| s.smaller()) {
                 return Decision::FallBack {
-                    to: Rung {
-                        size: Some(smaller),
-                        ..rung.clone()
-                    },
+                    to: Rung { size: Some(smaller), ..rung.clone() },
                     reason: format!("{reason}; trying the {} model", smaller.name()),
                 };
             }
         }
-        Decision::GiveUp {
-            reason: reason.to_string(),
-        }
+        Decision::GiveUp { reason: reason.to_string() }
     }
 }
 
@@ -151,11 +122,7 @@ mod tests {
     }
 
     fn mps(size: Option<ModelSize>) -> Rung {
-        Rung {
-            device: DeviceChoice::Mps,
-            label: None,
-            size,
-        }
+        Rung { device: DeviceChoice::Mps, label: None, size }
     }
 
     #[test]
@@ -163,12 +130,10 @@ mod tests {
         let mut p = policy(4, false);
         let t = Instant::now();
         let delays: Vec<_> = (0..4)
-            .map(
-                |i| match p.on_crash(t + Duration::from_secs(i), &mps(None), "SIGABRT") {
-                    Decision::Retry { delay, .. } => delay.as_millis(),
-                    d => panic!("{d:?}"),
-                },
-            )
+            .map(|i| match p.on_crash(t + Duration::from_secs(i), &mps(None), "SIGABRT") {
+                Decision::Retry { delay, .. } => delay.as_millis(),
+                d => panic!("{d:?}"),
+            })
             .collect();
         assert_eq!(delays, vec![100, 200, 350, 350]);
     }
@@ -177,62 +142,35 @@ mod tests {
     fn falls_back_from_an_accelerator_to_cpu_when_retries_are_exhausted() {
         let mut p = policy(2, false);
         let t = Instant::now();
-        assert!(matches!(
-            p.on_crash(t, &mps(None), "SIGABRT"),
-            Decision::Retry { attempt: 1, .. }
-        ));
-        assert!(matches!(
-            p.on_crash(t, &mps(None), "SIGABRT"),
-            Decision::Retry { attempt: 2, .. }
-        ));
+        assert!(matches!(p.on_crash(t, &mps(None), "SIGABRT"), Decision::Retry { attempt: 1, .. }));
+        assert!(matches!(p.on_crash(t, &mps(None), "SIGABRT"), Decision::Retry { attempt: 2, .. }));
         match p.on_crash(t, &mps(None), "SIGABRT") {
             Decision::FallBack { to, reason } => {
                 assert_eq!(to.device, DeviceChoice::Cpu);
-                assert!(
-                    reason.contains("3 crashes") && reason.contains("SIGABRT"),
-                    "{reason}"
-                );
+                assert!(reason.contains("3 crashes") && reason.contains("SIGABRT"), "{reason}");
             }
             d => panic!("{d:?}"),
         }
         // The count starts over on the new rung.
-        assert!(matches!(
-            p.on_crash(t, &mps(None).cpu(), "SIGSEGV"),
-            Decision::Retry { attempt: 1, .. }
-        ));
+        assert!(matches!(p.on_crash(t, &mps(None).cpu(), "SIGSEGV"), Decision::Retry { attempt: 1, .. }));
     }
 
     #[test]
     fn crashes_outside_the_window_are_forgotten() {
         let mut p = policy(1, false);
         let t = Instant::now();
-        assert!(matches!(
-            p.on_crash(t, &mps(None), "x"),
-            Decision::Retry { attempt: 1, .. }
-        ));
-        assert!(matches!(
-            p.on_crash(t + Duration::from_secs(61), &mps(None), "x"),
-            Decision::Retry { attempt: 1, .. }
-        ));
+        assert!(matches!(p.on_crash(t, &mps(None), "x"), Decision::Retry { attempt: 1, .. }));
+        assert!(matches!(p.on_crash(t + Duration::from_secs(61), &mps(None), "x"), Decision::Retry { attempt: 1, .. }));
     }
 
     #[test]
     fn a_labelled_cpu_counts_as_the_accelerator_rung() {
         let mut p = policy(0, false);
-        let acc = Rung {
-            device: DeviceChoice::Cpu,
-            label: Some("accelerator".into()),
-            size: None,
-        };
+        let acc = Rung { device: DeviceChoice::Cpu, label: Some("accelerator".into()), size: None };
         match p.on_crash(Instant::now(), &acc, "SIGABRT") {
-            Decision::FallBack { to, .. } => assert_eq!(
-                to,
-                Rung {
-                    device: DeviceChoice::Cpu,
-                    label: None,
-                    size: None
-                }
-            ),
+            Decision::FallBack { to, .. } => {
+                assert_eq!(to, Rung { device: DeviceChoice::Cpu, label: None, size: None })
+            }
             d => panic!("{d:?}"),
         }
     }
@@ -246,13 +184,7 @@ mod tests {
             Decision::FallBack { to, .. } => assert_eq!(to.size, Some(ModelSize::Tiny)),
             d => panic!("{d:?}"),
         }
-        let tiny = Rung {
-            size: Some(ModelSize::Tiny),
-            ..cpu
-        };
-        assert!(matches!(
-            p.on_crash(t, &tiny, "killed (OOM?)"),
-            Decision::GiveUp { .. }
-        ));
+        let tiny = Rung { size: Some(ModelSize::Tiny), ..cpu };
+        assert!(matches!(p.on_crash(t, &tiny, "killed (OOM?)"), Decision::GiveUp { .. }));
     }
 }

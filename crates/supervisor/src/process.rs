@@ -42,14 +42,9 @@ impl WorkerProcess {
         tx: Sender<T>,
         wrap: fn(u64, WorkerNews) -> T,
     ) -> anyhow::Result<WorkerProcess> {
-        let (program, args) = command
-            .split_first()
-            .ok_or_else(|| anyhow::anyhow!("empty worker command"))?;
+        let (program, args) = command.split_first().ok_or_else(|| anyhow::anyhow!("empty worker command"))?;
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -62,9 +57,7 @@ impl WorkerProcess {
                 Ok(())
             });
         }
-        let mut child: Child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("{program}: cannot start worker: {e}"))?;
+        let mut child: Child = cmd.spawn().map_err(|e| anyhow::anyhow!("{program}: cannot start worker: {e}"))?;
         let pid = child.id();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -73,90 +66,67 @@ impl WorkerProcess {
         let mut threads = vec![];
 
         let t = tx.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("worker{generation}-out"))
-                .spawn(move || {
-                    let mut r = std::io::BufReader::new(stdout);
-                    loop {
-                        match protocol::read_frame::<Response>(&mut r) {
-                            Ok(Some(m)) => {
-                                if t.send(wrap(generation, WorkerNews::Message(m))).is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(None) => return,
-                            Err(e) => {
-                                let _ = t.send(wrap(
-                                    generation,
-                                    WorkerNews::ProtocolError(e.to_string()),
-                                ));
-                                return;
-                            }
-                        }
-                    }
-                })?,
-        );
-
-        let t = tx.clone();
-        let tail2 = tail.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("worker{generation}-err"))
-                .spawn(move || {
-                    let r = std::io::BufReader::new(stderr);
-                    for line in r.split(b'\n') {
-                        let Ok(line) = line else { return };
-                        let line = String::from_utf8_lossy(&line).trim_end().to_string();
-                        if !super::death::is_last_words(&line) {
-                            // Kept for the log, not for the tail: it would hide the panic
-                            // message just above it.
-                        } else {
-                            let mut q = tail2.lock().unwrap_or_else(|p| p.into_inner());
-                            if q.len() == STDERR_TAIL {
-                                q.pop_front();
-                            }
-                            q.push_back(line.clone());
-                        }
-                        if t.send(wrap(generation, WorkerNews::StderrLine(line)))
-                            .is_err()
-                        {
+        threads.push(std::thread::Builder::new().name(format!("worker{generation}-out")).spawn(move || {
+            let mut r = std::io::BufReader::new(stdout);
+            loop {
+                match protocol::read_frame::<Response>(&mut r) {
+                    Ok(Some(m)) => {
+                        if t.send(wrap(generation, WorkerNews::Message(m))).is_err() {
                             return;
                         }
                     }
-                })?,
-        );
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = t.send(wrap(generation, WorkerNews::ProtocolError(e.to_string())));
+                        return;
+                    }
+                }
+            }
+        })?);
+
+        let t = tx.clone();
+        let tail2 = tail.clone();
+        threads.push(std::thread::Builder::new().name(format!("worker{generation}-err")).spawn(move || {
+            let r = std::io::BufReader::new(stderr);
+            for line in r.split(b'\n') {
+                let Ok(line) = line else { return };
+                let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                if !super::death::is_last_words(&line) {
+                    // Kept for the log, not for the tail: it would hide the panic
+                    // message just above it.
+                } else {
+                    let mut q = tail2.lock().unwrap_or_else(|p| p.into_inner());
+                    if q.len() == STDERR_TAIL {
+                        q.pop_front();
+                    }
+                    q.push_back(line.clone());
+                }
+                if t.send(wrap(generation, WorkerNews::StderrLine(line))).is_err() {
+                    return;
+                }
+            }
+        })?);
 
         let reaped = Arc::new(Mutex::new(false));
         let reaped2 = reaped.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("worker{generation}-wait"))
-                .spawn(move || {
-                    // Wait for the exit WITHOUT reaping, then reap under the lock `kill` takes: the
-                    // pid cannot be recycled between our check and a SIGKILL. Reaping here is what
-                    // keeps zombies away, whoever ends the worker.
-                    unsafe {
-                        let mut info: libc::siginfo_t = std::mem::zeroed();
-                        while libc::waitid(
-                            libc::P_PID,
-                            pid as libc::id_t,
-                            &mut info,
-                            libc::WEXITED | libc::WNOWAIT,
-                        ) != 0
-                            && std::io::Error::last_os_error().kind()
-                                == std::io::ErrorKind::Interrupted
-                        {}
-                    }
-                    let mut done = reaped2.lock().unwrap_or_else(|p| p.into_inner());
-                    let status = child.wait();
-                    *done = true;
-                    drop(done);
-                    if let Ok(status) = status {
-                        let _ = tx.send(wrap(generation, WorkerNews::Exited(status)));
-                    }
-                })?,
-        );
+        threads.push(std::thread::Builder::new().name(format!("worker{generation}-wait")).spawn(move || {
+            // Wait for the exit WITHOUT reaping, then reap under the lock `kill` takes: the
+            // pid cannot be recycled between our check and a SIGKILL. Reaping here is what
+            // keeps zombies away, whoever ends the worker.
+            unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                while libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) != 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {}
+            }
+            let mut done = reaped2.lock().unwrap_or_else(|p| p.into_inner());
+            let status = child.wait();
+            *done = true;
+            drop(done);
+            if let Ok(status) = status {
+                let _ = tx.send(wrap(generation, WorkerNews::Exited(status)));
+            }
+        })?);
 
         Ok(WorkerProcess {
             generation,
@@ -200,12 +170,7 @@ impl WorkerProcess {
     }
 
     pub fn stderr_tail(&self) -> Vec<String> {
-        self.stderr_tail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     /// After the exit news: waits for the reader threads, which end at EOF.

@@ -15,7 +15,8 @@ pub fn root() -> PathBuf {
 
 /// Marks `dir` as belonging to this process only, for as long as it runs.
 pub fn mark_one_shot(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", dir.display()))?;
     sam2_api::util::atomic_write(&dir.join(ONE_SHOT), sam2_api::util::owner_tag().as_bytes())
 }
 
@@ -59,7 +60,9 @@ pub struct KeptSession {
 
 fn size_of(path: &Path) -> u64 {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(path).map(|es| es.flatten().map(|e| size_of(&e.path())).sum()).unwrap_or(0),
+        Ok(m) if m.is_dir() => {
+            std::fs::read_dir(path).map(|es| es.flatten().map(|e| size_of(&e.path())).sum()).unwrap_or(0)
+        }
         Ok(m) => m.len(),
         Err(_) => 0,
     }
@@ -90,10 +93,12 @@ pub fn list(root: &Path) -> Vec<KeptSession> {
 /// with zero); returns what was (or, with `dry_run`, would be) removed.
 pub fn prune(root: &Path, older_than: Duration, dry_run: bool) -> anyhow::Result<Vec<KeptSession>> {
     let now = SystemTime::now();
-    let old: Vec<KeptSession> = list(root).into_iter().filter(|s| now.duration_since(s.modified).unwrap_or_default() >= older_than).collect();
+    let old: Vec<KeptSession> =
+        list(root).into_iter().filter(|s| now.duration_since(s.modified).unwrap_or_default() >= older_than).collect();
     if !dry_run {
         for s in &old {
-            std::fs::remove_dir_all(&s.path).map_err(|e| anyhow::anyhow!("{}: cannot remove: {e}", s.path.display()))?;
+            std::fs::remove_dir_all(&s.path)
+                .map_err(|e| anyhow::anyhow!("{}: cannot remove: {e}", s.path.display()))?;
         }
     }
     Ok(old)

@@ -1,7 +1,7 @@
 //! What the supervisor remembers across worker deaths: the journal on disk, the finished
 //! masks (latest per (frame, object) wins), and how far an interrupted propagation got.
-use sam2_api::session::{Journal, ObjectId, Op};
 use sam2_api::events::ObjectMask;
+use sam2_api::session::{Journal, ObjectId, Op};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -13,13 +13,7 @@ pub struct JournalStore {
 
 impl JournalStore {
     pub fn create(path: &Path, initial: Vec<Op>) -> anyhow::Result<Self> {
-        let s = JournalStore {
-            journal: Journal {
-                version: Journal::VERSION,
-                ops: initial,
-            },
-            path: path.to_path_buf(),
-        };
+        let s = JournalStore { journal: Journal { version: Journal::VERSION, ops: initial }, path: path.to_path_buf() };
         s.save()?;
         Ok(s)
     }
@@ -99,12 +93,7 @@ impl PropagationProgress {
 
 /// The last frame a propagation reaches, with the reference's semantics
 /// (`propagate_in_video`: forward to min(start+max, n-1), reverse down to max(start-max, 0)).
-pub fn end_frame(
-    start: usize,
-    reverse: bool,
-    max_frames: Option<usize>,
-    num_frames: usize,
-) -> usize {
+pub fn end_frame(start: usize, reverse: bool, max_frames: Option<usize>, num_frames: usize) -> usize {
     let max = max_frames.unwrap_or(num_frames);
     if reverse {
         start.saturating_sub(max)
@@ -131,12 +120,7 @@ pub fn span(start: usize, reverse: bool, max_frames: Option<usize>, num_frames: 
 /// delivered. `Some(op unchanged)` when nothing was delivered; `None` when it had in fact
 /// finished.
 pub fn resume(op: &Op, p: &PropagationProgress, num_frames: usize) -> Option<Op> {
-    let Op::Propagate {
-        start,
-        reverse,
-        max_frames,
-    } = op
-    else {
+    let Op::Propagate { start, reverse, max_frames } = op else {
         return Some(op.clone());
     };
     let (Some(first), Some(last)) = (start.or(p.first), p.last) else {
@@ -152,21 +136,13 @@ pub fn resume(op: &Op, p: &PropagationProgress, num_frames: usize) -> Option<Op>
         // Re-tracking it gives the same result (in reverse it attends to the frames after
         // it, which have not changed) and frame 0 follows.
         let next = (last - 1).max(1);
-        Some(Op::Propagate {
-            start: Some(next),
-            reverse: true,
-            max_frames: Some(next - end),
-        })
+        Some(Op::Propagate { start: Some(next), reverse: true, max_frames: Some(next - end) })
     } else {
         if last >= end {
             return None;
         }
         let next = last + 1;
-        Some(Op::Propagate {
-            start: Some(next),
-            reverse: false,
-            max_frames: Some(end - next),
-        })
+        Some(Op::Propagate { start: Some(next), reverse: false, max_frames: Some(end - next) })
     }
 }
 
@@ -177,11 +153,7 @@ pub fn as_ran(op: &Op, p: &PropagationProgress) -> Option<Op> {
         return Some(op.clone());
     };
     let (first, last) = (p.first?, p.last?);
-    Some(Op::Propagate {
-        start: Some(first),
-        reverse: *reverse,
-        max_frames: Some(first.abs_diff(last)),
-    })
+    Some(Op::Propagate { start: Some(first), reverse: *reverse, max_frames: Some(first.abs_diff(last)) })
 }
 
 #[cfg(test)]
@@ -189,11 +161,7 @@ mod tests {
     use super::*;
 
     fn prop(start: Option<usize>, reverse: bool, max: Option<usize>) -> Op {
-        Op::Propagate {
-            start,
-            reverse,
-            max_frames: max,
-        }
+        Op::Propagate { start, reverse, max_frames: max }
     }
 
     fn progress(frames: impl IntoIterator<Item = usize>) -> PropagationProgress {
@@ -237,41 +205,22 @@ mod tests {
     #[test]
     fn nothing_delivered_means_resend_and_all_delivered_means_done() {
         let op = prop(None, false, None);
-        assert_eq!(
-            resume(&op, &PropagationProgress::default(), 10),
-            Some(op.clone())
-        );
+        assert_eq!(resume(&op, &PropagationProgress::default(), 10), Some(op.clone()));
         assert_eq!(resume(&op, &progress(0..10), 10), None);
-        assert_eq!(
-            resume(&prop(Some(4), true, None), &progress((0..=4).rev()), 10),
-            None
-        );
+        assert_eq!(resume(&prop(Some(4), true, None), &progress((0..=4).rev()), 10), None);
     }
 
     #[test]
     fn a_cancelled_propagation_is_journaled_as_the_frames_it_ran() {
-        assert_eq!(
-            as_ran(&prop(None, false, None), &progress(2..=6)),
-            Some(prop(Some(2), false, Some(4)))
-        );
-        assert_eq!(
-            as_ran(&prop(None, true, None), &progress([6, 5])),
-            Some(prop(Some(6), true, Some(1)))
-        );
-        assert_eq!(
-            as_ran(&prop(None, false, None), &PropagationProgress::default()),
-            None
-        );
+        assert_eq!(as_ran(&prop(None, false, None), &progress(2..=6)), Some(prop(Some(2), false, Some(4))));
+        assert_eq!(as_ran(&prop(None, true, None), &progress([6, 5])), Some(prop(Some(6), true, Some(1))));
+        assert_eq!(as_ran(&prop(None, false, None), &PropagationProgress::default()), None);
     }
 
     #[test]
     fn the_latest_mask_per_frame_and_object_wins_and_reset_clears() {
         use sam2_api::rle::Rle;
-        let m = |o, v: u8| ObjectMask {
-            object: o,
-            rle: Rle::encode(&[v; 4], 2, 2),
-            score: 1.0,
-        };
+        let m = |o, v: u8| ObjectMask { object: o, rle: Rle::encode(&[v; 4], 2, 2), score: 1.0 };
         let mut s = MaskStore::default();
         s.insert(3, &[m(1, 0), m(2, 1)]);
         s.insert(3, &[m(1, 1)]);

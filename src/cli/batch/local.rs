@@ -24,7 +24,8 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
     let items = manifest::load(manifest_path)?;
     match std::fs::symlink_metadata(out) {
         Ok(m) if !m.is_dir() => return Err(bad_input(format!("{}: --out exists and is not a folder", out.display()))),
-        _ => std::fs::create_dir_all(out).map_err(|e| bad_input(format!("{}: cannot create --out: {e}", out.display())))?,
+        _ => std::fs::create_dir_all(out)
+            .map_err(|e| bad_input(format!("{}: cannot create --out: {e}", out.display())))?,
     }
     let mine: Vec<Item> = items.into_iter().filter(|it| shard.owns(it.index)).collect();
     let lanes = lanes(a)?;
@@ -114,7 +115,15 @@ fn pending(it: &Item) -> ItemReport {
     }
 }
 
-fn run_item(a: &Args, lane: &Lane, it: &Item, out: &Path, n: usize, ended: &AtomicUsize, engine: &mut Option<job::Engine>) -> ItemReport {
+fn run_item(
+    a: &Args,
+    lane: &Lane,
+    it: &Item,
+    out: &Path,
+    n: usize,
+    ended: &AtomicUsize,
+    engine: &mut Option<job::Engine>,
+) -> ItemReport {
     let mut r = pending(it);
     let dest = out.join(&it.out);
     if crate::media::output_dir::is_complete(&dest) {
@@ -198,9 +207,5 @@ fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
     if n_gpus > 1 {
         return Ok((0..n_gpus).map(gpu).collect());
     }
-    Ok(vec![Lane {
-        device: a.engine.device,
-        env: vec![],
-        name: format!("{:?}", a.engine.device).to_lowercase(),
-    }])
+    Ok(vec![Lane { device: a.engine.device, env: vec![], name: format!("{:?}", a.engine.device).to_lowercase() }])
 }

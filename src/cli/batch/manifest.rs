@@ -51,7 +51,8 @@ pub fn reserved(name: &str) -> bool {
 /// two items with one `out`) is one `BadInput` line naming the file and line; whether an
 /// item's input and prompts exist is judged per item when it runs.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Item>> {
-    let text = std::fs::read_to_string(path).map_err(|e| bad_input(format!("{}: cannot read the manifest: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad_input(format!("{}: cannot read the manifest: {e}", path.display())))?;
     parse(&text, path)
 }
 
@@ -145,9 +146,7 @@ mod tests {
     use super::*;
 
     fn manifest(n: usize) -> String {
-        (0..n)
-            .map(|i| format!("{{\"input\":\"c{i}.mp4\",\"prompts\":\"p.json\",\"out\":\"c{i}\"}}\n"))
-            .collect()
+        (0..n).map(|i| format!("{{\"input\":\"c{i}.mp4\",\"prompts\":\"p.json\",\"out\":\"c{i}\"}}\n")).collect()
     }
 
     #[test]

@@ -47,11 +47,10 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let output = std::process::Command::new("sbatch")
-        .arg("--parsable")
-        .arg(&path)
-        .output()
-        .map_err(|e| anyhow!("cannot run sbatch ({e}); is Slurm installed here? (--dry-run writes the script only)"))?;
+    let output =
+        std::process::Command::new("sbatch").arg("--parsable").arg(&path).output().map_err(|e| {
+            anyhow!("cannot run sbatch ({e}); is Slurm installed here? (--dry-run writes the script only)")
+        })?;
     anyhow::ensure!(
         output.status.success(),
         "sbatch {} failed: {}",
@@ -78,9 +77,7 @@ pub fn shards_with_work(items: &[Item], out: &Path, tasks: usize) -> Vec<usize> 
     (0..tasks)
         .filter(|&i| {
             let shard = Shard { index: i, count: tasks };
-            items
-                .iter()
-                .any(|it| shard.owns(it.index) && !crate::media::output_dir::is_complete(&out.join(&it.out)))
+            items.iter().any(|it| shard.owns(it.index) && !crate::media::output_dir::is_complete(&out.join(&it.out)))
         })
         .collect()
 }
@@ -90,7 +87,15 @@ fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn script(a: &Args, config: &SlurmConfig, binary: &Path, manifest: &Path, out: &Path, tasks: usize, todo: &[usize]) -> String {
+fn script(
+    a: &Args,
+    config: &SlurmConfig,
+    binary: &Path,
+    manifest: &Path,
+    out: &Path,
+    tasks: usize,
+    todo: &[usize],
+) -> String {
     let mut s = String::from("#!/bin/bash\n");
     s += "#SBATCH --job-name=sam2-tui-batch\n";
     s += &format!("#SBATCH --array={}\n", ranges(todo));
@@ -127,10 +132,7 @@ fn script(a: &Args, config: &SlurmConfig, binary: &Path, manifest: &Path, out: &
     flag("model", a.engine.model.map(|m| m.to_string()));
     flag("device", Some(format!("{:?}", a.engine.device).to_lowercase()));
     flag("precision", Some(a.engine.precision.to_string()));
-    flag(
-        "devices",
-        a.devices.as_ref().map(|d| d.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")),
-    );
+    flag("devices", a.devices.as_ref().map(|d| d.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")));
     if a.engine.image_size != 1024 {
         flag("image-size", Some(a.engine.image_size.to_string()));
     }

@@ -56,7 +56,8 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
             }
             _ => println!("squeue: not available"),
         }
-        if let Ok(o) = Command::new("sacct").args(["-n", "-X", "-P", "-j", &ids, "-o", "JobID,State,Elapsed"]).output() {
+        if let Ok(o) = Command::new("sacct").args(["-n", "-X", "-P", "-j", &ids, "-o", "JobID,State,Elapsed"]).output()
+        {
             if o.status.success() {
                 println!("sacct:");
                 print!("{}", String::from_utf8_lossy(&o.stdout));

@@ -65,7 +65,9 @@ impl Encoder {
         Ok(match self.protocol_type() {
             ProtocolType::Halfblocks => Protocol::Halfblocks(Halfblocks::new(img, cells).map_err(e)?),
             ProtocolType::Sixel => Protocol::Sixel(Sixel::new(img, cells, self.tmux).map_err(e)?),
-            ProtocolType::Kitty => Protocol::Kitty(Kitty::new(img, cells, KITTY_IMAGE_ID, self.tmux, false).map_err(e)?),
+            ProtocolType::Kitty => {
+                Protocol::Kitty(Kitty::new(img, cells, KITTY_IMAGE_ID, self.tmux, false).map_err(e)?)
+            }
             ProtocolType::Iterm2 => Protocol::ITerm2(Iterm2::new(img, cells, self.tmux).map_err(e)?),
         })
     }

@@ -103,14 +103,16 @@ pub async fn run(
     while requests.changed().await.is_ok() {
         let Some(req) = requests.borrow_and_update().clone() else { continue };
         let started = Instant::now();
-        let (mut src, mut c, enc) = (source.take().expect("source is returned after each job"), cache.take(), encoder.clone());
+        let (mut src, mut c, enc) =
+            (source.take().expect("source is returned after each job"), cache.take(), encoder.clone());
         let joined = tokio::task::spawn_blocking(move || {
             let r = render(src.as_mut(), &mut c, &enc, &req);
             (src, c, r)
         })
         .await;
         let Ok((src, c, result)) = joined else {
-            let _ = actions.send(Action::Note { error: true, message: "preview worker panicked; preview stopped".into() });
+            let _ =
+                actions.send(Action::Note { error: true, message: "preview worker panicked; preview stopped".into() });
             return;
         };
         source = Some(src);

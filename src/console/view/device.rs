@@ -28,7 +28,13 @@ fn gauge_line<'a>(app: &App, label: &str, used: u64, scale: u64, mark: Option<u6
     let t = &app.theme.ui;
     let pct = if scale > 0 { used as f64 / scale as f64 * 100.0 } else { 0.0 };
     // nvitop's idea: colour by how full it is.
-    let color = if pct < 80.0 { t.ok } else if pct < 95.0 { t.warn } else { t.error };
+    let color = if pct < 80.0 {
+        t.ok
+    } else if pct < 95.0 {
+        t.warn
+    } else {
+        t.error
+    };
     let text = format!(" {} / {}", bytes(used), bytes(scale));
     let bar_w = (width as usize).saturating_sub(label.len() + text.chars().count() + 2).min(30);
     Line::from(vec![
@@ -46,7 +52,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let w = inner.width;
     let mut lines = vec![];
     match &app.engine.stats {
-        None => lines.push(Line::from("waiting for the first heartbeat").style(Style::default().fg(app.theme.ui.dim.color()))),
+        None => lines
+            .push(Line::from("waiting for the first heartbeat").style(Style::default().fg(app.theme.ui.dim.color()))),
         Some(s) => {
             if let Some(m) = &s.mps {
                 // Scale to the hard cap (ratio × recommended max) so the bar ends where
@@ -56,16 +63,26 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 lines.push(gauge_line(app, "mps ", m.current_allocated, cap, Some(m.recommended_max), w));
                 lines.push(gauge_line(app, "drv ", m.driver_allocated, cap, Some(m.recommended_max), w));
                 let hw = m.high_watermark_ratio.map(|r| format!("{r}")).unwrap_or_else(|| "default".into());
-                lines.push(Line::from(format!("┃ recommended max · watermark {hw}")).style(Style::default().fg(app.theme.ui.dim.color())));
+                lines.push(
+                    Line::from(format!("┃ recommended max · watermark {hw}"))
+                        .style(Style::default().fg(app.theme.ui.dim.color())),
+                );
             } else if let Some(c) = &s.cuda {
                 lines.push(gauge_line(app, "alloc", c.allocated, c.total, None, w));
                 lines.push(gauge_line(app, "resv ", c.reserved, c.total, None, w));
-                lines.push(Line::from(format!("peak {} · driver used {}", bytes(c.peak_allocated), bytes(c.used))).style(Style::default().fg(app.theme.ui.dim.color())));
+                lines.push(
+                    Line::from(format!("peak {} · driver used {}", bytes(c.peak_allocated), bytes(c.used)))
+                        .style(Style::default().fg(app.theme.ui.dim.color())),
+                );
             } else {
                 lines.push(Line::from(format!("worker RSS {}", bytes(s.rss_bytes))));
                 let name = if s.device_name.is_empty() { s.device_kind.as_str() } else { s.device_name.as_str() };
                 // The worker's CPU name may already carry its thread count.
-                let line = if name.contains("threads") { name.to_string() } else { format!("{name} · {} threads", s.threads) };
+                let line = if name.contains("threads") {
+                    name.to_string()
+                } else {
+                    format!("{name} · {} threads", s.threads)
+                };
                 lines.push(Line::from(line).style(Style::default().fg(app.theme.ui.dim.color())));
             }
         }

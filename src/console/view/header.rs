@@ -19,7 +19,11 @@ pub fn state_text(app: &App) -> (String, u8) {
     });
     let age = {
         let secs = app.clock.saturating_duration_since(app.state_since).as_secs();
-        if secs >= 1 { format!(" · {secs} s") } else { String::new() }
+        if secs >= 1 {
+            format!(" · {secs} s")
+        } else {
+            String::new()
+        }
     };
     if let Some(b) = &app.engine.blocked {
         return (format!("not started: {b}"), 2);
@@ -68,7 +72,9 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         None => format!("SAM {} (not loaded)", app.engine.requested_model),
     };
     let device = match (app.engine.device, app.engine.precision) {
-        (Some(d), Some(p)) if app.engine.precision_choice == crate::device::PrecisionChoice::Auto => format!("{d} {p} (auto)"),
+        (Some(d), Some(p)) if app.engine.precision_choice == crate::device::PrecisionChoice::Auto => {
+            format!("{d} {p} (auto)")
+        }
         (Some(d), Some(p)) => format!("{d} {p}"),
         (Some(d), None) => d.to_string(),
         _ => "device ?".into(),

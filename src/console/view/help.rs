@@ -21,7 +21,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let rendered: Vec<Line> = entries
         .iter()
         .map(|(g, k, d)| match g {
-            Some(g) => Line::from(Span::styled(g.to_string(), Style::default().fg(t.accent.color()).add_modifier(Modifier::BOLD))),
+            Some(g) => Line::from(Span::styled(
+                g.to_string(),
+                Style::default().fg(t.accent.color()).add_modifier(Modifier::BOLD),
+            )),
             None => Line::from(vec![
                 Span::styled(format!("  {k:<key_w$}  "), Style::default().fg(t.warn.color())),
                 Span::raw(d.clone()),
@@ -53,8 +56,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     } else {
         "keys (remap in config [keys]) · any key closes".to_string()
     };
-    let block = super::panel(&title, app)
-        .style(Style::default().bg(t.background.color()).fg(t.foreground.color()));
+    let block = super::panel(&title, app).style(Style::default().bg(t.background.color()).fg(t.foreground.color()));
     let inner = block.inner(popup);
     f.render_widget(block, popup);
     let mut it = rendered.into_iter();

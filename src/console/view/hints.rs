@@ -18,7 +18,12 @@ pub fn hints(app: &App) -> Vec<(String, String)> {
         }
     };
     match &app.modal {
-        Modal::Watermark(_) | Modal::ConfirmQuit | Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::OfferDownload(_) | Modal::Help => {}
+        Modal::Watermark(_)
+        | Modal::ConfirmQuit
+        | Modal::ConfirmDelete(_)
+        | Modal::OfferSession { .. }
+        | Modal::OfferDownload(_)
+        | Modal::Help => {}
         Modal::None if app.box_anchor.is_some() => {
             add(Command::BoxToggle, "finish box");
             add(Command::Cancel, "cancel box");
@@ -47,7 +52,12 @@ pub fn hints(app: &App) -> Vec<(String, String)> {
     }
     // The frame keys, as one entry after the prompt keys.
     let (next, prev) = (k(Command::NextFrame), k(Command::PrevFrame));
-    if app.modal == Modal::None && app.box_anchor.is_none() && !app.is_propagating() && !next.is_empty() && !prev.is_empty() {
+    if app.modal == Modal::None
+        && app.box_anchor.is_none()
+        && !app.is_propagating()
+        && !next.is_empty()
+        && !prev.is_empty()
+    {
         let at = out.len().min(4);
         out.insert(at, (format!("{next} {prev}"), "frame ±1".to_string()));
     }

@@ -8,7 +8,11 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
-    let title = if app.log_back > 0 { format!("log · {} lines back (pagedown returns)", app.log_back) } else { "log".to_string() };
+    let title = if app.log_back > 0 {
+        format!("log · {} lines back (pagedown returns)", app.log_back)
+    } else {
+        "log".to_string()
+    };
     let block = super::panel(&title, app);
     let inner = block.inner(area);
     f.render_widget(block, area);

@@ -48,7 +48,11 @@ pub fn draw(f: &mut Frame, app: &App) {
     match &app.modal {
         Modal::Help => help::draw(f, f.area(), app),
         Modal::ConfirmQuit => help::draw_confirm_quit(f, f.area(), app),
-        Modal::Watermark(_) | Modal::ConfirmDelete(_) | Modal::OfferSession { .. } | Modal::OfferDownload(_) | Modal::None => {}
+        Modal::Watermark(_)
+        | Modal::ConfirmDelete(_)
+        | Modal::OfferSession { .. }
+        | Modal::OfferDownload(_)
+        | Modal::None => {}
     }
 }
 

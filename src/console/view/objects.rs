@@ -23,7 +23,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             let frames = app.prompts.iter().filter(|((_, o), s)| *o == id && !s.is_empty()).count();
             let tracked = app.masks.values().filter(|v| v.iter().any(|m| m.object == id && m.score > 0.0)).count();
             let sel = i == app.selected;
-            let style = if sel { Style::default().bg(t.selection.color()).add_modifier(Modifier::BOLD) } else { Style::default() };
+            let style = if sel {
+                Style::default().bg(t.selection.color()).add_modifier(Modifier::BOLD)
+            } else {
+                Style::default()
+            };
             Line::from(vec![
                 Span::raw(if sel { "▶ " } else { "  " }),
                 Span::styled("■ ", Style::default().fg(app.theme.object(id).color())),

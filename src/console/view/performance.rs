@@ -26,10 +26,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         Layout::vertical([Constraint::Length(1), Constraint::Length(2), Constraint::Min(0)]).areas(inner);
     let eta = p.eta_secs().map(|s| format!(" · ETA {}", eta(s))).unwrap_or_default();
     // Below 1 FPS (large models on a CPU) seconds per frame read better than 0.0 fps.
-    let rate = if p.fps > 0.0 && p.fps < 1.0 { format!("{:.1} s/frame", 1.0 / p.fps) } else { format!("{:.1} fps", p.fps) };
+    let rate =
+        if p.fps > 0.0 && p.fps < 1.0 { format!("{:.1} s/frame", 1.0 / p.fps) } else { format!("{:.1} fps", p.fps) };
     f.render_widget(Paragraph::new(format!("{rate} · {}/{} frames{eta}", p.done, p.total)), top);
     // The sparkline scales to its maximum: milli-FPS keep slow devices' bars visible.
-    let data: Vec<u64> = p.fps_history.iter().rev().take(spark.width as usize).rev().map(|v| (v * 1000.0) as u64).collect();
+    let data: Vec<u64> =
+        p.fps_history.iter().rev().take(spark.width as usize).rev().map(|v| (v * 1000.0) as u64).collect();
     f.render_widget(Sparkline::default().data(&data).style(Style::default().fg(app.theme.ui.accent.color())), spark);
     let t = &p.timings;
     let dim = Style::default().fg(app.theme.ui.dim.color());

@@ -130,7 +130,8 @@ fn schematic(buf: &mut Buffer, rect: Rect, app: &App) {
     }
     let c = cell_of(rect, app, app.cursor.0, app.cursor.1);
     let cross = t.crosshair.color();
-    for (dx, dy, ch) in [(-2i32, 0i32, "─"), (-1, 0, "─"), (1, 0, "─"), (2, 0, "─"), (0, -1, "│"), (0, 1, "│")] {
+    for (dx, dy, ch) in [(-2i32, 0i32, "─"), (-1, 0, "─"), (1, 0, "─"), (2, 0, "─"), (0, -1, "│"), (0, 1, "│")]
+    {
         let (x, y) = (c.0 as i32 + dx, c.1 as i32 + dy);
         if x >= rect.left() as i32 && x < rect.right() as i32 && y >= rect.top() as i32 && y < rect.bottom() as i32 {
             put(buf, (x as u16, y as u16), ch, cross);

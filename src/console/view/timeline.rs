@@ -45,7 +45,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     }
     if inner.height > 1 {
         let tracked = app.masks.values().filter(|v| v.iter().any(|m| m.score > 0.0)).count();
-        let label = format!("▲ {} · prompted {} · tracked {}/{}", app.frame, app.prompted_frames().len(), tracked, app.frames());
+        let label = format!(
+            "▲ {} · prompted {} · tracked {}/{}",
+            app.frame,
+            app.prompted_frames().len(),
+            tracked,
+            app.frames()
+        );
         let x = (current as u16).min(inner.width.saturating_sub(label.chars().count() as u16));
         let r = Rect::new(inner.x + x, inner.y + 1, inner.width - x, 1);
         f.render_widget(Paragraph::new(Line::from(label)).style(Style::default().fg(t.current.color())), r);

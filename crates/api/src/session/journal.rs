@@ -83,7 +83,10 @@ impl Op {
                 return Err("add_prompt needs points or a box".into());
             }
             if points.len() > MAX_POINTS_PER_PROMPT {
-                return Err(format!("{} points in one prompt, more than the limit of {MAX_POINTS_PER_PROMPT}", points.len()));
+                return Err(format!(
+                    "{} points in one prompt, more than the limit of {MAX_POINTS_PER_PROMPT}",
+                    points.len()
+                ));
             }
             if let Some(p) = points.iter().find(|p| p.label != 0 && p.label != 1) {
                 return Err(format!("point label must be 0 or 1, got {}", p.label));
@@ -250,7 +253,10 @@ mod tests {
     fn a_misspelt_field_in_a_prompts_file_or_a_journal_op_is_an_error() {
         let e = Journal::prompts_from_json(r#"{"objects":[{"id":1,"pointz":[[1,1,1]],"box":[0,0,5,5]}]}"#).unwrap_err();
         assert!(e.contains("pointz"), "{e}");
-        let e = Journal::from_json(r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"box":[0,0,5,5],"pointz":[]}]}"#).unwrap_err();
+        let e = Journal::from_json(
+            r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"box":[0,0,5,5],"pointz":[]}]}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("pointz"), "{e}");
         let e = Journal::from_json(r#"{"version":1,"opz":[]}"#).unwrap_err();
         assert!(e.contains("opz"), "{e}");
@@ -262,7 +268,8 @@ mod tests {
     fn an_empty_object_list_and_a_repeated_object_id_are_errors() {
         let e = Journal::prompts_from_json(r#"{"objects":[]}"#).unwrap_err();
         assert!(e.contains("no objects"), "{e}");
-        let e = Journal::prompts_from_json(r#"{"objects":[{"id":3,"box":[0,0,5,5]},{"id":3,"points":[[1,1,1]]}]}"#).unwrap_err();
+        let e = Journal::prompts_from_json(r#"{"objects":[{"id":3,"box":[0,0,5,5]},{"id":3,"points":[[1,1,1]]}]}"#)
+            .unwrap_err();
         assert!(e.contains("object id 3 given twice"), "{e}");
     }
 
@@ -276,7 +283,8 @@ mod tests {
 
     #[test]
     fn points_and_boxes_outside_the_frame_are_refused_and_its_edges_are_not() {
-        let op = |x: f32, y: f32| Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(x, y, true)], bbox: None };
+        let op =
+            |x: f32, y: f32| Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(x, y, true)], bbox: None };
         assert!(op(0.0, 0.0).check_against(1, 128, 64).is_ok());
         assert!(op(128.0, 64.0).check_against(1, 128, 64).is_ok());
         let e = op(3e38, 3e38).check_against(1, 128, 64).unwrap_err();

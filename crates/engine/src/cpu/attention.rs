@@ -50,7 +50,8 @@ mod tests {
     /// What the reference computes: values projected to 256, then SDPA.
     fn reference(q: &Tensor, k: &Tensor, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
         let v = x.linear(w, Some(b));
-        crate::model::layers::sdpa(&q.view([1, 1, -1, 256]), &k.view([1, 1, -1, 256]), &v.view([1, 1, -1, 256])).view([-1, 256])
+        crate::model::layers::sdpa(&q.view([1, 1, -1, 256]), &k.view([1, 1, -1, 256]), &v.view([1, 1, -1, 256]))
+            .view([-1, 256])
     }
 
     #[test]
@@ -70,7 +71,8 @@ mod tests {
             let w = Tensor::randn([256, 64], opts) * 0.1;
             let b = Tensor::randn([256], opts);
             let want = reference(&q, &k, &x, &w, &b);
-            let got = attend_folded(&q, &k, &x, 1.0 / 16.0).expect("the kernel applies on x86-64 Linux").linear(&w, Some(&b));
+            let got =
+                attend_folded(&q, &k, &x, 1.0 / 16.0).expect("the kernel applies on x86-64 Linux").linear(&w, Some(&b));
             let err = (&got - &want).abs().max().double_value(&[]);
             let scale = want.abs().max().double_value(&[]);
             assert!(err <= 1e-5 * scale, "({lq}, {lk}): max |Δ| {err} for values up to {scale}");
@@ -81,7 +83,13 @@ mod tests {
     fn the_kernel_declines_what_it_does_not_handle() {
         let opts = (Kind::Float, Device::Cpu);
         let (q, k, x) = (Tensor::randn([8, 16], opts), Tensor::randn([32, 16], opts), Tensor::randn([32, 4], opts));
-        assert!(attend_folded(&q.to_kind(Kind::BFloat16), &k.to_kind(Kind::BFloat16), &x.to_kind(Kind::BFloat16), 0.25).is_none());
+        assert!(attend_folded(
+            &q.to_kind(Kind::BFloat16),
+            &k.to_kind(Kind::BFloat16),
+            &x.to_kind(Kind::BFloat16),
+            0.25
+        )
+        .is_none());
         assert!(attend_folded(&q.view([1, 8, 16]), &k.view([1, 32, 16]), &x.view([1, 32, 4]), 0.25).is_none());
         assert!(attend_folded(&q, &k.narrow(1, 0, 8), &x, 0.25).is_none());
     }
@@ -98,7 +106,8 @@ mod timing {
         let _ = tch::set_num_threads(threads);
         println!("{threads} threads");
         let opts = (Kind::Float, Device::Cpu);
-        let (q, k, x) = (Tensor::randn([4096, 256], opts), Tensor::randn([28736, 256], opts), Tensor::randn([28736, 64], opts));
+        let (q, k, x) =
+            (Tensor::randn([4096, 256], opts), Tensor::randn([28736, 256], opts), Tensor::randn([28736, 64], opts));
         let w = Tensor::randn([256, 64], opts);
         for _ in 0..3 {
             let t = std::time::Instant::now();
@@ -106,7 +115,11 @@ mod timing {
             let a = t.elapsed();
             let t = std::time::Instant::now();
             let v = x.linear::<Tensor>(&w, None);
-            let _ = crate::model::layers::sdpa(&q.view([1, 1, 4096, 256]), &k.view([1, 1, -1, 256]), &v.view([1, 1, -1, 256]));
+            let _ = crate::model::layers::sdpa(
+                &q.view([1, 1, 4096, 256]),
+                &k.view([1, 1, -1, 256]),
+                &v.view([1, 1, -1, 256]),
+            );
             println!("folded {:?}  sdpa {:?}", a, t.elapsed());
         }
     }

@@ -35,7 +35,9 @@ impl CudaEvent {
     /// Waits until the work queued before the event has run.
     pub fn synchronize(&self) {
         #[cfg(sam2_cuda_shim)]
-        if !self.raw.is_null() && super::call("event synchronize", |e, n| unsafe { sam2_event_synchronize(self.raw, e, n) }).is_ok() {
+        if !self.raw.is_null()
+            && super::call("event synchronize", |e, n| unsafe { sam2_event_synchronize(self.raw, e, n) }).is_ok()
+        {
             return;
         }
         tch::Cuda::synchronize(self.device as i64);

@@ -41,13 +41,19 @@ fn enabled() -> bool {
 /// CUDA tensor of at most four dims with a dense last dim, while bf16 autocast is on.
 /// None otherwise (the caller runs the ordinary one).
 pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Option<Tensor> {
-    if !matches!(x.device(), Device::Cuda(_)) || !matches!(x.kind(), Kind::Float | Kind::BFloat16) || !USABLE.load(Ordering::Relaxed) || !enabled() {
+    if !matches!(x.device(), Device::Cuda(_))
+        || !matches!(x.kind(), Kind::Float | Kind::BFloat16)
+        || !USABLE.load(Ordering::Relaxed)
+        || !enabled()
+    {
         return None;
     }
     #[cfg(sam2_cuda_shim)]
     {
         let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
-        return run("fused LayerNorm", |out, e, n| unsafe { sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n) });
+        return run("fused LayerNorm", |out, e, n| unsafe {
+            sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n)
+        });
     }
     #[allow(unreachable_code)]
     {
@@ -61,13 +67,19 @@ pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
 /// of P: memory frames tile the tables) are rotated, the rest pass through. Bit-identical
 /// to `Rope::apply` on bf16 input. None where it does not apply.
 pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option<Tensor> {
-    if !matches!(x.device(), Device::Cuda(_)) || x.kind() != Kind::BFloat16 || !USABLE.load(Ordering::Relaxed) || !enabled() {
+    if !matches!(x.device(), Device::Cuda(_))
+        || x.kind() != Kind::BFloat16
+        || !USABLE.load(Ordering::Relaxed)
+        || !enabled()
+    {
         return None;
     }
     #[cfg(sam2_cuda_shim)]
     {
         let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
-        return run("fused RoPE", |out, e, n| unsafe { sam2_rope_bf16(ptr(x), ptr(cos), ptr(sin), rotated, out, e, n) });
+        return run("fused RoPE", |out, e, n| unsafe {
+            sam2_rope_bf16(ptr(x), ptr(cos), ptr(sin), rotated, out, e, n)
+        });
     }
     #[allow(unreachable_code)]
     {
@@ -94,9 +106,14 @@ mod tests {
         assert!(tch::Cuda::is_available(), "no CUDA device");
         let dev = Device::Cuda(0);
         tch::manual_seed(0);
-        for (cols, kind) in [(96, Kind::Float), (112, Kind::BFloat16), (256, Kind::Float), (448, Kind::BFloat16), (1152, Kind::Float)] {
+        for (cols, kind) in
+            [(96, Kind::Float), (112, Kind::BFloat16), (256, Kind::Float), (448, Kind::BFloat16), (1152, Kind::Float)]
+        {
             // A strided view, as Hiera's residual stream often is; fp32 or bf16.
-            let x = (Tensor::randn([5, 9, 12, cols], (Kind::Float, dev)) * 3.0 + 0.5).to_kind(kind).narrow(1, 1, 7).narrow(2, 2, 8);
+            let x = (Tensor::randn([5, 9, 12, cols], (Kind::Float, dev)) * 3.0 + 0.5)
+                .to_kind(kind)
+                .narrow(1, 1, 7)
+                .narrow(2, 2, 8);
             let w = Tensor::randn([cols], (Kind::Float, dev));
             let b = Tensor::randn([cols], (Kind::Float, dev));
             let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
@@ -106,13 +123,20 @@ mod tests {
             let same = fused.eq_tensor(&reference).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
             // Rounding to bf16 hides the fp32 summation-order differences but for values
             // on a rounding boundary: those move by one bf16 step at most.
-            let step = (&fused.to_kind(Kind::Float) - reference.to_kind(Kind::Float)).abs() / reference.to_kind(Kind::Float).abs().clamp_min(1e-3);
+            let step = (&fused.to_kind(Kind::Float) - reference.to_kind(Kind::Float)).abs()
+                / reference.to_kind(Kind::Float).abs().clamp_min(1e-3);
             let worst = step.max().double_value(&[]);
             assert!(same > 0.999, "cols {cols} {kind:?}: {:.4}% identical", same * 100.0);
             assert!(worst <= 1.0 / 128.0, "cols {cols} {kind:?}: relative difference {worst}");
         }
         // Outside autocast it does not apply.
         let x = Tensor::randn([4, 96], (Kind::Float, dev));
-        assert!(layer_norm_to_bf16(&x, &Tensor::ones([96], (Kind::Float, dev)), &Tensor::zeros([96], (Kind::Float, dev)), 1e-6).is_none());
+        assert!(layer_norm_to_bf16(
+            &x,
+            &Tensor::ones([96], (Kind::Float, dev)),
+            &Tensor::zeros([96], (Kind::Float, dev)),
+            1e-6
+        )
+        .is_none());
     }
 }

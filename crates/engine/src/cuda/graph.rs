@@ -14,7 +14,12 @@ use tch::{Device, Tensor};
 mod ffi {
     #[cfg(sam2_cuda_shim)]
     unsafe extern "C" {
-        pub fn sam2_graph_new(device: i32, out: *mut *mut std::ffi::c_void, err: *mut std::ffi::c_char, len: usize) -> i32;
+        pub fn sam2_graph_new(
+            device: i32,
+            out: *mut *mut std::ffi::c_void,
+            err: *mut std::ffi::c_char,
+            len: usize,
+        ) -> i32;
         pub fn sam2_graph_enter(g: *mut std::ffi::c_void, err: *mut std::ffi::c_char, len: usize) -> i32;
         pub fn sam2_graph_capture_begin(g: *mut std::ffi::c_void, err: *mut std::ffi::c_char, len: usize) -> i32;
         pub fn sam2_graph_capture_end(g: *mut std::ffi::c_void, err: *mut std::ffi::c_char, len: usize) -> i32;
@@ -129,9 +134,21 @@ impl Graphed {
 
     /// Copies `inputs` into the static buffers, replays, returns copies of the outputs.
     pub fn run(&mut self, inputs: &[&Tensor]) -> anyhow::Result<Vec<Tensor>> {
-        anyhow::ensure!(inputs.len() == self.inputs.len(), "graph takes {} inputs, got {}", self.inputs.len(), inputs.len());
+        anyhow::ensure!(
+            inputs.len() == self.inputs.len(),
+            "graph takes {} inputs, got {}",
+            self.inputs.len(),
+            inputs.len()
+        );
         for (dst, src) in self.inputs.iter_mut().zip(inputs) {
-            anyhow::ensure!(dst.size() == src.size() && dst.kind() == src.kind(), "graph input {:?} {:?} given {:?} {:?}", dst.size(), dst.kind(), src.size(), src.kind());
+            anyhow::ensure!(
+                dst.size() == src.size() && dst.kind() == src.kind(),
+                "graph input {:?} {:?} given {:?} {:?}",
+                dst.size(),
+                dst.kind(),
+                src.size(),
+                src.kind()
+            );
             dst.f_copy_(src)?;
         }
         self.graph.replay()?;
@@ -140,7 +157,10 @@ impl Graphed {
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into())
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// Graphs by key (the input shapes), captured on a key's second consecutive use; a key
@@ -171,7 +191,9 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
 
     /// Whether `run(key, …)` would replay or capture a graph now rather than run eagerly.
     pub fn graphed_next(&self, key: &K) -> bool {
-        self.enabled && !self.failed.contains(key) && (self.graphs.iter().any(|(k, _)| k == key) || self.last.as_ref() == Some(key))
+        self.enabled
+            && !self.failed.contains(key)
+            && (self.graphs.iter().any(|(k, _)| k == key) || self.last.as_ref() == Some(key))
     }
 
     /// Counts a use of `key` that ran some other way: the next use captures it.

@@ -35,11 +35,7 @@ pub fn blend_masks(frame: &RgbImage, masks: &[(RgbColor, &[u8])], alpha: f32) ->
                 || mask[i + w] == 0;
             let px = &mut buf[i * 3..i * 3 + 3];
             for c in 0..3 {
-                px[c] = if edge {
-                    color[c]
-                } else {
-                    (px[c] as f32 * (1.0 - a) + color[c] as f32 * a).round() as u8
-                };
+                px[c] = if edge { color[c] } else { (px[c] as f32 * (1.0 - a) + color[c] as f32 * a).round() as u8 };
             }
         }
     }

@@ -69,8 +69,12 @@ pub fn decode(path: &Path) -> anyhow::Result<RgbImage> {
     Ok(match img {
         // Pillow reads 16-bit colour PNGs as 8-bit by keeping the high byte; `to_rgb8`
         // would round instead.
-        image::DynamicImage::ImageRgb16(im) => high_bytes(im.width(), im.height(), im.pixels().map(|p| [p[0], p[1], p[2]])),
-        image::DynamicImage::ImageRgba16(im) => high_bytes(im.width(), im.height(), im.pixels().map(|p| [p[0], p[1], p[2]])),
+        image::DynamicImage::ImageRgb16(im) => {
+            high_bytes(im.width(), im.height(), im.pixels().map(|p| [p[0], p[1], p[2]]))
+        }
+        image::DynamicImage::ImageRgba16(im) => {
+            high_bytes(im.width(), im.height(), im.pixels().map(|p| [p[0], p[1], p[2]]))
+        }
         other => other.to_rgb8(),
     })
 }

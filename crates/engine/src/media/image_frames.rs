@@ -61,7 +61,13 @@ impl FrameFolder {
             let other = image_file::header_dimensions(path)?;
             if other != size {
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                bail!("{shown}: frame {name} is {}x{}, the first frame {}x{} (every frame must have one size)", other.0, other.1, size.0, size.1);
+                bail!(
+                    "{shown}: frame {name} is {}x{}, the first frame {}x{} (every frame must have one size)",
+                    other.0,
+                    other.1,
+                    size.0,
+                    size.1
+                );
             }
         }
         Ok(FrameFolder { dir: dir.to_path_buf(), frames, size })
@@ -98,7 +104,13 @@ impl FrameSource for FrameFolder {
 fn check_size(path: &Path, img: &RgbImage, size: (u32, u32)) -> anyhow::Result<()> {
     if img.dimensions() != size {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        bail!("frame {name}: size {}x{} differs from the first frame's {}x{}", img.width(), img.height(), size.0, size.1);
+        bail!(
+            "frame {name}: size {}x{} differs from the first frame's {}x{}",
+            img.width(),
+            img.height(),
+            size.0,
+            size.1
+        );
     }
     Ok(())
 }

@@ -50,11 +50,12 @@ pub trait FrameSource: Send {
 /// (refused before it is opened, which would block), frames of mixed sizes, a frame
 /// larger than `limits::MAX_FRAME_SIDE`.
 pub fn open(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
-    open_unchecked(path).and_then(|source| {
-        sam2_api::limits::check_frame_size(path, source.size())?;
-        Ok(source)
-    })
-    .map_err(sam2_api::util::as_bad_input)
+    open_unchecked(path)
+        .and_then(|source| {
+            sam2_api::limits::check_frame_size(path, source.size())?;
+            Ok(source)
+        })
+        .map_err(sam2_api::util::as_bad_input)
 }
 
 fn open_unchecked(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
@@ -69,7 +70,10 @@ fn open_unchecked(path: &Path) -> anyhow::Result<Box<dyn FrameSource>> {
     #[cfg(feature = "video")]
     return Ok(Box::new(video::VideoFile::open(path)?));
     #[cfg(not(feature = "video"))]
-    anyhow::bail!("{}: cannot read video files: built without FFmpeg (feature `video`); use a frame folder or an image", path.display())
+    anyhow::bail!(
+        "{}: cannot read video files: built without FFmpeg (feature `video`); use a frame folder or an image",
+        path.display()
+    )
 }
 
 /// Without FFmpeg there is no encoder: the overlay is refused in one line, up front.
@@ -78,7 +82,10 @@ pub mod overlay {
     use std::path::{Path, PathBuf};
     pub const OVERLAY_ALPHA: f32 = 0.5;
     pub fn check_target(path: &Path) -> anyhow::Result<()> {
-        Err(sam2_api::util::bad_input(format!("{}: cannot write the overlay video: built without FFmpeg (feature `video`)", path.display())))
+        Err(sam2_api::util::bad_input(format!(
+            "{}: cannot write the overlay video: built without FFmpeg (feature `video`)",
+            path.display()
+        )))
     }
     /// Never constructed (`create` always fails), so the other methods are unreachable.
     pub struct OverlayWriter(std::convert::Infallible);

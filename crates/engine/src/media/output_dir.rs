@@ -14,8 +14,8 @@
 //! - An `--overlay` video is written to a temp file next to it and renamed into place
 //!   after the folder: an existing overlay file is replaced only when the output folder
 //!   being replaced records it (same path, size and modification time).
-use sam2_api::util::bad_input;
 use anyhow::anyhow;
+use sam2_api::util::bad_input;
 use std::path::{Component, Path, PathBuf};
 
 pub const MARKER: &str = ".sam2-tui-output";
@@ -102,7 +102,9 @@ fn normal(path: &Path) -> anyhow::Result<PathBuf> {
 /// Whether `dir` holds a complete sam2-tui output (published whole, so the marker and
 /// masks.json together mean complete; `batch` skips such items when re-run).
 pub fn is_complete(dir: &Path) -> bool {
-    !std::fs::symlink_metadata(dir).map(|m| m.file_type().is_symlink()).unwrap_or(true) && read_marker(dir).is_some() && dir.join("masks.json").is_file()
+    !std::fs::symlink_metadata(dir).map(|m| m.file_type().is_symlink()).unwrap_or(true)
+        && read_marker(dir).is_some()
+        && dir.join("masks.json").is_file()
 }
 
 fn read_marker(dir: &Path) -> Option<Marker> {
@@ -118,10 +120,16 @@ fn existing(out: &Path) -> anyhow::Result<Existing> {
         Err(e) => return Err(bad_input(format!("{}: cannot inspect --out: {e}", out.display()))),
     };
     if meta.file_type().is_symlink() {
-        return Err(bad_input(format!("{}: --out is a symbolic link; give the folder it points to, or another path", out.display())));
+        return Err(bad_input(format!(
+            "{}: --out is a symbolic link; give the folder it points to, or another path",
+            out.display()
+        )));
     }
     if !meta.is_dir() {
-        return Err(bad_input(format!("{}: --out exists and is not a folder; sam2-tui will not replace it", out.display())));
+        return Err(bad_input(format!(
+            "{}: --out exists and is not a folder; sam2-tui will not replace it",
+            out.display()
+        )));
     }
     let names: Vec<String> = std::fs::read_dir(out)
         .map_err(|e| bad_input(format!("{}: cannot read --out: {e}", out.display())))?
@@ -151,15 +159,17 @@ impl OutputTarget {
     /// a one-line `BadInput` naming the path.
     pub fn check(out: &Path, overlay: Option<&Path>, inputs: &[&Path]) -> anyhow::Result<OutputTarget> {
         let out = normal(out)?;
-        let parent = out
-            .parent()
-            .filter(|_| out.file_name().is_some())
-            .map(Path::to_path_buf)
-            .ok_or_else(|| bad_input(format!("{}: --out must name a folder below some parent folder", out.display())))?;
+        let parent = out.parent().filter(|_| out.file_name().is_some()).map(Path::to_path_buf).ok_or_else(|| {
+            bad_input(format!("{}: --out must name a folder below some parent folder", out.display()))
+        })?;
         for input in inputs {
             let input = normal(input)?;
             if out == input || input.starts_with(&out) {
-                return Err(bad_input(format!("{}: --out is or contains the input {}", out.display(), input.display())));
+                return Err(bad_input(format!(
+                    "{}: --out is or contains the input {}",
+                    out.display(),
+                    input.display()
+                )));
             }
             if out.starts_with(&input) {
                 return Err(bad_input(format!("{}: --out lies inside the input {}", out.display(), input.display())));
@@ -212,8 +222,12 @@ impl OutputTarget {
         // Someone may have written into --out while we ran: judge it again.
         let now = existing(&self.out)?;
         if let Some(tmp) = &staging.overlay_tmp {
-            staging.marker.overlay = FileStamp::of(tmp).map(|s| FileStamp { path: self.overlay.clone().unwrap_or_default(), ..s });
-            sam2_api::util::atomic_write(&staging.dir.path().join(MARKER), &serde_json::to_vec_pretty(&staging.marker)?)?;
+            staging.marker.overlay =
+                FileStamp::of(tmp).map(|s| FileStamp { path: self.overlay.clone().unwrap_or_default(), ..s });
+            sam2_api::util::atomic_write(
+                &staging.dir.path().join(MARKER),
+                &serde_json::to_vec_pretty(&staging.marker)?,
+            )?;
         }
         let staged = staging.dir.keep();
         match now {
@@ -221,7 +235,11 @@ impl OutputTarget {
             Existing::EmptyDir | Existing::Ours(_) => {
                 exchange(&staged, &self.out)?;
                 // `staged` now holds what was at --out: an empty folder or our own output.
-                let removed = if now == Existing::EmptyDir { std::fs::remove_dir(&staged) } else { std::fs::remove_dir_all(&staged) };
+                let removed = if now == Existing::EmptyDir {
+                    std::fs::remove_dir(&staged)
+                } else {
+                    std::fs::remove_dir_all(&staged)
+                };
                 removed.map_err(|e| anyhow!("{}: cannot remove the replaced output: {e}", staged.display()))?;
             }
         }
@@ -253,7 +271,9 @@ fn check_overlay(overlay: &Path, out: &Path, existing_out: &Existing, inputs: &[
     }
     match std::fs::symlink_metadata(overlay) {
         Err(_) => Ok(overlay.to_path_buf()),
-        Ok(m) if !m.file_type().is_file() => Err(bad_input(format!("{name}: --overlay exists and is not a regular file; sam2-tui will not replace it"))),
+        Ok(m) if !m.file_type().is_file() => {
+            Err(bad_input(format!("{name}: --overlay exists and is not a regular file; sam2-tui will not replace it")))
+        }
         Ok(_) => {
             let ours = matches!(existing_out, Existing::Ours(Marker { overlay: Some(s), .. }) if FileStamp::of(overlay).as_ref() == Some(s));
             if ours {
@@ -347,15 +367,25 @@ fn rename_no_replace(from: &Path, to: &Path) -> anyhow::Result<()> {
     {
         let (cf, ct) = (cstr(from)?, cstr(to)?);
         // SAFETY: both are valid NUL-terminated paths that live across the call.
-        let r = unsafe { libc::renameat2(libc::AT_FDCWD, cf.as_ptr(), libc::AT_FDCWD, ct.as_ptr(), libc::RENAME_NOREPLACE) };
+        let r = unsafe {
+            libc::renameat2(libc::AT_FDCWD, cf.as_ptr(), libc::AT_FDCWD, ct.as_ptr(), libc::RENAME_NOREPLACE)
+        };
         if r != 0 {
-            return Err(anyhow!("{}: cannot put the output in place: {}", to.display(), std::io::Error::last_os_error()));
+            return Err(anyhow!(
+                "{}: cannot put the output in place: {}",
+                to.display(),
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(())
     }
     #[cfg(not(target_os = "linux"))]
     {
-        anyhow::ensure!(std::fs::symlink_metadata(to).is_err(), "{}: appeared while the run was writing; not replaced", to.display());
+        anyhow::ensure!(
+            std::fs::symlink_metadata(to).is_err(),
+            "{}: appeared while the run was writing; not replaced",
+            to.display()
+        );
         std::fs::rename(from, to).map_err(|e| anyhow!("{}: cannot put the output in place: {e}", to.display()))
     }
 }
@@ -463,7 +493,7 @@ mod tests {
         std::fs::write(stale.join(MARKER), b"{\"written_by\":\"sam2-tui\"}").unwrap();
         std::fs::write(stale.join("masks.json"), b"{}").unwrap();
         let live = t.path().join(format!("{STAGING_PREFIX}1-abc")); // pid 1 is always alive
-        // Another machine's run writing into the same shared folder (a cluster's tasks).
+                                                                    // Another machine's run writing into the same shared folder (a cluster's tasks).
         let elsewhere = t.path().join(format!("{STAGING_PREFIX}{dead}@another_node-abc"));
         std::fs::create_dir(&elsewhere).unwrap();
         std::fs::write(elsewhere.join(MARKER), b"{\"written_by\":\"sam2-tui\"}").unwrap();

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail};
 use serde::Serialize;
 
-use sam2_api::rle::Rle;
 use super::{npy, palette};
+use sam2_api::rle::Rle;
 
 /// What masks.json says about the input video.
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
-use ffmpeg_next as ffmpeg;
 use ffmpeg::{codec, encoder, format, frame, software::scaling, Rational};
+use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
 use super::blend::{blend_masks, object_color};
@@ -69,7 +69,9 @@ pub fn check_target(path: &Path) -> anyhow::Result<()> {
     // SAFETY: a lookup by file name in FFmpeg's static muxer table; the name outlives it.
     let known = !unsafe { ffmpeg::ffi::av_guess_format(std::ptr::null(), name.as_ptr(), std::ptr::null()) }.is_null();
     if path.extension().is_none() || !known {
-        return Err(bad_input(format!("{shown}: FFmpeg knows no video container for this extension (use .mp4 or .mkv)")));
+        return Err(bad_input(format!(
+            "{shown}: FFmpeg knows no video container for this extension (use .mp4 or .mkv)"
+        )));
     }
     Ok(())
 }
@@ -82,7 +84,8 @@ impl OverlayWriter {
             bail!("{shown}: cannot encode a {width}x{height} video");
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: cannot create directory: {}", dir.display(), super::io_reason(&e)))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow!("{}: cannot create directory: {}", dir.display(), super::io_reason(&e)))?;
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("mp4");
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "overlay".into());
         // Same directory (so the final rename is atomic), same extension (so FFmpeg picks
@@ -112,7 +115,8 @@ impl OverlayWriter {
         } else {
             enc.set_bit_rate((enc_size.0 as usize * enc_size.1 as usize * 4).max(400_000));
         }
-        let encoder = enc.open_with(opts).map_err(|e| anyhow!("{shown}: cannot open the {} encoder: {e}", codec.name()))?;
+        let encoder =
+            enc.open_with(opts).map_err(|e| anyhow!("{shown}: cannot open the {} encoder: {e}", codec.name()))?;
         {
             let mut ost = octx.add_stream(codec).map_err(|e| anyhow!("{shown}: {e}"))?;
             ost.set_parameters(&encoder);
@@ -149,7 +153,14 @@ impl OverlayWriter {
     /// Appends one frame with `masks` (object id, row-major 0/1 mask at the frame size).
     pub fn write(&mut self, frame: &RgbImage, masks: &[(u32, &[u8])]) -> anyhow::Result<()> {
         if frame.dimensions() != (self.width, self.height) {
-            bail!("{}: frame is {}x{}, the video is {}x{}", self.path.display(), frame.width(), frame.height(), self.width, self.height);
+            bail!(
+                "{}: frame is {}x{}, the video is {}x{}",
+                self.path.display(),
+                frame.width(),
+                frame.height(),
+                self.width,
+                self.height
+            );
         }
         let n = (self.width * self.height) as usize;
         if let Some((id, m)) = masks.iter().find(|(_, m)| m.len() != n) {
@@ -175,7 +186,10 @@ impl OverlayWriter {
             }
         }
         let mut yuv = frame::Video::empty();
-        self.scaler.0.run(&rgb, &mut yuv).map_err(|e| anyhow!("{}: colour conversion failed: {e}", self.path.display()))?;
+        self.scaler
+            .0
+            .run(&rgb, &mut yuv)
+            .map_err(|e| anyhow!("{}: colour conversion failed: {e}", self.path.display()))?;
         yuv.set_pts(Some(self.frames));
         self.frames += 1;
         self.encoder.send_frame(&yuv).map_err(|e| anyhow!("{}: encode failed: {e}", self.path.display()))?;
@@ -190,7 +204,9 @@ impl OverlayWriter {
             // last frame's start and players drop that frame.
             packet.set_duration(1);
             packet.rescale_ts(self.time_base, self.stream_time_base);
-            packet.write_interleaved(&mut self.octx).map_err(|e| anyhow!("{}: write failed: {e}", self.path.display()))?;
+            packet
+                .write_interleaved(&mut self.octx)
+                .map_err(|e| anyhow!("{}: write failed: {e}", self.path.display()))?;
         }
         Ok(())
     }

@@ -43,7 +43,10 @@ pub fn davis_palette() -> Vec<u8> {
 
 /// Encodes a row-major index image as an 8-bit palette PNG.
 pub fn encode_indexed_png(indices: &[u8], width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(indices.len() == width as usize * height as usize, "index image size does not match {width}x{height}");
+    anyhow::ensure!(
+        indices.len() == width as usize * height as usize,
+        "index image size does not match {width}x{height}"
+    );
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, width, height);

@@ -92,7 +92,13 @@ fn load(source: &Shared, index: usize, prep: Prep) -> anyhow::Result<Frame> {
 }
 
 /// The decoder: walks each plan in order until a newer plan replaces it.
-fn decoder(source: Shared, plans: Receiver<Plan>, jobs: SyncSender<Job>, generation: Arc<AtomicU64>, cancelled: Arc<AtomicBool>) {
+fn decoder(
+    source: Shared,
+    plans: Receiver<Plan>,
+    jobs: SyncSender<Job>,
+    generation: Arc<AtomicU64>,
+    cancelled: Arc<AtomicBool>,
+) {
     while let Ok(plan) = plans.recv() {
         for index in plan.indices {
             if cancelled.load(Ordering::Relaxed) || generation.load(Ordering::Acquire) != plan.generation {
@@ -107,7 +113,13 @@ fn decoder(source: Shared, plans: Receiver<Plan>, jobs: SyncSender<Job>, generat
 }
 
 /// A resizer: takes decoded frames from the shared queue, skipping stale ones.
-fn resizer(jobs: Arc<Mutex<Receiver<Job>>>, out: SyncSender<Ready>, prep: Prep, generation: Arc<AtomicU64>, cancelled: Arc<AtomicBool>) {
+fn resizer(
+    jobs: Arc<Mutex<Receiver<Job>>>,
+    out: SyncSender<Ready>,
+    prep: Prep,
+    generation: Arc<AtomicU64>,
+    cancelled: Arc<AtomicBool>,
+) {
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
@@ -198,7 +210,8 @@ impl Prefetcher {
             );
         }
         for i in 0..n {
-            let (jobs, out, generation, cancelled) = (job_rx.clone(), ready_tx.clone(), generation.clone(), cancelled.clone());
+            let (jobs, out, generation, cancelled) =
+                (job_rx.clone(), ready_tx.clone(), generation.clone(), cancelled.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("frame-resize-{i}"))
@@ -296,7 +309,8 @@ impl Prefetcher {
         }
         self.misses += 1;
         let frame = load(&self.source, index, self.prep);
-        let next: Vec<usize> = if self.direction > 0 { (index + 1..self.frames).collect() } else { (0..index).rev().collect() };
+        let next: Vec<usize> =
+            if self.direction > 0 { (index + 1..self.frames).collect() } else { (0..index).rev().collect() };
         self.hint(next);
         frame
     }

@@ -57,7 +57,11 @@ fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
             .iter()
             .map(|&v| {
                 let scaled = v * (1u32 << PRECISION_BITS) as f64;
-                if v < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 }
+                if v < 0.0 {
+                    (scaled - 0.5) as i32
+                } else {
+                    (scaled + 0.5) as i32
+                }
             })
             .collect();
         first.push(xmin);
@@ -239,8 +243,12 @@ mod normalize_tests {
 
     #[test]
     fn the_float64_free_scaling_gives_the_bits_of_the_float64_one_for_every_byte() {
-        let bytes = Tensor::arange(256, (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8).view([1, 16, 16, 1]).repeat([1, 1, 1, 3]);
-        let f64_way = (bytes.to_kind(Kind::Double) / Tensor::full([1], 255.0, (Kind::Double, Device::Cpu))).to_kind(Kind::Float);
+        let bytes = Tensor::arange(256, (Kind::Int64, Device::Cpu))
+            .to_kind(Kind::Uint8)
+            .view([1, 16, 16, 1])
+            .repeat([1, 1, 1, 3]);
+        let f64_way =
+            (bytes.to_kind(Kind::Double) / Tensor::full([1], 255.0, (Kind::Double, Device::Cpu))).to_kind(Kind::Float);
         let looked_up = super::unit_scale(&bytes);
         assert_eq!(looked_up.kind(), Kind::Float);
         assert_eq!(looked_up.size(), bytes.size());

@@ -78,7 +78,8 @@ pub fn header(jpeg: &[u8]) -> Result<(u32, u32, c_int), String> {
     let d = Decompressor::new()?;
     let (mut w, mut h, mut sub, mut cs) = (0, 0, 0, 0);
     // SAFETY: buffer and length describe a live slice; out-pointers are to locals.
-    let rc = unsafe { tjDecompressHeader3(d.0, jpeg.as_ptr(), jpeg.len() as c_ulong, &mut w, &mut h, &mut sub, &mut cs) };
+    let rc =
+        unsafe { tjDecompressHeader3(d.0, jpeg.as_ptr(), jpeg.len() as c_ulong, &mut w, &mut h, &mut sub, &mut cs) };
     if rc != 0 {
         return Err(d.error());
     }
@@ -92,7 +93,8 @@ pub fn decode_rgb(jpeg: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
     let d = Decompressor::new()?;
     let (mut w, mut h, mut sub, mut cs) = (0, 0, 0, 0);
     // SAFETY: as in `header`.
-    let rc = unsafe { tjDecompressHeader3(d.0, jpeg.as_ptr(), jpeg.len() as c_ulong, &mut w, &mut h, &mut sub, &mut cs) };
+    let rc =
+        unsafe { tjDecompressHeader3(d.0, jpeg.as_ptr(), jpeg.len() as c_ulong, &mut w, &mut h, &mut sub, &mut cs) };
     if rc != 0 {
         return Err(d.error());
     }
@@ -101,9 +103,8 @@ pub fn decode_rgb(jpeg: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
     }
     let mut out = vec![0u8; w as usize * h as usize * 3];
     // SAFETY: `out` holds exactly pitch*height bytes for the size the header reported.
-    let rc = unsafe {
-        tjDecompress2(d.0, jpeg.as_ptr(), jpeg.len() as c_ulong, out.as_mut_ptr(), w, w * 3, h, TJPF_RGB, 0)
-    };
+    let rc =
+        unsafe { tjDecompress2(d.0, jpeg.as_ptr(), jpeg.len() as c_ulong, out.as_mut_ptr(), w, w * 3, h, TJPF_RGB, 0) };
     // SAFETY: handle is live.
     if rc != 0 && unsafe { tjGetErrorCode(d.0) } != TJERR_WARNING {
         return Err(d.error());

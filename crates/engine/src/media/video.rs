@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
-use ffmpeg_next as ffmpeg;
 use ffmpeg::packet::Ref as _;
 use ffmpeg::{codec, decoder, format, frame, media, software::scaling};
+use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
 use super::FrameSource;
@@ -284,12 +284,26 @@ impl VideoFile {
             unsafe {
                 let table = ffmpeg::ffi::sws_getCoefficients(colorspace as i32);
                 let out = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT as i32);
-                ffmpeg::ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), table, full_range as i32, out, 1, 0, 1 << 16, 1 << 16);
+                ffmpeg::ffi::sws_setColorspaceDetails(
+                    ctx.as_mut_ptr(),
+                    table,
+                    full_range as i32,
+                    out,
+                    1,
+                    0,
+                    1 << 16,
+                    1 << 16,
+                );
             }
             self.rgb = Some(Rgb { ctx, key });
         }
         let mut out = frame::Video::empty();
-        self.rgb.as_mut().unwrap().ctx.run(picture, &mut out).map_err(|e| anyhow!("{}: RGB conversion failed: {e}", self.path.display()))?;
+        self.rgb
+            .as_mut()
+            .unwrap()
+            .ctx
+            .run(picture, &mut out)
+            .map_err(|e| anyhow!("{}: RGB conversion failed: {e}", self.path.display()))?;
         let stride = out.stride(0);
         let data = out.data(0);
         let row = w as usize * 3;

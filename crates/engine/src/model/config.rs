@@ -28,7 +28,9 @@ impl HieraConfig {
 /// encoder alone needs tens of GB.
 pub fn check_image_size(image_size: i64) -> Result<(), String> {
     if image_size % 64 != 0 || !(128..=4096).contains(&image_size) {
-        return Err(format!("image size {image_size}: must be a multiple of 64 in 128..=4096 (1024 for the official models)"));
+        return Err(format!(
+            "image size {image_size}: must be a multiple of 64 in 128..=4096 (1024 for the official models)"
+        ));
     }
     Ok(())
 }

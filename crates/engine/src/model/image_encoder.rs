@@ -21,8 +21,15 @@ pub struct FpnNeck {
 
 impl FpnNeck {
     fn new(p: P, channels: [i64; 4], image_size: i64) -> Self {
-        let convs = channels.iter().enumerate().map(|(i, &c)| Conv2d::new(p.sub(format!("convs.{i}.conv")), c, 256, 1, 1, 0, 1)).collect();
-        let pos = [4, 8, 16, 32].iter().map(|s| sine_2d(256, image_size / s, image_size / s, p.device()).to_kind(p.kind())).collect();
+        let convs = channels
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| Conv2d::new(p.sub(format!("convs.{i}.conv")), c, 256, 1, 1, 0, 1))
+            .collect();
+        let pos = [4, 8, 16, 32]
+            .iter()
+            .map(|s| sine_2d(256, image_size / s, image_size / s, p.device()).to_kind(p.kind()))
+            .collect();
         FpnNeck { convs, pos }
     }
 

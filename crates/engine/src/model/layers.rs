@@ -93,7 +93,13 @@ impl Conv2d {
     pub fn then(&self, next: &Conv2d) -> Conv2d {
         let (w1, b1) = (self.weight.to_kind(Kind::Float).flatten(1, -1), self.bias.to_kind(Kind::Float));
         let (w2, b2) = (next.weight.to_kind(Kind::Float).flatten(1, -1), next.bias.to_kind(Kind::Float));
-        assert!(self.weight.size()[2..] == [1, 1] && next.weight.size()[2..] == [1, 1] && self.groups == 1 && next.groups == 1, "only 1x1 convolutions compose");
+        assert!(
+            self.weight.size()[2..] == [1, 1]
+                && next.weight.size()[2..] == [1, 1]
+                && self.groups == 1
+                && next.groups == 1,
+            "only 1x1 convolutions compose"
+        );
         let weight = w2.matmul(&w1).unsqueeze(-1).unsqueeze(-1).to_kind(self.weight.kind());
         let bias = (w2.matmul(&b1) + b2).to_kind(self.bias.kind());
         Conv2d { weight, bias, stride: 1, padding: 0, groups: 1 }
@@ -108,7 +114,11 @@ pub struct ConvTranspose2d {
 
 impl ConvTranspose2d {
     pub fn new(p: P, cin: i64, cout: i64, k: i64, stride: i64) -> Self {
-        ConvTranspose2d { weight: p.get_matmul("weight", &[cin, cout, k, k]), bias: p.get_matmul("bias", &[cout]), stride }
+        ConvTranspose2d {
+            weight: p.get_matmul("weight", &[cin, cout, k, k]),
+            bias: p.get_matmul("bias", &[cout]),
+            stride,
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv_transpose2d(&self.weight, Some(&self.bias), [self.stride], [0], [0], 1, [1])
@@ -138,7 +148,15 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(p: P, input: i64, hidden: i64, output: i64, num_layers: usize, act: Activation, sigmoid_output: bool) -> Self {
+    pub fn new(
+        p: P,
+        input: i64,
+        hidden: i64,
+        output: i64,
+        num_layers: usize,
+        act: Activation,
+        sigmoid_output: bool,
+    ) -> Self {
         let layers = (0..num_layers)
             .map(|i| {
                 let n = if i == 0 { input } else { hidden };
@@ -177,7 +195,13 @@ mod tests {
 
     fn conv(cin: i64, cout: i64) -> Conv2d {
         let opts = (Kind::Float, Device::Cpu);
-        Conv2d { weight: Tensor::randn([cout, cin, 1, 1], opts), bias: Tensor::randn([cout], opts), stride: 1, padding: 0, groups: 1 }
+        Conv2d {
+            weight: Tensor::randn([cout, cin, 1, 1], opts),
+            bias: Tensor::randn([cout], opts),
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        }
     }
 
     #[test]

@@ -50,7 +50,9 @@ impl MaskDecoder {
             conv_s0: Conv2d::new(p.sub("conv_s0"), d, d / 8, 1, 1, 0, 1),
             conv_s1: Conv2d::new(p.sub("conv_s1"), d, d / 4, 1, 1, 0, 1),
             hypernetworks: (0..4)
-                .map(|i| Mlp::new(p.sub(format!("output_hypernetworks_mlps.{i}")), d, d, d / 8, 3, Activation::Relu, false))
+                .map(|i| {
+                    Mlp::new(p.sub(format!("output_hypernetworks_mlps.{i}")), d, d, d / 8, 3, Activation::Relu, false)
+                })
                 .collect(),
             iou_head: Mlp::new(p.sub("iou_prediction_head"), d, 256, 4, 3, Activation::Relu, true),
             obj_score_head: Mlp::new(p.sub("pred_obj_score_head"), d, d, 1, 3, Activation::Relu, false),
@@ -58,9 +60,18 @@ impl MaskDecoder {
     }
 
     /// `predict_masks`: all four masks, IoU, mask tokens and the object score.
-    fn predict_masks(&self, image: &Tensor, image_pe: &Tensor, sparse: &Tensor, dense: &Tensor, high_res: &[Tensor; 2]) -> (Tensor, Tensor, Tensor, Tensor) {
+    fn predict_masks(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+        high_res: &[Tensor; 2],
+    ) -> (Tensor, Tensor, Tensor, Tensor) {
         let b = sparse.size()[0];
-        let out_tokens = Tensor::cat(&[&self.obj_score_token, &self.iou_token, &self.mask_tokens], 0).unsqueeze(0).expand([b, -1, -1], false);
+        let out_tokens = Tensor::cat(&[&self.obj_score_token, &self.iou_token, &self.mask_tokens], 0)
+            .unsqueeze(0)
+            .expand([b, -1, -1], false);
         let tokens = Tensor::cat(&[out_tokens, sparse.shallow_clone()], 1);
         let src = image + dense;
         let pos_src = image_pe.repeat_interleave_self_int(tokens.size()[0], 0, None);
@@ -72,7 +83,8 @@ impl MaskDecoder {
         let (feat_s0, feat_s1) = (&high_res[0], &high_res[1]);
         let up = self.ln1.forward(&(self.dc1.forward(&src) + feat_s1)).gelu("none");
         let up = (self.dc2.forward(&up) + feat_s0).gelu("none");
-        let hyper: Vec<Tensor> = (0..4).map(|i| self.hypernetworks[i].forward(&mask_tokens_out.select(1, i as i64))).collect();
+        let hyper: Vec<Tensor> =
+            (0..4).map(|i| self.hypernetworks[i].forward(&mask_tokens_out.select(1, i as i64))).collect();
         let hyper = Tensor::stack(&hyper, 1);
         let (ub, uc, uh, uw) = up.size4().unwrap();
         let masks = hyper.matmul(&up.reshape([ub, uc, uh * uw])).reshape([ub, -1, uh, uw]);
@@ -81,8 +93,17 @@ impl MaskDecoder {
         (masks, iou, mask_tokens_out, obj)
     }
 
-    pub fn forward(&self, image: &Tensor, image_pe: &Tensor, sparse: &Tensor, dense: &Tensor, multimask: bool, high_res: &[Tensor; 2]) -> DecoderOutput {
-        let (masks, iou, mask_tokens_out, object_score_logits) = self.predict_masks(image, image_pe, sparse, dense, high_res);
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+        multimask: bool,
+        high_res: &[Tensor; 2],
+    ) -> DecoderOutput {
+        let (masks, iou, mask_tokens_out, object_score_logits) =
+            self.predict_masks(image, image_pe, sparse, dense, high_res);
         let (masks, iou) = if multimask {
             (masks.narrow(1, 1, 3), iou.narrow(1, 1, 3))
         } else {

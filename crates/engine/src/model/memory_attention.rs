@@ -50,7 +50,14 @@ impl MemoryAttention {
 
     /// curr `[HW, B, 256]`, curr_pos same, memory `[M, B, 64]`, memory_pos same →
     /// `[HW, B, 256]`. The last `num_obj_ptr_tokens` memory tokens skip RoPE.
-    pub fn forward(&self, curr: &Tensor, curr_pos: &Tensor, memory: &Tensor, memory_pos: &Tensor, num_obj_ptr_tokens: i64) -> Tensor {
+    pub fn forward(
+        &self,
+        curr: &Tensor,
+        curr_pos: &Tensor,
+        memory: &Tensor,
+        memory_pos: &Tensor,
+        num_obj_ptr_tokens: i64,
+    ) -> Tensor {
         let (k_in, v_in) = Self::memory_inputs(memory, memory_pos);
         let mut out = self.begin(curr, curr_pos);
         for i in 0..self.layers.len() {

@@ -33,7 +33,16 @@ pub struct P<'a> {
 impl Params {
     /// `kind` is the floating dtype the modules compute in.
     pub fn new(tensors: BTreeMap<String, Tensor>, device: Device, kind: Kind) -> Self {
-        Params { tensors, taken: RefCell::default(), problems: RefCell::default(), device, kind, matmul_kind: kind, fp32_modules: Vec::new(), invented: None }
+        Params {
+            tensors,
+            taken: RefCell::default(),
+            problems: RefCell::default(),
+            device,
+            kind,
+            matmul_kind: kind,
+            fp32_modules: Vec::new(),
+            invented: None,
+        }
     }
 
     /// Weights of matmuls and convolutions in `kind` (the autocast dtype), see `matmul_kind`.
@@ -187,7 +196,11 @@ mod tests {
 
     fn store() -> Params {
         let t = |n: i64| Tensor::ones([n], (Kind::Float, Device::Cpu));
-        let tensors = [("sam_mask_decoder.iou_token.weight", 4), ("sam_mask_decoder_extra.weight", 2), ("memory_encoder.fuser.weight", 3)];
+        let tensors = [
+            ("sam_mask_decoder.iou_token.weight", 4),
+            ("sam_mask_decoder_extra.weight", 2),
+            ("memory_encoder.fuser.weight", 3),
+        ];
         Params::new(tensors.iter().map(|(k, n)| (k.to_string(), t(*n))).collect(), Device::Cpu, Kind::BFloat16)
     }
 

@@ -103,7 +103,8 @@ impl Rope {
     /// The tables, with the complex `freqs_cis` when `complex` (CPU only).
     fn spelled(dim: i64, end_x: i64, end_y: i64, theta: f64, device: Device, complex: bool) -> Self {
         let q = dim / 4;
-        let freqs = Tensor::arange_start_step(0, dim, 4, (Kind::Int64, Device::Cpu)).narrow(0, 0, q).to_kind(Kind::Float);
+        let freqs =
+            Tensor::arange_start_step(0, dim, 4, (Kind::Int64, Device::Cpu)).narrow(0, 0, q).to_kind(Kind::Float);
         let freqs = (Tensor::from(theta).to_kind(Kind::Float).pow(&(freqs / dim as f64))).reciprocal();
         let t = Tensor::arange(end_x * end_y, (Kind::Float, Device::Cpu));
         let tx = t.fmod(end_x as f64);
@@ -139,7 +140,8 @@ impl Rope {
     /// bf16 one fused kernel does it all (`cuda::fused::rope_bf16`, bit-identical).
     pub fn apply_except_tail(&self, x: &Tensor, tail: i64) -> Tensor {
         let n = x.size()[2];
-        crate::cuda::fused::rope_bf16(x, &self.cos, &self.sin, n - tail).unwrap_or_else(|| self.rotate_except_tail(x, tail))
+        crate::cuda::fused::rope_bf16(x, &self.cos, &self.sin, n - tail)
+            .unwrap_or_else(|| self.rotate_except_tail(x, tail))
     }
 
     /// `apply_except_tail` in libtorch ops (the CPU, MPS, and CUDA outside bf16).
@@ -160,7 +162,11 @@ impl Rope {
             let table = self.tiled_table(cis, reps);
             return (xf.view_as_complex() * table).view_as_real().flatten(3, 4).to_kind(x.kind());
         }
-        let (cos, sin) = if reps == 1 { (self.cos.shallow_clone(), self.sin.shallow_clone()) } else { (self.cos.repeat([reps, 1]), self.sin.repeat([reps, 1])) };
+        let (cos, sin) = if reps == 1 {
+            (self.cos.shallow_clone(), self.sin.shallow_clone())
+        } else {
+            (self.cos.repeat([reps, 1]), self.sin.repeat([reps, 1]))
+        };
         let a = xf.select(4, 0);
         let b = xf.select(4, 1);
         let re = &a * &cos - &b * &sin;
@@ -222,7 +228,11 @@ mod tests {
         let fused = crate::cuda::fused::rope_bf16(&x, &rope.cos, &rope.sin, n - tail).expect("fused kernel applies");
         let spelled_out = rope.rotate_except_tail(&x, tail);
         assert_eq!(fused.kind(), Kind::BFloat16);
-        assert!(fused.equal(&spelled_out), "max |Δ| {}", (fused.to_kind(Kind::Float) - spelled_out.to_kind(Kind::Float)).abs().max());
+        assert!(
+            fused.equal(&spelled_out),
+            "max |Δ| {}",
+            (fused.to_kind(Kind::Float) - spelled_out.to_kind(Kind::Float)).abs().max()
+        );
         // Queries: one table's worth, nothing passed through.
         let q = x.narrow(2, 0, rope.len()).contiguous();
         assert!(rope.apply(&q).equal(&rope.rotate_except_tail(&q, 0)));

@@ -176,7 +176,10 @@ mod tests {
         let out: Vec<f32> = Vec::try_from(fill_holes(&t, 8).flatten(0, -1)).unwrap();
         assert!((out[2 * w + 2] - 0.1).abs() < 1e-6, "8-pixel hole filled with 0.1");
         assert_eq!(out[9 * w + 9], -1.0, "9-pixel hole kept");
-        assert!((out[13 * w + 2] - 0.1).abs() < 1e-6 && (out[14 * w + 3] - 0.1).abs() < 1e-6, "diagonal pair is one small component");
+        assert!(
+            (out[13 * w + 2] - 0.1).abs() < 1e-6 && (out[14 * w + 3] - 0.1).abs() < 1e-6,
+            "diagonal pair is one small component"
+        );
         assert_eq!(out[0], 5.0, "foreground untouched");
     }
 }

@@ -137,8 +137,14 @@ impl Sam2Base {
     }
 
     /// Builds the model from a state dict (reference key names), strictly.
-    pub fn from_tensors(config: Sam2Config, tensors: BTreeMap<String, Tensor>, device: Device, precision: Precision) -> anyhow::Result<Sam2Base> {
-        let params = Params::new(tensors, device, precision.weights_kind(device)).with_fp32_modules(&precision.fp32_modules(device));
+    pub fn from_tensors(
+        config: Sam2Config,
+        tensors: BTreeMap<String, Tensor>,
+        device: Device,
+        precision: Precision,
+    ) -> anyhow::Result<Sam2Base> {
+        let params = Params::new(tensors, device, precision.weights_kind(device))
+            .with_fp32_modules(&precision.fp32_modules(device));
         let params = match precision.autocast(device) {
             Some(lowp) => params.with_matmul_kind(lowp),
             None => params,
@@ -157,8 +163,9 @@ impl Sam2Base {
         let v21 = config.is_v2_1();
         let image_encoder = ImageEncoder::new(p.sub("image_encoder"), &config);
         let mask_decoder = MaskDecoder::new(p.sub("sam_mask_decoder"));
-        let high_res_convs = precision.autocast(device).is_none()
-            .then(|| [image_encoder.lateral(0).then(&mask_decoder.conv_s0), image_encoder.lateral(1).then(&mask_decoder.conv_s1)]);
+        let high_res_convs = precision.autocast(device).is_none().then(|| {
+            [image_encoder.lateral(0).then(&mask_decoder.conv_s0), image_encoder.lateral(1).then(&mask_decoder.conv_s1)]
+        });
         let model = Sam2Base {
             image_encoder,
             prompt_encoder: PromptEncoder::new(p.sub("sam_prompt_encoder"), config.image_size),
@@ -206,7 +213,9 @@ impl Sam2Base {
         let x = image.to_device(self.device).to_kind(self.kind());
         let trunk = self.image_encoder.trunk(&x);
         let (high_res, out) = match &self.high_res_convs {
-            Some([s0, s1]) => ([s0.forward(&trunk[0]), s1.forward(&trunk[1])], self.image_encoder.forward_from(&trunk, 2)),
+            Some([s0, s1]) => {
+                ([s0.forward(&trunk[0]), s1.forward(&trunk[1])], self.image_encoder.forward_from(&trunk, 2))
+            }
             None => {
                 let out = self.image_encoder.forward_from(&trunk, 0);
                 let fpn = &out.backbone_fpn;
@@ -222,7 +231,14 @@ impl Sam2Base {
     }
 
     /// `_forward_sam_heads` for one object.
-    pub fn forward_sam_heads(&self, pix_feat: &Tensor, points: Option<&PointInputs>, mask_input: Option<&Tensor>, high_res: &[Tensor; 2], multimask: bool) -> SamOutput {
+    pub fn forward_sam_heads(
+        &self,
+        pix_feat: &Tensor,
+        points: Option<&PointInputs>,
+        mask_input: Option<&Tensor>,
+        high_res: &[Tensor; 2],
+        multimask: bool,
+    ) -> SamOutput {
         let _g = tch::no_grad_guard();
         let dev = self.device;
         let (coords, labels) = match points {
@@ -234,18 +250,32 @@ impl Sam2Base {
         let mask = mask_input.map(|m| m.to_device(dev).to_kind(k));
         let (sparse, dense) = self.prompt_encoder.forward(&coords, &labels, mask.as_ref());
         let high_res = [high_res[0].to_kind(k), high_res[1].to_kind(k)];
-        let out = self.mask_decoder.forward(&pix_feat.to_kind(k), self.prompt_encoder.dense_pe(), &sparse, &dense, multimask, &high_res);
+        let out = self.mask_decoder.forward(
+            &pix_feat.to_kind(k),
+            self.prompt_encoder.dense_pe(),
+            &sparse,
+            &dense,
+            multimask,
+            &high_res,
+        );
         let appearing = out.object_score_logits.gt(0.0);
         let low_multi = out
             .masks
-            .where_self(&appearing.unsqueeze(-1).unsqueeze(-1), &Tensor::full([], NO_OBJ_SCORE, (out.masks.kind(), dev)))
+            .where_self(
+                &appearing.unsqueeze(-1).unsqueeze(-1),
+                &Tensor::full([], NO_OBJ_SCORE, (out.masks.kind(), dev)),
+            )
             .to_kind(Kind::Float);
         let s = self.image_size();
         let high_multi = low_multi.upsample_bilinear2d([s, s], false, None, None);
         let (low, high, token) = if multimask {
             // Index with a device tensor: no host round trip (a GPU sync) per object-frame.
             let best = out.iou.argmax(-1, false);
-            (low_multi.index_select(1, &best), high_multi.index_select(1, &best), out.sam_tokens.index_select(1, &best).squeeze_dim(1))
+            (
+                low_multi.index_select(1, &best),
+                high_multi.index_select(1, &best),
+                out.sam_tokens.index_select(1, &best).squeeze_dim(1),
+            )
         } else {
             (low_multi.shallow_clone(), high_multi, out.sam_tokens.select(1, 0))
         };
@@ -265,7 +295,11 @@ impl Sam2Base {
 
     /// `_prepare_memory_conditioned_features` once the predictor has chosen the memories.
     /// `None` memories = an initial conditioning frame: features + `no_mem_embed`.
-    pub fn condition_on_memory(&self, feats: &FrameFeatures, memories: Option<(&[SpatialMemory], &[PointerMemory], usize)>) -> Tensor {
+    pub fn condition_on_memory(
+        &self,
+        feats: &FrameFeatures,
+        memories: Option<(&[SpatialMemory], &[PointerMemory], usize)>,
+    ) -> Tensor {
         let _g = tch::no_grad_guard();
         let Some((spatial, ptrs, num_frames)) = memories else {
             let (b, c, h, w) = feats.feat.size4().unwrap();
@@ -278,7 +312,12 @@ impl Sam2Base {
 
     /// The memory tokens of the chosen memories with their position encodings (spatial
     /// memories with their temporal slot, then each object pointer as four tokens).
-    pub fn assemble_memory(&self, spatial: &[SpatialMemory], ptrs: &[PointerMemory], num_frames: usize) -> AssembledMemory {
+    pub fn assemble_memory(
+        &self,
+        spatial: &[SpatialMemory],
+        ptrs: &[PointerMemory],
+        num_frames: usize,
+    ) -> AssembledMemory {
         let _g = tch::no_grad_guard();
         let b = 1;
         let mem_pos_base = self.memory_encoder.pos().flatten(2, -1).permute([2, 0, 1]);
@@ -292,13 +331,18 @@ impl Sam2Base {
         if !ptrs.is_empty() {
             let max_ptrs = num_frames.min(MAX_OBJ_PTRS) as f64;
             // Stored pointers may come back from the bank in fp32: compute in the model's kind.
-            let obj_ptrs = Tensor::stack(&ptrs.iter().map(|p| p.ptr.to_device(self.device).to_kind(self.kind())).collect::<Vec<_>>(), 0); // [P,1,256]
+            let obj_ptrs = Tensor::stack(
+                &ptrs.iter().map(|p| p.ptr.to_device(self.device).to_kind(self.kind())).collect::<Vec<_>>(),
+                0,
+            ); // [P,1,256]
             let n = ptrs.len() as i64;
             let obj_pos = match &self.obj_ptr_tpos_proj {
                 Some(proj) => {
                     let pos: Vec<i64> = ptrs.iter().map(|p| p.pos).collect();
                     // Non-blocking: a blocking upload would wait for every queued kernel.
-                    let pos = Tensor::from_slice(&pos).to_device_(self.device, Kind::Int64, true, false).to_kind(Kind::Float) / (max_ptrs - 1.0);
+                    let pos =
+                        Tensor::from_slice(&pos).to_device_(self.device, Kind::Int64, true, false).to_kind(Kind::Float)
+                            / (max_ptrs - 1.0);
                     let pe = sine_1d(&pos, 256).to_kind(self.kind());
                     proj.forward(&pe).unsqueeze(1).expand([n, b, 64], false)
                 }
@@ -315,7 +359,13 @@ impl Sam2Base {
     }
 
     /// Memory attention of the current frame's features over assembled memory tokens.
-    pub fn attend_memory(&self, feats: &FrameFeatures, memory: &Tensor, memory_pos: &Tensor, num_ptr_tokens: i64) -> Tensor {
+    pub fn attend_memory(
+        &self,
+        feats: &FrameFeatures,
+        memory: &Tensor,
+        memory_pos: &Tensor,
+        num_ptr_tokens: i64,
+    ) -> Tensor {
         let _g = tch::no_grad_guard();
         let (b, c, h, w) = feats.feat.size4().unwrap();
         let curr = feats.feat.flatten(2, -1).permute([2, 0, 1]);
@@ -328,7 +378,13 @@ impl Sam2Base {
     /// memory to the stored output: fixed shapes and no host round trip, so a GPU can
     /// capture it as one graph. Returns (low-res masks, object pointer, object score,
     /// memory features).
-    pub fn track_step(&self, feats: &FrameFeatures, memory: &Tensor, memory_pos: &Tensor, num_ptr_tokens: i64) -> (Tensor, Tensor, Tensor, Tensor) {
+    pub fn track_step(
+        &self,
+        feats: &FrameFeatures,
+        memory: &Tensor,
+        memory_pos: &Tensor,
+        num_ptr_tokens: i64,
+    ) -> (Tensor, Tensor, Tensor, Tensor) {
         let (k_in, v_in) = MemoryAttention::memory_inputs(memory, memory_pos);
         let last = self.memory_attention.num_layers() - 1;
         let (mut out, mut q) = self.track_begin(&feats.feat, &feats.pos);
@@ -381,7 +437,13 @@ impl Sam2Base {
 
     /// `_encode_new_memory`: the memory of one object on one frame, rounded through
     /// bf16 as the reference stores it.
-    pub fn encode_new_memory(&self, feats: &FrameFeatures, high_res_masks: &Tensor, object_score_logits: &Tensor, is_mask_from_pts: bool) -> Tensor {
+    pub fn encode_new_memory(
+        &self,
+        feats: &FrameFeatures,
+        high_res_masks: &Tensor,
+        object_score_logits: &Tensor,
+        is_mask_from_pts: bool,
+    ) -> Tensor {
         let _g = tch::no_grad_guard();
         let m = high_res_masks.to_kind(self.kind());
         let mask_for_mem = if is_mask_from_pts { m.gt(0.0).to_kind(self.kind()) } else { m.sigmoid() };
@@ -389,7 +451,8 @@ impl Sam2Base {
         let mut features = self.memory_encoder.forward(&feats.feat, &mask_for_mem);
         if let Some(emb) = &self.no_obj_embed_spatial {
             let appearing = object_score_logits.gt(0.0).to_kind(self.kind());
-            let add = (appearing.ones_like() - &appearing).unsqueeze(-1).unsqueeze(-1) * emb.unsqueeze(-1).unsqueeze(-1).expand_as(&features);
+            let add = (appearing.ones_like() - &appearing).unsqueeze(-1).unsqueeze(-1)
+                * emb.unsqueeze(-1).unsqueeze(-1).expand_as(&features);
             features = features + add;
         }
         features.to_kind(Kind::BFloat16)

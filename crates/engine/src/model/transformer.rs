@@ -79,10 +79,21 @@ impl Attention {
     /// taking the MPS branches (MPS runs libtorch's SDPA, as the reference does).
     fn attend_folded(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Tensor> {
         let (b, h, _, d) = q.size4().ok()?;
-        if q.device() != tch::Device::Cpu || crate::device::takes_mps_branches(q.device()) || b != 1 || h != 1 || self.heads != 1 || v.size().len() != 3 {
+        if q.device() != tch::Device::Cpu
+            || crate::device::takes_mps_branches(q.device())
+            || b != 1
+            || h != 1
+            || self.heads != 1
+            || v.size().len() != 3
+        {
             return None;
         }
-        let out = crate::cpu::attention::attend_folded(&q.select(0, 0).select(0, 0), &k.select(0, 0).select(0, 0), &v.select(0, 0), 1.0 / (d as f64).sqrt())?;
+        let out = crate::cpu::attention::attend_folded(
+            &q.select(0, 0).select(0, 0),
+            &k.select(0, 0).select(0, 0),
+            &v.select(0, 0),
+            1.0 / (d as f64).sqrt(),
+        )?;
         Some(self.v_proj.forward(&out).unsqueeze(0))
     }
 

@@ -73,7 +73,10 @@ impl UndoLog {
     /// it is overwritten or removed. Later changes to the same path in this op need no
     /// second copy: the first one is the version from before the op.
     pub fn preserve(&mut self, path: &Path) -> anyhow::Result<()> {
-        let rel = path.strip_prefix(&self.bank).map_err(|_| anyhow::anyhow!("{}: outside the memory bank", path.display()))?.to_path_buf();
+        let rel = path
+            .strip_prefix(&self.bank)
+            .map_err(|_| anyhow::anyhow!("{}: outside the memory bank", path.display()))?
+            .to_path_buf();
         if !self.saved.insert(rel.clone()) {
             return Ok(());
         }
@@ -88,7 +91,9 @@ impl UndoLog {
                 // Removing a directory is moving it here: the removal and the copy are one rename.
                 std::fs::rename(path, d.join(format!("{k}.old"))).map_err(|e| io("move into the undo log", path, e))?;
             }
-            Some(_) => std::fs::hard_link(path, d.join(format!("{k}.old"))).map_err(|e| io("keep in the undo log", path, e))?,
+            Some(_) => {
+                std::fs::hard_link(path, d.join(format!("{k}.old"))).map_err(|e| io("keep in the undo log", path, e))?
+            }
             None => {}
         }
         Ok(())
@@ -110,7 +115,8 @@ pub fn logged(bank: &Path) -> anyhow::Result<Option<LoggedOp>> {
     let p = dir(bank).join("op.json");
     match std::fs::read(&p) {
         Ok(bytes) => {
-            let r: OpRecord = serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: corrupt undo log: {e}", p.display()))?;
+            let r: OpRecord = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt undo log: {e}", p.display()))?;
             Ok(Some(LoggedOp { seq: r.seq, committed: r.committed }))
         }
         // A log whose op.json never got written belongs to no op: nothing was changed yet.
@@ -133,10 +139,9 @@ pub fn discard(bank: &Path) -> anyhow::Result<()> {
 pub fn roll_back(bank: &Path) -> anyhow::Result<()> {
     let d = dir(bank);
     let mut records: Vec<usize> = match std::fs::read_dir(&d) {
-        Ok(entries) => entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rec")?.parse().ok())
-            .collect(),
+        Ok(entries) => {
+            entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".rec")?.parse().ok()).collect()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io("read the undo log", &d, e)),
     };
@@ -145,7 +150,12 @@ pub fn roll_back(bank: &Path) -> anyhow::Result<()> {
         let rec = d.join(format!("{k}.rec"));
         let change: Change = serde_json::from_slice(&std::fs::read(&rec).map_err(|e| io("read", &rec, e))?)
             .map_err(|e| anyhow::anyhow!("{}: corrupt undo record: {e}", rec.display()))?;
-        anyhow::ensure!(change.path.is_relative() && !change.path.components().any(|c| matches!(c, std::path::Component::ParentDir)), "{}: undo record points outside the bank", rec.display());
+        anyhow::ensure!(
+            change.path.is_relative()
+                && !change.path.components().any(|c| matches!(c, std::path::Component::ParentDir)),
+            "{}: undo record points outside the bank",
+            rec.display()
+        );
         let target = bank.join(&change.path);
         let old = d.join(format!("{k}.old"));
         let old_exists = std::fs::symlink_metadata(&old).is_ok();

@@ -113,7 +113,8 @@ impl MemoryBank {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: cannot create memory bank: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create memory bank: {e}", dir.display()))?;
         // An op that a dead worker left half-done is taken back before anything is read.
         if bank_undo::logged(&dir)?.is_some_and(|op| !op.committed) {
             bank_undo::roll_back(&dir)?;
@@ -205,7 +206,9 @@ impl MemoryBank {
         if let Some(e) = rec.entry.borrow().as_ref() {
             return Some(e.clone());
         }
-        let e = Rc::new(read_entry(&self.path(id, slot, frame), self.device).unwrap_or_else(|err| panic!("memory bank: {err:#}")));
+        let e = Rc::new(
+            read_entry(&self.path(id, slot, frame), self.device).unwrap_or_else(|err| panic!("memory bank: {err:#}")),
+        );
         *rec.entry.borrow_mut() = Some(e.clone());
         Some(e)
     }
@@ -219,7 +222,14 @@ impl MemoryBank {
     }
 
     /// Stores an entry (replacing any), written through to disk.
-    pub fn put(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+    pub fn put(
+        &mut self,
+        id: ObjectId,
+        slot: Slot,
+        frame: usize,
+        entry: Entry,
+        tracked: Option<bool>,
+    ) -> anyhow::Result<()> {
         let path = self.path(id, slot, frame);
         self.preserve(&path)?;
         write_entry(&path, &entry, tracked)?;
@@ -229,7 +239,15 @@ impl MemoryBank {
 
     /// As `put`, writing `on_disk` — the same values already copied to the host — so the
     /// write does not wait for the device; `entry` (on the device) stays in RAM.
-    pub fn put_copied(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, on_disk: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+    pub fn put_copied(
+        &mut self,
+        id: ObjectId,
+        slot: Slot,
+        frame: usize,
+        entry: Entry,
+        on_disk: &Entry,
+        tracked: Option<bool>,
+    ) -> anyhow::Result<()> {
         let path = self.path(id, slot, frame);
         self.preserve(&path)?;
         write_entry(&path, on_disk, tracked)?;
@@ -238,7 +256,10 @@ impl MemoryBank {
     }
 
     fn keep(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) {
-        self.index.entry(id).or_default().insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
+        self.index
+            .entry(id)
+            .or_default()
+            .insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
     }
 
     /// Stores an entry in RAM only, for the frame being tracked while the previous one is
@@ -354,7 +375,11 @@ fn put_tensor(buf: &mut Vec<u8>, t: &Tensor, kind: Kind) {
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
     let e4 = e.pred_masks.size()[3];
     let bytes = |t: &Tensor, kind: Kind| t.numel() * kind.elt_size_in_bytes();
-    let len = 10 + e.maskmem.as_ref().map_or(0, |m| bytes(m, Kind::BFloat16)) + bytes(&e.pred_masks, Kind::Float) + bytes(&e.obj_ptr, Kind::Float) + bytes(&e.score, Kind::Float);
+    let len = 10
+        + e.maskmem.as_ref().map_or(0, |m| bytes(m, Kind::BFloat16))
+        + bytes(&e.pred_masks, Kind::Float)
+        + bytes(&e.obj_ptr, Kind::Float)
+        + bytes(&e.score, Kind::Float);
     let mut buf = Vec::with_capacity(len);
     buf.extend_from_slice(MAGIC);
     buf.push(match tracked {

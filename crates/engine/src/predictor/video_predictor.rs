@@ -4,15 +4,17 @@
 //! encoded, and the memory bank keeps what SAM 2 can still attend to in RAM (the rest
 //! lives on disk, see `memory_bank`).
 use super::memory_bank::{Entry, MemoryBank, Slot, Staged};
+use crate::cuda::{CudaEvent, GraphCache};
+use crate::device::{AutocastGuard, PrecisionExt};
 use crate::media::prefetch::Prefetcher;
 use crate::media::FrameSource;
 use crate::model::postprocess::fill_holes;
-use crate::cuda::{CudaEvent, GraphCache};
-use crate::device::{AutocastGuard, PrecisionExt};
-use crate::model::sam2_base::{AssembledMemory, FrameFeatures, PointInputs, PointerMemory, SpatialMemory, MAX_OBJ_PTRS, NO_OBJ_SCORE, NUM_MASKMEM};
+use crate::model::sam2_base::{
+    AssembledMemory, FrameFeatures, PointInputs, PointerMemory, SpatialMemory, MAX_OBJ_PTRS, NO_OBJ_SCORE, NUM_MASKMEM,
+};
 use crate::model::Sam2Base;
-use sam2_api::session::{ObjectId, Op, Point};
 use sam2_api::events::StageTimings;
+use sam2_api::session::{ObjectId, Op, Point};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -209,7 +211,12 @@ impl VideoPredictor {
     /// at all: a prompt edit that fails is taken back here, one cut short by a crash is
     /// taken back by the next worker (`MemoryBank::open`, `restore`). A propagation is
     /// not taken back: the supervisor resumes it after the last frame it delivered.
-    pub fn apply_journaled(&mut self, seq: u64, op: &Op, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
+    pub fn apply_journaled(
+        &mut self,
+        seq: u64,
+        op: &Op,
+        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+    ) -> anyhow::Result<()> {
         let logged = !matches!(op, Op::Propagate { .. });
         if logged {
             self.bank.begin_op(seq)?;
@@ -222,7 +229,12 @@ impl VideoPredictor {
                 if let Err(r) = self.bank.roll_back_op() {
                     return Err(e.context(format!("and taking it back failed: {r:#}")));
                 }
-                self.objects = self.bank.load_state::<Vec<(ObjectId, BTreeMap<usize, Prompt>)>>()?.into_iter().map(|(id, prompts)| ObjectState { id, prompts }).collect();
+                self.objects = self
+                    .bank
+                    .load_state::<Vec<(ObjectId, BTreeMap<usize, Prompt>)>>()?
+                    .into_iter()
+                    .map(|(id, prompts)| ObjectState { id, prompts })
+                    .collect();
                 Err(e)
             }
             Err(e) => Err(e),
@@ -281,12 +293,17 @@ impl VideoPredictor {
     }
 
     fn save_state(&mut self) -> anyhow::Result<()> {
-        let state: Vec<(ObjectId, BTreeMap<usize, Prompt>)> = self.objects.iter().map(|o| (o.id, o.prompts.clone())).collect();
+        let state: Vec<(ObjectId, BTreeMap<usize, Prompt>)> =
+            self.objects.iter().map(|o| (o.id, o.prompts.clone())).collect();
         self.bank.save_state(&state)
     }
 
     fn check_frame(&self, frame: usize) -> anyhow::Result<()> {
-        anyhow::ensure!(frame < self.num_frames, "frame {frame} out of range (the video has {} frames)", self.num_frames);
+        anyhow::ensure!(
+            frame < self.num_frames,
+            "frame {frame} out of range (the video has {} frames)",
+            self.num_frames
+        );
         Ok(())
     }
 
@@ -300,7 +317,12 @@ impl VideoPredictor {
         }
         // During propagation, the frames coming next are encoded together (see `encode_batch`).
         let batch: Vec<usize> = if self.lookahead.front() == Some(&frame) {
-            self.lookahead.iter().copied().filter(|f| !self.features.iter().any(|(i, _)| i == f)).take(self.encode_batch).collect()
+            self.lookahead
+                .iter()
+                .copied()
+                .filter(|f| !self.features.iter().any(|(i, _)| i == f))
+                .take(self.encode_batch)
+                .collect()
         } else {
             vec![frame]
         };
@@ -327,7 +349,8 @@ impl VideoPredictor {
         if !self.graphs.image.enabled() && pixels.len() == 1 {
             return vec![self.model.forward_pixels(&pixels[0])];
         }
-        let on_device: Vec<Tensor> = pixels.iter().map(|p| p.to_device_(self.model.device, Kind::Uint8, true, false)).collect();
+        let on_device: Vec<Tensor> =
+            pixels.iter().map(|p| p.to_device_(self.model.device, Kind::Uint8, true, false)).collect();
         let x = Tensor::cat(&on_device, 0);
         let b = pixels.len() as i64;
         let model = self.model.clone();
@@ -339,7 +362,11 @@ impl VideoPredictor {
         let out = self.graphs.image.run(b, &[&x], &encode);
         let per_frame = |t: &Tensor, i: i64| if t.size()[0] == b { t.narrow(0, i, 1) } else { t.shallow_clone() };
         (0..b)
-            .map(|i| FrameFeatures { high_res: [per_frame(&out[0], i), per_frame(&out[1], i)], feat: per_frame(&out[2], i), pos: per_frame(&out[3], i) })
+            .map(|i| FrameFeatures {
+                high_res: [per_frame(&out[0], i), per_frame(&out[1], i)],
+                feat: per_frame(&out[2], i),
+                pos: per_frame(&out[3], i),
+            })
             .collect()
     }
 
@@ -375,7 +402,13 @@ impl VideoPredictor {
         PointInputs { coords: coords.to_kind(Kind::Float), labels: Tensor::from_slice(&labels).reshape([1, n]) }
     }
 
-    fn add_prompt(&mut self, frame: usize, id: ObjectId, points: &[Point], bbox: Option<[f32; 4]>) -> anyhow::Result<FrameOutput> {
+    fn add_prompt(
+        &mut self,
+        frame: usize,
+        id: ObjectId,
+        points: &[Point],
+        bbox: Option<[f32; 4]>,
+    ) -> anyhow::Result<FrameOutput> {
         self.check_frame(frame)?;
         self.timings = StageTimings::default();
         let t0 = Instant::now();
@@ -412,7 +445,16 @@ impl VideoPredictor {
 
     /// `_run_single_frame_inference` + `track_step` for one object.
     #[allow(clippy::too_many_arguments)]
-    fn run_single_frame(&mut self, idx: usize, frame: usize, is_init_cond: bool, points: Option<&PointInputs>, reverse: bool, run_mem_encoder: bool, prev_logits: Option<&Tensor>) -> anyhow::Result<Entry> {
+    fn run_single_frame(
+        &mut self,
+        idx: usize,
+        frame: usize,
+        is_init_cond: bool,
+        points: Option<&PointInputs>,
+        reverse: bool,
+        run_mem_encoder: bool,
+        prev_logits: Option<&Tensor>,
+    ) -> anyhow::Result<Entry> {
         let feats = self.features_of(frame)?;
         let id = self.objects[idx].id;
         let t = Instant::now();
@@ -436,7 +478,8 @@ impl VideoPredictor {
         self.timings.mask_decoder_ms += ms(t);
         let maskmem = if run_mem_encoder {
             let t = Instant::now();
-            let m = self.model.encode_new_memory(&feats, &sam.high_res_masks, &sam.object_score_logits, points.is_some());
+            let m =
+                self.model.encode_new_memory(&feats, &sam.high_res_masks, &sam.object_score_logits, points.is_some());
             self.sync();
             self.timings.memory_encoder_ms += ms(t);
             Some(m)
@@ -568,7 +611,8 @@ impl VideoPredictor {
             .iter()
             .filter_map(|(i, e)| e.maskmem.as_ref().map(|m| SpatialMemory { features: m, tpos_index: *i }))
             .collect();
-        let ptrs: Vec<PointerMemory> = ptr_entries.iter().map(|(pos, e)| PointerMemory { ptr: &e.obj_ptr, pos: *pos }).collect();
+        let ptrs: Vec<PointerMemory> =
+            ptr_entries.iter().map(|(pos, e)| PointerMemory { ptr: &e.obj_ptr, pos: *pos }).collect();
         Ok(self.model.assemble_memory(&spatial, &ptrs, self.num_frames))
     }
 
@@ -593,7 +637,10 @@ impl VideoPredictor {
 
     fn to_video_res(&self, low: &Tensor) -> Tensor {
         let (w, h) = self.size;
-        low.to_kind(Kind::Float).upsample_bilinear2d([h as i64, w as i64], false, None, None).to_device(Device::Cpu).reshape([h as i64, w as i64])
+        low.to_kind(Kind::Float)
+            .upsample_bilinear2d([h as i64, w as i64], false, None, None)
+            .to_device(Device::Cpu)
+            .reshape([h as i64, w as i64])
     }
 
     fn any_temp_cond(&self, frame: usize) -> bool {
@@ -615,7 +662,12 @@ impl VideoPredictor {
                     let entry = if entry.maskmem.is_none() {
                         let feats = self.features_of(frame)?;
                         let s = self.model.image_size();
-                        let high = entry.pred_masks.to_device(self.model.device).upsample_bilinear2d([s, s], false, None, None);
+                        let high = entry.pred_masks.to_device(self.model.device).upsample_bilinear2d(
+                            [s, s],
+                            false,
+                            None,
+                            None,
+                        );
                         let t = Instant::now();
                         let m = self.model.encode_new_memory(&feats, &high, &entry.score, true);
                         self.timings.memory_encoder_ms += ms(t);
@@ -628,7 +680,10 @@ impl VideoPredictor {
                     self.bank.take(id, temp, frame)?;
                 }
             }
-            anyhow::ensure!(!self.bank.cond_frames(id).is_empty(), "no prompts for object id {id}: add points or a box first");
+            anyhow::ensure!(
+                !self.bank.cond_frames(id).is_empty(),
+                "no prompts for object id {id}: add points or a box first"
+            );
             for frame in self.bank.cond_frames(id) {
                 self.bank.take(id, Slot::NonCond, frame)?;
             }
@@ -637,7 +692,13 @@ impl VideoPredictor {
         Ok(())
     }
 
-    fn propagate(&mut self, start: Option<usize>, reverse: bool, max_frames: Option<usize>, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
+    fn propagate(
+        &mut self,
+        start: Option<usize>,
+        reverse: bool,
+        max_frames: Option<usize>,
+        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+    ) -> anyhow::Result<()> {
         self.preflight()?;
         self.save_state()?;
         let ids = self.object_ids();
@@ -651,7 +712,11 @@ impl VideoPredictor {
         let max = max_frames.unwrap_or(self.num_frames);
         let order: Vec<usize> = if reverse {
             let end = start.saturating_sub(max);
-            if start > 0 { (end..=start).rev().collect() } else { vec![] }
+            if start > 0 {
+                (end..=start).rev().collect()
+            } else {
+                vec![]
+            }
         } else {
             let end = (start + max).min(self.num_frames - 1);
             (start..=end).collect()
@@ -665,7 +730,13 @@ impl VideoPredictor {
         result
     }
 
-    fn propagate_in_order(&mut self, ids: &[ObjectId], order: &[usize], reverse: bool, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
+    fn propagate_in_order(
+        &mut self,
+        ids: &[ObjectId],
+        order: &[usize],
+        reverse: bool,
+        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+    ) -> anyhow::Result<()> {
         // Frame k's outputs are fetched to the host (a device sync) only after the kernels
         // of the next `pipeline_depth` frames are queued, so the GPU never idles while the
         // host writes results.
@@ -691,7 +762,13 @@ impl VideoPredictor {
 
     /// Writes out the oldest queued frames until `keep` remain. After a cancel or an
     /// error the frames still queued are forgotten: they never happened.
-    fn write_out_until(&mut self, pending: &mut std::collections::VecDeque<Tracked>, keep: usize, last_out: &mut Instant, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<ControlFlow<()>> {
+    fn write_out_until(
+        &mut self,
+        pending: &mut std::collections::VecDeque<Tracked>,
+        keep: usize,
+        last_out: &mut Instant,
+        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+    ) -> anyhow::Result<ControlFlow<()>> {
         while pending.len() > keep {
             let oldest = pending.pop_front().expect("pending frame");
             let written = self.write_out(oldest, last_out, on_frame);
@@ -716,7 +793,15 @@ impl VideoPredictor {
     /// through by `write_out`.
     fn track_frame(&mut self, ids: &[ObjectId], frame: usize, reverse: bool) -> anyhow::Result<Tracked> {
         self.timings = StageTimings::default();
-        let mut tracked = Tracked { frame, reverse, staged: vec![], host: vec![], copied: None, prompted: vec![], timings: StageTimings::default() };
+        let mut tracked = Tracked {
+            frame,
+            reverse,
+            staged: vec![],
+            host: vec![],
+            copied: None,
+            prompted: vec![],
+            timings: StageTimings::default(),
+        };
         for (idx, &id) in ids.iter().enumerate() {
             if self.bank.contains(id, Slot::Cond, frame) {
                 tracked.prompted.push(id);
@@ -735,7 +820,12 @@ impl VideoPredictor {
         // does not mean waiting for the next frame too.
         for s in &tracked.staged {
             let e = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
-            tracked.host.push(Entry { maskmem: e.maskmem.as_ref().map(to_host), pred_masks: to_host(&e.pred_masks), obj_ptr: to_host(&e.obj_ptr), score: to_host(&e.score) });
+            tracked.host.push(Entry {
+                maskmem: e.maskmem.as_ref().map(to_host),
+                pred_masks: to_host(&e.pred_masks),
+                obj_ptr: to_host(&e.obj_ptr),
+                score: to_host(&e.score),
+            });
         }
         tracked.copied = CudaEvent::record(self.model.device);
         tracked.timings = self.timings;
@@ -745,7 +835,12 @@ impl VideoPredictor {
     /// Finishes a tracked frame: hole filling, written through to the bank, emitted.
     /// The masks and score stay on the host from here on (outputs, corrections read
     /// them there); memory features and pointers stay on the device for attention.
-    fn write_out(&mut self, t: Tracked, last_out: &mut Instant, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<ControlFlow<()>> {
+    fn write_out(
+        &mut self,
+        t: Tracked,
+        last_out: &mut Instant,
+        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+    ) -> anyhow::Result<ControlFlow<()>> {
         if let Some(copied) = &t.copied {
             copied.synchronize();
         }
@@ -808,7 +903,11 @@ impl VideoPredictor {
 
 /// A frame's features from a graph's inputs `[high_res 0, high_res 1, feat, pos, …]`.
 fn graph_features(x: &[Tensor]) -> FrameFeatures {
-    FrameFeatures { high_res: [x[0].shallow_clone(), x[1].shallow_clone()], feat: x[2].shallow_clone(), pos: x[3].shallow_clone() }
+    FrameFeatures {
+        high_res: [x[0].shallow_clone(), x[1].shallow_clone()],
+        feat: x[2].shallow_clone(),
+        pos: x[3].shallow_clone(),
+    }
 }
 
 /// The tracking step's four outputs (low-res masks, object pointer, score, memory).
@@ -822,7 +921,8 @@ fn to_host(t: &Tensor) -> Tensor {
     t.to_device_(Device::Cpu, t.kind(), true, false)
 }
 
-static SYNC_TIMINGS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| std::env::var("SAM2_TUI_SYNC_TIMINGS").is_ok_and(|v| v == "1"));
+static SYNC_TIMINGS: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("SAM2_TUI_SYNC_TIMINGS").is_ok_and(|v| v == "1"));
 
 fn ms(t: Instant) -> f32 {
     t.elapsed().as_secs_f32() * 1000.0

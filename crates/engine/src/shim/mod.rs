@@ -26,7 +26,11 @@ pub(crate) fn optional_tensor(
     let mut status = 0;
     let result = call(what, |e, n| {
         status = f(&mut raw, e, n);
-        if status == 2 { 1 } else { status }
+        if status == 2 {
+            1
+        } else {
+            status
+        }
     });
     match result {
         Ok(()) if status == 1 => Some(unsafe { tch::Tensor::from_ptr(raw as *mut _) }),

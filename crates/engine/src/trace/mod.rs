@@ -25,17 +25,12 @@ pub fn propagation(device: tch::Device) -> Trace {
     let Some(path) = std::env::var_os("SAM2_TUI_TRACE").map(PathBuf::from) else {
         return Trace { path: None };
     };
-    let wanted = std::env::var("SAM2_TUI_TRACE_PASS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let wanted = std::env::var("SAM2_TUI_TRACE_PASS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     if pass != wanted {
         return Trace { path: None };
     }
     let cuda = matches!(device, tch::Device::Cuda(_)) as c_int;
-    match shim("start", |err, len| unsafe {
-        sam2_shim_trace_start(cuda, err, len)
-    }) {
+    match shim("start", |err, len| unsafe { sam2_shim_trace_start(cuda, err, len) }) {
         Ok(()) => Trace { path: Some(path) },
         Err(e) => {
             eprintln!("trace: {e}");
@@ -50,10 +45,8 @@ impl Drop for Trace {
         // Written beside the target, then renamed: a half-written trace never appears.
         let tmp = path.with_extension("partial.json");
         let c = CString::new(tmp.to_string_lossy().as_bytes()).unwrap_or_default();
-        let saved = shim("save", |err, len| unsafe {
-            sam2_shim_trace_stop(c.as_ptr(), err, len)
-        })
-        .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
+        let saved = shim("save", |err, len| unsafe { sam2_shim_trace_stop(c.as_ptr(), err, len) })
+            .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
         match saved {
             Ok(()) => eprintln!("trace: propagation recorded to {}", path.display()),
             Err(e) => eprintln!("trace: {}: {e}", path.display()),

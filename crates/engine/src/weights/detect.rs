@@ -94,10 +94,8 @@ pub fn detect(ckpt: &Checkpoint) -> Result<Detected> {
     if !missing.is_empty() {
         bail!("{path}: incomplete SAM 2 checkpoint: no tensors for {}", missing.join(", "))
     }
-    let blocks: BTreeSet<usize> = t
-        .keys()
-        .filter_map(|k| k.strip_prefix(BLOCKS)?.split('.').next()?.parse().ok())
-        .collect();
+    let blocks: BTreeSet<usize> =
+        t.keys().filter_map(|k| k.strip_prefix(BLOCKS)?.split('.').next()?.parse().ok()).collect();
     let count = blocks.len();
     if blocks.iter().copied().ne(0..count) {
         bail!("{path}: incomplete SAM 2 checkpoint: Hiera blocks are not numbered 0..{count} ({blocks:?})")
@@ -108,7 +106,10 @@ pub fn detect(ckpt: &Checkpoint) -> Result<Detected> {
     let version = match V2_1_KEYS.map(|k| t.contains_key(k)) {
         [true, true] => ModelVersion::V2_1,
         [false, false] => ModelVersion::V2_0,
-        _ => bail!("{path}: inconsistent SAM 2 checkpoint: has only one of {} (2.1 has both, 2.0 neither)", V2_1_KEYS.join(" / ")),
+        _ => bail!(
+            "{path}: inconsistent SAM 2 checkpoint: has only one of {} (2.1 has both, 2.0 neither)",
+            V2_1_KEYS.join(" / ")
+        ),
     };
     let parameters: u64 = t.iter().filter(|(k, _)| k.as_str() != BUFFER_KEY).map(|(_, v)| v.numel() as u64).sum();
     let expected = expected_parameters(size, version);
@@ -123,15 +124,16 @@ pub fn detect(ckpt: &Checkpoint) -> Result<Detected> {
 }
 
 /// An error when the file is not the size/version the user asked for, naming both.
-pub fn check_requested(det: &Detected, size: Option<ModelSize>, version: Option<ModelVersion>, path: &Path) -> Result<()> {
+pub fn check_requested(
+    det: &Detected,
+    size: Option<ModelSize>,
+    version: Option<ModelVersion>,
+    path: &Path,
+) -> Result<()> {
     let size_ok = size.is_none_or(|s| s == det.size);
     let version_ok = version.is_none_or(|v| v == det.version);
     if !(size_ok && version_ok) {
-        let wanted = format!(
-            "SAM {} {}",
-            version.unwrap_or(det.version),
-            size.unwrap_or(det.size)
-        );
+        let wanted = format!("SAM {} {}", version.unwrap_or(det.version), size.unwrap_or(det.size));
         bail!("{}: checkpoint is {}, but {wanted} was requested", path.display(), det.label())
     }
     Ok(())

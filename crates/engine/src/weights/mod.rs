@@ -107,7 +107,9 @@ pub fn format_of(path: &Path) -> Result<Format> {
 /// one line, `"PATH: problem"`.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = map(path)?;
-    let tensors = tensors_in(&bytes).map_err(|e| sam2_api::util::bad_input(format!("{}: {}", path.display(), format!("{e:#}").replace('\n', " "))))?;
+    let tensors = tensors_in(&bytes).map_err(|e| {
+        sam2_api::util::bad_input(format!("{}: {}", path.display(), format!("{e:#}").replace('\n', " ")))
+    })?;
     Ok(Checkpoint { path: path.to_path_buf(), tensors })
 }
 

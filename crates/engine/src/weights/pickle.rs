@@ -555,7 +555,8 @@ fn tuple_items(v: &Value) -> Option<&[Value]> {
 }
 
 fn int_list(v: &Value, what: &str, at: usize) -> Result<Vec<i64>> {
-    let items = tuple_items(v).ok_or_else(|| anyhow!("tensor {what} is a {} at offset {at}, not a tuple", v.type_name()))?;
+    let items =
+        tuple_items(v).ok_or_else(|| anyhow!("tensor {what} is a {} at offset {at}, not a tuple", v.type_name()))?;
     items
         .iter()
         .map(|x| match x {
@@ -569,9 +570,13 @@ fn int_list(v: &Value, what: &str, at: usize) -> Result<Vec<i64>> {
 /// Interprets a REDUCE (or NEWOBJ) of one of the allowed globals. Nothing is executed.
 fn call(callable: &Value, args: &Value, at: usize) -> Result<Value> {
     let Value::Global(g) = callable else {
-        bail!("unsafe pickle: REDUCE on a {} at offset {at} (only the allowed globals may be called)", callable.type_name())
+        bail!(
+            "unsafe pickle: REDUCE on a {} at offset {at} (only the allowed globals may be called)",
+            callable.type_name()
+        )
     };
-    let args = tuple_items(args).ok_or_else(|| anyhow!("malformed pickle: REDUCE arguments are not a tuple at offset {at}"))?;
+    let args = tuple_items(args)
+        .ok_or_else(|| anyhow!("malformed pickle: REDUCE arguments are not a tuple at offset {at}"))?;
     match g {
         Global::OrderedDict => {
             let d = Value::Dict(Default::default());
@@ -619,7 +624,9 @@ fn call(callable: &Value, args: &Value, at: usize) -> Result<Value> {
             }
             _ => bail!("_codecs.encode with unexpected arguments at offset {at}"),
         },
-        Global::Storage(_, name) => bail!("unsafe pickle: REDUCE calls '{name}' at offset {at} (storages come only from persistent ids)"),
+        Global::Storage(_, name) => {
+            bail!("unsafe pickle: REDUCE calls '{name}' at offset {at} (storages come only from persistent ids)")
+        }
         Global::Dtype(k) => bail!("unsafe pickle: REDUCE calls dtype {k:?} at offset {at}"),
     }
 }
@@ -639,7 +646,10 @@ fn persistent_storage(pid: &Value) -> Result<StorageRef> {
         _ => {
             // Only type names: a crafted id may nest deeply, and Debug would recurse.
             let shape: Vec<&str> = items.iter().map(Value::type_name).collect();
-            bail!("unsupported persistent id ({}) (expected ('storage', torch.<T>Storage, key, location, numel))", shape.join(", "))
+            bail!(
+                "unsupported persistent id ({}) (expected ('storage', torch.<T>Storage, key, location, numel))",
+                shape.join(", ")
+            )
         }
     }
 }

@@ -116,10 +116,17 @@ impl<'a> TorchZip<'a> {
             let s = &t.storage;
             if !storages.contains_key(&s.key) {
                 let name = format!("{}data/{}", self.prefix, s.key);
-                let bytes = self.read(&name)?.ok_or_else(|| anyhow!("tensor '{key}': storage entry '{name}' is missing"))?;
+                let bytes =
+                    self.read(&name)?.ok_or_else(|| anyhow!("tensor '{key}': storage entry '{name}' is missing"))?;
                 let elt = s.kind.elt_size_in_bytes() as u64;
                 if (bytes.len() as u64) < s.numel.saturating_mul(elt) {
-                    bail!("tensor '{key}': storage '{name}' holds {} bytes, {} of {} need {}", bytes.len(), s.numel, s.type_name, s.numel * elt)
+                    bail!(
+                        "tensor '{key}': storage '{name}' holds {} bytes, {} of {} need {}",
+                        bytes.len(),
+                        s.numel,
+                        s.type_name,
+                        s.numel * elt
+                    )
                 }
                 storages.insert(s.key.clone(), bytes);
             }
@@ -132,9 +139,7 @@ impl<'a> TorchZip<'a> {
 
 /// The `(key, tensor)` pairs of `{"model": state_dict}` or of a bare state dict.
 fn state_dict_entries(root: &Value) -> Result<Vec<(String, std::rc::Rc<TensorRef>)>> {
-    let Value::Dict(d) = root else {
-        bail!("the pickle holds a {}, not a state dict", root.type_name())
-    };
+    let Value::Dict(d) = root else { bail!("the pickle holds a {}, not a state dict", root.type_name()) };
     let d = d.borrow();
     let sd = match d.get_str("model") {
         Some(Value::Dict(inner)) => inner.clone(),
@@ -164,7 +169,8 @@ fn state_dict_entries(root: &Value) -> Result<Vec<(String, std::rc::Rc<TensorRef
 fn materialize(_key: &str, t: &TensorRef, storage: &[u8]) -> Result<Tensor> {
     let s: &StorageRef = &t.storage;
     let elt = s.kind.elt_size_in_bytes();
-    let numel = t.size.iter().try_fold(1i64, |a, &d| a.checked_mul(d)).ok_or_else(|| anyhow!("size {:?} overflows", t.size))?;
+    let numel =
+        t.size.iter().try_fold(1i64, |a, &d| a.checked_mul(d)).ok_or_else(|| anyhow!("size {:?} overflows", t.size))?;
     // Copied out contiguously, a view that repeats its storage (stride 0, overlapping
     // strides) would cost what its size claims, not what the file holds. A state dict
     // saves no such views.
@@ -185,7 +191,11 @@ fn materialize(_key: &str, t: &TensorRef, storage: &[u8]) -> Result<Tensor> {
     if end as u64 > s.numel {
         bail!(
             "view (offset {}, size {:?}, stride {:?}) needs {end} elements but storage '{}' holds {}",
-            t.offset, t.size, t.stride, s.key, s.numel
+            t.offset,
+            t.size,
+            t.stride,
+            s.key,
+            s.numel
         )
     }
     let bytes = &storage[t.offset as usize * elt..end as usize * elt];

@@ -50,27 +50,19 @@ pub struct Fault {
 }
 
 pub fn parse(spec: &str) -> Result<Vec<Fault>, String> {
-    spec.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(parse_one)
-        .collect()
+    spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse_one).collect()
 }
 
 fn parse_one(text: &str) -> Result<Fault, String> {
     let bad = |why: &str| format!("{FAULT_ENV}: bad fault '{text}': {why}");
     let (main, device) = match text.split_once(':') {
         Some((m, q)) => {
-            let label = q
-                .strip_prefix("device=")
-                .ok_or_else(|| bad("qualifier must be device=LABEL"))?;
+            let label = q.strip_prefix("device=").ok_or_else(|| bad("qualifier must be device=LABEL"))?;
             (m, Some(label.to_string()))
         }
         None => (text, None),
     };
-    let (kind, rest) = main
-        .split_once('@')
-        .ok_or_else(|| bad("expected KIND@POINT"))?;
+    let (kind, rest) = main.split_once('@').ok_or_else(|| bad("expected KIND@POINT"))?;
     let kind = match kind {
         "abort" => FaultKind::Abort,
         "segv" => FaultKind::Segv,
@@ -101,13 +93,7 @@ fn parse_one(text: &str) -> Result<Fault, String> {
     } else {
         return Err(bad("point must be load, frame=N, op=N, op=N.write=W or op=N.done"));
     };
-    Ok(Fault {
-        kind,
-        point,
-        times,
-        device,
-        key: text.to_string(),
-    })
+    Ok(Fault { kind, point, times, device, key: text.to_string() })
 }
 
 /// The faults of this worker plus the file that remembers which already fired.
@@ -127,11 +113,7 @@ impl FaultPlan {
             Err(_) => vec![],
         };
         let state = std::env::var_os(FAULT_STATE_ENV).map(PathBuf::from);
-        Ok(FaultPlan {
-            faults,
-            state,
-            device_label: String::new(),
-        })
+        Ok(FaultPlan { faults, state, device_label: String::new() })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -145,9 +127,9 @@ impl FaultPlan {
 
     /// Triggers the first armed fault at `point`, if any (does not return when one fires).
     pub fn check(&self, point: FaultPoint) {
-        let Some(fault) = self.faults.iter().find(|f| {
-            f.point == point && f.device.as_deref().is_none_or(|d| d == self.device_label)
-        }) else {
+        let Some(fault) =
+            self.faults.iter().find(|f| f.point == point && f.device.as_deref().is_none_or(|d| d == self.device_label))
+        else {
             return;
         };
         if let Some(state) = &self.state {
@@ -158,35 +140,24 @@ impl FaultPlan {
             }
             *count += 1;
             // Recorded before the crash: the next worker must see this firing.
-            if let Err(e) =
-                sam2_api::util::atomic_write(state, serde_json::to_string(&fired).unwrap().as_bytes())
-            {
+            if let Err(e) = sam2_api::util::atomic_write(state, serde_json::to_string(&fired).unwrap().as_bytes()) {
                 eprintln!("fault injection: {e:#}");
             }
         }
-        eprintln!(
-            "fault injection: firing {} ({:?} at {:?})",
-            fault.key, fault.kind, fault.point
-        );
+        eprintln!("fault injection: firing {} ({:?} at {:?})", fault.key, fault.kind, fault.point);
         trigger(fault.kind);
     }
 }
 
 fn read_state(path: &Path) -> BTreeMap<String, u32> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+    std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
 }
 
 /// Really crashes: these are the failure modes of Metal/MPS that supervision must survive.
 pub fn trigger(kind: FaultKind) -> ! {
     // An injected crash needs no core file (they are large and slow to write).
     unsafe {
-        let none = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &none);
     }
     match kind {
@@ -235,14 +206,7 @@ mod tests {
 
     #[test]
     fn refuses_misspelled_faults() {
-        for bad in [
-            "crash@load",
-            "abort",
-            "abort@frame=x",
-            "abort@step=3",
-            "abort@op=2.write=x",
-            "abort@load:gpu=1",
-        ] {
+        for bad in ["crash@load", "abort", "abort@frame=x", "abort@step=3", "abort@op=2.write=x", "abort@load:gpu=1"] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
     }

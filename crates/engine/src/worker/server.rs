@@ -7,10 +7,10 @@ use super::fault::{FaultPlan, FaultPoint, HANGING};
 use super::protocol::{self, Request, Response, PROTOCOL_VERSION};
 use super::stats::{self, DeviceInfo};
 use crate::device::DeviceChoice;
-use sam2_api::rle::Rle;
 use crate::model::{LoadOptions, Sam2Base};
 use crate::predictor::{FrameOutput, VideoOptions, VideoPredictor};
 use sam2_api::events::{ModelLabel, ObjectMask};
+use sam2_api::rle::Rle;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::rc::Rc;
@@ -57,13 +57,7 @@ fn spawn_reader(out: Out) -> Inbox {
                     Ok(None) => break,
                     Err(e) => {
                         // A bad frame desynchronises the stream: say so and stop reading.
-                        send(
-                            &out,
-                            &Response::Error {
-                                seq: None,
-                                message: format!("protocol: {e}"),
-                            },
-                        );
+                        send(&out, &Response::Error { seq: None, message: format!("protocol: {e}") });
                         break;
                     }
                 }
@@ -83,9 +77,7 @@ fn spawn_heartbeat(out: Out, device: Arc<Mutex<DeviceInfo>>, stop: Arc<AtomicBoo
             while !stop.load(Ordering::SeqCst) {
                 if !HANGING.load(Ordering::SeqCst) {
                     let dev = device.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let msg = Response::Heartbeat {
-                        stats: stats::collect(&dev, &version),
-                    };
+                    let msg = Response::Heartbeat { stats: stats::collect(&dev, &version) };
                     let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
                     // Checked under the stdout lock: nothing may follow `Bye`.
                     if stop.load(Ordering::SeqCst) {
@@ -113,19 +105,10 @@ pub fn serve() -> anyhow::Result<()> {
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let faults = FaultPlan::from_env()?;
     let inbox = spawn_reader(out.clone());
-    let device = Arc::new(Mutex::new(DeviceInfo {
-        kind: "none".into(),
-        ..Default::default()
-    }));
+    let device = Arc::new(Mutex::new(DeviceInfo { kind: "none".into(), ..Default::default() }));
     let stop = Arc::new(AtomicBool::new(false));
     spawn_heartbeat(out.clone(), device.clone(), stop.clone());
-    let mut engine = Engine {
-        out: out.clone(),
-        faults,
-        device,
-        model: None,
-        video: None,
-    };
+    let mut engine = Engine { out: out.clone(), faults, device, model: None, video: None };
     while let Ok((n, req)) = inbox.rx.recv() {
         if matches!(req, Request::Shutdown) {
             break;
@@ -145,70 +128,33 @@ impl Engine {
         let reply = match req {
             Request::Hello { version } if version != PROTOCOL_VERSION => Response::Error {
                 seq: None,
-                message: format!(
-                    "protocol version {version} not supported (worker speaks {PROTOCOL_VERSION})"
-                ),
+                message: format!("protocol version {version} not supported (worker speaks {PROTOCOL_VERSION})"),
             },
             Request::Hello { .. } => Response::Hello {
                 version: PROTOCOL_VERSION,
                 pid: std::process::id(),
                 torch_version: stats::torch_version(),
             },
-            Request::LoadModel {
-                checkpoint,
-                size,
-                version,
-                device,
-                precision,
-                image_size,
-                device_label,
-            } => self.load(
-                checkpoint,
-                size,
-                version,
-                device,
-                precision,
-                image_size,
-                device_label,
-            ),
-            Request::OpenMedia {
-                path,
-                bank_dir,
-                fill_holes,
-            } => self.open(&path, bank_dir, fill_holes),
+            Request::LoadModel { checkpoint, size, version, device, precision, image_size, device_label } => {
+                self.load(checkpoint, size, version, device, precision, image_size, device_label)
+            }
+            Request::OpenMedia { path, bank_dir, fill_holes } => self.open(&path, bank_dir, fill_holes),
             Request::Restore { ops } => match self.video.as_mut() {
                 None => Err(anyhow::anyhow!("restore before open_media")),
-                Some(v) => v
-                    .restore(&ops)
-                    .map(|_| Response::Restored { ops: ops.len() }),
+                Some(v) => v.restore(&ops).map(|_| Response::Restored { ops: ops.len() }),
             }
-            .unwrap_or_else(|e| Response::Error {
-                seq: None,
-                message: format!("restore: {e:#}"),
-            }),
+            .unwrap_or_else(|e| Response::Error { seq: None, message: format!("restore: {e:#}") }),
             Request::Apply { seq, op } => self.apply(seq, &op, cancelled),
             Request::Prefetch { frame } => match self.video.as_mut() {
-                None => Response::Error {
-                    seq: None,
-                    message: "prefetch before open_media".into(),
-                },
+                None => Response::Error { seq: None, message: "prefetch before open_media".into() },
                 Some(v) => match v.prefetch(frame) {
                     Ok(()) => Response::Prefetched { frame },
-                    Err(e) => Response::Error {
-                        seq: None,
-                        message: format!("prefetch {frame}: {e:#}"),
-                    },
+                    Err(e) => Response::Error { seq: None, message: format!("prefetch {frame}: {e:#}") },
                 },
             },
             Request::Stats => {
-                let dev = self
-                    .device
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                Response::Heartbeat {
-                    stats: stats::collect(&dev, &stats::torch_version()),
-                }
+                let dev = self.device.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                Response::Heartbeat { stats: stats::collect(&dev, &stats::torch_version()) }
             }
             Request::Cancel | Request::Shutdown => return,
         };
@@ -229,12 +175,7 @@ impl Engine {
         use crate::device::{DeviceChoiceExt, PrecisionChoiceExt};
         let resolved = match device.resolve() {
             Ok(d) => d,
-            Err(e) => {
-                return Response::Error {
-                    seq: None,
-                    message: format!("load: {e:#}"),
-                }
-            }
+            Err(e) => return Response::Error { seq: None, message: format!("load: {e:#}") },
         };
         let choice = crate::device::choice_of(resolved);
         let precision = precision.resolve(choice);
@@ -245,28 +186,19 @@ impl Engine {
             let mut d = self.device.lock().unwrap_or_else(|p| p.into_inner());
             d.kind = choice.to_string();
             d.mps = matches!(resolved, tch::Device::Mps);
-            d.cuda_index = if let tch::Device::Cuda(i) = resolved {
-                Some(i as i32)
-            } else {
-                None
-            };
+            d.cuda_index = if let tch::Device::Cuda(i) = resolved { Some(i as i32) } else { None };
             d.name = match resolved {
-                tch::Device::Cuda(i) => {
-                    stats::cuda_device_name(i as i32).unwrap_or_else(|| format!("cuda:{i}"))
-                }
+                tch::Device::Cuda(i) => stats::cuda_device_name(i as i32).unwrap_or_else(|| format!("cuda:{i}")),
                 tch::Device::Mps => "Apple GPU (MPS)".into(),
                 _ => crate::device::cpu_label(tch::get_num_threads()),
             };
         }
-        let opts = LoadOptions {
-            checkpoint: checkpoint.clone(),
-            size,
-            version,
-            device: resolved,
-            precision,
-            image_size,
-        };
-        if resolved == tch::Device::Cpu && precision == crate::device::Precision::Bf16 && !crate::device::cpu_native_bf16() {
+        let opts =
+            LoadOptions { checkpoint: checkpoint.clone(), size, version, device: resolved, precision, image_size };
+        if resolved == tch::Device::Cpu
+            && precision == crate::device::Precision::Bf16
+            && !crate::device::cpu_native_bf16()
+        {
             eprintln!("sam2-tui: warning: this CPU has no native bf16 arithmetic (no avx512_bf16/amx_bf16); bf16 will be slower than fp32 here");
         }
         match Sam2Base::load(&opts) {
@@ -278,76 +210,33 @@ impl Engine {
                 };
                 self.model = Some(Rc::new(model));
                 self.video = None;
-                Response::Loaded {
-                    model: label_model,
-                    device: choice,
-                    precision,
-                    device_label: label,
-                }
+                Response::Loaded { model: label_model, device: choice, precision, device_label: label }
             }
-            Err(e) => Response::Error {
-                seq: None,
-                message: format!("load {}: {e:#}", checkpoint.display()),
-            },
+            Err(e) => Response::Error { seq: None, message: format!("load {}: {e:#}", checkpoint.display()) },
         }
     }
 
-    fn open(
-        &mut self,
-        path: &std::path::Path,
-        bank_dir: Option<std::path::PathBuf>,
-        fill_holes: bool,
-    ) -> Response {
+    fn open(&mut self, path: &std::path::Path, bank_dir: Option<std::path::PathBuf>, fill_holes: bool) -> Response {
         let result = (|| {
-            let model = self
-                .model
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("open_media before load_model"))?;
+            let model = self.model.clone().ok_or_else(|| anyhow::anyhow!("open_media before load_model"))?;
             let frames = crate::media::open(path)?;
             let fps = frames.fps();
-            let v = VideoPredictor::new(
-                model,
-                frames,
-                VideoOptions {
-                    fill_holes,
-                    bank_dir,
-                    ..Default::default()
-                },
-            )?;
+            let v = VideoPredictor::new(model, frames, VideoOptions { fill_holes, bank_dir, ..Default::default() })?;
             let (width, height) = v.video_size();
             let frames = v.num_frames();
             self.video = Some(v);
-            Ok::<_, anyhow::Error>(Response::MediaInfo {
-                width,
-                height,
-                frames,
-                fps,
-            })
+            Ok::<_, anyhow::Error>(Response::MediaInfo { width, height, frames, fps })
         })();
-        result.unwrap_or_else(|e| Response::Error {
-            seq: None,
-            message: format!("open {}: {e:#}", path.display()),
-        })
+        result.unwrap_or_else(|e| Response::Error { seq: None, message: format!("open {}: {e:#}", path.display()) })
     }
 
-    fn apply(
-        &mut self,
-        seq: u64,
-        op: &sam2_api::session::Op,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Response {
+    fn apply(&mut self, seq: u64, op: &sam2_api::session::Op, cancelled: &dyn Fn() -> bool) -> Response {
         self.faults.check(FaultPoint::Op(seq));
         let Some(video) = self.video.as_mut() else {
-            return Response::Error {
-                seq: Some(seq),
-                message: "op before open_media".into(),
-            };
+            return Response::Error { seq: Some(seq), message: "op before open_media".into() };
         };
         if let Err(e) = op.validate() {
-            return Response::Error {
-                seq: Some(seq),
-                message: e,
-            };
+            return Response::Error { seq: Some(seq), message: e };
         }
         let out = self.out.clone();
         let faults = &self.faults;
@@ -382,23 +271,14 @@ impl Engine {
         let result = video.apply_journaled(seq, op, &mut on_frame);
         crate::predictor::memory_bank::set_before_change(None);
         if let Some(e) = write_error {
-            return Response::Error {
-                seq: Some(seq),
-                message: format!("{e:#}"),
-            };
+            return Response::Error { seq: Some(seq), message: format!("{e:#}") };
         }
         if result.is_ok() {
             self.faults.check(FaultPoint::OpDone(seq));
         }
         match result {
-            Ok(()) => Response::OpDone {
-                seq,
-                cancelled: was_cancelled,
-            },
-            Err(e) => Response::Error {
-                seq: Some(seq),
-                message: format!("{e:#}"),
-            },
+            Ok(()) => Response::OpDone { seq, cancelled: was_cancelled },
+            Err(e) => Response::Error { seq: Some(seq), message: format!("{e:#}") },
         }
     }
 }
@@ -413,9 +293,7 @@ fn write_logits(f: &FrameOutput) -> anyhow::Result<()> {
     for o in &f.objects {
         let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
         let data = Vec::<f32>::try_from(o.logits.contiguous().flatten(0, -1))?;
-        let path = std::path::Path::new(&dir)
-            .join(o.object.to_string())
-            .join(format!("{:05}.npy", f.frame));
+        let path = std::path::Path::new(&dir).join(o.object.to_string()).join(format!("{:05}.npy", f.frame));
         sam2_api::util::atomic_write(&path, &crate::media::npy::f32_array(&[h, w], &data))
             .map_err(|e| anyhow::anyhow!("--logits: {e:#}"))?;
     }
@@ -432,19 +310,9 @@ fn frame_response(seq: u64, f: FrameOutput) -> Response {
             let logits = o.logits.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous();
             // SAFETY: `logits` is a contiguous fp32 CPU tensor of h·w elements, alive
             // (and not written) while the slice is in use.
-            let values =
-                unsafe { std::slice::from_raw_parts(logits.data_ptr() as *const f32, h * w) };
-            ObjectMask {
-                object: o.object,
-                rle: Rle::encode_positive(values, h, w),
-                score: o.score,
-            }
+            let values = unsafe { std::slice::from_raw_parts(logits.data_ptr() as *const f32, h * w) };
+            ObjectMask { object: o.object, rle: Rle::encode_positive(values, h, w), score: o.score }
         })
         .collect();
-    Response::Frame {
-        seq,
-        frame: f.frame,
-        objects,
-        timings: f.timings,
-    }
+    Response::Frame { seq, frame: f.frame, objects, timings: f.timings }
 }

@@ -34,21 +34,16 @@ extern "C" {
 
 /// The libtorch version this binary was built against (TORCH_VERSION of its headers).
 pub fn torch_version() -> String {
-    unsafe { CStr::from_ptr(sam2_shim_torch_version()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(sam2_shim_torch_version()) }.to_string_lossy().into_owned()
 }
 
 /// MPS allocator memory, or the reason it is unavailable (no MPS on this machine).
 pub fn mps_memory() -> Result<MpsMemory, String> {
     let (mut cur, mut drv, mut rec) = (0u64, 0u64, 0u64);
     let mut err = [0 as c_char; 256];
-    let ok =
-        unsafe { sam2_shim_mps_memory(&mut cur, &mut drv, &mut rec, err.as_mut_ptr(), err.len()) };
+    let ok = unsafe { sam2_shim_mps_memory(&mut cur, &mut drv, &mut rec, err.as_mut_ptr(), err.len()) };
     if ok == 0 {
-        return Err(unsafe { CStr::from_ptr(err.as_ptr()) }
-            .to_string_lossy()
-            .into_owned());
+        return Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
     }
     Ok(MpsMemory {
         current_allocated: cur,
@@ -65,38 +60,15 @@ pub fn mps_memory() -> Result<MpsMemory, String> {
 pub fn cuda_memory(device: i32) -> Result<CudaMemory, String> {
     let (mut alloc, mut reserved, mut peak) = (0u64, 0u64, 0u64);
     let mut err = [0 as c_char; 256];
-    let ok = unsafe {
-        sam2_shim_cuda_stats(
-            device,
-            &mut alloc,
-            &mut reserved,
-            &mut peak,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
+    let ok = unsafe { sam2_shim_cuda_stats(device, &mut alloc, &mut reserved, &mut peak, err.as_mut_ptr(), err.len()) };
     if ok == 0 {
-        return Err(unsafe { CStr::from_ptr(err.as_ptr()) }
-            .to_string_lossy()
-            .into_owned());
+        return Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
     }
     let (mut free, mut total) = (0u64, 0u64);
-    let ok = unsafe {
-        sam2_shim_cuda_mem_info(device, &mut free, &mut total, err.as_mut_ptr(), err.len())
-    };
+    let ok = unsafe { sam2_shim_cuda_mem_info(device, &mut free, &mut total, err.as_mut_ptr(), err.len()) };
     // Driver totals are optional: the allocator numbers are still worth showing.
-    let (total, used) = if ok != 0 {
-        (total, total.saturating_sub(free))
-    } else {
-        (0, 0)
-    };
-    Ok(CudaMemory {
-        allocated: alloc,
-        reserved,
-        peak_allocated: peak,
-        total,
-        used,
-    })
+    let (total, used) = if ok != 0 { (total, total.saturating_sub(free)) } else { (0, 0) };
+    Ok(CudaMemory { allocated: alloc, reserved, peak_allocated: peak, total, used })
 }
 
 fn env_ratio(name: &str) -> Option<f32> {
@@ -111,11 +83,7 @@ pub fn rss_bytes() -> u64 {
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
         std::fs::read_to_string("/proc/self/statm")
             .ok()
-            .and_then(|s| {
-                s.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
+            .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
             .map(|pages| pages * page)
             .unwrap_or(0)
     }
@@ -156,10 +124,7 @@ pub fn collect(dev: &DeviceInfo, torch_version: &str) -> WorkerStats {
 pub fn cuda_device_name(index: i32) -> Option<String> {
     type GetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
     unsafe {
-        let lib = libc::dlopen(
-            c"libcuda.so.1".as_ptr(),
-            libc::RTLD_LAZY | libc::RTLD_NOLOAD,
-        );
+        let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
         if lib.is_null() {
             return None;
         }
