@@ -25,8 +25,12 @@ build: setup
 run: build
 	./scripts/demo.sh
 
+# Style and layering first (seconds), then clippy, then every test of every crate.
 test: setup-test
-	cargo test --release -- --test-threads=1
+	cargo fmt --all --check
+	python3 scripts/check_architecture.py
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo test --release --workspace -- --test-threads=1
 
 bench: build
 	./target/release/sam2-tui bench --sizes tiny

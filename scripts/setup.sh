@@ -35,6 +35,13 @@ elif [ "$(uname)" = "Darwin" ]; then
   for p in ffmpeg pkg-config llvm tmux jpeg-turbo; do brew list "$p" >/dev/null 2>&1 || brew install "$p"; done
 fi
 
+# --- the style checks `make test` runs (rustup's default profile has them) --------------
+if [ "$want_ref" = 1 ] && command -v rustup >/dev/null; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || { log "adding the $c component"; rustup component add "$c" >&2; }
+  done
+fi
+
 # --- python environment (libtorch comes from the torch wheel) ---------------------------
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 #[test]
 #[ignore = "benchmark"]
 fn memory_attention_with_a_full_bank() {
-    let _ = tch::set_num_threads(2);
+    tch::set_num_threads(2);
     let dir = common::scratch("memory-attention-speed");
     let tensors = common::random_tiny_tensors(&dir);
     let model = Sam2Base::from_tensors(

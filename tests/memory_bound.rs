@@ -32,7 +32,7 @@ fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Pa
             "-f",
             "lavfi",
             "-i",
-            &format!("testsrc2=size=160x120:rate=25"),
+            "testsrc2=size=160x120:rate=25",
             "-frames:v",
             &frames.to_string(),
             "-pix_fmt",
@@ -68,7 +68,7 @@ fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Pa
 #[test]
 #[ignore = "benchmark: several minutes"]
 fn peak_memory_of_1000_frames_is_within_10_percent_of_100_frames() {
-    let _ = tch::set_num_threads(2);
+    tch::set_num_threads(2);
     // The worker's allocator policy: freed blocks stay in the heap (must not grow it).
     sam2_tui::worker::host_memory::keep_freed_memory();
     let dir = common::scratch("memory-bound");

@@ -74,7 +74,7 @@ fn deep(depth: usize) -> VideoOptions {
 
 #[test]
 fn a_cancelled_propagation_leaves_no_trace_of_the_frames_it_tracked_ahead() {
-    let _ = tch::set_num_threads(2);
+    tch::set_num_threads(2);
     let dir = common::scratch("predictor-pipeline");
     let forward = |max_frames| Op::Propagate { start: None, reverse: false, max_frames };
 
@@ -108,7 +108,7 @@ fn a_cancelled_propagation_leaves_no_trace_of_the_frames_it_tracked_ahead() {
 
 #[test]
 fn queueing_frames_deeper_changes_no_mask_and_no_order() {
-    let _ = tch::set_num_threads(2);
+    tch::set_num_threads(2);
     let dir = common::scratch("predictor-depth");
     let forward = Op::Propagate { start: None, reverse: false, max_frames: None };
     let mut outputs = vec![];
@@ -123,7 +123,7 @@ fn queueing_frames_deeper_changes_no_mask_and_no_order() {
 
 #[test]
 fn encoding_the_coming_frames_in_batches_tracks_as_one_at_a_time() {
-    let _ = tch::set_num_threads(2);
+    tch::set_num_threads(2);
     let dir = common::scratch("predictor-batch-encode");
     let forward = Op::Propagate { start: None, reverse: false, max_frames: None };
     let mut one = predictor_with(&dir, "one", VideoOptions { encode_batch: Some(1), ..Default::default() });

@@ -367,21 +367,19 @@ fn moving_square_video(dir: &std::path::Path, frames: u32) -> PathBuf {
     v
 }
 
-fn segment(name: &str, fault: &str) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
+/// Every final mask: (frame, object) → its RLE string.
+type FinalMasks = Vec<((usize, u32), String)>;
+
+fn segment(name: &str, fault: &str) -> (FinalMasks, Vec<EngineEvent>) {
     segment_from(name, fault, 0, false)
 }
 
 /// A click on the square in `prompt_frame` of the 12-frame clip, then a propagation
 /// (backwards if `reverse`) to its end, through the faults in `fault`.
-fn segment_from(
-    name: &str,
-    fault: &str,
-    prompt_frame: usize,
-    reverse: bool,
-) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
+fn segment_from(name: &str, fault: &str, prompt_frame: usize, reverse: bool) -> (FinalMasks, Vec<EngineEvent>) {
     let mut o = options(name, fault);
     o.checkpoint = random_checkpoint();
-    o.media = Some(moving_square_video(&o.session_dir.parent().unwrap().to_path_buf(), 12));
+    o.media = Some(moving_square_video(o.session_dir.parent().unwrap(), 12));
     // Small model input: this test is about recovery, not numerics (parity tests cover those).
     o.image_size = 256;
     o.restart.max_retries = 5;
@@ -455,10 +453,10 @@ fn a_backward_propagation_that_dies_on_frame_0_still_ends_with_frame_0() {
 
 /// Runs `ops` on the 12-frame clip through the faults in `fault` until every propagation
 /// in it has finished: (the final masks, how many workers died).
-fn run_ops(name: &str, fault: &str, ops: &[Op]) -> (Vec<((usize, u32), String)>, usize) {
+fn run_ops(name: &str, fault: &str, ops: &[Op]) -> (FinalMasks, usize) {
     let mut o = options(name, fault);
     o.checkpoint = random_checkpoint();
-    o.media = Some(moving_square_video(&o.session_dir.parent().unwrap().to_path_buf(), 12));
+    o.media = Some(moving_square_video(o.session_dir.parent().unwrap(), 12));
     o.image_size = 256;
     o.restart.max_retries = 5;
     o.watchdog.heartbeat_timeout = Duration::from_secs(3);
@@ -565,7 +563,7 @@ fn a_point_outside_the_opened_video_is_refused_and_never_journaled() {
 }
 
 /// Runs `ops` to their last op's end on `h`; the masks then, and the events seen.
-fn masks_after(h: &mut SupervisorHandle, n_ops: usize) -> (Vec<((usize, u32), String)>, Vec<EngineEvent>) {
+fn masks_after(h: &mut SupervisorHandle, n_ops: usize) -> (FinalMasks, Vec<EngineEvent>) {
     let mut finished = 0;
     let events = collect_until(h, Duration::from_secs(600), |e| {
         finished += matches!(e, EngineEvent::OpFinished { cancelled: false, .. }) as usize;

@@ -65,7 +65,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let line = format!("segment: {done}/{total} frames  {fps:.2} FPS  ETA {eta:.0}s");
         if progress_to_tty {
             eprint!("\r{line}   ");
-        } else if done == total || done % 25 == 0 {
+        } else if done == total || done.is_multiple_of(25) {
             eprintln!("{line}");
         }
     };

@@ -17,7 +17,7 @@ pub struct Fixture {
 }
 
 pub fn fixture(size: ModelSize, version: ModelVersion, image_size: i64, trunk_only: bool) -> Fixture {
-    let _ = tch::set_num_threads(2);
+    tch::set_num_threads(2);
     let name = format!(
         "image-{size}-{version}-{image_size}{}-{}",
         if trunk_only { "-trunk" } else { "" },

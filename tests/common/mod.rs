@@ -63,7 +63,7 @@ pub fn fixtures_version() -> String {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().map_or(false, |x| x == "py"))
+        .filter(|p| p.extension().is_some_and(|x| x == "py"))
         .collect();
     names.sort();
     let mut h: u64 = 0xcbf29ce484222325;

@@ -30,7 +30,7 @@ pub fn run_case_in(
     postprocess: bool,
     precision: Precision,
 ) -> Figures {
-    let _ = tch::set_num_threads(2);
+    tch::set_num_threads(2);
     let name = format!(
         "video-{size}-{version}-{image_size}-{frames}{}-{}",
         if postprocess { "" } else { "-nopp" },

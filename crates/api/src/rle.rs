@@ -89,7 +89,7 @@ impl Rle {
             if r < 0 || col_major.len() as i64 + r > (h * w) as i64 {
                 return Err("RLE runs exceed the mask size".into());
             }
-            col_major.extend(std::iter::repeat(v).take(r as usize));
+            col_major.extend(std::iter::repeat_n(v, r as usize));
             v ^= 1;
         }
         if col_major.len() != h * w {
@@ -170,7 +170,7 @@ mod tests {
     fn round_trips_masks_of_every_shape() {
         let (h, w) = (7, 5);
         for seed in 0..50u32 {
-            let mask: Vec<u8> = (0..h * w).map(|i| ((i as u32 * 2654435761 ^ seed * 97) >> 7) as u8 & 1).collect();
+            let mask: Vec<u8> = (0..h * w).map(|i| (((i as u32 * 2654435761) ^ (seed * 97)) >> 7) as u8 & 1).collect();
             let rle = Rle::encode(&mask, h, w);
             assert_eq!(rle.decode().unwrap(), mask);
             assert_eq!(rle.area(), mask.iter().map(|&v| v as u64).sum::<u64>());

@@ -34,7 +34,7 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
     let report = Mutex::new(Report {
         manifest: manifest_path.display().to_string(),
         shard: format!("{}/{}", shard.index, shard.count),
-        items: mine.iter().map(|it| pending(it)).collect(),
+        items: mine.iter().map(pending).collect(),
         finished: false,
     });
     report.lock().unwrap().write(&report_path)?;
@@ -156,7 +156,7 @@ fn run_item(
         let line = format!("batch: [{items_done}/{n} items] {name}: {done}/{total} frames  {fps:.2} FPS");
         if tty {
             eprint!("\r{line}   ");
-        } else if done == total || done % 50 == 0 {
+        } else if done == total || done.is_multiple_of(50) {
             eprintln!("{line}");
         }
     };

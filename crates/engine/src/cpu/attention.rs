@@ -54,12 +54,15 @@ mod tests {
             .view([-1, 256])
     }
 
+    // The kernel exists only where libtorch exports the sgemm it calls (x86-64 Linux);
+    // elsewhere the test is reported as ignored instead of passing without running.
     #[test]
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_os = "linux")),
+        ignore = "the CPU kernel is built on x86-64 Linux only"
+    )]
     fn folding_the_value_projection_out_of_the_attention_changes_only_rounding() {
-        if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
-            return;
-        }
-        let _ = tch::set_num_threads(2);
+        tch::set_num_threads(2);
         tch::manual_seed(7);
         let opts = (Kind::Float, Device::Cpu);
         // Key counts that end in a partial block, and logits spread wide enough that the
@@ -103,7 +106,7 @@ mod timing {
     fn time_the_kernel_against_sdpa() {
         use tch::{Device, Kind, Tensor};
         let threads = std::env::var("SAM2_TUI_TIMING_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-        let _ = tch::set_num_threads(threads);
+        tch::set_num_threads(threads);
         println!("{threads} threads");
         let opts = (Kind::Float, Device::Cpu);
         let (q, k, x) =

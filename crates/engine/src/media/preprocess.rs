@@ -265,7 +265,7 @@ mod band_tests {
         for threads in [1, 2, 3, 4, 7] {
             let mut buf = vec![0u8; 13 * 5];
             for_row_bands_on(&mut buf, 5, threads, |y, row| row.iter_mut().for_each(|v| *v += y as u8 + 1));
-            let want: Vec<u8> = (0..13).flat_map(|y| std::iter::repeat(y as u8 + 1).take(5)).collect();
+            let want: Vec<u8> = (0..13).flat_map(|y| std::iter::repeat_n(y as u8 + 1, 5)).collect();
             assert_eq!(buf, want, "{threads} threads");
         }
     }

@@ -258,7 +258,7 @@ impl VideoFile {
         }
     }
 
-    fn to_rgb(&mut self, picture: &frame::Video) -> anyhow::Result<RgbImage> {
+    fn convert_to_rgb(&mut self, picture: &frame::Video) -> anyhow::Result<RgbImage> {
         let (w, h) = self.size;
         let full_range = picture.color_range() == ffmpeg::color::Range::JPEG
             || matches!(
@@ -283,7 +283,7 @@ impl VideoFile {
             // SAFETY: live context; coefficient tables are static inside swscale.
             unsafe {
                 let table = ffmpeg::ffi::sws_getCoefficients(colorspace as i32);
-                let out = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT as i32);
+                let out = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT);
                 ffmpeg::ffi::sws_setColorspaceDetails(
                     ctx.as_mut_ptr(),
                     table,
@@ -341,11 +341,11 @@ impl VideoFile {
         self.position_for(index)?;
         while let Some((at, picture)) = self.decode_next()? {
             match at {
-                Some(i) if i == index => return Ok(Some(self.to_rgb(&picture)?)),
+                Some(i) if i == index => return Ok(Some(self.convert_to_rgb(&picture)?)),
                 // A seek that landed past the target: let the caller start over.
                 Some(i) if i > index => return Ok(None),
                 Some(i) if keep_from.is_some_and(|k| i >= k) => {
-                    let img = self.to_rgb(&picture)?;
+                    let img = self.convert_to_rgb(&picture)?;
                     self.window.push((i, img));
                 }
                 _ => {}

@@ -129,6 +129,10 @@ impl Rope {
         self.cos.size()[0]
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Rotates adjacent channel pairs of `x` `[B, heads, N, dim]`; `N` may be a multiple
     /// of the table length (memory frames: the tables are tiled, `rope_k_repeat`).
     pub fn apply(&self, x: &Tensor) -> Tensor {

@@ -97,7 +97,7 @@ mod tests {
 
     /// An independent labelling: classic two-pass union-find over 8-neighbours.
     fn union_find_areas(mask: &[bool], h: usize, w: usize) -> Vec<u32> {
-        fn find(p: &mut Vec<usize>, mut x: usize) -> usize {
+        fn find(p: &mut [usize], mut x: usize) -> usize {
             while p[x] != x {
                 p[x] = p[p[x]];
                 x = p[x];
@@ -125,11 +125,9 @@ mod tests {
             }
         }
         let mut size = vec![0u32; h * w];
-        for i in 0..h * w {
-            if mask[i] {
-                let r = find(&mut parent, i);
-                size[r] += 1;
-            }
+        for (i, _) in mask.iter().enumerate().filter(|(_, &on)| on) {
+            let r = find(&mut parent, i);
+            size[r] += 1;
         }
         (0..h * w).map(|i| if mask[i] { size[find(&mut parent, i)] } else { 0 }).collect()
     }

@@ -453,7 +453,7 @@ impl Sam2Base {
             let appearing = object_score_logits.gt(0.0).to_kind(self.kind());
             let add = (appearing.ones_like() - &appearing).unsqueeze(-1).unsqueeze(-1)
                 * emb.unsqueeze(-1).unsqueeze(-1).expand_as(&features);
-            features = features + add;
+            features += add;
         }
         features.to_kind(Kind::BFloat16)
     }

@@ -149,11 +149,11 @@ mod tests {
         assert!(rss_bytes() > 1 << 20, "rss {}", rss_bytes());
     }
 
+    // On a Mac the MPS path is taken instead; this checks the path without MPS.
     #[test]
+    #[cfg_attr(target_os = "macos", ignore = "checks the path taken without MPS")]
     fn mps_memory_is_unavailable_not_a_crash_without_mps() {
-        if !tch::utils::has_mps() {
-            let e = mps_memory().unwrap_err();
-            assert!(!e.is_empty());
-        }
+        let e = mps_memory().unwrap_err();
+        assert!(!e.is_empty());
     }
 }
