@@ -32,12 +32,12 @@ fn a_console_without_a_checkpoint_says_what_to_download_how_big_and_where_before
     let cfg = sam2_tui::config::Config::default();
     let dir = common::scratch("first_run_console");
     let nowhere = dir.join("weights/sam2.1_hiera_tiny.pt");
-    let said = sam2_tui::console::engine_link::missing_checkpoint(&cfg, &nowhere).expect("the file is missing");
+    let said = sam2_tui::config::missing_checkpoint(&cfg, &nowhere).expect("the file is missing");
     assert!(said.contains("sam2-tui weights download tiny"), "{said}");
     assert!(said.contains("156 MB") && said.contains("into weights/"), "{said}");
     let mut given = cfg.clone();
     given.engine.checkpoint = Some(nowhere.clone());
-    let said = sam2_tui::console::engine_link::missing_checkpoint(&given, &nowhere).unwrap();
+    let said = sam2_tui::config::missing_checkpoint(&given, &nowhere).unwrap();
     assert!(
         said.starts_with(&nowhere.display().to_string()) && said.contains("--checkpoint"),
         "a given file is named as given: {said}"

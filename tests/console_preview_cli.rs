@@ -55,9 +55,30 @@ fn a_broken_masks_file_is_one_line_naming_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("masks.json: not a segment masks.json"), "{err}");
+    assert!(err.contains("masks.json: not a sam2-tui masks.json"), "{err}");
     let out = preview(&[dir.join("frame.png").to_str().unwrap(), "--frame", "4"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no frame 4 (it has 1)"));
+}
+
+#[test]
+fn a_mask_whose_score_was_nan_is_read_like_any_other() {
+    // `segment` writes a non-finite score as null plus its name (JSON has no NaN); the
+    // reader is the writer's own type, so it reads what the writer writes.
+    let dir = write_inputs("preview_cli_nan_score");
+    let path = dir.join("out/masks.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("\"score\":3.5", "\"score\":null,\"score_nonfinite\":\"NaN\"");
+    assert!(text.contains("score_nonfinite"), "{text}");
+    std::fs::write(&path, text).unwrap();
+    let out = preview(&[
+        dir.join("frame.png").to_str().unwrap(),
+        "--width",
+        "16",
+        "--masks",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 object(s)"));
 }
 
 /// A portrait frame whose object 2 covers the middle, as a `segment` result.

@@ -61,6 +61,7 @@ fn png_header_only(path: &Path, w: u32, h: u32) {
 
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(s(path)).unwrap();
+    // SAFETY: `c` is a NUL-terminated path alive for the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 

@@ -180,6 +180,66 @@ fn a_worker_crash_mid_run_does_not_fail_the_command_or_change_the_masks() {
 }
 
 #[test]
+fn the_config_file_reaches_a_segment_run_and_a_flag_beats_it() {
+    // One configuration path for every command: `segment` starts its engine from the same
+    // config.toml as the console, with its flags applied over it.
+    let dir = common::scratch("segment-cli-config");
+    let p = prompts(&dir);
+    let mp4 = dir.join("clip.mp4");
+    test_clip(&mp4, 3);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[engine]\nprecision = \"bf16\"\n").unwrap();
+    let engine_of = |out: &Path| {
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap()).unwrap();
+        doc["engine"].clone()
+    };
+
+    let plain = dir.join("plain");
+    let r = segment(&mp4, &p, &plain, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(engine_of(&plain)["precision"], "fp32", "auto is fp32 on the CPU");
+    assert_eq!(engine_of(&plain)["device"], "cpu");
+
+    let configured = dir.join("configured");
+    let r = segment(&mp4, &p, &configured, &["--config", config.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(engine_of(&configured)["precision"], "bf16", "the config file's [engine] precision");
+
+    let from_env = dir.join("from-env");
+    let r = segment_with_env(&mp4, &p, &from_env, &[], &[("SAM2_TUI_CONFIG", config.to_str().unwrap())]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(engine_of(&from_env)["precision"], "bf16", "the config found through $SAM2_TUI_CONFIG");
+
+    let flagged = dir.join("flagged");
+    let r = segment(&mp4, &p, &flagged, &["--config", config.to_str().unwrap(), "--precision", "fp32"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(engine_of(&flagged)["precision"], "fp32", "a flag beats the file");
+}
+
+#[test]
+fn the_config_files_supervisor_settings_govern_a_segment_run() {
+    // No restarts allowed and no ladder: the injected crash fails the run (without the
+    // config the same crash costs one restart, see the test above), and nothing is written.
+    let dir = common::scratch("segment-cli-config-supervisor");
+    let p = prompts(&dir);
+    let mp4 = dir.join("clip.mp4");
+    test_clip(&mp4, 6);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[engine]\nfallback = []\n[supervisor]\nmax_restarts = 0\n").unwrap();
+    let out = dir.join("out");
+    let r = segment_with_env(
+        &mp4,
+        &p,
+        &out,
+        &["--config", config.to_str().unwrap()],
+        &[("SAM2_TUI_FAULT", "abort@frame=3")],
+    );
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(!out.exists(), "a failed run leaves no output");
+}
+
+#[test]
 fn a_session_directory_left_by_an_earlier_run_does_not_leak_into_the_next() {
     // A new run starts from its own journal. The memory bank an earlier process left in
     // the same --session-dir (its masks, its frames marked tracked) belongs to that run:

@@ -7,14 +7,16 @@ use super::median;
 use crate::device::{DeviceChoice, Precision};
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::session::{Op, Point};
+use crate::supervisor;
 use crate::supervisor::events::{EngineEvent, EngineState, LogLevel, StageTimings};
-use crate::supervisor::{self, SupervisorOptions};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct RowSpec {
+    /// The config the row's engine starts from (as every command's does).
+    pub config: crate::config::Config,
     pub size: ModelSize,
     pub device: DeviceChoice,
     pub precision: Precision,
@@ -162,7 +164,8 @@ pub fn measure(spec: &RowSpec, version: ModelVersion) -> RowResult {
 
 fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Result<()> {
     let session = tempfile::Builder::new().prefix("sam2-tui-bench-").tempdir()?;
-    let mut opts = SupervisorOptions::new(spec.checkpoint.clone(), Some(spec.frames_dir.clone()))?;
+    let mut opts =
+        crate::config::supervisor_options(&spec.config, spec.checkpoint.clone(), Some(&spec.frames_dir), vec![])?;
     opts.size = Some(spec.size);
     opts.version = Some(version);
     opts.device = spec.device;

@@ -54,6 +54,10 @@ pub struct Args {
     /// Model input size (1024 for the official models; smaller only for tests).
     #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
     pub image_size: i64,
+    /// Config file whose [engine] and [supervisor] settings the rows run under (worker
+    /// environment, threads, timeouts); each row sets its own size, device and precision.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
@@ -237,6 +241,7 @@ fn bench_row(
         if random_init { ", random-init weights" } else { "" }
     );
     let spec = RowSpec {
+        config: crate::config::Config::load(a.config.as_deref())?,
         size,
         device,
         precision: a.precision,

@@ -3,43 +3,30 @@
 //! both give the same guarantees: bad input judged before any model work, outputs staged
 //! and swapped in whole, a worker crash replayed, an interrupt leaving nothing.
 use crate::cli::interrupt;
-use crate::device::{DeviceChoice, PrecisionChoice};
+use crate::config::{Config, EngineFlags};
 use crate::media::output_dir::{OutputTarget, Staging};
 use crate::media::outputs::{OutputWriter, VideoInfo};
-use crate::model::config::{ModelSize, ModelVersion};
+use crate::model::config::ModelSize;
 use crate::session::Journal;
 use crate::supervisor::events::{EngineEvent, EngineState, LogLevel};
-use crate::supervisor::{self, session_dirs, SupervisorOptions};
+use crate::supervisor::{self, session_dirs};
 use crate::util::Interrupted;
 use anyhow::{anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The engine flags `segment` and `batch` share (one definition, so the two commands
-/// cannot drift apart).
+/// The flags of a segmentation job (`segment`, `batch`): the engine settings every command
+/// shares (over the config file), plus what only a job writes.
 #[derive(clap::Args, Debug, Clone)]
-pub struct EngineFlags {
-    /// Checkpoint file (default: the official file for --model in weights/; a batch
-    /// item may name its own).
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// Model size (a batch item may name its own).
-    #[arg(long)]
-    pub model: Option<ModelSize>,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// auto: bf16 on CUDA, fp32 on the CPU and MPS (what the official demo uses).
-    #[arg(long, default_value = "auto")]
-    pub precision: PrecisionChoice,
+pub struct JobFlags {
+    #[command(flatten)]
+    pub engine: EngineFlags,
     /// Also write float32 logits as logits/<object>/<frame:05>.npy.
     #[arg(long)]
     pub logits: bool,
     /// Skip the reference's hole filling of small background holes.
     #[arg(long)]
     pub no_postprocess: bool,
-    /// Model input size (1024 for the official models; smaller only for tests).
-    #[arg(long, default_value_t = 1024, hide = true, value_parser = crate::model::config::parse_image_size)]
-    pub image_size: i64,
 }
 
 /// Where a job's ops come from.
@@ -65,14 +52,16 @@ pub struct JobSpec {
     pub input: PathBuf,
     pub ops: OpsFile,
     pub out: PathBuf,
+    /// The config file with the command's flags applied: device, precision, model,
+    /// checkpoint, the supervisor's policies.
+    pub config: Config,
+    /// A batch item's own checkpoint, over the config's.
     pub checkpoint: Option<PathBuf>,
+    /// The model asked for by name (flag or batch item): the checkpoint must be it.
     pub model: Option<ModelSize>,
-    pub device: DeviceChoice,
-    pub precision: PrecisionChoice,
     pub logits: bool,
     pub overlay: Option<PathBuf>,
     pub fill_holes: bool,
-    pub image_size: i64,
     pub session_dir: Option<PathBuf>,
     /// Extra environment for the worker (e.g. `CUDA_VISIBLE_DEVICES` per batch worker).
     pub env: Vec<(String, String)>,
@@ -124,9 +113,10 @@ pub fn prepare(spec: JobSpec) -> anyhow::Result<Prepared> {
     };
     super::checks::ops_for_video(&journal, spec.ops.path(), &video)?;
     super::checks::overlay_target(&spec.overlay)?;
-    let checkpoint = match &spec.checkpoint {
+    let e = &spec.config.engine;
+    let checkpoint = match spec.checkpoint.as_ref().or(e.checkpoint.as_ref()) {
         Some(c) => c.clone(),
-        None => crate::weights::default_checkpoint(spec.model.unwrap_or(ModelSize::Tiny), ModelVersion::V2_1),
+        None => crate::weights::default_checkpoint(spec.model.unwrap_or(e.model), e.version),
     };
     // What sam2-tui may write, judged before the checkpoint is read: never the input,
     // never a folder or file it did not write itself.
@@ -157,14 +147,16 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
     let started = Instant::now();
     let staging = p.target.stage()?;
     let a = &p.spec;
-    let mut opts = SupervisorOptions::new(p.checkpoint.clone(), Some(absolute(&a.input)?))?;
+    let mut opts = crate::config::supervisor_options(
+        &a.config,
+        p.checkpoint.clone(),
+        Some(&absolute(&a.input)?),
+        p.journal.ops.clone(),
+    )?;
+    // The checkpoint says what it is; the file wins over the config's model name.
     opts.size = Some(p.det.size);
     opts.version = Some(p.det.version);
-    opts.device = a.device;
-    opts.precision = a.precision;
-    opts.image_size = a.image_size;
     opts.fill_holes = a.fill_holes;
-    opts.initial_ops = p.journal.ops.clone();
     for (k, v) in &a.env {
         opts.set_env(k, v);
     }
@@ -190,8 +182,17 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
     // The logits folder is the worker's environment, fixed when it starts: such a job
     // gets a worker of its own.
     let key = format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}",
-        opts.checkpoint, opts.size, opts.version, opts.device, opts.precision, opts.image_size, opts.fill_holes, a.env
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}",
+        opts.checkpoint,
+        opts.size,
+        opts.version,
+        opts.device,
+        opts.precision,
+        opts.image_size,
+        opts.fill_holes,
+        opts.env,
+        opts.worker_command,
+        opts.restart
     );
     let reusable = !a.logits;
     let previous = match engine.take() {
@@ -254,6 +255,7 @@ fn track(
     let (a, journal, video, det) = (&p.spec, &p.journal, &p.video, &p.det);
     let n_ops = journal.ops.len();
     let mut restarts = 0u32;
+    let mut ran_on: Option<(crate::device::DeviceChoice, crate::device::Precision)> = None;
     let mut frames_done = 0usize;
     let mut failure: Option<String> = None;
     let mut finished = 0usize;
@@ -264,6 +266,7 @@ fn track(
         let Some(ev) = sup.recv_timeout(Duration::from_millis(200)) else { continue };
         match ev {
             EngineEvent::OpFinished { .. } => finished += 1,
+            EngineEvent::WorkerStarted { device, precision, .. } => ran_on = Some((device, precision)),
             EngineEvent::OpFailed { index, message } => {
                 failure = Some(format!("op {index} ({}) failed: {message}", op_name(&journal.ops[index])));
                 break;
@@ -307,6 +310,9 @@ fn track(
     // Outputs: from the supervisor's store of finished masks (latest per frame/object).
     let label = format!("SAM {} {}", det.version, det.size);
     let mut writer = OutputWriter::new(staging.path(), video.clone(), &label, false)?;
+    if let Some((device, precision)) = ran_on {
+        writer.set_engine(crate::media::outputs::EngineInfo { device, precision, worker_restarts: restarts });
+    }
     let store = masks.lock().unwrap_or_else(|p| p.into_inner());
     for ((frame, object), m) in store.iter() {
         writer.add_rle(*frame, *object, m.rle.clone(), m.score)?;
@@ -363,6 +369,7 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn atty_stderr() -> bool {
+    // SAFETY: isatty only inspects a file descriptor number.
     unsafe { libc::isatty(2) == 1 }
 }
 

@@ -2,11 +2,10 @@
 //! masks of a `segment --out DIR` result drawn over it, straight to the terminal — a quick
 //! look over SSH without the dashboard. The console's graphics stack (its probe, encoder
 //! and fit: sixel, kitty, iTerm2 or coloured half blocks) and the one object palette.
+use crate::masks_json::MasksJson;
 use crate::media::blend::{blend_masks, object_color};
-use crate::rle::Rle;
 use anyhow::{anyhow, bail};
 use ratatui::layout::Rect;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -27,31 +26,10 @@ pub struct Args {
     pub alpha: f32,
 }
 
-#[derive(Deserialize)]
-struct MasksJson {
-    frames: Vec<FrameEntry>,
-}
-
-#[derive(Deserialize)]
-struct FrameEntry {
-    frame: usize,
-    objects: Vec<ObjectEntry>,
-}
-
-#[derive(Deserialize)]
-struct ObjectEntry {
-    id: u32,
-    #[allow(dead_code)]
-    score: f32,
-    rle: Rle,
-}
-
 /// The masks of one frame from a `segment` output directory, as (object id, row-major 0/1).
 pub fn frame_masks(dir: &Path, frame: usize, width: u32, height: u32) -> anyhow::Result<Vec<(u32, Vec<u8>)>> {
     let path = dir.join("masks.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
-    let doc: MasksJson =
-        serde_json::from_str(&text).map_err(|e| anyhow!("{}: not a segment masks.json: {e}", path.display()))?;
+    let doc = MasksJson::read(&path)?;
     let Some(entry) = doc.frames.into_iter().find(|f| f.frame == frame) else { return Ok(vec![]) };
     let mut out = vec![];
     for o in entry.objects {

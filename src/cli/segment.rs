@@ -2,7 +2,7 @@
 //! the same supervisor as the console, so an engine crash mid-run costs a restart, not
 //! the run.
 use crate::cli::interrupt;
-use crate::cli::job::{self, EngineFlags, JobSpec, OpsFile};
+use crate::cli::job::{self, JobFlags, JobSpec, OpsFile};
 use crate::util::bad_input;
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     pub session: Option<PathBuf>,
     #[command(flatten)]
-    pub engine: EngineFlags,
+    pub job: JobFlags,
     /// Also write the video with the masks blended in (put in place with the masks;
     /// an existing file is replaced only if the output being replaced wrote it).
     #[arg(long)]
@@ -44,14 +44,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         input: a.input.clone(),
         ops,
         out: a.out.clone(),
-        checkpoint: a.engine.checkpoint.clone(),
-        model: a.engine.model,
-        device: a.engine.device,
-        precision: a.engine.precision,
-        logits: a.engine.logits,
+        config: a.job.engine.effective_config()?,
+        checkpoint: None,
+        model: a.job.engine.model,
+        logits: a.job.logits,
         overlay: a.overlay.clone(),
-        fill_holes: !a.engine.no_postprocess,
-        image_size: a.engine.image_size,
+        fill_holes: !a.job.no_postprocess,
         session_dir: a.session_dir.clone(),
         env: vec![],
     };

@@ -1,8 +1,11 @@
 //! The user's configuration: one TOML file (documented setting by setting in the repository's
 //! `config.example.toml`), found through `directories`, `XDG_CONFIG_HOME` or
 //! `SAM2_TUI_CONFIG`. Every section has defaults, so an empty file and no file mean the same.
-//! The console reads `[console]` and `[keys]`; the supervisor reads `[engine]` and
-//! `[supervisor]`.
+//! The console reads `[console]` and `[keys]`; every command that starts the engine
+//! (`segment`, `batch`, `bench`, the console) turns `[engine]` and `[supervisor]`, with its
+//! `EngineFlags` applied over them, into `SupervisorOptions` through `supervisor_options`.
+mod engine_flags;
+mod supervisor_options;
 pub mod theme;
 
 use crate::device::{DeviceChoice, PrecisionChoice};
@@ -11,6 +14,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use engine_flags::EngineFlags;
+pub use supervisor_options::{checkpoint, missing_checkpoint, supervisor_options};
 pub use theme::Theme;
 
 /// The environment variable that names a config file, bypassing the search.
@@ -60,6 +65,10 @@ pub struct EngineConfig {
     pub mps_cpu_fallback: bool,
     /// Extra environment for the worker.
     pub env: BTreeMap<String, String>,
+    /// The model's input size: 1024 for the official models. Not a config-file setting
+    /// (the hidden `--image-size` flag, for tests that are about logic, sets it).
+    #[serde(skip)]
+    pub image_size: i64,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +86,7 @@ impl Default for EngineConfig {
             mps_low_watermark_ratio: None,
             mps_cpu_fallback: true,
             env: BTreeMap::new(),
+            image_size: 1024,
         }
     }
 }

@@ -21,8 +21,6 @@ pub mod tui;
 pub mod view;
 
 use crate::config::{Config, Graphics, Theme};
-use crate::device::DeviceChoice;
-use crate::model::config::ModelSize;
 use crate::session::Journal;
 use std::path::{Path, PathBuf};
 
@@ -37,35 +35,20 @@ pub struct ConsoleArgs {
     /// Colour theme: dark, light, high-contrast, or a path to a theme file.
     #[arg(long)]
     pub theme: Option<String>,
-    /// Model size: tiny, small, base_plus, large.
-    #[arg(long)]
-    pub model: Option<ModelSize>,
-    /// Device: auto, cpu, cuda, mps.
-    #[arg(long)]
-    pub device: Option<DeviceChoice>,
-    /// Precision: auto (bf16 on CUDA, fp32 on the CPU and MPS, as the official demo), fp32, bf16, fp16.
-    #[arg(long)]
-    pub precision: Option<crate::device::PrecisionChoice>,
-    /// Checkpoint file (default: the official one for the model, from `weights/`).
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// Config file (default: $SAM2_TUI_CONFIG, $XDG_CONFIG_HOME/sam2-tui/config.toml, ...).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    /// The engine settings every command shares (over the config file's `[engine]`).
+    #[command(flatten)]
+    pub engine: crate::config::EngineFlags,
     /// Session journal: resumed when it exists, and where `s` saves.
     #[arg(long)]
     pub session: Option<PathBuf>,
     /// Where `e` exports masks (default: <video name>_masks/).
     #[arg(long)]
     pub export_dir: Option<PathBuf>,
-    /// Model input size (1024 for the official models; smaller only for tests).
-    #[arg(long, hide = true, value_parser = crate::model::config::parse_image_size)]
-    pub image_size: Option<i64>,
 }
 
 /// The config with the command line's overrides applied.
 pub fn effective_config(args: &ConsoleArgs) -> anyhow::Result<Config> {
-    let mut cfg = Config::load(args.config.as_deref())?;
+    let mut cfg = args.engine.effective_config()?;
     if let Some(g) = args.graphics {
         cfg.console.graphics = g;
     }
@@ -74,18 +57,6 @@ pub fn effective_config(args: &ConsoleArgs) -> anyhow::Result<Config> {
     }
     if let Some(t) = &args.theme {
         cfg.console.theme = t.clone();
-    }
-    if let Some(m) = args.model {
-        cfg.engine.model = m;
-    }
-    if let Some(d) = args.device {
-        cfg.engine.device = d;
-    }
-    if let Some(c) = &args.checkpoint {
-        cfg.engine.checkpoint = Some(c.clone());
-    }
-    if let Some(p) = args.precision {
-        cfg.engine.precision = p;
     }
     Ok(cfg)
 }
@@ -204,8 +175,8 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
             }
         }
 
-        let ckpt = engine_link::checkpoint(&cfg, None);
-        let missing = engine_link::missing_checkpoint(&cfg, &ckpt);
+        let ckpt = crate::config::checkpoint(&cfg, None);
+        let missing = crate::config::missing_checkpoint(&cfg, &ckpt);
         if let Some(why) = &missing {
             app.engine.blocked = Some("no checkpoint (see the log)".into());
             app.note(crate::supervisor::events::LogLevel::Error, why.clone());
@@ -213,19 +184,12 @@ pub fn run(input: Option<PathBuf>, args: ConsoleArgs) -> anyhow::Result<()> {
                 app.modal = app::Modal::OfferDownload(cfg.engine.model);
             }
         }
-        let image_size = args.image_size;
         let link = match missing {
             Some(why) => Err(anyhow::anyhow!(why)),
             None => Ok(ckpt),
         };
         let link = link
-            .and_then(|ckpt| engine_link::options(&cfg, ckpt, input.as_deref(), initial_ops))
-            .map(|mut o| {
-                if let Some(s) = image_size {
-                    o.image_size = s;
-                }
-                o
-            })
+            .and_then(|ckpt| crate::config::supervisor_options(&cfg, ckpt, input.as_deref(), initial_ops))
             .and_then(engine_link::start);
         let (commands, events) = match link {
             Ok(l) => (Some(l.commands), l.events),

@@ -51,7 +51,24 @@ pub fn fixture_cache(name: &str) -> PathBuf {
 }
 
 /// The `sam2-tui` binary built for this test run.
+/// The binary under test. Every command reads a config file, so the first call points
+/// `SAM2_TUI_CONFIG` at an empty one (unless a test run set it): the developer's own
+/// `~/.config/sam2-tui/config.toml` must not change what the tests see. Likewise session
+/// folders go to a data directory under target/, not the developer's.
 pub fn bin() -> PathBuf {
+    static HERMETIC: std::sync::Once = std::sync::Once::new();
+    HERMETIC.call_once(|| {
+        if std::env::var_os("SAM2_TUI_CONFIG").is_none() {
+            let empty = std::env::temp_dir().join(format!("sam2-tui-tests-empty-config-{}.toml", std::process::id()));
+            std::fs::write(&empty, "").unwrap();
+            std::env::set_var("SAM2_TUI_CONFIG", &empty);
+        }
+        if std::env::var_os("XDG_DATA_HOME").is_none() {
+            let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-scratch/data-home");
+            std::fs::create_dir_all(&data).unwrap();
+            std::env::set_var("XDG_DATA_HOME", data);
+        }
+    });
     PathBuf::from(env!("CARGO_BIN_EXE_sam2-tui"))
 }
 

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod device;
 pub mod events;
 pub mod limits;
+pub mod masks_json;
 pub mod model;
 pub mod protocol;
 pub mod rle;

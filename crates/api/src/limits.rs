@@ -15,6 +15,16 @@ pub const MAX_POINTS_PER_PROMPT: usize = 256;
 pub const MAX_OPS_PER_JOURNAL: usize = 100_000;
 /// Object ids are 1..=255: the palette PNGs store an object per 8-bit index.
 pub const MAX_OBJECT_ID: u32 = 255;
+
+/// The one object-id check: ids are 1..=`MAX_OBJECT_ID` (0 is the background of the
+/// annotation PNGs, which hold one byte per pixel).
+pub fn check_object_id(id: u32) -> Result<(), String> {
+    if (1..=MAX_OBJECT_ID).contains(&id) {
+        Ok(())
+    } else {
+        Err(format!("object id {id} must be 1..={MAX_OBJECT_ID} (0 is the background of the annotation PNGs)"))
+    }
+}
 /// Largest frame side in pixels (8K video is 7680 wide). Checked on image headers and
 /// video stream parameters before anything is decoded, so a PNG claiming 100000² pixels
 /// is refused without allocating for it.
@@ -79,6 +89,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("prompts.json");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path alive for the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // Opening it would block for ever: returning at all is the test.
         let e = read_input_text(&fifo, "prompts").unwrap_err();

@@ -141,6 +141,7 @@ impl AutocastGuard {
         let Some(kind) = kind else { return AutocastGuard { restore: None } };
         let mut was = 0;
         let dtype = if kind == tch::Kind::Half { 1 } else { 0 };
+        // SAFETY: an out-pointer to a live local; the shim only toggles thread-local state.
         let ok = unsafe { sam2_shim_set_autocast_cuda(1, dtype, &mut was) } == 1;
         AutocastGuard { restore: ok.then_some(was == 1) }
     }
@@ -150,6 +151,7 @@ impl Drop for AutocastGuard {
     fn drop(&mut self) {
         if let Some(was) = self.restore {
             let mut ignored = 0;
+            // SAFETY: as in `new`.
             unsafe { sam2_shim_set_autocast_cuda(was as std::os::raw::c_int, 0, &mut ignored) };
         }
     }
@@ -179,7 +181,9 @@ pub fn configure_cuda_math(device: tch::Device) -> bool {
     // on an H200) and the masks still agree with the reference's on > 99.9 % of pixels.
     // `SAM2_TUI_CUDNN_ATTENTION=1` gives libtorch its choice back.
     let cudnn_attention = std::env::var("SAM2_TUI_CUDNN_ATTENTION").is_ok_and(|v| v == "1");
+    // SAFETY: these shim calls take integers and set libtorch's global flags.
     unsafe { sam2_shim_set_sdp_cudnn(cudnn_attention as std::os::raw::c_int) };
+    // SAFETY: as above.
     unsafe { sam2_shim_set_tf32(allow as std::os::raw::c_int) == 1 && allow }
 }
 

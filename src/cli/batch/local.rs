@@ -28,7 +28,8 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
             .map_err(|e| bad_input(format!("{}: cannot create --out: {e}", out.display())))?,
     }
     let mine: Vec<Item> = items.into_iter().filter(|it| shard.owns(it.index)).collect();
-    let lanes = lanes(a)?;
+    let config = a.job.engine.effective_config()?;
+    let lanes = lanes(a, config.engine.device)?;
     interrupt::install();
     let report_path = out.join(shard.report_name());
     let report = Mutex::new(Report {
@@ -50,7 +51,8 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
     );
     std::thread::scope(|s| {
         for lane in &lanes {
-            let (mine, report, next, ended, report_path) = (&mine, &report, &next, &ended, &report_path);
+            let (mine, report, next, ended, report_path, config) =
+                (&mine, &report, &next, &ended, &report_path, &config);
             s.spawn(move || {
                 // One supervisor per lane, kept across its items: the model loads once.
                 let mut engine: Option<job::Engine> = None;
@@ -60,7 +62,7 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
                         break;
                     }
                     let it = &mine[k];
-                    let r = run_item(a, lane, it, out, n, ended, &mut engine);
+                    let r = run_item(a, config, lane, it, out, n, ended, &mut engine);
                     let done = ended.fetch_add(1, Ordering::SeqCst) + 1;
                     let line = match (&r.status, &r.error) {
                         (Status::Failed, Some(e)) => format!("FAILED: {e}"),
@@ -115,8 +117,10 @@ fn pending(it: &Item) -> ItemReport {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_item(
     a: &Args,
+    config: &crate::config::Config,
     lane: &Lane,
     it: &Item,
     out: &Path,
@@ -138,14 +142,16 @@ fn run_item(
             Ops::Session(s) => OpsFile::Session(s.clone()),
         },
         out: dest,
-        checkpoint: it.checkpoint.clone().or_else(|| a.engine.checkpoint.clone()),
-        model: it.model.or(a.engine.model),
-        device: lane.device,
-        precision: a.engine.precision,
-        logits: a.engine.logits,
+        config: {
+            let mut c = config.clone();
+            c.engine.device = lane.device;
+            c
+        },
+        checkpoint: it.checkpoint.clone(),
+        model: it.model.or(a.job.engine.model),
+        logits: a.job.logits,
         overlay: None,
-        fill_holes: !a.engine.no_postprocess,
-        image_size: a.engine.image_size,
+        fill_holes: !a.job.no_postprocess,
         session_dir: None,
         env: lane.env.clone(),
     };
@@ -183,7 +189,7 @@ fn run_item(
 }
 
 /// One lane per GPU chosen (`--devices`), else one per visible GPU, else one on the CPU.
-fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
+fn lanes(a: &Args, device: DeviceChoice) -> anyhow::Result<Vec<Lane>> {
     // Inside a scheduler's allocation CUDA_VISIBLE_DEVICES already names the cards; the
     // k-th lane gets the k-th of them.
     let visible: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES")
@@ -200,12 +206,12 @@ fn lanes(a: &Args) -> anyhow::Result<Vec<Lane>> {
     if let Some(list) = &a.devices {
         return Ok(list.iter().map(|&k| gpu(k)).collect());
     }
-    let n_gpus = match a.engine.device {
+    let n_gpus = match device {
         DeviceChoice::Auto | DeviceChoice::Cuda => tch::Cuda::device_count().max(0) as usize,
         _ => 0,
     };
     if n_gpus > 1 {
         return Ok((0..n_gpus).map(gpu).collect());
     }
-    Ok(vec![Lane { device: a.engine.device, env: vec![], name: format!("{:?}", a.engine.device).to_lowercase() }])
+    Ok(vec![Lane { device, env: vec![], name: format!("{device:?}").to_lowercase() }])
 }

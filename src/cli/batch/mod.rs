@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<usize>>,
     #[command(flatten)]
-    pub engine: crate::cli::job::EngineFlags,
+    pub job: crate::cli::job::JobFlags,
 
     /// Write a Slurm job array script into --out and submit it with sbatch.
     #[arg(long)]

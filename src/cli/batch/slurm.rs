@@ -128,18 +128,18 @@ fn script(
             cmd.push(format!("--{name} {}", sh(&v)));
         }
     };
-    flag("checkpoint", a.engine.checkpoint.as_ref().map(|c| absolute(c).display().to_string()));
-    flag("model", a.engine.model.map(|m| m.to_string()));
-    flag("device", Some(format!("{:?}", a.engine.device).to_lowercase()));
-    flag("precision", Some(a.engine.precision.to_string()));
+    let e = &a.job.engine;
+    flag("config", e.config.as_ref().map(|c| absolute(c).display().to_string()));
+    flag("checkpoint", e.checkpoint.as_ref().map(|c| absolute(c).display().to_string()));
+    flag("model", e.model.map(|m| m.to_string()));
+    flag("device", e.device.map(|d| d.to_string()));
+    flag("precision", e.precision.map(|p| p.to_string()));
     flag("devices", a.devices.as_ref().map(|d| d.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")));
-    if a.engine.image_size != 1024 {
-        flag("image-size", Some(a.engine.image_size.to_string()));
-    }
-    if a.engine.logits {
+    flag("image-size", e.image_size.map(|s| s.to_string()));
+    if a.job.logits {
         cmd.push("--logits".into());
     }
-    if a.engine.no_postprocess {
+    if a.job.no_postprocess {
         cmd.push("--no-postprocess".into());
     }
     s += &format!("exec {}\n", cmd.join(" "));

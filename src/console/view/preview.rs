@@ -76,7 +76,6 @@ fn schematic(buf: &mut Buffer, rect: Rect, app: &App) {
         return;
     }
     let t = &app.theme.ui;
-    let m = app.media.unwrap();
     for y in rect.top()..rect.bottom() {
         for x in rect.left()..rect.right() {
             put(buf, (x, y), "·", t.dim.color());
@@ -138,5 +137,4 @@ fn schematic(buf: &mut Buffer, rect: Rect, app: &App) {
         }
     }
     put(buf, c, "┼", cross);
-    let _ = m;
 }

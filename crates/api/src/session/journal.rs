@@ -2,7 +2,7 @@
 //! `segment --session FILE`, what the console saves, what the supervisor replays after a
 //! crash or a model/device switch, and what tests feed both the engine and the reference.
 //! Each op has the meaning of one call of the reference video predictor (sam2 1.1.0).
-use crate::limits::{MAX_OBJECT_ID, MAX_OPS_PER_JOURNAL, MAX_POINTS_PER_PROMPT};
+use crate::limits::{check_object_id, MAX_OPS_PER_JOURNAL, MAX_POINTS_PER_PROMPT};
 use crate::util::bad_input;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -74,9 +74,7 @@ impl Op {
     /// 1..=`MAX_OBJECT_ID`.
     pub fn validate(&self) -> Result<(), String> {
         if let Op::AddPrompt { object, .. } | Op::ClearFrame { object, .. } | Op::RemoveObject { object } = self {
-            if !(1..=MAX_OBJECT_ID).contains(object) {
-                return Err(format!("object id {object} must be 1..={MAX_OBJECT_ID}"));
-            }
+            check_object_id(*object)?;
         }
         if let Op::AddPrompt { points, bbox, .. } = self {
             if points.is_empty() && bbox.is_none() {

@@ -37,6 +37,8 @@ pub fn attend_folded(q: &Tensor, k: &Tensor, x: &Tensor, scale: f64) -> Option<T
         return None;
     }
     let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+    // SAFETY: q, k, x are live tensors checked above (float, 2-D, contiguous, matching
+    // widths); the kernel only reads them and writes its result through `out`.
     crate::shim::optional_tensor("CPU attention", "the CPU attention kernel is", &USABLE, |out, e, n| unsafe {
         sam2_cpu_attention_folded(ptr(q), ptr(k), ptr(x), scale, out, e, n)
     })

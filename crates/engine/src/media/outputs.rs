@@ -17,62 +17,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
-use serde::Serialize;
 
 use super::{npy, palette};
 use sam2_api::rle::Rle;
 
-/// What masks.json says about the input video.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct VideoInfo {
-    pub width: u32,
-    pub height: u32,
-    pub frames: usize,
-    pub fps: f32,
-    /// The input path as given.
-    pub source: String,
-}
-
-#[derive(Serialize)]
-struct ObjectOut<'a> {
-    id: u32,
-    /// JSON has no NaN or infinity: a non-finite score is `null` here and named in
-    /// `score_nonfinite` ("NaN", "inf", "-inf"), so every reader still parses the file.
-    score: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    score_nonfinite: Option<&'static str>,
-    rle: &'a Rle,
-}
-
-impl<'a> ObjectOut<'a> {
-    fn new(id: u32, score: f32, rle: &'a Rle) -> Self {
-        let nonfinite = match score {
-            s if s.is_finite() => None,
-            s if s.is_nan() => Some("NaN"),
-            s if s > 0.0 => Some("inf"),
-            _ => Some("-inf"),
-        };
-        ObjectOut { id, score: nonfinite.is_none().then_some(score), score_nonfinite: nonfinite, rle }
-    }
-}
-
-#[derive(Serialize)]
-struct FrameOut<'a> {
-    frame: usize,
-    objects: Vec<ObjectOut<'a>>,
-}
-
-#[derive(Serialize)]
-struct MasksJson<'a> {
-    video: &'a VideoInfo,
-    model: &'a str,
-    frames: Vec<FrameOut<'a>>,
-}
+pub use sam2_api::masks_json::EngineInfo;
+pub use sam2_api::masks_json::VideoInfo;
+use sam2_api::masks_json::{FrameEntry, MasksJson, ObjectEntry};
 
 pub struct OutputWriter {
     dir: PathBuf,
     video: VideoInfo,
     model: String,
+    engine: Option<EngineInfo>,
     write_logits: bool,
     /// frame -> object -> (score, mask)
     masks: BTreeMap<usize, BTreeMap<u32, (f32, Rle)>>,
@@ -108,6 +65,7 @@ impl OutputWriter {
             dir: dir.to_path_buf(),
             video,
             model: model_label.to_string(),
+            engine: None,
             write_logits,
             masks: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -117,6 +75,11 @@ impl OutputWriter {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Records the engine that made the masks (masks.json's `engine`).
+    pub fn set_engine(&mut self, engine: EngineInfo) {
+        self.engine = Some(engine);
     }
 
     /// Records object `object`'s mask on `frame`: `mask_logits` is `[H, W]` float at the
@@ -130,9 +93,7 @@ impl OutputWriter {
     /// As [`add`](Self::add), with the logits already on the host (row-major H×W).
     pub fn add_logits(&mut self, frame: usize, object: u32, logits: &[f32], score: f32) -> anyhow::Result<()> {
         let (w, h) = (self.video.width, self.video.height);
-        if !(1..=255).contains(&object) {
-            bail!("object {object}: annotation PNGs hold object ids 1..=255 (0 is the background)");
-        }
+        sam2_api::limits::check_object_id(object).map_err(|e| anyhow!(e))?;
         if frame >= self.video.frames {
             bail!("frame {frame} out of range ({} frames)", self.video.frames);
         }
@@ -151,9 +112,7 @@ impl OutputWriter {
     /// supervisor keeps of every finished frame).
     pub fn add_rle(&mut self, frame: usize, object: u32, rle: Rle, score: f32) -> anyhow::Result<()> {
         let (w, h) = (self.video.width, self.video.height);
-        if !(1..=255).contains(&object) {
-            bail!("object {object}: annotation PNGs hold object ids 1..=255 (0 is the background)");
-        }
+        sam2_api::limits::check_object_id(object).map_err(|e| anyhow!(e))?;
         if frame >= self.video.frames {
             bail!("frame {frame} out of range ({} frames)", self.video.frames);
         }
@@ -214,14 +173,18 @@ impl OutputWriter {
         self.current = None;
         self.flush_annotations()?;
         let doc = MasksJson {
-            video: &self.video,
-            model: &self.model,
+            video: self.video.clone(),
+            model: self.model.clone(),
+            engine: self.engine.clone(),
             frames: self
                 .masks
                 .iter()
-                .map(|(&frame, objects)| FrameOut {
+                .map(|(&frame, objects)| FrameEntry {
                     frame,
-                    objects: objects.iter().map(|(&id, (score, rle))| ObjectOut::new(id, *score, rle)).collect(),
+                    objects: objects
+                        .iter()
+                        .map(|(&id, (score, rle))| ObjectEntry::new(id, *score, rle.clone()))
+                        .collect(),
                 })
                 .collect(),
         };

@@ -8,6 +8,8 @@ pub(crate) fn call(what: &str, f: impl FnOnce(*mut std::ffi::c_char, usize) -> i
     if f(err.as_mut_ptr(), err.len()) == 1 {
         return Ok(());
     }
+    // SAFETY: the buffer starts zeroed and guarded.h writes at most len-1 bytes into it, so
+    // it is NUL-terminated whatever the shim did.
     let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
     anyhow::bail!("{what}: {msg}")
 }
@@ -33,6 +35,7 @@ pub(crate) fn optional_tensor(
         }
     });
     match result {
+        // SAFETY: status 1 means the shim set `raw` to a new tensor handle it hands over.
         Ok(()) if status == 1 => Some(unsafe { tch::Tensor::from_ptr(raw as *mut _) }),
         Ok(()) => None,
         Err(e) => {

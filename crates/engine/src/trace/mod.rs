@@ -30,6 +30,7 @@ pub fn propagation(device: tch::Device) -> Trace {
         return Trace { path: None };
     }
     let cuda = matches!(device, tch::Device::Cuda(_)) as c_int;
+    // SAFETY: the shim writes at most `len` bytes into the error buffer `shim` lends it.
     match shim("start", |err, len| unsafe { sam2_shim_trace_start(cuda, err, len) }) {
         Ok(()) => Trace { path: Some(path) },
         Err(e) => {
@@ -45,6 +46,7 @@ impl Drop for Trace {
         // Written beside the target, then renamed: a half-written trace never appears.
         let tmp = path.with_extension("partial.json");
         let c = CString::new(tmp.to_string_lossy().as_bytes()).unwrap_or_default();
+        // SAFETY: `c` is a NUL-terminated path alive for the call; the error buffer is `shim`'s.
         let saved = shim("save", |err, len| unsafe { sam2_shim_trace_stop(c.as_ptr(), err, len) })
             .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
         match saved {

@@ -156,10 +156,13 @@ fn read_state(path: &Path) -> BTreeMap<String, u32> {
 /// Really crashes: these are the failure modes of Metal/MPS that supervision must survive.
 pub fn trigger(kind: FaultKind) -> ! {
     // An injected crash needs no core file (they are large and slow to write).
+    // SAFETY: setrlimit reads a fully initialised rlimit; nothing else is touched.
     unsafe {
         let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &none);
     }
+    // SAFETY (all arms): these crash the process on purpose, the test hook's whole point;
+    // none returns, so no Rust invariant is observed afterwards.
     match kind {
         FaultKind::Abort => unsafe { libc::abort() },
         FaultKind::Segv => unsafe {

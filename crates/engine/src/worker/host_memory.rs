@@ -33,6 +33,7 @@ mod tests {
 
     /// Page faults of the calling thread so far.
     fn minor_faults() -> i64 {
+        // SAFETY: rusage is plain integers, for which all-zero is valid; getrusage fills it.
         let mut u: libc::rusage = unsafe { std::mem::zeroed() };
         unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
         u.ru_minflt
@@ -43,6 +44,7 @@ mod tests {
         let mut v: Vec<u8> = Vec::with_capacity(len);
         let p = v.as_mut_ptr();
         for i in (0..len).step_by(4096) {
+            // SAFETY: i < len = the vector's capacity, so the byte is inside the allocation.
             unsafe { p.add(i).write_volatile(1) };
         }
         std::hint::black_box(&mut v);

@@ -34,6 +34,7 @@ extern "C" {
 
 /// The libtorch version this binary was built against (TORCH_VERSION of its headers).
 pub fn torch_version() -> String {
+    // SAFETY: the shim returns a pointer to a static NUL-terminated string (TORCH_VERSION).
     unsafe { CStr::from_ptr(sam2_shim_torch_version()) }.to_string_lossy().into_owned()
 }
 
@@ -41,6 +42,7 @@ pub fn torch_version() -> String {
 pub fn mps_memory() -> Result<MpsMemory, String> {
     let (mut cur, mut drv, mut rec) = (0u64, 0u64, 0u64);
     let mut err = [0 as c_char; 256];
+    // SAFETY: out-pointers to live locals; the shim writes at most `err.len()` bytes, NUL-terminated.
     let ok = unsafe { sam2_shim_mps_memory(&mut cur, &mut drv, &mut rec, err.as_mut_ptr(), err.len()) };
     if ok == 0 {
         return Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
@@ -60,11 +62,13 @@ pub fn mps_memory() -> Result<MpsMemory, String> {
 pub fn cuda_memory(device: i32) -> Result<CudaMemory, String> {
     let (mut alloc, mut reserved, mut peak) = (0u64, 0u64, 0u64);
     let mut err = [0 as c_char; 256];
+    // SAFETY: out-pointers to live locals; the shim writes at most `err.len()` bytes, NUL-terminated.
     let ok = unsafe { sam2_shim_cuda_stats(device, &mut alloc, &mut reserved, &mut peak, err.as_mut_ptr(), err.len()) };
     if ok == 0 {
         return Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
     }
     let (mut free, mut total) = (0u64, 0u64);
+    // SAFETY: as above: out-pointers to live locals, a bounded NUL-terminated error buffer.
     let ok = unsafe { sam2_shim_cuda_mem_info(device, &mut free, &mut total, err.as_mut_ptr(), err.len()) };
     // Driver totals are optional: the allocator numbers are still worth showing.
     let (total, used) = if ok != 0 { (total, total.saturating_sub(free)) } else { (0, 0) };
@@ -80,6 +84,7 @@ pub fn rss_bytes() -> u64 {
     #[cfg(target_os = "linux")]
     {
         // statm: size resident shared ... in pages.
+        // SAFETY: sysconf reads a constant of the system; no memory is passed.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
         std::fs::read_to_string("/proc/self/statm")
             .ok()
@@ -90,6 +95,7 @@ pub fn rss_bytes() -> u64 {
     #[cfg(not(target_os = "linux"))]
     {
         let mut b = 0u64;
+        // SAFETY: an out-pointer to a live local.
         if unsafe { sam2_shim_rss(&mut b) } != 0 {
             b
         } else {
@@ -123,6 +129,9 @@ pub fn collect(dev: &DeviceInfo, torch_version: &str) -> WorkerStats {
 /// libcuda, already loaded by libtorch_cuda when CUDA is in use). None when unavailable.
 pub fn cuda_device_name(index: i32) -> Option<String> {
     type GetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+    // SAFETY: RTLD_NOLOAD only finds a libcuda already loaded (never runs initialisers);
+    // the symbol is cast to cuDeviceGetName's documented C signature; the driver writes at
+    // most `buf.len()` bytes, NUL-terminated, and is only read on success.
     unsafe {
         let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
         if lib.is_null() {
