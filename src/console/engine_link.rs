@@ -82,7 +82,7 @@ pub fn options(
         window: Duration::from_secs(s.restart_window_secs),
         initial_backoff: Duration::from_millis(s.backoff_initial_ms),
         max_backoff: Duration::from_millis(s.backoff_max_ms),
-        fallback: e.fallback.iter().copied().collect::<Vec<DeviceChoice>>(),
+        fallback: Vec::<DeviceChoice>::from(e.fallback.as_slice()),
         smaller_model: s.fallback_smaller_model,
     };
     let never = Duration::from_secs(365 * 24 * 3600);
