@@ -219,7 +219,7 @@ fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>) -> Rehearsal {
         let mut o = SupervisorOptions::new(checkpoint, Some(tiny_clip(tmp.path())?))?;
         o.device = device;
         o.session_dir = tmp.path().join("session");
-        o.restart.fallback_to_cpu = false;
+        o.restart.fallback.clear();
         o.restart.max_retries = 1;
         let mut h = start(o)?;
         h.send(EngineCommand::Op(crate::session::Op::AddPrompt {

@@ -1,7 +1,6 @@
 //! `[engine]` and `[supervisor]` as the supervisor's options: the one path from the config
 //! file (with the command's `EngineFlags` applied) to a running engine, for every command.
 use super::Config;
-use crate::device::DeviceChoice;
 use crate::session::Op;
 use crate::supervisor::{RestartPolicy, SupervisorOptions, Watchdog};
 use std::path::{Path, PathBuf};
@@ -77,7 +76,7 @@ pub fn supervisor_options(
         window: Duration::from_secs(s.restart_window_secs),
         initial_backoff: Duration::from_millis(s.backoff_initial_ms),
         max_backoff: Duration::from_millis(s.backoff_max_ms),
-        fallback_to_cpu: e.fallback.contains(&DeviceChoice::Cpu),
+        fallback: e.fallback.clone(),
         smaller_model: s.fallback_smaller_model,
     };
     let never = Duration::from_secs(365 * 24 * 3600);
