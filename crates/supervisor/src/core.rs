@@ -736,6 +736,7 @@ impl Core {
                     precision: self.opts.precision,
                     image_size: self.opts.image_size,
                     device_label: self.rung.label.clone(),
+                    tuning: self.opts.tuning.clone(),
                 };
                 if let Some(l) = self.worker.as_mut() {
                     l.phase = Phase::Loading;

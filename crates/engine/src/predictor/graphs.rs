@@ -24,13 +24,14 @@ pub(super) struct Graphs {
 }
 
 impl Graphs {
-    /// Graphs for `model`'s device (off CUDA everything runs eagerly).
-    pub(super) fn new(model: &Sam2Base) -> Graphs {
+    /// Graphs for `model`'s device; `on` = false (the `cuda_graphs` knob), or any device
+    /// but CUDA, runs everything eagerly.
+    pub(super) fn new(model: &Sam2Base, on: bool) -> Graphs {
         let parts = model.memory_attention.num_layers() + 1;
         Graphs {
-            image: GraphCache::new(model.device, 2),
-            track: GraphCache::new(model.device, 4),
-            track_parts: (0..parts).map(|_| GraphCache::new(model.device, 1)).collect(),
+            image: GraphCache::new(model.device, 2, on),
+            track: GraphCache::new(model.device, 4, on),
+            track_parts: (0..parts).map(|_| GraphCache::new(model.device, 1, on)).collect(),
         }
     }
 

@@ -22,13 +22,12 @@ use std::time::Instant;
 use tch::{Device, Tensor};
 
 /// Frames encoded per image-encoder call during propagation: 1, or more in the CUDA
-/// fast modes (`SAM2_TUI_ENCODE_BATCH`, default 4), where one frame's small kernels
-/// leave most of the GPU idle. Batching changes nothing in the math, but the GPU
-/// libraries may pick other kernels for other batch sizes, so exact mode stays at 1.
-pub(super) fn encode_batch(model: &Sam2Base, asked: Option<usize>) -> usize {
-    let from_env = std::env::var("SAM2_TUI_ENCODE_BATCH").ok().and_then(|v| v.parse().ok());
+/// fast modes (the `encode_batch` knob, 0 = 4), where one frame's small kernels leave
+/// most of the GPU idle. Batching changes nothing in the math, but the GPU libraries may
+/// pick other kernels for other batch sizes, so exact mode stays at 1.
+pub(super) fn encode_batch(model: &Sam2Base, asked: usize) -> usize {
     let default = if model.precision.autocast(model.device).is_some() { 4 } else { 1 };
-    asked.or(from_env).filter(|&n| n >= 1).unwrap_or(default)
+    Some(asked).filter(|&n| n >= 1).unwrap_or(default)
 }
 
 /// Frames whose model work is queued before the oldest of them is written out: 1,
@@ -37,11 +36,11 @@ pub(super) fn encode_batch(model: &Sam2Base, asked: Option<usize>) -> usize {
 /// comes close to the GPU's share of a tracking-only frame, and one frame in
 /// `encode_batch` brings the image encoder for several; queued deeper, the host's slow
 /// frames overlap the GPU's long ones instead of leaving the GPU idle. On the CPU the
-/// model work runs synchronously, so a deeper queue would only delay outputs.
-pub(super) fn pipeline_depth(model: &Sam2Base, asked: Option<usize>) -> usize {
-    let from_env = std::env::var("SAM2_TUI_PIPELINE_DEPTH").ok().and_then(|v| v.parse().ok());
+/// model work runs synchronously, so a deeper queue would only delay outputs. The
+/// `pipeline_depth` knob sets it (0: this default).
+pub(super) fn pipeline_depth(model: &Sam2Base, asked: usize) -> usize {
     let default = if matches!(model.device, Device::Cuda(_)) { 3 } else { 1 };
-    asked.or(from_env).filter(|&n| n >= 1).unwrap_or(default)
+    Some(asked).filter(|&n| n >= 1).unwrap_or(default)
 }
 
 /// Encode-ahead: the frames a propagation will ask for next, in order (empty outside one).

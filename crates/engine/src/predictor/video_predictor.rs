@@ -22,6 +22,7 @@ use crate::model::sam2_base::{
 use crate::model::Sam2Base;
 use sam2_api::events::StageTimings;
 use sam2_api::session::{ObjectId, Point};
+use sam2_api::tuning::Tuning;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -52,12 +53,9 @@ pub struct VideoOptions {
     /// written there as it is produced, so a new worker can pick up the state of a dead
     /// one (`restore`) instead of recomputing the video. None = a private temp dir.
     pub bank_dir: Option<PathBuf>,
-    /// Frames per image-encoder call during propagation; None = the mode's default (see
-    /// `pipeline::encode_batch`; `SAM2_TUI_ENCODE_BATCH` overrides it).
-    pub encode_batch: Option<usize>,
-    /// Propagation frames queued ahead of the one being written out; None = the device's
-    /// default (see `pipeline::pipeline_depth`; `SAM2_TUI_PIPELINE_DEPTH` overrides it).
-    pub pipeline_depth: Option<usize>,
+    /// The knobs the session reads: `pipeline_depth`, `encode_batch`, the prefetch
+    /// threads, `cuda_graphs`, `sync_timings`, `trace`.
+    pub tuning: Tuning,
 }
 
 /// The prompts of one object on one frame as the user gave them (video pixels) and as
@@ -111,11 +109,18 @@ impl VideoPredictor {
         let size = frames.size();
         let num_frames = frames.len();
         anyhow::ensure!(num_frames > 0, "the video has no frames");
-        let frames = Prefetcher::for_device(frames, model.image_size() as u32, model.device);
+        let t = &opts.tuning;
+        let frames = Prefetcher::with_threads(
+            frames,
+            model.image_size() as u32,
+            model.device,
+            t.prefetch_threads,
+            t.resize_threads,
+        );
         let bank = MemoryBank::open(opts.bank_dir.clone(), model.device)?;
-        let graphs = Graphs::new(&model);
-        let lookahead = Lookahead::new(pipeline::encode_batch(&model, opts.encode_batch));
-        let pipeline_depth = pipeline::pipeline_depth(&model, opts.pipeline_depth);
+        let graphs = Graphs::new(&model, t.cuda_graphs);
+        let lookahead = Lookahead::new(pipeline::encode_batch(&model, t.encode_batch));
+        let pipeline_depth = pipeline::pipeline_depth(&model, t.pipeline_depth);
         Ok(VideoPredictor {
             model,
             frames,
@@ -325,7 +330,11 @@ impl VideoPredictor {
         // One plan for the whole pass: the decode pipeline runs ahead of the model.
         self.frames.hint(order.iter().copied());
         self.lookahead.plan(&order);
-        let _trace = crate::trace::propagation(self.model.device);
+        let _trace = crate::trace::propagation(
+            self.model.device,
+            self.opts.tuning.trace.as_deref(),
+            self.opts.tuning.trace_pass,
+        );
         let depth = self.pipeline_depth;
         let result = pipeline::run(self, &ids, &order, reverse, depth, on_frame);
         self.lookahead.clear();
@@ -559,12 +568,12 @@ impl VideoPredictor {
     }
 
     /// Per-stage timings on a GPU need a synchronisation after each stage, which stops
-    /// the CPU from queueing the next kernels while the GPU works. Only when asked
-    /// (`SAM2_TUI_SYNC_TIMINGS=1`, set by `bench`); otherwise GPU stage times are
-    /// enqueue times and only the per-frame total is exact.
+    /// the CPU from queueing the next kernels while the GPU works. Only when asked (the
+    /// `sync_timings` knob); otherwise GPU stage times are enqueue times and only the
+    /// per-frame total is exact.
     fn sync(&self) {
         if let Device::Cuda(i) = self.model.device {
-            if *SYNC_TIMINGS {
+            if self.opts.tuning.sync_timings {
                 tch::Cuda::synchronize(i as i64);
             }
         }
@@ -642,9 +651,6 @@ impl Propagation for VideoPredictor {
         self.bank.unstage(s);
     }
 }
-
-static SYNC_TIMINGS: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(|| std::env::var("SAM2_TUI_SYNC_TIMINGS").is_ok_and(|v| v == "1"));
 
 fn ms(t: Instant) -> f32 {
     t.elapsed().as_secs_f32() * 1000.0
