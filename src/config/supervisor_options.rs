@@ -71,6 +71,15 @@ pub fn supervisor_options(
     for (k, v) in &e.env {
         o.set_env(k, v);
     }
+    // The knobs: the config's [tuning] with the command's --tune, the environment on top
+    // (the worker applies its own again, and warns about values it cannot read). Those a
+    // worker reads before the protocol reaches it travel as its environment.
+    let mut tuning = cfg.tuning.clone();
+    let _ = tuning.apply_env();
+    for (k, v) in tuning.process_env() {
+        o.set_env(&k, &v);
+    }
+    o.tuning = tuning;
     o.restart = RestartPolicy {
         max_retries: s.max_restarts,
         window: Duration::from_secs(s.restart_window_secs),

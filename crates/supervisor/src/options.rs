@@ -91,6 +91,9 @@ pub struct SupervisorOptions {
     pub device_label: Option<String>,
     /// Ops of an earlier session to run first (e.g. `segment --session FILE`).
     pub initial_ops: Vec<sam2_api::session::Op>,
+    /// The engine's knobs, sent with every `LoadModel` (the worker's environment still
+    /// wins there).
+    pub tuning: sam2_api::tuning::Tuning,
 }
 
 impl SupervisorOptions {
@@ -113,6 +116,7 @@ impl SupervisorOptions {
             recycling: Recycling::default(),
             device_label: None,
             initial_ops: vec![],
+            tuning: Default::default(),
         })
     }
 

@@ -612,6 +612,7 @@ impl Machine {
                     precision: self.opts.precision,
                     image_size: self.opts.image_size,
                     device_label: self.rung.label.clone(),
+                    tuning: self.opts.tuning.clone(),
                 };
                 if let Some(w) = self.worker.as_mut() {
                     w.phase = Phase::Loading;

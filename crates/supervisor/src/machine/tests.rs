@@ -37,6 +37,7 @@ fn options() -> SupervisorOptions {
         session_dir: "/session".into(),
         fill_holes: true,
         env: vec![],
+        tuning: Default::default(),
         restart: RestartPolicy {
             max_retries: 2,
             window: secs(60),
