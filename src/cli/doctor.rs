@@ -94,7 +94,6 @@ pub struct Rehearsal {
     pub errors: Vec<String>,
 }
 
-#[cfg(feature = "video")]
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
