@@ -133,19 +133,31 @@ fn assert_others_identical(a: &Path, b: &Path, changed: u64) {
     assert!(object(a, changed) != object(b, changed), "object {changed}: the operation changed nothing");
 }
 
-#[test]
-fn correcting_or_removing_one_object_changes_no_other_objects_masks() {
-    let s = setup("objects-independence");
-    let without = s.segment("without", &journal(None), &[]);
+/// The three runs with `extra` flags for `segment`.
+fn check_independence(name: &str, extra: &[&str]) {
+    let s = setup(name);
+    let without = s.segment("without", &journal(None), extra);
     // A correction on a tracked frame (two clicks; the frame's mask is fed back).
     let corrected = s.segment(
         "corrected",
         &journal(Some(r#"{"op":"add_prompt","frame":4,"object":2,"points":[[70,30,1],[90,40,0]]}"#)),
-        &[],
+        extra,
     );
     assert_others_identical(&without, &corrected, 2);
     // The removal of the first object (every other object moves down one index).
-    let removed = s.segment("removed", &journal(Some(r#"{"op":"remove_object","object":1}"#)), &[]);
+    let removed = s.segment("removed", &journal(Some(r#"{"op":"remove_object","object":1}"#)), extra);
     assert_others_identical(&without, &removed, 1);
     assert!(object(&removed, 1).is_empty(), "a removed object has no masks");
+}
+
+#[test]
+fn correcting_or_removing_one_object_changes_no_other_objects_masks() {
+    check_independence("objects-independence", &[]);
+}
+
+/// The same with the objects of a frame tracked together (`batch_objects`): a removal
+/// changes which objects share a batch, a correction which memories have equal lengths.
+#[test]
+fn batched_correcting_or_removing_one_object_changes_no_other_objects_masks() {
+    check_independence("objects-independence-batched", &["--tune", "batch_objects=on"]);
 }

@@ -161,6 +161,31 @@ pub fn compare(run: &Run, dir: &std::path::Path) -> Figures {
     Figures { max_logit_diff: max_diff, mask_agreement: same as f64 / total as f64, results: compared }
 }
 
+/// Two runs of one journal against each other (e.g. the batched path against one object
+/// after another): the same results, max |Δlogit| and binary agreement, as `compare`
+/// holds a run to the reference.
+pub fn compare_runs(a: &Run, b: &Run) -> Figures {
+    assert_eq!(a.latest.len(), b.latest.len(), "same (frame, object) pairs");
+    assert_eq!(a.per_op.len(), b.per_op.len(), "same outputs of the prompt ops");
+    let mut max_diff: f64 = 0.0;
+    let (mut same, mut total) = (0i64, 0i64);
+    let pairs = a
+        .latest
+        .iter()
+        .map(|(k, (t, _))| (k, t, &b.latest.get(k).unwrap_or_else(|| panic!("no result for {k}")).0))
+        .chain(a.per_op.iter().map(|(k, t)| (k, t, b.per_op.get(k).unwrap_or_else(|| panic!("no result for {k}")))));
+    let mut compared = 0;
+    for (key, x, y) in pairs {
+        max_diff = max_diff.max(super::max_abs_diff(x, y));
+        same += x.gt(0.0).eq_tensor(&y.gt(0.0)).sum(Kind::Int64).int64_value(&[]);
+        total += x.numel() as i64;
+        let absent = |t: &Tensor| t.max().double_value(&[]) < -100.0;
+        assert_eq!(absent(x), absent(y), "{key}: object presence differs");
+        compared += 1;
+    }
+    Figures { max_logit_diff: max_diff, mask_agreement: same as f64 / total as f64, results: compared }
+}
+
 pub fn assert_parity(f: Figures) {
     assert!(f.results > 20);
     assert!(f.max_logit_diff <= 1e-3, "logits differ by {:e}", f.max_logit_diff);
