@@ -2,6 +2,8 @@
 //! object count, each row a supervised propagation over a synthetic clip with one click
 //! per object on frame 0 (for several objects, a grid: `bench::clip::clicks`); with more
 //! than one object count, the marginal cost of one more object per frame.
+//! TODO(issue #18): `--streams N`, N videos tracked at once in one worker, waits for the
+//! several-sessions engine.
 //! See `crate::bench` for what is measured and how.
 use crate::bench::{clip, machine::Machine, measure, reference, report};
 use crate::device::{DeviceChoice, Precision};
