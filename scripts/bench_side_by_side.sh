@@ -161,7 +161,9 @@ run_ours() { # PRECISION OBJECTS
         --precision "$p" "${THREAD_ARGS[@]}" "${RUN_ARGS[@]}" --json "$WORK/bench-$SIZE-$DEVICE-$p-o$n.json" 2>>"$LOG" | sed 's/^/    /' || true
 }
 
-# Per object count: the reference, ours, the reference again.
+# Per object count: the reference, ours, the reference again. Masks saved by an earlier
+# run in this WORK (other frames) must not be compared with this run's.
+rm -f "$WORK"/ref-masks-"$SIZE"-"$DEVICE"-*.npz
 for n in $OBJECTS; do
     for p in $REF_PRECISIONS; do run_reference 1 "$p" "$n"; done
     for p in $PRECISIONS; do run_ours "$p" "$n"; done
