@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the official SAM 2 video predictor (PyPI sam2==1.1.0) on a frame folder.
 
-Usage: bench_reference.py SIZE MODE FRAMES_DIR CKPT [--runs N] [--threads N] [--json FILE] [--masks NPZ]
+Usage: bench_reference.py SIZE MODE FRAMES_DIR CKPT [--objects N] [--runs N] [--threads N] [--json FILE] [--masks NPZ]
   SIZE  tiny | small | base_plus | large
   MODE  cpu | cpu_bf16 | cuda_fp32 | cuda_bf16   (cuda_fp32 enables TF32, as the
         published baselines do; the *_bf16 modes run under torch.autocast(bfloat16))
@@ -9,8 +9,10 @@ Usage: bench_reference.py SIZE MODE FRAMES_DIR CKPT [--runs N] [--threads N] [--
         random-init one is written there first (torch.manual_seed(0), same shapes and cost
         as the real weights) — so sam2-tui can be handed the very same file.
 
-What it measures, in the reference's own terms (one positive click on frame 0 at the
-point sam2-tui's bench uses, then propagate_in_video forward over every frame):
+What it measures, in the reference's own terms (one positive click per object on frame 0
+at the points sam2-tui's bench uses — for one object on the box, for N > 1 the centres of
+a grid, ceil(sqrt(N)) columns, row by row — then propagate_in_video forward over every
+frame, the predictor tracking the objects one after another as it does):
   build_s        build_sam2_video_predictor (config + checkpoint load, to device)
   init_state_s   init_state (reads and resizes every frame up front)
   first_mask_s   from the start of the build to the click's mask
@@ -26,6 +28,7 @@ human-readable summary.
 import argparse
 import contextlib
 import json
+import math
 import os
 import resource
 import statistics
@@ -41,13 +44,18 @@ from sam2.build_sam import build_sam2, build_sam2_video_predictor  # noqa: E402
 CONFIGS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 
 
-def click_point(frames_dir):
-    """The click sam2-tui's bench makes: (210, 300) on a 960x540 frame, scaled."""
+def click_points(frames_dir, n):
+    """The clicks sam2-tui's bench makes (src/bench/clip.rs `clicks`), one per object:
+    for one object (210, 300) on a 960x540 frame, scaled; for more, grid cell centres."""
     from PIL import Image
 
     first = sorted(f for f in os.listdir(frames_dir) if f.lower().endswith((".jpg", ".jpeg")))[0]
     w, h = Image.open(os.path.join(frames_dir, first)).size
-    return np.array([[210.0 * w / 960.0, 300.0 * h / 540.0]], np.float32)
+    if n == 1:
+        return [np.array([[210.0 * w / 960.0, 300.0 * h / 540.0]], np.float32)]
+    cols = math.ceil(math.sqrt(n))
+    rows = -(-n // cols)
+    return [np.array([[(i % cols + 0.5) * w / cols, (i // cols + 0.5) * h / rows]], np.float32) for i in range(n)]
 
 
 def main():
@@ -56,6 +64,7 @@ def main():
     ap.add_argument("mode", choices=["cpu", "cpu_bf16", "cuda_fp32", "cuda_bf16"])
     ap.add_argument("frames_dir")
     ap.add_argument("ckpt")
+    ap.add_argument("--objects", type=int, default=1, help="objects to track, one click each on frame 0")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the result object here")
@@ -84,7 +93,7 @@ def main():
     runs = a.runs or (1 if dev == "cpu" else 3)
     warmup = 1 if (dev == "cuda" and runs > 1) else 0
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    point = click_point(a.frames_dir)
+    points = click_points(a.frames_dir, a.objects)
 
     t0 = time.time()
     predictor = build_sam2_video_predictor(cfg, a.ckpt, device=dev)
@@ -104,7 +113,10 @@ def main():
         state = predictor.init_state(video_path=a.frames_dir)
         sync()
         t_init = time.time()
-        predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=point, labels=np.array([1], np.int32))
+        for obj_id, point in enumerate(points, start=1):
+            predictor.add_new_points_or_box(
+                state, frame_idx=0, obj_id=obj_id, points=point, labels=np.array([1], np.int32)
+            )
         sync()
         t_first = time.time()
         t_whole = None
@@ -121,10 +133,13 @@ def main():
                 t_whole = time.time()
         if a.masks:
             masks = {}
-            for f, _, logits in predictor.propagate_in_video(state):
-                m = (logits[0, 0] > 0).cpu().numpy()
-                masks[f"{f:05d}"] = np.packbits(m, axis=-1)
-                masks[f"{f:05d}_shape"] = np.array(m.shape)
+            for f, ids, logits in predictor.propagate_in_video(state):
+                for i, obj_id in enumerate(ids):
+                    m = (logits[i, 0] > 0).cpu().numpy()
+                    # Object 1 keeps the key of the one-object files.
+                    key = f"{f:05d}" if obj_id == 1 else f"{f:05d}_o{obj_id}"
+                    masks[key] = np.packbits(m, axis=-1)
+                    masks[f"{key}_shape"] = np.array(m.shape)
             tmp = a.masks + ".partial.npz"
             np.savez_compressed(tmp, **masks)
             os.replace(tmp, a.masks)
@@ -134,6 +149,7 @@ def main():
         "implementation": "sam2==1.1.0 (python)",
         "size": a.size,
         "mode": a.mode,
+        "objects": a.objects,
         "frames": frames,
         "runs": runs,
         "warmup_runs": warmup,
@@ -151,7 +167,7 @@ def main():
         "threads": torch.get_num_threads(),
     }
     print(
-        f"reference {a.size} {a.mode}: {result['fps']:.2f} FPS over {frames} frames; whole run "
+        f"reference {a.size} {a.mode}, {a.objects} object(s): {result['fps']:.2f} FPS over {frames} frames; whole run "
         f"{result['whole_s']:.2f}s (build {result['build_s']:.2f}s, init_state {result['init_state_s']:.2f}s, "
         f"first mask {result['first_mask_s']:.2f}s)"
     )

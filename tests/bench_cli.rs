@@ -63,6 +63,39 @@ fn bench_on_cpu_reports_fps_stages_and_memory_and_marks_missing_devices_unavaila
     }
 }
 
+/// `--objects 1,3`: a row per object count (one click each on frame 0, on a grid for
+/// several), each tracking every object on every frame, and the marginal cost of one more
+/// object between them, in the table and the JSON.
+#[test]
+fn bench_with_several_object_counts_reports_a_row_each_and_the_marginal_cost() {
+    let dir = scratch("bench_cli_objects");
+    let json = dir.join("bench.json");
+    let out = Command::new(bin())
+        .args(["bench", "--sizes", "tiny", "--devices", "cpu", "--frames", "2", "--resolution", "64x48"])
+        .args(["--image-size", "128", "--threads", "2", "--objects", "1,3", "--json"])
+        .arg(&json)
+        .env("SAM2_TUI_CACHE", dir.join("cache"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["objects"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    for r in rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["frames"], 2, "{r}");
+        assert!(r["fps"].as_f64().unwrap() > 0.0 && r["click_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let m = &doc["marginal"][0];
+    assert_eq!((m["from_objects"].as_u64(), m["to_objects"].as_u64()), (Some(1), Some(3)), "{doc}");
+    assert!(m["ms_per_object"].as_f64().is_some(), "{m}");
+    assert!(doc["settings"]["click"].as_str().unwrap().contains("grid"), "{}", doc["settings"]);
+    assert!(stdout.lines().any(|l| l.starts_with("marginal cost tiny cpu fp32, 1 -> 3 objects")), "{stdout}");
+}
+
 #[test]
 fn a_bad_resolution_is_one_clear_line_before_anything_runs() {
     let out = Command::new(bin()).args(["bench", "--sizes", "tiny", "--resolution", "960by540"]).output().unwrap();

@@ -30,6 +30,27 @@ pub fn click(width: u32, height: u32) -> (f32, f32) {
     (210.0 * width as f32 / 960.0, 300.0 * height as f32 / 540.0)
 }
 
+/// One click per object on frame 0, objects 1..=`n` in order: for one object the click
+/// above (on the box, as the reference benchmark clicks); for several, the centres of a
+/// grid over the frame, `ceil(sqrt(n))` columns, row by row (most land on the background:
+/// the cost of tracking an object does not depend on what it is).
+/// `scripts/bench_reference.py` places the reference's clicks the same way.
+pub fn clicks(width: u32, height: u32, n: usize) -> Vec<(f32, f32)> {
+    if n == 1 {
+        return vec![click(width, height)];
+    }
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let rows = n.div_ceil(cols);
+    let (w, h) = (width as f64, height as f64);
+    (0..n)
+        .map(|i| {
+            let x = ((i % cols) as f64 + 0.5) * w / cols as f64;
+            let y = ((i / cols) as f64 + 0.5) * h / rows as f64;
+            (x as f32, y as f32)
+        })
+        .collect()
+}
+
 /// A folder of `frames` JPEGs (`00000.jpg`, …) under `cache`, made once and reused. It is
 /// built in a temp folder and renamed into place, so a half-written clip is never reused.
 pub fn ensure(cache: &Path, width: u32, height: u32, frames: usize) -> anyhow::Result<PathBuf> {
@@ -63,6 +84,21 @@ mod tests {
         for (w, h) in [(960, 540), (64, 48), (1920, 1080)] {
             let (x, y) = click(w, h);
             assert_eq!(*frame(w, h, 0).get_pixel(x as u32, y as u32), BOX, "{w}x{h}");
+        }
+    }
+
+    #[test]
+    fn clicks_are_the_box_for_one_object_and_a_grid_of_distinct_points_inside_the_frame_for_more() {
+        assert_eq!(clicks(960, 540, 1), vec![click(960, 540)]);
+        assert_eq!(clicks(960, 540, 4), vec![(240.0, 135.0), (720.0, 135.0), (240.0, 405.0), (720.0, 405.0)]);
+        for n in [2, 3, 5, 16, 17, 254] {
+            let c = clicks(960, 540, n);
+            assert_eq!(c.len(), n);
+            assert!(c.iter().all(|&(x, y)| x > 0.0 && x < 960.0 && y > 0.0 && y < 540.0), "{n}: {c:?}");
+            let mut keys: Vec<(u32, u32)> = c.iter().map(|&(x, y)| (x as u32, y as u32)).collect();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), n, "{n} distinct clicks");
         }
     }
 

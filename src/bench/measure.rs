@@ -1,5 +1,5 @@
 //! One bench row: a supervised propagation of one model on one device. The ops are one
-//! click on frame 0 then `runs` forward propagations in the same worker (as the reference
+//! click per object on frame 0 then `runs` forward propagations in the same worker (as the reference
 //! benchmark loops `propagate_in_video` on one state), so a warm-up run warms the very
 //! process that is measured. Everything is read from the supervisor's events, so a worker
 //! crash is counted (the supervisor restarts it and resumes) rather than ending the bench.
@@ -24,7 +24,8 @@ pub struct RowSpec {
     pub checkpoint: PathBuf,
     pub random_init: bool,
     pub frames_dir: PathBuf,
-    pub click: (f32, f32),
+    /// One positive click per object (objects 1, 2, …) on frame 0.
+    pub clicks: Vec<(f32, f32)>,
     pub runs: usize,
     /// Leading runs left out of the medians (CUDA: kernels load, allocator grows).
     pub warmup: usize,
@@ -75,6 +76,8 @@ pub struct RowResult {
     pub size: ModelSize,
     pub device: DeviceChoice,
     pub precision: Precision,
+    /// Objects tracked (one click each on frame 0).
+    pub objects: usize,
     pub status: RowStatus,
     pub checkpoint: Option<String>,
     /// True when the weights are random-init (same cost, meaningless masks).
@@ -117,6 +120,7 @@ impl RowResult {
             size,
             device,
             precision,
+            objects: 1,
             status,
             checkpoint: None,
             random_init: false,
@@ -152,6 +156,7 @@ const CLICKS: usize = 5;
 
 pub fn measure(spec: &RowSpec, version: ModelVersion) -> RowResult {
     let mut row = RowResult::empty(spec.size, spec.device, spec.precision, RowStatus::Ok);
+    row.objects = spec.clicks.len();
     row.checkpoint = Some(spec.checkpoint.display().to_string());
     row.random_init = spec.random_init;
     row.warmup_runs = spec.warmup.min(spec.runs.saturating_sub(1));
@@ -182,15 +187,31 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     // A crash is reported by its panic line, which a backtrace would push out of the
     // stderr tail the supervisor keeps.
     opts.set_env("RUST_BACKTRACE", "0");
-    let (x, y) = spec.click;
-    let click = |object| Op::AddPrompt { frame: 0, object, points: vec![Point::new(x, y, true)], bbox: None };
-    // After the propagations, clicks for a second object on frame 0: the first re-encodes
+    anyhow::ensure!(
+        (1..crate::limits::MAX_OBJECT_ID as usize).contains(&spec.clicks.len()),
+        "{} objects: the bench tracks 1 to {}",
+        spec.clicks.len(),
+        crate::limits::MAX_OBJECT_ID - 1
+    );
+    let click = |object: usize, (x, y): (f32, f32)| Op::AddPrompt {
+        frame: 0,
+        object: object as u32,
+        points: vec![Point::new(x, y, true)],
+        bbox: None,
+    };
+    // The objects' clicks come first: ops 0..first.
+    let first = spec.clicks.len();
+    // After the propagations, clicks for one more object on frame 0: the first re-encodes
     // the frame; the CLICKS after it find it encoded and, the object being new there
     // (an initial conditioning frame), run only the prompt encoder and mask decoder — a
     // click on a tracked frame would be a correction, which also runs memory attention.
-    opts.initial_ops = std::iter::once(click(1))
+    opts.initial_ops = spec
+        .clicks
+        .iter()
+        .enumerate()
+        .map(|(i, &xy)| click(i + 1, xy))
         .chain((0..spec.runs).map(|_| Op::Propagate { start: None, reverse: false, max_frames: None }))
-        .chain(std::iter::repeat_n(click(2), 1 + CLICKS))
+        .chain(std::iter::repeat_n(click(first + 1, spec.clicks[0]), 1 + CLICKS))
         .collect();
     let n_ops = opts.initial_ops.len();
 
@@ -219,7 +240,7 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
             EngineEvent::Masks(_) if first_mask.is_none() => first_mask = Some(Instant::now()),
             EngineEvent::Progress { timings: t, .. } => {
                 // Ops finish in order: the propagation under way is op `op_ended.len()`.
-                if let Some(run) = op_ended.len().checked_sub(1) {
+                if let Some(run) = op_ended.len().checked_sub(first) {
                     if run < spec.runs {
                         frames_in_run[run] += 1;
                         if run + 1 == spec.runs {
@@ -284,17 +305,17 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
 
     row.peak_rss_bytes = row.peak_rss_bytes.max((peak_hwm > 0).then_some(peak_hwm));
     row.time_to_first_mask_s = first_mask.map(|t| (t - started).as_secs_f64());
-    row.whole_run_s = op_ended.get(1).map(|t| (*t - started).as_secs_f64());
+    row.whole_run_s = op_ended.get(first).map(|t| (*t - started).as_secs_f64());
     row.fps_runs = (0..spec.runs)
         .map(|r| {
-            let secs = (op_ended[r + 1] - op_ended[r]).as_secs_f64();
+            let secs = (op_ended[first + r] - op_ended[first + r - 1]).as_secs_f64();
             frames_in_run[r] as f64 / secs
         })
         .collect();
     row.frames = frames_in_run.first().copied().unwrap_or(0);
     row.fps = median(&row.fps_runs[row.warmup_runs..]);
     let clicks: Vec<f64> =
-        op_ended.windows(2).skip(spec.runs + 1).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).collect();
+        op_ended.windows(2).skip(first + spec.runs).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).collect();
     row.click_ms = median(&clicks);
     row.stages_ms = StageMs::median_of(&timings);
     anyhow::ensure!(row.frames > 0, "the propagation produced no frames");

@@ -12,6 +12,9 @@ use std::process::Command;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceResult {
     pub mode: String,
+    /// Objects tracked (absent in results of scripts from before `--objects`: one).
+    #[serde(default = "one")]
+    pub objects: usize,
     pub frames: usize,
     pub fps: f64,
     pub build_s: f64,
@@ -21,6 +24,10 @@ pub struct ReferenceResult {
     pub peak_rss_bytes: Option<u64>,
     pub cuda_peak_allocated_bytes: Option<u64>,
     pub checkpoint: Option<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The script's mode for a device and precision (`cuda_fp32` is TF32, as the published
@@ -50,12 +57,14 @@ pub fn python() -> PathBuf {
     std::env::var_os("SAM2_TUI_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"))
 }
 
-/// Runs the reference once. `ckpt` must be an official-format `.pt`; the script writes a
-/// random-init one there if the file is missing.
+/// Runs the reference once with `objects` objects (the clicks of `clip::clicks`). `ckpt`
+/// must be an official-format `.pt`; the script writes a random-init one there if the
+/// file is missing.
 pub fn run(
     size: ModelSize,
     device: DeviceChoice,
     precision: Precision,
+    objects: usize,
     frames_dir: &Path,
     ckpt: &Path,
     threads: Option<usize>,
@@ -63,6 +72,7 @@ pub fn run(
     let script = script()?;
     let mut cmd = Command::new(python());
     cmd.arg(&script).arg(size.name()).arg(mode(device, precision)?).arg(frames_dir).arg(ckpt);
+    cmd.arg("--objects").arg(objects.to_string());
     if let Some(t) = threads {
         cmd.arg("--threads").arg(t.to_string()).env("OMP_NUM_THREADS", t.to_string());
     }
@@ -96,7 +106,7 @@ mod tests {
                    \"init_state_s\": 2.0, \"first_mask_s\": 3.5, \"whole_s\": 36.0, \"peak_rss_bytes\": 100, \
                    \"cuda_peak_allocated_bytes\": null, \"extra\": 1}\n";
         let r = parse(out).unwrap();
-        assert_eq!((r.frames, r.fps, r.cuda_peak_allocated_bytes), (8, 0.25, None));
+        assert_eq!((r.frames, r.fps, r.cuda_peak_allocated_bytes, r.objects), (8, 0.25, None, 1));
         assert!(parse("Traceback ...\n").is_err());
     }
 

@@ -21,6 +21,76 @@ pub struct Report {
     pub machine: Machine,
     pub settings: Settings,
     pub rows: Vec<RowResult>,
+    /// Between rows that differ only in their object count.
+    pub marginal: Vec<MarginalCost>,
+}
+
+/// What one more object costs per frame, from two rows of one model, device and
+/// precision with different object counts: the difference of their frame times
+/// (1000 / FPS) divided by the difference of their object counts; the same for the
+/// reference where both rows carry its figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MarginalCost {
+    pub size: crate::model::config::ModelSize,
+    pub device: crate::device::DeviceChoice,
+    pub precision: crate::device::Precision,
+    pub from_objects: usize,
+    pub to_objects: usize,
+    pub ms_per_object: f64,
+    pub reference_ms_per_object: Option<f64>,
+}
+
+impl MarginalCost {
+    pub fn line(&self) -> String {
+        let reference = match self.reference_ms_per_object {
+            Some(r) => format!("; reference {r:.1} ms, ours/reference {:.2}x", self.ms_per_object / r),
+            None => String::new(),
+        };
+        format!(
+            "marginal cost {} {} {}, {} -> {} objects: {:.1} ms per extra object per frame{reference}",
+            self.size, self.device, self.precision, self.from_objects, self.to_objects, self.ms_per_object
+        )
+    }
+}
+
+/// The marginal cost between consecutive object counts of every (model, device,
+/// precision) measured at more than one count (rows that have an FPS).
+pub fn marginal_costs(rows: &[RowResult]) -> Vec<MarginalCost> {
+    let mut out = vec![];
+    let mut seen: Vec<(String, String, String)> = vec![];
+    for r in rows {
+        let key = (r.size.to_string(), r.device.to_string(), r.precision.to_string());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key.clone());
+        let mut same: Vec<&RowResult> = rows
+            .iter()
+            .filter(|o| (o.size.to_string(), o.device.to_string(), o.precision.to_string()) == key)
+            .filter(|o| o.fps.is_some_and(|f| f > 0.0))
+            .collect();
+        same.sort_by_key(|o| o.objects);
+        same.dedup_by_key(|o| o.objects);
+        for w in same.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let n = (b.objects - a.objects) as f64;
+            let per = |fa: f64, fb: f64| (1000.0 / fb - 1000.0 / fa) / n;
+            let reference = match (&a.reference, &b.reference) {
+                (Some(ra), Some(rb)) if ra.fps > 0.0 && rb.fps > 0.0 => Some(per(ra.fps, rb.fps)),
+                _ => None,
+            };
+            out.push(MarginalCost {
+                size: a.size,
+                device: a.device,
+                precision: a.precision,
+                from_objects: a.objects,
+                to_objects: b.objects,
+                ms_per_object: per(a.fps.unwrap(), b.fps.unwrap()),
+                reference_ms_per_object: reference,
+            });
+        }
+    }
+    out
 }
 
 impl Report {
@@ -30,11 +100,12 @@ impl Report {
     }
 }
 
-const HEADER: [&str; 16] = [
+const HEADER: [&str; 17] = [
     "model",
     "device",
     "prec",
     "status",
+    "objs",
     "frames",
     "FPS",
     "1st mask",
@@ -68,6 +139,7 @@ pub fn table(rows: &[RowResult]) -> Vec<String> {
             r.device.to_string(),
             r.precision.to_string(),
             status.into(),
+            r.objects.to_string(),
             if r.frames > 0 { r.frames.to_string() } else { "-".into() },
             r.fps.map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
             r.time_to_first_mask_s.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "-".into()),
@@ -139,5 +211,41 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[2].contains("CUDA is not available"));
+    }
+
+    #[test]
+    fn the_marginal_cost_is_the_frame_time_difference_per_extra_object() {
+        let row = |objects, fps, reference_fps: Option<f64>| {
+            let mut r = RowResult::empty(ModelSize::Tiny, DeviceChoice::Cpu, Precision::Fp32, RowStatus::Ok);
+            r.objects = objects;
+            r.fps = Some(fps);
+            r.reference = reference_fps.map(|fps| crate::bench::reference::ReferenceResult {
+                mode: "cpu".into(),
+                objects,
+                frames: 8,
+                fps,
+                build_s: 0.0,
+                init_state_s: 0.0,
+                first_mask_s: 0.0,
+                whole_s: 0.0,
+                peak_rss_bytes: None,
+                cuda_peak_allocated_bytes: None,
+                checkpoint: None,
+            });
+            r
+        };
+        // 10 FPS = 100 ms a frame, 5 FPS = 200 ms: 100 ms for 3 more objects.
+        let rows = vec![row(4, 5.0, Some(2.0)), row(1, 10.0, Some(4.0)), row(16, 2.0, None)];
+        let m = marginal_costs(&rows);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].from_objects, m[0].to_objects), (1, 4));
+        assert!((m[0].ms_per_object - 100.0 / 3.0).abs() < 1e-9);
+        assert!((m[0].reference_ms_per_object.unwrap() - 250.0 / 3.0).abs() < 1e-9);
+        assert_eq!((m[1].from_objects, m[1].to_objects, m[1].reference_ms_per_object), (4, 16, None));
+        assert!((m[1].ms_per_object - 300.0 / 12.0).abs() < 1e-9);
+        assert!(m[0].line().contains("1 -> 4 objects: 33.3 ms per extra object per frame; reference 83.3 ms"));
+        let mut other = row(4, 1.0, None);
+        other.size = ModelSize::Small;
+        assert!(marginal_costs(&[row(1, 10.0, None), other]).is_empty(), "one count per model: nothing to compare");
     }
 }

@@ -1,5 +1,9 @@
-//! `sam2-tui bench`: FPS, per-stage latency, memory and crashes per model size × device,
-//! each row a supervised propagation over a synthetic clip with one click on frame 0.
+//! `sam2-tui bench`: FPS, per-stage latency, memory and crashes per model size × device ×
+//! object count, each row a supervised propagation over a synthetic clip with one click
+//! per object on frame 0 (for several objects, a grid: `bench::clip::clicks`); with more
+//! than one object count, the marginal cost of one more object per frame.
+//! TODO(issue #18): `--streams N`, N videos tracked at once in one worker, waits for the
+//! several-sessions engine.
 //! See `crate::bench` for what is measured and how.
 use crate::bench::{clip, machine::Machine, measure, reference, report};
 use crate::device::{DeviceChoice, Precision};
@@ -19,6 +23,12 @@ pub struct Args {
     /// that is not available gets an "unavailable" row.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<DeviceChoice>,
+    /// Objects to track, one click each on frame 0 (a grid over the frame for more than
+    /// one); a list measures each count and reports the marginal cost of one more
+    /// object per frame, e.g. `--objects 1,4,16`. The reference (`--reference`) tracks
+    /// the same clicks with its per-object loop.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_objects)]
+    pub objects: Vec<usize>,
     /// Frames in the clip (default: 8 on cpu, 200 on an accelerator).
     #[arg(long)]
     pub frames: Option<usize>,
@@ -58,6 +68,14 @@ pub struct Args {
     /// environment, threads, timeouts); each row sets its own size, device and precision.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+fn parse_objects(s: &str) -> Result<usize, String> {
+    let max = crate::limits::MAX_OBJECT_ID as usize - 1;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}': expected an object count from 1 to {max}")),
+    }
 }
 
 fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
@@ -152,14 +170,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut clips: (Option<PathBuf>, Option<PathBuf>) = (None, None);
     for &device in &devices {
         let on_cpu = device == DeviceChoice::Cpu;
-        for &size in &a.sizes {
+        for (&size, &objects) in a.sizes.iter().flat_map(|s| a.objects.iter().map(move |n| (s, n))) {
             if let Some(why) = unavailable(device) {
-                rows.push(RowResult::unavailable(size, device, a.precision, why));
+                let mut r = RowResult::unavailable(size, device, a.precision, why);
+                r.objects = objects;
+                rows.push(r);
                 continue;
             }
-            let row =
-                bench_row(&a, size, device, &cache, given_clip.as_ref(), &mut clips, on_cpu).unwrap_or_else(|e| {
+            let row = bench_row(&a, size, device, objects, &cache, given_clip.as_ref(), &mut clips, on_cpu)
+                .unwrap_or_else(|e| {
                     let mut r = RowResult::empty(size, device, a.precision, RowStatus::Failed);
+                    r.objects = objects;
                     r.error = Some(format!("{e:#}"));
                     r
                 });
@@ -179,19 +200,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for line in report::table(&rows) {
         println!("{line}");
     }
+    let marginal = report::marginal_costs(&rows);
+    for m in &marginal {
+        println!("{}", m.line());
+    }
     if let Some(path) = &a.json {
         let (w, h) = given_clip.as_ref().map(|c| (c.1, c.2)).unwrap_or(a.resolution);
-        let (cx, cy) = clip::click(w, h);
+        let clicks = clip::clicks(w, h, a.objects.iter().copied().max().unwrap_or(1));
+        let (cx, cy) = clicks[0];
         let settings = report::Settings {
             resolution: (w, h),
             image_size: a.image_size,
             precision: a.precision.to_string(),
             threads: a.threads,
-            click: format!("positive ({cx:.1}, {cy:.1}) on frame 0, object 1"),
+            click: if a.objects == [1] {
+                format!("positive ({cx:.1}, {cy:.1}) on frame 0, object 1")
+            } else {
+                format!(
+                    "one positive click per object on frame 0: object 1 at ({cx:.1}, {cy:.1}) alone, else a grid \
+                     ({} for {} objects)",
+                    clicks.iter().map(|(x, y)| format!("({x:.1}, {y:.1})")).collect::<Vec<_>>().join(" "),
+                    clicks.len()
+                )
+            },
             frames_dir_cpu: clips.0.map(|p| p.display().to_string()),
             frames_dir_accelerator: clips.1.map(|p| p.display().to_string()),
         };
-        report::Report { machine, settings, rows: rows.clone() }.write_json(path)?;
+        report::Report { machine, settings, rows: rows.clone(), marginal }.write_json(path)?;
         eprintln!("bench: wrote {}", path.display());
     }
     if rows.iter().any(|r| r.status == RowStatus::Failed) {
@@ -209,6 +244,7 @@ fn bench_row(
     a: &Args,
     size: ModelSize,
     device: DeviceChoice,
+    objects: usize,
     cache: &Path,
     given_clip: Option<&(PathBuf, u32, u32, usize)>,
     clips: &mut (Option<PathBuf>, Option<PathBuf>),
@@ -230,12 +266,12 @@ fn bench_row(
     // both then read, so the two load the very same file.
     let reference = if a.reference {
         eprintln!("bench: reference {size} on {device} ({}) …", frames_dir.display());
-        Some(reference::run(size, device, a.precision, &frames_dir, &checkpoint, threads))
+        Some(reference::run(size, device, a.precision, objects, &frames_dir, &checkpoint, threads))
     } else {
         None
     };
     eprintln!(
-        "bench: {size} on {device} ({} precision, {runs} run(s), {}{}) …",
+        "bench: {size} on {device} ({} precision, {objects} object(s), {runs} run(s), {}{}) …",
         a.precision,
         frames_dir.display(),
         if random_init { ", random-init weights" } else { "" }
@@ -249,7 +285,7 @@ fn bench_row(
         checkpoint,
         random_init,
         frames_dir,
-        click: clip::click(w, h),
+        clicks: clip::clicks(w, h, objects),
         runs,
         warmup: if on_cpu { 0 } else { 1 },
         threads,
@@ -266,7 +302,13 @@ fn bench_row(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_resolution;
+    use super::{parse_objects, parse_resolution};
+
+    #[test]
+    fn object_counts_are_1_to_254() {
+        assert_eq!(parse_objects("16"), Ok(16));
+        assert!(parse_objects("0").is_err() && parse_objects("255").is_err() && parse_objects("x").is_err());
+    }
 
     #[test]
     fn resolutions_are_width_x_height_within_bounds() {

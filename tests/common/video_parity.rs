@@ -30,64 +30,110 @@ pub fn run_case_in(
     postprocess: bool,
     precision: Precision,
 ) -> Figures {
-    tch::set_num_threads(2);
     let name = format!(
         "video-{size}-{version}-{image_size}-{frames}{}-{}",
         if postprocess { "" } else { "-nopp" },
         super::fixtures_version()
     );
-    let dir = super::fixture_cache(&name);
+    let (s, v, i, n) = (size.to_string(), version.to_string(), image_size.to_string(), frames.to_string());
+    let mut args = vec![s.as_str(), v.as_str(), i.as_str(), n.as_str()];
+    if !postprocess {
+        args.push("--no-postprocess");
+    }
+    let dir = reference_fixture(&name, "make_video_parity.py", &args);
+    let run = Case { size, version, image_size, postprocess, precision, tuning: super::tuning() }.run(&dir, &name);
+    let f = compare(&run, &dir);
+    println!("video parity{} {size} {version} {precision} @{image_size} {frames} frames postprocess={postprocess}: {} results, max |Δlogit| {:.3e}, binary agreement {:.5}%", if sam2_tui::device::emulating_mps() { " (CPU taking the MPS branches)" } else { "" }, f.results, f.max_logit_diff, f.mask_agreement * 100.0);
+    f
+}
+
+/// The fixture `name` under target/fixtures, made by `script ARGS` (into the folder as
+/// its first argument) unless a previous run left its `reference.npz` there.
+pub fn reference_fixture(name: &str, script: &str, args: &[&str]) -> std::path::PathBuf {
+    let dir = super::fixture_cache(name);
     if !dir.join("reference.npz").exists() {
-        let (s, v, i, n) = (size.to_string(), version.to_string(), image_size.to_string(), frames.to_string());
-        let mut args = vec![dir.to_str().unwrap(), s.as_str(), v.as_str(), i.as_str(), n.as_str()];
-        if !postprocess {
-            args.push("--no-postprocess");
-        }
-        super::run_fixture("make_video_parity.py", &args);
+        let mut all = vec![dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        super::run_fixture(script, &all);
     }
-    let reference = super::read_npz(&dir.join("reference.npz"));
-    let journal = Journal::load(&dir.join("session.json")).unwrap();
+    dir
+}
 
-    let ckpt = sam2_tui::weights::load(&dir.join("checkpoint.pt")).unwrap();
-    let config = Sam2Config::new(size, version).with_image_size(image_size);
-    let model =
-        Rc::new(Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, precision, &super::tuning()).unwrap());
-    let source = sam2_tui::media::open(&dir.join("png")).unwrap();
-    let mps = if sam2_tui::device::emulating_mps() { "-mps" } else { "" };
-    let bank = super::scratch(&format!("bank-{name}-{precision}{mps}"));
-    let mut predictor = VideoPredictor::new(
-        model,
-        source,
-        VideoOptions { fill_holes: postprocess, bank_dir: Some(bank), tuning: super::tuning() },
-    )
-    .unwrap();
+/// How the engine runs a fixture's journal.
+pub struct Case {
+    pub size: ModelSize,
+    pub version: ModelVersion,
+    pub image_size: i64,
+    pub postprocess: bool,
+    pub precision: Precision,
+    pub tuning: sam2_tui::tuning::Tuning,
+}
 
-    let mut latest: HashMap<String, (Tensor, f32)> = HashMap::new();
-    let mut per_op: HashMap<String, Tensor> = HashMap::new();
-    for (k, op) in journal.ops.iter().enumerate() {
-        let is_prompt_op = matches!(op, Op::AddPrompt { .. } | Op::ClearFrame { .. });
-        predictor
-            .apply(op, &mut |out| {
-                for o in out.objects {
-                    let key = format!("f{}_o{}", out.frame, o.object);
-                    if is_prompt_op {
-                        per_op.insert(format!("op{k}_{key}"), o.logits.shallow_clone());
+/// What a journal gave, keyed as the reference's `reference.npz` is: `f{frame}_o{object}`
+/// the latest (logits, score) of every (frame, object) still in the session,
+/// `op{k}_f{frame}_o{object}` the logits op k emitted (prompt ops, clears, removals).
+pub struct Run {
+    pub latest: HashMap<String, (Tensor, f32)>,
+    pub per_op: HashMap<String, Tensor>,
+}
+
+impl Case {
+    /// Runs `dir/session.json` on `dir/png` with `dir/checkpoint.pt`, in process on the
+    /// CPU, with a fresh memory bank named after `name`.
+    pub fn run(&self, dir: &std::path::Path, name: &str) -> Run {
+        tch::set_num_threads(2);
+        let journal = Journal::load(&dir.join("session.json")).unwrap();
+        let ckpt = sam2_tui::weights::load(&dir.join("checkpoint.pt")).unwrap();
+        let config = Sam2Config::new(self.size, self.version).with_image_size(self.image_size);
+        let model =
+            Rc::new(Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, self.precision, &self.tuning).unwrap());
+        let source = sam2_tui::media::open(&dir.join("png")).unwrap();
+        let mps = if sam2_tui::device::emulating_mps() { "-mps" } else { "" };
+        let bank = super::scratch(&format!("bank-{name}-{}{mps}", self.precision));
+        let mut predictor = VideoPredictor::new(
+            model,
+            source,
+            VideoOptions { fill_holes: self.postprocess, bank_dir: Some(bank), tuning: self.tuning.clone() },
+        )
+        .unwrap();
+
+        let mut latest: HashMap<String, (Tensor, f32)> = HashMap::new();
+        let mut per_op: HashMap<String, Tensor> = HashMap::new();
+        for (k, op) in journal.ops.iter().enumerate() {
+            let is_prompt_op = matches!(op, Op::AddPrompt { .. } | Op::ClearFrame { .. } | Op::RemoveObject { .. });
+            if let Op::RemoveObject { object } = op {
+                // A removed object no longer exists: nothing of it is "latest".
+                latest.retain(|key, _| !key.ends_with(&format!("_o{object}")));
+            }
+            predictor
+                .apply(op, &mut |out| {
+                    for o in out.objects {
+                        let key = format!("f{}_o{}", out.frame, o.object);
+                        if is_prompt_op {
+                            per_op.insert(format!("op{k}_{key}"), o.logits.shallow_clone());
+                        }
+                        latest.insert(key, (o.logits, o.score));
                     }
-                    latest.insert(key, (o.logits, o.score));
-                }
-                ControlFlow::Continue(())
-            })
-            .unwrap_or_else(|e| panic!("op {k} {op:?}: {e:#}"));
+                    ControlFlow::Continue(())
+                })
+                .unwrap_or_else(|e| panic!("op {k} {op:?}: {e:#}"));
+        }
+        Run { latest, per_op }
     }
+}
 
+/// Every result of `run` against `dir/reference.npz`: the same (frame, object) pairs,
+/// the same per-op outputs, object presence, max |Δlogit| and binary agreement.
+pub fn compare(run: &Run, dir: &std::path::Path) -> Figures {
+    let reference = super::read_npz(&dir.join("reference.npz"));
     let mut max_diff: f64 = 0.0;
     let (mut same, mut total) = (0i64, 0i64);
     let mut compared = 0;
     for (key, r) in &reference {
         let ours = if key.starts_with("op") {
-            per_op.get(key).unwrap_or_else(|| panic!("no result for {key}")).shallow_clone()
+            run.per_op.get(key).unwrap_or_else(|| panic!("no result for {key}")).shallow_clone()
         } else {
-            latest.get(key).unwrap_or_else(|| panic!("no result for {key}")).0.shallow_clone()
+            run.latest.get(key).unwrap_or_else(|| panic!("no result for {key}")).0.shallow_clone()
         };
         let d = super::max_abs_diff(&ours, r);
         max_diff = max_diff.max(d);
@@ -102,10 +148,42 @@ pub fn run_case_in(
         assert_eq!(ours_absent, ref_absent, "{key}: object presence differs");
         compared += 1;
     }
-    assert_eq!(latest.len(), reference.keys().filter(|k| !k.starts_with("op")).count(), "same (frame, object) pairs");
-    let agreement = same as f64 / total as f64;
-    println!("video parity{} {size} {version} {precision} @{image_size} {frames} frames postprocess={postprocess}: {compared} results, max |Δlogit| {max_diff:.3e}, binary agreement {:.5}%", if sam2_tui::device::emulating_mps() { " (CPU taking the MPS branches)" } else { "" }, agreement * 100.0);
-    Figures { max_logit_diff: max_diff, mask_agreement: agreement, results: compared }
+    assert_eq!(
+        run.latest.len(),
+        reference.keys().filter(|k| !k.starts_with("op")).count(),
+        "same (frame, object) pairs"
+    );
+    assert_eq!(
+        run.per_op.len(),
+        reference.keys().filter(|k| k.starts_with("op")).count(),
+        "same outputs of the prompt ops"
+    );
+    Figures { max_logit_diff: max_diff, mask_agreement: same as f64 / total as f64, results: compared }
+}
+
+/// Two runs of one journal against each other (e.g. the batched path against one object
+/// after another): the same results, max |Δlogit| and binary agreement, as `compare`
+/// holds a run to the reference.
+pub fn compare_runs(a: &Run, b: &Run) -> Figures {
+    assert_eq!(a.latest.len(), b.latest.len(), "same (frame, object) pairs");
+    assert_eq!(a.per_op.len(), b.per_op.len(), "same outputs of the prompt ops");
+    let mut max_diff: f64 = 0.0;
+    let (mut same, mut total) = (0i64, 0i64);
+    let pairs = a
+        .latest
+        .iter()
+        .map(|(k, (t, _))| (k, t, &b.latest.get(k).unwrap_or_else(|| panic!("no result for {k}")).0))
+        .chain(a.per_op.iter().map(|(k, t)| (k, t, b.per_op.get(k).unwrap_or_else(|| panic!("no result for {k}")))));
+    let mut compared = 0;
+    for (key, x, y) in pairs {
+        max_diff = max_diff.max(super::max_abs_diff(x, y));
+        same += x.gt(0.0).eq_tensor(&y.gt(0.0)).sum(Kind::Int64).int64_value(&[]);
+        total += x.numel() as i64;
+        let absent = |t: &Tensor| t.max().double_value(&[]) < -100.0;
+        assert_eq!(absent(x), absent(y), "{key}: object presence differs");
+        compared += 1;
+    }
+    Figures { max_logit_diff: max_diff, mask_agreement: same as f64 / total as f64, results: compared }
 }
 
 pub fn assert_parity(f: Figures) {

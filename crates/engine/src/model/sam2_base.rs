@@ -239,7 +239,8 @@ impl Sam2Base {
         }
     }
 
-    /// `_forward_sam_heads` for one object.
+    /// `_forward_sam_heads` for one object, or for a batch of objects on one frame
+    /// (`pix_feat` `[B,256,e,e]`, no prompt: tracking; every output gains the batch).
     pub fn forward_sam_heads(
         &self,
         pix_feat: &Tensor,
@@ -250,10 +251,11 @@ impl Sam2Base {
     ) -> SamOutput {
         let _g = tch::no_grad_guard();
         let dev = self.device;
+        let b = pix_feat.size()[0];
         let (coords, labels) = match points {
             Some(p) => (p.coords.to_device(dev), p.labels.to_device(dev)),
-            // No prompt: one padding point, label −1.
-            None => (Tensor::zeros([1, 1, 2], (Kind::Float, dev)), Tensor::full([1, 1], -1, (Kind::Int, dev))),
+            // No prompt: one padding point, label −1 (per object).
+            None => (Tensor::zeros([b, 1, 2], (Kind::Float, dev)), Tensor::full([b, 1], -1, (Kind::Int, dev))),
         };
         let k = self.heads_kind;
         let mask = mask_input.map(|m| m.to_device(dev).to_kind(k));
@@ -277,7 +279,17 @@ impl Sam2Base {
             .to_kind(Kind::Float);
         let s = self.image_size();
         let high_multi = low_multi.upsample_bilinear2d([s, s], false, None, None);
-        let (low, high, token) = if multimask {
+        let (low, high, token) = if multimask && b > 1 {
+            // Each object's own best candidate.
+            let best = out.iou.argmax(-1, false).view([b, 1, 1, 1]);
+            let pick = |m: &Tensor| {
+                let (_, _, h, w) = m.size4().unwrap();
+                m.gather(1, &best.expand([b, 1, h, w], false), false)
+            };
+            let width = out.sam_tokens.size()[2];
+            let token = out.sam_tokens.gather(1, &best.view([b, 1, 1]).expand([b, 1, width], false), false);
+            (pick(&low_multi), pick(&high_multi), token.squeeze_dim(1))
+        } else if multimask {
             // Index with a device tensor: no host round trip (a GPU sync) per object-frame.
             let best = out.iou.argmax(-1, false);
             (
@@ -383,6 +395,35 @@ impl Sam2Base {
         out.permute([1, 2, 0]).reshape([b, c, h, w])
     }
 
+    /// Memory attention for several objects on one frame, each over its own memory:
+    /// memory `[M, B, 64]` (B objects whose memories have the same length and the same
+    /// number of pointer tokens) → `[B, 256, e, e]`. Layer 0 up to its cross-attention
+    /// reads only the frame, so it runs once for all of them; from there each object's
+    /// stream is what `attend_memory` computes for it alone (the batch of every linear
+    /// layer is larger; the cross-attention runs object by object on the CPU kernel).
+    pub fn attend_memory_batched(
+        &self,
+        feats: &FrameFeatures,
+        memory: &Tensor,
+        memory_pos: &Tensor,
+        num_ptr_tokens: i64,
+    ) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let b = memory.size()[1];
+        let (_, c, h, w) = feats.feat.size4().unwrap();
+        let ma = &self.memory_attention;
+        let (k_in, v_in) = MemoryAttention::memory_inputs(memory, memory_pos);
+        let (out, q) = self.track_begin(&feats.feat, &feats.pos);
+        let (mut out, mut q) = (out.expand([b, -1, -1], false), q.expand([b, -1, -1, -1], false));
+        let last = ma.num_layers() - 1;
+        for i in 0..last {
+            let attn = ma.cross(i, &q, &k_in, &v_in, num_ptr_tokens);
+            (out, q) = ma.until_cross(i + 1, &ma.after_cross(i, &out, &attn));
+        }
+        let attn = ma.cross(last, &q, &k_in, &v_in, num_ptr_tokens);
+        ma.end(&ma.after_cross(last, &out, &attn)).permute([1, 2, 0]).reshape([b, c, h, w])
+    }
+
     /// `track_step` of a propagation frame (no prompt, memory encoder on), from assembled
     /// memory to the stored output: fixed shapes and no host round trip, so a GPU can
     /// capture it as one graph. Returns (low-res masks, object pointer, object score,
@@ -444,8 +485,9 @@ impl Sam2Base {
         (sam.low_res_masks, sam.obj_ptr, sam.object_score_logits, maskmem)
     }
 
-    /// `_encode_new_memory`: the memory of one object on one frame, rounded through
-    /// bf16 as the reference stores it.
+    /// `_encode_new_memory`: the memory of one object on one frame (or of a batch of
+    /// objects on one frame: masks and scores `[B, …]`), rounded through bf16 as the
+    /// reference stores it.
     pub fn encode_new_memory(
         &self,
         feats: &FrameFeatures,

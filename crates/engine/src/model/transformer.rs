@@ -73,28 +73,34 @@ impl Attention {
         Self::recombine(&sdpa(q, &k, &v))
     }
 
-    /// One head of one sequence on the CPU: the attention over the unprojected values,
-    /// `v_proj` after it (`cpu::attention`; a quarter of the P·V work when the values are
-    /// 64 wide and the head 256). None where that kernel does not apply, and on a CPU
+    /// One head on the CPU: the attention over the unprojected values, `v_proj` after it
+    /// (`cpu::attention`; a quarter of the P·V work when the values are 64 wide and the
+    /// head 256), sequence by sequence for a batch (objects tracked together: each one
+    /// computed exactly as alone). None where that kernel does not apply, and on a CPU
     /// taking the MPS branches (MPS runs libtorch's SDPA, as the reference does).
     fn attend_folded(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Tensor> {
         let (b, h, _, d) = q.size4().ok()?;
         if q.device() != tch::Device::Cpu
             || crate::device::takes_mps_branches(q.device())
-            || b != 1
             || h != 1
             || self.heads != 1
             || v.size().len() != 3
+            || k.size()[0] != b
+            || v.size()[0] != b
         {
             return None;
         }
-        let out = crate::cpu::attention::attend_folded(
-            &q.select(0, 0).select(0, 0),
-            &k.select(0, 0).select(0, 0),
-            &v.select(0, 0),
-            1.0 / (d as f64).sqrt(),
-        )?;
-        Some(self.v_proj.forward(&out).unsqueeze(0))
+        let mut outs = Vec::with_capacity(b as usize);
+        for i in 0..b {
+            let out = crate::cpu::attention::attend_folded(
+                &q.select(0, i).select(0, 0),
+                &k.select(0, i).select(0, 0),
+                &v.select(0, i),
+                1.0 / (d as f64).sqrt(),
+            )?;
+            outs.push(self.v_proj.forward(&out));
+        }
+        Some(if b == 1 { outs.pop()?.unsqueeze(0) } else { Tensor::stack(&outs, 0) })
     }
 
     /// … and the output projection.

@@ -3,10 +3,12 @@
 //! * `video_predictor` — the reference's methods, in its order and under its names;
 //! * `ops` — the journal's ops on a session, each op one reference call, whole or not at all;
 //! * `pipeline` — a propagation's frame pipeline (encode-ahead, frames queued ahead);
+//! * `batched` — all objects of a propagation frame tracked in one pass (`batch_objects`);
 //! * `graphs` — the CUDA graphs of a frame's fixed-shape pieces;
 //! * `memory_bank`, `bank_undo` — the reference's output dictionaries, disk-backed, and
 //!   their undo log.
 mod bank_undo;
+mod batched;
 mod graphs;
 pub mod memory_bank;
 mod ops;

@@ -78,7 +78,7 @@ pub struct VideoPredictor {
     frames: Prefetcher,
     size: (u32, u32),
     num_frames: usize,
-    opts: VideoOptions,
+    pub(super) opts: VideoOptions,
     pub(super) objects: Vec<ObjectState>,
     /// `output_dict_per_obj`, `temp_output_dict_per_obj` and `frames_tracked_per_obj`.
     pub(super) bank: MemoryBank,
@@ -90,7 +90,7 @@ pub struct VideoPredictor {
     lookahead: Lookahead,
     /// Frames queued before the oldest is written out (see `pipeline::pipeline_depth`).
     pipeline_depth: usize,
-    timings: StageTimings,
+    pub(super) timings: StageTimings,
 }
 
 /// Which dictionary of the reference an output lives in.
@@ -475,7 +475,7 @@ impl VideoPredictor {
 
     /// `SAM2Base._prepare_memory_conditioned_features`: chooses the memories of a
     /// non-initial frame exactly as it does, as memory tokens.
-    fn prepare_memory_conditioned_features(
+    pub(super) fn prepare_memory_conditioned_features(
         &mut self,
         id: ObjectId,
         frame: usize,
@@ -571,7 +571,7 @@ impl VideoPredictor {
     /// the CPU from queueing the next kernels while the GPU works. Only when asked (the
     /// `sync_timings` knob); otherwise GPU stage times are enqueue times and only the
     /// per-frame total is exact.
-    fn sync(&self) {
+    pub(super) fn sync(&self) {
         if let Device::Cuda(i) = self.model.device {
             if self.opts.tuning.sync_timings {
                 tch::Cuda::synchronize(i as i64);
@@ -591,6 +591,20 @@ impl Propagation for VideoPredictor {
     fn track_frame(&mut self, ids: &[ObjectId], frame: usize, reverse: bool) -> anyhow::Result<Tracked> {
         self.timings = StageTimings::default();
         let mut tracked = Tracked::new(frame, reverse);
+        if self.batches_objects() {
+            // All objects at once (`batched`), with the same outputs as the loop below.
+            let (prompted, to_track): (Vec<ObjectId>, Vec<ObjectId>) =
+                ids.iter().partition(|&&id| self.bank.contains(id, Slot::Cond, frame));
+            tracked.prompted = prompted;
+            let entries = self.track_objects_batched(&to_track, frame, reverse)?;
+            for (&id, entry) in to_track.iter().zip(entries) {
+                tracked.staged.push(self.bank.stage(id, Slot::NonCond, frame, entry, Some(reverse)));
+            }
+            self.bank.advance(frame, reverse);
+            tracked.copy_to_host(&self.bank, self.model.device);
+            tracked.timings = self.timings;
+            return Ok(tracked);
+        }
         for (idx, &id) in ids.iter().enumerate() {
             if self.bank.contains(id, Slot::Cond, frame) {
                 tracked.prompted.push(id);

@@ -1,0 +1,101 @@
+//! All objects of a propagation frame tracked in one pass (issue #18; no reference
+//! counterpart: the reference's `propagate_in_video` runs `_run_single_frame_inference`
+//! object after object). Behind the `batch_objects` knob, on the CPU for now.
+//!
+//! What each object computes is what the loop computes for it: its own memories, chosen
+//! by `prepare_memory_conditioned_features` exactly as for one object; memory attention
+//! over them; the SAM heads without a prompt; the memory encoder on its mask. What is
+//! shared: the frame's features, the part of memory attention that reads only the frame
+//! (layer 0 up to its first cross-attention, once for every object), and the calls — the
+//! objects whose memories have the same length (and the same number of object-pointer
+//! tokens, which skip RoPE) go through memory attention as one batch, and every object of
+//! the frame through one mask-decoder and one memory-encoder call. Memory lengths differ
+//! while the bank fills and between objects prompted on different frames or added later;
+//! grouping (rather than padding with masked tokens) keeps every softmax over exactly the
+//! object's own tokens. The numbers differ from the loop's only by the rounding of
+//! larger matrix products; the parity journals hold both paths to the same bounds.
+use super::memory_bank::Entry;
+use super::video_predictor::VideoPredictor;
+use sam2_api::session::ObjectId;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+impl VideoPredictor {
+    /// Whether propagation tracks the objects of a frame together (the `batch_objects`
+    /// knob; the CPU only for now: on CUDA the per-object tracking step replays as a
+    /// graph, which a batched step would first need per object-count bucket).
+    pub(super) fn batches_objects(&self) -> bool {
+        self.opts.tuning.batch_objects && self.model.device == Device::Cpu
+    }
+
+    /// The tracking outputs of `ids` on `frame` (none of them prompted there), in the
+    /// order of `ids`: what `run_single_frame_inference` gives each of them on a
+    /// propagation frame.
+    pub(super) fn track_objects_batched(
+        &mut self,
+        ids: &[ObjectId],
+        frame: usize,
+        reverse: bool,
+    ) -> anyhow::Result<Vec<Entry>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let feats = self.get_image_feature(frame)?;
+        let t = Instant::now();
+        let mut memories = Vec::with_capacity(ids.len());
+        for &id in ids {
+            memories.push(self.prepare_memory_conditioned_features(id, frame, reverse)?);
+        }
+        // Groups of equal memory length and pointer-token count, in order of appearance.
+        let mut groups: Vec<((i64, i64), Vec<usize>)> = vec![];
+        for (i, m) in memories.iter().enumerate() {
+            let key = (m.tokens.size()[0], m.num_ptr_tokens);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        let mut pix: Vec<Option<Tensor>> = ids.iter().map(|_| None).collect();
+        for ((_, num_ptr_tokens), members) in &groups {
+            let tokens: Vec<&Tensor> = members.iter().map(|&i| &memories[i].tokens).collect();
+            let pos: Vec<&Tensor> = members.iter().map(|&i| &memories[i].pos).collect();
+            let out = self.model.attend_memory_batched(
+                &feats,
+                &Tensor::cat(&tokens, 1),
+                &Tensor::cat(&pos, 1),
+                *num_ptr_tokens,
+            );
+            for (j, &i) in members.iter().enumerate() {
+                pix[i] = Some(out.narrow(0, j as i64, 1));
+            }
+        }
+        let pix = Tensor::cat(&pix.into_iter().map(|p| p.expect("every object in a group")).collect::<Vec<_>>(), 0);
+        self.sync();
+        self.timings.memory_attention_ms += ms(t);
+
+        let t = Instant::now();
+        let sam = self.model.forward_sam_heads(&pix, None, None, &feats.high_res, true);
+        self.sync();
+        self.timings.mask_decoder_ms += ms(t);
+
+        let t = Instant::now();
+        let maskmem = self.model.encode_new_memory(&feats, &sam.high_res_masks, &sam.object_score_logits, false);
+        self.sync();
+        self.timings.memory_encoder_ms += ms(t);
+
+        // Each object's outputs as its own tensors (the bank keeps them apart from here).
+        let one = |x: &Tensor, i: usize| x.narrow(0, i as i64, 1).copy();
+        Ok((0..ids.len())
+            .map(|i| Entry {
+                maskmem: Some(one(&maskmem, i)),
+                pred_masks: one(&sam.low_res_masks, i),
+                obj_ptr: one(&sam.obj_ptr, i),
+                score: one(&sam.object_score_logits, i),
+            })
+            .collect())
+    }
+}
+
+fn ms(t: Instant) -> f32 {
+    t.elapsed().as_secs_f32() * 1000.0
+}
