@@ -29,7 +29,12 @@
 # Environment knobs: SAM2_TUI_CACHE (default ~/.cache/sam2-tui), OFFICIAL_PORT (7263),
 # OFFICIAL_SECONDS (length of the test-pattern clip, 2), OFFICIAL_FORCE_CPU (1),
 # OFFICIAL_FILL_HOLES (0; 1 = give the CPU run the hole filling that the official run
-# only does on CUDA, see wrapper below), OFFICIAL_THREADS (torch threads, unset = all).
+# only does on CUDA, see wrapper below), OFFICIAL_THREADS (torch threads, unset = all),
+# OFFICIAL_BASE (folder of the source, data, checkpoint and pid file; default
+# $CACHE/official-backend), OFFICIAL_IMAGE_SIZE (the model's input size, 1024 = as
+# shipped; smaller sizes are for tests on slow CPUs: our wrapper adds the hydra override
+# `++model.image_size=N` that sam2's own tests and tests/fixtures use; decord then scales
+# the frames to N as well).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +43,8 @@ COMMIT=2b90b9f5ceec907a1c18123530e92e794ad901a4
 CACHE=${SAM2_TUI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sam2-tui}
 MAIN_VENV=$CACHE/venv
 VENV=$CACHE/official-backend-venv
-BASE=$CACHE/official-backend
+BASE=${OFFICIAL_BASE:-$CACHE/official-backend}   # a test gives its own, so it never
+                                                # touches a server someone else runs
 SRC=$BASE/src-${COMMIT:0:7}          # holds server/ (the official files, verified)
 APP_ROOT=$BASE/app_root               # APP_ROOT/checkpoints/sam2.1_hiera_tiny.pt
 DATA=$BASE/data                       # DATA_PATH: gallery/ posters/ uploads/
@@ -197,6 +203,19 @@ threads = os.environ.get("OFFICIAL_THREADS")
 if threads:
     torch.set_num_threads(int(threads))
 
+image_size = int(os.environ.get("OFFICIAL_IMAGE_SIZE") or 1024)
+if image_size != 1024:
+    # Before the app imports it (inference/predictor.py binds the name at import).
+    import sam2.build_sam as build_sam
+
+    _build = build_sam.build_sam2_video_predictor
+
+    def build_sam2_video_predictor(config_file, ckpt_path=None, *args, hydra_overrides_extra=(), **kwargs):
+        extra = list(hydra_overrides_extra) + [f"++model.image_size={image_size}"]
+        return _build(config_file, ckpt_path, *args, hydra_overrides_extra=extra, **kwargs)
+
+    build_sam.build_sam2_video_predictor = build_sam2_video_predictor
+
 if os.environ.get("OFFICIAL_FILL_HOLES", "0") == "1":
     import numpy as np
     import scipy.ndimage
@@ -231,6 +250,7 @@ MODEL_SIZE=tiny
 DEFAULT_VIDEO_PATH=gallery/$GALLERY_VIDEO
 SAM2_DEMO_FORCE_CPU_DEVICE=${OFFICIAL_FORCE_CPU:-1}
 OFFICIAL_FILL_HOLES=${OFFICIAL_FILL_HOLES:-0}
+OFFICIAL_IMAGE_SIZE=${OFFICIAL_IMAGE_SIZE:-1024}
 PYTHONUNBUFFERED=1
 EOF
 }
