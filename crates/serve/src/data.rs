@@ -96,6 +96,12 @@ impl DataDir {
         let mut out = vec![];
         for file in files {
             let rel = file.strip_prefix(&self.root).unwrap_or(&file).to_string_lossy().into_owned();
+            // Never offer what would not be served (a symlink out of the folder).
+            let in_gallery = file.strip_prefix(self.root.join(GALLERY)).unwrap_or(&file).to_string_lossy().into_owned();
+            if let Err(why) = self.resolve(GALLERY, &in_gallery) {
+                crate::log::line(format!("gallery: skipping {rel}: {why}"));
+                continue;
+            }
             let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let poster_name = format!("{stem}.jpg");
             let poster = self.root.join(POSTERS).join(&poster_name);
@@ -113,7 +119,8 @@ impl DataDir {
     }
 }
 
-/// Files ending in `.mp4` under `dir`, recursively (symlinked folders are not followed).
+/// Files ending in `.mp4` under `dir`, recursively (symlinked folders are not followed;
+/// symlinked files are listed, and judged by `resolve`).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
