@@ -484,6 +484,17 @@ impl Session {
         let frame = self.check_frame(frame)?;
         let object = self.check_object(object)?;
         let given = check_points(points, labels)?;
+        let s = self.clone();
+        detached(async move { s.add_points_now(frame, object, given, clear_old_points).await }).await
+    }
+
+    async fn add_points_now(
+        self: &Arc<Self>,
+        frame: usize,
+        object: i32,
+        given: Vec<NormPoint>,
+        clear_old_points: bool,
+    ) -> Result<FrameResult, String> {
         let _busy = self.use_it();
         let mut core = self.lock().await;
         core.usable(self)?;
@@ -527,6 +538,11 @@ impl Session {
     pub async fn clear_points_in_frame(self: &Arc<Self>, frame: i32, object: i32) -> Result<FrameResult, String> {
         let frame = self.check_frame(frame)?;
         let object = self.check_object(object)?;
+        let s = self.clone();
+        detached(async move { s.clear_points_in_frame_now(frame, object).await }).await
+    }
+
+    async fn clear_points_in_frame_now(self: &Arc<Self>, frame: usize, object: i32) -> Result<FrameResult, String> {
         let _busy = self.use_it();
         let mut core = self.lock().await;
         core.usable(self)?;
@@ -552,6 +568,11 @@ impl Session {
 
     /// clearPointsInVideo: the reference's reset_state.
     pub async fn clear_points_in_video(self: &Arc<Self>) -> Result<(), String> {
+        let s = self.clone();
+        detached(async move { s.clear_points_in_video_now().await }).await
+    }
+
+    async fn clear_points_in_video_now(self: &Arc<Self>) -> Result<(), String> {
         let _busy = self.use_it();
         let mut core = self.lock().await;
         core.usable(self)?;
@@ -568,6 +589,11 @@ impl Session {
     /// removeObject: the refreshed frames where it had points, with the other objects'
     /// masks; nothing when it did not exist or was the last one (then all is reset).
     pub async fn remove_object(self: &Arc<Self>, object: i32) -> Result<Vec<FrameResult>, String> {
+        let s = self.clone();
+        detached(async move { s.remove_object_now(object).await }).await
+    }
+
+    async fn remove_object_now(self: &Arc<Self>, object: i32) -> Result<Vec<FrameResult>, String> {
         let _busy = self.use_it();
         let mut core = self.lock().await;
         core.usable(self)?;
@@ -613,6 +639,15 @@ impl Session {
         }
         Ok(start as usize)
     }
+}
+
+/// Runs an op to its end on a task of its own: a client that goes away mid-request
+/// drops the request's future, and an op abandoned between sending and its end would
+/// leave its news for the next op to read as its own.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    tokio::spawn(f).await.map_err(|e| format!("internal error: {e}"))?
 }
 
 /// The engine's object id for the demo's.
