@@ -228,4 +228,40 @@ fn eight_sessions_at_once_get_a_lone_sessions_masks_while_bad_input_gets_clear_e
     );
     let r = request(port, "GET", "/healthy", &[], b"").unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "OK"));
+    assert!(children_of(server.pid()).is_empty(), "every closed session's worker has stopped");
+
+    // A second server on the same port: exit 1, saying so.
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--port", &port.to_string(), "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}
+
+#[test]
+fn an_idle_session_expires_and_its_worker_stops() {
+    let work = common::scratch("serve-idle");
+    let data = work.join("data");
+    make_clip(&data, "01_testsrc.mp4", 1.0, "320x240");
+    let server =
+        Server::start("idle", &data, &present_checkpoint(), &["--image-size", "256", "--idle-timeout", "2"], &[]);
+    let v = graphql(server.port, M_START, json!({"input": {"path": "gallery/01_testsrc.mp4"}}));
+    let sid = v["data"]["startSession"]["sessionId"].as_str().unwrap().to_string();
+    assert_eq!(children_of(server.pid()).len(), 1, "one worker for the session");
+    let t0 = std::time::Instant::now();
+    while !children_of(server.pid()).is_empty() {
+        assert!(t0.elapsed().as_secs() < 30, "the idle session's worker is still running");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let v = graphql(
+        server.port,
+        M_ADD,
+        json!({"input": {"sessionId": sid, "frameIndex": 0, "clearOldPoints": true, "objectId": 0, "labels": [1], "points": [[0.5, 0.5]]}}),
+    );
+    assert_eq!(error_of(&v), format!("Cannot find session {sid}; it might have expired"));
+    assert!(server.log_text().contains("closed (idle for 2 s)"), "{}", server.log_text());
 }
