@@ -30,6 +30,7 @@ test: setup-test
 	cargo fmt --all --check
 	python3 scripts/check_architecture.py
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release --workspace --no-default-features -- -D warnings
 	cargo test --release --workspace -- --test-threads=1
 
 bench: build

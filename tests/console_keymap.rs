@@ -110,12 +110,21 @@ fn the_example_config_parses_and_documents_every_command() {
     cfg.engine.mps_high_watermark_ratio = None;
     cfg.engine.mps_low_watermark_ratio = None;
     cfg.engine.env.clear();
+    assert_eq!(cfg.tuning.trace, Some("trace.json".into()));
+    cfg.tuning.trace = None;
     for c in Command::ALL {
         assert!(cfg.keys.contains_key(c.name()), "config.example.toml does not document [keys] {}", c.name());
     }
     assert_eq!(cfg.engine, Config::default().engine);
     assert_eq!(cfg.supervisor, Config::default().supervisor);
     assert_eq!(cfg.console, Config::default().console);
+    // Every knob but logits_dir (the job's own) is documented, with its default.
+    let values = |t: &sam2_tui::tuning::Tuning| t.describe().into_iter().map(|k| (k.name, k.value)).collect::<Vec<_>>();
+    assert_eq!(values(&cfg.tuning), values(&Default::default()));
+    for k in cfg.tuning.describe() {
+        let documented = k.source == sam2_tui::tuning::Source::Config;
+        assert_eq!(documented, k.name != "logits_dir", "config.example.toml and [tuning] {}", k.name);
+    }
 }
 
 #[test]

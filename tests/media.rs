@@ -532,7 +532,7 @@ fn output_writer_refuses_what_it_cannot_write() {
     let info = outputs::VideoInfo { width: 4, height: 3, frames: 2, fps: 25.0, source: "x".into() };
     let mut w = outputs::OutputWriter::new(&dir, info, "m", false).unwrap();
     let ok = vec![1.0f32; 12];
-    assert!(w.add_logits(0, 0, &ok, 1.0).unwrap_err().to_string().contains("object 0"));
+    assert!(w.add_logits(0, 0, &ok, 1.0).unwrap_err().to_string().contains("object id 0"));
     assert!(w.add_logits(2, 1, &ok, 1.0).unwrap_err().to_string().contains("out of range"));
     let wrong = tch::Tensor::zeros([3, 5], (tch::Kind::Float, tch::Device::Cpu));
     assert!(w.add(0, 1, &wrong, 1.0).unwrap_err().to_string().contains("do not match"));

@@ -21,6 +21,7 @@ fn memory_attention_with_a_full_bank() {
         tensors,
         Device::Cpu,
         Precision::Fp32,
+        &Default::default(),
     )
     .unwrap();
     let _g = tch::no_grad_guard();

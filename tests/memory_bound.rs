@@ -70,7 +70,7 @@ fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Pa
 fn peak_memory_of_1000_frames_is_within_10_percent_of_100_frames() {
     tch::set_num_threads(2);
     // The worker's allocator policy: freed blocks stay in the heap (must not grow it).
-    sam2_tui::worker::host_memory::keep_freed_memory();
+    sam2_tui::worker::host_memory::keep_freed_memory(true);
     let dir = common::scratch("memory-bound");
     let tensors = common::random_tiny_tensors(&dir);
     let model = Rc::new(
@@ -79,6 +79,7 @@ fn peak_memory_of_1000_frames_is_within_10_percent_of_100_frames() {
             tensors,
             tch::Device::Cpu,
             Precision::Fp32,
+            &Default::default(),
         )
         .unwrap(),
     );

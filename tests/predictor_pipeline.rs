@@ -8,6 +8,7 @@ use sam2_tui::device::Precision;
 use sam2_tui::model::{ModelSize, ModelVersion, Sam2Base, Sam2Config};
 use sam2_tui::predictor::{FrameOutput, VideoOptions, VideoPredictor};
 use sam2_tui::session::{Op, Point};
+use sam2_tui::tuning::Tuning;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::rc::Rc;
@@ -15,7 +16,7 @@ use std::rc::Rc;
 fn model(dir: &Path) -> Rc<Sam2Base> {
     let tensors = common::present_tiny_tensors(dir);
     let config = Sam2Config::new(ModelSize::Tiny, ModelVersion::V2_1).with_image_size(256);
-    Rc::new(Sam2Base::from_tensors(config, tensors, tch::Device::Cpu, Precision::Fp32).unwrap())
+    Rc::new(Sam2Base::from_tensors(config, tensors, tch::Device::Cpu, Precision::Fp32, &Tuning::default()).unwrap())
 }
 
 fn predictor(dir: &Path, name: &str) -> VideoPredictor {
@@ -69,7 +70,7 @@ fn run(p: &mut VideoPredictor, op: &Op, stop_after: Option<usize>) -> Vec<(usize
 }
 
 fn deep(depth: usize) -> VideoOptions {
-    VideoOptions { pipeline_depth: Some(depth), ..Default::default() }
+    VideoOptions { tuning: Tuning { pipeline_depth: depth, ..Default::default() }, ..Default::default() }
 }
 
 #[test]
@@ -126,10 +127,18 @@ fn encoding_the_coming_frames_in_batches_tracks_as_one_at_a_time() {
     tch::set_num_threads(2);
     let dir = common::scratch("predictor-batch-encode");
     let forward = Op::Propagate { start: None, reverse: false, max_frames: None };
-    let mut one = predictor_with(&dir, "one", VideoOptions { encode_batch: Some(1), ..Default::default() });
+    let mut one = predictor_with(
+        &dir,
+        "one",
+        VideoOptions { tuning: Tuning { encode_batch: 1, ..Default::default() }, ..Default::default() },
+    );
     run(&mut one, &click(0), None);
     let want = run(&mut one, &forward, None);
-    let mut batched = predictor_with(&dir, "batched", VideoOptions { encode_batch: Some(3), ..Default::default() });
+    let mut batched = predictor_with(
+        &dir,
+        "batched",
+        VideoOptions { tuning: Tuning { encode_batch: 3, ..Default::default() }, ..Default::default() },
+    );
     run(&mut batched, &click(0), None);
     let got = run(&mut batched, &forward, None);
     assert_eq!(got.iter().map(|f| f.0).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());

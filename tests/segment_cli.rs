@@ -311,3 +311,27 @@ fn a_checkpoint_holding_a_nan_gives_an_ordinary_result_not_a_crash_loop() {
         assert!(rle.decode().unwrap().iter().all(|&b| b == 0), "{o}");
     }
 }
+
+/// `--tune` reaches the worker: the `trace` knob has only the worker (the CLI never runs
+/// the model) record its propagation with libtorch's profiler, here the first one.
+#[test]
+fn a_tune_knob_on_the_command_line_reaches_the_worker() {
+    let dir = common::scratch("segment-cli-tune");
+    let p = prompts(&dir);
+    let mp4 = dir.join("clip.mp4");
+    test_clip(&mp4, 3);
+    let trace = dir.join("trace.json");
+    let tune_trace = format!("trace={}", trace.display());
+    let out = dir.join("out");
+    let r = segment(&mp4, &p, &out, &["--tune", &tune_trace, "--tune", "trace_pass=1", "--tune", "pipeline_depth=2"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let recorded = std::fs::read_to_string(&trace).expect("the worker wrote the trace it was told to");
+    assert!(recorded.contains("traceEvents"), "a Chrome trace: {}", &recorded[..recorded.len().min(200)]);
+
+    // A knob that does not exist is bad input, named with the knobs there are.
+    let r = segment(&mp4, &p, &dir.join("out-typo"), &["--tune", "pipline_depth=2"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("pipline_depth") && err.contains("pipeline_depth"), "{err}");
+    assert!(!dir.join("out-typo").exists());
+}

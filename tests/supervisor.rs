@@ -32,7 +32,7 @@ fn options(name: &str, fault: &str) -> SupervisorOptions {
         window: Duration::from_secs(60),
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
-        fallback_to_cpu: true,
+        fallback: vec![DeviceChoice::Cpu],
         smaller_model: false,
     };
     o.watchdog = Watchdog {
@@ -226,7 +226,7 @@ fn a_hundred_worker_restarts_leak_no_fds_threads_or_child_processes() {
         window: Duration::from_secs(3600),
         initial_backoff: Duration::ZERO,
         max_backoff: Duration::ZERO,
-        fallback_to_cpu: false,
+        fallback: vec![],
         smaller_model: false,
     };
     let (fds0, threads0, kids0) = (count_dir("/proc/self/fd"), count_dir("/proc/self/task"), children());

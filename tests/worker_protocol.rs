@@ -6,6 +6,7 @@ use sam2_tui::device::{DeviceChoice, PrecisionChoice};
 use sam2_tui::rle::Rle;
 use sam2_tui::session::{Op, Point};
 use sam2_tui::supervisor::events::{ObjectMask, StageTimings};
+use sam2_tui::tuning::Tuning;
 use sam2_tui::worker::protocol::{
     decode, encode, read_frame, write_frame, FrameError, Request, Response, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
@@ -24,6 +25,12 @@ fn sample_requests() -> Vec<Request> {
             precision: PrecisionChoice::Bf16,
             image_size: 1024,
             device_label: Some("accelerator".into()),
+            tuning: Tuning {
+                pipeline_depth: 2,
+                cuda_graphs: false,
+                trace: Some("/t/trace.json".into()),
+                ..Default::default()
+            },
         },
         Request::OpenMedia { path: "/v/clip.mp4".into(), bank_dir: Some("/s/bank-0".into()), fill_holes: true },
         Request::Restore { ops: vec![Op::Reset] },
@@ -254,6 +261,7 @@ fn an_engine_error_is_an_answer_and_the_worker_lives_on() {
         precision: PrecisionChoice::Fp32,
         image_size: 1024,
         device_label: None,
+        tuning: Default::default(),
     });
     assert!(matches!(w.answer(), Response::Error { seq: None, message } if message.contains("/nonexistent/")));
     w.send(&Request::Apply { seq: 3, op: Op::Reset });
@@ -281,6 +289,7 @@ fn an_image_size_the_model_cannot_take_is_an_error_answer_not_a_panic() {
         precision: PrecisionChoice::Fp32,
         image_size: 100,
         device_label: None,
+        tuning: Default::default(),
     });
     match w.answer() {
         Response::Error { seq: None, message } => assert!(message.contains("image size 100"), "{message}"),
@@ -319,4 +328,56 @@ fn a_garbage_frame_gets_an_error_and_a_clean_exit_not_a_crash() {
     assert!(matches!(w.answer(), Response::Error { seq: None, message } if message.contains("exceeds")));
     let status = w.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The knobs travel in `LoadModel`, and the worker's own environment wins over them (a
+/// variable set for one run reaches the worker whoever started it). `logits_dir` shows
+/// where a knob went: the worker writes each frame's logits there.
+#[test]
+fn the_tuning_load_model_carries_applies_with_the_worker_s_environment_on_top() {
+    let dir = common::scratch("worker-protocol-tuning");
+    let cache = common::fixture_cache("worker-protocol");
+    let checkpoint = cache.join("tiny.random-init.safetensors");
+    if !checkpoint.exists() {
+        common::random_tiny_tensors(&cache);
+    }
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]))
+        .save(frames.join("00000.png"))
+        .unwrap();
+    let run = |name: &str, env: &[(&str, &str)]| {
+        let mut w = Wire::start(env);
+        w.send(&Request::Hello { version: PROTOCOL_VERSION });
+        assert!(matches!(w.answer(), Response::Hello { .. }));
+        w.send(&Request::LoadModel {
+            checkpoint: checkpoint.clone(),
+            size: None,
+            version: None,
+            device: DeviceChoice::Cpu,
+            precision: PrecisionChoice::Fp32,
+            image_size: 128,
+            device_label: None,
+            tuning: Tuning { logits_dir: Some(dir.join(name).join("from-protocol")), ..Default::default() },
+        });
+        assert!(matches!(w.answer(), Response::Loaded { .. }));
+        w.send(&Request::OpenMedia {
+            path: frames.clone(),
+            bank_dir: Some(dir.join(name).join("bank")),
+            fill_holes: true,
+        });
+        assert!(matches!(w.answer(), Response::MediaInfo { .. }));
+        let click = Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(20.0, 20.0, true)], bbox: None };
+        w.send(&Request::Apply { seq: 0, op: click });
+        assert!(matches!(w.answer(), Response::Frame { frame: 0, .. }));
+        assert!(matches!(w.answer(), Response::OpDone { seq: 0, .. }));
+        w.send(&Request::Shutdown);
+        assert!(w.child.wait().unwrap().success());
+    };
+    run("protocol", &[]);
+    assert!(dir.join("protocol/from-protocol/1/00000.npy").exists(), "the protocol's knob applied");
+    let from_env = dir.join("env/from-env");
+    run("env", &[("SAM2_TUI_LOGITS_DIR", from_env.to_str().unwrap())]);
+    assert!(from_env.join("1/00000.npy").exists(), "the worker's environment won");
+    assert!(!dir.join("env/from-protocol").exists());
 }

@@ -173,7 +173,7 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     opts.image_size = spec.image_size;
     opts.session_dir = session.path().to_path_buf();
     // A row measures one device: falling back to the CPU would report the wrong thing.
-    opts.restart.fallback_to_cpu = false;
+    opts.restart.fallback.clear();
     opts.restart.smaller_model = false;
     if let Some(t) = spec.threads {
         opts.set_env("OMP_NUM_THREADS", &t.to_string());

@@ -1,9 +1,12 @@
 //! `sam2-tui doctor`: what this machine offers (devices, libtorch, FFmpeg, terminal
-//! graphics), the environment in effect, recommended settings, and with `--rehearse` a
-//! supervised smoke inference per device that reports crashes instead of crashing.
+//! graphics), the environment in effect, every tuning knob with its value and where it
+//! came from (config < `--tune` < environment), recommended settings, and with
+//! `--rehearse` a supervised smoke inference per device (with those knobs) that reports
+//! crashes instead of crashing.
 use crate::device::DeviceChoice;
 use crate::supervisor::events::{EngineCommand, EngineEvent, EngineState, LogLevel};
 use crate::supervisor::{start, SupervisorOptions};
+use crate::tuning::{Knob, Tuning};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,8 +22,15 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Set an engine tuning knob as `segment --tune` does (shown with source `cli`, and
+    /// used by the rehearsal).
+    #[arg(long = "tune", value_name = "KEY=VALUE", value_parser = crate::tuning::parse_assignment)]
+    pub tune: Vec<(String, String)>,
 }
 
+/// The environment worth showing besides the tuning knobs (`SAM2_TUI_<KNOB>`, listed with
+/// them): libtorch's and the device's, the config file, the test hooks that are
+/// environment-only on purpose (see `sam2_api::tuning`), the terminal.
 const ENV_VARS: &[&str] = &[
     "PYTORCH_MPS_HIGH_WATERMARK_RATIO",
     "PYTORCH_MPS_LOW_WATERMARK_RATIO",
@@ -29,7 +39,9 @@ const ENV_VARS: &[&str] = &[
     "CUDA_VISIBLE_DEVICES",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
+    "SAM2_TUI_CONFIG",
     "SAM2_TUI_FAULT",
+    "SAM2_TUI_FAULT_STATE",
     "SAM2_TUI_EMULATE_MPS",
     "TERM",
     "TERM_PROGRAM",
@@ -45,6 +57,11 @@ pub struct Report {
     pub ffmpeg: Vec<(String, String)>,
     pub terminal: Terminal,
     pub environment: Vec<(String, String)>,
+    /// Every knob: name, value, source, environment variable.
+    pub tuning: Vec<Knob>,
+    /// What did not apply (a config that does not load, environment values ignored).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tuning_notes: Vec<String>,
     pub recommended: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rehearsal: Vec<Rehearsal>,
@@ -77,7 +94,6 @@ pub struct Rehearsal {
     pub errors: Vec<String>,
 }
 
-#[cfg(feature = "video")]
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -135,7 +151,25 @@ fn recommend(d: &Devices) -> Vec<String> {
     r
 }
 
-pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>) -> Report {
+/// The knobs as `segment` would resolve them (config < `--tune` < environment), with what
+/// did not apply. A config that does not load is reported here, not fatal: the doctor is
+/// where one looks for why.
+fn tuning(tune: &[(String, String)]) -> (Tuning, Vec<String>) {
+    let mut notes = vec![];
+    let flags = crate::config::EngineFlags { tune: tune.to_vec(), ..Default::default() };
+    let config = flags.effective_config().unwrap_or_else(|e| {
+        notes.push(format!("config not used: {e:#}"));
+        let mut c = crate::config::Config::default();
+        flags.apply(&mut c);
+        c
+    });
+    let mut t = config.tuning;
+    notes.extend(t.apply_env());
+    (t, notes)
+}
+
+pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>, tune: &[(String, String)]) -> Report {
+    let (tuning, tuning_notes) = tuning(tune);
     let cuda_devices = tch::Cuda::device_count();
     let cuda =
         tch::Cuda::is_available().then(|| crate::worker::stats::cuda_device_name(0).unwrap_or_else(|| "cuda:0".into()));
@@ -158,7 +192,7 @@ pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>) -> Report {
             list.push(DeviceChoice::Mps);
         }
         for d in list {
-            rehearsal.push(rehearse_on(d, checkpoint.clone()));
+            rehearsal.push(rehearse_on(d, checkpoint.clone(), &tuning));
         }
     }
     Report {
@@ -168,6 +202,8 @@ pub fn collect(rehearse: bool, checkpoint: Option<PathBuf>) -> Report {
         ffmpeg,
         terminal: guess_terminal(),
         environment,
+        tuning: tuning.describe(),
+        tuning_notes,
         rehearsal,
     }
 }
@@ -189,7 +225,7 @@ fn tiny_clip(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(frames)
 }
 
-fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>) -> Rehearsal {
+fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>, tuning: &Tuning) -> Rehearsal {
     let mut r = Rehearsal {
         device: device.to_string(),
         outcome: String::new(),
@@ -219,8 +255,12 @@ fn rehearse_on(device: DeviceChoice, checkpoint: Option<PathBuf>) -> Rehearsal {
         let mut o = SupervisorOptions::new(checkpoint, Some(tiny_clip(tmp.path())?))?;
         o.device = device;
         o.session_dir = tmp.path().join("session");
-        o.restart.fallback_to_cpu = false;
+        o.restart.fallback.clear();
         o.restart.max_retries = 1;
+        o.tuning = tuning.clone();
+        for (k, v) in tuning.process_env() {
+            o.set_env(&k, &v);
+        }
         let mut h = start(o)?;
         h.send(EngineCommand::Op(crate::session::Op::AddPrompt {
             frame: 0,
@@ -262,7 +302,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(c) = &args.checkpoint {
         super::checks::checkpoint(c, None)?;
     }
-    let report = collect(args.rehearse, args.checkpoint);
+    let report = collect(args.rehearse, args.checkpoint, &args.tune);
     let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { render(&report) };
     // A closed pipe (`doctor | head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
@@ -307,6 +347,21 @@ fn render(report: &Report) -> String {
     }
     for (k, v) in &report.environment {
         println!("  {k}={v}");
+    }
+    println!("tuning (default < config [tuning] < --tune < environment)");
+    let width = report.tuning.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    for k in &report.tuning {
+        let value = match k.value.as_str() {
+            "" => "none".to_string(),
+            "0" if k.name.ends_with("_depth") || k.name.ends_with("_batch") || k.name.ends_with("_threads") => {
+                "0 (auto)".to_string()
+            }
+            v => v.to_string(),
+        };
+        println!("  {:<width$}  {:<10} {:<8} {}", k.name, value, k.source.to_string(), k.env);
+    }
+    for n in &report.tuning_notes {
+        println!("  note: {n}");
     }
     println!("recommended");
     for r in &report.recommended {

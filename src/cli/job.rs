@@ -176,13 +176,16 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
     }
     let session_dir = opts.session_dir.clone();
     let logits_dir = staging.path().join("logits");
-    if a.logits {
-        opts.set_env("SAM2_TUI_LOGITS_DIR", &logits_dir.to_string_lossy());
-    }
-    // The logits folder is the worker's environment, fixed when it starts: such a job
-    // gets a worker of its own.
+    // Logits go into the output this job stages, or nowhere: the job owns the knob. It is
+    // also the worker's environment, which the worker applies on top of the protocol's
+    // knobs, so an inherited SAM2_TUI_LOGITS_DIR cannot send them elsewhere.
+    opts.tuning.logits_dir = a.logits.then(|| logits_dir.clone());
+    let logits_env = if a.logits { logits_dir.to_string_lossy().into_owned() } else { String::new() };
+    opts.set_env("SAM2_TUI_LOGITS_DIR", &logits_env);
+    // The logits folder is fixed when the worker loads the model: such a job gets a worker
+    // of its own. So does one with other knobs.
     let key = format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}",
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}|{}",
         opts.checkpoint,
         opts.size,
         opts.version,
@@ -192,7 +195,8 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
         opts.fill_holes,
         opts.env,
         opts.worker_command,
-        opts.restart
+        opts.restart,
+        serde_json::to_string(&opts.tuning).unwrap_or_default()
     );
     let reusable = !a.logits;
     let previous = match engine.take() {

@@ -1,9 +1,11 @@
 //! The engine flags every command takes (`segment`, `batch`, `bench`, the console): each
-//! one given overrides the config file's `[engine]` setting; one not given leaves it. One
-//! definition, so no command can drift from the others or ignore the config file.
+//! one given overrides the config file's `[engine]` setting (`--tune`: its `[tuning]`
+//! knob); one not given leaves it. One definition, so no command can drift from the
+//! others or ignore the config file.
 use super::Config;
 use crate::device::{DeviceChoice, PrecisionChoice};
 use crate::model::config::ModelSize;
+use crate::tuning::Source;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
@@ -29,6 +31,11 @@ pub struct EngineFlags {
     /// Model input size (1024 for the official models; smaller only for tests).
     #[arg(long, hide = true, value_parser = crate::model::config::parse_image_size)]
     pub image_size: Option<i64>,
+    /// Set an engine tuning knob, e.g. `--tune pipeline_depth=2` (repeatable). Wins over
+    /// the config's [tuning], loses to the environment (SAM2_TUI_<KNOB>); `sam2-tui doctor`
+    /// lists every knob with its value and where it came from.
+    #[arg(long = "tune", value_name = "KEY=VALUE", value_parser = crate::tuning::parse_assignment)]
+    pub tune: Vec<(String, String)>,
 }
 
 impl EngineFlags {
@@ -56,6 +63,12 @@ impl EngineFlags {
         }
         if let Some(s) = self.image_size {
             e.image_size = s;
+        }
+        for (k, v) in &self.tune {
+            // `parse_assignment` checked the pair when the command line was read.
+            if let Err(e) = cfg.tuning.set(k, v, Source::Cli) {
+                eprintln!("sam2-tui: warning: --tune {k}={v}: {e}");
+            }
         }
     }
 }

@@ -3,13 +3,16 @@
 //! `SAM2_TUI_CONFIG`. Every section has defaults, so an empty file and no file mean the same.
 //! The console reads `[console]` and `[keys]`; every command that starts the engine
 //! (`segment`, `batch`, `bench`, the console) turns `[engine]` and `[supervisor]`, with its
-//! `EngineFlags` applied over them, into `SupervisorOptions` through `supervisor_options`.
+//! `EngineFlags` applied over them, into `SupervisorOptions` through `supervisor_options`;
+//! `[tuning]` (the engine's knobs, `sam2_api::tuning`) goes with them, under `--tune` and
+//! the environment.
 mod engine_flags;
 mod supervisor_options;
 pub mod theme;
 
 use crate::device::{DeviceChoice, PrecisionChoice};
 use crate::model::config::{ModelSize, ModelVersion};
+use crate::tuning::{Source, Tuning};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,9 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Cluster defaults for `batch --slurm`.
     pub slurm: SlurmConfig,
+    /// The engine's knobs (`sam2_api::tuning::Tuning`); `--tune` and `SAM2_TUI_<KNOB>`
+    /// override them. The keys this file names are marked as coming from it.
+    pub tuning: Tuning,
     /// Action name → keys (replaces that action's default keys). See `console::keymap`.
     pub keys: BTreeMap<String, toml::Spanned<Vec<String>>>,
     /// Where the file came from (None: built-in defaults). Used to name it in errors.
@@ -267,6 +273,12 @@ impl Config {
             }
         })?;
         cfg.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Which knobs the file set (serde gave their values, not whether they were there).
+        if let Some(toml::Value::Table(t)) = text.parse::<toml::Table>().ok().as_ref().and_then(|t| t.get("tuning")) {
+            for key in t.keys() {
+                cfg.tuning.set_source(key, Source::Config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            }
+        }
         cfg.source = Some(path.to_path_buf());
         cfg.text = text.to_string();
         Ok(cfg)
@@ -300,6 +312,7 @@ impl Config {
             }
         }
         self.check_supervisor()?;
+        self.tuning.check()?;
         if !(0.0..=1.5).contains(&self.supervisor.recycle_memory_fraction) {
             return Err(format!(
                 "supervisor.recycle_memory_fraction must be in [0, 1.5], got {}",
@@ -392,6 +405,49 @@ mod tests {
             Path::new("c.toml"),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_tuning_knob_comes_from_the_config_then_the_command_line_then_the_environment() {
+        let mut cfg = Config::parse(
+            "[tuning]\npipeline_depth = 2\nencode_batch = 2\ncuda_graphs = false\ntrace_pass = 5\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let tune = vec![("encode_batch".to_string(), "3".to_string()), ("cuda_graphs".to_string(), "on".to_string())];
+        EngineFlags { tune, ..Default::default() }.apply(&mut cfg);
+        let env = |k: &str| (k == "SAM2_TUI_CUDA_GRAPHS").then(|| "0".to_string());
+        let mut t = cfg.tuning.clone();
+        assert!(t.apply_env_from(env).is_empty());
+        // config only; config < CLI; config < CLI < env; nobody.
+        assert_eq!((t.pipeline_depth, t.source("pipeline_depth")), (2, Source::Config));
+        assert_eq!((t.encode_batch, t.source("encode_batch")), (3, Source::Cli));
+        assert_eq!((t.cuda_graphs, t.source("cuda_graphs")), (false, Source::Env));
+        assert_eq!((t.fused, t.source("fused")), (true, Source::Default));
+        assert_eq!((t.trace_pass, t.source("trace_pass")), (5, Source::Config));
+        let described: Vec<(&str, String, Source)> =
+            t.describe().into_iter().map(|k| (k.name, k.value, k.source)).collect();
+        assert!(described.contains(&("cuda_graphs", "false".into(), Source::Env)), "{described:?}");
+        assert_eq!(described.len(), crate::tuning::KNOBS.len());
+    }
+
+    #[test]
+    fn the_knobs_reach_the_supervisor_options_with_the_worker_s_start_up_ones_as_environment() {
+        let cfg = Config::parse("[tuning]\nkeep_freed = false\nencode_batch = 2\n", Path::new("c.toml")).unwrap();
+        let o = supervisor_options(&cfg, "ck.pt".into(), None, vec![]).unwrap();
+        // (Holds unless the test's own environment sets these knobs.)
+        if std::env::var_os("SAM2_TUI_KEEP_FREED").is_none() && std::env::var_os("SAM2_TUI_ENCODE_BATCH").is_none() {
+            assert_eq!(o.tuning.encode_batch, 2);
+            assert!(o.env.contains(&("SAM2_TUI_KEEP_FREED".to_string(), "0".to_string())), "{:?}", o.env);
+        }
+    }
+
+    #[test]
+    fn a_tuning_typo_or_an_absurd_count_in_the_config_is_refused_by_name() {
+        let e = Config::parse("[tuning]\npipline_depth = 2\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:2:1: ") && e.contains("pipline_depth"), "{e}");
+        let e = Config::parse("[tuning]\nencode_batch = 100000\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("tuning.encode_batch"), "{e}");
     }
 
     #[test]

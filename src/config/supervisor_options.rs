@@ -1,7 +1,6 @@
 //! `[engine]` and `[supervisor]` as the supervisor's options: the one path from the config
 //! file (with the command's `EngineFlags` applied) to a running engine, for every command.
 use super::Config;
-use crate::device::DeviceChoice;
 use crate::session::Op;
 use crate::supervisor::{RestartPolicy, SupervisorOptions, Watchdog};
 use std::path::{Path, PathBuf};
@@ -72,12 +71,21 @@ pub fn supervisor_options(
     for (k, v) in &e.env {
         o.set_env(k, v);
     }
+    // The knobs: the config's [tuning] with the command's --tune, the environment on top
+    // (the worker applies its own again, and warns about values it cannot read). Those a
+    // worker reads before the protocol reaches it travel as its environment.
+    let mut tuning = cfg.tuning.clone();
+    let _ = tuning.apply_env();
+    for (k, v) in tuning.process_env() {
+        o.set_env(&k, &v);
+    }
+    o.tuning = tuning;
     o.restart = RestartPolicy {
         max_retries: s.max_restarts,
         window: Duration::from_secs(s.restart_window_secs),
         initial_backoff: Duration::from_millis(s.backoff_initial_ms),
         max_backoff: Duration::from_millis(s.backoff_max_ms),
-        fallback_to_cpu: e.fallback.contains(&DeviceChoice::Cpu),
+        fallback: e.fallback.clone(),
         smaller_model: s.fallback_smaller_model,
     };
     let never = Duration::from_secs(365 * 24 * 3600);

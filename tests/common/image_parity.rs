@@ -38,7 +38,8 @@ pub fn fixture(size: ModelSize, version: ModelVersion, image_size: i64, trunk_on
     let det = sam2_tui::weights::detect(&ckpt).expect("detect");
     assert_eq!((det.size, det.version), (size, version));
     let config = Sam2Config::new(size, version).with_image_size(image_size);
-    let model = Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, Precision::Fp32).expect("build model");
+    let model = Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, Precision::Fp32, &super::tuning())
+        .expect("build model");
     let input = Tensor::read_npy(dir.join("input.npy")).unwrap();
     Fixture { model, input, reference: super::read_npz(&dir.join("reference.npz")) }
 }

@@ -51,6 +51,13 @@ pub fn fixture_cache(name: &str) -> PathBuf {
     dir
 }
 
+/// The engine's knobs for a model or session a test builds in process: the defaults,
+/// with this process's `SAM2_TUI_*` environment on top as a worker would apply it (so
+/// e.g. `SAM2_TUI_FP32_HEADS=0 cargo test …` still runs the A/B the README quotes).
+pub fn tuning() -> sam2_tui::tuning::Tuning {
+    sam2_tui::tuning::Tuning::from_env()
+}
+
 /// The `sam2-tui` binary built for this test run.
 /// The binary under test. Every command reads a config file, so the first call points
 /// `SAM2_TUI_CONFIG` at an empty one (unless a test run set it): the developer's own

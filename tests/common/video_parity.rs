@@ -50,14 +50,15 @@ pub fn run_case_in(
 
     let ckpt = sam2_tui::weights::load(&dir.join("checkpoint.pt")).unwrap();
     let config = Sam2Config::new(size, version).with_image_size(image_size);
-    let model = Rc::new(Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, precision).unwrap());
+    let model =
+        Rc::new(Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, precision, &super::tuning()).unwrap());
     let source = sam2_tui::media::open(&dir.join("png")).unwrap();
     let mps = if sam2_tui::device::emulating_mps() { "-mps" } else { "" };
     let bank = super::scratch(&format!("bank-{name}-{precision}{mps}"));
     let mut predictor = VideoPredictor::new(
         model,
         source,
-        VideoOptions { fill_holes: postprocess, bank_dir: Some(bank), ..Default::default() },
+        VideoOptions { fill_holes: postprocess, bank_dir: Some(bank), tuning: super::tuning() },
     )
     .unwrap();
 

@@ -11,12 +11,13 @@ use crate::device::{DeviceChoice, Precision, PrecisionChoice};
 use crate::events::{ModelLabel, ObjectMask, StageTimings, WorkerStats};
 use crate::model::{ModelSize, ModelVersion};
 use crate::session::Op;
+use crate::tuning::Tuning;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 /// Bumped on every incompatible change; both sides refuse a peer of another version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest payload either side accepts (a frame of RLE masks is far smaller).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -38,6 +39,10 @@ pub enum Request {
         /// What the supervisor calls this rung ("mps", "accelerator" in tests); fault
         /// qualifiers and stats use it. None = the resolved device's name.
         device_label: Option<String>,
+        /// The engine's knobs (config < CLI < the supervisor's environment); the worker
+        /// applies its own environment on top. Absent = the defaults.
+        #[serde(default)]
+        tuning: Tuning,
     },
     OpenMedia {
         path: PathBuf,

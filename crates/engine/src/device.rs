@@ -3,6 +3,7 @@
 //! (`DeviceChoice`, `Precision`, `PrecisionChoice`) are the API crate's; this module says
 //! what they mean to libtorch.
 pub use sam2_api::device::{DeviceChoice, Precision, PrecisionChoice};
+use sam2_api::tuning::Tuning;
 
 /// What a device choice means on this machine.
 pub trait DeviceChoiceExt {
@@ -113,11 +114,11 @@ impl PrecisionExt for Precision {
     /// over the base_plus parity journal, bf16 heads agree with exact mode on 99.23 % of
     /// pixels and fp32 heads on 99.66 %, while fp32 memory attention or memory encoder
     /// change nothing (99.18 %, 99.16 %). The heads are a few percent of a frame's
-    /// arithmetic. `SAM2_TUI_FP32_HEADS=0` puts them back in the low type (for A/B runs).
+    /// arithmetic. The `fp32_heads` knob (`Tuning`) puts them back in the low type (for
+    /// A/B runs): the model then asks for no fp32 modules.
     fn fp32_modules(self, device: tch::Device) -> Vec<&'static str> {
         let low_everywhere = self != Precision::Fp32 && self.autocast(device).is_none();
-        let heads_off = std::env::var("SAM2_TUI_FP32_HEADS").is_ok_and(|v| v == "0");
-        if low_everywhere && !heads_off {
+        if low_everywhere {
             vec!["sam_prompt_encoder", "sam_mask_decoder", "obj_ptr_proj"]
         } else {
             vec![]
@@ -168,20 +169,22 @@ extern "C" {
 }
 
 /// Lets fp32 matmuls and convolutions on a CUDA device use TF32, as the reference's
-/// CUDA setups do (`torch.backends.cuda.matmul.allow_tf32 = True`). Off with
-/// `SAM2_TUI_TF32=0` (strict fp32, slower). Also picks the attention kernels (below).
-/// Returns whether TF32 is on.
-pub fn configure_cuda_math(device: tch::Device) -> bool {
+/// CUDA setups do (`torch.backends.cuda.matmul.allow_tf32 = True`). Off with the `tf32`
+/// knob (strict fp32, slower). Also picks the attention kernels (below). Returns whether
+/// TF32 is on.
+pub fn configure_cuda_math(device: tch::Device, tuning: &Tuning) -> bool {
     if !matches!(device, tch::Device::Cuda(_)) {
         return false;
     }
-    let allow = std::env::var("SAM2_TUI_TF32").map_or(true, |v| v != "0");
+    let allow = tuning.tf32;
     // libtorch prefers cuDNN's attention kernels on Hopper; FlashAttention is faster for
     // SAM 2's shapes (memory attention: one head of 256 over ~29k keys, 0.37 vs 0.65 ms
     // on an H200) and the masks still agree with the reference's on > 99.9 % of pixels.
-    // `SAM2_TUI_CUDNN_ATTENTION=1` gives libtorch its choice back.
-    let cudnn_attention = std::env::var("SAM2_TUI_CUDNN_ATTENTION").is_ok_and(|v| v == "1");
-    // SAFETY: these shim calls take integers and set libtorch's global flags.
+    // The `cudnn_attention` knob gives libtorch its choice back.
+    let cudnn_attention = tuning.cudnn_attention;
+    // SAFETY: both shim calls take a plain int and set a process-wide libtorch flag
+    // (`at::globalContext()`); they hold no pointers and never unwind into Rust (each
+    // catches every C++ exception, `worker/shim/memory_shim.cpp`).
     unsafe { sam2_shim_set_sdp_cudnn(cudnn_attention as std::os::raw::c_int) };
     // SAFETY: as above.
     unsafe { sam2_shim_set_tf32(allow as std::os::raw::c_int) == 1 && allow }

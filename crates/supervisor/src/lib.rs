@@ -4,11 +4,14 @@
 //! * `options`  — what to run and the policies (restart, watchdog, recycling).
 //! * `policy`   — the crash-loop breaker and fallback ladder (a pure state machine).
 //! * `death`    — naming how a worker died (SIGABRT, SIGSEGV, killed (OOM?), exit 1).
+//! * `machine`  — the core: handshake, dispatch, watchdog, lifecycle as a pure state
+//!   machine (inputs and a time in, outputs out), unit-tested with fake time.
 //! * `process`  — one worker process: spawn, its reader threads, kill, reap.
 //! * `store`    — the journal on disk, finished masks, and propagation resume points.
-//! * `core`     — the loop that ties them together; `start` runs it on its own thread.
-pub mod core;
+//! * `driver`   — the I/O edge that runs the machine on its own thread; `start`.
 pub mod death;
+pub mod driver;
+pub mod machine;
 pub use sam2_api::events;
 pub mod options;
 pub mod policy;
@@ -16,5 +19,5 @@ pub mod process;
 pub mod session_dirs;
 pub mod store;
 
-pub use self::core::{start, SupervisorHandle};
+pub use driver::{start, SupervisorHandle};
 pub use options::{Recycling, RestartPolicy, SupervisorOptions, Watchdog};

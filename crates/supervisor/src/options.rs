@@ -13,9 +13,12 @@ pub struct RestartPolicy {
     /// Backoff before restart k (1-based): initial × 2^(k-1), capped at `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
-    /// After retries are exhausted on an accelerator, continue on the CPU.
-    pub fallback_to_cpu: bool,
-    /// After retries are exhausted on the CPU too, try the next smaller model.
+    /// The fallback ladder (config `fallback`): the devices to go to, in order, when retries
+    /// are exhausted on the current one. Devices already given up on (the one the walk
+    /// started from included) and `auto` are skipped; `[]` never changes device.
+    pub fallback: Vec<DeviceChoice>,
+    /// When the device ladder is exhausted, try the next smaller model (config
+    /// `fallback_smaller_model`), down to tiny.
     pub smaller_model: bool,
 }
 
@@ -26,7 +29,7 @@ impl Default for RestartPolicy {
             window: Duration::from_secs(120),
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(8),
-            fallback_to_cpu: true,
+            fallback: vec![DeviceChoice::Cpu],
             smaller_model: false,
         }
     }
@@ -88,6 +91,9 @@ pub struct SupervisorOptions {
     pub device_label: Option<String>,
     /// Ops of an earlier session to run first (e.g. `segment --session FILE`).
     pub initial_ops: Vec<sam2_api::session::Op>,
+    /// The engine's knobs, sent with every `LoadModel` (the worker's environment still
+    /// wins there).
+    pub tuning: sam2_api::tuning::Tuning,
 }
 
 impl SupervisorOptions {
@@ -110,6 +116,7 @@ impl SupervisorOptions {
             recycling: Recycling::default(),
             device_label: None,
             initial_ops: vec![],
+            tuning: Default::default(),
         })
     }
 

@@ -1,36 +1,24 @@
 //! One worker process: spawned with piped stdio, watched by three threads (stdout frames,
 //! stderr lines, the reaper that `wait`s so no zombie is left), killed by pid. Everything
-//! the threads see goes to the supervisor's one input channel, tagged with the worker's
-//! generation so news from a dead worker cannot be mistaken for the live one's.
+//! the threads see goes to the supervisor's input channel, tagged with the worker's
+//! generation so news from a dead worker cannot be mistaken for the live one's. The exit
+//! is always a worker's last news: the reaper reports it only once both readers have
+//! ended, so every frame and stderr line the worker wrote comes before it.
+use super::machine::WorkerNews;
 use sam2_api::protocol::{self, Request, Response};
-use std::collections::VecDeque;
 use std::io::BufRead;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::Sender;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-
-/// Stderr lines kept for the death report.
-pub const STDERR_TAIL: usize = 20;
-
-#[derive(Debug)]
-pub enum WorkerNews {
-    Message(Response),
-    /// The stdout stream broke (garbage or a half frame): the worker is untrustworthy.
-    ProtocolError(String),
-    StderrLine(String),
-    Exited(ExitStatus),
-}
+use tokio::sync::mpsc::UnboundedSender;
 
 pub struct WorkerProcess {
     pub generation: u64,
     pub pid: u32,
     stdin: Option<ChildStdin>,
-    threads: Vec<JoinHandle<()>>,
-    pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    reaper: Option<JoinHandle<()>>,
     reaped: Arc<Mutex<bool>>,
-    /// Why we SIGKILLed it, if we did.
-    pub killed_by_us: Option<String>,
+    /// Set once the exit news has arrived: the pid may belong to another process now.
     pub exited: bool,
 }
 
@@ -39,7 +27,7 @@ impl WorkerProcess {
         generation: u64,
         command: &[String],
         env: &[(String, String)],
-        tx: Sender<T>,
+        tx: UnboundedSender<T>,
         wrap: fn(u64, WorkerNews) -> T,
     ) -> anyhow::Result<WorkerProcess> {
         let (program, args) = command.split_first().ok_or_else(|| anyhow::anyhow!("empty worker command"))?;
@@ -49,6 +37,10 @@ impl WorkerProcess {
             cmd.env(k, v);
         }
         #[cfg(target_os = "linux")]
+        // SAFETY: the closure runs in the forked child before exec, where another thread of
+        // the parent may have held a lock at fork time. It makes a single system call,
+        // `prctl(PR_SET_PDEATHSIG)`, which allocates nothing and takes no lock, so it
+        // cannot deadlock or see half-updated state.
         unsafe {
             use std::os::unix::process::CommandExt;
             // If the supervisor thread dies (console crash), the worker goes with it.
@@ -62,11 +54,10 @@ impl WorkerProcess {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let stdin = child.stdin.take();
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-        let mut threads = vec![];
+        let mut readers = vec![];
 
         let t = tx.clone();
-        threads.push(std::thread::Builder::new().name(format!("worker{generation}-out")).spawn(move || {
+        readers.push(std::thread::Builder::new().name(format!("worker{generation}-out")).spawn(move || {
             let mut r = std::io::BufReader::new(stdout);
             loop {
                 match protocol::read_frame::<Response>(&mut r) {
@@ -85,22 +76,11 @@ impl WorkerProcess {
         })?);
 
         let t = tx.clone();
-        let tail2 = tail.clone();
-        threads.push(std::thread::Builder::new().name(format!("worker{generation}-err")).spawn(move || {
+        readers.push(std::thread::Builder::new().name(format!("worker{generation}-err")).spawn(move || {
             let r = std::io::BufReader::new(stderr);
             for line in r.split(b'\n') {
                 let Ok(line) = line else { return };
                 let line = String::from_utf8_lossy(&line).trim_end().to_string();
-                if !super::death::is_last_words(&line) {
-                    // Kept for the log, not for the tail: it would hide the panic
-                    // message just above it.
-                } else {
-                    let mut q = tail2.lock().unwrap_or_else(|p| p.into_inner());
-                    if q.len() == STDERR_TAIL {
-                        q.pop_front();
-                    }
-                    q.push_back(line.clone());
-                }
                 if t.send(wrap(generation, WorkerNews::StderrLine(line))).is_err() {
                     return;
                 }
@@ -109,10 +89,13 @@ impl WorkerProcess {
 
         let reaped = Arc::new(Mutex::new(false));
         let reaped2 = reaped.clone();
-        threads.push(std::thread::Builder::new().name(format!("worker{generation}-wait")).spawn(move || {
+        let reaper = std::thread::Builder::new().name(format!("worker{generation}-wait")).spawn(move || {
             // Wait for the exit WITHOUT reaping, then reap under the lock `kill` takes: the
             // pid cannot be recycled between our check and a SIGKILL. Reaping here is what
             // keeps zombies away, whoever ends the worker.
+            // SAFETY: `waitid` writes only into `info`, a zeroed `siginfo_t` (a plain C
+            // struct for which all-zero bytes are a valid value) that lives across the
+            // call; `pid` is our own unreaped child, so it names no other process.
             unsafe {
                 let mut info: libc::siginfo_t = std::mem::zeroed();
                 while libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) != 0
@@ -123,21 +106,17 @@ impl WorkerProcess {
             let status = child.wait();
             *done = true;
             drop(done);
+            // The pipes reach EOF once the process is gone: everything it wrote is
+            // delivered before its exit.
+            for r in readers {
+                let _ = r.join();
+            }
             if let Ok(status) = status {
                 let _ = tx.send(wrap(generation, WorkerNews::Exited(status)));
             }
-        })?);
+        })?;
 
-        Ok(WorkerProcess {
-            generation,
-            pid,
-            stdin,
-            threads,
-            stderr_tail: tail,
-            reaped,
-            killed_by_us: None,
-            exited: false,
-        })
+        Ok(WorkerProcess { generation, pid, stdin, reaper: Some(reaper), reaped, exited: false })
     }
 
     /// Sends a request; a broken pipe is not an error here (the exit news will follow).
@@ -153,30 +132,27 @@ impl WorkerProcess {
         self.stdin = None;
     }
 
-    pub fn kill(&mut self, why: &str) {
+    /// SIGKILL, unless it has already been reaped.
+    pub fn kill(&mut self) {
         if self.exited {
             return;
         }
-        if self.killed_by_us.is_none() {
-            self.killed_by_us = Some(why.to_string());
-        }
         let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
         if !*reaped {
-            // Not reaped yet, so the pid is still this worker (a zombie at worst).
+            // SAFETY: `kill` is a plain syscall with no memory arguments. Under the
+            // `reaped` lock the reaper cannot reap, so `pid` is still our child (a
+            // zombie at worst) and the signal cannot reach a process that reused the pid.
             unsafe {
                 libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
             }
         }
     }
 
-    pub fn stderr_tail(&self) -> Vec<String> {
-        self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
-    }
-
-    /// After the exit news: waits for the reader threads, which end at EOF.
+    /// After the exit news: waits for the reaper (which has already joined the readers).
     pub fn join(mut self) {
+        self.exited = true;
         self.stdin = None;
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.reaper.take() {
             let _ = t.join();
         }
     }
@@ -185,7 +161,7 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         if !self.exited {
-            self.kill("supervisor stopped");
+            self.kill();
         }
     }
 }

@@ -3,39 +3,14 @@
 use sam2_api::events::ObjectMask;
 use sam2_api::session::{Journal, ObjectId, Op};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// The session journal, saved atomically on every change (before the op is sent).
-pub struct JournalStore {
-    pub journal: Journal,
-    pub path: PathBuf,
-}
-
-impl JournalStore {
-    pub fn create(path: &Path, initial: Vec<Op>) -> anyhow::Result<Self> {
-        let s = JournalStore { journal: Journal { version: Journal::VERSION, ops: initial }, path: path.to_path_buf() };
-        s.save()?;
-        Ok(s)
-    }
-
-    pub fn save(&self) -> anyhow::Result<()> {
-        self.journal.save(&self.path)
-    }
-
-    pub fn push(&mut self, op: Op) -> anyhow::Result<()> {
-        self.journal.ops.push(op);
-        self.save()
-    }
-
-    pub fn replace(&mut self, index: usize, op: Option<Op>) -> anyhow::Result<()> {
-        match op {
-            Some(op) => self.journal.ops[index] = op,
-            None => {
-                self.journal.ops.remove(index);
-            }
-        }
-        self.save()
-    }
+/// A new session journal holding `initial`, saved (atomically) at `path`. From then on
+/// the supervisor saves it on every change, before the op is sent.
+pub fn create_journal(path: &Path, initial: Vec<Op>) -> anyhow::Result<Journal> {
+    let journal = Journal { version: Journal::VERSION, ops: initial };
+    journal.save(path)?;
+    Ok(journal)
 }
 
 /// Every mask the workers delivered; a recomputation overwrites, nothing is dropped

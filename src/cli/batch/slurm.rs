@@ -142,6 +142,10 @@ fn script(
     if a.job.no_postprocess {
         cmd.push("--no-postprocess".into());
     }
+    // The tasks read the config (--config) and the environment of the nodes themselves.
+    for (k, v) in &e.tune {
+        cmd.push(format!("--tune {}", sh(&format!("{k}={v}"))));
+    }
     s += &format!("exec {}\n", cmd.join(" "));
     s
 }

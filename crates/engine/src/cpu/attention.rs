@@ -4,8 +4,9 @@
 //! over 256-wide projected values. In real arithmetic the two are equal because every
 //! softmax row sums to one; in fp32 they differ by rounding (about 1e-6 relative).
 //!
-//! fp32 CPU tensors on x86-64 Linux with AVX2 and FMA only; anywhere else, or with
-//! `SAM2_TUI_CPU_ATTENTION=0`, `attend_folded` returns None and the caller runs SDPA.
+//! fp32 CPU tensors on x86-64 Linux with AVX2 and FMA only; anywhere else, or with the
+//! `cpu_attention` knob off (`SAM2_TUI_CPU_ATTENTION=0`), `attend_folded` returns None and
+//! the caller runs SDPA.
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
@@ -24,9 +25,17 @@ unsafe extern "C" {
 /// False after a failure: one warning, then SDPA for the rest of the process.
 static USABLE: AtomicBool = AtomicBool::new(true);
 
+/// Whether the `Tuning` of the model built last wants the kernel (on until told).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the kernel on or off for the process (`Sam2Base::from_tensors` does, from its
+/// `Tuning`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
 fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SAM2_TUI_CPU_ATTENTION").map_or(true, |v| v != "0"))
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// softmax(q·kᵀ·scale)·x for q `[Lq, D]`, k `[Lk, D]`, x `[Lk, Dv]` (fp32, CPU) as
@@ -38,7 +47,8 @@ pub fn attend_folded(q: &Tensor, k: &Tensor, x: &Tensor, scale: f64) -> Option<T
     }
     let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
     // SAFETY: q, k, x are live tensors checked above (float, 2-D, contiguous, matching
-    // widths); the kernel only reads them and writes its result through `out`.
+    // widths) and outlive the call; the kernel only reads them, writes its result through
+    // `out` (owned by `optional_tensor`) and at most `n` bytes of message, and never unwinds.
     crate::shim::optional_tensor("CPU attention", "the CPU attention kernel is", &USABLE, |out, e, n| unsafe {
         sam2_cpu_attention_folded(ptr(q), ptr(k), ptr(x), scale, out, e, n)
     })

@@ -24,6 +24,8 @@ impl CudaEvent {
         #[cfg(sam2_cuda_shim)]
         {
             let mut raw = std::ptr::null_mut();
+            // SAFETY: the shim writes a new event to `raw` (alive across the call) and at
+            // most `n` bytes of message, and never unwinds (`shim/guarded.h`).
             if super::call("event record", |e, n| unsafe { sam2_event_record(index as i32, &mut raw, e, n) }).is_ok() {
                 return Some(CudaEvent { raw, device: index });
             }
@@ -36,6 +38,8 @@ impl CudaEvent {
     pub fn synchronize(&self) {
         #[cfg(sam2_cuda_shim)]
         if !self.raw.is_null()
+            // SAFETY: `raw` is non-null only as the live event `record` made, which this
+            // value owns until `Drop`; the shim never unwinds.
             && super::call("event synchronize", |e, n| unsafe { sam2_event_synchronize(self.raw, e, n) }).is_ok()
         {
             return;
@@ -48,6 +52,7 @@ impl Drop for CudaEvent {
     fn drop(&mut self) {
         #[cfg(sam2_cuda_shim)]
         if !self.raw.is_null() {
+            // SAFETY: the live event `record` made, freed exactly once, here.
             unsafe { sam2_event_free(self.raw) }
         }
     }

@@ -2,9 +2,9 @@
 //! written straight in bf16 for the Linear that follows it under bf16 autocast, instead of
 //! an fp32 LayerNorm plus the cast autocast inserts (used only where its output feeds
 //! matmuls alone, see `LayerNorm::forward_into_matmul`), and the rotary encoding of bf16
-//! queries and keys in one pass (`Rope::apply_except_tail`). `SAM2_TUI_FUSED=0` turns
-//! them off (A/B runs); a failure to compile turns them off for the process, with one
-//! warning.
+//! queries and keys in one pass (`Rope::apply_except_tail`). The `fused` knob
+//! (`SAM2_TUI_FUSED=0`) turns them off (A/B runs); a failure to compile turns them off for
+//! the process, with one warning.
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
@@ -32,9 +32,17 @@ unsafe extern "C" {
     ) -> i32;
 }
 
+/// Whether the `Tuning` of the model built last wants the kernel (on until told).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the kernel on or off for the process (`Sam2Base::from_tensors` does, from its
+/// `Tuning`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
 fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SAM2_TUI_FUSED").map_or(true, |v| v != "0"))
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// LayerNorm of `x` over its last dim as bf16, where that applies: `x` an fp32 or bf16
@@ -51,6 +59,10 @@ pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
     #[cfg(sam2_cuda_shim)]
     {
         let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        // SAFETY: the pointers are libtorch tensor handles borrowed for the call (`x`,
+        // `weight`, `bias` outlive it); the shim reads them, writes a new tensor handle to
+        // `out` (owned by `run`'s `Tensor::from_ptr`) and at most `n` bytes of message, and
+        // never unwinds (`shim/guarded.h`).
         return run("fused LayerNorm", |out, e, n| unsafe {
             sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n)
         });
@@ -77,6 +89,7 @@ pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option
     #[cfg(sam2_cuda_shim)]
     {
         let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        // SAFETY: as for the LayerNorm above (`x`, `cos`, `sin` outlive the call).
         return run("fused RoPE", |out, e, n| unsafe {
             sam2_rope_bf16(ptr(x), ptr(cos), ptr(sin), rotated, out, e, n)
         });

@@ -7,8 +7,8 @@
 //! (device-to-device), replays, and returns copies of the static outputs (the next replay
 //! overwrites them). [`GraphCache`] captures a key on its second consecutive use, so the
 //! growing shapes of a video's first frames run eagerly and the steady state replays.
-//! Built only with the CUDA shim (see the module above); `SAM2_TUI_CUDA_GRAPHS=0` turns
-//! graphs off at run time.
+//! Built only with the CUDA shim (see the module above); the `cuda_graphs` knob
+//! (`SAM2_TUI_CUDA_GRAPHS=0`) turns graphs off at run time.
 use tch::{Device, Tensor};
 
 mod ffi {
@@ -29,9 +29,9 @@ mod ffi {
     }
 }
 
-/// True when this build can capture graphs and they are not turned off.
+/// True when this build can capture graphs (it has the CUDA shim).
 pub fn available() -> bool {
-    cfg!(sam2_cuda_shim) && std::env::var("SAM2_TUI_CUDA_GRAPHS").map_or(true, |v| v != "0")
+    cfg!(sam2_cuda_shim)
 }
 
 /// One captured graph with its own side stream.
@@ -43,26 +43,37 @@ struct CudaGraph {
 #[cfg(sam2_cuda_shim)]
 use super::call;
 
+// SAFETY (every call below): the shim's entry points never unwind (`shim/guarded.h`
+// turns a C++ exception into status 0 and a message), write at most `n` bytes of message
+// into the buffer `call` hands them, and take `raw`, which `sam2_graph_new` set to a live
+// `Graph` this value owns until `Drop` frees it (a failed create leaves no `CudaGraph`).
 #[cfg(sam2_cuda_shim)]
 impl CudaGraph {
     fn new(device: usize) -> anyhow::Result<Self> {
         let mut raw = std::ptr::null_mut();
+        // SAFETY: see above; `raw` outlives the call that writes it.
         call("graph create", |e, n| unsafe { ffi::sam2_graph_new(device as i32, &mut raw, e, n) })?;
         Ok(CudaGraph { raw })
     }
     fn enter(&self) -> anyhow::Result<()> {
+        // SAFETY: see above.
         call("graph enter", |e, n| unsafe { ffi::sam2_graph_enter(self.raw, e, n) })
     }
     fn begin(&self) -> anyhow::Result<()> {
+        // SAFETY: see above.
         call("graph capture", |e, n| unsafe { ffi::sam2_graph_capture_begin(self.raw, e, n) })
     }
     fn end(&self) -> anyhow::Result<()> {
+        // SAFETY: see above.
         call("graph capture end", |e, n| unsafe { ffi::sam2_graph_capture_end(self.raw, e, n) })
     }
     fn exit(&self) -> anyhow::Result<()> {
+        // SAFETY: see above.
         call("graph exit", |e, n| unsafe { ffi::sam2_graph_exit(self.raw, e, n) })
     }
     fn replay(&self) -> anyhow::Result<()> {
+        // SAFETY: see above; the static inputs and outputs the replay reads and writes are
+        // owned by the `Graphed` that owns this graph, so they outlive it.
         call("graph replay", |e, n| unsafe { ffi::sam2_graph_replay(self.raw, e, n) })
     }
 }
@@ -91,6 +102,8 @@ impl CudaGraph {
 
 impl Drop for CudaGraph {
     fn drop(&mut self) {
+        // SAFETY: `raw` is the live graph `new` made, freed exactly once, here; the free
+        // catches every C++ exception itself.
         #[cfg(sam2_cuda_shim)]
         unsafe {
             ffi::sam2_graph_free(self.raw)
@@ -178,10 +191,10 @@ pub struct GraphCache<K> {
 }
 
 impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
-    /// `max` graphs at most (the oldest goes first); enabled only on a CUDA device where
-    /// graphs are [`available`].
-    pub fn new(device: Device, max: usize) -> Self {
-        let enabled = matches!(device, Device::Cuda(_)) && available();
+    /// `max` graphs at most (the oldest goes first); enabled only when `on` (the
+    /// `cuda_graphs` knob), on a CUDA device, where graphs are [`available`].
+    pub fn new(device: Device, max: usize, on: bool) -> Self {
+        let enabled = on && matches!(device, Device::Cuda(_)) && available();
         GraphCache { device, enabled, graphs: vec![], last: None, failed: vec![], max, replays: 0, eager: 0 }
     }
 

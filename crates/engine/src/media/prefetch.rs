@@ -63,16 +63,18 @@ struct Ready {
 
 type Shared = Arc<Mutex<Box<dyn FrameSource>>>;
 
-/// How the pixels are prepared: the model side and, for a GPU, the device to pin for.
+/// How the pixels are prepared: the model side, the threads each frame's resize is split
+/// over and, for a GPU, the device to pin for.
 #[derive(Clone, Copy)]
 struct Prep {
     size: u32,
+    resize_threads: usize,
     pin_for: Option<tch::Device>,
 }
 
 impl Prep {
     fn frame(&self, index: usize, image: RgbImage) -> Frame {
-        let pixels = preprocess::to_model_pixels(&image, self.size);
+        let pixels = preprocess::to_model_pixels_on(&image, self.size, self.resize_threads);
         let pixels = match self.pin_for {
             // Pinning needs a working CUDA runtime; if it fails, pageable memory still works.
             Some(dev) => pixels.f_pin_memory(dev).unwrap_or(pixels),
@@ -139,14 +141,13 @@ fn resizer(
     }
 }
 
-/// Resizer threads: a quarter of the machine, at most 4 (each also splits its frame's
-/// rows over `SAM2_TUI_RESIZE_THREADS`), or `SAM2_TUI_PREFETCH_THREADS`.
-fn resizers() -> usize {
-    std::env::var("SAM2_TUI_PREFETCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).clamp(1, 4)))
+/// Resizer threads: `configured` (the `prefetch_threads` knob), or for 0 a quarter of the
+/// machine, at most 4 (each also splits its frame's rows, see `resize_threads`).
+pub fn resizers(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).clamp(1, 4))
 }
 
 pub struct Prefetcher {
@@ -182,13 +183,30 @@ impl Prefetcher {
 
     /// As `new`, for a model on `device`: for a GPU the pixels land in page-locked memory.
     pub fn for_device(source: Box<dyn FrameSource>, size: u32, device: tch::Device) -> Self {
-        Self::with_resizers(source, size, device, resizers())
+        Self::with_threads(source, size, device, 0, 0)
     }
 
     /// As `for_device`, with `n` resizer threads.
     pub fn with_resizers(source: Box<dyn FrameSource>, size: u32, device: tch::Device, n: usize) -> Self {
-        let n = n.max(1);
-        let prep = Prep { size, pin_for: matches!(device, tch::Device::Cuda(_)).then_some(device) };
+        Self::with_threads(source, size, device, n.max(1), 0)
+    }
+
+    /// As `for_device`, with `resizers` resizer threads each splitting a frame over
+    /// `resize_threads` (the `prefetch_threads` and `resize_threads` knobs; 0: the machine's
+    /// defaults).
+    pub fn with_threads(
+        source: Box<dyn FrameSource>,
+        size: u32,
+        device: tch::Device,
+        resizers: usize,
+        resize_threads: usize,
+    ) -> Self {
+        let n = self::resizers(resizers);
+        let prep = Prep {
+            size,
+            resize_threads: preprocess::resize_threads(resize_threads),
+            pin_for: matches!(device, tch::Device::Cuda(_)).then_some(device),
+        };
         let frames = source.len();
         let frame_size = source.size();
         let fps = source.fps();

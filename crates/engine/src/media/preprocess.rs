@@ -78,26 +78,19 @@ fn clip8(acc: i32) -> u8 {
 
 const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Threads for resizing: a quarter of the machine, at most 4 (the model's own threads
-/// come first; on a 2-core machine this is 1), or `SAM2_TUI_RESIZE_THREADS`. Rows are
-/// independent, so the bytes are the same however they are split.
-fn resize_threads() -> usize {
+/// Threads for resizing: `configured` (the `resize_threads` knob), or for 0 a quarter of
+/// the machine, at most 4 (the model's own threads come first; on a 2-core machine this
+/// is 1). Rows are independent, so the bytes are the same however they are split.
+pub fn resize_threads(configured: usize) -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("SAM2_TUI_RESIZE_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).clamp(1, 4)))
-    })
+    if configured > 0 {
+        return configured;
+    }
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 4).clamp(1, 4)))
 }
 
-/// Calls `f(row_index, row)` for every `row_len`-long row of `buf`, in bands on
-/// `resize_threads()` threads.
-fn for_row_bands(buf: &mut [u8], row_len: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
-    for_row_bands_on(buf, row_len, resize_threads(), f)
-}
-
+/// Calls `f(row_index, row)` for every `row_len`-long row of `buf`, in bands on `threads`
+/// threads.
 fn for_row_bands_on(buf: &mut [u8], row_len: usize, threads: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
     let rows = buf.len() / row_len;
     let threads = threads.min(rows.max(1));
@@ -122,6 +115,11 @@ fn for_row_bands_on(buf: &mut [u8], row_len: usize, threads: usize, f: impl Fn(u
 
 /// Resizes like `PIL.Image.resize((w, h), Image.BICUBIC)` on an RGB image, byte for byte.
 pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    resize_bicubic_pillow_on(img, w, h, resize_threads(0))
+}
+
+/// [`resize_bicubic_pillow`] with its rows split over `threads` threads (the same bytes).
+pub fn resize_bicubic_pillow_on(img: &RgbImage, w: u32, h: u32, threads: usize) -> RgbImage {
     assert!(w > 0 && h > 0, "resize target must be non-empty");
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let (out_w, out_h) = (w as usize, h as usize);
@@ -139,7 +137,7 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         let horiz = coefficients(in_w, out_w);
         let rows = row_last - row_first;
         let mut mid = vec![0u8; rows * out_w * 3];
-        for_row_bands(&mut mid, out_w * 3, |y, dst_row| {
+        for_row_bands_on(&mut mid, out_w * 3, threads, |y, dst_row| {
             let src_row = &src[(y + row_first) * in_w * 3..(y + row_first + 1) * in_w * 3];
             for xx in 0..out_w {
                 let x0 = horiz.first[xx];
@@ -169,7 +167,7 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     // Row-at-a-time accumulation (tap outer, pixel inner) so the compiler vectorises
     // across the row; the sums are the same integers in the same order per pixel.
     let mid = &mid;
-    for_row_bands(&mut out, stride, |yy, dst_row| {
+    for_row_bands_on(&mut out, stride, threads, |yy, dst_row| {
         let y0 = vert.first[yy] - mid_row0;
         let ks = &vert.weights[yy];
         let mut acc = vec![ROUNDING; stride];
@@ -190,7 +188,12 @@ pub fn resize_bicubic_pillow(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 /// (what Pillow's resize hands the reference). Four times smaller than the normalised
 /// input, so this is what crosses to the GPU; [`normalize`] finishes the job there.
 pub fn to_model_pixels(img: &RgbImage, size: u32) -> tch::Tensor {
-    let resized = resize_bicubic_pillow(img, size, size);
+    to_model_pixels_on(img, size, resize_threads(0))
+}
+
+/// [`to_model_pixels`] with the resize's rows split over `threads` threads.
+pub fn to_model_pixels_on(img: &RgbImage, size: u32, threads: usize) -> tch::Tensor {
+    let resized = resize_bicubic_pillow_on(img, size, size, threads);
     tch::Tensor::from_slice(resized.as_raw()).reshape([1, size as i64, size as i64, 3])
 }
 

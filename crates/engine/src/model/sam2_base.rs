@@ -11,6 +11,7 @@ use super::params::Params;
 use super::position_encoding::sine_1d;
 use super::prompt_encoder::PromptEncoder;
 use crate::device::{Precision, PrecisionExt};
+use sam2_api::tuning::Tuning;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -32,6 +33,9 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// 1024 for the official models; smaller in logic tests.
     pub image_size: i64,
+    /// The knobs the model reads (TF32, attention kernels, fp32 heads, fused and CPU
+    /// kernels); the predictor reads its own from `VideoOptions`.
+    pub tuning: Tuning,
 }
 
 /// One frame's image features, computed once and shared by every object.
@@ -127,24 +131,29 @@ impl Sam2Base {
     /// user asked for, and builds the model on the device.
     pub fn load(opts: &LoadOptions) -> anyhow::Result<Sam2Base> {
         crate::model::config::check_image_size(opts.image_size).map_err(anyhow::Error::msg)?;
-        crate::device::configure_cuda_math(opts.device);
+        crate::device::configure_cuda_math(opts.device, &opts.tuning);
         let ckpt = crate::weights::load(&opts.checkpoint)?;
         let det = crate::weights::detect(&ckpt).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         crate::weights::check_requested(&det, opts.size, opts.version, &opts.checkpoint)?;
         let config = Sam2Config::new(det.size, det.version).with_image_size(opts.image_size);
-        Self::from_tensors(config, ckpt.tensors, opts.device, opts.precision)
+        Self::from_tensors(config, ckpt.tensors, opts.device, opts.precision, &opts.tuning)
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", opts.checkpoint.display()))
     }
 
-    /// Builds the model from a state dict (reference key names), strictly.
+    /// Builds the model from a state dict (reference key names), strictly. The fused
+    /// CUDA kernels and the CPU attention kernel are called deep inside the layers and
+    /// switched for the whole process: the model built last sets them from `tuning`.
     pub fn from_tensors(
         config: Sam2Config,
         tensors: BTreeMap<String, Tensor>,
         device: Device,
         precision: Precision,
+        tuning: &Tuning,
     ) -> anyhow::Result<Sam2Base> {
-        let params = Params::new(tensors, device, precision.weights_kind(device))
-            .with_fp32_modules(&precision.fp32_modules(device));
+        crate::cuda::fused::set_enabled(tuning.fused);
+        crate::cpu::attention::set_enabled(tuning.cpu_attention);
+        let fp32_modules = if tuning.fp32_heads { precision.fp32_modules(device) } else { vec![] };
+        let params = Params::new(tensors, device, precision.weights_kind(device)).with_fp32_modules(&fp32_modules);
         let params = match precision.autocast(device) {
             Some(lowp) => params.with_matmul_kind(lowp),
             None => params,

@@ -1,5 +1,15 @@
 //! Predictors: the reference's `SAM2VideoPredictor` semantics on top of the model.
+//!
+//! * `video_predictor` — the reference's methods, in its order and under its names;
+//! * `ops` — the journal's ops on a session, each op one reference call, whole or not at all;
+//! * `pipeline` — a propagation's frame pipeline (encode-ahead, frames queued ahead);
+//! * `graphs` — the CUDA graphs of a frame's fixed-shape pieces;
+//! * `memory_bank`, `bank_undo` — the reference's output dictionaries, disk-backed, and
+//!   their undo log.
 mod bank_undo;
+mod graphs;
 pub mod memory_bank;
+mod ops;
+mod pipeline;
 pub mod video_predictor;
 pub use video_predictor::{FrameOutput, ObjectOutput, VideoOptions, VideoPredictor};

@@ -1,10 +1,17 @@
 //! The video session (`sam2_video_predictor.py`, the per-object predictor of sam2 1.1.0):
-//! per-object prompt and output dictionaries with the reference's meaning, one journal op
-//! at a time. Frames stream from the media layer; only the frames being worked on are
-//! encoded, and the memory bank keeps what SAM 2 can still attend to in RAM (the rest
-//! lives on disk, see `memory_bank`).
+//! per-object prompt and output dictionaries with the reference's meaning. Its methods
+//! follow the reference's, in the reference's order and under its names (without the
+//! leading underscore); each names the function it mirrors. Frames stream from the media
+//! layer; only the frames being worked on are encoded, and the memory bank keeps what
+//! SAM 2 can still attend to in RAM (the rest lives on disk, see `memory_bank`).
+//!
+//! What the reference does not have lives beside this file: the journal's ops and the
+//! undo log around them (`ops`), the frame pipeline of a propagation (`pipeline`:
+//! encode-ahead, frames queued ahead of the one written out) and the CUDA graphs
+//! (`graphs`).
+use super::graphs::Graphs;
 use super::memory_bank::{Entry, MemoryBank, Slot, Staged};
-use crate::cuda::{CudaEvent, GraphCache};
+use super::pipeline::{self, Lookahead, Propagation, Tracked};
 use crate::device::{AutocastGuard, PrecisionExt};
 use crate::media::prefetch::Prefetcher;
 use crate::media::FrameSource;
@@ -14,7 +21,8 @@ use crate::model::sam2_base::{
 };
 use crate::model::Sam2Base;
 use sam2_api::events::StageTimings;
-use sam2_api::session::{ObjectId, Op, Point};
+use sam2_api::session::{ObjectId, Point};
+use sam2_api::tuning::Tuning;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -45,12 +53,9 @@ pub struct VideoOptions {
     /// written there as it is produced, so a new worker can pick up the state of a dead
     /// one (`restore`) instead of recomputing the video. None = a private temp dir.
     pub bank_dir: Option<PathBuf>,
-    /// Frames per image-encoder call during propagation; None = the mode's default (see
-    /// `VideoPredictor::encode_batch`; `SAM2_TUI_ENCODE_BATCH` overrides it).
-    pub encode_batch: Option<usize>,
-    /// Propagation frames queued ahead of the one being written out; None = the device's
-    /// default (see `VideoPredictor::pipeline_depth`; `SAM2_TUI_PIPELINE_DEPTH` overrides it).
-    pub pipeline_depth: Option<usize>,
+    /// The knobs the session reads: `pipeline_depth`, `encode_batch`, the prefetch
+    /// threads, `cuda_graphs`, `sync_timings`, `trace`.
+    pub tuning: Tuning,
 }
 
 /// The prompts of one object on one frame as the user gave them (video pixels) and as
@@ -61,66 +66,30 @@ pub struct Prompt {
     pub bbox: Option<[f32; 4]>,
 }
 
-struct ObjectState {
-    id: ObjectId,
-    prompts: BTreeMap<usize, Prompt>,
+/// One object of the session: its id and its prompts by frame (the reference's
+/// `obj_id_to_idx` entry and `point_inputs_per_obj[obj_idx]`).
+pub(super) struct ObjectState {
+    pub(super) id: ObjectId,
+    pub(super) prompts: BTreeMap<usize, Prompt>,
 }
 
 pub struct VideoPredictor {
-    model: Rc<Sam2Base>,
+    pub(super) model: Rc<Sam2Base>,
     frames: Prefetcher,
     size: (u32, u32),
     num_frames: usize,
     opts: VideoOptions,
-    objects: Vec<ObjectState>,
-    bank: MemoryBank,
+    pub(super) objects: Vec<ObjectState>,
+    /// `output_dict_per_obj`, `temp_output_dict_per_obj` and `frames_tracked_per_obj`.
+    pub(super) bank: MemoryBank,
     /// The most recently encoded frames (the reference keeps one; a prefetched frame
     /// under the cursor is the second).
     features: Vec<(usize, Rc<FrameFeatures>)>,
     graphs: Graphs,
-    /// The frames a propagation will ask for next, in order (empty outside one).
-    lookahead: std::collections::VecDeque<usize>,
-    /// Frames encoded per image-encoder call during propagation: 1, or more in the CUDA
-    /// fast modes (`SAM2_TUI_ENCODE_BATCH`, default 4), where one frame's small kernels
-    /// leave most of the GPU idle. Batching changes nothing in the math, but the GPU
-    /// libraries may pick other kernels for other batch sizes, so exact mode stays at 1.
-    encode_batch: usize,
-    /// Frames whose model work is queued before the oldest of them is written out: 1,
-    /// or 3 on CUDA. There the host's share of a frame (hole filling, the bank's write
-    /// through, resizing to video resolution, sending the masks: 3–4 ms on an H100 host)
-    /// comes close to the GPU's share of a tracking-only frame, and one frame in
-    /// `encode_batch` brings the image encoder for several; queued deeper, the host's slow
-    /// frames overlap the GPU's long ones instead of leaving the GPU idle. On the CPU the
-    /// model work runs synchronously, so a deeper queue would only delay outputs.
+    /// The frames a propagation will ask for next (see `pipeline`).
+    lookahead: Lookahead,
+    /// Frames queued before the oldest is written out (see `pipeline::pipeline_depth`).
     pipeline_depth: usize,
-    timings: StageTimings,
-}
-
-/// CUDA graphs of the two fixed-shape pieces of a frame (no-ops off CUDA).
-struct Graphs {
-    /// Keyed by the number of frames encoded together.
-    image: GraphCache<i64>,
-    /// Keyed by (memory tokens, of which object-pointer tokens).
-    track: GraphCache<(i64, i64)>,
-    /// The tracking step's parts between its cross-attentions (`Sam2Base::track_begin`,
-    /// `track_between` per layer, `track_end`), one graph each: the same shapes on every
-    /// frame, so they replay while the memory bank fills and every frame brings a new
-    /// memory shape (eagerly, the CPU could not queue those frames as fast as the GPU
-    /// runs them).
-    track_parts: Vec<GraphCache<()>>,
-}
-
-/// A propagation frame whose model work is queued but whose outputs are not yet written.
-struct Tracked {
-    frame: usize,
-    reverse: bool,
-    /// New tracking outputs, in RAM only until written out, and their host copies
-    /// (queued without blocking; valid once `copied` has passed).
-    staged: Vec<Staged>,
-    host: Vec<Entry>,
-    copied: Option<CudaEvent>,
-    /// Objects prompted on this frame (their output is the prompt's; only marked tracked).
-    prompted: Vec<ObjectId>,
     timings: StageTimings,
 }
 
@@ -135,24 +104,23 @@ fn slot(is_cond: bool, temp: bool) -> Slot {
 }
 
 impl VideoPredictor {
+    /// `init_state`: a session over `frames` (streamed, not loaded up front).
     pub fn new(model: Rc<Sam2Base>, frames: Box<dyn FrameSource>, opts: VideoOptions) -> anyhow::Result<Self> {
         let size = frames.size();
         let num_frames = frames.len();
         anyhow::ensure!(num_frames > 0, "the video has no frames");
-        let frames = Prefetcher::for_device(frames, model.image_size() as u32, model.device);
+        let t = &opts.tuning;
+        let frames = Prefetcher::with_threads(
+            frames,
+            model.image_size() as u32,
+            model.device,
+            t.prefetch_threads,
+            t.resize_threads,
+        );
         let bank = MemoryBank::open(opts.bank_dir.clone(), model.device)?;
-        let parts = model.memory_attention.num_layers() + 1;
-        let graphs = Graphs {
-            image: GraphCache::new(model.device, 2),
-            track: GraphCache::new(model.device, 4),
-            track_parts: (0..parts).map(|_| GraphCache::new(model.device, 1)).collect(),
-        };
-        let from_env = std::env::var("SAM2_TUI_ENCODE_BATCH").ok().and_then(|v| v.parse().ok());
-        let default = if model.precision.autocast(model.device).is_some() { 4 } else { 1 };
-        let encode_batch = opts.encode_batch.or(from_env).filter(|&n| n >= 1).unwrap_or(default);
-        let from_env = std::env::var("SAM2_TUI_PIPELINE_DEPTH").ok().and_then(|v| v.parse().ok());
-        let default = if matches!(model.device, Device::Cuda(_)) { 3 } else { 1 };
-        let pipeline_depth = opts.pipeline_depth.or(from_env).filter(|&n| n >= 1).unwrap_or(default);
+        let graphs = Graphs::new(&model, t.cuda_graphs);
+        let lookahead = Lookahead::new(pipeline::encode_batch(&model, t.encode_batch));
+        let pipeline_depth = pipeline::pipeline_depth(&model, t.pipeline_depth);
         Ok(VideoPredictor {
             model,
             frames,
@@ -163,8 +131,7 @@ impl VideoPredictor {
             bank,
             features: vec![],
             graphs,
-            lookahead: Default::default(),
-            encode_batch,
+            lookahead,
             pipeline_depth,
             timings: StageTimings::default(),
         })
@@ -183,226 +150,20 @@ impl VideoPredictor {
         &self.model
     }
 
-    /// The object ids in the reference's order (order of first prompt).
+    /// `_obj_id_to_idx` for an object that exists (None otherwise; `add_new_points_or_box`
+    /// adds new ones).
+    pub(super) fn obj_idx(&self, id: ObjectId) -> Option<usize> {
+        self.objects.iter().position(|o| o.id == id)
+    }
+
+    /// `inference_state["obj_ids"]`: the object ids in the reference's order (order of
+    /// first prompt; `_obj_idx_to_id`, `_get_obj_num`).
     pub fn object_ids(&self) -> Vec<ObjectId> {
         self.objects.iter().map(|o| o.id).collect()
     }
 
-    /// Rebuilds the state that an earlier worker left in the same bank directory (its
-    /// objects, prompts and every output it finished), with no model compute.
-    /// `ops` are the journal ops that worker completed; they must agree with the bank.
-    pub fn restore(&mut self, ops: &[Op]) -> anyhow::Result<()> {
-        // An op that ran to its end in the dead worker but that the supervisor never heard
-        // of is sent again: take it back first, or it would run twice.
-        if self.bank.logged_op()?.is_some_and(|op| op.seq >= ops.len() as u64) {
-            self.bank.roll_back_op()?;
-        }
-        let saved: Vec<(ObjectId, BTreeMap<usize, Prompt>)> = self.bank.load_state()?;
-        let prompted: usize = ops.iter().filter(|o| matches!(o, Op::AddPrompt { .. })).count();
-        anyhow::ensure!(
-            !(saved.is_empty() && prompted > 0 && !ops.iter().any(|o| matches!(o, Op::Reset))),
-            "memory bank is empty but {prompted} prompt(s) were completed: cannot restore"
-        );
-        self.objects = saved.into_iter().map(|(id, prompts)| ObjectState { id, prompts }).collect();
-        Ok(())
-    }
-
-    /// Runs op `seq` of the journal (its index) so that on disk it happens whole or not
-    /// at all: a prompt edit that fails is taken back here, one cut short by a crash is
-    /// taken back by the next worker (`MemoryBank::open`, `restore`). A propagation is
-    /// not taken back: the supervisor resumes it after the last frame it delivered.
-    pub fn apply_journaled(
-        &mut self,
-        seq: u64,
-        op: &Op,
-        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
-    ) -> anyhow::Result<()> {
-        let logged = !matches!(op, Op::Propagate { .. });
-        if logged {
-            self.bank.begin_op(seq)?;
-        } else {
-            self.bank.begin_unlogged_op()?;
-        }
-        match self.apply(op, on_frame) {
-            Ok(()) => self.bank.commit_op(),
-            Err(e) if logged => {
-                if let Err(r) = self.bank.roll_back_op() {
-                    return Err(e.context(format!("and taking it back failed: {r:#}")));
-                }
-                self.objects = self
-                    .bank
-                    .load_state::<Vec<(ObjectId, BTreeMap<usize, Prompt>)>>()?
-                    .into_iter()
-                    .map(|(id, prompts)| ObjectState { id, prompts })
-                    .collect();
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Runs one journal op. add_prompt / clear_frame emit that frame's masks (all objects);
-    /// remove_object emits the refreshed frames; propagate emits every frame it tracks and
-    /// stops early when `on_frame` returns `Break` (cancel).
-    pub fn apply(&mut self, op: &Op, on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>) -> anyhow::Result<()> {
-        let _g = tch::no_grad_guard();
-        let _a = self.autocast();
-        op.validate().map_err(|e| anyhow::anyhow!(e))?;
-        let result = match op {
-            Op::AddPrompt { frame, object, points, bbox } => {
-                let out = self.add_prompt(*frame, *object, points, *bbox)?;
-                let _ = on_frame(out);
-                Ok(())
-            }
-            Op::Propagate { start, reverse, max_frames } => self.propagate(*start, *reverse, *max_frames, on_frame),
-            Op::ClearFrame { frame, object } => {
-                self.check_frame(*frame)?;
-                if let Some(idx) = self.obj_idx(*object) {
-                    self.clear_frame(idx, *frame)?;
-                    let out = self.frame_output(*frame, self.any_temp_cond(*frame))?;
-                    let _ = on_frame(out);
-                }
-                Ok(())
-            }
-            Op::RemoveObject { object } => {
-                for out in self.remove_object(*object)? {
-                    let _ = on_frame(out);
-                }
-                Ok(())
-            }
-            Op::Reset => {
-                self.reset()?;
-                Ok(())
-            }
-        };
-        self.save_state()?;
-        result
-    }
-
-    /// Encodes `frame` ahead of time so a click there only runs the decoder.
-    pub fn prefetch(&mut self, frame: usize) -> anyhow::Result<()> {
-        let _g = tch::no_grad_guard();
-        let _a = self.autocast();
-        self.check_frame(frame)?;
-        self.features_of(frame).map(|_| ())
-    }
-
-    /// The precision mode's autocast (CUDA fast modes) for the duration of an op.
-    fn autocast(&self) -> AutocastGuard {
-        AutocastGuard::new(self.model.precision.autocast(self.model.device))
-    }
-
-    fn save_state(&mut self) -> anyhow::Result<()> {
-        let state: Vec<(ObjectId, BTreeMap<usize, Prompt>)> =
-            self.objects.iter().map(|o| (o.id, o.prompts.clone())).collect();
-        self.bank.save_state(&state)
-    }
-
-    fn check_frame(&self, frame: usize) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            frame < self.num_frames,
-            "frame {frame} out of range (the video has {} frames)",
-            self.num_frames
-        );
-        Ok(())
-    }
-
-    fn obj_idx(&self, id: ObjectId) -> Option<usize> {
-        self.objects.iter().position(|o| o.id == id)
-    }
-
-    fn features_of(&mut self, frame: usize) -> anyhow::Result<Rc<FrameFeatures>> {
-        if let Some((_, f)) = self.features.iter().find(|(i, _)| *i == frame) {
-            return Ok(f.clone());
-        }
-        // During propagation, the frames coming next are encoded together (see `encode_batch`).
-        let batch: Vec<usize> = if self.lookahead.front() == Some(&frame) {
-            self.lookahead
-                .iter()
-                .copied()
-                .filter(|f| !self.features.iter().any(|(i, _)| i == f))
-                .take(self.encode_batch)
-                .collect()
-        } else {
-            vec![frame]
-        };
-        let t = Instant::now();
-        let mut pixels = Vec::with_capacity(batch.len());
-        for &f in &batch {
-            pixels.push(self.frames.get(f)?.pixels);
-        }
-        self.timings.decode_ms += ms(t);
-        let t = Instant::now();
-        let feats = self.encode(&pixels);
-        self.sync();
-        self.timings.image_encoder_ms += ms(t);
-        for (f, x) in batch.into_iter().zip(feats).rev() {
-            self.features.insert(0, (f, Rc::new(x)));
-        }
-        self.features.truncate(self.encode_batch + 1);
-        Ok(self.features.iter().find(|(i, _)| *i == frame).expect("just encoded").1.clone())
-    }
-
-    /// The image encoder on one or more frames' pixels, through a CUDA graph per batch
-    /// size where graphs are on.
-    fn encode(&mut self, pixels: &[Tensor]) -> Vec<FrameFeatures> {
-        if !self.graphs.image.enabled() && pixels.len() == 1 {
-            return vec![self.model.forward_pixels(&pixels[0])];
-        }
-        let on_device: Vec<Tensor> =
-            pixels.iter().map(|p| p.to_device_(self.model.device, Kind::Uint8, true, false)).collect();
-        let x = Tensor::cat(&on_device, 0);
-        let b = pixels.len() as i64;
-        let model = self.model.clone();
-        let encode = move |x: &[Tensor]| {
-            let f = model.forward_image(&crate::media::preprocess::normalize(&x[0]));
-            let [h0, h1] = f.high_res;
-            vec![h0, h1, f.feat, f.pos]
-        };
-        let out = self.graphs.image.run(b, &[&x], &encode);
-        let per_frame = |t: &Tensor, i: i64| if t.size()[0] == b { t.narrow(0, i, 1) } else { t.shallow_clone() };
-        (0..b)
-            .map(|i| FrameFeatures {
-                high_res: [per_frame(&out[0], i), per_frame(&out[1], i)],
-                feat: per_frame(&out[2], i),
-                pos: per_frame(&out[3], i),
-            })
-            .collect()
-    }
-
-    /// Per-stage timings on a GPU need a synchronisation after each stage, which stops
-    /// the CPU from queueing the next kernels while the GPU works. Only when asked
-    /// (`SAM2_TUI_SYNC_TIMINGS=1`, set by `bench`); otherwise GPU stage times are
-    /// enqueue times and only the per-frame total is exact.
-    fn sync(&self) {
-        if let Device::Cuda(i) = self.model.device {
-            if *SYNC_TIMINGS {
-                tch::Cuda::synchronize(i as i64);
-            }
-        }
-    }
-
-    /// Video-pixel prompts → model-input pixels, box corners (labels 2, 3) first.
-    fn point_inputs(&self, prompt: &Prompt) -> PointInputs {
-        let mut xy: Vec<f32> = Vec::new();
-        let mut labels: Vec<i32> = Vec::new();
-        if let Some(b) = prompt.bbox {
-            xy.extend_from_slice(&b);
-            labels.extend_from_slice(&[2, 3]);
-        }
-        for p in &prompt.points {
-            xy.extend_from_slice(&[p.x, p.y]);
-            labels.push(p.label);
-        }
-        let n = labels.len() as i64;
-        let (w, h) = self.size;
-        // As the reference: / [W, H] in fp32, then × image_size.
-        let scale = Tensor::from_slice(&[w as i64, h as i64]);
-        let coords = (Tensor::from_slice(&xy).reshape([1, n, 2]) / scale) * self.model.image_size();
-        PointInputs { coords: coords.to_kind(Kind::Float), labels: Tensor::from_slice(&labels).reshape([1, n]) }
-    }
-
-    fn add_prompt(
+    /// `add_new_points_or_box` with `clear_old_points=True`, `normalize_coords=True`.
+    pub(super) fn add_new_points_or_box(
         &mut self,
         frame: usize,
         id: ObjectId,
@@ -433,19 +194,200 @@ impl VideoPredictor {
             .find_map(|s| self.bank.get(id, *s, frame))
             .map(|e| e.pred_masks.to_device(self.model.device).clamp(-32.0, 32.0));
         let inputs = self.point_inputs(&prompt);
-        let entry = self.run_single_frame(idx, frame, is_init_cond, Some(&inputs), reverse, false, prev.as_ref())?;
+        let entry =
+            self.run_single_frame_inference(idx, frame, is_init_cond, Some(&inputs), reverse, false, prev.as_ref())?;
         let entry = self.postprocess(entry);
         let _ = storage;
         self.bank.put(id, temp, frame, entry, None)?;
-        let mut out = self.frame_output(frame, is_init_cond)?;
+        let mut out = self.consolidate_temp_output_across_obj(frame, is_init_cond)?;
         self.timings.total_ms = ms(t0);
         out.timings = self.timings;
         Ok(out)
     }
 
+    /// `add_new_points_or_box`'s prompt tensors: video pixels → model-input pixels, box
+    /// corners (labels 2, 3) first.
+    fn point_inputs(&self, prompt: &Prompt) -> PointInputs {
+        let mut xy: Vec<f32> = Vec::new();
+        let mut labels: Vec<i32> = Vec::new();
+        if let Some(b) = prompt.bbox {
+            xy.extend_from_slice(&b);
+            labels.extend_from_slice(&[2, 3]);
+        }
+        for p in &prompt.points {
+            xy.extend_from_slice(&[p.x, p.y]);
+            labels.push(p.label);
+        }
+        let n = labels.len() as i64;
+        let (w, h) = self.size;
+        // As the reference: / [W, H] in fp32, then × image_size.
+        let scale = Tensor::from_slice(&[w as i64, h as i64]);
+        let coords = (Tensor::from_slice(&xy).reshape([1, n, 2]) / scale) * self.model.image_size();
+        PointInputs { coords: coords.to_kind(Kind::Float), labels: Tensor::from_slice(&labels).reshape([1, n]) }
+    }
+
+    // `add_new_mask`: not offered (the journal has no mask prompt).
+
+    /// `_get_orig_video_res_output`: low-res logits to the video's resolution.
+    fn to_video_res(&self, low: &Tensor) -> Tensor {
+        let (w, h) = self.size;
+        low.to_kind(Kind::Float)
+            .upsample_bilinear2d([h as i64, w as i64], false, None, None)
+            .to_device(Device::Cpu)
+            .reshape([h as i64, w as i64])
+    }
+
+    /// `_consolidate_temp_output_across_obj` at video resolution: the masks of every object
+    /// on `frame`, each from (in order) its temp output of the given kind, its conditioning
+    /// output, its tracking output; −1024 where it has none.
+    pub(super) fn consolidate_temp_output_across_obj(
+        &mut self,
+        frame: usize,
+        is_cond: bool,
+    ) -> anyhow::Result<FrameOutput> {
+        let temp = slot(is_cond, true);
+        let mut objects = Vec::with_capacity(self.objects.len());
+        let ids = self.object_ids();
+        let e = self.model.image_size() / 4;
+        for id in ids {
+            let entry = [temp, Slot::Cond, Slot::NonCond].iter().find_map(|s| self.bank.get(id, *s, frame));
+            let (low, score) = match entry {
+                Some(en) => (en.pred_masks.shallow_clone(), en.score.to_kind(Kind::Float).double_value(&[0, 0]) as f32),
+                None => (Tensor::full([1, 1, e, e], NO_OBJ_SCORE, (Kind::Float, Device::Cpu)), NO_OBJ_SCORE as f32),
+            };
+            objects.push(ObjectOutput { object: id, logits: self.to_video_res(&low), score });
+        }
+        Ok(FrameOutput { frame, objects, timings: self.timings })
+    }
+
+    /// `propagate_in_video_preflight`: memories for the prompted frames, temp outputs
+    /// committed.
+    fn propagate_in_video_preflight(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.objects.is_empty(), "no prompts yet: add points or a box first");
+        let ids = self.object_ids();
+        for (idx, &id) in ids.iter().enumerate() {
+            for is_cond in [false, true] {
+                let temp = slot(is_cond, true);
+                for frame in self.bank.frames(id, temp) {
+                    // Committed first, temp removed after: a worker killed in between
+                    // leaves both (harmless), never neither (a lost prompt).
+                    let entry = self.bank.get(id, temp, frame).unwrap().shallow();
+                    let entry = if entry.maskmem.is_none() {
+                        let m = self.run_memory_encoder(frame, &entry)?;
+                        Entry { maskmem: Some(m), ..entry }
+                    } else {
+                        entry
+                    };
+                    let tracked = self.bank.tracked(id, frame);
+                    self.bank.put(id, slot(is_cond, false), frame, entry, tracked)?;
+                    self.bank.take(id, temp, frame)?;
+                }
+            }
+            anyhow::ensure!(
+                !self.bank.cond_frames(id).is_empty(),
+                "no prompts for object id {id}: add points or a box first"
+            );
+            for frame in self.bank.cond_frames(id) {
+                self.bank.take(id, Slot::NonCond, frame)?;
+            }
+            let _ = idx;
+        }
+        Ok(())
+    }
+
+    /// `propagate_in_video`: every frame of the pass in order, each object tracked on it
+    /// (`track_frame`) and the frame handed to `on_frame` (`write_out`, the reference's
+    /// `yield`); `pipeline::run` overlaps the two.
+    pub(super) fn propagate_in_video(
+        &mut self,
+        start: Option<usize>,
+        reverse: bool,
+        max_frames: Option<usize>,
+        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+    ) -> anyhow::Result<()> {
+        self.propagate_in_video_preflight()?;
+        self.save_state()?;
+        let ids = self.object_ids();
+        let start = match start {
+            Some(s) => {
+                self.check_frame(s)?;
+                s
+            }
+            None => ids.iter().flat_map(|&id| self.bank.cond_frames(id)).min().unwrap(),
+        };
+        let max = max_frames.unwrap_or(self.num_frames);
+        let order: Vec<usize> = if reverse {
+            let end = start.saturating_sub(max);
+            if start > 0 {
+                (end..=start).rev().collect()
+            } else {
+                vec![]
+            }
+        } else {
+            let end = (start + max).min(self.num_frames - 1);
+            (start..=end).collect()
+        };
+        // One plan for the whole pass: the decode pipeline runs ahead of the model.
+        self.frames.hint(order.iter().copied());
+        self.lookahead.plan(&order);
+        let _trace = crate::trace::propagation(
+            self.model.device,
+            self.opts.tuning.trace.as_deref(),
+            self.opts.tuning.trace_pass,
+        );
+        let depth = self.pipeline_depth;
+        let result = pipeline::run(self, &ids, &order, reverse, depth, on_frame);
+        self.lookahead.clear();
+        result
+    }
+
+    /// `clear_all_prompts_in_frame` without output.
+    pub(super) fn clear_all_prompts_in_frame(&mut self, idx: usize, frame: usize) -> anyhow::Result<()> {
+        let id = self.objects[idx].id;
+        self.objects[idx].prompts.remove(&frame);
+        self.bank.take(id, Slot::TempCond, frame)?;
+        self.bank.take(id, Slot::TempNonCond, frame)?;
+        // A conditioning output becomes an ordinary tracking output, no longer "tracked".
+        if let Some(e) = self.bank.get(id, Slot::Cond, frame) {
+            self.bank.put(id, Slot::NonCond, frame, e.shallow(), None)?;
+            self.bank.take(id, Slot::Cond, frame)?;
+        }
+        Ok(())
+    }
+
+    /// `reset_state`.
+    pub(super) fn reset_state(&mut self) -> anyhow::Result<()> {
+        self.objects.clear();
+        self.bank.clear()
+    }
+
+    /// `_get_image_feature`: from the most recently encoded frames, else encoded here.
+    pub(super) fn get_image_feature(&mut self, frame: usize) -> anyhow::Result<Rc<FrameFeatures>> {
+        if let Some((_, f)) = self.features.iter().find(|(i, _)| *i == frame) {
+            return Ok(f.clone());
+        }
+        // During propagation, the frames coming next are encoded together (see `pipeline`).
+        let batch = self.lookahead.batch_for(frame, |f| self.features.iter().any(|(i, _)| *i == f));
+        let t = Instant::now();
+        let mut pixels = Vec::with_capacity(batch.len());
+        for &f in &batch {
+            pixels.push(self.frames.get(f)?.pixels);
+        }
+        self.timings.decode_ms += ms(t);
+        let t = Instant::now();
+        let feats = self.graphs.encode(&self.model, &pixels);
+        self.sync();
+        self.timings.image_encoder_ms += ms(t);
+        for (f, x) in batch.into_iter().zip(feats).rev() {
+            self.features.insert(0, (f, Rc::new(x)));
+        }
+        self.features.truncate(self.lookahead.keep());
+        Ok(self.features.iter().find(|(i, _)| *i == frame).expect("just encoded").1.clone())
+    }
+
     /// `_run_single_frame_inference` + `track_step` for one object.
     #[allow(clippy::too_many_arguments)]
-    fn run_single_frame(
+    fn run_single_frame_inference(
         &mut self,
         idx: usize,
         frame: usize,
@@ -455,14 +397,14 @@ impl VideoPredictor {
         run_mem_encoder: bool,
         prev_logits: Option<&Tensor>,
     ) -> anyhow::Result<Entry> {
-        let feats = self.features_of(frame)?;
+        let feats = self.get_image_feature(frame)?;
         let id = self.objects[idx].id;
         let t = Instant::now();
         let pix = if is_init_cond {
             self.model.condition_on_memory(&feats, None)
         } else {
-            let memory = self.memories(id, frame, reverse)?;
-            if points.is_none() && prev_logits.is_none() && run_mem_encoder && self.graphs.track.enabled() {
+            let memory = self.prepare_memory_conditioned_features(id, frame, reverse)?;
+            if points.is_none() && prev_logits.is_none() && run_mem_encoder && self.graphs.track_enabled() {
                 return Ok(self.track_step_graphed(&feats, &memory));
             }
             self.model.attend_memory(&feats, &memory.tokens, &memory.pos, memory.num_ptr_tokens)
@@ -489,88 +431,56 @@ impl VideoPredictor {
         Ok(Entry { maskmem, pred_masks: sam.low_res_masks, obj_ptr: sam.obj_ptr, score: sam.object_score_logits })
     }
 
-    /// A propagation frame's model work through a CUDA graph (see `cuda::graph`): captured
-    /// once the memory shapes repeat, i.e. once the memory bank is full. Stage times are
-    /// not separable inside a graph; the whole step is counted as memory attention.
+    /// `track_step` of a propagation frame through the CUDA graphs (see `graphs`). Stage
+    /// times are not separable inside a graph; the whole step is counted as memory
+    /// attention.
     fn track_step_graphed(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> Entry {
         let t = Instant::now();
-        let key = (memory.tokens.size()[0], memory.num_ptr_tokens);
-        let [pred_masks, obj_ptr, score, maskmem] = if self.graphs.track.graphed_next(&key) {
-            self.track_step_whole(key, feats, memory)
-        } else {
-            // A memory shape not seen on the previous frame: in parts, the fixed-shape
-            // ones graphed.
-            self.graphs.track.saw(key);
-            self.track_step_in_parts(feats, memory)
-        };
+        let [pred_masks, obj_ptr, score, maskmem] = self.graphs.track_step(&self.model, feats, memory);
         self.sync();
         self.timings.memory_attention_ms += ms(t);
         Entry { maskmem: Some(maskmem), pred_masks, obj_ptr, score }
     }
 
-    /// `Sam2Base::track_step` as one graph (low-res masks, pointer, score, memory).
-    fn track_step_whole(&mut self, key: (i64, i64), feats: &FrameFeatures, memory: &AssembledMemory) -> [Tensor; 4] {
-        let model = self.model.clone();
-        let n = memory.num_ptr_tokens;
-        let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &memory.tokens, &memory.pos];
-        let step = move |x: &[Tensor]| {
-            let (low, ptr, score, maskmem) = model.track_step(&graph_features(x), &x[4], &x[5], n);
-            vec![low, ptr, score, maskmem]
-        };
-        four(self.graphs.track.run(key, &inputs, &step))
+    /// `_run_memory_encoder` for a prompted frame's output (`pred_masks` upsampled to the
+    /// model input, as `propagate_in_video_preflight` passes them).
+    fn run_memory_encoder(&mut self, frame: usize, entry: &Entry) -> anyhow::Result<Tensor> {
+        let feats = self.get_image_feature(frame)?;
+        let s = self.model.image_size();
+        let high = entry.pred_masks.to_device(self.model.device).upsample_bilinear2d([s, s], false, None, None);
+        let t = Instant::now();
+        let m = self.model.encode_new_memory(&feats, &high, &entry.score, true);
+        self.timings.memory_encoder_ms += ms(t);
+        Ok(m)
     }
 
-    /// `Sam2Base::track_step` with its fixed-shape parts through `graphs.track_parts` and
-    /// the cross-attentions (the shapes that follow the memories) run eagerly.
-    fn track_step_in_parts(&mut self, feats: &FrameFeatures, memory: &AssembledMemory) -> [Tensor; 4] {
-        let model = self.model.clone();
-        let n = memory.num_ptr_tokens;
-        let (k_in, v_in) = model.track_memory_inputs(&memory.tokens, &memory.pos);
-        let last = model.memory_attention.num_layers() - 1;
-        let pair = |mut v: Vec<Tensor>| {
-            let q = v.pop().expect("queries");
-            (v.pop().expect("residual stream"), q)
-        };
-        let m = model.clone();
-        let begin = move |x: &[Tensor]| {
-            let (out, q) = m.track_begin(&x[0], &x[1]);
-            vec![out, q]
-        };
-        let (mut out, mut q) = pair(self.graphs.track_parts[0].run((), &[&feats.feat, &feats.pos], &begin));
-        for i in 0..last {
-            let attn = model.track_cross(i, &q, &k_in, &v_in, n);
-            let m = model.clone();
-            let between = move |x: &[Tensor]| {
-                let (out, q) = m.track_between(i, &x[0], &x[1]);
-                vec![out, q]
-            };
-            (out, q) = pair(self.graphs.track_parts[i + 1].run((), &[&out, &attn], &between));
+    /// `remove_object` (`strict=False`, `need_output=True`): the refreshed frames.
+    pub(super) fn remove_object(&mut self, id: ObjectId) -> anyhow::Result<Vec<FrameOutput>> {
+        let Some(idx) = self.obj_idx(id) else { return Ok(vec![]) };
+        if self.objects.len() == 1 {
+            self.reset_state()?;
+            return Ok(vec![]);
         }
-        let attn = model.track_cross(last, &q, &k_in, &v_in, n);
-        let m = model.clone();
-        let end = move |x: &[Tensor]| {
-            let (low, ptr, score, maskmem) = m.track_end(&graph_features(x), &x[4], &x[5]);
-            vec![low, ptr, score, maskmem]
-        };
-        let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, &out, &attn];
-        four(self.graphs.track_parts[last + 1].run((), &inputs, &end))
-    }
-
-    /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
-    /// host, so propagation applies it when the frame is written out, not while the next
-    /// frame's kernels could be queued; nothing downstream of the model reads the
-    /// unfilled masks (the memory encoder takes the high-res masks before this).
-    fn postprocess(&self, entry: Entry) -> Entry {
-        if self.opts.fill_holes {
-            Entry { pred_masks: fill_holes(&entry.pred_masks, 8), ..entry }
-        } else {
-            entry
+        let frames: Vec<usize> = self.objects[idx].prompts.keys().copied().collect();
+        for &f in &frames {
+            self.clear_all_prompts_in_frame(idx, f)?;
         }
+        self.objects.remove(idx);
+        self.bank.remove_object(id)?;
+        frames.into_iter().map(|f| self.consolidate_temp_output_across_obj(f, self.any_temp_cond(f))).collect()
     }
 
-    /// Chooses the memories of a non-initial frame exactly as
-    /// `_prepare_memory_conditioned_features` does, as memory tokens.
-    fn memories(&mut self, id: ObjectId, frame: usize, reverse: bool) -> anyhow::Result<AssembledMemory> {
+    // What the reference's frame inference calls in `sam2_base.py` and `utils/misc.py`,
+    // where it needs the session's dictionaries.
+
+    /// `SAM2Base._prepare_memory_conditioned_features`: chooses the memories of a
+    /// non-initial frame exactly as it does, as memory tokens.
+    fn prepare_memory_conditioned_features(
+        &mut self,
+        id: ObjectId,
+        frame: usize,
+        reverse: bool,
+    ) -> anyhow::Result<AssembledMemory> {
         let cond = self.bank.cond_frames(id);
         anyhow::ensure!(!cond.is_empty(), "object {id} has no conditioning frame");
         let mut spatial_entries: Vec<(usize, Rc<Entry>)> = Vec::new();
@@ -616,198 +526,77 @@ impl VideoPredictor {
         Ok(self.model.assemble_memory(&spatial, &ptrs, self.num_frames))
     }
 
-    /// The masks of every object on `frame` at video resolution, each from (in order)
-    /// its temp output of the given kind, its conditioning output, its tracking output;
-    /// −1024 where it has none (`_consolidate_temp_output_across_obj`).
-    fn frame_output(&mut self, frame: usize, is_cond: bool) -> anyhow::Result<FrameOutput> {
-        let temp = slot(is_cond, true);
-        let mut objects = Vec::with_capacity(self.objects.len());
-        let ids = self.object_ids();
-        let e = self.model.image_size() / 4;
-        for id in ids {
-            let entry = [temp, Slot::Cond, Slot::NonCond].iter().find_map(|s| self.bank.get(id, *s, frame));
-            let (low, score) = match entry {
-                Some(en) => (en.pred_masks.shallow_clone(), en.score.to_kind(Kind::Float).double_value(&[0, 0]) as f32),
-                None => (Tensor::full([1, 1, e, e], NO_OBJ_SCORE, (Kind::Float, Device::Cpu)), NO_OBJ_SCORE as f32),
-            };
-            objects.push(ObjectOutput { object: id, logits: self.to_video_res(&low), score });
+    /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
+    /// host, so propagation applies it when the frame is written out, not while the next
+    /// frame's kernels could be queued; nothing downstream of the model reads the
+    /// unfilled masks (the memory encoder takes the high-res masks before this).
+    fn postprocess(&self, entry: Entry) -> Entry {
+        if self.opts.fill_holes {
+            Entry { pred_masks: fill_holes(&entry.pred_masks, 8), ..entry }
+        } else {
+            entry
         }
-        Ok(FrameOutput { frame, objects, timings: self.timings })
     }
 
-    fn to_video_res(&self, low: &Tensor) -> Tensor {
-        let (w, h) = self.size;
-        low.to_kind(Kind::Float)
-            .upsample_bilinear2d([h as i64, w as i64], false, None, None)
-            .to_device(Device::Cpu)
-            .reshape([h as i64, w as i64])
-    }
+    // Helpers of this session.
 
-    fn any_temp_cond(&self, frame: usize) -> bool {
-        self.objects.iter().any(|o| self.bank.contains(o.id, Slot::TempCond, frame))
-    }
-
-    /// `propagate_in_video_preflight`: memories for the prompted frames, temp outputs
-    /// committed.
-    fn preflight(&mut self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.objects.is_empty(), "no prompts yet: add points or a box first");
-        let ids = self.object_ids();
-        for (idx, &id) in ids.iter().enumerate() {
-            for is_cond in [false, true] {
-                let temp = slot(is_cond, true);
-                for frame in self.bank.frames(id, temp) {
-                    // Committed first, temp removed after: a worker killed in between
-                    // leaves both (harmless), never neither (a lost prompt).
-                    let entry = self.bank.get(id, temp, frame).unwrap().shallow();
-                    let entry = if entry.maskmem.is_none() {
-                        let feats = self.features_of(frame)?;
-                        let s = self.model.image_size();
-                        let high = entry.pred_masks.to_device(self.model.device).upsample_bilinear2d(
-                            [s, s],
-                            false,
-                            None,
-                            None,
-                        );
-                        let t = Instant::now();
-                        let m = self.model.encode_new_memory(&feats, &high, &entry.score, true);
-                        self.timings.memory_encoder_ms += ms(t);
-                        Entry { maskmem: Some(m), ..entry }
-                    } else {
-                        entry
-                    };
-                    let tracked = self.bank.tracked(id, frame);
-                    self.bank.put(id, slot(is_cond, false), frame, entry, tracked)?;
-                    self.bank.take(id, temp, frame)?;
-                }
-            }
-            anyhow::ensure!(
-                !self.bank.cond_frames(id).is_empty(),
-                "no prompts for object id {id}: add points or a box first"
-            );
-            for frame in self.bank.cond_frames(id) {
-                self.bank.take(id, Slot::NonCond, frame)?;
-            }
-            let _ = idx;
-        }
+    pub(super) fn check_frame(&self, frame: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            frame < self.num_frames,
+            "frame {frame} out of range (the video has {} frames)",
+            self.num_frames
+        );
         Ok(())
     }
 
-    fn propagate(
-        &mut self,
-        start: Option<usize>,
-        reverse: bool,
-        max_frames: Option<usize>,
-        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
-    ) -> anyhow::Result<()> {
-        self.preflight()?;
-        self.save_state()?;
-        let ids = self.object_ids();
-        let start = match start {
-            Some(s) => {
-                self.check_frame(s)?;
-                s
-            }
-            None => ids.iter().flat_map(|&id| self.bank.cond_frames(id)).min().unwrap(),
-        };
-        let max = max_frames.unwrap_or(self.num_frames);
-        let order: Vec<usize> = if reverse {
-            let end = start.saturating_sub(max);
-            if start > 0 {
-                (end..=start).rev().collect()
-            } else {
-                vec![]
-            }
-        } else {
-            let end = (start + max).min(self.num_frames - 1);
-            (start..=end).collect()
-        };
-        // One plan for the whole pass: the decode pipeline runs ahead of the model.
-        self.frames.hint(order.iter().copied());
-        self.lookahead = order.iter().copied().collect();
-        let _trace = crate::trace::propagation(self.model.device);
-        let result = self.propagate_in_order(&ids, &order, reverse, on_frame);
-        self.lookahead.clear();
-        result
+    /// Whether any object has a temp conditioning output on `frame` (the reference's
+    /// `is_cond` after a clear).
+    pub(super) fn any_temp_cond(&self, frame: usize) -> bool {
+        self.objects.iter().any(|o| self.bank.contains(o.id, Slot::TempCond, frame))
     }
 
-    fn propagate_in_order(
-        &mut self,
-        ids: &[ObjectId],
-        order: &[usize],
-        reverse: bool,
-        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
-    ) -> anyhow::Result<()> {
-        // Frame k's outputs are fetched to the host (a device sync) only after the kernels
-        // of the next `pipeline_depth` frames are queued, so the GPU never idles while the
-        // host writes results.
-        let mut pending: std::collections::VecDeque<Tracked> = Default::default();
-        let mut last_out = Instant::now();
-        for &frame in order {
-            let tracked = match self.track_frame(ids, frame, reverse) {
-                Ok(t) => t,
-                Err(e) => {
-                    // Still deliver the frames that were finished before the failure.
-                    let _ = self.write_out_until(&mut pending, 0, &mut last_out, on_frame);
-                    return Err(e);
-                }
-            };
-            pending.push_back(tracked);
-            self.lookahead.pop_front();
-            if self.write_out_until(&mut pending, self.pipeline_depth, &mut last_out, on_frame)?.is_break() {
-                return Ok(());
+    /// The precision mode's autocast (CUDA fast modes) for the duration of an op.
+    pub(super) fn autocast(&self) -> AutocastGuard {
+        AutocastGuard::new(self.model.precision.autocast(self.model.device))
+    }
+
+    /// The objects and their prompts, beside the bank's outputs (what `restore` reads).
+    pub(super) fn save_state(&mut self) -> anyhow::Result<()> {
+        let state: Vec<(ObjectId, BTreeMap<usize, Prompt>)> =
+            self.objects.iter().map(|o| (o.id, o.prompts.clone())).collect();
+        self.bank.save_state(&state)
+    }
+
+    /// Per-stage timings on a GPU need a synchronisation after each stage, which stops
+    /// the CPU from queueing the next kernels while the GPU works. Only when asked (the
+    /// `sync_timings` knob); otherwise GPU stage times are enqueue times and only the
+    /// per-frame total is exact.
+    fn sync(&self) {
+        if let Device::Cuda(i) = self.model.device {
+            if self.opts.tuning.sync_timings {
+                tch::Cuda::synchronize(i as i64);
             }
         }
-        self.write_out_until(&mut pending, 0, &mut last_out, on_frame).map(|_| ())
     }
+}
 
-    /// Writes out the oldest queued frames until `keep` remain. After a cancel or an
-    /// error the frames still queued are forgotten: they never happened.
-    fn write_out_until(
-        &mut self,
-        pending: &mut std::collections::VecDeque<Tracked>,
-        keep: usize,
-        last_out: &mut Instant,
-        on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
-    ) -> anyhow::Result<ControlFlow<()>> {
-        while pending.len() > keep {
-            let oldest = pending.pop_front().expect("pending frame");
-            let written = self.write_out(oldest, last_out, on_frame);
-            if !matches!(written, Ok(ControlFlow::Continue(()))) {
-                self.forget(std::mem::take(pending));
-                return written;
-            }
-        }
-        Ok(ControlFlow::Continue(()))
-    }
+/// A propagation frame by frame, as `pipeline::run` drives it.
+impl Propagation for VideoPredictor {
+    type Output = FrameOutput;
 
-    /// Undoes queued frames that will not be written out, newest first (each one's
-    /// staging remembers what the bank held before it).
-    fn forget(&mut self, pending: std::collections::VecDeque<Tracked>) {
-        for t in pending.into_iter().rev() {
-            t.staged.into_iter().rev().for_each(|s| self.bank.unstage(s));
-        }
-    }
-
-    /// Queues the model work of one propagation frame for every object. The new tracking
-    /// outputs are staged in the bank's RAM (the next frame attends to them) and written
-    /// through by `write_out`.
+    /// The body of `propagate_in_video`'s loop: each object's output on `frame`, from
+    /// `_run_single_frame_inference` unless the frame is one of its conditioning frames.
+    /// The new tracking outputs are staged in the bank's RAM (the next frame attends to
+    /// them) and written through by `write_out`.
     fn track_frame(&mut self, ids: &[ObjectId], frame: usize, reverse: bool) -> anyhow::Result<Tracked> {
         self.timings = StageTimings::default();
-        let mut tracked = Tracked {
-            frame,
-            reverse,
-            staged: vec![],
-            host: vec![],
-            copied: None,
-            prompted: vec![],
-            timings: StageTimings::default(),
-        };
+        let mut tracked = Tracked::new(frame, reverse);
         for (idx, &id) in ids.iter().enumerate() {
             if self.bank.contains(id, Slot::Cond, frame) {
                 tracked.prompted.push(id);
                 continue;
             }
-            match self.run_single_frame(idx, frame, false, None, reverse, true, None) {
+            match self.run_single_frame_inference(idx, frame, false, None, reverse, true, None) {
                 Ok(entry) => tracked.staged.push(self.bank.stage(id, Slot::NonCond, frame, entry, Some(reverse))),
                 Err(e) => {
                     tracked.staged.into_iter().for_each(|s| self.bank.unstage(s));
@@ -816,34 +605,26 @@ impl VideoPredictor {
             }
         }
         self.bank.advance(frame, reverse);
-        // Host copies now, before the next frame's kernels, so waiting for them later
-        // does not mean waiting for the next frame too.
-        for s in &tracked.staged {
-            let e = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
-            tracked.host.push(Entry {
-                maskmem: e.maskmem.as_ref().map(to_host),
-                pred_masks: to_host(&e.pred_masks),
-                obj_ptr: to_host(&e.obj_ptr),
-                score: to_host(&e.score),
-            });
-        }
-        tracked.copied = CudaEvent::record(self.model.device);
+        tracked.copy_to_host(&self.bank, self.model.device);
         tracked.timings = self.timings;
         Ok(tracked)
     }
 
-    /// Finishes a tracked frame: hole filling, written through to the bank, emitted.
-    /// The masks and score stay on the host from here on (outputs, corrections read
-    /// them there); memory features and pointers stay on the device for attention.
+    fn queued(&mut self) {
+        self.lookahead.advance();
+    }
+
+    /// The end of `propagate_in_video`'s loop body: hole filling, the outputs written
+    /// through to the bank, the frame yielded. The masks and score stay on the host from
+    /// here on (outputs, corrections read them there); memory features and pointers stay
+    /// on the device for attention.
     fn write_out(
         &mut self,
         t: Tracked,
         last_out: &mut Instant,
         on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
     ) -> anyhow::Result<ControlFlow<()>> {
-        if let Some(copied) = &t.copied {
-            copied.synchronize();
-        }
+        t.wait_for_host_copies();
         for (s, host) in t.staged.iter().zip(t.host) {
             let on_device = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
             let host = self.postprocess(host);
@@ -858,7 +639,7 @@ impl VideoPredictor {
         for &id in &t.prompted {
             self.bank.mark_tracked(id, t.frame, t.reverse)?;
         }
-        let mut out = self.frame_output(t.frame, false)?;
+        let mut out = self.consolidate_temp_output_across_obj(t.frame, false)?;
         out.timings = t.timings;
         // Steady-state cost of a frame: the time between consecutive outputs.
         out.timings.total_ms = ms(*last_out);
@@ -866,63 +647,10 @@ impl VideoPredictor {
         Ok(on_frame(out))
     }
 
-    /// `clear_all_prompts_in_frame` without output.
-    fn clear_frame(&mut self, idx: usize, frame: usize) -> anyhow::Result<()> {
-        let id = self.objects[idx].id;
-        self.objects[idx].prompts.remove(&frame);
-        self.bank.take(id, Slot::TempCond, frame)?;
-        self.bank.take(id, Slot::TempNonCond, frame)?;
-        // A conditioning output becomes an ordinary tracking output, no longer "tracked".
-        if let Some(e) = self.bank.get(id, Slot::Cond, frame) {
-            self.bank.put(id, Slot::NonCond, frame, e.shallow(), None)?;
-            self.bank.take(id, Slot::Cond, frame)?;
-        }
-        Ok(())
-    }
-
-    fn remove_object(&mut self, id: ObjectId) -> anyhow::Result<Vec<FrameOutput>> {
-        let Some(idx) = self.obj_idx(id) else { return Ok(vec![]) };
-        if self.objects.len() == 1 {
-            self.reset()?;
-            return Ok(vec![]);
-        }
-        let frames: Vec<usize> = self.objects[idx].prompts.keys().copied().collect();
-        for &f in &frames {
-            self.clear_frame(idx, f)?;
-        }
-        self.objects.remove(idx);
-        self.bank.remove_object(id)?;
-        frames.into_iter().map(|f| self.frame_output(f, self.any_temp_cond(f))).collect()
-    }
-
-    fn reset(&mut self) -> anyhow::Result<()> {
-        self.objects.clear();
-        self.bank.clear()
+    fn unstage(&mut self, s: Staged) {
+        self.bank.unstage(s);
     }
 }
-
-/// A frame's features from a graph's inputs `[high_res 0, high_res 1, feat, pos, …]`.
-fn graph_features(x: &[Tensor]) -> FrameFeatures {
-    FrameFeatures {
-        high_res: [x[0].shallow_clone(), x[1].shallow_clone()],
-        feat: x[2].shallow_clone(),
-        pos: x[3].shallow_clone(),
-    }
-}
-
-/// The tracking step's four outputs (low-res masks, object pointer, score, memory).
-fn four(outputs: Vec<Tensor>) -> [Tensor; 4] {
-    outputs.try_into().unwrap_or_else(|v: Vec<Tensor>| panic!("the tracking step gives 4 outputs, got {}", v.len()))
-}
-
-/// A host copy queued on the stream without blocking (into page-locked memory on a
-/// GPU; the tensor itself on the CPU).
-fn to_host(t: &Tensor) -> Tensor {
-    t.to_device_(Device::Cpu, t.kind(), true, false)
-}
-
-static SYNC_TIMINGS: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(|| std::env::var("SAM2_TUI_SYNC_TIMINGS").is_ok_and(|v| v == "1"));
 
 fn ms(t: Instant) -> f32 {
     t.elapsed().as_secs_f32() * 1000.0

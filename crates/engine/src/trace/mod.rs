@@ -1,10 +1,11 @@
-//! Where a frame's time goes: `SAM2_TUI_TRACE=FILE` records one propagation with
-//! libtorch's profiler (Kineto: CPU operators and, on CUDA, every kernel, graph replays
-//! included) and saves it as a Chrome trace (open in Perfetto or chrome://tracing).
-//! `SAM2_TUI_TRACE_PASS=N` picks the N-th propagation of the process; the default 2 skips
-//! `bench`'s warm-up. Off unless asked: recording slows every operator down.
+//! Where a frame's time goes: the `trace` knob (`SAM2_TUI_TRACE=FILE`) records one
+//! propagation with libtorch's profiler (Kineto: CPU operators and, on CUDA, every kernel,
+//! graph replays included) and saves it as a Chrome trace (open in Perfetto or
+//! chrome://tracing). `trace_pass` (`SAM2_TUI_TRACE_PASS=N`) picks the N-th propagation of
+//! the process; the default 2 skips `bench`'s warm-up. Off unless asked: recording slows
+//! every operator down.
 use std::ffi::{c_char, c_int, CString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 extern "C" {
@@ -19,18 +20,19 @@ pub struct Trace {
     path: Option<PathBuf>,
 }
 
-/// Starts recording a propagation on `device` when `SAM2_TUI_TRACE` asks for this one.
-pub fn propagation(device: tch::Device) -> Trace {
+/// Starts recording a propagation on `device` into `path` when this propagation is the
+/// process's `wanted`-th (the `trace` and `trace_pass` knobs).
+pub fn propagation(device: tch::Device, path: Option<&Path>, wanted: usize) -> Trace {
     let pass = PASSES.fetch_add(1, Ordering::Relaxed) + 1;
-    let Some(path) = std::env::var_os("SAM2_TUI_TRACE").map(PathBuf::from) else {
+    let Some(path) = path.map(Path::to_path_buf) else {
         return Trace { path: None };
     };
-    let wanted = std::env::var("SAM2_TUI_TRACE_PASS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     if pass != wanted {
         return Trace { path: None };
     }
     let cuda = matches!(device, tch::Device::Cuda(_)) as c_int;
-    // SAFETY: the shim writes at most `len` bytes into the error buffer `shim` lends it.
+    // SAFETY: the shim takes an int and an error buffer of `len` bytes that `shim::call`
+    // owns for the call, and never unwinds (`shim/guarded.h`).
     match shim("start", |err, len| unsafe { sam2_shim_trace_start(cuda, err, len) }) {
         Ok(()) => Trace { path: Some(path) },
         Err(e) => {
@@ -46,7 +48,8 @@ impl Drop for Trace {
         // Written beside the target, then renamed: a half-written trace never appears.
         let tmp = path.with_extension("partial.json");
         let c = CString::new(tmp.to_string_lossy().as_bytes()).unwrap_or_default();
-        // SAFETY: `c` is a NUL-terminated path alive for the call; the error buffer is `shim`'s.
+        // SAFETY: `c` is a NUL-terminated path alive across the call; the error buffer as
+        // above; the shim never unwinds.
         let saved = shim("save", |err, len| unsafe { sam2_shim_trace_stop(c.as_ptr(), err, len) })
             .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
         match saved {

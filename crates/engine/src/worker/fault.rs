@@ -161,10 +161,12 @@ pub fn trigger(kind: FaultKind) -> ! {
         let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &none);
     }
-    // SAFETY (all arms): these crash the process on purpose, the test hook's whole point;
-    // none returns, so no Rust invariant is observed afterwards.
+    // These crash the process on purpose, the test hook's whole point: none returns, so
+    // no Rust invariant is observed afterwards.
     match kind {
+        // SAFETY: abort takes nothing and never returns.
         FaultKind::Abort => unsafe { libc::abort() },
+        // SAFETY: a deliberate fault; the process dies on the read.
         FaultKind::Segv => unsafe {
             // A volatile read of an unmapped address: the kernel sends SIGSEGV.
             let p = 16usize as *const u64;
@@ -178,6 +180,7 @@ pub fn trigger(kind: FaultKind) -> ! {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
+        // SAFETY: signals this very process, which dies of it.
         FaultKind::Oom => unsafe {
             // What the kernel's OOM killer (or jetsam on macOS) does to a process.
             libc::raise(libc::SIGKILL);

@@ -10,12 +10,14 @@
 //! worker's resident memory stays at its high-water mark, which a worker that processes
 //! frame after frame of one size reaches on its first frame anyway.
 //!
-//! `SAM2_TUI_KEEP_FREED=0` keeps glibc's defaults (for A/B measurements).
+//! The `keep_freed` knob off (`SAM2_TUI_KEEP_FREED=0`) keeps glibc's defaults (for A/B
+//! measurements). It is read when the worker starts, from the worker's environment: the
+//! protocol brings the other knobs only after the worker's threads run.
 
-/// Applies the policy; call once, first thing in the worker. A no-op off glibc (macOS's
-/// allocator keeps large blocks in its own magazines).
-pub fn keep_freed_memory() {
-    if std::env::var("SAM2_TUI_KEEP_FREED").as_deref() == Ok("0") {
+/// Applies the policy when `keep` (the `keep_freed` knob); call once, first thing in the
+/// worker. A no-op off glibc (macOS's allocator keeps large blocks in its own magazines).
+pub fn keep_freed_memory(keep: bool) {
+    if !keep {
         return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -35,6 +37,7 @@ mod tests {
     fn minor_faults() -> i64 {
         // SAFETY: rusage is plain integers, for which all-zero is valid; getrusage fills it.
         let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: an out-pointer to a live local of the right type.
         unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
         u.ru_minflt
     }
@@ -55,7 +58,7 @@ mod tests {
         // 48 MiB: above glibc's largest mmap threshold, so by default every allocation
         // of it is a fresh mapping whose 12,288 pages fault on first touch.
         const LEN: usize = 48 << 20;
-        keep_freed_memory();
+        keep_freed_memory(true);
         touch(LEN);
         let before = minor_faults();
         touch(LEN);

@@ -11,6 +11,7 @@ use crate::model::{LoadOptions, Sam2Base};
 use crate::predictor::{FrameOutput, VideoOptions, VideoPredictor};
 use sam2_api::events::{ModelLabel, ObjectMask};
 use sam2_api::rle::Rle;
+use sam2_api::tuning::Tuning;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::rc::Rc;
@@ -97,18 +98,21 @@ struct Engine {
     device: Arc<Mutex<DeviceInfo>>,
     model: Option<Rc<Sam2Base>>,
     video: Option<VideoPredictor>,
+    /// What `LoadModel` brought, with this process's environment on top.
+    tuning: Tuning,
 }
 
 /// Runs the worker until `Shutdown` or stdin closes.
 pub fn serve() -> anyhow::Result<()> {
-    super::host_memory::keep_freed_memory();
+    // Before any thread starts, so from the environment alone (`Tuning::process_env`).
+    super::host_memory::keep_freed_memory(Tuning::from_env().keep_freed);
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let faults = FaultPlan::from_env()?;
     let inbox = spawn_reader(out.clone());
     let device = Arc::new(Mutex::new(DeviceInfo { kind: "none".into(), ..Default::default() }));
     let stop = Arc::new(AtomicBool::new(false));
     spawn_heartbeat(out.clone(), device.clone(), stop.clone());
-    let mut engine = Engine { out: out.clone(), faults, device, model: None, video: None };
+    let mut engine = Engine { out: out.clone(), faults, device, model: None, video: None, tuning: Tuning::default() };
     while let Ok((n, req)) = inbox.rx.recv() {
         if matches!(req, Request::Shutdown) {
             break;
@@ -135,8 +139,8 @@ impl Engine {
                 pid: std::process::id(),
                 torch_version: stats::torch_version(),
             },
-            Request::LoadModel { checkpoint, size, version, device, precision, image_size, device_label } => {
-                self.load(checkpoint, size, version, device, precision, image_size, device_label)
+            Request::LoadModel { checkpoint, size, version, device, precision, image_size, device_label, tuning } => {
+                self.load(checkpoint, size, version, device, precision, image_size, device_label, tuning)
             }
             Request::OpenMedia { path, bank_dir, fill_holes } => self.open(&path, bank_dir, fill_holes),
             Request::Restore { ops } => match self.video.as_mut() {
@@ -171,8 +175,15 @@ impl Engine {
         precision: crate::device::PrecisionChoice,
         image_size: i64,
         device_label: Option<String>,
+        mut tuning: Tuning,
     ) -> Response {
         use crate::device::{DeviceChoiceExt, PrecisionChoiceExt};
+        // The environment wins, here too: a variable set for one run reaches this worker
+        // whoever started it.
+        for ignored in tuning.apply_env() {
+            eprintln!("sam2-tui: warning: {ignored}");
+        }
+        self.tuning = tuning;
         let resolved = match device.resolve() {
             Ok(d) => d,
             Err(e) => return Response::Error { seq: None, message: format!("load: {e:#}") },
@@ -193,8 +204,15 @@ impl Engine {
                 _ => crate::device::cpu_label(tch::get_num_threads()),
             };
         }
-        let opts =
-            LoadOptions { checkpoint: checkpoint.clone(), size, version, device: resolved, precision, image_size };
+        let opts = LoadOptions {
+            checkpoint: checkpoint.clone(),
+            size,
+            version,
+            device: resolved,
+            precision,
+            image_size,
+            tuning: self.tuning.clone(),
+        };
         if resolved == tch::Device::Cpu
             && precision == crate::device::Precision::Bf16
             && !crate::device::cpu_native_bf16()
@@ -221,7 +239,8 @@ impl Engine {
             let model = self.model.clone().ok_or_else(|| anyhow::anyhow!("open_media before load_model"))?;
             let frames = crate::media::open(path)?;
             let fps = frames.fps();
-            let v = VideoPredictor::new(model, frames, VideoOptions { fill_holes, bank_dir, ..Default::default() })?;
+            let v =
+                VideoPredictor::new(model, frames, VideoOptions { fill_holes, bank_dir, tuning: self.tuning.clone() })?;
             let (width, height) = v.video_size();
             let frames = v.num_frames();
             self.video = Some(v);
@@ -240,13 +259,14 @@ impl Engine {
         }
         let out = self.out.clone();
         let faults = &self.faults;
+        let logits_dir = self.tuning.logits_dir.as_deref();
         let mut was_cancelled = false;
         let mut write_error: Option<anyhow::Error> = None;
         let mut on_frame = |f: FrameOutput| {
             // Faults fire before the frame is delivered: the supervisor never sees it,
             // exactly like a crash inside that frame's compute.
             faults.check(FaultPoint::Frame(f.frame));
-            if let Err(e) = write_logits(&f) {
+            if let Err(e) = write_logits(&f, logits_dir) {
                 // An output the run promised is missing: the op fails (and `segment`
                 // with it) rather than finish with a silent gap.
                 write_error = Some(e);
@@ -283,17 +303,17 @@ impl Engine {
     }
 }
 
-/// With `SAM2_TUI_LOGITS_DIR` set (`segment --logits`), writes each object's float
+/// With the `logits_dir` knob set (`segment --logits`), writes each object's float
 /// logits there as `<object>/<frame:05>.npy` — they are too large to send through the
 /// pipe — before the frame is delivered, so a delivered frame has its logits on disk.
-fn write_logits(f: &FrameOutput) -> anyhow::Result<()> {
-    let Some(dir) = std::env::var_os("SAM2_TUI_LOGITS_DIR") else {
+fn write_logits(f: &FrameOutput, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
         return Ok(());
     };
     for o in &f.objects {
         let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
         let data = Vec::<f32>::try_from(o.logits.contiguous().flatten(0, -1))?;
-        let path = std::path::Path::new(&dir).join(o.object.to_string()).join(format!("{:05}.npy", f.frame));
+        let path = dir.join(o.object.to_string()).join(format!("{:05}.npy", f.frame));
         sam2_api::util::atomic_write(&path, &crate::media::npy::f32_array(&[h, w], &data))
             .map_err(|e| anyhow::anyhow!("--logits: {e:#}"))?;
     }

@@ -45,6 +45,7 @@ pub fn mps_memory() -> Result<MpsMemory, String> {
     // SAFETY: out-pointers to live locals; the shim writes at most `err.len()` bytes, NUL-terminated.
     let ok = unsafe { sam2_shim_mps_memory(&mut cur, &mut drv, &mut rec, err.as_mut_ptr(), err.len()) };
     if ok == 0 {
+        // SAFETY: the buffer started zeroed and the shim writes at most len-1 bytes.
         return Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
     }
     Ok(MpsMemory {
@@ -65,6 +66,7 @@ pub fn cuda_memory(device: i32) -> Result<CudaMemory, String> {
     // SAFETY: out-pointers to live locals; the shim writes at most `err.len()` bytes, NUL-terminated.
     let ok = unsafe { sam2_shim_cuda_stats(device, &mut alloc, &mut reserved, &mut peak, err.as_mut_ptr(), err.len()) };
     if ok == 0 {
+        // SAFETY: the buffer started zeroed and the shim writes at most len-1 bytes.
         return Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned());
     }
     let (mut free, mut total) = (0u64, 0u64);
