@@ -46,6 +46,10 @@ pub struct Args {
     /// on about 1 % of the pixels at object edges.
     #[arg(long)]
     pub engine_decode: bool,
+    /// Spare workers kept started with the model loaded, so a new session starts without
+    /// a process start and a model load (0: none; each holds a model's memory).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub warm_workers: u32,
     #[command(flatten)]
     pub engine: EngineFlags,
 }
@@ -97,6 +101,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.max_upload_seconds = a.max_upload_seconds;
     opts.max_upload_input_seconds = a.max_upload_input_seconds;
     opts.official_decode = !a.engine_decode;
+    opts.warm_workers = a.warm_workers as usize;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(sam2_serve::serve(opts))
 }

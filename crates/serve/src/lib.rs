@@ -56,6 +56,9 @@ pub struct ServeOptions {
     /// Decode video files as the official backend does (decord's bilinear scaling, see
     /// `frames`), so masks match its own; false: the engine's decoder (Pillow's bicubic).
     pub official_decode: bool,
+    /// Spare workers kept started with the model loaded, so that `startSession` costs
+    /// no process start nor model load (0: none).
+    pub warm_workers: usize,
     /// The `ffmpeg` and `ffprobe` programs.
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
@@ -78,6 +81,7 @@ impl ServeOptions {
             max_upload_seconds: 10.0,
             max_upload_input_seconds: 600.0,
             official_decode: true,
+            warm_workers: 1,
             ffmpeg: "ffmpeg".into(),
             ffprobe: "ffprobe".into(),
             sessions_root: sam2_supervisor::session_dirs::root(),
@@ -126,6 +130,7 @@ pub async fn serve_on(
         max_sessions: opts.max_sessions,
         idle_timeout: opts.idle_timeout,
         official_decode: opts.official_decode,
+        warm_workers: opts.warm_workers,
         ffmpeg: opts.ffmpeg.clone(),
         ffprobe: opts.ffprobe.clone(),
     });
@@ -138,6 +143,7 @@ pub async fn serve_on(
         if opts.max_sessions == 1 { "" } else { "s" },
         opts.idle_timeout.as_secs()
     ));
+    sessions.refill();
     let state = Arc::new(AppState { opts, data, gallery, sessions: sessions.clone() });
     let reaper = tokio::spawn(sessions::reap_idle(sessions.clone()));
     let app = http::router(state);

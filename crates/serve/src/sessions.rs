@@ -32,6 +32,10 @@ pub struct SessionsConfig {
     pub idle_timeout: Duration,
     /// Video files are decoded as the official does (see `frames`), or by the engine.
     pub official_decode: bool,
+    /// Workers kept started, model loaded, for the next sessions (video files, decoded
+    /// as the official does): a session then starts without a process start and a model
+    /// load.
+    pub warm_workers: usize,
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
 }
@@ -47,6 +51,17 @@ pub struct FrameResult {
 pub struct Sessions {
     cfg: SessionsConfig,
     registry: Mutex<Registry>,
+    warm: Mutex<Vec<Warm>>,
+    warming: AtomicUsize,
+    closing: AtomicBool,
+}
+
+/// A started worker with its model loaded and no video yet, waiting for a session.
+struct Warm {
+    handle: SupervisorHandle,
+    session_dir: PathBuf,
+    logits: PathBuf,
+    worker: String,
 }
 
 #[derive(Default)]
@@ -62,7 +77,13 @@ pub fn unknown_session(id: &str) -> String {
 
 impl Sessions {
     pub fn new(cfg: SessionsConfig) -> Arc<Sessions> {
-        Arc::new(Sessions { cfg, registry: Mutex::new(Registry::default()) })
+        Arc::new(Sessions {
+            cfg,
+            registry: Mutex::new(Registry::default()),
+            warm: Mutex::new(vec![]),
+            warming: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+        })
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -85,7 +106,7 @@ impl Sessions {
 
     /// Starts a worker on `media` (an absolute path inside the data folder; `shown` is the
     /// client's name for it) and waits until it has the video open.
-    pub async fn start(&self, media: PathBuf, shown: &str) -> Result<String, String> {
+    pub async fn start(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<String, String> {
         {
             let mut r = self.registry();
             if r.open.len() + r.starting >= self.cfg.max_sessions {
@@ -106,45 +127,147 @@ impl Sessions {
         Ok(id)
     }
 
-    async fn start_reserved(&self, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
-        let started = Instant::now();
+    /// Keeps `warm_workers` workers started and loaded (in the background).
+    pub fn refill(self: &Arc<Self>) {
+        if !self.cfg.official_decode {
+            return;
+        }
+        loop {
+            let have = self.warm.lock().unwrap_or_else(|p| p.into_inner()).len() + self.warming.load(Ordering::SeqCst);
+            if have >= self.cfg.warm_workers || self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            self.warming.fetch_add(1, Ordering::SeqCst);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let w = me.warm_up().await;
+                me.warming.fetch_sub(1, Ordering::SeqCst);
+                match w {
+                    Ok(w) if me.closing.load(Ordering::SeqCst) => discard(w).await,
+                    Ok(w) => me.warm.lock().unwrap_or_else(|p| p.into_inner()).push(w),
+                    Err(e) => log::line(format!("could not start a spare worker: {e}")),
+                }
+            });
+        }
+    }
+
+    async fn warm_up(&self) -> Result<Warm, String> {
         let id = uuid::Uuid::new_v4().to_string();
         let session_dir = self.cfg.root.join(format!("serve-{id}"));
         sam2_supervisor::session_dirs::mark_one_shot(&session_dir).map_err(|e| format!("{e:#}"))?;
+        let logits = session_dir.join("logits");
+        let mut opts = self.cfg.base.clone();
+        opts.session_dir = session_dir.clone();
+        opts.media = None;
+        opts.initial_ops = vec![];
+        opts.tuning.logits_dir = Some(logits.clone());
+        opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
+        let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let mut handle = sam2_supervisor::start(opts).map_err(|e| {
+            sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+            format!("cannot start an engine worker: {e:#}")
+        })?;
+        let mut worker = String::from("worker");
+        let mut last_error = None;
+        let ready = tokio::time::timeout(wait, async {
+            while let Some(e) = handle.events.recv().await {
+                match e {
+                    EngineEvent::WorkerStarted { pid, device, precision, .. } => {
+                        worker = format!("worker {pid} on {device} {precision}")
+                    }
+                    EngineEvent::State(EngineState::Ready) => return true,
+                    EngineEvent::Log { level: LogLevel::Error, message } => last_error = Some(message),
+                    EngineEvent::State(EngineState::Stopped) => return false,
+                    _ => {}
+                }
+            }
+            false
+        })
+        .await;
+        if ready != Ok(true) {
+            shutdown_handle(handle, None).await;
+            sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+            return Err(last_error.unwrap_or_else(|| "it did not load the model".into()));
+        }
+        Ok(Warm { handle, session_dir, logits, worker })
+    }
+
+    async fn start_reserved(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
+        let started = Instant::now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let decode = self.cfg.official_decode && media.is_file();
+        let warm = if decode { self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        if warm.is_some() {
+            self.refill();
+        }
+        let session_dir = match &warm {
+            Some(w) => w.session_dir.clone(),
+            None => {
+                let d = self.cfg.root.join(format!("serve-{id}"));
+                sam2_supervisor::session_dirs::mark_one_shot(&d).map_err(|e| format!("{e:#}"))?;
+                d
+            }
+        };
+        let cleanup_dir = session_dir.clone();
+        let give_up = move |warm: Option<Warm>, why: String| {
+            let dir = cleanup_dir.clone();
+            async move {
+                if let Some(w) = warm {
+                    shutdown_handle(w.handle, None).await;
+                }
+                sam2_supervisor::session_dirs::remove_one_shot(&dir);
+                Err(why)
+            }
+        };
         let mut opts = self.cfg.base.clone();
         opts.session_dir = session_dir.clone();
         let mut decoded = None;
-        if self.cfg.official_decode && media.is_file() {
+        if decode {
             let side = opts.image_size.max(16) as u32;
-            let (w, h) = crate::data::probe_size(&self.cfg.ffprobe, &media).ok_or_else(|| {
-                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
-                format!("cannot start a session on {shown}: not a video ffprobe can read")
-            })?;
+            let Some((w, h)) = crate::data::probe_size(&self.cfg.ffprobe, &media) else {
+                return give_up(warm, format!("cannot start a session on {shown}: not a video ffprobe can read")).await;
+            };
             let frames_dir = session_dir.join("frames");
             if let Err(e) = crate::frames::extract(&self.cfg.ffmpeg, &media, &frames_dir, side).await {
-                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
-                return Err(format!("cannot start a session on {shown}: {e}"));
+                return give_up(warm, format!("cannot start a session on {shown}: {e}")).await;
             }
             let logits = session_dir.join("logits");
+            // The knob and the worker's environment (which goes on top of the knobs).
+            opts.tuning.logits_dir = Some(logits.clone());
             opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
             opts.media = Some(frames_dir);
             decoded = Some(crate::frames::Decoded { logits, width: w as u32, height: h as u32, side });
         } else {
+            // No logits wanted: an inherited SAM2_TUI_LOGITS_DIR must not make the worker
+            // write them (an empty value is no directory, as for `segment`).
+            opts.tuning.logits_dir = None;
+            opts.set_env("SAM2_TUI_LOGITS_DIR", "");
             opts.media = Some(media);
         }
         opts.initial_ops = vec![];
         let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
-        let mut handle = match sam2_supervisor::start(opts) {
-            Ok(h) => h,
-            Err(e) => {
-                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
-                return Err(format!("cannot start an engine worker: {e:#}"));
+        let mut worker: Option<String> = None;
+        let mut handle = match warm {
+            Some(mut w) => {
+                // The spare worker opens this video on a fresh bank, its model loaded.
+                let frames = opts.media.clone().unwrap_or_default();
+                if let Some(d) = decoded.as_mut() {
+                    d.logits = w.logits.clone();
+                }
+                worker = Some(std::mem::take(&mut w.worker));
+                if let Err(e) = w.handle.next_item(frames, session_dir.clone(), vec![]) {
+                    return give_up(Some(w), format!("cannot start a session on {shown}: {e:#}")).await;
+                }
+                w.handle
             }
+            None => match sam2_supervisor::start(opts) {
+                Ok(h) => h,
+                Err(e) => return give_up(None, format!("cannot start an engine worker: {e:#}")).await,
+            },
         };
         let short = short_id(&id);
         // Until the worker has the video open: its size and length, or why it cannot.
         let mut last_error: Option<String> = None;
-        let mut worker: Option<String> = None;
         let opened = tokio::time::timeout(wait, async {
             let mut info = None;
             while let Some(e) = handle.events.recv().await {
@@ -242,6 +365,9 @@ impl Sessions {
     }
 
     pub async fn close_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
+        futures::future::join_all(spare.into_iter().map(discard)).await;
         let all: Vec<Arc<Session>> = self.registry().open.drain().map(|(_, s)| s).collect();
         futures::future::join_all(all.iter().map(|s| s.close("server shutting down"))).await;
     }
@@ -298,6 +424,11 @@ async fn pump(short: String, mut events: UnboundedReceiver<EngineEvent>, tx: Unb
             return;
         }
     }
+}
+
+async fn discard(w: Warm) {
+    shutdown_handle(w.handle, None).await;
+    sam2_supervisor::session_dirs::remove_one_shot(&w.session_dir);
 }
 
 /// Stops a supervisor and waits for its threads (so for its worker). The commands
