@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Aggregate throughput of a demo backend with N sessions at once.
 
-    bench.py http://127.0.0.1:7263 --sessions 1 4 8 [--video gallery/01_testsrc.mp4]
+    bench.py http://127.0.0.1:7263 --sessions 1 4 8 [--video gallery/01_testsrc.mp4] [--settle 15]
 
 For each N: N threads each start a session, click one object on frame 0, propagate
 from frame 0 (forward only: from frame 0 there is no backward pass) and close it; prints
@@ -43,10 +43,13 @@ def main():
     ap.add_argument("base_url")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--video", default="gallery/01_testsrc.mp4")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait before each row (a server's spare workers load meanwhile)")
     a = ap.parse_args()
     c = Client(a.base_url, 1800)
     rows = []
     for n in a.sessions:
+        time.sleep(a.settle)
         out = []
         threads = [threading.Thread(target=one, args=(c, a.video, out)) for _ in range(n)]
         t0 = time.perf_counter()
