@@ -5,6 +5,8 @@
    `a::b` importing `c` and `c` importing `a::x` is a cycle between `a` and `c`).
 2. No crate depends on a crate above it: api < supervisor < serve, engine < sam2-tui;
    the supervisor, the web backend (serve) and the API crate never name libtorch (`tch`).
+3. The dependency trees agree (`cargo tree`): the engine pulls in no terminal, CLI parser
+   or async runtime; the supervisor, the web backend and the API crate no libtorch.
 
 Exit 1 with one line per violation."""
 import collections, os, re, sys
@@ -74,9 +76,35 @@ def main():
             for b in sorted(edges[a]):
                 if a < b and a in edges.get(b, ()):
                     problems.append(f"{src}: modules {'::'.join(a)} and {'::'.join(b)} import each other")
+    problems += dependency_problems()
     for p in problems:
         print(p)
     return 1 if problems else 0
+
+
+# Crates a layer must not have anywhere in its (normal and build) dependency tree.
+FORBIDDEN_DEPS = {
+    "sam2-api": {"tch", "torch-sys", "ratatui", "crossterm", "clap", "tokio"},
+    "sam2-engine": {"ratatui", "crossterm", "clap", "tokio", "axum"},
+    "sam2-supervisor": {"tch", "torch-sys", "ratatui", "crossterm", "clap"},
+    # The web backend: its workers are processes; it draws nothing and parses no CLI.
+    "sam2-serve": {"tch", "torch-sys", "ratatui", "crossterm", "clap"},
+}
+
+
+def dependency_problems():
+    import subprocess
+    out = []
+    for crate, forbidden in FORBIDDEN_DEPS.items():
+        tree = subprocess.run(["cargo", "tree", "-p", crate, "-e", "normal,build", "--prefix", "none"],
+                              cwd=ROOT, capture_output=True, text=True)
+        if tree.returncode != 0:
+            out.append(f"cargo tree -p {crate} failed: {tree.stderr.strip().splitlines()[-1:]}")
+            continue
+        names = {line.split(" ")[0] for line in tree.stdout.splitlines() if line}
+        for bad in sorted(names & forbidden):
+            out.append(f"{crate} depends on {bad} (cargo tree -p {crate} -i {bad})")
+    return out
 
 
 if __name__ == "__main__":

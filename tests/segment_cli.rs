@@ -179,16 +179,23 @@ fn a_worker_crash_mid_run_does_not_fail_the_command_or_change_the_masks() {
     assert_eq!(a["frames"], b["frames"], "masks after a crash differ from an uninterrupted run");
 }
 
+/// A scratch folder with a test clip of `frames` frames, its prompts and a config file
+/// holding `config`: (folder, prompts, clip, config).
+fn clip_with_config(name: &str, frames: u32, config: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let dir = common::scratch(name);
+    let p = prompts(&dir);
+    let mp4 = dir.join("clip.mp4");
+    test_clip(&mp4, frames);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    (dir, p, mp4, path)
+}
+
 #[test]
 fn the_config_file_reaches_a_segment_run_and_a_flag_beats_it() {
     // One configuration path for every command: `segment` starts its engine from the same
     // config.toml as the console, with its flags applied over it.
-    let dir = common::scratch("segment-cli-config");
-    let p = prompts(&dir);
-    let mp4 = dir.join("clip.mp4");
-    test_clip(&mp4, 3);
-    let config = dir.join("config.toml");
-    std::fs::write(&config, "[engine]\nprecision = \"bf16\"\n").unwrap();
+    let (dir, p, mp4, config) = clip_with_config("segment-cli-config", 3, "[engine]\nprecision = \"bf16\"\n");
     let engine_of = |out: &Path| {
         let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap()).unwrap();
         doc["engine"].clone()
@@ -220,12 +227,11 @@ fn the_config_file_reaches_a_segment_run_and_a_flag_beats_it() {
 fn the_config_files_supervisor_settings_govern_a_segment_run() {
     // No restarts allowed and no ladder: the injected crash fails the run (without the
     // config the same crash costs one restart, see the test above), and nothing is written.
-    let dir = common::scratch("segment-cli-config-supervisor");
-    let p = prompts(&dir);
-    let mp4 = dir.join("clip.mp4");
-    test_clip(&mp4, 6);
-    let config = dir.join("config.toml");
-    std::fs::write(&config, "[engine]\nfallback = []\n[supervisor]\nmax_restarts = 0\n").unwrap();
+    let (dir, p, mp4, config) = clip_with_config(
+        "segment-cli-config-supervisor",
+        6,
+        "[engine]\nfallback = []\n[supervisor]\nmax_restarts = 0\n",
+    );
     let out = dir.join("out");
     let r = segment_with_env(
         &mp4,
