@@ -3,21 +3,23 @@
 
 1. No two modules of a crate import each other (directly, at any depth of nesting:
    `a::b` importing `c` and `c` importing `a::x` is a cycle between `a` and `c`).
-2. No crate depends on a crate above it: api < supervisor, engine < sam2-tui; the
-   supervisor and the API crate never name libtorch (`tch`).
+2. No crate depends on a crate above it: api < supervisor < serve, engine < sam2-tui;
+   the supervisor, the web backend (serve) and the API crate never name libtorch (`tch`).
 3. The dependency trees agree (`cargo tree`): the engine pulls in no terminal, CLI parser
-   or async runtime; the supervisor and the API crate no libtorch.
+   or async runtime; the supervisor, the web backend and the API crate no libtorch.
 
 Exit 1 with one line per violation."""
 import collections, os, re, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRATES = {"sam2_api": "crates/api/src", "sam2_engine": "crates/engine/src",
-          "sam2_supervisor": "crates/supervisor/src", "sam2_tui": "src"}
+          "sam2_supervisor": "crates/supervisor/src", "sam2_serve": "crates/serve/src", "sam2_tui": "src"}
 # Which crates each may name (besides itself); the Cargo manifests enforce it too.
 ALLOWED = {"sam2_api": set(), "sam2_supervisor": {"sam2_api"},
-           "sam2_engine": {"sam2_api"}, "sam2_tui": {"sam2_api", "sam2_engine", "sam2_supervisor"}}
-NO_TORCH = {"sam2_api", "sam2_supervisor"}
+           "sam2_engine": {"sam2_api"}, "sam2_serve": {"sam2_api", "sam2_supervisor"},
+           "sam2_tui": {"sam2_api", "sam2_engine", "sam2_supervisor", "sam2_serve"}}
+# The web backend embeds supervisors only: its workers are processes of their own.
+NO_TORCH = {"sam2_api", "sam2_supervisor", "sam2_serve"}
 
 
 def modules(src):
@@ -50,7 +52,7 @@ def main():
         edges = collections.defaultdict(set)
         for m, text in mods.items():
             text = strip_tests(text)
-            for other in set(re.findall(r"\b(sam2_(?:api|engine|supervisor|tui))::", text)) - {crate}:
+            for other in set(re.findall(r"\b(sam2_(?:api|engine|supervisor|serve|tui))::", text)) - {crate}:
                 if other not in ALLOWED[crate]:
                     problems.append(f"{src}/{'/'.join(m)}: {crate} names {other}, a crate above or beside it")
             if crate in NO_TORCH and re.search(r"\btch::", text):
@@ -85,6 +87,8 @@ FORBIDDEN_DEPS = {
     "sam2-api": {"tch", "torch-sys", "ratatui", "crossterm", "clap", "tokio"},
     "sam2-engine": {"ratatui", "crossterm", "clap", "tokio", "axum"},
     "sam2-supervisor": {"tch", "torch-sys", "ratatui", "crossterm", "clap"},
+    # The web backend: its workers are processes; it draws nothing and parses no CLI.
+    "sam2-serve": {"tch", "torch-sys", "ratatui", "crossterm", "clap"},
 }
 
 

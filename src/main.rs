@@ -11,6 +11,7 @@ fn main() {
         Some(Command::Sessions(a)) => sam2_tui::cli::sessions::run(a),
         Some(Command::Weights(c)) => sam2_tui::cli::weights::run(c),
         Some(Command::Preview(a)) => sam2_tui::cli::preview::run(a),
+        Some(Command::Serve(a)) => sam2_tui::cli::serve::run(a),
         Some(Command::Engine(a)) => sam2_tui::cli::engine::run(a),
         None => sam2_tui::console::run(cli.input, cli.console),
     };

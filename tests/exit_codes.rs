@@ -121,6 +121,7 @@ fn each_command_exits_2_with_one_line_naming_the_file_for_a_bad_input() {
     let ckpt = sc.dir.join("gone.pt");
     assert_bad_input(&run(&["weights", "inspect", s(&ckpt)]), "gone.pt");
     assert_bad_input(&run(&["doctor", "--checkpoint", s(&ckpt)]), "gone.pt");
+    assert_bad_input(&run(&["serve", "--checkpoint", s(&ckpt), "--port", "0"]), "gone.pt");
     let not_random = sc.dir.join("tiny.safetensors");
     assert_bad_input(&run(&["weights", "init-random", s(&not_random)]), "tiny.safetensors");
     assert!(!not_random.exists());

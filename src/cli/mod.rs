@@ -9,6 +9,7 @@ pub mod interrupt;
 pub mod job;
 pub mod preview;
 pub mod segment;
+pub mod serve;
 pub mod sessions;
 pub mod weights;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Weights(weights::Args),
     /// Print one frame with its mask overlay straight to the terminal.
     Preview(preview::Args),
+    /// Serve the official SAM 2 web demo's front end (its GraphQL API and mask stream), one engine worker per session.
+    Serve(serve::Args),
     /// The engine worker (spoken to by the supervisor over stdin/stdout).
     #[command(hide = true)]
     Engine(engine::Args),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod image_parity;
+pub mod serve;
 pub mod video_parity;
 
 /// The Python of the set-up environment (`make test` exports SAM2_TUI_PYTHON).

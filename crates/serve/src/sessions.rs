@@ -1,0 +1,944 @@
+//! Sessions: one supervisor, so one engine worker process, per session. A worker that
+//! crashes, hangs or runs out of memory is restarted by its own supervisor, which replays
+//! that session's journal; no other session notices. The official backend keeps every
+//! session in one process under one lock.
+//!
+//! Over the engine's ops this module keeps what the demo's API has and the engine's
+//! journal does not: the demo's object ids (0, 1, 2 … here, 1, 2, 3 … in the engine),
+//! the order objects were first seen in (every answer lists every object in it), and the
+//! points kept per (frame, object) so that `clearOldPoints: false` can append. Every
+//! argument is judged here, before the engine is touched.
+use crate::log;
+use sam2_api::events::{EngineCommand, EngineEvent, EngineState, FrameMasks, LogLevel};
+use sam2_api::limits::{MAX_OBJECT_ID, MAX_POINTS_PER_PROMPT};
+use sam2_api::rle::Rle;
+use sam2_api::session::{Op, Point};
+use sam2_supervisor::{SupervisorHandle, SupervisorOptions};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+/// The largest object id of the demo's API (ours is one more, at most `MAX_OBJECT_ID`).
+pub const MAX_DEMO_OBJECT_ID: i32 = MAX_OBJECT_ID as i32 - 1;
+
+pub struct SessionsConfig {
+    pub base: SupervisorOptions,
+    /// Session folders go here, one per session, removed when it closes.
+    pub root: PathBuf,
+    pub max_sessions: usize,
+    pub idle_timeout: Duration,
+    /// Video files are decoded as the official does (see `frames`), or by the engine.
+    pub official_decode: bool,
+    /// Workers kept started, model loaded, for the next sessions (video files, decoded
+    /// as the official does): a session then starts without a process start and a model
+    /// load.
+    pub warm_workers: usize,
+    pub ffmpeg: PathBuf,
+    pub ffprobe: PathBuf,
+}
+
+/// The masks of every object of a session on one frame, in the order objects were first
+/// seen, with the demo's object ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameResult {
+    pub frame: usize,
+    pub objects: Vec<(i32, Rle)>,
+}
+
+pub struct Sessions {
+    cfg: SessionsConfig,
+    registry: Mutex<Registry>,
+    warm: Mutex<Vec<Warm>>,
+    warming: AtomicUsize,
+    closing: AtomicBool,
+}
+
+/// A started worker with its model loaded and no video yet, waiting for a session.
+struct Warm {
+    handle: SupervisorHandle,
+    session_dir: PathBuf,
+    logits: PathBuf,
+    worker: String,
+}
+
+#[derive(Default)]
+struct Registry {
+    open: HashMap<String, Arc<Session>>,
+    starting: usize,
+}
+
+pub fn unknown_session(id: &str) -> String {
+    // The official's words (the front end shows them), so the same case reads the same.
+    format!("Cannot find session {id}; it might have expired")
+}
+
+impl Sessions {
+    pub fn new(cfg: SessionsConfig) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            cfg,
+            registry: Mutex::new(Registry::default()),
+            warm: Mutex::new(vec![]),
+            warming: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Session>, String> {
+        let s = self.registry().open.get(id).cloned().ok_or_else(|| unknown_session(id))?;
+        s.touch();
+        Ok(s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.registry().open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts a worker on `media` (an absolute path inside the data folder; `shown` is the
+    /// client's name for it) and waits until it has the video open.
+    pub async fn start(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<String, String> {
+        {
+            let mut r = self.registry();
+            if r.open.len() + r.starting >= self.cfg.max_sessions {
+                return Err(format!(
+                    "too many sessions: {} are open or starting, the most this server runs at once (--max-sessions {}); close one (closeSession) or wait for an idle one to expire",
+                    r.open.len() + r.starting,
+                    self.cfg.max_sessions
+                ));
+            }
+            r.starting += 1;
+        }
+        let result = self.start_reserved(media, shown).await;
+        let mut r = self.registry();
+        r.starting -= 1;
+        let session = result?;
+        let id = session.id.clone();
+        r.open.insert(id.clone(), session);
+        Ok(id)
+    }
+
+    /// Keeps `warm_workers` workers started and loaded (in the background).
+    pub fn refill(self: &Arc<Self>) {
+        if !self.cfg.official_decode {
+            return;
+        }
+        loop {
+            let have = self.warm.lock().unwrap_or_else(|p| p.into_inner()).len() + self.warming.load(Ordering::SeqCst);
+            if have >= self.cfg.warm_workers || self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            self.warming.fetch_add(1, Ordering::SeqCst);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let w = me.warm_up().await;
+                me.warming.fetch_sub(1, Ordering::SeqCst);
+                match w {
+                    Ok(w) if me.closing.load(Ordering::SeqCst) => discard(w).await,
+                    Ok(w) => me.warm.lock().unwrap_or_else(|p| p.into_inner()).push(w),
+                    Err(e) => log::line(format!("could not start a spare worker: {e}")),
+                }
+            });
+        }
+    }
+
+    async fn warm_up(&self) -> Result<Warm, String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let session_dir = self.cfg.root.join(format!("serve-{id}"));
+        sam2_supervisor::session_dirs::mark_one_shot(&session_dir).map_err(|e| format!("{e:#}"))?;
+        let logits = session_dir.join("logits");
+        let mut opts = self.cfg.base.clone();
+        opts.session_dir = session_dir.clone();
+        opts.media = None;
+        opts.initial_ops = vec![];
+        opts.tuning.logits_dir = Some(logits.clone());
+        opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
+        let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let mut handle = sam2_supervisor::start(opts).map_err(|e| {
+            sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+            format!("cannot start an engine worker: {e:#}")
+        })?;
+        let mut worker = String::from("worker");
+        let mut last_error = None;
+        let ready = tokio::time::timeout(wait, async {
+            while let Some(e) = handle.events.recv().await {
+                match e {
+                    EngineEvent::WorkerStarted { pid, device, precision, .. } => {
+                        worker = format!("worker {pid} on {device} {precision}")
+                    }
+                    EngineEvent::State(EngineState::Ready) => return true,
+                    EngineEvent::Log { level: LogLevel::Error, message } => last_error = Some(message),
+                    EngineEvent::State(EngineState::Stopped) => return false,
+                    _ => {}
+                }
+            }
+            false
+        })
+        .await;
+        if ready != Ok(true) {
+            shutdown_handle(handle, None).await;
+            sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+            return Err(last_error.unwrap_or_else(|| "it did not load the model".into()));
+        }
+        Ok(Warm { handle, session_dir, logits, worker })
+    }
+
+    async fn start_reserved(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
+        let started = Instant::now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let decode = self.cfg.official_decode && media.is_file();
+        let warm = if decode { self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        if warm.is_some() {
+            self.refill();
+        }
+        let session_dir = match &warm {
+            Some(w) => w.session_dir.clone(),
+            None => {
+                let d = self.cfg.root.join(format!("serve-{id}"));
+                sam2_supervisor::session_dirs::mark_one_shot(&d).map_err(|e| format!("{e:#}"))?;
+                d
+            }
+        };
+        let cleanup_dir = session_dir.clone();
+        let give_up = move |warm: Option<Warm>, why: String| {
+            let dir = cleanup_dir.clone();
+            async move {
+                if let Some(w) = warm {
+                    shutdown_handle(w.handle, None).await;
+                }
+                sam2_supervisor::session_dirs::remove_one_shot(&dir);
+                Err(why)
+            }
+        };
+        let mut opts = self.cfg.base.clone();
+        opts.session_dir = session_dir.clone();
+        let mut decoded = None;
+        if decode {
+            let side = opts.image_size.max(16) as u32;
+            let Some((w, h)) = crate::data::probe_size(&self.cfg.ffprobe, &media) else {
+                return give_up(warm, format!("cannot start a session on {shown}: not a video ffprobe can read")).await;
+            };
+            let frames_dir = session_dir.join("frames");
+            if let Err(e) = crate::frames::extract(&self.cfg.ffmpeg, &media, &frames_dir, side).await {
+                return give_up(warm, format!("cannot start a session on {shown}: {e}")).await;
+            }
+            let logits = session_dir.join("logits");
+            // The knob and the worker's environment (which goes on top of the knobs).
+            opts.tuning.logits_dir = Some(logits.clone());
+            opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
+            opts.media = Some(frames_dir);
+            decoded = Some(crate::frames::Decoded { logits, width: w as u32, height: h as u32, side });
+        } else {
+            // No logits wanted: an inherited SAM2_TUI_LOGITS_DIR must not make the worker
+            // write them (an empty value is no directory, as for `segment`).
+            opts.tuning.logits_dir = None;
+            opts.set_env("SAM2_TUI_LOGITS_DIR", "");
+            opts.media = Some(media);
+        }
+        opts.initial_ops = vec![];
+        let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let mut worker: Option<String> = None;
+        let mut handle = match warm {
+            Some(mut w) => {
+                // The spare worker opens this video on a fresh bank, its model loaded.
+                let frames = opts.media.clone().unwrap_or_default();
+                if let Some(d) = decoded.as_mut() {
+                    d.logits = w.logits.clone();
+                }
+                worker = Some(std::mem::take(&mut w.worker));
+                if let Err(e) = w.handle.next_item(frames, session_dir.clone(), vec![]) {
+                    return give_up(Some(w), format!("cannot start a session on {shown}: {e:#}")).await;
+                }
+                w.handle
+            }
+            None => match sam2_supervisor::start(opts) {
+                Ok(h) => h,
+                Err(e) => return give_up(None, format!("cannot start an engine worker: {e:#}")).await,
+            },
+        };
+        let short = short_id(&id);
+        // Until the worker has the video open: its size and length, or why it cannot.
+        let mut last_error: Option<String> = None;
+        let opened = tokio::time::timeout(wait, async {
+            let mut info = None;
+            while let Some(e) = handle.events.recv().await {
+                match e {
+                    EngineEvent::MediaInfo { width, height, frames, .. } => info = Some((width, height, frames)),
+                    EngineEvent::State(EngineState::Ready) => {
+                        if let Some(i) = info {
+                            return Ok(i);
+                        }
+                    }
+                    EngineEvent::WorkerStarted { pid, device, precision, .. } => {
+                        worker = Some(format!("worker {pid} on {device} {precision}"))
+                    }
+                    EngineEvent::WorkerDied { reason, .. } => {
+                        log::line(format!("session {short}: worker died while starting ({reason}); restarting"))
+                    }
+                    EngineEvent::Log { level: LogLevel::Error, message } => last_error = Some(message),
+                    EngineEvent::State(EngineState::Stopped) => break,
+                    _ => {}
+                }
+            }
+            Err(last_error.clone().unwrap_or_else(|| "the engine stopped".into()))
+        })
+        .await;
+        let (width, height, frames) = match opened {
+            Ok(Ok((w, h, n))) => match &decoded {
+                Some(d) => (d.width, d.height, n),
+                None => (w, h, n),
+            },
+            Ok(Err(why)) => {
+                shutdown_handle(handle, None).await;
+                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+                return Err(format!("cannot start a session on {shown}: {why}"));
+            }
+            Err(_) => {
+                shutdown_handle(handle, None).await;
+                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+                return Err(format!(
+                    "cannot start a session on {shown}: the engine did not open it within {} s",
+                    wait.as_secs()
+                ));
+            }
+        };
+        if frames == 0 {
+            shutdown_handle(handle, None).await;
+            sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+            return Err(format!("cannot start a session on {shown}: it has no frames"));
+        }
+        // The supervisor's events go through a pump that logs deaths as they happen
+        // (also between requests) and hands the rest to whoever runs an op.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = std::mem::replace(&mut handle.events, tokio::sync::mpsc::unbounded_channel().1);
+        tokio::spawn(pump(short.clone(), events, tx));
+        let commands = handle.commands.clone();
+        // Encode frame 0 ahead (the worker is ready now), as the official's init_state
+        // does: the first click there only runs the decoder.
+        let _ = commands.send(EngineCommand::Prefetch(0));
+        let session = Arc::new(Session {
+            id: id.clone(),
+            video: shown.to_string(),
+            width,
+            height,
+            frames,
+            commands: Mutex::new(Some(commands)),
+            masks: handle.masks.clone(),
+            core: Arc::new(tokio::sync::Mutex::new(Core {
+                events: rx,
+                objects: vec![],
+                in_engine: BTreeSet::new(),
+                points: BTreeMap::new(),
+                stopped: None,
+            })),
+            cancel: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+            in_use: AtomicUsize::new(0),
+            handle: Mutex::new(Some(handle)),
+            session_dir,
+            decoded,
+        });
+        log::line(format!(
+            "session {short} started on {shown} ({width}x{height}, {frames} frames; {}) in {:.2} s",
+            worker.unwrap_or_else(|| "worker".into()),
+            started.elapsed().as_secs_f32()
+        ));
+        Ok(session)
+    }
+
+    /// Closes a session: its worker is stopped and its folder removed. False when there
+    /// is no such session (the official answers `success: false` then, not an error).
+    pub async fn close(&self, id: &str, why: &str) -> bool {
+        let Some(s) = self.registry().open.remove(id) else { return false };
+        s.close(why).await;
+        true
+    }
+
+    pub async fn close_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
+        futures::future::join_all(spare.into_iter().map(discard)).await;
+        let all: Vec<Arc<Session>> = self.registry().open.drain().map(|(_, s)| s).collect();
+        futures::future::join_all(all.iter().map(|s| s.close("server shutting down"))).await;
+    }
+
+    /// Closes the sessions nobody has used for the idle timeout.
+    pub async fn expire_idle(&self) {
+        let idle = self.cfg.idle_timeout;
+        let expired: Vec<Arc<Session>> = {
+            let mut r = self.registry();
+            let ids: Vec<String> =
+                r.open.iter().filter(|(_, s)| s.idle_for() >= idle).map(|(id, _)| id.clone()).collect();
+            ids.iter().filter_map(|id| r.open.remove(id)).collect()
+        };
+        for s in expired {
+            s.close(&format!("idle for {} s", idle.as_secs())).await;
+        }
+    }
+}
+
+/// Runs `expire_idle` every few seconds, for as long as the server runs.
+pub async fn reap_idle(sessions: Arc<Sessions>) {
+    let every = (sessions.cfg.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        sessions.expire_idle().await;
+    }
+}
+
+fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+async fn pump(short: String, mut events: UnboundedReceiver<EngineEvent>, tx: UnboundedSender<EngineEvent>) {
+    while let Some(e) = events.recv().await {
+        match &e {
+            EngineEvent::Stats(_) | EngineEvent::Log { level: LogLevel::Info, .. } => continue,
+            EngineEvent::WorkerDied { reason, stderr_tail } => {
+                let last = stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+                let last = if last.is_empty() { String::new() } else { format!("; last words: {last}") };
+                log::line(format!("session {short}: worker died ({reason}{last}); restarting it and resuming"));
+            }
+            EngineEvent::WorkerStarted { pid, restarts, .. } if *restarts > 0 => {
+                log::line(format!("session {short}: worker {pid} restarted (restart {restarts})"));
+            }
+            EngineEvent::FellBack { from, to, reason } => {
+                log::line(format!("session {short}: fell back from {from} to {to}: {reason}"));
+            }
+            EngineEvent::Log { level: LogLevel::Error, message } if message.starts_with("giving up") => {
+                log::line(format!("session {short}: {message}"));
+            }
+            _ => {}
+        }
+        if tx.send(e).is_err() {
+            return;
+        }
+    }
+}
+
+async fn discard(w: Warm) {
+    shutdown_handle(w.handle, None).await;
+    sam2_supervisor::session_dirs::remove_one_shot(&w.session_dir);
+}
+
+/// Stops a supervisor and waits for its threads (so for its worker). The commands
+/// sender the session kept must be gone first, or the supervisor's command thread waits
+/// for it forever.
+async fn shutdown_handle(handle: SupervisorHandle, commands: Option<UnboundedSender<EngineCommand>>) {
+    if let Some(c) = commands {
+        let _ = c.send(EngineCommand::Cancel);
+        drop(c);
+    }
+    let _ = tokio::task::spawn_blocking(move || handle.shutdown()).await;
+}
+
+pub struct Session {
+    pub id: String,
+    /// The path the client started it with.
+    pub video: String,
+    pub width: u32,
+    pub height: u32,
+    pub frames: usize,
+    commands: Mutex<Option<UnboundedSender<EngineCommand>>>,
+    masks: Arc<Mutex<sam2_supervisor::store::MaskStore>>,
+    core: Arc<tokio::sync::Mutex<Core>>,
+    /// Set by cancelPropagateInVideo, cleared when a propagation starts.
+    pub cancel: AtomicBool,
+    closed: AtomicBool,
+    last_used: Mutex<Instant>,
+    /// Requests and streams using the session now (an idle session has none).
+    in_use: AtomicUsize,
+    handle: Mutex<Option<SupervisorHandle>>,
+    session_dir: PathBuf,
+    /// Set when the engine reads the frames as the official decodes them.
+    decoded: Option<crate::frames::Decoded>,
+}
+
+/// Holds a session "in use" (not idle) while alive.
+pub struct InUse(Arc<Session>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+impl Session {
+    pub fn short(&self) -> String {
+        short_id(&self.id)
+    }
+
+    pub fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn use_it(self: &Arc<Self>) -> InUse {
+        self.in_use.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        InUse(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_use.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_used.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub fn send(&self, cmd: EngineCommand) -> bool {
+        match self.commands.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(c) => c.send(cmd).is_ok(),
+            None => false,
+        }
+    }
+
+    /// cancelPropagateInVideo: the stream stops sending at once, the engine stops at the
+    /// next frame.
+    pub fn cancel_propagation(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.send(EngineCommand::Cancel);
+    }
+
+    async fn close(&self, why: &str) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.cancel.store(true, Ordering::SeqCst);
+        let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            shutdown_handle(h, commands).await;
+        }
+        sam2_supervisor::session_dirs::remove_one_shot(&self.session_dir);
+        log::line(format!("session {} closed ({why})", self.short()));
+    }
+
+    /// The session's engine, for one op or one whole propagation at a time.
+    pub async fn lock(&self) -> tokio::sync::OwnedMutexGuard<Core> {
+        self.core.clone().lock_owned().await
+    }
+
+    fn empty(&self) -> Rle {
+        Rle::encode(&vec![0u8; self.width as usize * self.height as usize], self.height as usize, self.width as usize)
+    }
+
+    /// Frame masks of the engine (its object ids) as the demo's answer: every object of
+    /// the session in first-seen order, an empty mask where the engine has none.
+    pub fn result(&self, objects: &[i32], m: &FrameMasks) -> FrameResult {
+        let objects = objects
+            .iter()
+            .map(|&o| {
+                let rle = m
+                    .objects
+                    .iter()
+                    .find(|x| x.object == engine_id(o))
+                    .and_then(|x| match &self.decoded {
+                        Some(d) => d.mask(x.object, m.frame),
+                        None => Some(x.rle.clone()),
+                    })
+                    .unwrap_or_else(|| self.empty());
+                (o, rle)
+            })
+            .collect();
+        FrameResult { frame: m.frame, objects }
+    }
+
+    /// The latest masks the supervisor holds for `frame` (for answers the engine gives
+    /// none of).
+    fn stored(&self, core: &Core, frame: usize) -> FrameResult {
+        let store = self.masks.lock().unwrap_or_else(|p| p.into_inner());
+        let objects = core
+            .objects
+            .iter()
+            .map(|&o| {
+                let rle = if core.in_engine.contains(&o) {
+                    match &self.decoded {
+                        Some(d) => d.mask(engine_id(o), frame),
+                        None => store.get(frame, engine_id(o)).map(|m| m.rle.clone()),
+                    }
+                } else {
+                    None
+                };
+                (o, rle.unwrap_or_else(|| self.empty()))
+            })
+            .collect();
+        FrameResult { frame, objects }
+    }
+
+    // --- argument checks (before the engine is touched) ---------------------------------
+
+    pub fn check_frame(&self, frame: i32) -> Result<usize, String> {
+        if frame < 0 || frame as usize >= self.frames {
+            return Err(format!(
+                "frameIndex {frame} is out of range: {} has {} frames (0..={})",
+                self.video,
+                self.frames,
+                self.frames - 1
+            ));
+        }
+        Ok(frame as usize)
+    }
+
+    pub fn check_object(&self, object: i32) -> Result<i32, String> {
+        if !(0..=MAX_DEMO_OBJECT_ID).contains(&object) {
+            return Err(format!("objectId {object} is out of range: object ids are 0..={MAX_DEMO_OBJECT_ID}"));
+        }
+        Ok(object)
+    }
+
+    // --- the operations ---------------------------------------------------------------
+
+    /// addPoints: points are normalised to 0..1 (x by the video's width, y by its height).
+    pub async fn add_points(
+        self: &Arc<Self>,
+        frame: i32,
+        object: i32,
+        points: &[Vec<f64>],
+        labels: &[i32],
+        clear_old_points: bool,
+    ) -> Result<FrameResult, String> {
+        let frame = self.check_frame(frame)?;
+        let object = self.check_object(object)?;
+        let given = check_points(points, labels)?;
+        let s = self.clone();
+        detached(async move { s.add_points_now(frame, object, given, clear_old_points).await }).await
+    }
+
+    async fn add_points_now(
+        self: &Arc<Self>,
+        frame: usize,
+        object: i32,
+        given: Vec<NormPoint>,
+        clear_old_points: bool,
+    ) -> Result<FrameResult, String> {
+        let _busy = self.use_it();
+        let mut core = self.lock().await;
+        core.usable(self)?;
+        let mut all =
+            if clear_old_points { vec![] } else { core.points.get(&(frame, object)).cloned().unwrap_or_default() };
+        all.extend(given);
+        if all.len() > MAX_POINTS_PER_PROMPT {
+            return Err(format!(
+                "{} points for object {object} on frame {frame}, more than the limit of {MAX_POINTS_PER_PROMPT}",
+                all.len()
+            ));
+        }
+        let (w, h) = (self.width as f64, self.height as f64);
+        // In the engine's frame: the video's pixels, or the S×S frames of `frames`.
+        let (w, h) = match &self.decoded {
+            Some(d) => (d.side as f64, d.side as f64),
+            None => (w, h),
+        };
+        let pixels: Vec<Point> =
+            all.iter().map(|&(x, y, label)| Point { x: (x * w) as f32, y: (y * h) as f32, label }).collect();
+        let op = Op::AddPrompt { frame, object: engine_id(object), points: pixels, bbox: None };
+        let mut answer: Option<FrameMasks> = None;
+        core.run(self, op, &mut |m| {
+            if m.frame == frame {
+                answer = Some(m)
+            }
+        })
+        .await?;
+        core.points.insert((frame, object), all);
+        core.in_engine.insert(object);
+        if !core.objects.contains(&object) {
+            core.objects.push(object);
+        }
+        Ok(match answer {
+            Some(m) => self.result(&core.objects, &m),
+            None => self.stored(&core, frame),
+        })
+    }
+
+    /// clearPointsInFrame. An object never seen is added (empty), as the official does.
+    pub async fn clear_points_in_frame(self: &Arc<Self>, frame: i32, object: i32) -> Result<FrameResult, String> {
+        let frame = self.check_frame(frame)?;
+        let object = self.check_object(object)?;
+        let s = self.clone();
+        detached(async move { s.clear_points_in_frame_now(frame, object).await }).await
+    }
+
+    async fn clear_points_in_frame_now(self: &Arc<Self>, frame: usize, object: i32) -> Result<FrameResult, String> {
+        let _busy = self.use_it();
+        let mut core = self.lock().await;
+        core.usable(self)?;
+        if !core.objects.contains(&object) {
+            core.objects.push(object);
+        }
+        if !core.in_engine.contains(&object) {
+            return Ok(self.stored(&core, frame));
+        }
+        let mut answer: Option<FrameMasks> = None;
+        core.run(self, Op::ClearFrame { frame, object: engine_id(object) }, &mut |m| {
+            if m.frame == frame {
+                answer = Some(m)
+            }
+        })
+        .await?;
+        core.points.remove(&(frame, object));
+        Ok(match answer {
+            Some(m) => self.result(&core.objects, &m),
+            None => self.stored(&core, frame),
+        })
+    }
+
+    /// clearPointsInVideo: the reference's reset_state.
+    pub async fn clear_points_in_video(self: &Arc<Self>) -> Result<(), String> {
+        let s = self.clone();
+        detached(async move { s.clear_points_in_video_now().await }).await
+    }
+
+    async fn clear_points_in_video_now(self: &Arc<Self>) -> Result<(), String> {
+        let _busy = self.use_it();
+        let mut core = self.lock().await;
+        core.usable(self)?;
+        core.run(self, Op::Reset, &mut |_| {}).await?;
+        if let Some(d) = &self.decoded {
+            let _ = std::fs::remove_dir_all(&d.logits);
+        }
+        core.objects.clear();
+        core.in_engine.clear();
+        core.points.clear();
+        Ok(())
+    }
+
+    /// removeObject: the refreshed frames where it had points, with the other objects'
+    /// masks; nothing when it did not exist or was the last one (then all is reset).
+    pub async fn remove_object(self: &Arc<Self>, object: i32) -> Result<Vec<FrameResult>, String> {
+        let s = self.clone();
+        detached(async move { s.remove_object_now(object).await }).await
+    }
+
+    async fn remove_object_now(self: &Arc<Self>, object: i32) -> Result<Vec<FrameResult>, String> {
+        let _busy = self.use_it();
+        let mut core = self.lock().await;
+        core.usable(self)?;
+        if !(0..=MAX_DEMO_OBJECT_ID).contains(&object) || !core.objects.contains(&object) {
+            return Ok(vec![]);
+        }
+        // The last object's removal resets the engine (as the reference does) and
+        // refreshes no frame.
+        let mut frames: Vec<FrameMasks> = vec![];
+        if core.in_engine.contains(&object) {
+            core.run(self, Op::RemoveObject { object: engine_id(object) }, &mut |m| {
+                // A replayed op (after a crash) sends its frames again: the latest wins.
+                match frames.iter_mut().find(|f| f.frame == m.frame) {
+                    Some(f) => *f = m,
+                    None => frames.push(m),
+                }
+            })
+            .await?;
+        }
+        core.objects.retain(|&o| o != object);
+        core.in_engine.remove(&object);
+        core.points.retain(|(_, o), _| *o != object);
+        Ok(frames.iter().map(|m| self.result(&core.objects, m)).collect())
+    }
+
+    /// Judges a propagation before it starts: the session has prompted objects and the
+    /// start frame exists. The errors are the reference's (it would fail the same way).
+    pub fn check_propagation(&self, core: &Core, start: i64) -> Result<usize, String> {
+        core.usable(self)?;
+        if start < 0 || start as usize >= self.frames {
+            return Err(format!(
+                "start_frame_index {start} is out of range: {} has {} frames (0..={})",
+                self.video,
+                self.frames,
+                self.frames - 1
+            ));
+        }
+        if core.objects.is_empty() {
+            return Err("No input points or masks are provided for any object; please add inputs first.".into());
+        }
+        if let Some(o) = core.objects.iter().find(|o| !core.points.keys().any(|(_, p)| p == *o)) {
+            return Err(format!("No input points or masks are provided for object id {o}; please add inputs first."));
+        }
+        Ok(start as usize)
+    }
+}
+
+/// Runs an op to its end on a task of its own: a client that goes away mid-request
+/// drops the request's future, and an op abandoned between sending and its end would
+/// leave its news for the next op to read as its own.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    tokio::spawn(f).await.map_err(|e| format!("internal error: {e}"))?
+}
+
+/// The engine's object id for the demo's.
+pub fn engine_id(demo: i32) -> u32 {
+    demo as u32 + 1
+}
+
+/// Points `[[x, y], …]` normalised to 0..1 with labels 0 (negative) or 1 (positive).
+fn check_points(points: &[Vec<f64>], labels: &[i32]) -> Result<Vec<NormPoint>, String> {
+    if points.is_empty() {
+        return Err("addPoints needs at least one point".into());
+    }
+    if points.len() != labels.len() {
+        return Err(format!("{} points but {} labels: each point needs one label", points.len(), labels.len()));
+    }
+    if points.len() > MAX_POINTS_PER_PROMPT {
+        return Err(format!("{} points, more than the limit of {MAX_POINTS_PER_PROMPT}", points.len()));
+    }
+    let mut out = Vec::with_capacity(points.len());
+    for (i, (p, &label)) in points.iter().zip(labels).enumerate() {
+        let [x, y] = p[..] else {
+            return Err(format!("point {i} must be [x, y], got {} numbers", p.len()));
+        };
+        if !(0.0..=1.0).contains(&x) || !(0.0..=1.0).contains(&y) {
+            return Err(format!(
+                "point {i} [{x}, {y}] is outside the frame: points are normalised to 0..1 (x by the video's width, y by its height)"
+            ));
+        }
+        if label != 0 && label != 1 {
+            return Err(format!("label {i} is {label}: labels are 1 (positive) or 0 (negative)"));
+        }
+        out.push((x, y, label));
+    }
+    Ok(out)
+}
+
+/// A point as the demo sends it: x, y normalised to 0..1, and its label.
+type NormPoint = (f64, f64, i32);
+
+/// A session's engine and what the demo's API keeps over it; held for one op (or one
+/// whole propagation) at a time.
+pub struct Core {
+    events: UnboundedReceiver<EngineEvent>,
+    /// Objects in the order first seen (demo ids).
+    pub objects: Vec<i32>,
+    /// Objects the engine has (had points since the last reset).
+    in_engine: BTreeSet<i32>,
+    /// Points per (frame, object), normalised, with labels.
+    points: BTreeMap<(usize, i32), Vec<NormPoint>>,
+    /// Set when the supervisor gave up on the engine.
+    stopped: Option<String>,
+}
+
+/// How an op ended.
+pub enum Ended {
+    Done,
+    Cancelled,
+}
+
+impl Core {
+    fn usable(&self, s: &Session) -> Result<(), String> {
+        if s.is_closed() {
+            return Err(unknown_session(&s.id));
+        }
+        if let Some(why) = &self.stopped {
+            return Err(format!("the engine of this session stopped ({why}); close it and start a new session"));
+        }
+        Ok(())
+    }
+
+    /// Sends one op and follows it to its end, handing each frame's masks to `on_masks`.
+    /// A worker death in between is the supervisor's business: it restarts the worker,
+    /// replays the journal and resumes, and the masks keep coming.
+    pub async fn run(
+        &mut self,
+        s: &Session,
+        op: Op,
+        on_masks: &mut (dyn FnMut(FrameMasks) + Send),
+    ) -> Result<Ended, String> {
+        self.run_with(s, op, on_masks, &mut || false).await
+    }
+
+    /// `run`, with `cancel_now` asked after each event: true sends the engine a cancel
+    /// (once).
+    pub async fn run_with(
+        &mut self,
+        s: &Session,
+        op: Op,
+        on_masks: &mut (dyn FnMut(FrameMasks) + Send),
+        cancel_now: &mut (dyn FnMut() -> bool + Send),
+    ) -> Result<Ended, String> {
+        // News that arrived between ops (the engine giving up while idle).
+        while let Ok(e) = self.events.try_recv() {
+            self.note(&e);
+        }
+        self.usable(s)?;
+        if !s.send(EngineCommand::Op(op)) {
+            return Err(unknown_session(&s.id));
+        }
+        let mut cancel_sent = false;
+        loop {
+            let Some(e) = self.events.recv().await else {
+                return Err(if s.is_closed() { unknown_session(&s.id) } else { "the engine stopped".into() });
+            };
+            self.note(&e);
+            match e {
+                EngineEvent::Masks(m) => on_masks(m),
+                EngineEvent::OpFinished { cancelled, .. } => {
+                    return Ok(if cancelled { Ended::Cancelled } else { Ended::Done });
+                }
+                EngineEvent::OpFailed { message, .. } => return Err(message),
+                EngineEvent::Log { level: LogLevel::Error, message } if message.starts_with("refused op") => {
+                    return Err(message);
+                }
+                EngineEvent::State(EngineState::Stopped) => {
+                    return Err(if s.is_closed() {
+                        unknown_session(&s.id)
+                    } else {
+                        format!(
+                            "the engine of this session stopped ({}); close it and start a new session",
+                            self.stopped.clone().unwrap_or_default()
+                        )
+                    });
+                }
+                _ => {}
+            }
+            if !cancel_sent && cancel_now() {
+                cancel_sent = true;
+                s.send(EngineCommand::Cancel);
+            }
+        }
+    }
+
+    fn note(&mut self, e: &EngineEvent) {
+        match e {
+            EngineEvent::State(EngineState::Stopped) if self.stopped.is_none() => {
+                self.stopped = Some("it kept crashing".into());
+            }
+            EngineEvent::Log { level: LogLevel::Error, message } if message.starts_with("giving up") => {
+                self.stopped = Some(message.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_judged_before_the_engine_sees_them() {
+        assert!(check_points(&[vec![0.5, 0.5]], &[1]).is_ok());
+        assert!(check_points(&[vec![0.0, 1.0]], &[0]).is_ok(), "the edges are inside");
+        assert!(check_points(&[vec![1.01, 0.5]], &[1]).unwrap_err().contains("outside the frame"));
+        assert!(check_points(&[vec![-0.1, 0.5]], &[1]).is_err());
+        assert!(check_points(&[vec![f64::NAN, 0.5]], &[1]).is_err());
+        assert!(check_points(&[vec![0.5]], &[1]).unwrap_err().contains("[x, y]"));
+        assert!(check_points(&[vec![0.5, 0.5]], &[1, 0]).unwrap_err().contains("labels"));
+        assert!(check_points(&[vec![0.5, 0.5]], &[2]).is_err());
+        assert!(check_points(&[], &[]).is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! `sam2-tui serve`: a drop-in backend for the official SAM 2 web demo's front end
+//! (GraphQL on /graphql, the mask stream on /propagate_in_video, the data folder's
+//! files), with one supervised engine worker per session (crate `sam2-serve`).
+use crate::config::EngineFlags;
+use crate::util::bad_input;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface —
+    /// there is no authentication, as in the official backend).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (the demo's front end expects 7263).
+    #[arg(long, default_value_t = 7263)]
+    pub port: u16,
+    /// The data folder: gallery/ (the videos offered), posters/ (made at start),
+    /// uploads/ (default: `serve-data` in sam2-tui's data directory).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Sessions (engine workers) open at once; startSession beyond it is refused.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_sessions: u32,
+    /// What video and poster URLs start with (default: http://localhost:PORT).
+    #[arg(long)]
+    pub api_url: Option<String>,
+    /// The gallery video the demo opens first, relative to the data folder
+    /// (default: the first one).
+    #[arg(long)]
+    pub default_video: Option<String>,
+    /// Close a session nobody used for this many seconds.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+    /// Refuse uploads larger than this many megabytes (the front end's own cap is 70).
+    #[arg(long, default_value_t = 70, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_mb: u64,
+    /// Keep at most this many seconds of an upload (the official's MAX_UPLOAD_VIDEO_DURATION).
+    #[arg(long, default_value_t = 10.0)]
+    pub max_upload_seconds: f64,
+    /// Refuse uploads whose video is longer than this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub max_upload_input_seconds: f64,
+    /// Let the engine decode video files itself (faster to start a session) instead of
+    /// scaling frames as the official backend does; masks then differ from the official's
+    /// on about 1 % of the pixels at object edges.
+    #[arg(long)]
+    pub engine_decode: bool,
+    /// Spare workers kept started with the model loaded, so a new session starts without
+    /// a process start and a model load (0: none; each holds a model's memory).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub warm_workers: u32,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    for (name, v) in
+        [("--max-upload-seconds", a.max_upload_seconds), ("--max-upload-input-seconds", a.max_upload_input_seconds)]
+    {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(bad_input(format!("{name} must be a positive number of seconds, got {v}")));
+        }
+    }
+    let cfg = a.engine.effective_config()?;
+    let checkpoint = crate::config::checkpoint(&cfg, None);
+    if let Some(why) = crate::config::missing_checkpoint(&cfg, &checkpoint) {
+        return Err(bad_input(why));
+    }
+    // The file says what model it is (as `segment`): judged once, before any session.
+    let det = super::checks::checkpoint(&checkpoint, a.engine.model)?;
+    let mut base = crate::config::supervisor_options(&cfg, checkpoint, None, vec![])?;
+    base.size = Some(det.size);
+    base.version = Some(det.version);
+    for tool in ["ffmpeg", "ffprobe"] {
+        let ok = std::process::Command::new(tool)
+            .arg("-version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        anyhow::ensure!(
+            ok,
+            "serve needs the `{tool}` command (posters, uploads, decoding as the official does): install FFmpeg"
+        );
+    }
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => directories::ProjectDirs::from("", "", "sam2-tui")
+            .map(|p| p.data_dir().join("serve-data"))
+            .unwrap_or_else(|| PathBuf::from("serve-data")),
+    };
+    let mut opts = sam2_serve::ServeOptions::new(data, base);
+    opts.host = a.host.clone();
+    opts.port = a.port;
+    opts.api_url = a.api_url.clone().unwrap_or_else(|| format!("http://localhost:{}", a.port));
+    opts.default_video = a.default_video.clone();
+    opts.max_sessions = a.max_sessions as usize;
+    opts.idle_timeout = Duration::from_secs(a.idle_timeout);
+    opts.max_upload_bytes = a.max_upload_mb << 20;
+    opts.max_upload_seconds = a.max_upload_seconds;
+    opts.max_upload_input_seconds = a.max_upload_input_seconds;
+    opts.official_decode = !a.engine_decode;
+    opts.warm_workers = a.warm_workers as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(sam2_serve::serve(opts))
+}
