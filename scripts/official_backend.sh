@@ -9,14 +9,9 @@
 #   scripts/official_backend.sh status         # running or not, with its URL
 #   scripts/official_backend.sh env            # print the env the server runs with
 #
-# None of the official code is in this repository. At test time it is taken, in order,
-# from:
-#   1. $SAM2_OFFICIAL_SRC: a checkout (or its demo/backend/server folder), a git
-#      directory holding commit 2b90b9f, or a tarball of demo/backend/server;
-#   2. <repo>/../shared/vendor/sam2-demo-backend-2b90b9f.tar.gz, if the team keeps one
-#      there (shared/ travels to developers and CI; this repo does not);
-#   3. the search tool's mirror, /work/.mirror/facebookresearch+sam2/repo (git).
-# The PyPI sdist of sam2==1.1.0 has no demo/ folder, so PyPI cannot supply it.
+# None of the official code is in this repository: scripts/official_source.sh says where
+# it is taken from at test time ($SAM2_OFFICIAL_SRC, ../shared/vendor/
+# sam2-demo-backend-2b90b9f.tar.gz, the search tool's mirror).
 # Whatever the source, every file is checked against the sha256 sums below before use.
 # No source found: exit 77 (the conventional "skip" code) with what was tried.
 #
@@ -39,7 +34,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-COMMIT=2b90b9f5ceec907a1c18123530e92e794ad901a4
+# shellcheck source=scripts/official_source.sh
+. "$HERE/official_source.sh"
+COMMIT=$OFFICIAL_COMMIT
 CACHE=${SAM2_TUI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sam2-tui}
 MAIN_VENV=$CACHE/venv
 VENV=$CACHE/official-backend-venv
@@ -81,48 +78,11 @@ verify_server() { # DIR (a server/ folder) -> 0 when every file matches
     (cd "$1" && echo "$SUMS" | sha256sum --quiet -c - >/dev/null 2>&1)
 }
 
-extract_from_git() { # GIT_DIR DEST
-    git --git-dir="$1" cat-file -e "$COMMIT^{commit}" 2>/dev/null || return 1
-    # File by file (a partial mirror may lack unrelated blobs, which `git archive` trips on).
-    local mode type obj path rel
-    git --git-dir="$1" ls-tree -r "$COMMIT" demo/backend/server | while read -r mode type obj path; do
-        rel=${path#demo/backend/server/}
-        mkdir -p "$2/$(dirname "$rel")"
-        git --git-dir="$1" cat-file blob "$obj" >"$2/$rel"
-    done
-    [ -f "$2/app.py" ]
-}
-
-extract_from_tar() { # TARBALL DEST (tarball of server/ or of demo/backend/server or a checkout)
-    local tmp app; tmp=$(mktemp -d)
-    tar -xf "$1" -C "$tmp" || { rm -rf "$tmp"; return 1; }
-    app=$(find "$tmp" -path '*server/app.py' | head -n1)
-    [ -n "$app" ] || { rm -rf "$tmp"; return 1; }
-    mv "$(dirname "$app")" "$2"; rm -rf "$tmp"
-}
-
 materialise_source() {
     if [ -f "$SRC/server/app.py" ] && verify_server "$SRC/server"; then return 0; fi
     rm -rf "$SRC"; mkdir -p "$SRC"
-    local tried=() cand dest=$SRC/server
-    if [ -n "${SAM2_OFFICIAL_SRC:-}" ]; then
-        cand=$SAM2_OFFICIAL_SRC; tried+=("SAM2_OFFICIAL_SRC=$cand")
-        if [ -f "$cand" ]; then extract_from_tar "$cand" "$dest" || true
-        elif [ -f "$cand/app.py" ]; then cp -r "$cand" "$dest"
-        elif [ -f "$cand/demo/backend/server/app.py" ]; then cp -r "$cand/demo/backend/server" "$dest"
-        elif [ -d "$cand" ]; then
-            extract_from_git "$cand" "$dest" || extract_from_git "$cand/.git" "$dest" || true
-        fi
-    fi
-    cand=$REPO/../shared/vendor/sam2-demo-backend-${COMMIT:0:7}.tar.gz
-    if [ ! -f "$dest/app.py" ]; then tried+=("$cand"); [ -f "$cand" ] && { extract_from_tar "$cand" "$dest" || true; }; fi
-    cand=/work/.mirror/facebookresearch+sam2/repo
-    if [ ! -f "$dest/app.py" ]; then tried+=("$cand (git)"); [ -d "$cand" ] && { extract_from_git "$cand" "$dest" || true; }; fi
-    if [ ! -f "$dest/app.py" ]; then
-        log "no source of the official backend (demo/backend/server @ ${COMMIT:0:7}); tried:"
-        printf '  %s\n' "${tried[@]}" >&2
-        exit 77
-    fi
+    local dest=$SRC/server
+    official_fetch demo/backend/server app.py sam2-demo-backend "$dest"
     if ! verify_server "$dest"; then
         log "the official backend found does not match commit ${COMMIT:0:7}:"
         (cd "$dest" && echo "$SUMS" | sha256sum -c - 2>&1 | grep -v ': OK$' >&2) || true
