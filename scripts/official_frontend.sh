@@ -12,7 +12,8 @@
 # package manager and lock file (yarn 1 from the npm registry, `--frozen-lockfile`), and the
 # build (`yarn build`: tsc, then vite) is kept, keyed by the commit, in
 # $OFFICIAL_FRONTEND_CACHE (default target/fixtures/official-frontend-2b90b9f): the first
-# run downloads and builds for minutes, later runs print the folder at once.
+# run downloads and builds (about a minute here), later runs print the folder at once; the
+# dependencies themselves (~2 GB with yarn's cache) are removed once the build is made.
 # Needs Node 18+ and npm (scripts/setup.sh --test installs them where they are missing).
 set -euo pipefail
 
@@ -95,28 +96,34 @@ yarn_bin() {
     echo "$y"
 }
 
+# What the build depends on besides the commit: the react-pts-canvas stand-in and the
+# package versions above (a change to either makes a new build).
+build_key() {
+    echo "$OFFICIAL_COMMIT $YARN_VERSION $( (cat "$REPO"/tests/serve/browser/react-pts-canvas-compat/*; \
+        declare -f substitute_unpublished) | sha256sum | cut -c1-16)"
+}
+
 build() {
-    if [ -f "$DIST/.sam2-tui-build" ] && [ "$(cat "$DIST/.sam2-tui-build")" = "$OFFICIAL_COMMIT" ]; then
+    local key; key=$(build_key)
+    if [ -f "$DIST/.sam2-tui-build" ] && [ "$(cat "$DIST/.sam2-tui-build")" = "$key" ]; then
         echo "$DIST"; return 0
     fi
+    rm -rf "$SRC"   # a fresh copy: substitute_unpublished edits it
     materialise_source
     need_node
     local yarn; yarn=$(yarn_bin)
-    local stamp=$SRC/node_modules/.sam2-tui-installed
-    if [ ! -f "$stamp" ]; then
-        substitute_unpublished
-        log "installing the front end's dependencies (yarn.lock, once)"
-        # The lock file's own versions but for the three above (so not --frozen-lockfile: the
-        # substitutes' new dependencies are resolved and added); the tarballs cached beside it.
-        (cd "$SRC" && "$yarn" install --non-interactive --silent --no-progress \
-            --cache-folder "$BASE/yarn-cache" >&2)
-        touch "$stamp"
-    fi
+    substitute_unpublished
+    log "installing the front end's dependencies (yarn.lock, once)"
+    # The lock file's own versions but for the three above (so not --frozen-lockfile: the
+    # substitutes' new dependencies are resolved and added).
+    (cd "$SRC" && "$yarn" install --non-interactive --silent --no-progress \
+        --cache-folder "$BASE/yarn-cache" >&2)
     log "building the front end (yarn build: tsc && vite build, once)"
-    rm -rf "$SRC/dist"
     (cd "$SRC" && "$yarn" --silent build >&2)
-    echo "$OFFICIAL_COMMIT" >"$SRC/dist/.sam2-tui-build"
+    echo "$key" >"$SRC/dist/.sam2-tui-build"
     rm -rf "$DIST"; mv "$SRC/dist" "$DIST"
+    # The build is all that is kept: the dependencies and their cache are ~2 GB.
+    rm -rf "$SRC/node_modules" "$BASE/yarn-cache"
     echo "$DIST"
 }
 

@@ -22,6 +22,10 @@ if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null; then
   [ "$want_ref" = 1 ] && pkgs="$pkgs xvfb xterm x11-apps xdotool xfonts-base"
   # `make test` starts a one-node Slurm of its own (tests/batch_slurm.rs).
   [ "$want_ref" = 1 ] && pkgs="$pkgs slurm-wlm munge"
+  # The official web demo's front end in a real browser (tests/serve_browser.rs): Debian's
+  # Chromium, and Node with npm to build the front end (a Node already on PATH will do).
+  [ "$want_ref" = 1 ] && pkgs="$pkgs chromium"
+  [ "$want_ref" = 1 ] && ! command -v node >/dev/null && pkgs="$pkgs nodejs npm"
   missing=""
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then

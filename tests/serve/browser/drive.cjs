@@ -35,15 +35,18 @@ let shot = 0;
 const STEP_MS = 180_000;
 
 // The built front end, served as it is (any static server does; this one is in-process
-// so nothing outlives the run). Unknown paths get index.html, as the demo's nginx does.
+// so nothing outlives the run). A path without an extension is a route of the app and
+// gets index.html; a missing file is a 404, as from the demo's nginx.
 function serveStatic(root) {
   const types = {'.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.png': 'image/png',
     '.mp4': 'video/mp4', '.ttf': 'font/ttf', '.svg': 'image/svg+xml', '.json': 'application/json'};
   const server = http.createServer((req, res) => {
-    const rel = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    let file = path.join(root, path.normalize(rel));
-    if (!file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
-      file = path.join(root, 'index.html');
+    const rel = path.normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    let file = path.join(root, rel);
+    if (path.extname(rel) === '' || rel === '/') file = path.join(root, 'index.html');
+    if (!file.startsWith(root + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+      res.writeHead(404).end();
+      return;
     }
     res.writeHead(200, {'Content-Type': types[path.extname(file)] || 'application/octet-stream'});
     fs.createReadStream(file).pipe(res);
@@ -178,7 +181,7 @@ async function main() {
   try {
     const page = await browser.newPage();
     page.on('console', m => consoleLines.push(`[${m.type()}] ${m.text()}`));
-    page.on('pageerror', e => consoleLines.push(`[pageerror] ${e.message}`));
+    page.on('pageerror', e => consoleLines.push(`[pageerror] ${e.stack || e.message}`));
     // Workers (the video worker runs the tracker) are targets of their own.
     const cdp = await page.createCDPSession();
     await cdp.send('Target.setAutoAttach', {autoAttach: true, waitForDebuggerOnStart: true, flatten: true});
@@ -311,8 +314,9 @@ async function main() {
       await clickAt(canvas, pointOf(args.click));
       const a = await answer;
       if (a.response?.errors) throw new Error(`addPoints: ${JSON.stringify(a.response.errors)}`);
-      const d = await untilDrawn(canvas, bare, 0.005);
-      await screenshot('mask', canvas);
+      await untilDrawn(canvas, bare, 0.005);
+      const masked = await screenshot('mask', canvas);
+      const d = await differing(bare.dataUrl, masked.dataUrl);
       return {objects: a.response.data.addPoints.rleMaskList.map(m => m.objectId), canvas_changed: d};
     });
 
