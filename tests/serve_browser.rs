@@ -175,7 +175,8 @@ fn check_clean(out: &Path) {
     let frames: Vec<u64> = parts.iter().map(|p| p["frame_index"].as_u64().unwrap()).collect();
     assert_eq!(frames, (0..FRAMES).collect::<Vec<_>>(), "the stream reaches the last frame, each frame once");
     for p in parts {
-        let objects: Vec<u64> = p["results"].as_array().unwrap().iter().map(|r| r["object_id"].as_u64().unwrap()).collect();
+        let objects: Vec<u64> =
+            p["results"].as_array().unwrap().iter().map(|r| r["object_id"].as_u64().unwrap()).collect();
         assert_eq!(objects, [0, 1], "both objects on frame {}", p["frame_index"]);
     }
     let removed = net.iter().find(|e| e["operation"] == "SAM2ModelRemoveObjectMutation").unwrap();
@@ -186,7 +187,10 @@ fn check_clean(out: &Path) {
     );
     let steps: Vec<Value> = serde_json::from_slice(&std::fs::read(out.join("steps.json")).unwrap()).unwrap();
     let click = steps.iter().find(|s| s["step"] == "click-object").unwrap();
-    println!("clean: the first mask changed {:.1} % of the canvas's pixels", click["canvas_changed"].as_f64().unwrap() * 100.0);
+    println!(
+        "clean: the first mask changed {:.1} % of the canvas's pixels",
+        click["canvas_changed"].as_f64().unwrap() * 100.0
+    );
 }
 
 fn assert_same_masks(clean: &[String], other: &[String], what: &str, log: &str) {
