@@ -8,8 +8,10 @@
 //! receives the same masks, RLE string for RLE string, as in the clean run.
 //!
 //! The front end is pointed at the server through its own settings (the endpoints it keeps
-//! in localStorage), its source unchanged. Screenshots, every backend answer the page got
-//! (network.json), its console and serve's log: target/test-artifacts/serve-browser/<run>/.
+//! in localStorage), its source unchanged (three of its dependencies that the npm registry
+//! no longer has are replaced: README, "Serve"). Screenshots, every backend answer the page got
+//! (network.json, and the masks in it one a line: masks.txt), its console and serve's log:
+//! target/test-artifacts/serve-browser/<run>/.
 //! At a 256-pixel model input on a one-second clip: this is about the serving, not the numbers.
 //!
 //! No official source, no Chromium or no Node: one `SKIPPED:` line and a pass, unless
@@ -18,6 +20,7 @@ mod common;
 
 use common::serve::*;
 use serde_json::Value;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -34,7 +37,8 @@ fn skip(why: &str) -> Option<FrontEnd> {
     if std::env::var("SAM2_TUI_REQUIRE_OFFICIAL").as_deref() == Ok("1") {
         panic!("SAM2_TUI_REQUIRE_OFFICIAL=1 and the browser test cannot run: {why}");
     }
-    eprintln!("SKIPPED: serve_browser: {why}");
+    // Straight to the process's stderr: libtest captures eprintln!, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: serve_browser: {why}");
     None
 }
 
@@ -59,7 +63,11 @@ fn frontend_script(what: &str) -> Result<PathBuf, (Option<i32>, String)> {
 
 fn front_end() -> Option<FrontEnd> {
     let chromium = match std::env::var_os("SAM2_TUI_CHROMIUM") {
-        Some(p) => PathBuf::from(p),
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "SAM2_TUI_CHROMIUM={}: no such file", p.display());
+            p
+        }
         None => match on_path(&["chromium", "chromium-browser"]) {
             Some(p) => p,
             None => return skip("no chromium on PATH (scripts/setup.sh --test installs Debian's)"),
@@ -155,6 +163,8 @@ fn masks(out: &Path) -> Vec<String> {
             }
         }
     }
+    // Beside the run's other artefacts, so two runs can be diffed by hand.
+    std::fs::write(out.join("masks.txt"), lines.join("\n") + "\n").unwrap();
     lines
 }
 
