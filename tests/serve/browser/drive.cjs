@@ -199,10 +199,6 @@ async function main() {
     const settings = JSON.stringify({videoAPIEndpoint: args.api, inferenceAPIEndpoint: args.api});
     await page.evaluateOnNewDocument(s => localStorage.setItem('SAM2_SETTINGS_KEY', s), settings);
 
-    const video = async () => {
-      const el = await page.waitForSelector('canvas', {timeout: STEP_MS});
-      return el;
-    };
     const screenshot = async (name, el) => {
       shot += 1;
       const file = path.join(args.out, `${String(shot).padStart(2, '0')}-${name}.png`);
@@ -294,7 +290,8 @@ async function main() {
       const s = await started;
       if (s.response?.errors) throw new Error(`startSession: ${JSON.stringify(s.response.errors)}`);
       session = s.response.data.startSession.sessionId;
-      canvas = await video();
+      // The video's canvas (Video.tsx) is the page's first; the filmstrip's comes after.
+      canvas = await page.waitForSelector('canvas', {timeout: STEP_MS});
       // The first frame is there when the canvas is no longer one colour.
       const t0 = Date.now();
       for (;;) {
@@ -327,22 +324,24 @@ async function main() {
       await clickAt(canvas, pointOf(args.click2));
       const a = await answer;
       if (a.response?.errors) throw new Error(`addPoints: ${JSON.stringify(a.response.errors)}`);
-      const d = await untilDrawn(canvas, before, 0.001);
-      await screenshot('second-object', canvas);
+      // More than the click's marker (~0.1 % of the canvas) alone would change.
+      await untilDrawn(canvas, before, 0.005);
+      const masked = await screenshot('second-object', canvas);
+      const d = await differing(before.dataUrl, masked.dataUrl);
       return {objects: a.response.data.addPoints.rleMaskList.map(m => m.objectId), canvas_changed: d};
     });
 
-    let frames = 0;
     await step('track-to-last-frame', async () => {
       const streamed = recorder.next(e => e.path === '/propagate_in_video', 'propagate_in_video stream');
       await clickByText('Track objects');
       const s = await streamed;
       if (s.failed) throw new Error(`the stream failed: ${s.failed}`);
+      // The page took the end of the stream: its button no longer offers to cancel it.
+      await page.waitForFunction(() => !document.body.innerText.includes('Cancel Tracking'), {timeout: STEP_MS});
       const idx = s.parts.map(p => p.frame_index);
-      frames = new Set(idx).size;
-      const last = Math.max(...idx);
       await screenshot('tracked', canvas);
-      return {parts: s.parts.length, frames, first: idx[0], last};
+      // The caller knows the clip's length and checks these.
+      return {parts: s.parts.length, frames: new Set(idx).size, first: idx[0], last: Math.max(...idx)};
     });
 
     await step('remove-second-object', async () => {
