@@ -9,11 +9,12 @@
 #
 # The source comes from where scripts/official_source.sh looks (exit 77 when nowhere),
 # checked against one digest of all its files. Its dependencies are installed with its own
-# package manager and lock file (yarn 1 from the npm registry, `--frozen-lockfile`), and the
-# build (`yarn build`: tsc, then vite) is kept, keyed by the commit, in
-# $OFFICIAL_FRONTEND_CACHE (default target/fixtures/official-frontend-2b90b9f): the first
-# run downloads and builds (about a minute here), later runs print the folder at once; the
-# dependencies themselves (~2 GB with yarn's cache) are removed once the build is made.
+# package manager and lock file (yarn 1 from the npm registry; three locked packages the
+# registry lost are replaced, see substitute_unpublished), and the build (`yarn build`: tsc,
+# then vite) is kept, keyed by the commit, in $OFFICIAL_FRONTEND_CACHE (default
+# target/fixtures/official-frontend-2b90b9f): the first run downloads and builds (1 to 5
+# minutes here, by the network), later runs print the folder at once; the dependencies
+# themselves (~2 GB with yarn's cache) are removed once the build is made.
 # Needs Node 18+ and npm (scripts/setup.sh --test installs them where they are missing).
 set -euo pipefail
 
@@ -44,8 +45,7 @@ need_node() {
         || { log "node and npm are needed (scripts/setup.sh --test installs them)"; exit 1; }
 }
 
-materialise_source() {
-    if [ -f "$SRC/.sam2-tui-verified" ]; then return 0; fi
+materialise_source() { # a fresh copy in $SRC: the build edits it
     rm -rf "$SRC"; mkdir -p "$BASE"
     official_fetch demo/frontend yarn.lock sam2-demo-frontend "$SRC"
     local got; got=$(digest_of "$SRC")
@@ -53,12 +53,11 @@ materialise_source() {
         log "the official front end found does not match commit ${OFFICIAL_COMMIT:0:7} (digest $got)"
         rm -rf "$SRC"; exit 1
     fi
-    touch "$SRC/.sam2-tui-verified"
     log "official front end source: $SRC (verified against ${OFFICIAL_COMMIT:0:7})"
 }
 
 # Three packages of yarn.lock are no longer on the npm registry (404 since the commit); in
-# the cache's copy (never the source it was verified from) their lock entries are dropped
+# the copy verified above (never in the source it came from) their lock entries are dropped
 # and package.json's dependencies name what replaces them. Every other package is the
 # lock file's own version.
 #   pts 0.12.8                    -> 0.12.9, the next release, same dependencies
@@ -108,7 +107,6 @@ build() {
     if [ -f "$DIST/.sam2-tui-build" ] && [ "$(cat "$DIST/.sam2-tui-build")" = "$key" ]; then
         echo "$DIST"; return 0
     fi
-    rm -rf "$SRC"   # a fresh copy: substitute_unpublished edits it
     materialise_source
     need_node
     local yarn; yarn=$(yarn_bin)
