@@ -4,6 +4,7 @@
 # reference that `sam2-tui serve` is compared against (tests/serve/conformance.py).
 #
 #   scripts/official_backend.sh prepare        # source, venv, data folder, checkpoint
+#   scripts/official_backend.sh data           # the data folder and checkpoint only (no source needed)
 #   scripts/official_backend.sh start [PORT]   # prepare, then start; prints the base URL
 #   scripts/official_backend.sh stop           # stop the server started by `start`
 #   scripts/official_backend.sh status         # running or not, with its URL
@@ -12,13 +13,15 @@
 # None of the official code is in this repository. At test time it is taken, in order,
 # from:
 #   1. $SAM2_OFFICIAL_SRC: a checkout (or its demo/backend/server folder), a git
-#      directory holding commit 2b90b9f, or a tarball of demo/backend/server;
+#      directory holding commit 2b90b9f, or a tarball of demo/backend/server
+#      (`none`: look nowhere, as on a machine without the source);
 #   2. <repo>/../shared/vendor/sam2-demo-backend-2b90b9f.tar.gz, if the team keeps one
 #      there (shared/ travels to developers and CI; this repo does not);
 #   3. the search tool's mirror, /work/.mirror/facebookresearch+sam2/repo (git).
 # The PyPI sdist of sam2==1.1.0 has no demo/ folder, so PyPI cannot supply it.
 # Whatever the source, every file is checked against the sha256 sums below before use.
-# No source found: exit 77 (the conventional "skip" code) with what was tried.
+# No source found: exit 77 (the conventional "skip" code) with what was tried; the
+# conformance test then compares with the official answers recorded in tests/fixtures/serve/.
 #
 # The model code is the pinned PyPI `sam2==1.1.0` (identical to sam2/ at 2b90b9f,
 # checked file by file) from the sam2-tui venv that `scripts/setup.sh --test` makes; the
@@ -102,6 +105,9 @@ extract_from_tar() { # TARBALL DEST (tarball of server/ or of demo/backend/serve
 }
 
 materialise_source() {
+    if [ "${SAM2_OFFICIAL_SRC:-}" = none ]; then
+        log "SAM2_OFFICIAL_SRC=none: not looking for the official backend's source"; exit 77
+    fi
     if [ -f "$SRC/server/app.py" ] && verify_server "$SRC/server"; then return 0; fi
     rm -rf "$SRC"; mkdir -p "$SRC"
     local tried=() cand dest=$SRC/server
@@ -158,11 +164,14 @@ make_data() {
     mkdir -p "$DATA/gallery" "$DATA/posters" "$DATA/uploads" "$APP_ROOT/checkpoints"
     local v=$DATA/gallery/$GALLERY_VIDEO
     local stamp=$BASE/gallery-seconds  # kept out of gallery/: servers list that folder
-    if [ ! -f "$v" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$SECONDS_LEN" ]; then
-        # H.264 yuv420p at 24 fps, as the demo's own transcoder writes uploads.
+    if [ ! -f "$v" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$SECONDS_LEN one-thread" ]; then
+        # H.264 yuv420p at 24 fps, as the demo's own transcoder writes uploads. One encoder
+        # thread and bit-exact muxing: the same bytes on every machine with this ffmpeg, so
+        # the recorded official answers (tests/fixtures/serve/) hold for it.
         ffmpeg -loglevel error -y -f lavfi -i "testsrc=size=320x240:rate=24:duration=$SECONDS_LEN" \
-            -c:v libx264 -crf 23 -pix_fmt yuv420p "$BASE/partial.mp4"
-        mv "$BASE/partial.mp4" "$v"; echo "$SECONDS_LEN" >"$stamp"
+            -c:v libx264 -threads 1 -crf 23 -pix_fmt yuv420p -fflags +bitexact -flags:v +bitexact \
+            "$BASE/partial.mp4"
+        mv "$BASE/partial.mp4" "$v"; echo "$SECONDS_LEN one-thread" >"$stamp"
         # The poster as the official loader makes it (it rewrites it at start-up anyway).
         ffmpeg -loglevel error -y -i "$v" -pix_fmt yuv420p -frames:v 1 -update 1 -strict unofficial \
             "$DATA/posters/${GALLERY_VIDEO%.mp4}.jpg"
@@ -301,6 +310,7 @@ stop() {
 
 case "${1:-}" in
     prepare) prepare; echo "$BASE" ;;
+    data) make_data; echo "$BASE" ;;
     start) shift; start "$@" ;;
     stop) stop ;;
     status) if is_running; then echo "running: $(cat "$RUN/url") (pid $(cat "$RUN/pid"), log $RUN/server.log)"; else echo "stopped"; exit 1; fi ;;
