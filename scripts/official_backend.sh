@@ -4,6 +4,7 @@
 # reference that `sam2-tui serve` is compared against (tests/serve/conformance.py).
 #
 #   scripts/official_backend.sh prepare        # source, venv, data folder, checkpoint
+#   scripts/official_backend.sh data           # the data folder and checkpoint only (no source needed)
 #   scripts/official_backend.sh start [PORT]   # prepare, then start; prints the base URL
 #   scripts/official_backend.sh stop           # stop the server started by `start`
 #   scripts/official_backend.sh status         # running or not, with its URL
@@ -11,9 +12,11 @@
 #
 # None of the official code is in this repository: scripts/official_source.sh says where
 # it is taken from at test time ($SAM2_OFFICIAL_SRC, ../shared/vendor/
-# sam2-demo-backend-2b90b9f.tar.gz, the search tool's mirror).
+# sam2-demo-backend-2b90b9f.tar.gz, the search tool's mirror; `SAM2_OFFICIAL_SRC=none`:
+# nowhere, as on a machine without it).
 # Whatever the source, every file is checked against the sha256 sums below before use.
-# No source found: exit 77 (the conventional "skip" code) with what was tried.
+# No source found: exit 77 (the conventional "skip" code) with what was tried; the
+# conformance test then compares with the official answers recorded in tests/fixtures/serve/.
 #
 # The model code is the pinned PyPI `sam2==1.1.0` (identical to sam2/ at 2b90b9f,
 # checked file by file) from the sam2-tui venv that `scripts/setup.sh --test` makes; the
@@ -79,6 +82,7 @@ verify_server() { # DIR (a server/ folder) -> 0 when every file matches
 }
 
 materialise_source() {
+    official_wanted  # before the cache: `none` plays a machine that never had the source
     if [ -f "$SRC/server/app.py" ] && verify_server "$SRC/server"; then return 0; fi
     rm -rf "$SRC"; mkdir -p "$SRC"
     local dest=$SRC/server
@@ -118,11 +122,14 @@ make_data() {
     mkdir -p "$DATA/gallery" "$DATA/posters" "$DATA/uploads" "$APP_ROOT/checkpoints"
     local v=$DATA/gallery/$GALLERY_VIDEO
     local stamp=$BASE/gallery-seconds  # kept out of gallery/: servers list that folder
-    if [ ! -f "$v" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$SECONDS_LEN" ]; then
-        # H.264 yuv420p at 24 fps, as the demo's own transcoder writes uploads.
+    if [ ! -f "$v" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$SECONDS_LEN one-thread" ]; then
+        # H.264 yuv420p at 24 fps, as the demo's own transcoder writes uploads. One encoder
+        # thread and bit-exact muxing: the same bytes on every machine with this ffmpeg, so
+        # the recorded official answers (tests/fixtures/serve/) hold for it.
         ffmpeg -loglevel error -y -f lavfi -i "testsrc=size=320x240:rate=24:duration=$SECONDS_LEN" \
-            -c:v libx264 -crf 23 -pix_fmt yuv420p "$BASE/partial.mp4"
-        mv "$BASE/partial.mp4" "$v"; echo "$SECONDS_LEN" >"$stamp"
+            -c:v libx264 -threads 1 -crf 23 -pix_fmt yuv420p -fflags +bitexact -flags:v +bitexact \
+            "$BASE/partial.mp4"
+        mv "$BASE/partial.mp4" "$v"; echo "$SECONDS_LEN one-thread" >"$stamp"
         # The poster as the official loader makes it (it rewrites it at start-up anyway).
         ffmpeg -loglevel error -y -i "$v" -pix_fmt yuv420p -frames:v 1 -update 1 -strict unofficial \
             "$DATA/posters/${GALLERY_VIDEO%.mp4}.jpg"
@@ -261,6 +268,7 @@ stop() {
 
 case "${1:-}" in
     prepare) prepare; echo "$BASE" ;;
+    data) make_data; echo "$BASE" ;;
     start) shift; start "$@" ;;
     stop) stop ;;
     status) if is_running; then echo "running: $(cat "$RUN/url") (pid $(cat "$RUN/pid"), log $RUN/server.log)"; else echo "stopped"; exit 1; fi ;;

@@ -8,6 +8,7 @@
 #   2. <repo>/../shared/vendor/<vendor name>-2b90b9f.tar.gz, if the team keeps one there
 #      (shared/ travels to developers and CI; this repo does not);
 #   3. the search tool's mirror, /work/.mirror/facebookresearch+sam2/repo (git).
+# SAM2_OFFICIAL_SRC=none looks nowhere (exit 77), as on a machine without the source.
 # The PyPI sdist of sam2==1.1.0 has no demo/ folder, so PyPI cannot supply it. The caller
 # verifies what was found (each part has its own sums) and defines log().
 
@@ -33,12 +34,18 @@ _official_from_tar() { # TARBALL PART MARKER DEST: a tarball of the part or of a
     mv "$(dirname "$found")" "$4"; rm -rf "$tmp"
 }
 
+# official_wanted: exit 77 when SAM2_OFFICIAL_SRC=none.
+official_wanted() {
+    [ "${SAM2_OFFICIAL_SRC:-}" != none ] || { log "SAM2_OFFICIAL_SRC=none: not looking for the official source"; exit 77; }
+}
+
 # official_fetch PART MARKER VENDOR DEST: fills DEST (absent) with PART's files at the commit,
 # MARKER being a file the part holds (app.py, yarn.lock). Exit 77 (the conventional "skip")
 # with what was tried when no source has it.
 official_fetch() {
     local part=$1 marker=$2 vendor=$3 dest=$4 tried=() cand
     local repo; repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    official_wanted
     if [ -n "${SAM2_OFFICIAL_SRC:-}" ]; then
         cand=$SAM2_OFFICIAL_SRC; tried+=("SAM2_OFFICIAL_SRC=$cand")
         if [ -f "$cand" ]; then _official_from_tar "$cand" "$part" "$marker" "$dest" || true

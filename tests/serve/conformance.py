@@ -12,6 +12,7 @@ server's transcript against it. See docs/serve-api.md for the API itself.
 
     conformance.py run  http://127.0.0.1:7263 --out official.json [--seed 0]
     conformance.py compare official.json ours.json [--min-agreement 99.99]
+    conformance.py freeze official.json --out fixture.json.gz [--input KEY=VALUE ...]
     conformance.py summary official.json
     conformance.py selftest
 
@@ -19,6 +20,7 @@ Standard library and numpy only (pycocotools, when importable, cross-checks the 
 decoder once per run).
 """
 import argparse
+import gzip
 import hashlib
 import http.client
 import json
@@ -585,9 +587,12 @@ def _short(v):
 
 def compare(args):
     def load(p):
-        with open(p) as f:
-            t = json.load(f)
-        return t, np.load(os.path.join(os.path.dirname(os.path.abspath(p)), t["masks_npz"]))
+        t = load_transcript(p)
+        npz = os.path.join(os.path.dirname(os.path.abspath(p)), t.get("masks_npz") or "")
+        if t.get("masks_npz") and os.path.isfile(npz):
+            return t, np.load(npz)
+        # A frozen transcript (`freeze`) carries its masks only as the RLE strings served.
+        return t, {m["key"]: rle_decode(m) for s in t["steps"] for m in s.get("masks", [])}
 
     (ta, ma), (tb, mb) = load(args.a), load(args.b)
     sa, sb = {s["name"]: s for s in ta["steps"]}, {s["name"]: s for s in tb["steps"]}
@@ -658,6 +663,29 @@ def compare(args):
     return 0 if ok else 1
 
 
+def load_transcript(path):
+    """A transcript as `run` writes it, or frozen (`.json.gz`)."""
+    if path.endswith(".gz"):
+        with gzip.open(path, "rt") as f:
+            return json.load(f)
+    with open(path) as f:
+        return json.load(f)
+
+
+def freeze(args):
+    """A transcript as a test fixture: gzipped, its masks kept only as the RLE strings the
+    server sent (`compare` decodes them), the run's inputs recorded so a later comparison
+    can tell a changed input from a changed server."""
+    t = load_transcript(args.transcript)
+    t.pop("masks_npz", None)
+    t["frozen_inputs"] = dict(kv.split("=", 1) for kv in args.input)
+    with gzip.open(args.out + ".partial", "wt", compresslevel=9) as f:
+        json.dump(t, f, indent=0, sort_keys=True)
+    os.replace(args.out + ".partial", args.out)
+    print(f"froze {args.transcript} into {args.out} ({os.path.getsize(args.out)} bytes)")
+    return 0
+
+
 def selftest():
     """The RLE decoder against pycocotools' encoder, on random and blocky masks."""
     from pycocotools import mask as cm
@@ -694,6 +722,10 @@ def main(argv=None):
     c.add_argument("b")
     c.add_argument("--min-agreement", type=float, default=99.99, help="percent of mask pixels that must agree")
     sub.add_parser("selftest", help="check the RLE decoder against pycocotools")
+    z = sub.add_parser("freeze", help="write a transcript as a gzipped test fixture (masks as RLE only)")
+    z.add_argument("transcript")
+    z.add_argument("--out", required=True, help="the .json.gz to write")
+    z.add_argument("--input", action="append", default=[], help="KEY=VALUE recorded with it (e.g. a sha256)")
     s = sub.add_parser("summary", help="print a transcript's summary")
     s.add_argument("transcript")
     args = ap.parse_args(argv)
@@ -703,8 +735,9 @@ def main(argv=None):
         return compare(args)
     if args.cmd == "selftest":
         return selftest()
-    with open(args.transcript) as f:
-        print_summary(json.load(f))
+    if args.cmd == "freeze":
+        return freeze(args)
+    print_summary(load_transcript(args.transcript))
     return 0
 
 

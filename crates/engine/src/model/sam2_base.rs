@@ -446,6 +446,22 @@ impl Sam2Base {
         self.track_end(feats, &out, &attn)
     }
 
+    /// `track_step` for several objects of one frame at once: memories `[L, B, 64]` of one
+    /// length and pointer-token count (see `attend_memory_batched`), outputs `[B, …]`. No
+    /// host round trip either, so a GPU captures it as one graph per object count.
+    pub fn track_step_batched(
+        &self,
+        feats: &FrameFeatures,
+        memory: &Tensor,
+        memory_pos: &Tensor,
+        num_ptr_tokens: i64,
+    ) -> (Tensor, Tensor, Tensor, Tensor) {
+        let pix = self.attend_memory_batched(feats, memory, memory_pos, num_ptr_tokens);
+        let sam = self.forward_sam_heads(&pix, None, None, &feats.high_res, true);
+        let maskmem = self.encode_new_memory(feats, &sam.high_res_masks, &sam.object_score_logits, false);
+        (sam.low_res_masks, sam.obj_ptr, sam.object_score_logits, maskmem)
+    }
+
     // `track_step` in parts: `track_cross` is the only one whose shapes follow the number
     // of memories, so the others can be replayed as CUDA graphs from the first tracked
     // frame on, while the memory bank is still filling (see `MemoryAttention::forward`).

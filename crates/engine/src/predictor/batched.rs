@@ -1,6 +1,7 @@
 //! All objects of a propagation frame tracked in one pass (issue #18; no reference
 //! counterpart: the reference's `propagate_in_video` runs `_run_single_frame_inference`
-//! object after object). Behind the `batch_objects` knob, on the CPU for now.
+//! object after object). Behind the `batch_objects` knob, for frames with more than one
+//! object to track; on CUDA each group's whole step replays as a graph per object count.
 //!
 //! What each object computes is what the loop computes for it: its own memories, chosen
 //! by `prepare_memory_conditioned_features` exactly as for one object; memory attention
@@ -16,16 +17,16 @@
 //! larger matrix products; the parity journals hold both paths to the same bounds.
 use super::memory_bank::Entry;
 use super::video_predictor::VideoPredictor;
+use crate::model::sam2_base::{AssembledMemory, FrameFeatures};
 use sam2_api::session::ObjectId;
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 impl VideoPredictor {
-    /// Whether propagation tracks the objects of a frame together (the `batch_objects`
-    /// knob; the CPU only for now: on CUDA the per-object tracking step replays as a
-    /// graph, which a batched step would first need per object-count bucket).
-    pub(super) fn batches_objects(&self) -> bool {
-        self.opts.tuning.batch_objects && self.model.device == Device::Cpu
+    /// Whether propagation tracks a frame's `objects` together (the `batch_objects` knob;
+    /// one object keeps the one-object path and its graphs).
+    pub(super) fn batches_objects(&self, objects: usize) -> bool {
+        self.opts.tuning.batch_objects && objects > 1
     }
 
     /// The tracking outputs of `ids` on `frame` (none of them prompted there), in the
@@ -55,16 +56,13 @@ impl VideoPredictor {
                 None => groups.push((key, vec![i])),
             }
         }
+        if self.graphs.track_enabled() {
+            return Ok(self.track_groups_graphed(&feats, &memories, &groups, t));
+        }
         let mut pix: Vec<Option<Tensor>> = ids.iter().map(|_| None).collect();
         for ((_, num_ptr_tokens), members) in &groups {
-            let tokens: Vec<&Tensor> = members.iter().map(|&i| &memories[i].tokens).collect();
-            let pos: Vec<&Tensor> = members.iter().map(|&i| &memories[i].pos).collect();
-            let out = self.model.attend_memory_batched(
-                &feats,
-                &Tensor::cat(&tokens, 1),
-                &Tensor::cat(&pos, 1),
-                *num_ptr_tokens,
-            );
+            let (tokens, pos) = group_memories(&memories, members);
+            let out = self.model.attend_memory_batched(&feats, &tokens, &pos, *num_ptr_tokens);
             for (j, &i) in members.iter().enumerate() {
                 pix[i] = Some(out.narrow(0, j as i64, 1));
             }
@@ -83,8 +81,6 @@ impl VideoPredictor {
         self.sync();
         self.timings.memory_encoder_ms += ms(t);
 
-        // Each object's outputs as its own tensors (the bank keeps them apart from here).
-        let one = |x: &Tensor, i: usize| x.narrow(0, i as i64, 1).copy();
         Ok((0..ids.len())
             .map(|i| Entry {
                 maskmem: Some(one(&maskmem, i)),
@@ -94,6 +90,50 @@ impl VideoPredictor {
             })
             .collect())
     }
+
+    /// With CUDA graphs: each group's whole tracking step (memory attention, SAM heads,
+    /// memory encoder) as one call, replayed as one graph per object count once the bank
+    /// is full. The mask decoder and memory encoder then run per group rather than once
+    /// for the frame; in steady state (every object prompted before the bank filled) the
+    /// frame is one group. Timings go to memory attention, as the one-object graph's do.
+    fn track_groups_graphed(
+        &mut self,
+        feats: &FrameFeatures,
+        memories: &[AssembledMemory],
+        groups: &[((i64, i64), Vec<usize>)],
+        t: Instant,
+    ) -> Vec<Entry> {
+        let mut entries: Vec<Option<Entry>> = memories.iter().map(|_| None).collect();
+        for ((_, num_ptr_tokens), members) in groups {
+            let (tokens, pos) = group_memories(memories, members);
+            let [low, ptr, score, maskmem] =
+                self.graphs.track_step_batched(&self.model, feats, &tokens, &pos, *num_ptr_tokens);
+            for (j, &i) in members.iter().enumerate() {
+                entries[i] = Some(Entry {
+                    maskmem: Some(one(&maskmem, j)),
+                    pred_masks: one(&low, j),
+                    obj_ptr: one(&ptr, j),
+                    score: one(&score, j),
+                });
+            }
+        }
+        self.sync();
+        self.timings.memory_attention_ms += ms(t);
+        entries.into_iter().map(|e| e.expect("every object in a group")).collect()
+    }
+}
+
+/// The memories of a group's members side by side, `[L, B, 64]` (tokens and positions).
+fn group_memories(memories: &[AssembledMemory], members: &[usize]) -> (Tensor, Tensor) {
+    let tokens: Vec<&Tensor> = members.iter().map(|&i| &memories[i].tokens).collect();
+    let pos: Vec<&Tensor> = members.iter().map(|&i| &memories[i].pos).collect();
+    (Tensor::cat(&tokens, 1), Tensor::cat(&pos, 1))
+}
+
+/// Object `i`'s slice of a batched output as a tensor of its own (the bank keeps the
+/// objects apart from here).
+fn one(x: &Tensor, i: usize) -> Tensor {
+    x.narrow(0, i as i64, 1).copy()
 }
 
 fn ms(t: Instant) -> f32 {

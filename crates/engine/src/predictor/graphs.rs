@@ -15,6 +15,10 @@ pub(super) struct Graphs {
     image: GraphCache<i64>,
     /// Keyed by (memory tokens, of which object-pointer tokens).
     track: GraphCache<(i64, i64)>,
+    /// Several objects' tracking steps at once (`batched`), keyed by (objects, memory
+    /// tokens, of which object-pointer tokens): once the bank is full, one graph per
+    /// object count.
+    track_batched: GraphCache<(i64, i64, i64)>,
     /// The tracking step's parts between its cross-attentions (`Sam2Base::track_begin`,
     /// `track_between` per layer, `track_end`), one graph each: the same shapes on every
     /// frame, so they replay while the memory bank fills and every frame brings a new
@@ -31,6 +35,7 @@ impl Graphs {
         Graphs {
             image: GraphCache::new(model.device, 2, on),
             track: GraphCache::new(model.device, 4, on),
+            track_batched: GraphCache::new(model.device, 4, on),
             track_parts: (0..parts).map(|_| GraphCache::new(model.device, 1, on)).collect(),
         }
     }
@@ -85,6 +90,28 @@ impl Graphs {
             self.track.saw(key);
             self.track_step_in_parts(model, feats, memory)
         }
+    }
+
+    /// `Sam2Base::track_step_batched` (the objects of one memory-length group, memories
+    /// `[L, B, 64]`), through a graph per (object count, memory shape) where graphs are on:
+    /// captured on the second consecutive frame of the same shape, i.e. once the bank is
+    /// full; eager while it fills. Outputs `[B, …]`.
+    pub(super) fn track_step_batched(
+        &mut self,
+        model: &Rc<Sam2Base>,
+        feats: &FrameFeatures,
+        tokens: &Tensor,
+        pos: &Tensor,
+        num_ptr_tokens: i64,
+    ) -> [Tensor; 4] {
+        let key = (tokens.size()[1], tokens.size()[0], num_ptr_tokens);
+        let model = model.clone();
+        let inputs = [&feats.high_res[0], &feats.high_res[1], &feats.feat, &feats.pos, tokens, pos];
+        let step = move |x: &[Tensor]| {
+            let (low, ptr, score, maskmem) = model.track_step_batched(&graph_features(x), &x[4], &x[5], num_ptr_tokens);
+            vec![low, ptr, score, maskmem]
+        };
+        four(self.track_batched.run(key, &inputs, &step))
     }
 
     /// `Sam2Base::track_step` as one graph (low-res masks, pointer, score, memory).

@@ -85,7 +85,7 @@ pub struct VideoPredictor {
     /// The most recently encoded frames (the reference keeps one; a prefetched frame
     /// under the cursor is the second).
     features: Vec<(usize, Rc<FrameFeatures>)>,
-    graphs: Graphs,
+    pub(super) graphs: Graphs,
     /// The frames a propagation will ask for next (see `pipeline`).
     lookahead: Lookahead,
     /// Frames queued before the oldest is written out (see `pipeline::pipeline_depth`).
@@ -591,7 +591,7 @@ impl Propagation for VideoPredictor {
     fn track_frame(&mut self, ids: &[ObjectId], frame: usize, reverse: bool) -> anyhow::Result<Tracked> {
         self.timings = StageTimings::default();
         let mut tracked = Tracked::new(frame, reverse);
-        if self.batches_objects() {
+        if self.batches_objects(ids.len()) {
             // All objects at once (`batched`), with the same outputs as the loop below.
             let (prompted, to_track): (Vec<ObjectId>, Vec<ObjectId>) =
                 ids.iter().partition(|&&id| self.bank.contains(id, Slot::Cond, frame));
