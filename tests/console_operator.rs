@@ -114,7 +114,7 @@ fn two_sessions_on_cuda_one_streaming_one_restarted() {
 #[test]
 fn an_idle_server_on_the_cpu_at_the_smallest_size() {
     let mut s = busy_server();
-    s.settings = Settings { model: None, device: DeviceChoice::Cpu, precision: PrecisionChoice::Fp32 };
+    s.settings = Settings { model: Some(ModelSize::Tiny), device: DeviceChoice::Cpu, precision: PrecisionChoice::Fp32 };
     let mut row = SessionStatus::new(
         "0badcafe-0000-4000-8000-000000000003",
         "gallery/01_testsrc.mp4",

@@ -127,7 +127,7 @@ fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_e
     let _guard = Tmux;
     tmux(&["new-session", "-d", "-s", SESSION, "-x", "150", "-y", "40", &cmd]);
     wait_for("serving", Duration::from_secs(60));
-    assert!(screen().contains("new sessions: the checkpoint's model · cpu · fp32"), "{}", screen());
+    assert!(screen().contains("new sessions: tiny · cpu · fp32"), "{}", screen());
 
     // A session started by a client shows up, with its objects and frames streamed.
     let first = start_session(port);
@@ -145,7 +145,7 @@ fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_e
 
     // Precision: the open session is replayed on a bf16 worker, a new one starts on bf16.
     tmux(&["send-keys", "-t", SESSION, "r"]);
-    wait_for("new sessions: the checkpoint's model · cpu · bf16", Duration::from_secs(10));
+    wait_for("new sessions: tiny · cpu · bf16", Duration::from_secs(10));
     wait_until("the first session replayed on bf16", Duration::from_secs(120), |s| {
         row(s, &short1).contains("cpu bf16") && s.contains(&format!("session {short1}: 3 ops replayed"))
     });

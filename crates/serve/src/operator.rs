@@ -152,7 +152,8 @@ impl ServerStatus {
 
     /// Frames per second streamed by all sessions together now.
     pub fn aggregate_fps(&self) -> f32 {
-        self.sessions.iter().filter_map(|s| s.streaming).map(|s| s.fps).sum()
+        // A fold from +0.0: `sum` of no f32 is -0.0, which prints as "-0.0".
+        self.sessions.iter().filter_map(|s| s.streaming).fold(0.0, |total, s| total + s.fps)
     }
 
     pub fn frames_streamed(&self) -> u64 {

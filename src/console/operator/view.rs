@@ -55,7 +55,7 @@ pub fn draw(f: &mut Frame, app: &OperatorApp) {
 
 /// "SAM 2.1 tiny" or "checkpoint's model", then device and precision.
 pub fn settings_text(s: &ServerStatus) -> String {
-    let model = s.settings.model.map(|m| m.to_string()).unwrap_or_else(|| "the checkpoint's model".into());
+    let model = s.settings.model.map(|m| m.to_string()).unwrap_or_else(|| "checkpoint's model".into());
     format!("{model} · {} · {}", s.settings.device, s.settings.precision)
 }
 
@@ -70,7 +70,7 @@ fn draw_header(f: &mut Frame, area: Rect, app: &OperatorApp) {
         ("serving", t.ok)
     };
     let line = Line::from(vec![
-        Span::styled(" sam2-tui serve ", Style::default().fg(t.accent.color()).add_modifier(Modifier::BOLD)),
+        Span::styled(" serve ", Style::default().fg(t.accent.color()).add_modifier(Modifier::BOLD)),
         Span::raw(format!("{} · ", s.address)),
         Span::styled(state, Style::default().fg(color.color()).add_modifier(Modifier::BOLD)),
         Span::styled(format!(" · new sessions: {}", settings_text(s)), Style::default().fg(t.dim.color())),
@@ -81,7 +81,7 @@ fn draw_header(f: &mut Frame, area: Rect, app: &OperatorApp) {
 /// `worker 1234 · cpu fp32 · tiny 2.1`, or what it waits for.
 fn worker_text(r: &SessionStatus) -> String {
     match &r.worker {
-        Some(w) => format!("{} {} · {} {}", w.device, w.precision, w.model.size, w.model.version),
+        Some(w) => format!("{} {} {} {}", w.device, w.precision, w.model.size, w.model.version),
         None => "starting".into(),
     }
 }
@@ -130,16 +130,18 @@ fn draw_sessions(f: &mut Frame, area: Rect, app: &OperatorApp) {
             Cell::from(worker_text(r)).style(dim),
         ])
     });
+    // The video and the worker share what is left; on a narrow screen the worker keeps
+    // its device and precision, the first words.
     let widths = [
         Constraint::Length(8),
-        Constraint::Min(12),
+        Constraint::Fill(3),
         Constraint::Length(6),
         Constraint::Length(4),
         Constraint::Length(10),
         Constraint::Length(5),
         Constraint::Length(8),
         Constraint::Length(3),
-        Constraint::Length(18),
+        Constraint::Fill(2),
     ];
     f.render_widget(Table::new(rows, widths).header(head).block(block), area);
 }
@@ -183,11 +185,8 @@ fn draw_totals(f: &mut Frame, area: Rect, app: &OperatorApp) {
             Span::raw(format!(" frames/s · {streaming} streaming")),
         ]),
         Line::from(format!("{} frames streamed", s.frames_streamed())),
-        Line::from(format!("{} worker restarts", s.restarts())).style(if s.restarts() > 0 {
-            Style::default().fg(t.warn.color())
-        } else {
-            Style::default()
-        }),
+        Line::from(format!("{} worker restart{}", s.restarts(), if s.restarts() == 1 { "" } else { "s" }))
+            .style(if s.restarts() > 0 { Style::default().fg(t.warn.color()) } else { Style::default() }),
         Line::from(spare).style(Style::default().fg(t.dim.color())),
     ];
     f.render_widget(Paragraph::new(lines), inner);
