@@ -59,7 +59,7 @@ fn busy_server() -> ServerStatus {
     });
     ServerStatus {
         address: "http://127.0.0.1:7263".into(),
-        data: "/srv/sam2-demo-data".into(),
+        serving: true,
         settings: Settings {
             model: Some(ModelSize::Tiny),
             device: DeviceChoice::Cuda,

@@ -144,7 +144,8 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     board.update(|s| {
         s.address = format!("http://{addr}");
-        s.data = opts.data.display().to_string();
+        s.settings = sessions::settings_of(&opts.base);
+        s.max_sessions = opts.max_sessions;
     });
     let data = data::DataDir::open(&opts.data)?;
     let gallery = data.scan_gallery(&opts.ffmpeg, &opts.ffprobe, &board)?;
@@ -172,6 +173,7 @@ pub async fn serve_on(
         opts.idle_timeout.as_secs()
     ));
     sessions.refill();
+    board.update(|s| s.serving = true);
     let state = Arc::new(AppState { opts, data, gallery, sessions: sessions.clone(), board: board.clone() });
     let reaper = tokio::spawn(sessions::reap_idle(sessions.clone()));
     let app = http::router(state);
@@ -185,7 +187,8 @@ pub async fn serve_on(
     let stop = async move {
         tokio::select! {
             _ = shutdown => log.info("shutting down: closing every session".to_string()),
-            _ = stop_rx => log.info("stopping as the operator asked: closing every session".to_string()),
+            // Headless, the sender is gone at once: that is no stop (the branch is off).
+            Ok(()) = stop_rx => log.info("stopping as the operator asked: closing every session".to_string()),
             _ = drained.drained() => log.info("drained: the last session has closed; stopping".to_string()),
         }
         closing.close_all().await;

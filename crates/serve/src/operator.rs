@@ -132,8 +132,8 @@ impl SessionStatus {
 pub struct ServerStatus {
     /// `http://127.0.0.1:7263`.
     pub address: String,
-    /// The data folder.
-    pub data: String,
+    /// Listening, the gallery ready (before: making posters).
+    pub serving: bool,
     pub settings: Settings,
     pub max_sessions: usize,
     /// Sessions whose worker is being started (not listed yet).

@@ -556,7 +556,7 @@ impl Sessions {
 }
 
 /// The settings a supervisor's options ask for.
-fn settings_of(o: &SupervisorOptions) -> Settings {
+pub fn settings_of(o: &SupervisorOptions) -> Settings {
     Settings { model: o.size, device: o.device, precision: o.precision }
 }
 

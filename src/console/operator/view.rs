@@ -66,6 +66,8 @@ fn draw_header(f: &mut Frame, area: Rect, app: &OperatorApp) {
         ("stopping: closing every session", t.warn)
     } else if s.draining {
         ("draining: no new sessions", t.warn)
+    } else if !s.serving {
+        ("starting: preparing the data folder", t.warn)
     } else {
         ("serving", t.ok)
     };
