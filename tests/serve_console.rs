@@ -126,7 +126,7 @@ fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_e
     );
     let _ = tmux(&["kill-server"]);
     let _guard = Tmux;
-    tmux(&["new-session", "-d", "-s", SESSION, "-x", "150", "-y", "40", &cmd]);
+    tmux(&["new-session", "-d", "-s", SESSION, "-x", "120", "-y", "34", &cmd]);
     wait_for("· serving ·", Duration::from_secs(60));
     assert!(screen().contains("new sessions: tiny · cpu · fp32"), "{}", screen());
 
