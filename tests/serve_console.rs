@@ -173,6 +173,8 @@ fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_e
     assert!(!Path::new(&exit).exists(), "still serving the last session");
     close(port, &second);
     assert_eq!(wait_file(&exit, Duration::from_secs(60)).trim(), "0", "a drained server exits 0");
+    // The full screen is gone; its last log lines stay on the terminal.
+    wait_for("serve: drained: the last session has closed; stopping", Duration::from_secs(5));
 }
 
 #[test]

@@ -136,7 +136,7 @@ fn with_console(opts: sam2_serve::ServeOptions, cfg: &Config) -> anyhow::Result<
         let board = Arc::new(Board::new(false));
         let status = board.subscribe();
         let (controls, controls_rx) = tokio::sync::mpsc::unbounded_channel();
-        let server = tokio::spawn(sam2_serve::serve_operated(opts, listener, addr, board, controls_rx));
+        let server = tokio::spawn(sam2_serve::serve_operated(opts, listener, addr, board.clone(), controls_rx));
         let mut tui = tui::enter(false)?;
         tui::install_panic_hook(false, log_path);
         let mut app = operator::app::OperatorApp::new(theme, keymap, status.borrow().clone());
@@ -146,6 +146,11 @@ fn with_console(opts: sam2_serve::ServeOptions, cfg: &Config) -> anyhow::Result<
         let events = crossterm::event::EventStream::new();
         let r = operator::run(&mut tui.terminal, &mut app, events, status, controls, server).await;
         drop(tui);
+        // The view is gone with the screen: its last lines say how the server ended.
+        let log = board.status().log;
+        for l in log.iter().skip(log.len().saturating_sub(3)) {
+            eprintln!("{} serve: {}", l.time, l.text);
+        }
         r
     })
 }

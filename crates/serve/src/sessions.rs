@@ -548,9 +548,10 @@ impl Sessions {
         futures::future::join_all(spare.into_iter().map(discard)).await;
         self.publish_counts();
         self.refill();
+        let load_wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
         for s in open {
             let command = command.clone();
-            tokio::spawn(async move { s.switch(command).await });
+            tokio::spawn(async move { s.switch(command, load_wait).await });
         }
     }
 }
@@ -750,17 +751,25 @@ impl Session {
     /// Replays the session on a fresh worker with new settings (`command`: a model,
     /// device or precision switch), between two of its ops: one running (a whole stream
     /// included) finishes first, and the client's next request waits for the replay.
-    async fn switch(self: Arc<Self>, command: EngineCommand) {
+    async fn switch(self: Arc<Self>, command: EngineCommand, load_wait: Duration) {
         let _busy = self.use_it();
         let mut core = self.lock().await;
         if self.is_closed() {
             return;
         }
+        let worker = self.board.status().sessions.iter().find(|r| r.id == self.id).and_then(|r| r.worker.clone());
+        if let (EngineCommand::SwitchModel(size), Some(w)) = (&command, &worker) {
+            // The supervisor would only say so (no new worker, nothing to wait for).
+            if w.model.size == *size {
+                self.board.info(format!("session {}: already on the {size} model", self.short()));
+                return;
+            }
+        }
         let t0 = Instant::now();
         // Ops the supervisor will replay: its journal, written before each op is sent.
         let ops = Journal::load(&self.journal_path).map(|j| j.ops.len()).unwrap_or(0);
         self.board.session(&self.id, |r| r.switching = true);
-        let result = core.replay(&self, command, ops).await;
+        let result = core.replay(&self, command, ops, load_wait).await;
         self.board.session(&self.id, |r| r.switching = false);
         let worker = self.board.status().sessions.iter().find(|r| r.id == self.id).and_then(|r| r.worker.clone());
         match result {
@@ -1175,7 +1184,15 @@ impl Core {
 
     /// Sends a switch and follows the replay it starts to its end: a new worker loads,
     /// then the `ops` journaled ops run again (their news is the replay's, not an op's).
-    async fn replay(&mut self, s: &Session, command: EngineCommand, ops: usize) -> Result<(), String> {
+    /// A new worker that does not load within `load_wait` ends the wait (an error): the
+    /// session must not stay locked.
+    async fn replay(
+        &mut self,
+        s: &Session,
+        command: EngineCommand,
+        ops: usize,
+        load_wait: Duration,
+    ) -> Result<(), String> {
         while let Ok(e) = self.events.try_recv() {
             self.note(&e);
         }
@@ -1185,8 +1202,17 @@ impl Core {
         }
         let mut loaded = false;
         let mut left = ops;
+        let load_by = tokio::time::Instant::now() + load_wait;
         loop {
-            let Some(e) = self.events.recv().await else {
+            let next = if loaded {
+                self.events.recv().await
+            } else {
+                match tokio::time::timeout_at(load_by, self.events.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => return Err(format!("no worker loaded within {} s", load_wait.as_secs())),
+                }
+            };
+            let Some(e) = next else {
                 return Err(if s.is_closed() { unknown_session(&s.id) } else { "the engine stopped".into() });
             };
             self.note(&e);
