@@ -133,12 +133,13 @@ fn with_console(opts: sam2_serve::ServeOptions, cfg: &Config) -> anyhow::Result<
     rt.block_on(async move {
         // Before the terminal is taken over: a taken port is one line on a normal screen.
         let (listener, addr) = sam2_serve::bind(&opts).await?;
+        // And a terminal that cannot be taken over ends it before any worker starts.
+        let mut tui = tui::enter(false)?;
+        tui::install_panic_hook(false, log_path);
         let board = Arc::new(Board::new(false));
         let status = board.subscribe();
         let (controls, controls_rx) = tokio::sync::mpsc::unbounded_channel();
         let server = tokio::spawn(sam2_serve::serve_operated(opts, listener, addr, board.clone(), controls_rx));
-        let mut tui = tui::enter(false)?;
-        tui::install_panic_hook(false, log_path);
         let mut app = operator::app::OperatorApp::new(theme, keymap, status.borrow().clone());
         let size = tui.terminal.size()?;
         app.update(operator::app::Action::Resize { width: size.width, height: size.height });

@@ -268,11 +268,18 @@ impl Board {
         self.log(Level::Error, text)
     }
 
-    /// One line of the log (stderr too when headless).
+    /// One line of the log: on stderr when headless, else in the tracing log (the
+    /// operator view's terminal is stderr).
     pub fn log(&self, level: Level, text: String) {
         let text = text.replace('\n', " ");
         if self.echo {
             log::line(&text);
+        } else {
+            match level {
+                Level::Info => tracing::info!(target: "serve", "{text}"),
+                Level::Warn => tracing::warn!(target: "serve", "{text}"),
+                Level::Error => tracing::error!(target: "serve", "{text}"),
+            }
         }
         let time = log::clock();
         self.tx.send_modify(|s| {

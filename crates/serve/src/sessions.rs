@@ -90,12 +90,10 @@ pub fn unknown_session(id: &str) -> String {
 }
 
 impl Sessions {
+    /// `board` gets the sessions' news; its settings and limits are the caller's to set
+    /// (`serve_on` does, before the gallery is scanned).
     pub fn new(cfg: SessionsConfig, board: Arc<Board>) -> Arc<Sessions> {
         let base = cfg.base.clone();
-        board.update(|s| {
-            s.settings = settings_of(&base);
-            s.max_sessions = cfg.max_sessions;
-        });
         Arc::new(Sessions {
             cfg,
             base: Mutex::new(base),
@@ -477,10 +475,13 @@ impl Sessions {
         }
         let open = self.len();
         self.board.update(|s| s.draining = true);
-        self.board.warn(format!(
-            "draining: no new sessions; stopping once the {open} open session{} closed (closeSession or idle expiry)",
-            if open == 1 { " has" } else { "s have" }
-        ));
+        self.board.warn(match open {
+            0 => "draining: no new sessions, and none is open".to_string(),
+            n => format!(
+                "draining: no new sessions; stopping once the {n} open session{} closed (closeSession or idle expiry)",
+                if n == 1 { " has" } else { "s have" }
+            ),
+        });
         let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
         futures::future::join_all(spare.into_iter().map(discard)).await;
         self.publish_counts();
