@@ -74,8 +74,9 @@ struct Warm {
     logits: PathBuf,
     worker: String,
     info: Option<WorkerInfo>,
-    /// The settings' generation it was started with.
+    /// The settings' generation it was started with, and those settings.
     generation: u64,
+    settings: Settings,
 }
 
 #[derive(Default)]
@@ -168,13 +169,34 @@ impl Sessions {
             r.starting -= 1;
             result.map(|session| {
                 let id = session.id.clone();
-                r.open.insert(id.clone(), session);
-                id
+                r.open.insert(id.clone(), session.clone());
+                (id, session)
             })
         };
         self.publish_counts();
         self.changed.notify_waiters();
-        id
+        let (id, session) = id?;
+        // Settings switched while it started (the switch replayed the sessions open then):
+        // it catches up the same way before startSession answers (a reload, no ops yet).
+        let now = settings_of(&self.base());
+        let was = session.started_with;
+        if was != now {
+            let load_wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+            let mut switches = vec![];
+            if let Some(size) = now.model.filter(|m| was.model != Some(*m)) {
+                switches.push(EngineCommand::SwitchModel(size));
+            }
+            if now.device != was.device {
+                switches.push(EngineCommand::SwitchDevice(now.device));
+            }
+            if now.precision != was.precision {
+                switches.push(EngineCommand::SwitchPrecision(now.precision));
+            }
+            for c in switches {
+                session.clone().switch(c, load_wait).await;
+            }
+        }
+        Ok(id)
     }
 
     /// Keeps `warm_workers` workers started and loaded (in the background).
@@ -219,6 +241,7 @@ impl Sessions {
         let logits = session_dir.join("logits");
         let generation = self.generation.load(Ordering::SeqCst);
         let mut opts = self.base();
+        let settings = settings_of(&opts);
         opts.session_dir = session_dir.clone();
         opts.media = None;
         opts.initial_ops = vec![];
@@ -253,7 +276,7 @@ impl Sessions {
             sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
             return Err(last_error.unwrap_or_else(|| "it did not load the model".into()));
         }
-        Ok(Warm { handle, session_dir, logits, worker, info, generation })
+        Ok(Warm { handle, session_dir, logits, worker, info, generation, settings })
     }
 
     async fn start_reserved(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
@@ -293,6 +316,7 @@ impl Sessions {
             }
         };
         let mut opts = self.base();
+        let started_with = warm.as_ref().map(|w| w.settings).unwrap_or_else(|| settings_of(&opts));
         opts.session_dir = session_dir.clone();
         let mut decoded = None;
         if decode {
@@ -422,6 +446,7 @@ impl Sessions {
             last_used: Mutex::new(Instant::now()),
             in_use: AtomicUsize::new(0),
             journal_path: handle.journal_path.clone(),
+            started_with,
             handle: Mutex::new(Some(handle)),
             session_dir,
             decoded,
@@ -678,6 +703,8 @@ pub struct Session {
     handle: Mutex<Option<SupervisorHandle>>,
     /// The supervisor's journal on disk (how many ops a replay runs).
     journal_path: PathBuf,
+    /// What its worker was asked to load.
+    started_with: Settings,
     session_dir: PathBuf,
     /// Set when the engine reads the frames as the official decodes them.
     decoded: Option<crate::frames::Decoded>,
