@@ -1,9 +1,13 @@
 //! `sam2-tui serve`: a drop-in backend for the official SAM 2 web demo's front end
 //! (GraphQL on /graphql, the mask stream on /propagate_in_video, the data folder's
-//! files), with one supervised engine worker per session (crate `sam2-serve`).
-use crate::config::EngineFlags;
+//! files), with one supervised engine worker per session (crate `sam2-serve`); with
+//! `--console`, the operator view of it in the same process (`console::operator`).
+use crate::config::{Config, EngineFlags, Theme};
+use crate::console::{keymap::Keymap, logging, operator, tui};
 use crate::util::bad_input;
+use sam2_serve::operator::Board;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -50,6 +54,11 @@ pub struct Args {
     /// a process start and a model load (0: none; each holds a model's memory).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub warm_workers: u32,
+    /// Show the operator view full screen (sessions, FPS, device memory, restarts, the
+    /// log; keys switch model, device or precision and drain the server) instead of
+    /// logging to stderr.
+    #[arg(long)]
+    pub console: bool,
     #[command(flatten)]
     pub engine: EngineFlags,
 }
@@ -102,6 +111,47 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.max_upload_input_seconds = a.max_upload_input_seconds;
     opts.official_decode = !a.engine_decode;
     opts.warm_workers = a.warm_workers as usize;
+    if a.console {
+        return with_console(opts, &cfg);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(sam2_serve::serve(opts))
+}
+
+/// The server with its operator view: the log goes to the view (and the tracing log
+/// file), not to stderr, which is the view's terminal.
+fn with_console(opts: sam2_serve::ServeOptions, cfg: &Config) -> anyhow::Result<()> {
+    if std::env::var("TERM").is_ok_and(|t| t == "dumb") {
+        return Err(bad_input(
+            "TERM=dumb: this terminal cannot draw the operator view (no cursor addressing); run `serve` without --console to log to stderr",
+        ));
+    }
+    let theme = Theme::load(&cfg.console.theme)?;
+    let keymap = Keymap::from_config(cfg)?;
+    let (_log_guard, log_path) = logging::init(&Config::data_dir(), &cfg.console.log_level)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        // Before the terminal is taken over: a taken port is one line on a normal screen.
+        let (listener, addr) = sam2_serve::bind(&opts).await?;
+        // And a terminal that cannot be taken over ends it before any worker starts.
+        let mut tui = tui::enter(false)?;
+        tui::install_panic_hook(false, log_path);
+        let board = Arc::new(Board::new(false));
+        let status = board.subscribe();
+        let (controls, controls_rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(sam2_serve::serve_operated(opts, listener, addr, board.clone(), controls_rx));
+        let mut app = operator::app::OperatorApp::new(theme, keymap, status.borrow().clone());
+        let size = tui.terminal.size()?;
+        app.update(operator::app::Action::Resize { width: size.width, height: size.height });
+        let server = async { server.await.map_err(|e| anyhow::anyhow!("the server task failed: {e}"))? };
+        let events = crossterm::event::EventStream::new();
+        let r = operator::run(&mut tui.terminal, &mut app, events, status, controls, server).await;
+        drop(tui);
+        // The view is gone with the screen: its last lines say how the server ended.
+        let log = board.status().log;
+        for l in log.iter().skip(log.len().saturating_sub(3)) {
+            eprintln!("{} serve: {}", l.time, l.text);
+        }
+        r
+    })
 }

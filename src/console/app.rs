@@ -563,6 +563,16 @@ impl App {
                 self.note(LogLevel::Info, self.restart_notice(&what));
                 return vec![Effect::Engine(EngineCommand::SwitchModel(next))];
             }
+            Command::CyclePrecision => {
+                let next = self.engine.precision_choice.next();
+                self.engine.precision_choice = next;
+                self.note(LogLevel::Info, self.restart_notice(&format!("switching to {next} precision")));
+                return vec![Effect::Engine(EngineCommand::SwitchPrecision(next))];
+            }
+            Command::Drain => self.note(
+                LogLevel::Info,
+                "drain is a key of `sam2-tui serve --console`: this console serves no one".into(),
+            ),
             Command::FallBackToCpu => {
                 self.note(LogLevel::Info, self.restart_notice("switching to the CPU"));
                 return vec![Effect::Engine(EngineCommand::SwitchDevice(DeviceChoice::Cpu))];

@@ -5,6 +5,8 @@
 //! * `view`       — pure drawing functions of `&App`.
 //! * `preview`    — frame + masks + marks, encoded for the terminal off the UI thread.
 //! * `event_loop` — terminal/engine/preview events in, effects out, redraws.
+//! * `operator`   — `serve --console`: the web backend's operator view (its own state,
+//!   view and loop over the server's published status).
 //! * `tui`, `logging`, `engine_link`, `export` — the edges (terminal, log file,
 //!   supervisor, output files).
 pub mod action;
@@ -15,6 +17,7 @@ pub mod export;
 pub mod keymap;
 pub mod layout;
 pub mod logging;
+pub mod operator;
 pub mod preview;
 pub mod testing;
 pub mod tui;

@@ -98,6 +98,16 @@ pub enum PrecisionChoice {
 }
 
 impl PrecisionChoice {
+    /// The next choice of the console's precision key: auto → fp32 → bf16 → fp16 → auto.
+    pub fn next(self) -> PrecisionChoice {
+        match self {
+            PrecisionChoice::Auto => PrecisionChoice::Fp32,
+            PrecisionChoice::Fp32 => PrecisionChoice::Bf16,
+            PrecisionChoice::Bf16 => PrecisionChoice::Fp16,
+            PrecisionChoice::Fp16 => PrecisionChoice::Auto,
+        }
+    }
+
     /// The precision on `device`. `auto` on `auto` depends on the device `auto` finds on
     /// this machine, which only the engine can tell: `auto_finds_cuda` answers it.
     pub fn resolve_with(self, device: DeviceChoice, auto_finds_cuda: impl FnOnce() -> bool) -> Precision {

@@ -1,7 +1,7 @@
 //! What flows between the supervisor and its users (the console and the headless
 //! commands). The console never talks to a worker directly: it sends `EngineCommand`s and
 //! folds `EngineEvent`s into its state.
-use crate::device::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, Precision, PrecisionChoice};
 use crate::model::{ModelSize, ModelVersion};
 use crate::rle::Rle;
 use crate::session::{ObjectId, Op};
@@ -192,6 +192,9 @@ pub enum EngineCommand {
     Cancel,
     SwitchModel(ModelSize),
     SwitchDevice(DeviceChoice),
+    /// A new worker on the same model and device with this precision; the journal is
+    /// replayed on a fresh bank (a bank holds one precision's memories).
+    SwitchPrecision(PrecisionChoice),
     SetWatermark(f32),
     /// Encode this frame ahead of time so a click there only runs the decoder.
     Prefetch(usize),

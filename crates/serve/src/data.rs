@@ -89,7 +89,12 @@ impl DataDir {
 
     /// Every `gallery/**/*.mp4` (sorted), each with its poster remade by `ffmpeg` and its
     /// size read from the poster, as the official loader does.
-    pub fn scan_gallery(&self, ffmpeg: &Path, ffprobe: &Path) -> anyhow::Result<Vec<VideoEntry>> {
+    pub fn scan_gallery(
+        &self,
+        ffmpeg: &Path,
+        ffprobe: &Path,
+        board: &crate::operator::Board,
+    ) -> anyhow::Result<Vec<VideoEntry>> {
         let mut files = vec![];
         walk(&self.root.join(GALLERY), &mut files);
         files.sort();
@@ -99,13 +104,13 @@ impl DataDir {
             // Never offer what would not be served (a symlink out of the folder).
             let in_gallery = file.strip_prefix(self.root.join(GALLERY)).unwrap_or(&file).to_string_lossy().into_owned();
             if let Err(why) = self.resolve(GALLERY, &in_gallery) {
-                crate::log::line(format!("gallery: skipping {rel}: {why}"));
+                board.warn(format!("gallery: skipping {rel}: {why}"));
                 continue;
             }
             let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let poster_name = format!("{stem}.jpg");
             let poster = self.root.join(POSTERS).join(&poster_name);
-            make_poster(ffmpeg, &file, &poster)?;
+            make_poster(ffmpeg, &file, &poster, board)?;
             let (width, height) = probe_size(ffprobe, &poster).unwrap_or((0, 0));
             out.push(VideoEntry {
                 code: rel.clone(),
@@ -136,7 +141,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The official loader's poster: `ffmpeg -y -i VIDEO -pix_fmt yuv420p -frames:v 1
 /// -update 1 -strict unofficial POSTER`.
-fn make_poster(ffmpeg: &Path, video: &Path, poster: &Path) -> anyhow::Result<()> {
+fn make_poster(ffmpeg: &Path, video: &Path, poster: &Path, board: &crate::operator::Board) -> anyhow::Result<()> {
     let status = std::process::Command::new(ffmpeg)
         .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
         .arg(video)
@@ -153,7 +158,7 @@ fn make_poster(ffmpeg: &Path, video: &Path, poster: &Path) -> anyhow::Result<()>
             )
         })?;
     if !status.success() {
-        crate::log::line(format!("{}: ffmpeg could not make its poster ({status})", video.display()));
+        board.warn(format!("{}: ffmpeg could not make its poster ({status})", video.display()));
     }
     Ok(())
 }

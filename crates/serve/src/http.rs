@@ -2,9 +2,10 @@
 //! (`supports_credentials=True`: the request's origin echoed, credentials allowed,
 //! `Vary: Origin`; preflights answered with every method and the requested headers);
 //! one log line per request.
+use crate::operator::Level;
 use crate::pages::{flask_error, html, LogNote, NoCors};
 use crate::schema::DemoSchema;
-use crate::{log, AppState};
+use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -27,7 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(axum::Extension(schema))
         .layer(middleware::from_fn(cors))
-        .layer(middleware::from_fn(request_log))
+        .layer(middleware::from_fn_with_state(state.clone(), request_log))
         .with_state(state)
 }
 
@@ -198,21 +199,31 @@ async fn cors(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn request_log(req: Request, next: Next) -> Response {
+async fn request_log(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let resp = next.run(req).await;
     let note = resp.extensions().get::<LogNote>().map(|n| format!(" {}", n.0)).unwrap_or_default();
+    // A GraphQL error is answered with 200: its note says so.
+    let level = match resp.status().as_u16() {
+        500.. => Level::Error,
+        400.. => Level::Warn,
+        _ if note.contains(" error: ") || note.starts_with(" upload refused") => Level::Warn,
+        _ => Level::Info,
+    };
     let streaming = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/x-savi-stream"));
-    log::line(format!(
-        "{method} {path} {}{}{note} ({:.3} s)",
-        resp.status().as_u16(),
-        if streaming { " stream started" } else { "" },
-        t0.elapsed().as_secs_f64()
-    ));
+    app.board.log(
+        level,
+        format!(
+            "{method} {path} {}{}{note} ({:.3} s)",
+            resp.status().as_u16(),
+            if streaming { " stream started" } else { "" },
+            t0.elapsed().as_secs_f64()
+        ),
+    );
     resp
 }

@@ -14,10 +14,13 @@
 //! * `stream`   — `POST /propagate_in_video`: the multipart/x-savi-stream of masks.
 //! * `pages`    — HTML error pages as Flask and gunicorn write them.
 //! * `http`     — the router: routes, CORS as flask-cors, static files, the request log.
+//! * `operator` — what the server is doing, published for an operator view, and the
+//!   operator's controls (switch settings, drain, stop); also the log.
 pub mod data;
 pub mod frames;
 pub mod http;
 pub mod log;
+pub mod operator;
 pub mod pages;
 pub mod schema;
 pub mod sessions;
@@ -96,13 +99,29 @@ pub struct AppState {
     pub data: data::DataDir,
     pub gallery: Vec<data::VideoEntry>,
     pub sessions: Arc<sessions::Sessions>,
+    pub board: Arc<operator::Board>,
 }
 
 /// Prepares the data folder (posters included), binds, and serves until Ctrl-C or
-/// SIGTERM; then closes every session (their workers stopped) and returns.
+/// SIGTERM; then closes every session (their workers stopped) and returns. Headless:
+/// the log goes to stderr.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (listener, addr) = bind(&opts).await?;
-    serve_on(opts, listener, addr, shutdown_signal()).await
+    let board = Arc::new(operator::Board::new(true));
+    serve_on(opts, listener, addr, shutdown_signal(), board, None).await
+}
+
+/// `serve` for an operator view: the log stays on `board` (stderr is the view's
+/// terminal), and `controls` carry the operator's wishes. Returns once the server has
+/// stopped: a signal, `Control::Stop`, or a drain whose last session closed.
+pub async fn serve_operated(
+    opts: ServeOptions,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    board: Arc<operator::Board>,
+    controls: tokio::sync::mpsc::UnboundedReceiver<operator::Control>,
+) -> anyhow::Result<()> {
+    serve_on(opts, listener, addr, shutdown_signal(), board, Some(controls)).await
 }
 
 /// Binds the listening socket (a taken port is one clear error).
@@ -114,27 +133,37 @@ pub async fn bind(opts: &ServeOptions) -> anyhow::Result<(tokio::net::TcpListene
     Ok((listener, addr))
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves, or the operator stops or drains it.
 pub async fn serve_on(
     opts: ServeOptions,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    board: Arc<operator::Board>,
+    controls: Option<tokio::sync::mpsc::UnboundedReceiver<operator::Control>>,
 ) -> anyhow::Result<()> {
-    let data = data::DataDir::open(&opts.data)?;
-    let gallery = data.scan_gallery(&opts.ffmpeg, &opts.ffprobe)?;
-    sam2_supervisor::session_dirs::sweep_one_shot(&opts.sessions_root);
-    let sessions = sessions::Sessions::new(sessions::SessionsConfig {
-        base: opts.base.clone(),
-        root: opts.sessions_root.clone(),
-        max_sessions: opts.max_sessions,
-        idle_timeout: opts.idle_timeout,
-        official_decode: opts.official_decode,
-        warm_workers: opts.warm_workers,
-        ffmpeg: opts.ffmpeg.clone(),
-        ffprobe: opts.ffprobe.clone(),
+    board.update(|s| {
+        s.address = format!("http://{addr}");
+        s.settings = sessions::settings_of(&opts.base);
+        s.max_sessions = opts.max_sessions;
     });
-    log::line(format!(
+    let data = data::DataDir::open(&opts.data)?;
+    let gallery = data.scan_gallery(&opts.ffmpeg, &opts.ffprobe, &board)?;
+    sam2_supervisor::session_dirs::sweep_one_shot(&opts.sessions_root);
+    let sessions = sessions::Sessions::new(
+        sessions::SessionsConfig {
+            base: opts.base.clone(),
+            root: opts.sessions_root.clone(),
+            max_sessions: opts.max_sessions,
+            idle_timeout: opts.idle_timeout,
+            official_decode: opts.official_decode,
+            warm_workers: opts.warm_workers,
+            ffmpeg: opts.ffmpeg.clone(),
+            ffprobe: opts.ffprobe.clone(),
+        },
+        board.clone(),
+    );
+    board.info(format!(
         "serving {} on http://{addr} ({} gallery video{}, at most {} session{}, idle sessions closed after {} s)",
         data.root().display(),
         gallery.len(),
@@ -144,20 +173,49 @@ pub async fn serve_on(
         opts.idle_timeout.as_secs()
     ));
     sessions.refill();
-    let state = Arc::new(AppState { opts, data, gallery, sessions: sessions.clone() });
+    board.update(|s| s.serving = true);
+    let state = Arc::new(AppState { opts, data, gallery, sessions: sessions.clone(), board: board.clone() });
     let reaper = tokio::spawn(sessions::reap_idle(sessions.clone()));
     let app = http::router(state);
+    // The operator's controls; a stop (or the view going away) ends the server.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let operated = controls.map(|rx| tokio::spawn(operate(rx, sessions.clone(), stop_tx)));
     // Sessions close first: that ends their streams, which graceful shutdown waits for.
     let closing = sessions.clone();
+    let drained = sessions.clone();
+    let log = board.clone();
     let stop = async move {
-        shutdown.await;
-        log::line("shutting down: closing every session".to_string());
+        tokio::select! {
+            _ = shutdown => log.info("shutting down: closing every session".to_string()),
+            // Headless, the sender is gone at once: that is no stop (the branch is off).
+            Ok(()) = stop_rx => log.info("stopping as the operator asked: closing every session".to_string()),
+            _ = drained.drained() => log.info("drained: the last session has closed; stopping".to_string()),
+        }
         closing.close_all().await;
     };
     let result = axum::serve(listener, app).with_graceful_shutdown(stop).await;
     reaper.abort();
+    if let Some(t) = operated {
+        t.abort();
+    }
     sessions.close_all().await;
     result.map_err(|e| anyhow::anyhow!("server error: {e}"))
+}
+
+/// Carries out the operator's controls, one at a time, in order.
+async fn operate(
+    mut controls: tokio::sync::mpsc::UnboundedReceiver<operator::Control>,
+    sessions: Arc<sessions::Sessions>,
+    stop: tokio::sync::oneshot::Sender<()>,
+) {
+    while let Some(c) = controls.recv().await {
+        match c {
+            operator::Control::Switch(s) => sessions.switch(s).await,
+            operator::Control::Drain => sessions.drain().await,
+            operator::Control::Stop => break,
+        }
+    }
+    let _ = stop.send(());
 }
 
 async fn shutdown_signal() {

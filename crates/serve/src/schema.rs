@@ -286,7 +286,7 @@ impl Mutation {
         )
         .await
         .map_err(|e| Error::new(format!("upload refused: {e}")))?;
-        crate::log::line(format!("upload stored as {} ({}x{})", v.path, v.width, v.height));
+        app.board.info(format!("upload stored as {} ({}x{})", v.path, v.width, v.height));
         Ok(Video::new(v, &app.opts.api_url))
     }
 

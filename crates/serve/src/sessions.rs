@@ -8,15 +8,16 @@
 //! the order objects were first seen in (every answer lists every object in it), and the
 //! points kept per (frame, object) so that `clearOldPoints: false` can append. Every
 //! argument is judged here, before the engine is touched.
-use crate::log;
+use crate::operator::{Board, SessionStatus, Settings, Switch, WorkerInfo};
 use sam2_api::events::{EngineCommand, EngineEvent, EngineState, FrameMasks, LogLevel};
 use sam2_api::limits::{MAX_OBJECT_ID, MAX_POINTS_PER_PROMPT};
+use sam2_api::model::{ModelSize, ModelVersion};
 use sam2_api::rle::Rle;
-use sam2_api::session::{Op, Point};
+use sam2_api::session::{Journal, Op, Point};
 use sam2_supervisor::{SupervisorHandle, SupervisorOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -50,10 +51,20 @@ pub struct FrameResult {
 
 pub struct Sessions {
     cfg: SessionsConfig,
+    /// What a new session's supervisor starts from: `cfg.base` with the operator's
+    /// switches applied (`settings`).
+    base: Mutex<SupervisorOptions>,
+    /// Bumped by each switch: spare workers of an older one are not used.
+    generation: AtomicU64,
     registry: Mutex<Registry>,
     warm: Mutex<Vec<Warm>>,
     warming: AtomicUsize,
     closing: AtomicBool,
+    /// New sessions are refused; the server stops when the last one has closed.
+    draining: AtomicBool,
+    /// Told when a session closes or draining begins.
+    changed: tokio::sync::Notify,
+    board: Arc<Board>,
 }
 
 /// A started worker with its model loaded and no video yet, waiting for a session.
@@ -62,6 +73,10 @@ struct Warm {
     session_dir: PathBuf,
     logits: PathBuf,
     worker: String,
+    info: Option<WorkerInfo>,
+    /// The settings' generation it was started with, and those settings.
+    generation: u64,
+    settings: Settings,
 }
 
 #[derive(Default)]
@@ -76,14 +91,35 @@ pub fn unknown_session(id: &str) -> String {
 }
 
 impl Sessions {
-    pub fn new(cfg: SessionsConfig) -> Arc<Sessions> {
+    /// `board` gets the sessions' news; its settings and limits are the caller's to set
+    /// (`serve_on` does, before the gallery is scanned).
+    pub fn new(cfg: SessionsConfig, board: Arc<Board>) -> Arc<Sessions> {
+        let base = cfg.base.clone();
         Arc::new(Sessions {
             cfg,
+            base: Mutex::new(base),
+            generation: AtomicU64::new(0),
             registry: Mutex::new(Registry::default()),
             warm: Mutex::new(vec![]),
             warming: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+            board,
         })
+    }
+
+    fn base(&self) -> SupervisorOptions {
+        self.base.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish_counts(&self) {
+        let starting = self.registry().starting;
+        let spare = self.warm.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.board.update(|s| {
+            s.starting = starting;
+            s.spare_workers = spare;
+        });
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -107,6 +143,14 @@ impl Sessions {
     /// Starts a worker on `media` (an absolute path inside the data folder; `shown` is the
     /// client's name for it) and waits until it has the video open.
     pub async fn start(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<String, String> {
+        if self.draining.load(Ordering::SeqCst) {
+            let open = self.len();
+            return Err(format!(
+                "this server is draining: it starts no new sessions and stops once its {open} open session{} {} closed; start yours on another server",
+                if open == 1 { "" } else { "s" },
+                if open == 1 { "has" } else { "have" }
+            ));
+        }
         {
             let mut r = self.registry();
             if r.open.len() + r.starting >= self.cfg.max_sessions {
@@ -118,12 +162,40 @@ impl Sessions {
             }
             r.starting += 1;
         }
+        self.publish_counts();
         let result = self.start_reserved(media, shown).await;
-        let mut r = self.registry();
-        r.starting -= 1;
-        let session = result?;
-        let id = session.id.clone();
-        r.open.insert(id.clone(), session);
+        let id = {
+            let mut r = self.registry();
+            r.starting -= 1;
+            result.map(|session| {
+                let id = session.id.clone();
+                r.open.insert(id.clone(), session.clone());
+                (id, session)
+            })
+        };
+        self.publish_counts();
+        self.changed.notify_waiters();
+        let (id, session) = id?;
+        // Settings switched while it started (the switch replayed the sessions open then):
+        // it catches up the same way before startSession answers (a reload, no ops yet).
+        let now = settings_of(&self.base());
+        let was = session.started_with;
+        if was != now {
+            let load_wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+            let mut switches = vec![];
+            if let Some(size) = now.model.filter(|m| was.model != Some(*m)) {
+                switches.push(EngineCommand::SwitchModel(size));
+            }
+            if now.device != was.device {
+                switches.push(EngineCommand::SwitchDevice(now.device));
+            }
+            if now.precision != was.precision {
+                switches.push(EngineCommand::SwitchPrecision(now.precision));
+            }
+            for c in switches {
+                session.clone().switch(c, load_wait).await;
+            }
+        }
         Ok(id)
     }
 
@@ -134,7 +206,10 @@ impl Sessions {
         }
         loop {
             let have = self.warm.lock().unwrap_or_else(|p| p.into_inner()).len() + self.warming.load(Ordering::SeqCst);
-            if have >= self.cfg.warm_workers || self.closing.load(Ordering::SeqCst) {
+            if have >= self.cfg.warm_workers
+                || self.closing.load(Ordering::SeqCst)
+                || self.draining.load(Ordering::SeqCst)
+            {
                 return;
             }
             self.warming.fetch_add(1, Ordering::SeqCst);
@@ -143,10 +218,18 @@ impl Sessions {
                 let w = me.warm_up().await;
                 me.warming.fetch_sub(1, Ordering::SeqCst);
                 match w {
-                    Ok(w) if me.closing.load(Ordering::SeqCst) => discard(w).await,
+                    Ok(w) if me.closing.load(Ordering::SeqCst) || me.draining.load(Ordering::SeqCst) => {
+                        discard(w).await
+                    }
+                    Ok(w) if w.generation != me.generation.load(Ordering::SeqCst) => {
+                        // Loaded with settings switched since: make one with the new ones.
+                        discard(w).await;
+                        me.refill();
+                    }
                     Ok(w) => me.warm.lock().unwrap_or_else(|p| p.into_inner()).push(w),
-                    Err(e) => log::line(format!("could not start a spare worker: {e}")),
+                    Err(e) => me.board.error(format!("could not start a spare worker: {e}")),
                 }
+                me.publish_counts();
             });
         }
     }
@@ -156,7 +239,9 @@ impl Sessions {
         let session_dir = self.cfg.root.join(format!("serve-{id}"));
         sam2_supervisor::session_dirs::mark_one_shot(&session_dir).map_err(|e| format!("{e:#}"))?;
         let logits = session_dir.join("logits");
-        let mut opts = self.cfg.base.clone();
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut opts = self.base();
+        let settings = settings_of(&opts);
         opts.session_dir = session_dir.clone();
         opts.media = None;
         opts.initial_ops = vec![];
@@ -168,12 +253,14 @@ impl Sessions {
             format!("cannot start an engine worker: {e:#}")
         })?;
         let mut worker = String::from("worker");
+        let mut info = None;
         let mut last_error = None;
         let ready = tokio::time::timeout(wait, async {
             while let Some(e) = handle.events.recv().await {
                 match e {
-                    EngineEvent::WorkerStarted { pid, device, precision, .. } => {
-                        worker = format!("worker {pid} on {device} {precision}")
+                    EngineEvent::WorkerStarted { pid, device, precision, model, .. } => {
+                        worker = format!("worker {pid} on {device} {precision}");
+                        info = Some(WorkerInfo { pid, device, precision, model });
                     }
                     EngineEvent::State(EngineState::Ready) => return true,
                     EngineEvent::Log { level: LogLevel::Error, message } => last_error = Some(message),
@@ -189,14 +276,23 @@ impl Sessions {
             sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
             return Err(last_error.unwrap_or_else(|| "it did not load the model".into()));
         }
-        Ok(Warm { handle, session_dir, logits, worker })
+        Ok(Warm { handle, session_dir, logits, worker, info, generation, settings })
     }
 
     async fn start_reserved(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
         let started = Instant::now();
         let id = uuid::Uuid::new_v4().to_string();
         let decode = self.cfg.official_decode && media.is_file();
+        let generation = self.generation.load(Ordering::SeqCst);
         let warm = if decode { self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        // One loaded before a switch is not what this session must get.
+        let warm = match warm {
+            Some(w) if w.generation != generation => {
+                discard(w).await;
+                None
+            }
+            w => w,
+        };
         if warm.is_some() {
             self.refill();
         }
@@ -219,7 +315,8 @@ impl Sessions {
                 Err(why)
             }
         };
-        let mut opts = self.cfg.base.clone();
+        let mut opts = self.base();
+        let started_with = warm.as_ref().map(|w| w.settings).unwrap_or_else(|| settings_of(&opts));
         opts.session_dir = session_dir.clone();
         let mut decoded = None;
         if decode {
@@ -247,6 +344,7 @@ impl Sessions {
         opts.initial_ops = vec![];
         let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
         let mut worker: Option<String> = None;
+        let mut worker_info: Option<WorkerInfo> = None;
         let mut handle = match warm {
             Some(mut w) => {
                 // The spare worker opens this video on a fresh bank, its model loaded.
@@ -255,6 +353,7 @@ impl Sessions {
                     d.logits = w.logits.clone();
                 }
                 worker = Some(std::mem::take(&mut w.worker));
+                worker_info = w.info.take();
                 if let Err(e) = w.handle.next_item(frames, session_dir.clone(), vec![]) {
                     return give_up(Some(w), format!("cannot start a session on {shown}: {e:#}")).await;
                 }
@@ -278,11 +377,12 @@ impl Sessions {
                             return Ok(i);
                         }
                     }
-                    EngineEvent::WorkerStarted { pid, device, precision, .. } => {
-                        worker = Some(format!("worker {pid} on {device} {precision}"))
+                    EngineEvent::WorkerStarted { pid, device, precision, model, .. } => {
+                        worker = Some(format!("worker {pid} on {device} {precision}"));
+                        worker_info = Some(WorkerInfo { pid, device, precision, model });
                     }
                     EngineEvent::WorkerDied { reason, .. } => {
-                        log::line(format!("session {short}: worker died while starting ({reason}); restarting"))
+                        self.board.error(format!("session {short}: worker died while starting ({reason}); restarting"))
                     }
                     EngineEvent::Log { level: LogLevel::Error, message } => last_error = Some(message),
                     EngineEvent::State(EngineState::Stopped) => break,
@@ -318,9 +418,10 @@ impl Sessions {
         }
         // The supervisor's events go through a pump that logs deaths as they happen
         // (also between requests) and hands the rest to whoever runs an op.
+        self.board.add_session(SessionStatus::new(&id, shown, frames, worker_info));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let events = std::mem::replace(&mut handle.events, tokio::sync::mpsc::unbounded_channel().1);
-        tokio::spawn(pump(short.clone(), events, tx));
+        tokio::spawn(pump(short.clone(), id.clone(), self.board.clone(), events, tx));
         let commands = handle.commands.clone();
         // Encode frame 0 ahead (the worker is ready now), as the official's init_state
         // does: the first click there only runs the decoder.
@@ -344,11 +445,14 @@ impl Sessions {
             closed: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
             in_use: AtomicUsize::new(0),
+            journal_path: handle.journal_path.clone(),
+            started_with,
             handle: Mutex::new(Some(handle)),
             session_dir,
             decoded,
+            board: self.board.clone(),
         });
-        log::line(format!(
+        self.board.info(format!(
             "session {short} started on {shown} ({width}x{height}, {frames} frames; {}) in {:.2} s",
             worker.unwrap_or_else(|| "worker".into()),
             started.elapsed().as_secs_f32()
@@ -361,6 +465,7 @@ impl Sessions {
     pub async fn close(&self, id: &str, why: &str) -> bool {
         let Some(s) = self.registry().open.remove(id) else { return false };
         s.close(why).await;
+        self.changed.notify_waiters();
         true
     }
 
@@ -383,8 +488,125 @@ impl Sessions {
         };
         for s in expired {
             s.close(&format!("idle for {} s", idle.as_secs())).await;
+            self.changed.notify_waiters();
         }
     }
+
+    /// Refuses new sessions from now on (a clear error), stops the spare workers, and
+    /// lets the open sessions finish: `drained` resolves once the last one has closed.
+    pub async fn drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let open = self.len();
+        self.board.update(|s| s.draining = true);
+        self.board.warn(match open {
+            0 => "draining: no new sessions, and none is open".to_string(),
+            n => format!(
+                "draining: no new sessions; stopping once the {n} open session{} closed (closeSession or idle expiry)",
+                if n == 1 { " has" } else { "s have" }
+            ),
+        });
+        let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
+        futures::future::join_all(spare.into_iter().map(discard)).await;
+        self.publish_counts();
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when draining and no session is open or starting.
+    pub async fn drained(&self) {
+        loop {
+            // Made before the check, so a close between the two is not missed.
+            let changed = self.changed.notified();
+            let idle = {
+                let r = self.registry();
+                r.open.is_empty() && r.starting == 0
+            };
+            if idle && self.draining.load(Ordering::SeqCst) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// New settings for the server: new sessions get them (spare workers are restarted
+    /// with them) and every open session is replayed on a fresh worker with them, each
+    /// between two of its ops. A model without a checkpoint changes nothing.
+    pub async fn switch(self: &Arc<Self>, change: Switch) {
+        let (command, what) = {
+            let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+            match change {
+                Switch::Model(size) => {
+                    let checkpoint = match checkpoint_for(&base, &self.cfg.base, size) {
+                        Ok(c) => c,
+                        Err(why) => {
+                            drop(base);
+                            self.board.error(format!("not switching to the {size} model: {why}"));
+                            return;
+                        }
+                    };
+                    base.checkpoint = checkpoint;
+                    base.size = Some(size);
+                    (EngineCommand::SwitchModel(size), format!("the {size} model"))
+                }
+                Switch::Device(device) => {
+                    base.device = device;
+                    (EngineCommand::SwitchDevice(device), format!("device {device}"))
+                }
+                Switch::Precision(p) => {
+                    base.precision = p;
+                    (EngineCommand::SwitchPrecision(p), format!("precision {p}"))
+                }
+            }
+        };
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let settings = settings_of(&self.base());
+        self.board.update(|s| s.settings = settings);
+        let open: Vec<Arc<Session>> = self.registry().open.values().cloned().collect();
+        self.board.info(format!(
+            "switching to {what}: new sessions get it{}",
+            match open.len() {
+                0 => String::new(),
+                n => format!("; replaying {n} open session{} on fresh workers", if n == 1 { "" } else { "s" }),
+            }
+        ));
+        let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
+        futures::future::join_all(spare.into_iter().map(discard)).await;
+        self.publish_counts();
+        self.refill();
+        let load_wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        for s in open {
+            let command = command.clone();
+            tokio::spawn(async move { s.switch(command, load_wait).await });
+        }
+    }
+}
+
+/// The settings a supervisor's options ask for.
+pub fn settings_of(o: &SupervisorOptions) -> Settings {
+    Settings { model: o.size, device: o.device, precision: o.precision }
+}
+
+/// The checkpoint of `size`: the one `serve` was started with when it holds that size,
+/// else the official file where `weights download` puts it (as the supervisor's own
+/// model switch finds it).
+fn checkpoint_for(now: &SupervisorOptions, first: &SupervisorOptions, size: ModelSize) -> Result<PathBuf, String> {
+    for o in [now, first] {
+        if o.size == Some(size) && o.checkpoint.is_file() {
+            return Ok(o.checkpoint.clone());
+        }
+    }
+    let version = now.version.unwrap_or(ModelVersion::V2_1);
+    let official = sam2_api::catalog::default_checkpoint(size, version);
+    if official.is_file() {
+        return Ok(official);
+    }
+    Err(format!(
+        "no checkpoint for it ({} does not exist: `sam2-tui weights download {}` fetches it, about {} MB)",
+        official.display(),
+        size.name(),
+        sam2_api::catalog::approx_megabytes(size)
+    ))
 }
 
 /// Runs `expire_idle` every few seconds, for as long as the server runs.
@@ -400,23 +622,43 @@ fn short_id(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
-async fn pump(short: String, mut events: UnboundedReceiver<EngineEvent>, tx: UnboundedSender<EngineEvent>) {
+/// Logs a session's worker news as it happens (also between requests), keeps its row on
+/// the board current, and hands the rest to whoever runs an op.
+async fn pump(
+    short: String,
+    id: String,
+    board: Arc<Board>,
+    mut events: UnboundedReceiver<EngineEvent>,
+    tx: UnboundedSender<EngineEvent>,
+) {
     while let Some(e) = events.recv().await {
         match &e {
-            EngineEvent::Stats(_) | EngineEvent::Log { level: LogLevel::Info, .. } => continue,
+            EngineEvent::Stats(stats) => {
+                board.session(&id, |r| r.stats = Some(stats.clone()));
+                continue;
+            }
+            EngineEvent::Log { level: LogLevel::Info, .. } => continue,
+            EngineEvent::State(state) => board.session(&id, |r| r.engine = state.clone()),
             EngineEvent::WorkerDied { reason, stderr_tail } => {
                 let last = stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
                 let last = if last.is_empty() { String::new() } else { format!("; last words: {last}") };
-                log::line(format!("session {short}: worker died ({reason}{last}); restarting it and resuming"));
+                board.error(format!("session {short}: worker died ({reason}{last}); restarting it and resuming"));
             }
-            EngineEvent::WorkerStarted { pid, restarts, .. } if *restarts > 0 => {
-                log::line(format!("session {short}: worker {pid} restarted (restart {restarts})"));
+            EngineEvent::WorkerStarted { pid, device, precision, model, restarts } => {
+                let info = WorkerInfo { pid: *pid, device: *device, precision: *precision, model: model.clone() };
+                board.session(&id, |r| {
+                    r.worker = Some(info);
+                    r.restarts = *restarts;
+                });
+                if *restarts > 0 {
+                    board.warn(format!("session {short}: worker {pid} restarted (restart {restarts})"));
+                }
             }
             EngineEvent::FellBack { from, to, reason } => {
-                log::line(format!("session {short}: fell back from {from} to {to}: {reason}"));
+                board.warn(format!("session {short}: fell back from {from} to {to}: {reason}"));
             }
             EngineEvent::Log { level: LogLevel::Error, message } if message.starts_with("giving up") => {
-                log::line(format!("session {short}: {message}"));
+                board.error(format!("session {short}: {message}"));
             }
             _ => {}
         }
@@ -459,9 +701,14 @@ pub struct Session {
     /// Requests and streams using the session now (an idle session has none).
     in_use: AtomicUsize,
     handle: Mutex<Option<SupervisorHandle>>,
+    /// The supervisor's journal on disk (how many ops a replay runs).
+    journal_path: PathBuf,
+    /// What its worker was asked to load.
+    started_with: Settings,
     session_dir: PathBuf,
     /// Set when the engine reads the frames as the official decodes them.
     decoded: Option<crate::frames::Decoded>,
+    board: Arc<Board>,
 }
 
 /// Holds a session "in use" (not idle) while alive.
@@ -525,7 +772,49 @@ impl Session {
             shutdown_handle(h, commands).await;
         }
         sam2_supervisor::session_dirs::remove_one_shot(&self.session_dir);
-        log::line(format!("session {} closed ({why})", self.short()));
+        self.board.remove_session(&self.id);
+        self.board.info(format!("session {} closed ({why})", self.short()));
+    }
+
+    /// Replays the session on a fresh worker with new settings (`command`: a model,
+    /// device or precision switch), between two of its ops: one running (a whole stream
+    /// included) finishes first, and the client's next request waits for the replay.
+    async fn switch(self: Arc<Self>, command: EngineCommand, load_wait: Duration) {
+        let _busy = self.use_it();
+        let mut core = self.lock().await;
+        if self.is_closed() {
+            return;
+        }
+        let worker = self.board.status().sessions.iter().find(|r| r.id == self.id).and_then(|r| r.worker.clone());
+        if let (EngineCommand::SwitchModel(size), Some(w)) = (&command, &worker) {
+            // The supervisor would only say so (no new worker, nothing to wait for).
+            if w.model.size == *size {
+                self.board.info(format!("session {}: already on the {size} model", self.short()));
+                return;
+            }
+        }
+        let t0 = Instant::now();
+        // Ops the supervisor will replay: its journal, written before each op is sent.
+        let ops = Journal::load(&self.journal_path).map(|j| j.ops.len()).unwrap_or(0);
+        self.board.session(&self.id, |r| r.switching = true);
+        let result = core.replay(&self, command, ops, load_wait).await;
+        self.board.session(&self.id, |r| r.switching = false);
+        let worker = self.board.status().sessions.iter().find(|r| r.id == self.id).and_then(|r| r.worker.clone());
+        match result {
+            Ok(()) => self.board.info(format!(
+                "session {}: {ops} op{} replayed on {} in {:.1} s",
+                self.short(),
+                if ops == 1 { "" } else { "s" },
+                worker
+                    .map(|w| format!(
+                        "worker {} ({} {} on {}, {})",
+                        w.pid, w.model.version, w.model.size, w.device, w.precision
+                    ))
+                    .unwrap_or_else(|| "a new worker".into()),
+                t0.elapsed().as_secs_f32()
+            )),
+            Err(e) => self.board.error(format!("session {}: the switch failed: {e}", self.short())),
+        }
     }
 
     /// The session's engine, for one op or one whole propagation at a time.
@@ -578,6 +867,11 @@ impl Session {
             })
             .collect();
         FrameResult { frame, objects }
+    }
+
+    fn publish_objects(&self, core: &Core) {
+        let n = core.objects.len();
+        self.board.session(&self.id, |r| r.objects = n);
     }
 
     // --- argument checks (before the engine is touched) ---------------------------------
@@ -659,6 +953,7 @@ impl Session {
         if !core.objects.contains(&object) {
             core.objects.push(object);
         }
+        self.publish_objects(&core);
         Ok(match answer {
             Some(m) => self.result(&core.objects, &m),
             None => self.stored(&core, frame),
@@ -679,6 +974,7 @@ impl Session {
         core.usable(self)?;
         if !core.objects.contains(&object) {
             core.objects.push(object);
+            self.publish_objects(&core);
         }
         if !core.in_engine.contains(&object) {
             return Ok(self.stored(&core, frame));
@@ -714,6 +1010,7 @@ impl Session {
         core.objects.clear();
         core.in_engine.clear();
         core.points.clear();
+        self.publish_objects(&core);
         Ok(())
     }
 
@@ -747,6 +1044,7 @@ impl Session {
         core.objects.retain(|&o| o != object);
         core.in_engine.remove(&object);
         core.points.retain(|(_, o), _| *o != object);
+        self.publish_objects(&core);
         Ok(frames.iter().map(|m| self.result(&core.objects, m)).collect())
     }
 
@@ -908,6 +1206,60 @@ impl Core {
             if !cancel_sent && cancel_now() {
                 cancel_sent = true;
                 s.send(EngineCommand::Cancel);
+            }
+        }
+    }
+
+    /// Sends a switch and follows the replay it starts to its end: a new worker loads,
+    /// then the `ops` journaled ops run again (their news is the replay's, not an op's).
+    /// A new worker that does not load within `load_wait` ends the wait (an error): the
+    /// session must not stay locked.
+    async fn replay(
+        &mut self,
+        s: &Session,
+        command: EngineCommand,
+        ops: usize,
+        load_wait: Duration,
+    ) -> Result<(), String> {
+        while let Ok(e) = self.events.try_recv() {
+            self.note(&e);
+        }
+        self.usable(s)?;
+        if !s.send(command) {
+            return Err(unknown_session(&s.id));
+        }
+        let mut loaded = false;
+        let mut left = ops;
+        let load_by = tokio::time::Instant::now() + load_wait;
+        loop {
+            let next = if loaded {
+                self.events.recv().await
+            } else {
+                match tokio::time::timeout_at(load_by, self.events.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => return Err(format!("no worker loaded within {} s", load_wait.as_secs())),
+                }
+            };
+            let Some(e) = next else {
+                return Err(if s.is_closed() { unknown_session(&s.id) } else { "the engine stopped".into() });
+            };
+            self.note(&e);
+            match e {
+                EngineEvent::WorkerStarted { .. } => loaded = true,
+                EngineEvent::OpFinished { .. } | EngineEvent::OpFailed { .. } if loaded && left > 0 => {
+                    left -= 1;
+                    if left == 0 {
+                        return Ok(());
+                    }
+                }
+                EngineEvent::State(EngineState::Ready) if loaded && left == 0 => return Ok(()),
+                EngineEvent::State(EngineState::Stopped) => {
+                    return Err(self.stopped.clone().unwrap_or_else(|| "the engine stopped".into()));
+                }
+                EngineEvent::Log { level: LogLevel::Error, message } if message.starts_with("not switching") => {
+                    return Err(message);
+                }
+                _ => {}
             }
         }
     }

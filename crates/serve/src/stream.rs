@@ -8,7 +8,7 @@
 //! the propagation after the last frame delivered: the browser sees a pause, not an error.
 use crate::pages::{flask_error, gunicorn_error};
 use crate::sessions::{Ended, FrameResult};
-use crate::{log, AppState};
+use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -107,6 +107,8 @@ pub async fn propagate(State(app): State<Arc<AppState>>, headers: HeaderMap, bod
     session.cancel.store(false, Ordering::SeqCst);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Item>();
     let s = session.clone();
+    let board = app.board.clone();
+    board.stream_started(&s.id, start);
     tokio::spawn(async move {
         let _busy = busy;
         let t0 = Instant::now();
@@ -129,6 +131,7 @@ pub async fn propagate(State(app): State<Arc<AppState>>, headers: HeaderMap, bod
                     gone.store(true, Ordering::SeqCst);
                 } else {
                     sent.fetch_add(1, Ordering::SeqCst);
+                    board.part_sent(&s.id);
                 }
             };
             let mut cancel_now = || s.cancel.load(Ordering::SeqCst) || gone.load(Ordering::SeqCst);
@@ -140,7 +143,7 @@ pub async fn propagate(State(app): State<Arc<AppState>>, headers: HeaderMap, bod
                 }
                 Err(e) => {
                     outcome = "failed";
-                    log::line(format!("session {}: propagation failed: {e}", s.short()));
+                    board.error(format!("session {}: propagation failed: {e}", s.short()));
                     let _ = tx.send(Item::Failed(e));
                     break;
                 }
@@ -153,7 +156,8 @@ pub async fn propagate(State(app): State<Arc<AppState>>, headers: HeaderMap, bod
         }
         let n = sent.load(Ordering::SeqCst);
         let secs = t0.elapsed().as_secs_f32();
-        log::line(format!(
+        board.stream_ended(&s.id);
+        board.info(format!(
             "session {}: propagation from frame {start} {outcome}: {n} frames in {secs:.2} s ({:.2} frames/s)",
             s.short(),
             n as f32 / secs.max(1e-3)

@@ -58,7 +58,11 @@ pub fn draw(f: &mut Frame, app: &App) {
 
 /// A bordered block in the theme's colours.
 pub fn panel(title: &str, app: &App) -> Block<'static> {
-    let t = &app.theme.ui;
+    panel_in(title, &app.theme.ui)
+}
+
+/// `panel` for a screen other than the console's own (`serve`'s operator view).
+pub fn panel_in(title: &str, t: &crate::config::theme::UiColors) -> Block<'static> {
     Block::bordered()
         .title(format!(" {title} "))
         .border_style(Style::default().fg(t.border.color()))

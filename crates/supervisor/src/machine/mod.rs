@@ -14,6 +14,7 @@ use super::death;
 use super::options::SupervisorOptions;
 use super::policy::{CrashPolicy, Decision, Rung};
 use super::store::{self, PropagationProgress};
+use sam2_api::device::PrecisionChoice;
 use sam2_api::events::{EngineCommand, EngineEvent, EngineState, LogLevel, ObjectMask, StageTimings};
 use sam2_api::model::{ModelSize, ModelVersion};
 use sam2_api::protocol::{Request, Response, PROTOCOL_VERSION};
@@ -174,6 +175,7 @@ struct InFlight {
 struct Setup {
     checkpoint: PathBuf,
     rung: Rung,
+    precision: PrecisionChoice,
 }
 
 pub struct Machine {
@@ -630,7 +632,11 @@ impl Machine {
                 }
                 self.rung.size.get_or_insert(model.size);
                 self.loaded_from.insert(model.size, self.opts.checkpoint.clone());
-                self.last_good = Some(Setup { checkpoint: self.opts.checkpoint.clone(), rung: self.rung.clone() });
+                self.last_good = Some(Setup {
+                    checkpoint: self.opts.checkpoint.clone(),
+                    rung: self.rung.clone(),
+                    precision: self.opts.precision,
+                });
                 self.switch_from = None;
                 self.emit(EngineEvent::WorkerStarted { pid, device, precision, model, restarts: self.restarts });
                 self.log(LogLevel::Info, format!("worker {pid} loaded the model on {device_label}"));
@@ -731,6 +737,7 @@ impl Machine {
                 self.opts.checkpoint = back.checkpoint;
                 self.opts.size = back.rung.size;
                 self.opts.device = back.rung.device;
+                self.opts.precision = back.precision;
                 self.rung = back.rung;
                 self.fresh_bank();
                 self.dismiss(now);
@@ -861,6 +868,11 @@ impl Machine {
                 self.opts.device = device;
                 self.rung = Rung { device, label: None, size: self.rung.size };
                 self.switch(format!("switching to {device}"), now);
+            }
+            EngineCommand::SwitchPrecision(precision) => {
+                self.switch_from = self.last_good.clone();
+                self.opts.precision = precision;
+                self.switch(format!("switching to {precision} precision"), now);
             }
             EngineCommand::SetWatermark(ratio) => {
                 if !(0.0..=2.0).contains(&ratio) {

@@ -893,6 +893,46 @@ fn a_device_switch_replays_the_journal_on_a_fresh_bank_with_the_crash_history_fo
     );
 }
 
+fn load_precisions(out: &[Output]) -> Vec<PrecisionChoice> {
+    requests(out)
+        .into_iter()
+        .filter_map(|r| match r {
+            Request::LoadModel { precision, .. } => Some(precision),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_precision_switch_loads_a_new_worker_with_it_and_replays_the_journal_on_a_fresh_bank() {
+    let mut s = Sim::ready(options());
+    s.op(click(0));
+    s.answer_click(0, 0);
+    s.take();
+    s.command(EngineCommand::SwitchPrecision(PrecisionChoice::Fp16));
+    s.exits(0);
+    s.bring_up();
+    let out = s.take();
+    assert_eq!(load_precisions(&out), [PrecisionChoice::Fp16]);
+    assert_eq!(load_devices(&out), [(DeviceChoice::Cuda, Some(ModelSize::Tiny))], "same device and model");
+    assert!(requests(&out).contains(&Request::Restore { ops: vec![] }), "a fresh bank");
+    assert_eq!(applied(&out), [(0, click(0))], "the journal is replayed");
+}
+
+#[test]
+fn a_precision_switch_that_fails_to_load_goes_back_to_the_precision_that_worked() {
+    let mut s = Sim::ready(options());
+    s.command(EngineCommand::SwitchPrecision(PrecisionChoice::Fp16));
+    s.exits(0);
+    s.hello();
+    s.says(Response::Error { seq: None, message: "fp16 is not supported here".into() });
+    let out = s.take();
+    assert!(logs(&out).iter().any(|l| l.starts_with("the switch failed (fp16 is not supported here)")));
+    s.exits(0);
+    s.hello();
+    assert_eq!(load_precisions(&s.take()), [PrecisionChoice::Auto]);
+}
+
 #[test]
 fn a_model_switch_that_fails_to_load_goes_back_to_the_model_that_worked() {
     let host = FakeHost { files: vec!["/official/small.pt".into()] };

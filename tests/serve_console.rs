@@ -1,0 +1,204 @@
+//! `sam2-tui serve --console` in a real terminal (tmux, a socket of its own), driven by a
+//! scripted client: a session shows up with its frames streamed; the precision key
+//! replays the open session on a bf16 worker and new sessions start on bf16; the drain key
+//! makes startSession fail with a clear error, and the process exits 0 once the last
+//! session has closed. And headless `serve`: one log line per request and per restart.
+//! At a 256-pixel model input: this is about the operator's view, not the numbers.
+mod common;
+
+use common::serve::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The tmux server of these tests only, so that `kill-server` ends nothing else.
+const SOCKET: &str = "sam2tui-serve-console";
+const SESSION: &str = "operator";
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(["-L", SOCKET]).args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn screen() -> String {
+    tmux(&["capture-pane", "-p", "-t", SESSION])
+}
+
+fn wait_for(what: &str, timeout: Duration) -> String {
+    wait_until(what, timeout, |s| s.contains(what))
+}
+
+/// Polls the screen (tmux has no event to await) until `ok` says so.
+fn wait_until(what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let s = screen();
+        if ok(&s) {
+            return s;
+        }
+        assert!(t0.elapsed() < timeout, "{what}: not on screen within {timeout:?}; screen:\n{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The screen row of the session whose id starts with `short`.
+fn row<'a>(screen: &'a str, short: &str) -> &'a str {
+    screen.lines().find(|l| l.contains(&format!("│{short}")) || l.contains(&format!(" {short} "))).unwrap_or("")
+}
+
+/// Ends the tmux server when the test ends, passed or not.
+struct Tmux;
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = tmux(&["kill-server"]);
+    }
+}
+
+fn start_session(port: u16) -> String {
+    let v = graphql(port, M_START, json!({"input": {"path": "gallery/01_testsrc.mp4"}}));
+    v["data"]["startSession"]["sessionId"].as_str().unwrap_or_else(|| panic!("startSession: {v}")).to_string()
+}
+
+/// A positive point for `object` on frame 0; the objects the answer has masks for.
+fn click(port: u16, sid: &str, object: i32, at: [f64; 2]) -> usize {
+    let v = graphql(
+        port,
+        M_ADD,
+        json!({"input": {"sessionId": sid, "frameIndex": 0, "clearOldPoints": true, "objectId": object, "labels": [1], "points": [at]}}),
+    );
+    assert!(v["errors"].is_null(), "addPoints: {v}");
+    v["data"]["addPoints"]["rleMaskList"].as_array().map(|l| l.len()).unwrap_or(0)
+}
+
+/// The parts of a propagation from frame 0.
+fn propagate(port: u16, sid: &str) -> usize {
+    let body = json!({"session_id": sid, "start_frame_index": 0}).to_string();
+    let r =
+        request(port, "POST", "/propagate_in_video", &[("Content-Type", "application/json")], body.as_bytes()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    stream_parts(&r.body).len()
+}
+
+fn close(port: u16, sid: &str) {
+    let v = graphql(port, M_CLOSE, json!({"input": {"sessionId": sid}}));
+    assert_eq!(v["data"]["closeSession"]["success"], true, "{v}");
+}
+
+fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let work = common::scratch(name);
+    let data = work.join("data");
+    make_clip(&data, "01_testsrc.mp4", 1.0, "320x240");
+    (work, data, present_checkpoint())
+}
+
+fn wait_file(path: &Path, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if s.ends_with('\n') {
+                return s;
+            }
+        }
+        assert!(t0.elapsed() < timeout, "{} not written within {timeout:?}; screen:\n{}", path.display(), screen());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_exit_0() {
+    let (work, data, ckpt) = setup("serve-console");
+    let port = free_port();
+    let exit = work.join("exit-status");
+    let bin = common::bin();
+    // The test's hermetic settings (common::bin) travel to the tmux pane explicitly.
+    let env: Vec<String> = ["SAM2_TUI_CONFIG", "XDG_DATA_HOME"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}='{v}'")))
+        .collect();
+    let cmd = format!(
+        "env {} TERM=xterm-256color {} serve --console --port {port} --data '{}' --checkpoint '{}' --device cpu --precision fp32 --image-size 256 --warm-workers 0; echo $? > '{}'; sleep 60",
+        env.join(" "),
+        bin.display(),
+        data.display(),
+        ckpt.display(),
+        exit.display()
+    );
+    let _ = tmux(&["kill-server"]);
+    let _guard = Tmux;
+    tmux(&["new-session", "-d", "-s", SESSION, "-x", "120", "-y", "34", &cmd]);
+    wait_for("· serving ·", Duration::from_secs(60));
+    assert!(screen().contains("new sessions: tiny · cpu · fp32"), "{}", screen());
+
+    // A session started by a client shows up, with its objects and frames streamed.
+    let first = start_session(port);
+    let short1: String = first.chars().take(8).collect();
+    assert_eq!(click(port, &first, 0, [0.3, 0.4]), 1);
+    assert_eq!(click(port, &first, 1, [0.7, 0.6]), 2);
+    assert_eq!(propagate(port, &first), 24);
+    let s = wait_until("the first session's row, idle after 24 frames streamed", Duration::from_secs(30), |s| {
+        let r = row(s, &short1);
+        r.contains("gallery/01_testsrc.mp4") && r.contains(" 24 ") && r.contains("idle") && r.contains("cpu fp32")
+    });
+    assert!(row(&s, &short1).contains(" 2 "), "two objects: {}", row(&s, &short1));
+    assert!(s.contains("24 frames streamed"), "the totals: {s}");
+    assert!(s.contains("POST /propagate_in_video 200 stream started"), "the request log: {s}");
+
+    // Precision: the open session is replayed on a bf16 worker, a new one starts on bf16.
+    tmux(&["send-keys", "-t", SESSION, "r"]);
+    wait_for("new sessions: tiny · cpu · bf16", Duration::from_secs(10));
+    wait_until("the first session replayed on bf16", Duration::from_secs(120), |s| {
+        row(s, &short1).contains("cpu bf16") && s.contains(&format!("session {short1}: 3 ops replayed"))
+    });
+    assert_eq!(click(port, &first, 0, [0.35, 0.45]), 2, "the replayed session answers with both objects");
+    let second = start_session(port);
+    let short2: String = second.chars().take(8).collect();
+    let s = wait_until("the second session on bf16", Duration::from_secs(30), |s| row(s, &short2).contains("cpu bf16"));
+    // Kept as a test artefact (the README shows one).
+    std::fs::write(work.join("operator-view.txt"), &s).unwrap();
+
+    // Drain: no new session, a clear error; the open ones go on until they close.
+    tmux(&["send-keys", "-t", SESSION, "C-d"]);
+    wait_for("draining: no new sessions", Duration::from_secs(10));
+    let v = graphql(port, M_START, json!({"input": {"path": "gallery/01_testsrc.mp4"}}));
+    let e = error_of(&v);
+    assert!(
+        e.contains("this server is draining: it starts no new sessions and stops once its 2 open sessions have closed"),
+        "{v}"
+    );
+    assert!(v["data"].is_null(), "{v}");
+    assert_eq!(click(port, &second, 0, [0.5, 0.5]), 1, "the open sessions go on while draining");
+    close(port, &first);
+    wait_until("one session left", Duration::from_secs(30), |s| s.contains("sessions: 1 open"));
+    assert!(!Path::new(&exit).exists(), "still serving the last session");
+    close(port, &second);
+    assert_eq!(wait_file(&exit, Duration::from_secs(60)).trim(), "0", "a drained server exits 0");
+    // The full screen is gone; its last log lines stay on the terminal.
+    wait_for("serve: drained: the last session has closed; stopping", Duration::from_secs(5));
+}
+
+#[test]
+fn headless_serve_logs_one_line_per_request_and_per_restart() {
+    let (_work, data, ckpt) = setup("serve-headless-log");
+    let server = Server::start(
+        "headless-log",
+        &data,
+        &ckpt,
+        &["--image-size", "256", "--warm-workers", "0"],
+        &[("SAM2_TUI_FAULT", "abort@frame=5")],
+    );
+    let port = server.port;
+    let sid = start_session(port);
+    assert_eq!(click(port, &sid, 0, [0.3, 0.4]), 1);
+    assert_eq!(propagate(port, &sid), 24, "the stream goes on after the crash");
+    close(port, &sid);
+    let log = server.log_text();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count(" serve: POST /graphql 200 S "), 1, "startSession:\n{log}");
+    assert_eq!(count(" serve: POST /graphql 200 A "), 1, "addPoints:\n{log}");
+    assert_eq!(count(" serve: POST /propagate_in_video 200 stream started"), 1, "{log}");
+    assert_eq!(count(" serve: POST /graphql 200 C "), 1, "closeSession:\n{log}");
+    assert_eq!(count("worker died (SIGABRT"), 1, "the crash:\n{log}");
+    assert_eq!(count("restarted (restart 1)"), 1, "the restart:\n{log}");
+    assert_eq!(count(" serve: POST "), 4, "nothing else was asked:\n{log}");
+}
