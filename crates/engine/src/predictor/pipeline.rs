@@ -189,7 +189,7 @@ pub(super) fn run<P: Propagation>(
 
 /// Writes out the oldest queued frames until `keep` remain. After a cancel or an
 /// error the frames still queued are forgotten: they never happened.
-fn write_out_until<P: Propagation>(
+pub(super) fn write_out_until<P: Propagation>(
     p: &mut P,
     pending: &mut VecDeque<Tracked>,
     keep: usize,
@@ -209,7 +209,7 @@ fn write_out_until<P: Propagation>(
 
 /// Undoes queued frames that will not be written out, newest first (each one's
 /// staging remembers what the bank held before it).
-fn forget(p: &mut impl Propagation, pending: VecDeque<Tracked>) {
+pub(super) fn forget(p: &mut impl Propagation, pending: VecDeque<Tracked>) {
     for t in pending.into_iter().rev() {
         t.staged.into_iter().rev().for_each(|s| p.unstage(s));
     }
