@@ -33,12 +33,27 @@ pub struct StreamJob {
 #[derive(Debug)]
 pub enum StreamNews<'a> {
     /// A frame of `stream`'s op `op` (its masks are final: a crash does not redo them).
-    Frame { stream: usize, op: usize, frame: usize, objects: &'a [ObjectMask], timings: &'a StageTimings },
-    OpDone { stream: usize, op: usize, cancelled: bool },
+    Frame {
+        stream: usize,
+        op: usize,
+        frame: usize,
+        objects: &'a [ObjectMask],
+        timings: &'a StageTimings,
+    },
+    OpDone {
+        stream: usize,
+        op: usize,
+        cancelled: bool,
+    },
     /// The stream has ended on an error; the others go on.
-    Failed { stream: usize, message: String },
+    Failed {
+        stream: usize,
+        message: String,
+    },
     /// The worker died; a new one takes every unfinished stream over.
-    WorkerDied { reason: String },
+    WorkerDied {
+        reason: String,
+    },
 }
 
 /// How each stream ended: `Ok` with its ops all run (a cancelled propagation counts as
@@ -172,7 +187,9 @@ impl<'o> Driver<'o> {
         loop {
             // Single ops first, stream after stream, up to each one's next propagation.
             for i in 0..self.streams.len() {
-                while self.streams[i].running() && !matches!(self.streams[i].ops[self.streams[i].done], Op::Propagate { .. }) {
+                while self.streams[i].running()
+                    && !matches!(self.streams[i].ops[self.streams[i].done], Op::Propagate { .. })
+                {
                     let op = self.streams[i].ops[self.streams[i].done].clone();
                     self.apply(&mut w, vec![(i, op)], on_news)?;
                 }

@@ -17,8 +17,9 @@ impl Engine {
     pub(super) fn handle_streams(&mut self, req: Request, cancelled: &dyn Fn(u32) -> bool) -> Option<Request> {
         match req {
             Request::OpenStream { stream, path, bank_dir, fill_holes } => {
-                let reply = self.open_stream(stream, &path, bank_dir, fill_holes).unwrap_or_else(|e| {
-                    Response::Error { seq: None, message: format!("open {}: {e:#}", path.display()) }
+                let reply = self.open_stream(stream, &path, bank_dir, fill_holes).unwrap_or_else(|e| Response::Error {
+                    seq: None,
+                    message: format!("open {}: {e:#}", path.display()),
                 });
                 send(&self.out, &reply);
             }
@@ -156,9 +157,7 @@ impl FrameSink {
         let (stream, seq) = (self.stream, self.seq);
         match (self.write_error.borrow_mut().take(), result) {
             (Some(e), _) | (None, Err(e)) => self.fail(e),
-            (None, Ok(())) => {
-                send(&self.out, &Response::StreamDone { stream, seq, cancelled: self.cancelled.get() })
-            }
+            (None, Ok(())) => send(&self.out, &Response::StreamDone { stream, seq, cancelled: self.cancelled.get() }),
         }
     }
 }
