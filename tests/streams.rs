@@ -135,6 +135,14 @@ struct Run {
 /// at its Nth delivered frame of its propagation).
 fn at_once(name: &str, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> Run {
     let s = setup();
+    let jobs: Vec<StreamJob> =
+        s.clips.iter().zip(&s.journals).map(|(c, ops)| StreamJob { media: c.clone(), ops: ops.clone() }).collect();
+    run_streams(name, jobs, env, cancel)
+}
+
+/// `jobs` at once in one worker (see `at_once`).
+fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> Run {
+    let s = setup();
     let dir = s.dir.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let mut opts = SupervisorOptions::new(s.checkpoint.clone(), None).unwrap();
@@ -148,8 +156,6 @@ fn at_once(name: &str, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> 
     }
     let logits = dir.join("logits");
     opts.tuning.logits_dir = Some(logits.clone());
-    let jobs: Vec<StreamJob> =
-        s.clips.iter().zip(&s.journals).map(|(c, ops)| StreamJob { media: c.clone(), ops: ops.clone() }).collect();
     let mut masks: Vec<BTreeMap<(u32, usize), serde_json::Value>> = vec![BTreeMap::new(); jobs.len()];
     let mut deaths = vec![];
     let mut cancelled = vec![];
@@ -251,4 +257,42 @@ fn a_worker_crash_mid_run_gives_every_stream_the_same_masks() {
         assert_eq!(run.results[i], Ok(()), "stream {i}");
         assert_same(&format!("stream {i} after a crash"), got, want);
     }
+}
+
+#[test]
+fn a_stream_whose_input_breaks_mid_run_fails_alone() {
+    let s = setup();
+    // A frame folder whose fifth frame is cut short after its header: the folder opens
+    // (every header is read), the frame fails to decode when the propagation gets there.
+    let broken = s.dir.join("broken-frames");
+    let _ = std::fs::remove_dir_all(&broken);
+    std::fs::create_dir_all(&broken).unwrap();
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(&s.clips[0])
+        .args(["-start_number", "0"])
+        .arg(broken.join("%05d.png"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cut = broken.join("00004.png");
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..200]).unwrap();
+    let click: sam2_tui::session::Journal = serde_json::from_str(
+        r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"points":[[30,20,1]]},{"op":"propagate"}]}"#,
+    )
+    .unwrap();
+    let jobs = vec![
+        StreamJob { media: broken, ops: click.ops },
+        StreamJob { media: s.clips[1].clone(), ops: s.journals[1].clone() },
+    ];
+    let run = run_streams("broken", jobs, &[], None);
+    let message = run.results[0].as_ref().expect_err("the broken stream fails");
+    eprintln!("the broken stream: {message}");
+    assert!(message.contains("00004.png"), "the error names the broken frame: {message}");
+    let frames: Vec<usize> = run.streams[0].keys().map(|(_, f)| *f).collect();
+    assert_eq!(frames, [0, 1, 2, 3], "the frames before the broken one are delivered");
+    assert!(run.deaths.is_empty(), "{:?}", run.deaths);
+    assert_eq!(run.results[1], Ok(()));
+    assert_same("stream beside a broken one", &run.streams[1], &s.alone[1]);
 }

@@ -121,12 +121,12 @@ pub fn line(spec: &RowSpec, r: &StreamsResult, alone: Option<&StreamsResult>) ->
         _ => String::new(),
     };
     format!(
-        "streams {} {} {} {}: {} stream(s) x {} object(s), {} frames each: aggregate {:.1} FPS{ratio}; per stream [{}] \
+        "streams {} {} {}{}: {} stream(s) x {} object(s), {} frames each: aggregate {:.1} FPS{ratio}; per stream [{}] \
          FPS{}",
         spec.size,
         spec.device,
         spec.precision,
-        if spec.random_init { "(random-init)" } else { "" },
+        if spec.random_init { " (random-init)" } else { "" },
         r.streams,
         r.objects_per_stream,
         r.frames_per_stream,

@@ -184,7 +184,8 @@ fn step(
         }
         match video.frames.get(t.frame) {
             Ok(f) => to_encode.push((*l, t.frame, f.pixels)),
-            Err(e) => failed.push((*l, e.context(format!("frame {}", t.frame)))),
+            // The media layer names the frame (its file, for a folder).
+            Err(e) => failed.push((*l, e)),
         }
     }
     timings.decode_ms = ms(t0);
