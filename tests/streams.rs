@@ -151,6 +151,8 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
     opts.image_size = 256;
     opts.session_dir = dir.join("session");
     opts.set_env("OMP_NUM_THREADS", "2");
+    // A hung worker is found within seconds (heartbeats come twice a second).
+    opts.watchdog.heartbeat_timeout = std::time::Duration::from_secs(3);
     for (k, v) in env {
         opts.set_env(k, v);
     }
@@ -246,13 +248,16 @@ fn cancelling_one_stream_leaves_the_others_results_unchanged() {
 }
 
 #[test]
-fn a_worker_crash_mid_run_gives_every_stream_the_same_masks() {
+fn a_worker_crash_or_hang_mid_run_gives_every_stream_the_same_masks() {
     let s = setup();
     // The worker aborts as a frame 3 is about to be delivered, in the middle of the
-    // lockstep propagation; a new one restores every stream and goes on.
-    let run = at_once("crash", &[("SAM2_TUI_FAULT", "abort@frame=3")], None);
-    assert_eq!(run.deaths.len(), 1, "one crash: {:?}", run.deaths);
+    // lockstep propagation; a new one restores every stream and goes on, and hangs (its
+    // heartbeat too) as a frame 5 is about to be: the watchdog kills it, a third worker
+    // goes on.
+    let run = at_once("crash", &[("SAM2_TUI_FAULT", "abort@frame=3,hang@frame=5")], None);
+    assert_eq!(run.deaths.len(), 2, "a crash and a hang: {:?}", run.deaths);
     assert!(run.deaths[0].contains("SIGABRT"), "{}", run.deaths[0]);
+    assert!(run.deaths[1].contains("watchdog (no heartbeat"), "{}", run.deaths[1]);
     for (i, (got, want)) in run.streams.iter().zip(&s.alone).enumerate() {
         assert_eq!(run.results[i], Ok(()), "stream {i}");
         assert_same(&format!("stream {i} after a crash"), got, want);

@@ -1,8 +1,9 @@
 //! Several videos in one worker (issue #18): each video a stream with its own journal
 //! and memory bank, the model loaded once, the streams' propagations run in lockstep
 //! (`Request::PropagateStreams`). This is a driver of its own beside the single-session
-//! machine (`machine`), and smaller: one worker, no fallback ladder, no recycling, no
-//! heartbeat watchdog. What it keeps is the guarantee that matters for results: a worker
+//! machine (`machine`), and smaller: one worker, no fallback ladder, no recycling; its
+//! watchdog is the heartbeat alone (a worker silent for `watchdog.heartbeat_timeout` is
+//! killed and replaced). What it keeps is the guarantee that matters for results: a worker
 //! that dies is replaced, every stream is restored from its bank and the ops it
 //! completed, and each goes on from its next op, an interrupted propagation from the
 //! frame after the last one it delivered (`store::resume`) — so a crash changes no mask.
@@ -20,6 +21,7 @@ use sam2_api::protocol::{Request, Response, StreamOp, FAULT_ENV, FAULT_STATE_ENV
 use sam2_api::session::Op;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// One video and the ops to run on it.
@@ -130,6 +132,12 @@ struct Worker {
     process: WorkerProcess,
     news: UnboundedReceiver<(u64, WorkerNews)>,
     stderr_tail: VecDeque<String>,
+    /// Waits for news with a deadline (the heartbeat watchdog).
+    clock: tokio::runtime::Runtime,
+    /// Silence after which the worker counts as wedged and is killed.
+    quiet_limit: Duration,
+    /// Why the watchdog killed it, once it has.
+    killed: Option<String>,
 }
 
 impl<'o> Driver<'o> {
@@ -229,7 +237,12 @@ impl<'o> Driver<'o> {
         let (tx, news) = unbounded_channel();
         let process = WorkerProcess::spawn(self.generation, &self.opts.worker_command, &env, tx, |g, n| (g, n))
             .map_err(|e| Died(format!("{e:#}")))?;
-        Ok(Worker { process, news, stderr_tail: VecDeque::new() })
+        let clock = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| Died(format!("cannot start a timer: {e}")))?;
+        let quiet_limit = self.opts.watchdog.heartbeat_timeout;
+        Ok(Worker { process, news, stderr_tail: VecDeque::new(), clock, quiet_limit, killed: None })
     }
 
     /// Opens stream `i` in a new worker and restores what earlier workers completed.
@@ -327,8 +340,18 @@ impl Worker {
     /// The worker's next answer (heartbeats and stderr are kept aside), or how it died.
     fn next(&mut self) -> Result<Response, Died> {
         loop {
-            let Some((_, news)) = self.news.blocking_recv() else {
-                return Err(Died("the worker's news stopped".into()));
+            let (news, limit) = (&mut self.news, self.quiet_limit);
+            // The timer is made inside the runtime (it needs its clock).
+            let news = match self.clock.block_on(async move { tokio::time::timeout(limit, news.recv()).await }) {
+                Ok(Some((_, news))) => news,
+                Ok(None) => return Err(Died("the worker's news stopped".into())),
+                Err(_) => {
+                    // Heartbeats come twice a second from their own thread, also during a
+                    // long op: silence means a wedged process. Its exit news follows.
+                    self.killed = Some(format!("no heartbeat for {:.1}s", self.quiet_limit.as_secs_f32()));
+                    self.process.kill();
+                    continue;
+                }
             };
             match news {
                 WorkerNews::Message(Response::Heartbeat { .. }) => {}
@@ -345,7 +368,8 @@ impl Worker {
                 }
                 WorkerNews::Exited(status) => {
                     self.process.exited = true;
-                    return Err(self.died(death::describe(status, None)));
+                    let reason = death::describe(status, self.killed.as_deref());
+                    return Err(self.died(reason));
                 }
             }
         }
