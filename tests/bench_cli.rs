@@ -128,6 +128,17 @@ fn bench_with_streams_reports_aggregate_and_per_stream_fps_against_one_stream() 
 }
 
 #[test]
+fn streams_with_the_reference_or_several_object_counts_is_one_clear_line() {
+    for extra in [&["--reference"][..], &["--objects", "1,4"][..]] {
+        let out =
+            Command::new(bin()).args(["bench", "--sizes", "tiny", "--streams", "2"]).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--streams") && stderr.trim().lines().count() == 1, "{stderr}");
+    }
+}
+
+#[test]
 fn a_bad_resolution_is_one_clear_line_before_anything_runs() {
     let out = Command::new(bin()).args(["bench", "--sizes", "tiny", "--resolution", "960by540"]).output().unwrap();
     assert!(!out.status.success());

@@ -148,6 +148,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.runs == Some(0) || a.frames == Some(0) {
         return Err(bad_input("--runs and --frames must be at least 1"));
     }
+    if a.streams.is_some() && (a.reference || a.objects.len() > 1) {
+        return Err(bad_input(
+            "--streams measures one object count against itself alone: give one --objects value, and no --reference \
+             (the reference tracks one video at a time)",
+        ));
+    }
     let cache = cache_dir();
     let mut devices = a.devices.clone();
     if devices.is_empty() {
