@@ -209,7 +209,7 @@ pub(super) fn write_out_until<P: Propagation>(
 
 /// Undoes queued frames that will not be written out, newest first (each one's
 /// staging remembers what the bank held before it).
-pub(super) fn forget(p: &mut impl Propagation, pending: VecDeque<Tracked>) {
+fn forget(p: &mut impl Propagation, pending: VecDeque<Tracked>) {
     for t in pending.into_iter().rev() {
         t.staged.into_iter().rev().for_each(|s| p.unstage(s));
     }
