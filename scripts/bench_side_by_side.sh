@@ -38,6 +38,15 @@
 # ours / reference for FPS (> 1 = sam2-tui faster), against the mean of the two reference
 # runs. With both fp32 and bf16 in PRECISIONS, the bf16 masks are compared pixel-wise with
 # the fp32 ones.
+#
+# Several videos at once (`sam2-tui bench --streams N`, issue #18) have no counterpart
+# here: the reference has no way to track several videos in one process other than one
+# after another, which is what its one-stream FPS already measures (N videos take N times
+# as long). The figure to compare is `bench --streams N`'s own ratio of aggregate FPS to
+# one stream, measured in one invocation on the same frames and checkpoint:
+#   sam2-tui bench --sizes tiny --devices cuda --precision bf16 --streams 8 \
+#       --frames-dir "$WORK/frames" --checkpoint "$WORK/<the .pt this script wrote>"
+# (PREPARE_ONLY=1 writes those frames and that checkpoint).
 set -euo pipefail
 if [ $# -ne 3 ]; then
     sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2

@@ -96,6 +96,48 @@ fn bench_with_several_object_counts_reports_a_row_each_and_the_marginal_cost() {
     assert!(stdout.lines().any(|l| l.starts_with("marginal cost tiny cpu fp32, 1 -> 3 objects")), "{stdout}");
 }
 
+/// `--streams 2`: one stream alone, then two at once in one worker; per count the
+/// aggregate and per-stream FPS, and the ratio to one stream, in the table and the JSON.
+#[test]
+fn bench_with_streams_reports_aggregate_and_per_stream_fps_against_one_stream() {
+    let dir = scratch("bench_cli_streams");
+    let json = dir.join("bench.json");
+    let out = Command::new(bin())
+        .args(["bench", "--sizes", "tiny", "--devices", "cpu", "--frames", "2", "--resolution", "64x48"])
+        .args(["--image-size", "128", "--threads", "2", "--streams", "2", "--json"])
+        .arg(&json)
+        .env("SAM2_TUI_CACHE", dir.join("cache"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = doc["streams"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["streams"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2], "{doc}");
+    for r in rows {
+        assert_eq!(r["frames_per_stream"], 2, "every stream tracks every frame: {r}");
+        assert!(r["aggregate_fps"].as_f64().unwrap() > 0.0, "{r}");
+        let per = r["per_stream_fps"].as_array().unwrap();
+        assert_eq!(per.len() as u64, r["streams"].as_u64().unwrap(), "{r}");
+        assert!(per.iter().all(|f| f.as_f64().unwrap() > 0.0), "{r}");
+    }
+    let two = stdout.lines().find(|l| l.contains("2 stream(s)")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(two.contains("x one stream") && two.contains("per stream ["), "{two}");
+}
+
+#[test]
+fn streams_with_the_reference_or_several_object_counts_is_one_clear_line() {
+    for extra in [&["--reference"][..], &["--objects", "1,4"][..]] {
+        let out =
+            Command::new(bin()).args(["bench", "--sizes", "tiny", "--streams", "2"]).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--streams") && stderr.trim().lines().count() == 1, "{stderr}");
+    }
+}
+
 #[test]
 fn a_bad_resolution_is_one_clear_line_before_anything_runs() {
     let out = Command::new(bin()).args(["bench", "--sizes", "tiny", "--resolution", "960by540"]).output().unwrap();

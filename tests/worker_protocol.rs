@@ -8,7 +8,7 @@ use sam2_tui::session::{Op, Point};
 use sam2_tui::supervisor::events::{ObjectMask, StageTimings};
 use sam2_tui::tuning::Tuning;
 use sam2_tui::worker::protocol::{
-    decode, encode, read_frame, write_frame, FrameError, Request, Response, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    decode, encode, read_frame, write_frame, FrameError, Request, Response, StreamOp, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use std::io::Cursor;
 use std::process::{Command, Stdio};
@@ -48,6 +48,21 @@ fn sample_requests() -> Vec<Request> {
         Request::Prefetch { frame: 12 },
         Request::Stats,
         Request::Shutdown,
+        Request::OpenStream {
+            stream: 2,
+            path: "/v/b.mp4".into(),
+            bank_dir: "/s/stream-2/bank".into(),
+            fill_holes: true,
+        },
+        Request::RestoreStream { stream: 2, ops: vec![Op::Reset] },
+        Request::ApplyStream(StreamOp { stream: 2, seq: 0, op: Op::Reset }),
+        Request::PropagateStreams {
+            passes: vec![
+                StreamOp { stream: 0, seq: 3, op: Op::Propagate { start: None, reverse: false, max_frames: None } },
+                StreamOp { stream: 2, seq: 1, op: Op::Propagate { start: Some(4), reverse: true, max_frames: None } },
+            ],
+        },
+        Request::CancelStream { stream: 2 },
     ]
 }
 
@@ -65,6 +80,15 @@ fn sample_responses() -> Vec<Response> {
         Response::Error { seq: Some(8), message: "frame 99 out of range".into() },
         Response::Heartbeat { stats: Default::default() },
         Response::Bye,
+        Response::StreamFrame {
+            stream: 2,
+            seq: 1,
+            frame: 4,
+            objects: vec![ObjectMask { object: 1, rle: Rle::encode(&mask, 6, 8), score: -0.5 }],
+            timings: StageTimings::default(),
+        },
+        Response::StreamDone { stream: 2, seq: 1, cancelled: false },
+        Response::StreamError { stream: 0, seq: 3, message: "frame 00004.png: decode failed".into() },
     ]
 }
 

@@ -7,11 +7,13 @@
 //! * `measure`   — one supervised run: FPS per propagation, per-stage ms, memory, crashes.
 //! * `reference` — the official Python predictor on the same frames and checkpoint.
 //! * `report`    — the rows as a terminal table and as JSON.
+//! * `streams`   — `--streams N`: N videos at once in one worker against one alone.
 pub mod clip;
 pub mod machine;
 pub mod measure;
 pub mod reference;
 pub mod report;
+pub mod streams;
 
 /// Median of a list (the mean of the middle two for an even count); None when empty.
 pub fn median(values: &[f64]) -> Option<f64> {

@@ -2,10 +2,10 @@
 //! object count, each row a supervised propagation over a synthetic clip with one click
 //! per object on frame 0 (for several objects, a grid: `bench::clip::clicks`); with more
 //! than one object count, the marginal cost of one more object per frame.
-//! TODO(issue #18): `--streams N`, N videos tracked at once in one worker, waits for the
-//! several-sessions engine.
+//! `--streams N` measures N videos tracked at once in one worker against one alone
+//! (`bench::streams`).
 //! See `crate::bench` for what is measured and how.
-use crate::bench::{clip, machine::Machine, measure, reference, report};
+use crate::bench::{clip, machine::Machine, measure, reference, report, streams};
 use crate::device::{DeviceChoice, Precision};
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::util::bad_input;
@@ -29,6 +29,11 @@ pub struct Args {
     /// the same clicks with its per-object loop.
     #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_objects)]
     pub objects: Vec<usize>,
+    /// Videos tracked at once in one worker (each the clip with the same clicks, its own
+    /// session), propagated in lockstep: reports the aggregate and per-stream FPS and the
+    /// ratio to one stream alone, measured in the same run (instead of the usual rows).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub streams: Option<u32>,
     /// Frames in the clip (default: 8 on cpu, 200 on an accelerator).
     #[arg(long)]
     pub frames: Option<usize>,
@@ -143,6 +148,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.runs == Some(0) || a.frames == Some(0) {
         return Err(bad_input("--runs and --frames must be at least 1"));
     }
+    if a.streams.is_some() && (a.reference || a.objects.len() > 1) {
+        return Err(bad_input(
+            "--streams measures one object count against itself alone: give one --objects value, and no --reference \
+             (the reference tracks one video at a time)",
+        ));
+    }
     let cache = cache_dir();
     let mut devices = a.devices.clone();
     if devices.is_empty() {
@@ -166,6 +177,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
 
     let mut machine = Machine::probe();
+    if let Some(n) = a.streams {
+        return run_streams(&a, n as usize, &devices, &cache, given_clip.as_ref(), machine);
+    }
     let mut rows: Vec<RowResult> = vec![];
     let mut clips: (Option<PathBuf>, Option<PathBuf>) = (None, None);
     for &device in &devices {
@@ -239,6 +253,67 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--streams N`: per size and device, one stream alone then N at once.
+fn run_streams(
+    a: &Args,
+    n: usize,
+    devices: &[DeviceChoice],
+    cache: &Path,
+    given_clip: Option<&(PathBuf, u32, u32, usize)>,
+    machine: Machine,
+) -> anyhow::Result<()> {
+    let objects = a.objects.first().copied().unwrap_or(1);
+    let mut results = vec![];
+    let mut failed = 0;
+    for &device in devices {
+        if let Some(why) = unavailable(device) {
+            println!("streams {device}: unavailable: {why}");
+            continue;
+        }
+        for &size in &a.sizes {
+            let mut clips = (None, None);
+            let on_cpu = device == DeviceChoice::Cpu;
+            let (spec, version) = row_spec(a, size, device, objects, cache, given_clip, &mut clips, on_cpu)?;
+            let mut alone = None;
+            for count in [1, n] {
+                eprintln!("bench: {size} on {device}, {count} stream(s) …");
+                match streams::measure(&spec, version, count) {
+                    Ok(r) => {
+                        println!("{}", streams::line(&spec, &r, alone.as_ref()));
+                        if count == 1 {
+                            alone = Some(r.clone());
+                        }
+                        results.push(StreamsRow { size, device, precision: a.precision, result: r });
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("streams {size} {device} {}: {count} stream(s) failed: {e:#}", a.precision);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({ "machine": machine, "streams": results });
+        crate::util::atomic_write(path, &serde_json::to_vec_pretty(&doc)?)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    if failed > 0 {
+        bail!("{failed} streams measurement(s) failed");
+    }
+    Ok(())
+}
+
+/// One stream count's figures with what they were measured on.
+#[derive(serde::Serialize)]
+struct StreamsRow {
+    size: ModelSize,
+    device: DeviceChoice,
+    precision: Precision,
+    #[serde(flatten)]
+    result: streams::StreamsResult,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn bench_row(
     a: &Args,
@@ -250,32 +325,65 @@ fn bench_row(
     clips: &mut (Option<PathBuf>, Option<PathBuf>),
     on_cpu: bool,
 ) -> anyhow::Result<RowResult> {
-    let (frames_dir, (w, h)) = match given_clip {
+    // The reference runs first: with no real weights it writes the random-init .pt that
+    // both then read, so the two load the very same file.
+    let reference = if a.reference {
+        let frames_dir = clip_for(a, cache, given_clip, on_cpu)?.0;
+        let (checkpoint, _, _) = checkpoint_for(a, size, cache)?;
+        eprintln!("bench: reference {size} on {device} ({}) …", frames_dir.display());
+        Some(reference::run(size, device, a.precision, objects, &frames_dir, &checkpoint, a.threads))
+    } else {
+        None
+    };
+    let (spec, version) = row_spec(a, size, device, objects, cache, given_clip, clips, on_cpu)?;
+    eprintln!(
+        "bench: {size} on {device} ({} precision, {objects} object(s), {} run(s), {}{}) …",
+        a.precision,
+        spec.runs,
+        spec.frames_dir.display(),
+        if spec.random_init { ", random-init weights" } else { "" }
+    );
+    let mut row = measure::measure(&spec, version);
+    match reference {
+        Some(Ok(r)) => row.reference = Some(r),
+        Some(Err(e)) => row.error = Some(format!("reference: {e:#}")),
+        None => {}
+    }
+    Ok(row)
+}
+
+/// The frames folder and its size: `--frames-dir`, else the synthetic clip.
+fn clip_for(
+    a: &Args,
+    cache: &Path,
+    given_clip: Option<&(PathBuf, u32, u32, usize)>,
+    on_cpu: bool,
+) -> anyhow::Result<(PathBuf, (u32, u32))> {
+    Ok(match given_clip {
         Some((dir, w, h, _)) => (dir.clone(), (*w, *h)),
         None => {
             let n = a.frames.unwrap_or(if on_cpu { 8 } else { 200 });
             let (w, h) = a.resolution;
             (clip::ensure(cache, w, h, n)?, (w, h))
         }
-    };
+    })
+}
+
+/// What one row measures: the clip, the checkpoint, the clicks, the runs.
+#[allow(clippy::too_many_arguments)]
+fn row_spec(
+    a: &Args,
+    size: ModelSize,
+    device: DeviceChoice,
+    objects: usize,
+    cache: &Path,
+    given_clip: Option<&(PathBuf, u32, u32, usize)>,
+    clips: &mut (Option<PathBuf>, Option<PathBuf>),
+    on_cpu: bool,
+) -> anyhow::Result<(RowSpec, ModelVersion)> {
+    let (frames_dir, (w, h)) = clip_for(a, cache, given_clip, on_cpu)?;
     *(if on_cpu { &mut clips.0 } else { &mut clips.1 }) = Some(frames_dir.clone());
     let (checkpoint, version, random_init) = checkpoint_for(a, size, cache)?;
-    let runs = a.runs.unwrap_or(if on_cpu { 1 } else { 3 });
-    let threads = a.threads;
-    // The reference runs first: with no real weights it writes the random-init .pt that
-    // both then read, so the two load the very same file.
-    let reference = if a.reference {
-        eprintln!("bench: reference {size} on {device} ({}) …", frames_dir.display());
-        Some(reference::run(size, device, a.precision, objects, &frames_dir, &checkpoint, threads))
-    } else {
-        None
-    };
-    eprintln!(
-        "bench: {size} on {device} ({} precision, {objects} object(s), {runs} run(s), {}{}) …",
-        a.precision,
-        frames_dir.display(),
-        if random_init { ", random-init weights" } else { "" }
-    );
     let spec = RowSpec {
         config: crate::config::Config::load(a.config.as_deref())?,
         size,
@@ -286,18 +394,12 @@ fn bench_row(
         random_init,
         frames_dir,
         clicks: clip::clicks(w, h, objects),
-        runs,
+        runs: a.runs.unwrap_or(if on_cpu { 1 } else { 3 }),
         warmup: if on_cpu { 0 } else { 1 },
-        threads,
+        threads: a.threads,
         stall_timeout: Duration::from_secs(900),
     };
-    let mut row = measure::measure(&spec, version);
-    match reference {
-        Some(Ok(r)) => row.reference = Some(r),
-        Some(Err(e)) => row.error = Some(format!("reference: {e:#}")),
-        None => {}
-    }
-    Ok(row)
+    Ok((spec, version))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 /// Bumped on every incompatible change; both sides refuse a peer of another version.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest payload either side accepts (a frame of RLE masks is far smaller).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -65,6 +65,41 @@ pub enum Request {
     },
     Stats,
     Shutdown,
+    // Several videos in one worker (issue #18): each is a stream with its own session
+    // (bank, objects, prompts), the model shared. Beside the single session above, not
+    // instead of it.
+    /// Opens video `stream`; answered with `MediaInfo`.
+    OpenStream {
+        stream: u32,
+        path: PathBuf,
+        bank_dir: PathBuf,
+        fill_holes: bool,
+    },
+    /// `Restore` for one stream; answered with `Restored`.
+    RestoreStream {
+        stream: u32,
+        ops: Vec<Op>,
+    },
+    /// Op `seq` of one stream's journal; answered with its `StreamFrame`s, then
+    /// `StreamDone` or `StreamError`.
+    ApplyStream(StreamOp),
+    /// Propagations of several streams at once, in lockstep (one image-encoder batch and
+    /// one tracking step per frame for all of them); each stream answers as `ApplyStream`.
+    PropagateStreams {
+        passes: Vec<StreamOp>,
+    },
+    /// Stop `stream`'s propagation at its next frame (the others go on).
+    CancelStream {
+        stream: u32,
+    },
+}
+
+/// One op of one stream's journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamOp {
+    pub stream: u32,
+    pub seq: u64,
+    pub op: Op,
 }
 
 /// Worker → supervisor.
@@ -114,6 +149,26 @@ pub enum Response {
         frame: usize,
     },
     Bye,
+    /// `Frame` of one stream.
+    StreamFrame {
+        stream: u32,
+        seq: u64,
+        frame: usize,
+        objects: Vec<ObjectMask>,
+        timings: StageTimings,
+    },
+    /// `OpDone` of one stream.
+    StreamDone {
+        stream: u32,
+        seq: u64,
+        cancelled: bool,
+    },
+    /// An op of one stream failed; the other streams and the worker live on.
+    StreamError {
+        stream: u32,
+        seq: u64,
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

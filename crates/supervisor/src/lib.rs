@@ -9,6 +9,7 @@
 //! * `process`  — one worker process: spawn, its reader threads, kill, reap.
 //! * `store`    — the journal on disk, finished masks, and propagation resume points.
 //! * `driver`   — the I/O edge that runs the machine on its own thread; `start`.
+//! * `streams`  — several videos in one worker, propagated in lockstep (its own driver).
 pub mod death;
 pub mod driver;
 pub mod machine;
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod process;
 pub mod session_dirs;
 pub mod store;
+pub mod streams;
 
 pub use driver::{start, SupervisorHandle};
 pub use options::{Recycling, RestartPolicy, SupervisorOptions, Watchdog};

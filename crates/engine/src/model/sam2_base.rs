@@ -410,18 +410,38 @@ impl Sam2Base {
     ) -> Tensor {
         let _g = tch::no_grad_guard();
         let b = memory.size()[1];
-        let (_, c, h, w) = feats.feat.size4().unwrap();
+        let (out, q) = self.track_begin(&feats.feat, &feats.pos);
+        let begun = (out.expand([b, -1, -1], false), q.expand([b, -1, -1, -1], false));
+        self.attend_memory_begun(begun, memory, memory_pos, num_ptr_tokens, feats.feat.size()[2])
+    }
+
+    /// Memory attention from the first cross-attention on, for B queries each over its own
+    /// memory: `begun` = `track_begin`'s (residual stream, queries) with a batch of B —
+    /// one frame's repeated (several objects on one frame) or several frames' (the objects
+    /// of several videos, see `predictor::streams`) — and memory `[M, B, 64]` →
+    /// `[B, 256, e, e]` (`e` = the feature grid's side).
+    pub fn attend_memory_begun(
+        &self,
+        begun: (Tensor, Tensor),
+        memory: &Tensor,
+        memory_pos: &Tensor,
+        num_ptr_tokens: i64,
+        e: i64,
+    ) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let b = memory.size()[1];
         let ma = &self.memory_attention;
         let (k_in, v_in) = MemoryAttention::memory_inputs(memory, memory_pos);
-        let (out, q) = self.track_begin(&feats.feat, &feats.pos);
-        let (mut out, mut q) = (out.expand([b, -1, -1], false), q.expand([b, -1, -1, -1], false));
+        let (mut out, mut q) = begun;
         let last = ma.num_layers() - 1;
         for i in 0..last {
             let attn = ma.cross(i, &q, &k_in, &v_in, num_ptr_tokens);
             (out, q) = ma.until_cross(i + 1, &ma.after_cross(i, &out, &attn));
         }
         let attn = ma.cross(last, &q, &k_in, &v_in, num_ptr_tokens);
-        ma.end(&ma.after_cross(last, &out, &attn)).permute([1, 2, 0]).reshape([b, c, h, w])
+        let out = ma.end(&ma.after_cross(last, &out, &attn));
+        let c = out.size()[2];
+        out.permute([1, 2, 0]).reshape([b, c, e, e])
     }
 
     /// `track_step` of a propagation frame (no prompt, memory encoder on), from assembled

@@ -4,6 +4,8 @@
 //! * `ops` — the journal's ops on a session, each op one reference call, whole or not at all;
 //! * `pipeline` — a propagation's frame pipeline (encode-ahead, frames queued ahead);
 //! * `batched` — all objects of a propagation frame tracked in one pass (`batch_objects`);
+//! * `streams` — several videos' propagations in lockstep on one model (shared encoder
+//!   batches and tracking steps);
 //! * `graphs` — the CUDA graphs of a frame's fixed-shape pieces;
 //! * `memory_bank`, `bank_undo` — the reference's output dictionaries, disk-backed, and
 //!   their undo log.
@@ -13,5 +15,6 @@ mod graphs;
 pub mod memory_bank;
 mod ops;
 mod pipeline;
+pub mod streams;
 pub mod video_predictor;
 pub use video_predictor::{FrameOutput, ObjectOutput, VideoOptions, VideoPredictor};

@@ -189,7 +189,7 @@ pub(super) fn run<P: Propagation>(
 
 /// Writes out the oldest queued frames until `keep` remain. After a cancel or an
 /// error the frames still queued are forgotten: they never happened.
-fn write_out_until<P: Propagation>(
+pub(super) fn write_out_until<P: Propagation>(
     p: &mut P,
     pending: &mut VecDeque<Tracked>,
     keep: usize,

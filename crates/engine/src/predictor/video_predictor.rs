@@ -75,7 +75,7 @@ pub(super) struct ObjectState {
 
 pub struct VideoPredictor {
     pub(super) model: Rc<Sam2Base>,
-    frames: Prefetcher,
+    pub(super) frames: Prefetcher,
     size: (u32, u32),
     num_frames: usize,
     pub(super) opts: VideoOptions,
@@ -84,12 +84,12 @@ pub struct VideoPredictor {
     pub(super) bank: MemoryBank,
     /// The most recently encoded frames (the reference keeps one; a prefetched frame
     /// under the cursor is the second).
-    features: Vec<(usize, Rc<FrameFeatures>)>,
+    pub(super) features: Vec<(usize, Rc<FrameFeatures>)>,
     pub(super) graphs: Graphs,
     /// The frames a propagation will ask for next (see `pipeline`).
     lookahead: Lookahead,
     /// Frames queued before the oldest is written out (see `pipeline::pipeline_depth`).
-    pipeline_depth: usize,
+    pub(super) pipeline_depth: usize,
     pub(super) timings: StageTimings,
 }
 
@@ -305,6 +305,27 @@ impl VideoPredictor {
         max_frames: Option<usize>,
         on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
     ) -> anyhow::Result<()> {
+        let (ids, order) = self.plan_propagation(start, reverse, max_frames)?;
+        self.lookahead.plan(&order);
+        let _trace = crate::trace::propagation(
+            self.model.device,
+            self.opts.tuning.trace.as_deref(),
+            self.opts.tuning.trace_pass,
+        );
+        let depth = self.pipeline_depth;
+        let result = pipeline::run(self, &ids, &order, reverse, depth, on_frame);
+        self.lookahead.clear();
+        result
+    }
+
+    /// The start of `propagate_in_video` up to its loop: the preflight, then the objects
+    /// and the frames of the pass in order (the decode pipeline told to run ahead).
+    pub(super) fn plan_propagation(
+        &mut self,
+        start: Option<usize>,
+        reverse: bool,
+        max_frames: Option<usize>,
+    ) -> anyhow::Result<(Vec<ObjectId>, Vec<usize>)> {
         self.propagate_in_video_preflight()?;
         self.save_state()?;
         let ids = self.object_ids();
@@ -329,16 +350,7 @@ impl VideoPredictor {
         };
         // One plan for the whole pass: the decode pipeline runs ahead of the model.
         self.frames.hint(order.iter().copied());
-        self.lookahead.plan(&order);
-        let _trace = crate::trace::propagation(
-            self.model.device,
-            self.opts.tuning.trace.as_deref(),
-            self.opts.tuning.trace_pass,
-        );
-        let depth = self.pipeline_depth;
-        let result = pipeline::run(self, &ids, &order, reverse, depth, on_frame);
-        self.lookahead.clear();
-        result
+        Ok((ids, order))
     }
 
     /// `clear_all_prompts_in_frame` without output.

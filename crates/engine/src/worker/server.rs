@@ -12,6 +12,7 @@ use crate::predictor::{FrameOutput, VideoOptions, VideoPredictor};
 use sam2_api::events::{ModelLabel, ObjectMask};
 use sam2_api::rle::Rle;
 use sam2_api::tuning::Tuning;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::rc::Rc;
@@ -19,6 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod streams;
 
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
 
@@ -35,12 +38,18 @@ fn send(out: &Out, msg: &Response) {
 struct Inbox {
     rx: mpsc::Receiver<(u64, Request)>,
     cancel_upto: Arc<AtomicU64>,
+    /// `CancelStream`s: per stream, the requests it cancels (those numbered up to this).
+    stream_cancels: StreamCancels,
 }
+
+type StreamCancels = Arc<Mutex<BTreeMap<u32, u64>>>;
 
 fn spawn_reader(out: Out) -> Inbox {
     let (tx, rx) = mpsc::channel();
     let cancel_upto = Arc::new(AtomicU64::new(0));
     let cancel = cancel_upto.clone();
+    let stream_cancels = StreamCancels::default();
+    let cancels = stream_cancels.clone();
     std::thread::Builder::new()
         .name("stdin-reader".into())
         .spawn(move || {
@@ -49,6 +58,9 @@ fn spawn_reader(out: Out) -> Inbox {
             loop {
                 match protocol::read_frame::<Request>(&mut stdin) {
                     Ok(Some(Request::Cancel)) => cancel.store(n, Ordering::SeqCst),
+                    Ok(Some(Request::CancelStream { stream })) => {
+                        cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(stream, n);
+                    }
                     Ok(Some(req)) => {
                         n += 1;
                         if tx.send((n, req)).is_err() {
@@ -67,7 +79,7 @@ fn spawn_reader(out: Out) -> Inbox {
             let _ = tx.send((u64::MAX, Request::Shutdown));
         })
         .expect("spawn stdin reader");
-    Inbox { rx, cancel_upto }
+    Inbox { rx, cancel_upto, stream_cancels }
 }
 
 fn spawn_heartbeat(out: Out, device: Arc<Mutex<DeviceInfo>>, stop: Arc<AtomicBool>) {
@@ -98,6 +110,8 @@ struct Engine {
     device: Arc<Mutex<DeviceInfo>>,
     model: Option<Rc<Sam2Base>>,
     video: Option<VideoPredictor>,
+    /// The sessions of several videos held at once (`OpenStream`), by stream.
+    streams: BTreeMap<u32, VideoPredictor>,
     /// What `LoadModel` brought, with this process's environment on top.
     tuning: Tuning,
 }
@@ -112,13 +126,27 @@ pub fn serve() -> anyhow::Result<()> {
     let device = Arc::new(Mutex::new(DeviceInfo { kind: "none".into(), ..Default::default() }));
     let stop = Arc::new(AtomicBool::new(false));
     spawn_heartbeat(out.clone(), device.clone(), stop.clone());
-    let mut engine = Engine { out: out.clone(), faults, device, model: None, video: None, tuning: Tuning::default() };
+    let mut engine = Engine {
+        out: out.clone(),
+        faults,
+        device,
+        model: None,
+        video: None,
+        streams: BTreeMap::new(),
+        tuning: Tuning::default(),
+    };
     while let Ok((n, req)) = inbox.rx.recv() {
         if matches!(req, Request::Shutdown) {
             break;
         }
         let cancelled = || inbox.cancel_upto.load(Ordering::SeqCst) >= n;
-        engine.handle(req, &cancelled);
+        let stream_cancelled = |stream: u32| {
+            inbox.cancel_upto.load(Ordering::SeqCst) >= n
+                || inbox.stream_cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&stream).is_some_and(|&c| c >= n)
+        };
+        if let Some(req) = engine.handle_streams(req, &stream_cancelled) {
+            engine.handle(req, &cancelled);
+        }
     }
     let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
     stop.store(true, Ordering::SeqCst);
@@ -160,7 +188,11 @@ impl Engine {
                 let dev = self.device.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 Response::Heartbeat { stats: stats::collect(&dev, &stats::torch_version()) }
             }
-            Request::Cancel | Request::Shutdown => return,
+            Request::Cancel | Request::Shutdown | Request::CancelStream { .. } => return,
+            Request::OpenStream { .. }
+            | Request::RestoreStream { .. }
+            | Request::ApplyStream(_)
+            | Request::PropagateStreams { .. } => unreachable!("handled by handle_streams"),
         };
         send(&self.out, &reply);
     }

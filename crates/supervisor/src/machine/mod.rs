@@ -696,6 +696,8 @@ impl Machine {
                 }
             }
             Response::Prefetched { .. } | Response::Bye => {}
+            // The streams of several videos are `streams::run`'s, not this session's.
+            Response::StreamFrame { .. } | Response::StreamDone { .. } | Response::StreamError { .. } => {}
         }
     }
 

@@ -1,0 +1,334 @@
+//! Several videos propagated at once on one model, in lockstep (issue #18, "several
+//! sessions on one GPU"; no reference counterpart: the reference's `propagate_in_video`
+//! runs one session's frames one after another).
+//!
+//! Each video keeps its own session (`VideoPredictor`: its objects, prompts, memory bank
+//! and journal); only the model and the calls are shared. A lockstep step takes the next
+//! frame of every stream still running and
+//!
+//! 1. encodes those frames in one image-encoder batch (one frame per stream; a stream
+//!    whose objects are all prompted on its frame needs no features and adds none);
+//! 2. tracks every (stream, object) pair of the step together, the way `batched` tracks
+//!    the objects of one frame: each pair's memories are chosen by its own session
+//!    (`prepare_memory_conditioned_features`), the part of memory attention that reads
+//!    only the frame (`track_begin`) runs once per stream's frame, and the pairs go
+//!    through the rest of memory attention in groups of equal memory length and
+//!    pointer-token count — across streams, each pair's queries coming from its own
+//!    stream's frame (`Sam2Base::attend_memory_begun`) — then through one mask-decoder
+//!    and one memory-encoder call for the whole step, each pair with its own frame's
+//!    high-resolution features. Grouping rather than padding keeps every softmax over
+//!    exactly the pair's own memory, so a stream's numbers differ from its run alone
+//!    only by the rounding of larger matrix products;
+//! 3. stages each pair's outputs in its own stream's bank and writes each stream's
+//!    frames out through the same frame pipeline as one video (`pipeline`), to that
+//!    stream's callback.
+//!
+//! Streams are independent in what can go wrong: a stream whose callback says stop
+//! (cancel) or whose input fails (a frame that cannot be decoded, a bank write that
+//! fails) ends there with its own result, and the others go on at their next frame.
+use super::graphs::Graphs;
+use super::memory_bank::{Entry, Slot};
+use super::pipeline::{self, Tracked};
+use super::{FrameOutput, VideoPredictor};
+use crate::model::sam2_base::{AssembledMemory, FrameFeatures};
+use sam2_api::events::StageTimings;
+use sam2_api::session::{ObjectId, Op};
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::rc::Rc;
+use std::time::Instant;
+use tch::Tensor;
+
+/// One video's part in a lockstep propagation: its session, its `Op::Propagate` and
+/// where its frames go (`Break` ends this stream only).
+pub struct StreamPass<'a> {
+    pub video: &'a mut VideoPredictor,
+    pub op: Op,
+    pub on_frame: &'a mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+}
+
+/// A stream's state during the pass.
+struct Lane {
+    ids: Vec<ObjectId>,
+    order: Vec<usize>,
+    reverse: bool,
+    /// Index into `order` of the next frame to track.
+    next: usize,
+    pending: VecDeque<Tracked>,
+    last_out: Instant,
+    /// Set once the stream has ended (its last frame written out, a cancel, an error).
+    result: Option<anyhow::Result<()>>,
+}
+
+impl Lane {
+    fn running(&self) -> bool {
+        self.result.is_none() && self.next < self.order.len()
+    }
+}
+
+/// One (stream, object) pair tracked in a step.
+struct Pair {
+    lane: usize,
+    id: ObjectId,
+    memory: AssembledMemory,
+}
+
+/// Propagates every pass in lockstep; one result per pass, in order. Each pass runs as
+/// `apply_journaled` runs a propagation (an unlogged bank op, the state saved after it).
+pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>]) -> Vec<anyhow::Result<()>> {
+    let _g = tch::no_grad_guard();
+    let Some(first) = passes.first() else { return vec![] };
+    let model = first.video.model.clone();
+    let _a = first.video.autocast();
+    // The image encoder's graphs (one per batch size) belong to the group, not a stream.
+    let mut encoder = Graphs::new(&model, first.video.opts.tuning.cuda_graphs);
+    let mut lanes: Vec<Lane> = passes.iter_mut().map(begin).collect();
+    loop {
+        let running: Vec<usize> = (0..lanes.len()).filter(|&l| lanes[l].running()).collect();
+        if running.is_empty() {
+            break;
+        }
+        let tracked = step(passes, &mut lanes, &running, &model, &mut encoder);
+        for (l, t) in tracked {
+            let lane = &mut lanes[l];
+            lane.pending.push_back(t);
+            lane.next += 1;
+            let pass = &mut passes[l];
+            let depth = if lane.next == lane.order.len() { 0 } else { pass.video.pipeline_depth };
+            match pipeline::write_out_until(pass.video, &mut lane.pending, depth, &mut lane.last_out, pass.on_frame) {
+                Ok(ControlFlow::Continue(())) if lane.next == lane.order.len() => lane.result = Some(Ok(())),
+                Ok(ControlFlow::Continue(())) => {}
+                Ok(ControlFlow::Break(())) => lane.result = Some(Ok(())),
+                Err(e) => lane.result = Some(Err(e)),
+            }
+        }
+    }
+    passes.iter_mut().zip(lanes).map(|(p, lane)| finish(p.video, lane.result.unwrap_or(Ok(())))).collect()
+}
+
+/// The start of a pass: the op checked, an unlogged bank op opened, the frames planned.
+/// A pass that cannot start ends here (the others still run).
+fn begin(pass: &mut StreamPass<'_>) -> Lane {
+    let mut lane = Lane {
+        ids: vec![],
+        order: vec![],
+        reverse: false,
+        next: 0,
+        pending: VecDeque::new(),
+        last_out: Instant::now(),
+        result: None,
+    };
+    let planned = (|| {
+        let Op::Propagate { start, reverse, max_frames } = pass.op else {
+            anyhow::bail!("only propagations run in lockstep, not {:?}", pass.op);
+        };
+        pass.op.validate().map_err(|e| anyhow::anyhow!(e))?;
+        pass.video.bank.begin_unlogged_op()?;
+        let (ids, order) = pass.video.plan_propagation(start, reverse, max_frames)?;
+        Ok::<_, anyhow::Error>((ids, order, reverse))
+    })();
+    match planned {
+        Ok((ids, order, reverse)) => {
+            lane.result = order.is_empty().then_some(Ok(()));
+            (lane.ids, lane.order, lane.reverse) = (ids, order, reverse);
+        }
+        Err(e) => lane.result = Some(Err(e)),
+    }
+    lane
+}
+
+/// The end of a pass, as `apply_journaled` ends a propagation: the state saved and the
+/// bank op committed, whatever the pass's result.
+fn finish(video: &mut VideoPredictor, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    let saved = video.save_state().and_then(|_| video.bank.commit_op());
+    result.and(saved)
+}
+
+/// One lockstep step over the `running` lanes: their next frames encoded together and
+/// every (stream, object) pair tracked together. Returns each lane's tracked frame; a
+/// lane whose input failed gets its result instead (its finished frames written out).
+fn step(
+    passes: &mut [StreamPass<'_>],
+    lanes: &mut [Lane],
+    running: &[usize],
+    model: &Rc<crate::model::Sam2Base>,
+    encoder: &mut Graphs,
+) -> Vec<(usize, Tracked)> {
+    let mut timings = StageTimings::default();
+    // Which objects each lane tracks on its frame (the others are prompted there).
+    let mut tracked: Vec<(usize, Tracked, Vec<ObjectId>)> = vec![];
+    for &l in running {
+        let lane = &lanes[l];
+        let frame = lane.order[lane.next];
+        let bank = &passes[l].video.bank;
+        let mut t = Tracked::new(frame, lane.reverse);
+        let (prompted, to_track): (Vec<ObjectId>, Vec<ObjectId>) =
+            lane.ids.iter().partition(|&&id| bank.contains(id, Slot::Cond, frame));
+        t.prompted = prompted;
+        tracked.push((l, t, to_track));
+    }
+
+    // 1. The frames that need features, decoded per stream and encoded in one batch.
+    let t0 = Instant::now();
+    let mut feats: Vec<Option<Rc<FrameFeatures>>> = vec![None; lanes.len()];
+    let mut to_encode: Vec<(usize, usize, Tensor)> = vec![];
+    let mut failed: Vec<(usize, anyhow::Error)> = vec![];
+    for (l, t, to_track) in &tracked {
+        if to_track.is_empty() {
+            continue;
+        }
+        let video = &mut *passes[*l].video;
+        if let Some((_, f)) = video.features.iter().find(|(i, _)| *i == t.frame) {
+            feats[*l] = Some(f.clone());
+            continue;
+        }
+        match video.frames.get(t.frame) {
+            Ok(f) => to_encode.push((*l, t.frame, f.pixels)),
+            // The media layer names the frame (its file, for a folder).
+            Err(e) => failed.push((*l, e)),
+        }
+    }
+    timings.decode_ms = ms(t0);
+    let t0 = Instant::now();
+    if !to_encode.is_empty() {
+        let pixels: Vec<Tensor> = to_encode.iter().map(|(_, _, p)| p.shallow_clone()).collect();
+        for ((l, frame, _), f) in to_encode.into_iter().zip(encoder.encode(model, &pixels)) {
+            let f = Rc::new(f);
+            let video = &mut *passes[l].video;
+            video.features.insert(0, (frame, f.clone()));
+            video.features.truncate(2);
+            feats[l] = Some(f);
+        }
+    }
+    passes[0].video.sync();
+    timings.image_encoder_ms = ms(t0);
+
+    // 2. Every pair's memories, chosen by its own session.
+    let t0 = Instant::now();
+    let mut pairs: Vec<Pair> = vec![];
+    for (l, t, to_track) in &tracked {
+        if failed.iter().any(|(f, _)| f == l) {
+            continue;
+        }
+        let video = &mut *passes[*l].video;
+        let mut mine = vec![];
+        for &id in to_track {
+            match video.prepare_memory_conditioned_features(id, t.frame, t.reverse) {
+                Ok(memory) => mine.push(Pair { lane: *l, id, memory }),
+                Err(e) => {
+                    failed.push((*l, e));
+                    mine.clear();
+                    break;
+                }
+            }
+        }
+        pairs.extend(mine);
+    }
+    let entries = track_pairs(model, &pairs, &feats, &mut timings, t0, || passes[0].video.sync());
+
+    // 3. The outputs staged in each stream's bank, the host copies queued.
+    let mut out = vec![];
+    for (l, mut t, _) in tracked {
+        let pass = &mut passes[l];
+        let video = &mut *pass.video;
+        if let Some(i) = failed.iter().position(|(f, _)| *f == l) {
+            let (_, e) = failed.swap_remove(i);
+            let lane = &mut lanes[l];
+            // Still deliver the frames that were finished before the failure.
+            let _ = pipeline::write_out_until(video, &mut lane.pending, 0, &mut lane.last_out, pass.on_frame);
+            lane.result = Some(Err(e));
+            continue;
+        }
+        for (pair, entry) in pairs.iter().zip(&entries).filter(|(p, _)| p.lane == l) {
+            t.staged.push(video.bank.stage(pair.id, Slot::NonCond, t.frame, entry.shallow(), Some(t.reverse)));
+        }
+        video.bank.advance(t.frame, t.reverse);
+        t.copy_to_host(&video.bank, model.device);
+        t.timings = timings;
+        out.push((l, t));
+    }
+    out
+}
+
+/// Memory attention, the SAM heads and the memory encoder for every pair of a step (see
+/// the module comment); each pair's outputs, in the order of `pairs`.
+fn track_pairs(
+    model: &crate::model::Sam2Base,
+    pairs: &[Pair],
+    feats: &[Option<Rc<FrameFeatures>>],
+    timings: &mut StageTimings,
+    t0: Instant,
+    sync: impl Fn(),
+) -> Vec<Entry> {
+    if pairs.is_empty() {
+        return vec![];
+    }
+    let feat = |l: usize| feats[l].as_ref().expect("a tracked stream's frame is encoded");
+    // The frame-only start of memory attention, once per stream's frame.
+    let mut begun: Vec<Option<(Tensor, Tensor)>> = (0..feats.len()).map(|_| None).collect();
+    for p in pairs {
+        if begun[p.lane].is_none() {
+            begun[p.lane] = Some(model.track_begin(&feat(p.lane).feat, &feat(p.lane).pos));
+        }
+    }
+    // Groups of equal memory length and pointer-token count, in order of appearance.
+    let mut groups: Vec<((i64, i64), Vec<usize>)> = vec![];
+    for (i, p) in pairs.iter().enumerate() {
+        let key = (p.memory.tokens.size()[0], p.memory.num_ptr_tokens);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    let e = feat(pairs[0].lane).feat.size()[2];
+    let mut pix: Vec<Option<Tensor>> = pairs.iter().map(|_| None).collect();
+    for ((_, num_ptr_tokens), members) in &groups {
+        let cat = |f: &dyn Fn(&Pair) -> Tensor, dim: i64| {
+            Tensor::cat(&members.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>(), dim)
+        };
+        let started = (
+            cat(&|p| begun[p.lane].as_ref().unwrap().0.shallow_clone(), 0),
+            cat(&|p| begun[p.lane].as_ref().unwrap().1.shallow_clone(), 0),
+        );
+        let tokens = cat(&|p| p.memory.tokens.shallow_clone(), 1);
+        let pos = cat(&|p| p.memory.pos.shallow_clone(), 1);
+        let out = model.attend_memory_begun(started, &tokens, &pos, *num_ptr_tokens, e);
+        for (j, &i) in members.iter().enumerate() {
+            pix[i] = Some(out.narrow(0, j as i64, 1));
+        }
+    }
+    let pix = Tensor::cat(&pix.into_iter().map(|p| p.expect("every pair in a group")).collect::<Vec<_>>(), 0);
+    sync();
+    timings.memory_attention_ms = ms(t0);
+
+    // Each pair's own frame's features, batched in the order of `pairs`.
+    let per_pair = |f: &dyn Fn(&FrameFeatures) -> &Tensor| {
+        Tensor::cat(&pairs.iter().map(|p| f(feat(p.lane)).shallow_clone()).collect::<Vec<_>>(), 0)
+    };
+    let frames = FrameFeatures {
+        high_res: [per_pair(&|f| &f.high_res[0]), per_pair(&|f| &f.high_res[1])],
+        feat: per_pair(&|f| &f.feat),
+        pos: per_pair(&|f| &f.pos),
+    };
+    let t = Instant::now();
+    let sam = model.forward_sam_heads(&pix, None, None, &frames.high_res, true);
+    sync();
+    timings.mask_decoder_ms = ms(t);
+    let t = Instant::now();
+    let maskmem = model.encode_new_memory(&frames, &sam.high_res_masks, &sam.object_score_logits, false);
+    sync();
+    timings.memory_encoder_ms = ms(t);
+    let one = |x: &Tensor, i: usize| x.narrow(0, i as i64, 1).copy();
+    (0..pairs.len())
+        .map(|i| Entry {
+            maskmem: Some(one(&maskmem, i)),
+            pred_masks: one(&sam.low_res_masks, i),
+            obj_ptr: one(&sam.obj_ptr, i),
+            score: one(&sam.object_score_logits, i),
+        })
+        .collect()
+}
+
+fn ms(t: Instant) -> f32 {
+    t.elapsed().as_secs_f32() * 1000.0
+}

@@ -1,0 +1,137 @@
+//! `bench --streams N`: N videos tracked at once in one worker (issue #18), against one
+//! video alone in the same invocation. Each stream is the bench clip with the same clicks
+//! on frame 0, then `runs` forward propagations; the streams' propagations run in
+//! lockstep (`supervisor::streams`). A round is one propagation of every stream: its wall
+//! time runs from the end of the previous round to the last stream's end.
+//!
+//! * aggregate FPS: the round's frames over all streams / its wall time;
+//! * per-stream FPS: a stream's frames / the time from the round's start to its own end;
+//! * ratio: the aggregate FPS over the FPS of one stream alone (the same clip, clicks
+//!   and runs).
+//!
+//! Medians over the rounds after the warm-up ones.
+use super::measure::RowSpec;
+use super::median;
+use crate::session::{Op, Point};
+use crate::supervisor::streams::{self, StreamJob, StreamNews};
+use serde::Serialize;
+use std::time::Instant;
+
+/// One stream count's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamsResult {
+    pub streams: usize,
+    pub objects_per_stream: usize,
+    pub frames_per_stream: usize,
+    /// Median over the measured rounds.
+    pub aggregate_fps: f64,
+    /// Per stream, the median over the measured rounds.
+    pub per_stream_fps: Vec<f64>,
+    /// Every round's aggregate FPS, warm-up rounds first.
+    pub aggregate_fps_runs: Vec<f64>,
+    pub crashes: Vec<String>,
+}
+
+/// Runs `n` streams of `spec`'s clip and clicks; `spec.runs` rounds.
+pub fn measure(spec: &RowSpec, version: crate::model::config::ModelVersion, n: usize) -> anyhow::Result<StreamsResult> {
+    let session = tempfile::Builder::new().prefix("sam2-tui-bench-streams-").tempdir()?;
+    let mut opts =
+        crate::config::supervisor_options(&spec.config, spec.checkpoint.clone(), Some(&spec.frames_dir), vec![])?;
+    opts.size = Some(spec.size);
+    opts.version = Some(version);
+    opts.device = spec.device;
+    opts.precision = spec.precision.into();
+    opts.image_size = spec.image_size;
+    opts.session_dir = session.path().to_path_buf();
+    if let Some(t) = spec.threads {
+        opts.set_env("OMP_NUM_THREADS", &t.to_string());
+        opts.set_env("MKL_NUM_THREADS", &t.to_string());
+    }
+    opts.set_env("RUST_BACKTRACE", "0");
+    let clicks = spec.clicks.iter().enumerate().map(|(i, &(x, y))| Op::AddPrompt {
+        frame: 0,
+        object: i as u32 + 1,
+        points: vec![Point::new(x, y, true)],
+        bbox: None,
+    });
+    let propagations = (0..spec.runs).map(|_| Op::Propagate { start: None, reverse: false, max_frames: None });
+    let ops: Vec<Op> = clicks.chain(propagations).collect();
+    let first = spec.clicks.len();
+    let jobs: Vec<StreamJob> = (0..n).map(|_| StreamJob { media: spec.frames_dir.clone(), ops: ops.clone() }).collect();
+
+    // Per round: its start, each stream's frames and end.
+    let mut round_start: Vec<Option<Instant>> = vec![None; spec.runs + 1];
+    let mut frames = vec![vec![0usize; n]; spec.runs];
+    let mut ended: Vec<Vec<Option<Instant>>> = vec![vec![None; n]; spec.runs];
+    let mut crashes = vec![];
+    let results = streams::run(&opts, &jobs, &mut |news| {
+        match news {
+            StreamNews::Frame { stream, op, .. } if op >= first => frames[op - first][stream] += 1,
+            StreamNews::OpDone { stream, op, .. } => {
+                let now = Instant::now();
+                match op.checked_sub(first) {
+                    Some(r) => ended[r][stream] = Some(now),
+                    // The clicks' end is the first round's start.
+                    None => round_start[0] = Some(now),
+                }
+                if let Some(r) = op.checked_sub(first) {
+                    if ended[r].iter().all(Option::is_some) {
+                        round_start[r + 1] = Some(now);
+                    }
+                }
+            }
+            StreamNews::WorkerDied { reason } => crashes.push(reason),
+            _ => {}
+        }
+        None
+    })?;
+    for (i, r) in results.into_iter().enumerate() {
+        r.map_err(|e| anyhow::anyhow!("stream {i}: {e}"))?;
+    }
+    let warmup = spec.warmup.min(spec.runs.saturating_sub(1));
+    let mut aggregate_fps_runs = vec![];
+    let mut per_stream: Vec<Vec<f64>> = vec![vec![]; n];
+    for r in 0..spec.runs {
+        let start = round_start[r].ok_or_else(|| anyhow::anyhow!("round {r} never started"))?;
+        let end = round_start[r + 1].ok_or_else(|| anyhow::anyhow!("round {r} never ended"))?;
+        aggregate_fps_runs.push(frames[r].iter().sum::<usize>() as f64 / (end - start).as_secs_f64());
+        if r >= warmup {
+            for s in 0..n {
+                let own = ended[r][s].expect("every stream ended") - start;
+                per_stream[s].push(frames[r][s] as f64 / own.as_secs_f64());
+            }
+        }
+    }
+    Ok(StreamsResult {
+        streams: n,
+        objects_per_stream: spec.clicks.len(),
+        frames_per_stream: frames[0][0],
+        aggregate_fps: median(&aggregate_fps_runs[warmup..]).unwrap_or(0.0),
+        per_stream_fps: per_stream.iter().map(|v| median(v).unwrap_or(0.0)).collect(),
+        aggregate_fps_runs,
+        crashes,
+    })
+}
+
+/// The terminal line of one stream count, with its ratio to one stream alone.
+pub fn line(spec: &RowSpec, r: &StreamsResult, alone: Option<&StreamsResult>) -> String {
+    let per: Vec<String> = r.per_stream_fps.iter().map(|f| format!("{f:.1}")).collect();
+    let ratio = match alone {
+        Some(a) if a.aggregate_fps > 0.0 => format!(", {:.2}x one stream", r.aggregate_fps / a.aggregate_fps),
+        _ => String::new(),
+    };
+    format!(
+        "streams {} {} {}{}: {} stream(s) x {} object(s), {} frames each: aggregate {:.1} FPS{ratio}; per stream [{}] \
+         FPS{}",
+        spec.size,
+        spec.device,
+        spec.precision,
+        if spec.random_init { " (random-init)" } else { "" },
+        r.streams,
+        r.objects_per_stream,
+        r.frames_per_stream,
+        r.aggregate_fps,
+        per.join(", "),
+        if r.crashes.is_empty() { String::new() } else { format!("; {} crash(es)", r.crashes.len()) }
+    )
+}

@@ -1,0 +1,303 @@
+//! Several videos tracked at once in one worker (issue #18, `supervisor::streams`,
+//! `predictor::streams`): each stream gets the masks it gets alone, a cancelled stream
+//! leaves the others alone, and a worker crash mid-run changes no mask.
+//!
+//! Three clips of different content and length, each with its own journal (objects
+//! prompted on different frames, a box, a reverse pass on one stream), on nudged
+//! random-init weights (`common::present_tiny_checkpoint`, so the masks are not empty) at
+//! model input 256 on the CPU in fp32. "Alone" is `segment --session … --logits` on the
+//! same clip and journal: the ordinary single-session path, objects one by one. "At
+//! once" is the three streams in one worker, their propagations in lockstep (shared
+//! image-encoder batches, every stream's objects in one tracking step).
+//!
+//! The bound: masks (the RLE each frame's result carries) byte-identical; logits within
+//! 1e-3 (the parity journals' bound; at once the objects of all streams go through larger
+//! matrix products, which round differently, measured max |Δ| is printed).
+mod common;
+
+use sam2_tui::supervisor::streams::{self, StreamJob, StreamNews};
+use sam2_tui::supervisor::SupervisorOptions;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const LOGIT_BOUND: f32 = 1e-3;
+
+/// (clip frames, clip offset, journal ops as JSON)
+fn streams_spec() -> Vec<(u32, u32, Vec<&'static str>)> {
+    vec![
+        (
+            8,
+            0,
+            vec![
+                r#"{"op":"add_prompt","frame":0,"object":1,"points":[[30,20,1]]}"#,
+                r#"{"op":"add_prompt","frame":1,"object":2,"box":[60,8,100,48]}"#,
+                r#"{"op":"propagate"}"#,
+                r#"{"op":"propagate","start":6,"reverse":true,"max_frames":3}"#,
+            ],
+        ),
+        (
+            8,
+            5,
+            vec![
+                r#"{"op":"add_prompt","frame":0,"object":1,"points":[[100,40,1]]}"#,
+                r#"{"op":"add_prompt","frame":2,"object":3,"points":[[20,50,1],[40,30,0]]}"#,
+                r#"{"op":"propagate"}"#,
+            ],
+        ),
+        // Shorter: it ends while the others go on.
+        (5, 11, vec![r#"{"op":"add_prompt","frame":0,"object":1,"box":[10,10,60,50]}"#, r#"{"op":"propagate"}"#]),
+    ]
+}
+
+/// Per (object, frame): the mask's RLE (as JSON) and the logits.
+type Results = BTreeMap<(u32, usize), (serde_json::Value, Vec<f32>)>;
+
+struct Setup {
+    dir: PathBuf,
+    checkpoint: PathBuf,
+    clips: Vec<PathBuf>,
+    journals: Vec<Vec<sam2_tui::session::Op>>,
+    /// Each stream's results alone (`segment`).
+    alone: Vec<Results>,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let dir = common::scratch("streams");
+        let checkpoint = common::present_tiny_checkpoint(&common::fixture_cache("objects-independence"));
+        let mut s = Setup { dir, checkpoint, clips: vec![], journals: vec![], alone: vec![] };
+        for (i, (frames, offset, ops)) in streams_spec().into_iter().enumerate() {
+            let clip = s.dir.join(format!("clip{i}.mp4"));
+            common::pattern_clip(&clip, frames, offset);
+            let journal = format!(r#"{{"version":1,"ops":[{}]}}"#, ops.join(","));
+            let session = s.dir.join(format!("journal{i}.json"));
+            std::fs::write(&session, &journal).unwrap();
+            let parsed: sam2_tui::session::Journal = serde_json::from_str(&journal).unwrap();
+            s.journals.push(parsed.ops);
+            let out = s.dir.join(format!("alone{i}"));
+            let o = Command::new(common::bin())
+                .arg("segment")
+                .arg(&clip)
+                .arg("--session")
+                .arg(&session)
+                .arg("--out")
+                .arg(&out)
+                .arg("--checkpoint")
+                .arg(&s.checkpoint)
+                .args(["--device", "cpu", "--image-size", "256", "--logits"])
+                .env("OMP_NUM_THREADS", "2")
+                .env("XDG_DATA_HOME", s.dir.join("data"))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "segment {i} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+            s.alone.push(segment_results(&out));
+            s.clips.push(clip);
+        }
+        s
+    })
+}
+
+/// A `segment` output folder's results.
+fn segment_results(out: &Path) -> Results {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap()).unwrap();
+    let mut r = Results::new();
+    for f in doc["frames"].as_array().unwrap() {
+        let frame = f["frame"].as_u64().unwrap() as usize;
+        for o in f["objects"].as_array().unwrap() {
+            let id = o["id"].as_u64().unwrap() as u32;
+            let logits = npy_f32(&out.join(format!("logits/{id}/{frame:05}.npy")));
+            r.insert((id, frame), (o["rle"].clone(), logits));
+        }
+    }
+    r
+}
+
+/// The data of a float32 `.npy` file (as `media::npy` writes them: version 1, C order).
+fn npy_f32(path: &Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = u16::from_le_bytes([b[8], b[9]]) as usize;
+    b[10 + header..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// What a streams run gave: per stream its results, and the worker deaths it heard of.
+struct Run {
+    streams: Vec<Results>,
+    results: Vec<Result<(), String>>,
+    deaths: Vec<String>,
+    /// The streams whose propagation was cancelled.
+    cancelled: Vec<usize>,
+}
+
+/// The three streams at once in one worker; `env` for the worker, `cancel` = (stream,
+/// at its Nth delivered frame of its propagation).
+fn at_once(name: &str, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> Run {
+    let s = setup();
+    let jobs: Vec<StreamJob> =
+        s.clips.iter().zip(&s.journals).map(|(c, ops)| StreamJob { media: c.clone(), ops: ops.clone() }).collect();
+    run_streams(name, jobs, env, cancel)
+}
+
+/// `jobs` at once in one worker (see `at_once`).
+fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> Run {
+    let s = setup();
+    let dir = s.dir.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = SupervisorOptions::new(s.checkpoint.clone(), None).unwrap();
+    opts.worker_command = vec![common::bin().to_string_lossy().into_owned(), "engine".into()];
+    opts.device = sam2_tui::device::DeviceChoice::Cpu;
+    opts.image_size = 256;
+    opts.session_dir = dir.join("session");
+    opts.set_env("OMP_NUM_THREADS", "2");
+    // A hung worker is found within seconds (heartbeats come twice a second).
+    opts.watchdog.heartbeat_timeout = std::time::Duration::from_secs(3);
+    for (k, v) in env {
+        opts.set_env(k, v);
+    }
+    let logits = dir.join("logits");
+    opts.tuning.logits_dir = Some(logits.clone());
+    let mut masks: Vec<BTreeMap<(u32, usize), serde_json::Value>> = vec![BTreeMap::new(); jobs.len()];
+    let mut deaths = vec![];
+    let mut cancelled = vec![];
+    let mut delivered = vec![0usize; jobs.len()];
+    let results = streams::run(&opts, &jobs, &mut |news| {
+        match news {
+            StreamNews::Frame { stream, op, frame, objects, .. } => {
+                for o in objects {
+                    masks[stream].insert((o.object, frame), serde_json::to_value(&o.rle).unwrap());
+                }
+                if matches!(jobs[stream].ops[op], sam2_tui::session::Op::Propagate { .. }) {
+                    delivered[stream] += 1;
+                    if cancel == Some((stream, delivered[stream])) {
+                        return Some(stream);
+                    }
+                }
+            }
+            StreamNews::OpDone { stream, cancelled: true, .. } => cancelled.push(stream),
+            StreamNews::WorkerDied { reason } => deaths.push(reason),
+            _ => {}
+        }
+        None
+    })
+    .unwrap();
+    let streams = masks
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.into_iter()
+                .map(|((id, frame), rle)| {
+                    let l = npy_f32(&logits.join(format!("{i}/{id}/{frame:05}.npy")));
+                    ((id, frame), (rle, l))
+                })
+                .collect()
+        })
+        .collect();
+    Run { streams, results, deaths, cancelled }
+}
+
+/// `got` holds exactly `want`'s masks (byte for byte) and logits within the bound, on
+/// every (object, frame) of `want`; returns the largest logit difference.
+fn assert_same(what: &str, got: &Results, want: &Results) -> f32 {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: not the same (object, frame) results"
+    );
+    let mut worst = 0f32;
+    for (k, (rle, logits)) in want {
+        let (g_rle, g_logits) = &got[k];
+        assert_eq!(g_rle, rle, "{what}: object {} frame {}: the mask differs", k.0, k.1);
+        assert_eq!(g_logits.len(), logits.len());
+        let d = g_logits.iter().zip(logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        worst = worst.max(d);
+    }
+    assert!(worst <= LOGIT_BOUND, "{what}: max |dlogit| {worst:e} > {LOGIT_BOUND:e}");
+    worst
+}
+
+fn has_foreground(r: &Results) -> bool {
+    r.values().any(|(rle, _)| serde_json::from_value::<sam2_tui::rle::Rle>(rle.clone()).unwrap().area() > 0)
+}
+
+#[test]
+fn three_streams_at_once_give_each_stream_the_masks_it_gets_alone() {
+    let s = setup();
+    let run = at_once("at-once", &[], None);
+    assert!(run.deaths.is_empty() && run.cancelled.is_empty(), "{:?} {:?}", run.deaths, run.cancelled);
+    for (i, (got, want)) in run.streams.iter().zip(&s.alone).enumerate() {
+        assert_eq!(run.results[i], Ok(()), "stream {i}");
+        assert!(has_foreground(want), "stream {i}: empty masks prove nothing");
+        let worst = assert_same(&format!("stream {i}"), got, want);
+        eprintln!("stream {i}: {} results, masks identical, max |dlogit| {worst:e}", want.len());
+    }
+}
+
+#[test]
+fn cancelling_one_stream_leaves_the_others_results_unchanged() {
+    let s = setup();
+    // Stream 0 stops after two frames of its first propagation (its reverse pass still runs).
+    let run = at_once("cancel", &[], Some((0, 2)));
+    for i in [1, 2] {
+        assert_eq!(run.results[i], Ok(()), "stream {i}");
+        assert_same(&format!("stream {i} beside a cancelled one"), &run.streams[i], &s.alone[i]);
+    }
+    assert_eq!(run.cancelled, vec![0], "only stream 0's propagation was cancelled");
+    assert_eq!(run.results[0], Ok(()), "a cancelled propagation is not a failure");
+}
+
+#[test]
+fn a_worker_crash_or_hang_mid_run_gives_every_stream_the_same_masks() {
+    let s = setup();
+    // The worker aborts as a frame 3 is about to be delivered, in the middle of the
+    // lockstep propagation; a new one restores every stream and goes on, and hangs (its
+    // heartbeat too) as a frame 5 is about to be: the watchdog kills it, a third worker
+    // goes on.
+    let run = at_once("crash", &[("SAM2_TUI_FAULT", "abort@frame=3,hang@frame=5")], None);
+    assert_eq!(run.deaths.len(), 2, "a crash and a hang: {:?}", run.deaths);
+    assert!(run.deaths[0].contains("SIGABRT"), "{}", run.deaths[0]);
+    assert!(run.deaths[1].contains("watchdog (no heartbeat"), "{}", run.deaths[1]);
+    for (i, (got, want)) in run.streams.iter().zip(&s.alone).enumerate() {
+        assert_eq!(run.results[i], Ok(()), "stream {i}");
+        assert_same(&format!("stream {i} after a crash"), got, want);
+    }
+}
+
+#[test]
+fn a_stream_whose_input_breaks_mid_run_fails_alone() {
+    let s = setup();
+    // A frame folder whose fifth frame is cut short after its header: the folder opens
+    // (every header is read), the frame fails to decode when the propagation gets there.
+    let broken = s.dir.join("broken-frames");
+    let _ = std::fs::remove_dir_all(&broken);
+    std::fs::create_dir_all(&broken).unwrap();
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(&s.clips[0])
+        .args(["-start_number", "0"])
+        .arg(broken.join("%05d.png"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let cut = broken.join("00004.png");
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..200]).unwrap();
+    let click: sam2_tui::session::Journal = serde_json::from_str(
+        r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"points":[[30,20,1]]},{"op":"propagate"}]}"#,
+    )
+    .unwrap();
+    let jobs = vec![
+        StreamJob { media: broken, ops: click.ops },
+        StreamJob { media: s.clips[1].clone(), ops: s.journals[1].clone() },
+    ];
+    let run = run_streams("broken", jobs, &[], None);
+    let message = run.results[0].as_ref().expect_err("the broken stream fails");
+    eprintln!("the broken stream: {message}");
+    assert!(message.contains("00004.png"), "the error names the broken frame: {message}");
+    let frames: Vec<usize> = run.streams[0].keys().map(|(_, f)| *f).collect();
+    assert_eq!(frames, [0, 1, 2, 3], "the frames before the broken one are delivered");
+    assert!(run.deaths.is_empty(), "{:?}", run.deaths);
+    assert_eq!(run.results[1], Ok(()));
+    assert_same("stream beside a broken one", &run.streams[1], &s.alone[1]);
+}
