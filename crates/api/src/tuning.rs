@@ -87,9 +87,12 @@ pub struct Tuning {
     pub fp32_heads: bool,
     /// `SAM2_TUI_BATCH_OBJECTS`: track all objects of a propagation frame in one batched
     /// pass (one memory attention per group of objects with equal memory lengths, one mask
-    /// decoder and one memory encoder call for all), CPU only for now. Off (the default):
-    /// one object after another, as the reference. Masks agree with it within rounding
-    /// (the parity journals hold both ways to 1e-3 in logits and 99.99 % of pixels).
+    /// decoder and one memory encoder call for all; on CUDA the whole step one graph per
+    /// object count). Off (the default): one object after another, as the reference. On:
+    /// 26 % faster at 16 objects on an H100, a few % on the CPU. The CPU parity journals
+    /// hold both ways to 1e-3 in logits and 99.99 % of pixels; in CUDA bf16 the batched
+    /// masks agree with the one-by-one ones on 99.94 % of pixels (16 objects, 60 frames),
+    /// below that bar, so it stays opt-in.
     pub batch_objects: bool,
     /// `SAM2_TUI_KEEP_FREED`: the worker keeps freed host memory in its heap, so each
     /// frame's large activations are not faulted in again page by page; its resident memory
