@@ -69,8 +69,10 @@ fn cuda_include(lib: &str) -> Option<std::path::PathBuf> {
 fn build_cuda_graph_shim(lib: &str) {
     let shim = "src/cuda/shim.cpp";
     let fused = "src/cuda/fused.cpp";
+    let attention = "src/cuda/attention.cpp";
     println!("cargo:rerun-if-changed={shim}");
     println!("cargo:rerun-if-changed={fused}");
+    println!("cargo:rerun-if-changed={attention}");
     if !std::path::Path::new(&format!("{lib}/libtorch_cuda.so")).exists() {
         return;
     }
@@ -84,6 +86,7 @@ fn build_cuda_graph_shim(lib: &str) {
         .cpp(true)
         .file(shim)
         .file(fused)
+        .file(attention)
         .include(&include)
         .include(&cuda)
         .include("src/shim")

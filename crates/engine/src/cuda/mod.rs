@@ -1,7 +1,9 @@
 //! What tch does not expose of CUDA, through a small C++ shim (`shim.cpp`, compiled by
 //! `build.rs` where libtorch has CUDA and the CUDA headers are present; that build sets
 //! `cfg(sam2_cuda_shim)`): graphs, to replay a frame's kernels as one launch, and
-//! events, to wait for one frame's results while the next frame's kernels run.
+//! events, to wait for one frame's results while the next frame's kernels run; and the
+//! attention kernel for batched memory attention (`attention`).
+pub mod attention;
 pub mod event;
 pub mod fused;
 pub mod graph;

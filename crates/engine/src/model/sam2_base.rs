@@ -151,6 +151,7 @@ impl Sam2Base {
         tuning: &Tuning,
     ) -> anyhow::Result<Sam2Base> {
         crate::cuda::fused::set_enabled(tuning.fused);
+        crate::cuda::attention::set_min_batch(tuning.cudnn_batch);
         crate::cpu::attention::set_enabled(tuning.cpu_attention);
         let fp32_modules = if tuning.fp32_heads { precision.fp32_modules(device) } else { vec![] };
         let params = Params::new(tensors, device, precision.weights_kind(device)).with_fp32_modules(&fp32_modules);
@@ -339,44 +340,108 @@ impl Sam2Base {
         ptrs: &[PointerMemory],
         num_frames: usize,
     ) -> AssembledMemory {
+        self.assemble_memories(&[(spatial, ptrs, num_frames)])
+    }
+
+    /// `assemble_memory` for B objects at once, side by side: `[L, B, 64]` tokens and
+    /// positions, object b's column what `assemble_memory` gives it alone. Each member is
+    /// (spatial memories, pointers, its video's frame count); every member has the same
+    /// number of spatial memories and of pointers (the caller groups them so).
+    /// A few copies for the whole group instead of some forty small ops per object: the
+    /// features of all members go through one `cat`, the pointers through one `stack`, and
+    /// the position encodings (which follow only the memories' temporal slots and the
+    /// pointers' frame distances, the same for objects prompted on the same frames) are
+    /// computed once per distinct layout.
+    pub fn assemble_memories(&self, members: &[(&[SpatialMemory], &[PointerMemory], usize)]) -> AssembledMemory {
         let _g = tch::no_grad_guard();
+        let b = members.len() as i64;
+        let (s, p) = (members[0].0.len() as i64, members[0].1.len() as i64);
+        assert!(
+            members.iter().all(|(sp, pt, _)| sp.len() as i64 == s && pt.len() as i64 == p),
+            "objects assembled together have as many memories and pointers each"
+        );
+        let mut tokens = Vec::new();
+        if s > 0 {
+            // [B·S, 64, e, e] member-major → [S·HW, B, 64].
+            let f: Vec<Tensor> = members
+                .iter()
+                .flat_map(|(sp, _, _)| sp.iter().map(|m| m.features.to_device(self.device).to_kind(self.kind())))
+                .collect();
+            let f = Tensor::cat(&f, 0);
+            let (c, hw) = (f.size()[1], f.size()[2] * f.size()[3]);
+            tokens.push(f.view([b, s, c, hw]).permute([1, 3, 0, 2]).reshape([s * hw, b, c]));
+        }
+        if p > 0 {
+            // Stored pointers may come back from the bank in fp32: compute in the model's
+            // kind. [B·P, 1, 256] member-major → each 256-d pointer four 64-d tokens
+            // [4P, B, 64].
+            let f: Vec<Tensor> = members
+                .iter()
+                .flat_map(|(_, pt, _)| pt.iter().map(|m| m.ptr.to_device(self.device).to_kind(self.kind())))
+                .collect();
+            tokens.push(Tensor::stack(&f, 0).view([b, p, 4, 64]).permute([1, 2, 0, 3]).reshape([4 * p, b, 64]));
+        }
+        let tokens = if tokens.len() == 1 { tokens.pop().unwrap() } else { Tensor::cat(&tokens, 0) };
+        // Position encodings, once per layout (temporal slots, pointer distances and the
+        // pointer count they are scaled by).
+        let layout = |(sp, pt, n): &(&[SpatialMemory], &[PointerMemory], usize)| {
+            let slots = sp.iter().map(|m| m.tpos_index).collect::<Vec<_>>();
+            (slots, pt.iter().map(|m| m.pos).collect::<Vec<_>>(), (*n).min(MAX_OBJ_PTRS))
+        };
+        type Layout = (Vec<usize>, Vec<i64>, usize);
+        let mut seen: Vec<(Layout, Tensor)> = vec![];
+        let mut pos = Vec::with_capacity(members.len());
+        for m in members {
+            let key = layout(m);
+            let t = match seen.iter().find(|(k, _)| *k == key) {
+                Some((_, t)) => t.shallow_clone(),
+                None => {
+                    let t = self.memory_pos(&key.0, &key.1, key.2);
+                    seen.push((key, t.shallow_clone()));
+                    t
+                }
+            };
+            pos.push(t);
+        }
+        let pos = if seen.len() == 1 {
+            let one = pos.swap_remove(0);
+            if b == 1 {
+                one
+            } else {
+                one.expand([-1, b, -1], false)
+            }
+        } else {
+            Tensor::cat(&pos, 1)
+        };
+        AssembledMemory { tokens, pos, num_ptr_tokens: 4 * p }
+    }
+
+    /// The position encodings `[L, 1, 64]` of one object's memory tokens: each spatial
+    /// memory's (the encoder's sine encoding plus its temporal slot's embedding), then
+    /// each pointer's four tokens (its frame distance, sine-encoded and projected).
+    fn memory_pos(&self, tpos_indices: &[usize], ptr_pos: &[i64], num_frames: usize) -> Tensor {
         let b = 1;
         let mem_pos_base = self.memory_encoder.pos().flatten(2, -1).permute([2, 0, 1]);
-        let mut mem = Vec::new();
-        let mut mem_pos = Vec::new();
-        for m in spatial {
-            mem.push(m.features.to_device(self.device).to_kind(self.kind()).flatten(2, -1).permute([2, 0, 1]));
-            mem_pos.push(&mem_pos_base + self.maskmem_tpos_enc.get(m.tpos_index as i64));
-        }
-        let mut num_ptr_tokens = 0;
-        if !ptrs.is_empty() {
+        let mut mem_pos: Vec<Tensor> =
+            tpos_indices.iter().map(|&i| &mem_pos_base + self.maskmem_tpos_enc.get(i as i64)).collect();
+        if !ptr_pos.is_empty() {
             let max_ptrs = num_frames.min(MAX_OBJ_PTRS) as f64;
-            // Stored pointers may come back from the bank in fp32: compute in the model's kind.
-            let obj_ptrs = Tensor::stack(
-                &ptrs.iter().map(|p| p.ptr.to_device(self.device).to_kind(self.kind())).collect::<Vec<_>>(),
-                0,
-            ); // [P,1,256]
-            let n = ptrs.len() as i64;
+            let n = ptr_pos.len() as i64;
             let obj_pos = match &self.obj_ptr_tpos_proj {
                 Some(proj) => {
-                    let pos: Vec<i64> = ptrs.iter().map(|p| p.pos).collect();
                     // Non-blocking: a blocking upload would wait for every queued kernel.
-                    let pos =
-                        Tensor::from_slice(&pos).to_device_(self.device, Kind::Int64, true, false).to_kind(Kind::Float)
-                            / (max_ptrs - 1.0);
+                    let pos = Tensor::from_slice(ptr_pos)
+                        .to_device_(self.device, Kind::Int64, true, false)
+                        .to_kind(Kind::Float)
+                        / (max_ptrs - 1.0);
                     let pe = sine_1d(&pos, 256).to_kind(self.kind());
                     proj.forward(&pe).unsqueeze(1).expand([n, b, 64], false)
                 }
                 None => Tensor::zeros([n, b, 64], (self.kind(), self.device)),
             };
-            // Each 256-d pointer becomes four 64-d tokens.
-            let obj_ptrs = obj_ptrs.reshape([-1, b, 4, 64]).permute([0, 2, 1, 3]).flatten(0, 1);
-            let obj_pos = obj_pos.repeat_interleave_self_int(4, 0, None);
-            num_ptr_tokens = obj_ptrs.size()[0];
-            mem.push(obj_ptrs);
-            mem_pos.push(obj_pos);
+            mem_pos.push(obj_pos.repeat_interleave_self_int(4, 0, None));
         }
-        AssembledMemory { tokens: Tensor::cat(&mem, 0), pos: Tensor::cat(&mem_pos, 0), num_ptr_tokens }
+        Tensor::cat(&mem_pos, 0)
     }
 
     /// Memory attention of the current frame's features over assembled memory tokens.

@@ -40,7 +40,12 @@ impl Attention {
         let q = self.separate(&self.q_proj.forward(q));
         let k = self.separate(&self.k_proj.forward(k));
         let v = self.separate(&self.v_proj.forward(v));
-        self.out_proj.forward(&Self::recombine(&sdpa(&q, &k, &v)))
+        self.out_proj.forward(&Self::recombine(&Self::attend(&q, &k, &v)))
+    }
+
+    /// SDPA, or cuDNN's kernel for a batch of memory attentions on CUDA (`cuda::attention`).
+    fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        crate::cuda::attention::cudnn(q, k, v).unwrap_or_else(|| sdpa(q, k, v))
     }
 
     /// Keys and values projected once, for callers that attend to the same memory many
@@ -70,7 +75,7 @@ impl Attention {
             return out;
         }
         let v = self.separate(&self.v_proj.forward(v));
-        Self::recombine(&sdpa(q, &k, &v))
+        Self::recombine(&Self::attend(q, &k, &v))
     }
 
     /// One head on the CPU: the attention over the unprojected values, `v_proj` after it

@@ -16,7 +16,7 @@
 //! object's own tokens. The numbers differ from the loop's only by the rounding of
 //! larger matrix products; the parity journals hold both paths to the same bounds.
 use super::memory_bank::Entry;
-use super::video_predictor::VideoPredictor;
+use super::video_predictor::{ChosenMemories, VideoPredictor};
 use crate::model::sam2_base::{AssembledMemory, FrameFeatures};
 use sam2_api::session::ObjectId;
 use std::time::Instant;
@@ -43,26 +43,32 @@ impl VideoPredictor {
         }
         let feats = self.get_image_feature(frame)?;
         let t = Instant::now();
-        let mut memories = Vec::with_capacity(ids.len());
+        let mut chosen = Vec::with_capacity(ids.len());
         for &id in ids {
-            memories.push(self.prepare_memory_conditioned_features(id, frame, reverse)?);
+            chosen.push(self.choose_memories(id, frame, reverse)?);
         }
-        // Groups of equal memory length and pointer-token count, in order of appearance.
-        let mut groups: Vec<((i64, i64), Vec<usize>)> = vec![];
-        for (i, m) in memories.iter().enumerate() {
-            let key = (m.tokens.size()[0], m.num_ptr_tokens);
-            match groups.iter_mut().find(|(k, _)| *k == key) {
+        // Groups with as many memories and pointers each (so equal memory lengths and
+        // pointer-token counts), in order of appearance, each assembled side by side.
+        let mut groups: Vec<((usize, usize), Vec<usize>)> = vec![];
+        for (i, c) in chosen.iter().enumerate() {
+            match groups.iter_mut().find(|(k, _)| *k == c.counts()) {
                 Some((_, members)) => members.push(i),
-                None => groups.push((key, vec![i])),
+                None => groups.push((c.counts(), vec![i])),
             }
         }
+        let memories: Vec<(AssembledMemory, &[usize])> = groups
+            .iter()
+            .map(|(_, members)| {
+                let all: Vec<&ChosenMemories> = members.iter().map(|&i| &chosen[i]).collect();
+                (ChosenMemories::assemble_group(&self.model, &all), members.as_slice())
+            })
+            .collect();
         if self.graphs.track_enabled() {
-            return Ok(self.track_groups_graphed(&feats, &memories, &groups, t));
+            return Ok(self.track_groups_graphed(&feats, &memories, ids.len(), t));
         }
         let mut pix: Vec<Option<Tensor>> = ids.iter().map(|_| None).collect();
-        for ((_, num_ptr_tokens), members) in &groups {
-            let (tokens, pos) = group_memories(&memories, members);
-            let out = self.model.attend_memory_batched(&feats, &tokens, &pos, *num_ptr_tokens);
+        for (memory, members) in &memories {
+            let out = self.model.attend_memory_batched(&feats, &memory.tokens, &memory.pos, memory.num_ptr_tokens);
             for (j, &i) in members.iter().enumerate() {
                 pix[i] = Some(out.narrow(0, j as i64, 1));
             }
@@ -99,15 +105,14 @@ impl VideoPredictor {
     fn track_groups_graphed(
         &mut self,
         feats: &FrameFeatures,
-        memories: &[AssembledMemory],
-        groups: &[((i64, i64), Vec<usize>)],
+        groups: &[(AssembledMemory, &[usize])],
+        objects: usize,
         t: Instant,
     ) -> Vec<Entry> {
-        let mut entries: Vec<Option<Entry>> = memories.iter().map(|_| None).collect();
-        for ((_, num_ptr_tokens), members) in groups {
-            let (tokens, pos) = group_memories(memories, members);
+        let mut entries: Vec<Option<Entry>> = (0..objects).map(|_| None).collect();
+        for (memory, members) in groups {
             let [low, ptr, score, maskmem] =
-                self.graphs.track_step_batched(&self.model, feats, &tokens, &pos, *num_ptr_tokens);
+                self.graphs.track_step_batched(&self.model, feats, &memory.tokens, &memory.pos, memory.num_ptr_tokens);
             for (j, &i) in members.iter().enumerate() {
                 entries[i] = Some(Entry {
                     maskmem: Some(one(&maskmem, j)),
@@ -121,13 +126,6 @@ impl VideoPredictor {
         self.timings.memory_attention_ms += ms(t);
         entries.into_iter().map(|e| e.expect("every object in a group")).collect()
     }
-}
-
-/// The memories of a group's members side by side, `[L, B, 64]` (tokens and positions).
-fn group_memories(memories: &[AssembledMemory], members: &[usize]) -> (Tensor, Tensor) {
-    let tokens: Vec<&Tensor> = members.iter().map(|&i| &memories[i].tokens).collect();
-    let pos: Vec<&Tensor> = members.iter().map(|&i| &memories[i].pos).collect();
-    (Tensor::cat(&tokens, 1), Tensor::cat(&pos, 1))
 }
 
 /// Object `i`'s slice of a batched output as a tensor of its own (the bank keeps the

@@ -29,8 +29,9 @@
 use super::graphs::Graphs;
 use super::memory_bank::{Entry, Slot};
 use super::pipeline::{self, Tracked};
+use super::video_predictor::ChosenMemories;
 use super::{FrameOutput, VideoPredictor};
-use crate::model::sam2_base::{AssembledMemory, FrameFeatures};
+use crate::model::sam2_base::FrameFeatures;
 use sam2_api::events::StageTimings;
 use sam2_api::session::{ObjectId, Op};
 use std::collections::VecDeque;
@@ -70,7 +71,7 @@ impl Lane {
 struct Pair {
     lane: usize,
     id: ObjectId,
-    memory: AssembledMemory,
+    memory: ChosenMemories,
 }
 
 /// Propagates every pass in lockstep; one result per pass, in order. Each pass runs as
@@ -213,7 +214,7 @@ fn step(
         let video = &mut *passes[*l].video;
         let mut mine = vec![];
         for &id in to_track {
-            match video.prepare_memory_conditioned_features(id, t.frame, t.reverse) {
+            match video.choose_memories(id, t.frame, t.reverse) {
                 Ok(memory) => mine.push(Pair { lane: *l, id, memory }),
                 Err(e) => {
                     failed.push((*l, e));
@@ -271,28 +272,27 @@ fn track_pairs(
             begun[p.lane] = Some(model.track_begin(&feat(p.lane).feat, &feat(p.lane).pos));
         }
     }
-    // Groups of equal memory length and pointer-token count, in order of appearance.
-    let mut groups: Vec<((i64, i64), Vec<usize>)> = vec![];
+    // Groups with as many memories and pointers each (so equal memory lengths and
+    // pointer-token counts), in order of appearance, each assembled side by side.
+    let mut groups: Vec<((usize, usize), Vec<usize>)> = vec![];
     for (i, p) in pairs.iter().enumerate() {
-        let key = (p.memory.tokens.size()[0], p.memory.num_ptr_tokens);
-        match groups.iter_mut().find(|(k, _)| *k == key) {
+        match groups.iter_mut().find(|(k, _)| *k == p.memory.counts()) {
             Some((_, members)) => members.push(i),
-            None => groups.push((key, vec![i])),
+            None => groups.push((p.memory.counts(), vec![i])),
         }
     }
     let e = feat(pairs[0].lane).feat.size()[2];
     let mut pix: Vec<Option<Tensor>> = pairs.iter().map(|_| None).collect();
-    for ((_, num_ptr_tokens), members) in &groups {
-        let cat = |f: &dyn Fn(&Pair) -> Tensor, dim: i64| {
-            Tensor::cat(&members.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>(), dim)
-        };
+    for (_, members) in &groups {
+        let cat =
+            |f: &dyn Fn(&Pair) -> Tensor| Tensor::cat(&members.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>(), 0);
         let started = (
-            cat(&|p| begun[p.lane].as_ref().unwrap().0.shallow_clone(), 0),
-            cat(&|p| begun[p.lane].as_ref().unwrap().1.shallow_clone(), 0),
+            cat(&|p| begun[p.lane].as_ref().unwrap().0.shallow_clone()),
+            cat(&|p| begun[p.lane].as_ref().unwrap().1.shallow_clone()),
         );
-        let tokens = cat(&|p| p.memory.tokens.shallow_clone(), 1);
-        let pos = cat(&|p| p.memory.pos.shallow_clone(), 1);
-        let out = model.attend_memory_begun(started, &tokens, &pos, *num_ptr_tokens, e);
+        let all: Vec<&ChosenMemories> = members.iter().map(|&i| &pairs[i].memory).collect();
+        let memory = ChosenMemories::assemble_group(model, &all);
+        let out = model.attend_memory_begun(started, &memory.tokens, &memory.pos, memory.num_ptr_tokens, e);
         for (j, &i) in members.iter().enumerate() {
             pix[i] = Some(out.narrow(0, j as i64, 1));
         }

@@ -493,6 +493,15 @@ impl VideoPredictor {
         frame: usize,
         reverse: bool,
     ) -> anyhow::Result<AssembledMemory> {
+        let chosen = self.choose_memories(id, frame, reverse)?;
+        let (spatial, ptrs) = chosen.views();
+        Ok(self.model.assemble_memory(&spatial, &ptrs, self.num_frames))
+    }
+
+    /// The memories `prepare_memory_conditioned_features` assembles for `id` on `frame`:
+    /// its conditioning frames' and the last frames' spatial memories with their temporal
+    /// slots, and the object pointers with their frame distances.
+    pub(super) fn choose_memories(&self, id: ObjectId, frame: usize, reverse: bool) -> anyhow::Result<ChosenMemories> {
         let cond = self.bank.cond_frames(id);
         anyhow::ensure!(!cond.is_empty(), "object {id} has no conditioning frame");
         let mut spatial_entries: Vec<(usize, Rc<Entry>)> = Vec::new();
@@ -529,13 +538,8 @@ impl VideoPredictor {
                 ptr_entries.push((t_diff as i64, e));
             }
         }
-        let spatial: Vec<SpatialMemory> = spatial_entries
-            .iter()
-            .filter_map(|(i, e)| e.maskmem.as_ref().map(|m| SpatialMemory { features: m, tpos_index: *i }))
-            .collect();
-        let ptrs: Vec<PointerMemory> =
-            ptr_entries.iter().map(|(pos, e)| PointerMemory { ptr: &e.obj_ptr, pos: *pos }).collect();
-        Ok(self.model.assemble_memory(&spatial, &ptrs, self.num_frames))
+        spatial_entries.retain(|(_, e)| e.maskmem.is_some());
+        Ok(ChosenMemories { spatial: spatial_entries, ptrs: ptr_entries, num_frames: self.num_frames })
     }
 
     /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
@@ -680,4 +684,40 @@ impl Propagation for VideoPredictor {
 
 fn ms(t: Instant) -> f32 {
     t.elapsed().as_secs_f32() * 1000.0
+}
+
+/// One object's memories for a frame, chosen from the bank (see `choose_memories`):
+/// spatial memories (each with its temporal slot, all with features) and object pointers
+/// (each with its frame distance), and its video's frame count.
+pub(super) struct ChosenMemories {
+    spatial: Vec<(usize, Rc<Entry>)>,
+    ptrs: Vec<(i64, Rc<Entry>)>,
+    num_frames: usize,
+}
+
+impl ChosenMemories {
+    /// Their layout: (spatial memories, pointers), what objects assembled together share.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        (self.spatial.len(), self.ptrs.len())
+    }
+
+    /// Them as the model's memory views.
+    pub(super) fn views(&self) -> (Vec<SpatialMemory<'_>>, Vec<PointerMemory<'_>>) {
+        let spatial = self
+            .spatial
+            .iter()
+            .filter_map(|(i, e)| e.maskmem.as_ref().map(|m| SpatialMemory { features: m, tpos_index: *i }))
+            .collect();
+        let ptrs = self.ptrs.iter().map(|(pos, e)| PointerMemory { ptr: &e.obj_ptr, pos: *pos }).collect();
+        (spatial, ptrs)
+    }
+
+    /// Several objects' memories assembled side by side (`Sam2Base::assemble_memories`);
+    /// every one of `all` has the same `counts`.
+    pub(super) fn assemble_group(model: &Sam2Base, all: &[&ChosenMemories]) -> AssembledMemory {
+        let views: Vec<_> = all.iter().map(|c| (c.views(), c.num_frames)).collect();
+        let members: Vec<(&[SpatialMemory], &[PointerMemory], usize)> =
+            views.iter().map(|((s, p), n)| (s.as_slice(), p.as_slice(), *n)).collect();
+        model.assemble_memories(&members)
+    }
 }
