@@ -25,6 +25,7 @@
 #                   cuda with the first a warm-up, 1 on cpu)
 #   STRICT_FP32     if 1, no TF32 on either side (SAM2_TUI_TF32=0, REF_TF32=0): a CUDA
 #                   parity check rather than a speed run
+#   REF_LAST        0: skip the reference's second pass (after ours); default 1
 #   MASKS_FROM_PASS if set, the first reference pass also saves its masks (every object's)
 #                   and every sam2-tui precision is compared pixel-wise with the reference's
 #   PREPARE_ONLY    if 1, only write the frames and the checkpoint (for other harnesses)
@@ -176,7 +177,7 @@ rm -f "$WORK"/ref-masks-"$SIZE"-"$DEVICE"-*.npz
 for n in $OBJECTS; do
     for p in $REF_PRECISIONS; do run_reference 1 "$p" "$n"; done
     for p in $PRECISIONS; do run_ours "$p" "$n"; done
-    for p in $REF_PRECISIONS; do run_reference 2 "$p" "$n"; done
+    [ "${REF_LAST:-1}" = 0 ] || for p in $REF_PRECISIONS; do run_reference 2 "$p" "$n"; done
 done
 echo "side-by-side: load $(cut -d' ' -f1-3 /proc/loadavg) after the last run"
 
