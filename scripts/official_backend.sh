@@ -137,22 +137,7 @@ make_data() {
     local ckpt=$APP_ROOT/checkpoints/sam2.1_hiera_tiny.pt
     [ -f "$ckpt" ] && return 0
     log "writing a random-init sam2.1_hiera_tiny checkpoint with the official package"
-    "$MAIN_VENV/bin/python" - "$ckpt" <<'EOF'
-import os, sys
-import torch
-from sam2.build_sam import build_sam2
-ckpt = sys.argv[1]
-torch.manual_seed(0)
-model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
-sd = model.state_dict()
-# As tests/fixtures and scripts/bench_side_by_side.sh do: plain random init says "no
-# object" on every frame (empty masks prove nothing); same shapes, same cost.
-sd["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] += 3.0
-for i in range(4):
-    sd[f"sam_mask_decoder.output_hypernetworks_mlps.{i}.layers.2.weight"] *= 8.0
-torch.save({"model": sd}, ckpt + ".partial")
-os.replace(ckpt + ".partial", ckpt)
-EOF
+    "$MAIN_VENV/bin/python" "$HERE/random_checkpoint.py" tiny "$ckpt"
 }
 
 # Our wrapper module (not official code): applies the opt-in CPU hole filling, then

@@ -18,7 +18,6 @@
 //! "bilinear", align_corners=False)`, float32, the same arithmetic) and thresholded at 0.
 use sam2_api::rle::Rle;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 /// A session whose engine reads S×S frames; masks come back through the logits.
 #[derive(Clone, Debug)]
@@ -34,25 +33,15 @@ pub struct Decoded {
 /// Writes every frame of `video` into `dest` as S×S RGB PNGs, scaled as decord does.
 pub async fn extract(ffmpeg: &Path, video: &Path, dest: &Path, side: u32) -> Result<usize, String> {
     tokio::fs::create_dir_all(dest).await.map_err(|e| format!("{}: {e}", dest.display()))?;
-    let out = tokio::process::Command::new(ffmpeg)
+    let mut command = tokio::process::Command::new(ffmpeg);
+    command
         .args(["-nostdin", "-loglevel", "error", "-i"])
         .arg(video)
         .args(["-map", "0:v:0", "-fps_mode", "passthrough", "-vf"])
         .arg(format!("scale={side}:{side}:flags=bilinear"))
         .args(["-pix_fmt", "rgb24", "-compression_level", "1", "-start_number", "0", "-f", "image2"])
-        .arg(dest.join("%05d.png"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", ffmpeg.display()))?;
-    if !out.status.success() {
-        let why = String::from_utf8_lossy(&out.stderr);
-        let last = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        return Err(format!("cannot decode the video: {last}"));
-    }
+        .arg(dest.join("%05d.png"));
+    crate::ffmpeg::run(ffmpeg, command, "cannot decode the video").await?;
     let n = std::fs::read_dir(dest).map(|d| d.flatten().count()).unwrap_or(0);
     if n == 0 {
         return Err("cannot decode the video: it has no frames".into());

@@ -17,6 +17,7 @@
 //! * `operator` — what the server is doing, published for an operator view, and the
 //!   operator's controls (switch settings, drain, stop); also the log.
 pub mod data;
+pub mod ffmpeg;
 pub mod frames;
 pub mod http;
 pub mod log;

@@ -209,7 +209,8 @@ async fn transcode(
     h: u32,
 ) -> Result<(), String> {
     // The official's command line (data/transcoder.py), threads as its default.
-    let status = tokio::process::Command::new(ffmpeg)
+    let mut command = tokio::process::Command::new(ffmpeg);
+    command
         .args([
             "-nostdin",
             "-loglevel",
@@ -226,19 +227,8 @@ async fn transcode(
         .args(["-threads", "1", "-vf", &format!("fps=24,scale={w}:{h},setsar=1:1")])
         .args(["-c:v", "libx264", "-crf", "23", "-pix_fmt", "yuv420p", "-threads", "1"])
         .arg(output)
-        .arg("-y")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", ffmpeg.display()))?;
-    if !status.status.success() {
-        let why = String::from_utf8_lossy(&status.stderr);
-        let last = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-        return Err(format!("transcoding failed: {last}"));
-    }
+        .arg("-y");
+    crate::ffmpeg::run(ffmpeg, command, "transcoding failed").await?;
     Ok(())
 }
 
