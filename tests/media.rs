@@ -106,6 +106,62 @@ fn mp4_frames_count_size_and_pixels_match_ffmpeg() {
     }
 }
 
+/// What the reference's video predictor reads from an `.mp4`: decord scales each decoded
+/// picture straight to S×S with swscale's bilinear filter; the `ffmpeg` CLI's
+/// `scale=S:S:flags=bilinear` to RGB24 gives decord's bytes (checked against decord when
+/// `serve`'s frame extraction was built on it, see crates/serve/src/frames.rs).
+fn decord_rgb_frames(path: &Path, side: usize) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i", path.to_str().unwrap()])
+        .args(["-vf", &format!("scale={side}:{side}:flags=bilinear"), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout.chunks(side * side * 3).map(|c| c.to_vec()).collect()
+}
+
+#[test]
+fn video_frames_scaled_for_the_model_are_decords_and_the_full_size_frames_stay_as_they_were() {
+    let dir = scratch("media_decord_scaling");
+    // A small clip at two model sides (up and down), and an HD one tagged BT.709.
+    let small = test_clip(&dir, "small.mp4", 6, &["-pix_fmt", "yuv420p"]);
+    let hd = dir.join("hd.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=24",
+        "-frames:v",
+        "4",
+        "-pix_fmt",
+        "yuv420p",
+        "-colorspace",
+        "bt709",
+        hd.to_str().unwrap(),
+    ]);
+    for (clip, (w, h), side) in [(&small, (320, 240), 256), (&small, (320, 240), 512), (&hd, (1280, 720), 1024)] {
+        let mut src = media::open(clip).unwrap();
+        assert!(src.scale_for_model(side as u32), "a video file scales frames for the model");
+        let want = decord_rgb_frames(clip, side);
+        let full = ffmpeg_rgb_frames(clip, w, h);
+        // Backwards, so the decoder's seek-and-window path is covered too.
+        for i in (0..want.len()).rev() {
+            let got = src.model_frame(i).unwrap().expect("a model-side frame");
+            assert_eq!(got.dimensions(), (side as u32, side as u32));
+            let diff = max_abs_diff(got.as_raw(), &want[i]);
+            assert_eq!(diff, 0, "{}: frame {i} at {side}: differs from decord's scaling by up to {diff}", clip.display());
+            assert_eq!(max_abs_diff(src.frame(i).unwrap().as_raw(), &full[i]), 0, "full-size frame {i} changed");
+        }
+    }
+    // Frame folders have no such scaling: the reference resizes those with Pillow.
+    let folder = dir.join("frames");
+    std::fs::create_dir_all(&folder).unwrap();
+    solid_png(&folder.join("00000.png"), 9);
+    let mut src = media::open(&folder).unwrap();
+    assert!(!src.scale_for_model(256));
+    assert!(src.model_frame(0).unwrap().is_none());
+}
+
 #[test]
 fn mkv_and_webm_frame_counts_are_exact() {
     let dir = scratch("media_containers");

@@ -50,6 +50,11 @@ pub struct Args {
     /// on about 1 % of the pixels at object edges.
     #[arg(long)]
     pub engine_decode: bool,
+    /// Extract each session's frames, scaled as the official's decord does, with the
+    /// `ffmpeg` CLI (S×S PNGs; masks read back from the worker's logits), instead of the
+    /// engine scaling them that way itself. What a binary built without FFmpeg always does.
+    #[arg(long, conflicts_with = "engine_decode")]
+    pub extract_frames: bool,
     /// Spare workers kept started with the model loaded, so a new session starts without
     /// a process start and a model load (0: none; each holds a model's memory).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
@@ -110,6 +115,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     opts.max_upload_seconds = a.max_upload_seconds;
     opts.max_upload_input_seconds = a.max_upload_input_seconds;
     opts.official_decode = !a.engine_decode;
+    // A binary with FFmpeg scales video frames as decord does in its workers; one without
+    // has the `ffmpeg` CLI extract them.
+    opts.engine_decord = cfg!(feature = "video") && !a.extract_frames;
     opts.warm_workers = a.warm_workers as usize;
     if a.console {
         return with_console(opts, &cfg);

@@ -60,6 +60,10 @@ pub struct ServeOptions {
     /// Decode video files as the official backend does (decord's bilinear scaling, see
     /// `frames`), so masks match its own; false: the engine's decoder (Pillow's bicubic).
     pub official_decode: bool,
+    /// The engine scales video files' frames as decord does itself (built with FFmpeg):
+    /// `official_decode` then extracts no frames. False: they are extracted with the
+    /// `ffmpeg` CLI (`frames`), for a binary built without FFmpeg.
+    pub engine_decord: bool,
     /// Spare workers kept started with the model loaded, so that `startSession` costs
     /// no process start nor model load (0: none).
     pub warm_workers: usize,
@@ -85,6 +89,7 @@ impl ServeOptions {
             max_upload_seconds: 10.0,
             max_upload_input_seconds: 600.0,
             official_decode: true,
+            engine_decord: false,
             warm_workers: 1,
             ffmpeg: "ffmpeg".into(),
             ffprobe: "ffprobe".into(),
@@ -158,6 +163,7 @@ pub async fn serve_on(
             max_sessions: opts.max_sessions,
             idle_timeout: opts.idle_timeout,
             official_decode: opts.official_decode,
+            engine_decord: opts.engine_decord,
             warm_workers: opts.warm_workers,
             ffmpeg: opts.ffmpeg.clone(),
             ffprobe: opts.ffprobe.clone(),

@@ -33,6 +33,10 @@ pub struct SessionsConfig {
     pub idle_timeout: Duration,
     /// Video files are decoded as the official does (see `frames`), or by the engine.
     pub official_decode: bool,
+    /// The workers' engine can scale video files' frames as decord does itself (it is
+    /// built with FFmpeg: the `decord_video` knob); then `official_decode` needs no frame
+    /// extraction: the worker opens the video and its masks are the official's.
+    pub engine_decord: bool,
     /// Workers kept started, model loaded, for the next sessions (video files, decoded
     /// as the official does): a session then starts without a process start and a model
     /// load.
@@ -245,8 +249,12 @@ impl Sessions {
         opts.session_dir = session_dir.clone();
         opts.media = None;
         opts.initial_ops = vec![];
-        opts.tuning.logits_dir = Some(logits.clone());
-        opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
+        if self.cfg.engine_decord {
+            scale_like_decord(&mut opts);
+        } else {
+            opts.tuning.logits_dir = Some(logits.clone());
+            opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
+        }
         let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
         let mut handle = sam2_supervisor::start(opts).map_err(|e| {
             sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
@@ -282,9 +290,11 @@ impl Sessions {
     async fn start_reserved(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
         let started = Instant::now();
         let id = uuid::Uuid::new_v4().to_string();
-        let decode = self.cfg.official_decode && media.is_file();
+        // As the official reads it: through extracted frames, or by the engine itself.
+        let official = self.cfg.official_decode && media.is_file();
+        let decode = official && !self.cfg.engine_decord;
         let generation = self.generation.load(Ordering::SeqCst);
-        let warm = if decode { self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        let warm = if official { self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
         // One loaded before a switch is not what this session must get.
         let warm = match warm {
             Some(w) if w.generation != generation => {
@@ -334,6 +344,9 @@ impl Sessions {
             opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
             opts.media = Some(frames_dir);
             decoded = Some(crate::frames::Decoded { logits, width: w as u32, height: h as u32, side });
+        } else if official {
+            scale_like_decord(&mut opts);
+            opts.media = Some(media);
         } else {
             // No logits wanted: an inherited SAM2_TUI_LOGITS_DIR must not make the worker
             // write them (an empty value is no directory, as for `segment`).
@@ -583,6 +596,16 @@ impl Sessions {
 }
 
 /// The settings a supervisor's options ask for.
+/// A worker that reads video files as the official does by itself (`decord_video`), and
+/// writes no logits (its masks are the ones served). Set in the worker's environment too,
+/// which wins there over an inherited `SAM2_TUI_*`.
+fn scale_like_decord(opts: &mut SupervisorOptions) {
+    opts.tuning.decord_video = true;
+    opts.set_env("SAM2_TUI_DECORD_VIDEO", "1");
+    opts.tuning.logits_dir = None;
+    opts.set_env("SAM2_TUI_LOGITS_DIR", "");
+}
+
 pub fn settings_of(o: &SupervisorOptions) -> Settings {
     Settings { model: o.size, device: o.device, precision: o.precision }
 }

@@ -40,6 +40,18 @@ pub trait FrameSource: Send {
     fn fps(&self) -> f32;
     /// Decodes frame `index`.
     fn frame(&mut self, index: usize) -> anyhow::Result<image::RgbImage>;
+    /// Asks for every frame also at the model's `side`×`side`, scaled as the reference's
+    /// video predictor reads this kind of input, where that differs from resizing the
+    /// full-size frame (a video file: decord's straight bilinear scaling, see
+    /// `video.rs`). False where it does not (frame folders, images: the reference resizes
+    /// those with Pillow, as the preprocessing does).
+    fn scale_for_model(&mut self, _side: u32) -> bool {
+        false
+    }
+    /// Frame `index` at the side `scale_for_model` asked for (None where it was not).
+    fn model_frame(&mut self, _index: usize) -> anyhow::Result<Option<image::RgbImage>> {
+        Ok(None)
+    }
 }
 
 /// Opens a video file, a frame folder or a single image. What it is is decided by the

@@ -52,8 +52,12 @@ struct Plan {
 struct Job {
     generation: u64,
     index: usize,
-    image: anyhow::Result<RgbImage>,
+    image: anyhow::Result<Decoded>,
 }
+
+/// A decoded frame, and the same frame already at the model's side where the source
+/// scales it so itself (`FrameSource::scale_for_model`).
+type Decoded = (RgbImage, Option<RgbImage>);
 
 struct Ready {
     generation: u64,
@@ -73,8 +77,13 @@ struct Prep {
 }
 
 impl Prep {
-    fn frame(&self, index: usize, image: RgbImage) -> Frame {
-        let pixels = preprocess::to_model_pixels_on(&image, self.size, self.resize_threads);
+    fn frame(&self, index: usize, (image, scaled): Decoded) -> Frame {
+        let pixels = match scaled {
+            Some(s) if s.dimensions() == (self.size, self.size) => {
+                tch::Tensor::from_slice(s.as_raw()).reshape([1, self.size as i64, self.size as i64, 3])
+            }
+            _ => preprocess::to_model_pixels_on(&image, self.size, self.resize_threads),
+        };
         let pixels = match self.pin_for {
             // Pinning needs a working CUDA runtime; if it fails, pageable memory still works.
             Some(dev) => pixels.f_pin_memory(dev).unwrap_or(pixels),
@@ -84,9 +93,10 @@ impl Prep {
     }
 }
 
-fn decode(source: &Shared, index: usize) -> anyhow::Result<RgbImage> {
+fn decode(source: &Shared, index: usize) -> anyhow::Result<Decoded> {
     let mut src = source.lock().map_err(|_| anyhow::anyhow!("frame source poisoned by a panic"))?;
-    src.frame(index)
+    let image = src.frame(index)?;
+    Ok((image, src.model_frame(index)?))
 }
 
 fn load(source: &Shared, index: usize, prep: Prep) -> anyhow::Result<Frame> {

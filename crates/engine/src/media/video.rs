@@ -60,10 +60,20 @@ struct FrameTable {
     count: usize,
 }
 
-/// The software scaler converting decoded pictures to RGB24.
+/// A software scaler converting decoded pictures to RGB24 of one size.
 struct Rgb {
     ctx: scaling::Context,
-    key: (format::Pixel, u32, u32, i32, bool),
+    key: (format::Pixel, u32, u32, i32, bool, u32, u32),
+}
+
+/// A decoded frame in RGB: at the video's size and, where asked for (`scale_for_model`),
+/// at the model's S×S as the reference's video predictor reads a video file: decord asks
+/// FFmpeg to scale each decoded picture straight to S×S (swscale, bilinear), where frame
+/// folders go through Pillow's bicubic resize of the full-size image.
+#[derive(Clone)]
+struct Pictures {
+    image: RgbImage,
+    model: Option<RgbImage>,
 }
 // SAFETY: an SwsContext has no thread affinity; it is owned by one `VideoFile` and only
 // ever used through `&mut`, so moving it to another thread is sound.
@@ -75,6 +85,9 @@ pub struct VideoFile {
     stream: usize,
     decoder: decoder::Video,
     rgb: Option<Rgb>,
+    /// The scaler to the model's side, and that side, once `scale_for_model` asked.
+    scaled: Option<Rgb>,
+    model_side: Option<u32>,
     size: (u32, u32),
     fps: f32,
     table: FrameTable,
@@ -82,9 +95,9 @@ pub struct VideoFile {
     next: Option<usize>,
     /// Decoder has been sent end-of-stream.
     draining: bool,
-    last: Option<(usize, RgbImage)>,
+    last: Option<(usize, Pictures)>,
     /// Frames decoded on the way to a backwards target, kept for the reads that follow.
-    window: Vec<(usize, RgbImage)>,
+    window: Vec<(usize, Pictures)>,
     window_cap: usize,
 }
 
@@ -165,6 +178,8 @@ impl VideoFile {
             stream,
             decoder,
             rgb: None,
+            scaled: None,
+            model_side: None,
             size,
             fps,
             table,
@@ -258,60 +273,15 @@ impl VideoFile {
         }
     }
 
-    fn convert_to_rgb(&mut self, picture: &frame::Video) -> anyhow::Result<RgbImage> {
+    /// The picture in RGB at the video's size and, where asked for, at the model's side.
+    fn convert(&mut self, picture: &frame::Video) -> anyhow::Result<Pictures> {
         let (w, h) = self.size;
-        let full_range = picture.color_range() == ffmpeg::color::Range::JPEG
-            || matches!(
-                picture.format(),
-                format::Pixel::YUVJ420P | format::Pixel::YUVJ422P | format::Pixel::YUVJ444P | format::Pixel::YUVJ440P
-            );
-        let colorspace: ffmpeg::ffi::AVColorSpace = picture.color_space().into();
-        let key = (picture.format(), picture.width(), picture.height(), colorspace as i32, full_range);
-        if self.rgb.as_ref().map(|r| r.key) != Some(key) {
-            let mut ctx = scaling::Context::get(
-                picture.format(),
-                picture.width(),
-                picture.height(),
-                format::Pixel::RGB24,
-                w,
-                h,
-                scaling::Flags::BICUBIC,
-            )
-            .map_err(|e| anyhow!("{}: cannot convert {:?} to RGB: {e}", self.path.display(), picture.format()))?;
-            // Honour the stream's YUV matrix and range as FFmpeg's own scale filter does
-            // (BT.709 HD video would otherwise be converted with BT.601 coefficients).
-            // SAFETY: live context; coefficient tables are static inside swscale.
-            unsafe {
-                let table = ffmpeg::ffi::sws_getCoefficients(colorspace as i32);
-                let out = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT);
-                ffmpeg::ffi::sws_setColorspaceDetails(
-                    ctx.as_mut_ptr(),
-                    table,
-                    full_range as i32,
-                    out,
-                    1,
-                    0,
-                    1 << 16,
-                    1 << 16,
-                );
-            }
-            self.rgb = Some(Rgb { ctx, key });
-        }
-        let mut out = frame::Video::empty();
-        self.rgb
-            .as_mut()
-            .unwrap()
-            .ctx
-            .run(picture, &mut out)
-            .map_err(|e| anyhow!("{}: RGB conversion failed: {e}", self.path.display()))?;
-        let stride = out.stride(0);
-        let data = out.data(0);
-        let row = w as usize * 3;
-        let mut pixels = Vec::with_capacity(row * h as usize);
-        for y in 0..h as usize {
-            pixels.extend_from_slice(&data[y * stride..y * stride + row]);
-        }
-        Ok(RgbImage::from_raw(w, h, pixels).expect("rows of the frame size"))
+        let image = to_rgb(&mut self.rgb, &self.path, picture, w, h, scaling::Flags::BICUBIC)?;
+        let model = match self.model_side {
+            Some(s) => Some(to_rgb(&mut self.scaled, &self.path, picture, s, s, scaling::Flags::BILINEAR)?),
+            None => None,
+        };
+        Ok(Pictures { image, model })
     }
 
     /// Positions the decoder so that `index` is at or ahead of it, choosing between decoding
@@ -337,15 +307,15 @@ impl VideoFile {
     }
 
     /// Decodes up to frame `index`; frames from `keep_from` up to it go into the window.
-    fn decode_at(&mut self, index: usize, keep_from: Option<usize>) -> anyhow::Result<Option<RgbImage>> {
+    fn decode_at(&mut self, index: usize, keep_from: Option<usize>) -> anyhow::Result<Option<Pictures>> {
         self.position_for(index)?;
         while let Some((at, picture)) = self.decode_next()? {
             match at {
-                Some(i) if i == index => return Ok(Some(self.convert_to_rgb(&picture)?)),
+                Some(i) if i == index => return Ok(Some(self.convert(&picture)?)),
                 // A seek that landed past the target: let the caller start over.
                 Some(i) if i > index => return Ok(None),
                 Some(i) if keep_from.is_some_and(|k| i >= k) => {
-                    let img = self.convert_to_rgb(&picture)?;
+                    let img = self.convert(&picture)?;
                     self.window.push((i, img));
                 }
                 _ => {}
@@ -366,6 +336,28 @@ impl FrameSource for VideoFile {
         self.fps
     }
     fn frame(&mut self, index: usize) -> anyhow::Result<RgbImage> {
+        Ok(self.pictures(index)?.image)
+    }
+    fn scale_for_model(&mut self, side: u32) -> bool {
+        if self.model_side != Some(side) {
+            // Frames kept so far lack this side.
+            self.last = None;
+            self.window.clear();
+            self.model_side = Some(side);
+        }
+        true
+    }
+    fn model_frame(&mut self, index: usize) -> anyhow::Result<Option<RgbImage>> {
+        if self.model_side.is_none() {
+            return Ok(None);
+        }
+        Ok(self.pictures(index)?.model)
+    }
+}
+
+impl VideoFile {
+    /// Frame `index` in RGB, from the frames kept or decoded.
+    fn pictures(&mut self, index: usize) -> anyhow::Result<Pictures> {
         if index >= self.table.count {
             bail!("{}: frame {index} out of range ({} frames)", self.path.display(), self.table.count);
         }
@@ -399,4 +391,51 @@ impl FrameSource for VideoFile {
         self.last = Some((index, img.clone()));
         Ok(img)
     }
+}
+
+/// `picture` in RGB24 at `w`×`h` through the scaler in `slot` (made again when the
+/// picture's format, size, colorspace or range, or the target size changed).
+fn to_rgb(
+    slot: &mut Option<Rgb>,
+    path: &Path,
+    picture: &frame::Video,
+    w: u32,
+    h: u32,
+    flags: scaling::Flags,
+) -> anyhow::Result<RgbImage> {
+    let full_range = picture.color_range() == ffmpeg::color::Range::JPEG
+        || matches!(
+            picture.format(),
+            format::Pixel::YUVJ420P | format::Pixel::YUVJ422P | format::Pixel::YUVJ444P | format::Pixel::YUVJ440P
+        );
+    let colorspace: ffmpeg::ffi::AVColorSpace = picture.color_space().into();
+    let key = (picture.format(), picture.width(), picture.height(), colorspace as i32, full_range, w, h);
+    if slot.as_ref().map(|r| r.key) != Some(key) {
+        let mut ctx =
+            scaling::Context::get(picture.format(), picture.width(), picture.height(), format::Pixel::RGB24, w, h, flags)
+                .map_err(|e| anyhow!("{}: cannot convert {:?} to RGB: {e}", path.display(), picture.format()))?;
+        // Honour the stream's YUV matrix and range as FFmpeg's own scale filter does
+        // (BT.709 HD video would otherwise be converted with BT.601 coefficients).
+        // SAFETY: live context; coefficient tables are static inside swscale.
+        unsafe {
+            let table = ffmpeg::ffi::sws_getCoefficients(colorspace as i32);
+            let out = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT);
+            ffmpeg::ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), table, full_range as i32, out, 1, 0, 1 << 16, 1 << 16);
+        }
+        *slot = Some(Rgb { ctx, key });
+    }
+    let mut out = frame::Video::empty();
+    slot.as_mut()
+        .expect("made above")
+        .ctx
+        .run(picture, &mut out)
+        .map_err(|e| anyhow!("{}: RGB conversion failed: {e}", path.display()))?;
+    let stride = out.stride(0);
+    let data = out.data(0);
+    let row = w as usize * 3;
+    let mut pixels = Vec::with_capacity(row * h as usize);
+    for y in 0..h as usize {
+        pixels.extend_from_slice(&data[y * stride..y * stride + row]);
+    }
+    Ok(RgbImage::from_raw(w, h, pixels).expect("rows of the frame size"))
 }

@@ -105,11 +105,16 @@ fn slot(is_cond: bool, temp: bool) -> Slot {
 
 impl VideoPredictor {
     /// `init_state`: a session over `frames` (streamed, not loaded up front).
-    pub fn new(model: Rc<Sam2Base>, frames: Box<dyn FrameSource>, opts: VideoOptions) -> anyhow::Result<Self> {
+    pub fn new(model: Rc<Sam2Base>, mut frames: Box<dyn FrameSource>, opts: VideoOptions) -> anyhow::Result<Self> {
         let size = frames.size();
         let num_frames = frames.len();
         anyhow::ensure!(num_frames > 0, "the video has no frames");
         let t = &opts.tuning;
+        if t.decord_video {
+            // Video files' frames scaled to the model's input as decord does for the
+            // reference's video predictor (the `decord_video` knob).
+            frames.scale_for_model(model.image_size() as u32);
+        }
         let frames = Prefetcher::with_threads(
             frames,
             model.image_size() as u32,
