@@ -125,6 +125,8 @@ fn bench_with_streams_reports_aggregate_and_per_stream_fps_against_one_stream() 
     }
     let two = stdout.lines().find(|l| l.contains("2 stream(s)")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(two.contains("x one stream") && two.contains("per stream ["), "{two}");
+    assert!(two.contains("x one video on the single-video path ("), "{two}");
+    assert!(rows.iter().all(|r| r["single_video_fps"].as_f64().unwrap() > 0.0), "{doc}");
 }
 
 #[test]

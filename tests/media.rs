@@ -149,7 +149,12 @@ fn video_frames_scaled_for_the_model_are_decords_and_the_full_size_frames_stay_a
             let got = src.model_frame(i).unwrap().expect("a model-side frame");
             assert_eq!(got.dimensions(), (side as u32, side as u32));
             let diff = max_abs_diff(got.as_raw(), &want[i]);
-            assert_eq!(diff, 0, "{}: frame {i} at {side}: differs from decord's scaling by up to {diff}", clip.display());
+            assert_eq!(
+                diff,
+                0,
+                "{}: frame {i} at {side}: differs from decord's scaling by up to {diff}",
+                clip.display()
+            );
             assert_eq!(max_abs_diff(src.frame(i).unwrap().as_raw(), &full[i]), 0, "full-size frame {i} changed");
         }
     }

@@ -6,8 +6,10 @@
 //!
 //! * aggregate FPS: the round's frames over all streams / its wall time;
 //! * per-stream FPS: a stream's frames / the time from the round's start to its own end;
-//! * ratio: the aggregate FPS over the FPS of one stream alone (the same clip, clicks
-//!   and runs).
+//! * ratios: the aggregate FPS over the FPS of one stream alone (the same clip, clicks
+//!   and runs, in lockstep), and over one video on the single-video path (`segment`'s,
+//!   with its CUDA graphs), the comparison a user who could run videos one after another
+//!   makes.
 //!
 //! Medians over the rounds after the warm-up ones.
 use super::measure::RowSpec;
@@ -113,13 +115,17 @@ pub fn measure(spec: &RowSpec, version: crate::model::config::ModelVersion, n: u
     })
 }
 
-/// The terminal line of one stream count, with its ratio to one stream alone.
-pub fn line(spec: &RowSpec, r: &StreamsResult, alone: Option<&StreamsResult>) -> String {
+/// The terminal line of one stream count, with its ratios to one stream alone (in
+/// lockstep, the same path) and to one video on the single-video path (`single` FPS).
+pub fn line(spec: &RowSpec, r: &StreamsResult, alone: Option<&StreamsResult>, single: Option<f64>) -> String {
     let per: Vec<String> = r.per_stream_fps.iter().map(|f| format!("{f:.1}")).collect();
-    let ratio = match alone {
+    let mut ratio = match alone {
         Some(a) if a.aggregate_fps > 0.0 => format!(", {:.2}x one stream", r.aggregate_fps / a.aggregate_fps),
         _ => String::new(),
     };
+    if let Some(s) = single.filter(|s| *s > 0.0) {
+        ratio += &format!(", {:.2}x one video on the single-video path ({s:.1} FPS)", r.aggregate_fps / s);
+    }
     format!(
         "streams {} {} {}{}: {} stream(s) x {} object(s), {} frames each: aggregate {:.1} FPS{ratio}; per stream [{}] \
          FPS{}",

@@ -274,16 +274,26 @@ fn run_streams(
             let mut clips = (None, None);
             let on_cpu = device == DeviceChoice::Cpu;
             let (spec, version) = row_spec(a, size, device, objects, cache, given_clip, &mut clips, on_cpu)?;
+            // One video as `segment` tracks it (the single-video path, with its CUDA
+            // graphs): what N streams at once must beat, beside one stream in lockstep.
+            eprintln!("bench: {size} on {device}, one video on the single-video path …");
+            let single = crate::bench::measure::measure(&spec, version).fps;
             let mut alone = None;
             for count in [1, n] {
                 eprintln!("bench: {size} on {device}, {count} stream(s) …");
                 match streams::measure(&spec, version, count) {
                     Ok(r) => {
-                        println!("{}", streams::line(&spec, &r, alone.as_ref()));
+                        println!("{}", streams::line(&spec, &r, alone.as_ref(), single));
                         if count == 1 {
                             alone = Some(r.clone());
                         }
-                        results.push(StreamsRow { size, device, precision: a.precision, result: r });
+                        results.push(StreamsRow {
+                            size,
+                            device,
+                            precision: a.precision,
+                            single_video_fps: single,
+                            result: r,
+                        });
                     }
                     Err(e) => {
                         failed += 1;
@@ -310,6 +320,8 @@ struct StreamsRow {
     size: ModelSize,
     device: DeviceChoice,
     precision: Precision,
+    /// One video on the single-video path (as `segment` runs it), same clip and clicks.
+    single_video_fps: Option<f64>,
     #[serde(flatten)]
     result: streams::StreamsResult,
 }

@@ -411,16 +411,32 @@ fn to_rgb(
     let colorspace: ffmpeg::ffi::AVColorSpace = picture.color_space().into();
     let key = (picture.format(), picture.width(), picture.height(), colorspace as i32, full_range, w, h);
     if slot.as_ref().map(|r| r.key) != Some(key) {
-        let mut ctx =
-            scaling::Context::get(picture.format(), picture.width(), picture.height(), format::Pixel::RGB24, w, h, flags)
-                .map_err(|e| anyhow!("{}: cannot convert {:?} to RGB: {e}", path.display(), picture.format()))?;
+        let mut ctx = scaling::Context::get(
+            picture.format(),
+            picture.width(),
+            picture.height(),
+            format::Pixel::RGB24,
+            w,
+            h,
+            flags,
+        )
+        .map_err(|e| anyhow!("{}: cannot convert {:?} to RGB: {e}", path.display(), picture.format()))?;
         // Honour the stream's YUV matrix and range as FFmpeg's own scale filter does
         // (BT.709 HD video would otherwise be converted with BT.601 coefficients).
         // SAFETY: live context; coefficient tables are static inside swscale.
         unsafe {
             let table = ffmpeg::ffi::sws_getCoefficients(colorspace as i32);
             let out = ffmpeg::ffi::sws_getCoefficients(ffmpeg::ffi::SWS_CS_DEFAULT);
-            ffmpeg::ffi::sws_setColorspaceDetails(ctx.as_mut_ptr(), table, full_range as i32, out, 1, 0, 1 << 16, 1 << 16);
+            ffmpeg::ffi::sws_setColorspaceDetails(
+                ctx.as_mut_ptr(),
+                table,
+                full_range as i32,
+                out,
+                1,
+                0,
+                1 << 16,
+                1 << 16,
+            );
         }
         *slot = Some(Rgb { ctx, key });
     }
