@@ -70,4 +70,10 @@ if [ "$want_ref" = 1 ] && ! "$vpy" -c 'import sam2, torchvision, scipy, pycocoto
   "$vpy" -m pip install -q wheel numpy pillow scipy safetensors pycocotools torch==2.11.0 torchvision==0.26.0
   SAM2_BUILD_CUDA=0 "$vpy" -m pip install -q --no-build-isolation sam2==1.1.0 torch==2.11.0 torchvision==0.26.0
 fi
+# decord, which the reference's video predictor reads `.mp4` files with (the parity test of
+# video files; the official demo pins eva-decord, the maintained build of it).
+if [ "$want_ref" = 1 ] && ! "$vpy" -c 'import decord' 2>/dev/null; then
+  log "installing eva-decord 0.6.1 (the reference's video-file reader)"
+  "$vpy" -m pip install -q eva-decord==0.6.1
+fi
 echo "$venv"

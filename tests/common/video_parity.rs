@@ -30,9 +30,28 @@ pub fn run_case_in(
     postprocess: bool,
     precision: Precision,
 ) -> Figures {
+    run_case_on(size, version, image_size, frames, postprocess, precision, false)
+}
+
+/// The journal on the same frames encoded as an `.mp4`, which the reference reads with
+/// decord and the engine with its `decord_video` knob on.
+pub fn run_case_mp4(size: ModelSize, version: ModelVersion, image_size: i64, frames: usize) -> Figures {
+    run_case_on(size, version, image_size, frames, false, Precision::Fp32, true)
+}
+
+fn run_case_on(
+    size: ModelSize,
+    version: ModelVersion,
+    image_size: i64,
+    frames: usize,
+    postprocess: bool,
+    precision: Precision,
+    mp4: bool,
+) -> Figures {
     let name = format!(
-        "video-{size}-{version}-{image_size}-{frames}{}-{}",
+        "video-{size}-{version}-{image_size}-{frames}{}{}-{}",
         if postprocess { "" } else { "-nopp" },
+        if mp4 { "-mp4" } else { "" },
         super::fixtures_version()
     );
     let (s, v, i, n) = (size.to_string(), version.to_string(), image_size.to_string(), frames.to_string());
@@ -40,8 +59,13 @@ pub fn run_case_in(
     if !postprocess {
         args.push("--no-postprocess");
     }
+    if mp4 {
+        args.push("--mp4");
+    }
     let dir = reference_fixture(&name, "make_video_parity.py", &args);
-    let run = Case { size, version, image_size, postprocess, precision, tuning: super::tuning() }.run(&dir, &name);
+    let mut tuning = super::tuning();
+    tuning.decord_video = mp4;
+    let run = Case { size, version, image_size, postprocess, precision, tuning }.run(&dir, &name);
     let f = compare(&run, &dir);
     println!("video parity{} {size} {version} {precision} @{image_size} {frames} frames postprocess={postprocess}: {} results, max |Δlogit| {:.3e}, binary agreement {:.5}%", if sam2_tui::device::emulating_mps() { " (CPU taking the MPS branches)" } else { "" }, f.results, f.max_logit_diff, f.mask_agreement * 100.0);
     f
@@ -78,8 +102,9 @@ pub struct Run {
 }
 
 impl Case {
-    /// Runs `dir/session.json` on `dir/png` with `dir/checkpoint.pt`, in process on the
-    /// CPU, with a fresh memory bank named after `name`.
+    /// Runs `dir/session.json` on `dir/png` (on `dir/clip.mp4` where the fixture has one)
+    /// with `dir/checkpoint.pt`, in process on the CPU, with a fresh memory bank named
+    /// after `name`.
     pub fn run(&self, dir: &std::path::Path, name: &str) -> Run {
         tch::set_num_threads(2);
         let journal = Journal::load(&dir.join("session.json")).unwrap();
@@ -87,7 +112,8 @@ impl Case {
         let config = Sam2Config::new(self.size, self.version).with_image_size(self.image_size);
         let model =
             Rc::new(Sam2Base::from_tensors(config, ckpt.tensors, Device::Cpu, self.precision, &self.tuning).unwrap());
-        let source = sam2_tui::media::open(&dir.join("png")).unwrap();
+        let clip = dir.join("clip.mp4");
+        let source = sam2_tui::media::open(&if clip.exists() { clip } else { dir.join("png") }).unwrap();
         let mps = if sam2_tui::device::emulating_mps() { "-mps" } else { "" };
         let bank = super::scratch(&format!("bank-{name}-{}{mps}", self.precision));
         let mut predictor = VideoPredictor::new(
