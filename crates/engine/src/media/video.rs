@@ -336,7 +336,7 @@ impl FrameSource for VideoFile {
         self.fps
     }
     fn frame(&mut self, index: usize) -> anyhow::Result<RgbImage> {
-        Ok(self.pictures(index)?.image)
+        Ok(self.pictures(index)?.image.clone())
     }
     fn scale_for_model(&mut self, side: u32) -> bool {
         if self.model_side != Some(side) {
@@ -351,30 +351,34 @@ impl FrameSource for VideoFile {
         if self.model_side.is_none() {
             return Ok(None);
         }
-        Ok(self.pictures(index)?.model)
+        Ok(self.pictures(index)?.model.clone())
     }
 }
 
 impl VideoFile {
-    /// Frame `index` in RGB, from the frames kept or decoded.
-    fn pictures(&mut self, index: usize) -> anyhow::Result<Pictures> {
+    /// Frame `index` in RGB, from the frames kept or decoded; kept as the last frame, so
+    /// that `frame` and `model_frame` of one index decode it once and copy out only what
+    /// each hands over.
+    fn pictures(&mut self, index: usize) -> anyhow::Result<&Pictures> {
         if index >= self.table.count {
             bail!("{}: frame {index} out of range ({} frames)", self.path.display(), self.table.count);
         }
-        if let Some((i, img)) = &self.last {
-            if *i == index {
-                return Ok(img.clone());
-            }
+        if !matches!(self.last, Some((i, _)) if i == index) {
+            let img = self.fetch(index)?;
+            self.last = Some((index, img));
         }
+        Ok(&self.last.as_ref().expect("set above").1)
+    }
+
+    /// Frame `index` from the backwards-read window or the decoder (not the last frame).
+    fn fetch(&mut self, index: usize) -> anyhow::Result<Pictures> {
         if let Some(pos) = self.window.iter().position(|(i, _)| *i == index) {
-            let (_, img) = self.window.swap_remove(pos);
-            self.last = Some((index, img.clone()));
-            return Ok(img);
+            return Ok(self.window.swap_remove(pos).1);
         }
         let backward = matches!(self.last, Some((l, _)) if index < l);
         self.window.clear();
         let keep_from = backward.then(|| index.saturating_sub(self.window_cap));
-        let img = match self.decode_at(index, keep_from)? {
+        Ok(match self.decode_at(index, keep_from)? {
             Some(img) => img,
             None => {
                 // The timestamp route failed (a container that seeks imprecisely, frames
@@ -387,9 +391,7 @@ impl VideoFile {
                     anyhow!("{}: frame {index}: the decoder produced no such frame", self.path.display())
                 })?
             }
-        };
-        self.last = Some((index, img.clone()));
-        Ok(img)
+        })
     }
 }
 
