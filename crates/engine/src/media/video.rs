@@ -70,7 +70,6 @@ struct Rgb {
 /// at the model's S×S as the reference's video predictor reads a video file: decord asks
 /// FFmpeg to scale each decoded picture straight to S×S (swscale, bilinear), where frame
 /// folders go through Pillow's bicubic resize of the full-size image.
-#[derive(Clone)]
 struct Pictures {
     image: RgbImage,
     model: Option<RgbImage>,
