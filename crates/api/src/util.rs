@@ -161,3 +161,50 @@ mod owner_tests {
         assert!(!this_host().contains('-') && !this_host().contains('@'));
     }
 }
+
+/// `f` over `items`, spread over up to `available_parallelism` threads (one item: no
+/// thread at all); the results in the items' order. For per-object host work of one
+/// video frame (hole filling, the memory bank's write-through), which is independent
+/// from object to object.
+pub fn map_in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len());
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let mut buckets: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        buckets[i % threads].push((i, item));
+    }
+    let f = &f;
+    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = buckets
+            .into_iter()
+            .map(|bucket| scope.spawn(move || bucket.into_iter().map(|(i, t)| (i, f(t))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_in_parallel_gives_each_items_result_in_the_items_order() {
+        for n in [0usize, 1, 2, 3, 17, 64] {
+            let items: Vec<usize> = (0..n).collect();
+            let out = map_in_parallel(items, |i| (i * 7, std::thread::current().id()));
+            assert_eq!(out.iter().map(|(x, _)| *x).collect::<Vec<_>>(), (0..n).map(|i| i * 7).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn map_in_parallel_runs_items_on_other_threads_when_there_are_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let me = std::thread::current().id();
+        let out = map_in_parallel((0..8).collect(), |_| std::thread::current().id());
+        assert_eq!(out.iter().any(|t| *t != me), cores > 1);
+    }
+}

@@ -38,6 +38,17 @@ impl Entry {
     }
 }
 
+/// One entry of [`MemoryBank::put_copied_many`]: `entry` is kept (on the device),
+/// `on_disk` — the same values on the host — is written.
+pub struct CopiedPut {
+    pub id: ObjectId,
+    pub slot: Slot,
+    pub frame: usize,
+    pub entry: Entry,
+    pub on_disk: Entry,
+    pub tracked: Option<bool>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
     Cond,
@@ -237,21 +248,28 @@ impl MemoryBank {
         Ok(())
     }
 
-    /// As `put`, writing `on_disk` — the same values already copied to the host — so the
-    /// write does not wait for the device; `entry` (on the device) stays in RAM.
-    pub fn put_copied(
-        &mut self,
-        id: ObjectId,
-        slot: Slot,
-        frame: usize,
-        entry: Entry,
-        on_disk: &Entry,
-        tracked: Option<bool>,
-    ) -> anyhow::Result<()> {
-        let path = self.path(id, slot, frame);
-        self.preserve(&path)?;
-        write_entry(&path, on_disk, tracked)?;
-        self.keep(id, slot, frame, entry, tracked);
+    /// As `put` for several entries (the objects of one propagation frame), each kept
+    /// entry (on the device) written from `on_disk`, the same values already copied to the
+    /// host, so the write does not wait for the device. The undo log records every file
+    /// first, then the files are written side by side on threads (the
+    /// host's share of a frame grows with the objects; one write is a few hundred KB and
+    /// four syscalls), then the entries are kept. On a failed write the entries before it
+    /// are kept and its error returned; any file written after it holds the right values
+    /// (and the undo log covers it), as a crash between two sequential writes would leave.
+    pub fn put_copied_many(&mut self, puts: Vec<CopiedPut>) -> anyhow::Result<()> {
+        let mut writes = Vec::with_capacity(puts.len());
+        let mut kept = Vec::with_capacity(puts.len());
+        for p in puts {
+            let path = self.path(p.id, p.slot, p.frame);
+            self.preserve(&path)?;
+            writes.push((path, p.on_disk, p.tracked));
+            kept.push((p.id, p.slot, p.frame, p.entry, p.tracked));
+        }
+        let written = sam2_api::util::map_in_parallel(writes, |(path, e, tracked)| write_entry(&path, &e, tracked));
+        for ((id, slot, frame, entry, tracked), w) in kept.into_iter().zip(written) {
+            w?;
+            self.keep(id, slot, frame, entry, tracked);
+        }
         Ok(())
     }
 

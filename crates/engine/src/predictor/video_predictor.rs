@@ -10,7 +10,7 @@
 //! encode-ahead, frames queued ahead of the one written out) and the CUDA graphs
 //! (`graphs`).
 use super::graphs::Graphs;
-use super::memory_bank::{Entry, MemoryBank, Slot, Staged};
+use super::memory_bank::{CopiedPut, Entry, MemoryBank, Slot, Staged};
 use super::pipeline::{self, Lookahead, Propagation, Tracked};
 use crate::device::{AutocastGuard, PrecisionExt};
 use crate::media::prefetch::Prefetcher;
@@ -201,7 +201,7 @@ impl VideoPredictor {
         let inputs = self.point_inputs(&prompt);
         let entry =
             self.run_single_frame_inference(idx, frame, is_init_cond, Some(&inputs), reverse, false, prev.as_ref())?;
-        let entry = self.postprocess(entry);
+        let entry = postprocess(entry, self.opts.fill_holes);
         let _ = storage;
         self.bank.put(id, temp, frame, entry, None)?;
         let mut out = self.consolidate_temp_output_across_obj(frame, is_init_cond)?;
@@ -234,12 +234,32 @@ impl VideoPredictor {
     // `add_new_mask`: not offered (the journal has no mask prompt).
 
     /// `_get_orig_video_res_output`: low-res logits to the video's resolution.
+    /// `[B, 1, e, e]` → `[B, H, W]` (one object: `[H, W]`).
     fn to_video_res(&self, low: &Tensor) -> Tensor {
         let (w, h) = self.size;
-        low.to_kind(Kind::Float)
+        let b = low.size()[0];
+        let out = low
+            .to_kind(Kind::Float)
             .upsample_bilinear2d([h as i64, w as i64], false, None, None)
-            .to_device(Device::Cpu)
-            .reshape([h as i64, w as i64])
+            .to_device(Device::Cpu);
+        if b == 1 {
+            out.reshape([h as i64, w as i64])
+        } else {
+            out.reshape([b, h as i64, w as i64])
+        }
+    }
+
+    /// `to_video_res` of every object's low-res logits, in one call where they are all on
+    /// one device (the same numbers: each plane is interpolated on its own either way; one
+    /// call spreads the planes over the intra-op threads instead of one small call per
+    /// object).
+    fn all_to_video_res(&self, lows: &[Tensor]) -> Vec<Tensor> {
+        let device = lows.first().map(|l| l.device());
+        if lows.len() < 2 || lows.iter().any(|l| Some(l.device()) != device) {
+            return lows.iter().map(|l| self.to_video_res(l)).collect();
+        }
+        let all = self.to_video_res(&Tensor::cat(&lows.iter().map(|l| l.to_kind(Kind::Float)).collect::<Vec<_>>(), 0));
+        (0..lows.len() as i64).map(|i| all.select(0, i)).collect()
     }
 
     /// `_consolidate_temp_output_across_obj` at video resolution: the masks of every object
@@ -251,17 +271,25 @@ impl VideoPredictor {
         is_cond: bool,
     ) -> anyhow::Result<FrameOutput> {
         let temp = slot(is_cond, true);
-        let mut objects = Vec::with_capacity(self.objects.len());
         let ids = self.object_ids();
         let e = self.model.image_size() / 4;
-        for id in ids {
+        let mut lows = Vec::with_capacity(ids.len());
+        let mut scores = Vec::with_capacity(ids.len());
+        for &id in &ids {
             let entry = [temp, Slot::Cond, Slot::NonCond].iter().find_map(|s| self.bank.get(id, *s, frame));
             let (low, score) = match entry {
                 Some(en) => (en.pred_masks.shallow_clone(), en.score.to_kind(Kind::Float).double_value(&[0, 0]) as f32),
                 None => (Tensor::full([1, 1, e, e], NO_OBJ_SCORE, (Kind::Float, Device::Cpu)), NO_OBJ_SCORE as f32),
             };
-            objects.push(ObjectOutput { object: id, logits: self.to_video_res(&low), score });
+            lows.push(low);
+            scores.push(score);
         }
+        let objects = ids
+            .into_iter()
+            .zip(self.all_to_video_res(&lows))
+            .zip(scores)
+            .map(|((object, logits), score)| ObjectOutput { object, logits, score })
+            .collect();
         Ok(FrameOutput { frame, objects, timings: self.timings })
     }
 
@@ -547,17 +575,6 @@ impl VideoPredictor {
         Ok(ChosenMemories { spatial: spatial_entries, ptrs: ptr_entries, num_frames: self.num_frames })
     }
 
-    /// Hole filling of the output masks (`fill_holes_in_mask_scores`). It runs on the
-    /// host, so propagation applies it when the frame is written out, not while the next
-    /// frame's kernels could be queued; nothing downstream of the model reads the
-    /// unfilled masks (the memory encoder takes the high-res masks before this).
-    fn postprocess(&self, entry: Entry) -> Entry {
-        if self.opts.fill_holes {
-            Entry { pred_masks: fill_holes(&entry.pred_masks, 8), ..entry }
-        } else {
-            entry
-        }
-    }
 
     // Helpers of this session.
 
@@ -660,17 +677,22 @@ impl Propagation for VideoPredictor {
         on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
     ) -> anyhow::Result<ControlFlow<()>> {
         t.wait_for_host_copies();
-        for (s, host) in t.staged.iter().zip(t.host) {
+        // The objects' host work (hole filling, then the bank's write-through) side by
+        // side: it is independent from object to object.
+        let fill = self.opts.fill_holes;
+        let hosts = sam2_api::util::map_in_parallel(t.host, |host| postprocess(host, fill));
+        let mut puts = Vec::with_capacity(hosts.len());
+        for (s, host) in t.staged.iter().zip(hosts) {
             let on_device = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
-            let host = self.postprocess(host);
-            let kept = Entry {
+            let entry = Entry {
                 maskmem: on_device.maskmem.as_ref().map(|m| m.shallow_clone()),
                 pred_masks: host.pred_masks.shallow_clone(),
                 obj_ptr: on_device.obj_ptr.shallow_clone(),
                 score: host.score.shallow_clone(),
             };
-            self.bank.put_copied(s.id, s.slot, s.frame, kept, &host, Some(t.reverse))?;
+            puts.push(CopiedPut { id: s.id, slot: s.slot, frame: s.frame, entry, on_disk: host, tracked: Some(t.reverse) });
         }
+        self.bank.put_copied_many(puts)?;
         for &id in &t.prompted {
             self.bank.mark_tracked(id, t.frame, t.reverse)?;
         }
@@ -684,6 +706,18 @@ impl Propagation for VideoPredictor {
 
     fn unstage(&mut self, s: Staged) {
         self.bank.unstage(s);
+    }
+}
+
+/// Hole filling of the output masks (`fill_holes_in_mask_scores`; the `fill_holes`
+/// option). It runs on the host, so propagation applies it when the frame is written out,
+/// not while the next frame's kernels could be queued; nothing downstream of the model
+/// reads the unfilled masks (the memory encoder takes the high-res masks before this).
+fn postprocess(entry: Entry, fill: bool) -> Entry {
+    if fill {
+        Entry { pred_masks: fill_holes(&entry.pred_masks, 8), ..entry }
+    } else {
+        entry
     }
 }
 
