@@ -43,6 +43,8 @@ pub struct StageMs {
     pub memory_attention: f64,
     pub mask_decoder: f64,
     pub memory_encoder: f64,
+    /// The host's share of writing a frame out (`StageTimings::write_out_ms`).
+    pub write_out: f64,
     pub total: f64,
 }
 
@@ -55,6 +57,7 @@ impl StageMs {
             memory_attention: m(|t| t.memory_attention_ms)?,
             mask_decoder: m(|t| t.mask_decoder_ms)?,
             memory_encoder: m(|t| t.memory_encoder_ms)?,
+            write_out: m(|t| t.write_out_ms)?,
             total: m(|t| t.total_ms)?,
         })
     }

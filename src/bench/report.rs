@@ -100,7 +100,7 @@ impl Report {
     }
 }
 
-const HEADER: [&str; 17] = [
+const HEADER: [&str; 18] = [
     "model",
     "device",
     "prec",
@@ -114,6 +114,7 @@ const HEADER: [&str; 17] = [
     "attn ms",
     "dec ms",
     "memenc ms",
+    "out ms",
     "frame ms",
     "peak RSS",
     "CUDA peak",
@@ -148,6 +149,7 @@ pub fn table(rows: &[RowResult]) -> Vec<String> {
             ms(s.map(|s| s.memory_attention)),
             ms(s.map(|s| s.mask_decoder)),
             ms(s.map(|s| s.memory_encoder)),
+            ms(s.map(|s| s.write_out)),
             ms(s.map(|s| s.total)),
             r.peak_rss_bytes.map(gib).unwrap_or_else(|| "-".into()),
             r.cuda_peak_allocated_bytes.map(gib).unwrap_or_else(|| "-".into()),

@@ -126,6 +126,7 @@ pub fn progress(frame: usize, done: usize, total: usize, fps: f32) -> EngineEven
             memory_attention_ms: 12.25,
             mask_decoder_ms: 4.5,
             memory_encoder_ms: 6.0,
+            write_out_ms: 0.5,
             total_ms: 67.25,
         },
     }

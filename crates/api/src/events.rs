@@ -47,6 +47,12 @@ pub struct StageTimings {
     pub memory_attention_ms: f32,
     pub mask_decoder_ms: f32,
     pub memory_encoder_ms: f32,
+    /// The host's share of handing a propagation frame out: hole filling, the memory
+    /// bank's write-through, the masks brought to the video's resolution. On a GPU it
+    /// overlaps the kernels of the frames queued behind it; with many objects it can
+    /// still bound the frame rate, which is why it is measured.
+    #[serde(default)]
+    pub write_out_ms: f32,
     pub total_ms: f32,
 }
 

@@ -363,10 +363,8 @@ impl Sam2Base {
         let mut tokens = Vec::new();
         if s > 0 {
             // [B·S, 64, e, e] member-major → [S·HW, B, 64].
-            let f: Vec<Tensor> = members
-                .iter()
-                .flat_map(|(sp, _, _)| sp.iter().map(|m| m.features.to_device(self.device).to_kind(self.kind())))
-                .collect();
+            let f: Vec<Tensor> =
+                members.iter().flat_map(|(sp, _, _)| sp.iter().map(|m| self.as_model_input(m.features))).collect();
             let f = Tensor::cat(&f, 0);
             let (c, hw) = (f.size()[1], f.size()[2] * f.size()[3]);
             tokens.push(f.view([b, s, c, hw]).permute([1, 3, 0, 2]).reshape([s * hw, b, c]));
@@ -375,10 +373,8 @@ impl Sam2Base {
             // Stored pointers may come back from the bank in fp32: compute in the model's
             // kind. [B·P, 1, 256] member-major → each 256-d pointer four 64-d tokens
             // [4P, B, 64].
-            let f: Vec<Tensor> = members
-                .iter()
-                .flat_map(|(_, pt, _)| pt.iter().map(|m| m.ptr.to_device(self.device).to_kind(self.kind())))
-                .collect();
+            let f: Vec<Tensor> =
+                members.iter().flat_map(|(_, pt, _)| pt.iter().map(|m| self.as_model_input(m.ptr))).collect();
             tokens.push(Tensor::stack(&f, 0).view([b, p, 4, 64]).permute([1, 2, 0, 3]).reshape([4 * p, b, 64]));
         }
         let tokens = if tokens.len() == 1 { tokens.pop().unwrap() } else { Tensor::cat(&tokens, 0) };
@@ -414,6 +410,17 @@ impl Sam2Base {
             Tensor::cat(&pos, 1)
         };
         AssembledMemory { tokens, pos, num_ptr_tokens: 4 * p }
+    }
+
+    /// `t` on the model's device in its kind; a memory usually is already, and a
+    /// conversion that changes nothing still costs a dispatcher call (hundreds of them a
+    /// frame with many objects).
+    fn as_model_input(&self, t: &Tensor) -> Tensor {
+        if t.device() == self.device && t.kind() == self.kind() {
+            t.shallow_clone()
+        } else {
+            t.to_device(self.device).to_kind(self.kind())
+        }
     }
 
     /// The position encodings `[L, 1, 64]` of one object's memory tokens: each spatial

@@ -113,6 +113,9 @@ impl VideoPredictor {
         for (memory, members) in groups {
             let [low, ptr, score, maskmem] =
                 self.graphs.track_step_batched(&self.model, feats, &memory.tokens, &memory.pos, memory.num_ptr_tokens);
+            // The graph's outputs are its own buffers, overwritten by the next replay: the
+            // group's copied once, each object's entry a row of the copies.
+            let [low, ptr, score, maskmem] = [low.copy(), ptr.copy(), score.copy(), maskmem.copy()];
             for (j, &i) in members.iter().enumerate() {
                 entries[i] = Some(Entry {
                     maskmem: Some(one(&maskmem, j)),
@@ -128,10 +131,11 @@ impl VideoPredictor {
     }
 }
 
-/// Object `i`'s slice of a batched output as a tensor of its own (the bank keeps the
-/// objects apart from here).
+/// Object `i`'s row of a batched output, a view: the rows of one frame's outputs are
+/// kept and let go together (a frame's entries leave the bank's RAM together), and none
+/// is written in place.
 fn one(x: &Tensor, i: usize) -> Tensor {
-    x.narrow(0, i as i64, 1).copy()
+    x.narrow(0, i as i64, 1)
 }
 
 fn ms(t: Instant) -> f32 {

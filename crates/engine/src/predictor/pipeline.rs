@@ -116,15 +116,9 @@ impl Tracked {
     /// Queues the host copies of the staged outputs now, before the next frame's kernels,
     /// so waiting for them later does not mean waiting for the next frame too.
     pub(super) fn copy_to_host(&mut self, bank: &MemoryBank, device: Device) {
-        for s in &self.staged {
-            let e = bank.get(s.id, s.slot, s.frame).expect("staged entry");
-            self.host.push(Entry {
-                maskmem: e.maskmem.as_ref().map(to_host),
-                pred_masks: to_host(&e.pred_masks),
-                obj_ptr: to_host(&e.obj_ptr),
-                score: to_host(&e.score),
-            });
-        }
+        let entries: Vec<_> =
+            self.staged.iter().map(|s| bank.get(s.id, s.slot, s.frame).expect("staged entry")).collect();
+        self.host = entries_to_host(&entries, device);
         self.copied = CudaEvent::record(device);
     }
 
@@ -215,8 +209,110 @@ fn forget(p: &mut impl Propagation, pending: VecDeque<Tracked>) {
     }
 }
 
+/// The host copies of a frame's outputs, queued without blocking. On a GPU with several
+/// objects each field of all of them is joined on the device and copied once (four
+/// copies a frame rather than four per object: each copy is a host call, a pinned buffer
+/// and a DMA of its own); every object's host entry is then its row of the joined copy,
+/// one block per field, so a kept mask does not hold the memory features' block alive.
+fn entries_to_host(entries: &[std::rc::Rc<Entry>], device: Device) -> Vec<Entry> {
+    let Some(first) = entries.first() else {
+        return vec![];
+    };
+    let alike = |e: &Entry| {
+        e.maskmem.as_ref().map(|m| m.kind()) == first.maskmem.as_ref().map(|m| m.kind())
+            && e.pred_masks.kind() == first.pred_masks.kind()
+            && e.obj_ptr.kind() == first.obj_ptr.kind()
+            && e.score.kind() == first.score.kind()
+    };
+    let joinable =
+        entries.len() > 1 && device != Device::Cpu && entries.iter().all(|e| e.maskmem.is_some() && alike(e));
+    if !joinable {
+        return entries
+            .iter()
+            .map(|e| Entry {
+                maskmem: e.maskmem.as_ref().map(to_host),
+                pred_masks: to_host(&e.pred_masks),
+                obj_ptr: to_host(&e.obj_ptr),
+                score: to_host(&e.score),
+            })
+            .collect();
+    }
+    let rows = |field: &dyn Fn(&Entry) -> &Tensor| -> Vec<Tensor> {
+        let joined = to_host(&Tensor::cat(&entries.iter().map(|e| field(e)).collect::<Vec<_>>(), 0));
+        (0..entries.len() as i64).map(|i| joined.narrow(0, i, 1)).collect()
+    };
+    let maskmem = rows(&|e| e.maskmem.as_ref().expect("joinable entries have memories"));
+    let pred_masks = rows(&|e| &e.pred_masks);
+    let obj_ptr = rows(&|e| &e.obj_ptr);
+    let score = rows(&|e| &e.score);
+    maskmem
+        .into_iter()
+        .zip(pred_masks)
+        .zip(obj_ptr.into_iter().zip(score))
+        .map(|((m, p), (o, s))| Entry { maskmem: Some(m), pred_masks: p, obj_ptr: o, score: s })
+        .collect()
+}
+
 /// A host copy queued on the stream without blocking (into page-locked memory on a
 /// GPU; the tensor itself on the CPU).
 fn to_host(t: &Tensor) -> Tensor {
     t.to_device_(Device::Cpu, t.kind(), true, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+    use tch::Kind;
+
+    fn entry(seed: i64, with_memory: bool) -> Rc<Entry> {
+        let t = |shape: &[i64]| {
+            Tensor::arange(shape.iter().product::<i64>(), (Kind::Float, Device::Cpu)).reshape(shape) + seed as f64
+        };
+        Rc::new(Entry {
+            maskmem: with_memory.then(|| t(&[1, 4, 2, 2]).to_kind(Kind::BFloat16)),
+            pred_masks: t(&[1, 1, 8, 8]),
+            obj_ptr: t(&[1, 16]),
+            score: t(&[1, 1]),
+        })
+    }
+
+    fn same(a: &Tensor, b: &Tensor) -> bool {
+        a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
+    }
+
+    /// The joined copies (taken on a GPU; here the device is only what the choice reads)
+    /// give every object exactly its own values, field by field, in the objects' order.
+    #[test]
+    fn joined_host_copies_give_each_object_its_own_rows() {
+        let entries: Vec<_> = (0..5).map(|i| entry(1000 * i, true)).collect();
+        for device in [Device::Cuda(0), Device::Cpu] {
+            let host = entries_to_host(&entries, device);
+            assert_eq!(host.len(), entries.len());
+            for (h, e) in host.iter().zip(&entries) {
+                assert!(same(h.maskmem.as_ref().unwrap(), e.maskmem.as_ref().unwrap()));
+                assert!(same(&h.pred_masks, &e.pred_masks));
+                assert!(same(&h.obj_ptr, &e.obj_ptr));
+                assert!(same(&h.score, &e.score));
+            }
+        }
+    }
+
+    /// A frame where every object was prompted stages nothing: nothing to copy.
+    #[test]
+    fn no_entries_give_no_host_copies() {
+        assert!(entries_to_host(&[], Device::Cuda(0)).is_empty());
+    }
+
+    /// Entries that cannot be joined (one without memory features) are copied one by one,
+    /// each still its own.
+    #[test]
+    fn entries_without_memories_are_copied_one_by_one() {
+        let entries = vec![entry(0, true), entry(7, false), entry(9, true)];
+        let host = entries_to_host(&entries, Device::Cuda(0));
+        assert!(host[1].maskmem.is_none());
+        for (h, e) in host.iter().zip(&entries) {
+            assert!(same(&h.pred_masks, &e.pred_masks) && same(&h.score, &e.score));
+        }
+    }
 }

@@ -575,7 +575,6 @@ impl VideoPredictor {
         Ok(ChosenMemories { spatial: spatial_entries, ptrs: ptr_entries, num_frames: self.num_frames })
     }
 
-
     // Helpers of this session.
 
     pub(super) fn check_frame(&self, frame: usize) -> anyhow::Result<()> {
@@ -677,6 +676,7 @@ impl Propagation for VideoPredictor {
         on_frame: &mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
     ) -> anyhow::Result<ControlFlow<()>> {
         t.wait_for_host_copies();
+        let started = Instant::now();
         // The objects' host work (hole filling, then the bank's write-through) side by
         // side: it is independent from object to object.
         let fill = self.opts.fill_holes;
@@ -690,7 +690,14 @@ impl Propagation for VideoPredictor {
                 obj_ptr: on_device.obj_ptr.shallow_clone(),
                 score: host.score.shallow_clone(),
             };
-            puts.push(CopiedPut { id: s.id, slot: s.slot, frame: s.frame, entry, on_disk: host, tracked: Some(t.reverse) });
+            puts.push(CopiedPut {
+                id: s.id,
+                slot: s.slot,
+                frame: s.frame,
+                entry,
+                on_disk: host,
+                tracked: Some(t.reverse),
+            });
         }
         self.bank.put_copied_many(puts)?;
         for &id in &t.prompted {
@@ -698,6 +705,7 @@ impl Propagation for VideoPredictor {
         }
         let mut out = self.consolidate_temp_output_across_obj(t.frame, false)?;
         out.timings = t.timings;
+        out.timings.write_out_ms = ms(started);
         // Steady-state cost of a frame: the time between consecutive outputs.
         out.timings.total_ms = ms(*last_out);
         *last_out = Instant::now();
