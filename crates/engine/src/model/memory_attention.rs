@@ -58,7 +58,7 @@ impl MemoryAttention {
         memory_pos: &Tensor,
         num_obj_ptr_tokens: i64,
     ) -> Tensor {
-        let (k_in, v_in) = Self::memory_inputs(memory, memory_pos);
+        let (k_in, v_in) = self.memory_inputs(memory, memory_pos);
         let mut out = self.begin(curr, curr_pos);
         for i in 0..self.layers.len() {
             let (residual, q) = self.until_cross(i, &out);
@@ -76,11 +76,19 @@ impl MemoryAttention {
         self.layers.len()
     }
 
-    /// The memory tokens, batch first, as keys (with their position encodings) and values.
-    pub fn memory_inputs(memory: &Tensor, memory_pos: &Tensor) -> (Tensor, Tensor) {
-        let memory = memory.transpose(0, 1);
-        let k_in = &memory + memory_pos.transpose(0, 1);
-        (k_in, memory)
+    /// The memory tokens, batch first, as keys (with their position encodings) and values,
+    /// made once for the four layers in the form their projections compute in: contiguous
+    /// (a batch-first view of `[M, B, 64]` is not, once B > 1, and `linear` then copies it
+    /// and adds the bias in a pass of its own, per layer) and in the projections' weight
+    /// dtype (under CUDA autocast, bf16: the cast autocast would make in each layer, made
+    /// once, so the same values). One object's inputs are already contiguous, as they are
+    /// in the reference, so it computes exactly what it did; a batch now computes each
+    /// object's projections the way one object alone does (bias inside the matmul).
+    pub fn memory_inputs(&self, memory: &Tensor, memory_pos: &Tensor) -> (Tensor, Tensor) {
+        let kind = self.layers[0].cross_attn_image.kv_kind();
+        let memory_first = memory.transpose(0, 1);
+        let k_in = (&memory_first + memory_pos.transpose(0, 1)).to_kind(kind).contiguous();
+        (k_in, memory_first.to_kind(kind).contiguous())
     }
 
     /// The residual stream entering the first layer, batch first.

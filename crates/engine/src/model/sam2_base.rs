@@ -503,7 +503,7 @@ impl Sam2Base {
         let _g = tch::no_grad_guard();
         let b = memory.size()[1];
         let ma = &self.memory_attention;
-        let (k_in, v_in) = MemoryAttention::memory_inputs(memory, memory_pos);
+        let (k_in, v_in) = self.memory_attention.memory_inputs(memory, memory_pos);
         let (mut out, mut q) = begun;
         let last = ma.num_layers() - 1;
         for i in 0..last {
@@ -527,7 +527,7 @@ impl Sam2Base {
         memory_pos: &Tensor,
         num_ptr_tokens: i64,
     ) -> (Tensor, Tensor, Tensor, Tensor) {
-        let (k_in, v_in) = MemoryAttention::memory_inputs(memory, memory_pos);
+        let (k_in, v_in) = self.memory_attention.memory_inputs(memory, memory_pos);
         let last = self.memory_attention.num_layers() - 1;
         let (mut out, mut q) = self.track_begin(&feats.feat, &feats.pos);
         for i in 0..last {
@@ -560,7 +560,7 @@ impl Sam2Base {
 
     /// The memory tokens as the cross-attentions' keys and values.
     pub fn track_memory_inputs(&self, memory: &Tensor, memory_pos: &Tensor) -> (Tensor, Tensor) {
-        MemoryAttention::memory_inputs(memory, memory_pos)
+        self.memory_attention.memory_inputs(memory, memory_pos)
     }
 
     /// From the frame's features to the first cross-attention: (residual stream, queries).

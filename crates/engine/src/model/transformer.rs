@@ -48,6 +48,12 @@ impl Attention {
         crate::cuda::attention::cudnn(q, k, v).unwrap_or_else(|| sdpa(q, k, v))
     }
 
+    /// The dtype the key and value projections compute in (their weights'; bf16 under
+    /// CUDA autocast).
+    pub fn kv_kind(&self) -> tch::Kind {
+        self.k_proj.weight.kind()
+    }
+
     /// Keys and values projected once, for callers that attend to the same memory many
     /// times (the memory bank: its K/V do not change while the bank is unchanged).
     pub fn project_kv(&self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
