@@ -115,6 +115,13 @@ pub struct Tuning {
     /// stays at its high-water mark. Read when the worker starts, before its threads, so
     /// it reaches the worker through its environment (see [`Tuning::process_env`]).
     pub keep_freed: bool,
+    /// `SAM2_TUI_WARM_UP`: on CUDA with graphs on, a worker tracks a short synthetic clip
+    /// right after loading the model, so the first session it serves finds the kernels
+    /// chosen, the memory pools grown and the CUDA graphs of one object's tracking step
+    /// captured (they are kept for that session: a graph replays the model's math, not the
+    /// clip's). Off by default: a one-off command pays the same captures on its own frames;
+    /// `serve` turns it on for the spare workers it starts ahead of sessions.
+    pub warm_up: bool,
     /// `SAM2_TUI_SYNC_TIMINGS`: synchronise the GPU after each stage so per-stage times are
     /// exact. Costs the queueing ahead that makes a GPU frame fast; off, GPU stage times
     /// are enqueue times and only a frame's total is exact.
@@ -157,6 +164,7 @@ impl Default for Tuning {
             fp32_heads: true,
             batch_objects: false,
             keep_freed: true,
+            warm_up: false,
             sync_timings: false,
             trace: None,
             trace_pass: 2,
@@ -183,6 +191,7 @@ pub const KNOBS: &[(&str, &str)] = &[
     ("fp32_heads", "SAM2_TUI_FP32_HEADS"),
     ("batch_objects", "SAM2_TUI_BATCH_OBJECTS"),
     ("keep_freed", "SAM2_TUI_KEEP_FREED"),
+    ("warm_up", "SAM2_TUI_WARM_UP"),
     ("sync_timings", "SAM2_TUI_SYNC_TIMINGS"),
     ("trace", "SAM2_TUI_TRACE"),
     ("trace_pass", "SAM2_TUI_TRACE_PASS"),
@@ -266,6 +275,7 @@ impl Tuning {
             "fp32_heads" => self.fp32_heads = switch()?,
             "batch_objects" => self.batch_objects = switch()?,
             "keep_freed" => self.keep_freed = switch()?,
+            "warm_up" => self.warm_up = switch()?,
             "sync_timings" => self.sync_timings = switch()?,
             "trace" => self.trace = path(),
             "trace_pass" => {
@@ -307,6 +317,7 @@ impl Tuning {
             "fp32_heads" => self.fp32_heads.to_string(),
             "batch_objects" => self.batch_objects.to_string(),
             "keep_freed" => self.keep_freed.to_string(),
+            "warm_up" => self.warm_up.to_string(),
             "sync_timings" => self.sync_timings.to_string(),
             "trace" => path(&self.trace),
             "trace_pass" => self.trace_pass.to_string(),

@@ -249,6 +249,9 @@ impl Sessions {
         opts.session_dir = session_dir.clone();
         opts.media = None;
         opts.initial_ops = vec![];
+        // A spare worker has the time: its first session then starts on captured graphs
+        // (`warm_up`; on CUDA only).
+        opts.tuning.warm_up = true;
         if self.cfg.engine_decord {
             scale_like_decord(&mut opts);
         } else {

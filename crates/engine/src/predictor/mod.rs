@@ -7,6 +7,7 @@
 //! * `streams` — several videos' propagations in lockstep on one model (shared encoder
 //!   batches and tracking steps);
 //! * `graphs` — the CUDA graphs of a frame's fixed-shape pieces;
+//! * `warm_up` — a worker's first frames tracked on a synthetic clip, before any session;
 //! * `memory_bank`, `bank_undo` — the reference's output dictionaries, disk-backed, and
 //!   their undo log.
 mod bank_undo;
@@ -17,4 +18,5 @@ mod ops;
 mod pipeline;
 pub mod streams;
 pub mod video_predictor;
+pub mod warm_up;
 pub use video_predictor::{FrameOutput, ObjectOutput, VideoOptions, VideoPredictor};

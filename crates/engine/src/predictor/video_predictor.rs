@@ -155,6 +155,11 @@ impl VideoPredictor {
         &self.model
     }
 
+    /// The predictor's CUDA graphs, the rest dropped (`warm_up`).
+    pub(super) fn into_graphs(self) -> Graphs {
+        self.graphs
+    }
+
     /// `_obj_id_to_idx` for an object that exists (None otherwise; `add_new_points_or_box`
     /// adds new ones).
     pub(super) fn obj_idx(&self, id: ObjectId) -> Option<usize> {

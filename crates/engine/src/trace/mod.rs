@@ -23,10 +23,12 @@ pub struct Trace {
 /// Starts recording a propagation on `device` into `path` when this propagation is the
 /// process's `wanted`-th (the `trace` and `trace_pass` knobs).
 pub fn propagation(device: tch::Device, path: Option<&Path>, wanted: usize) -> Trace {
-    let pass = PASSES.fetch_add(1, Ordering::Relaxed) + 1;
+    // Counted only where a trace is asked for: a propagation that is not (the warm-up's)
+    // does not shift which one `wanted` names.
     let Some(path) = path.map(Path::to_path_buf) else {
         return Trace { path: None };
     };
+    let pass = PASSES.fetch_add(1, Ordering::Relaxed) + 1;
     if pass != wanted {
         return Trace { path: None };
     }

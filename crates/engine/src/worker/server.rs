@@ -8,6 +8,7 @@ use super::protocol::{self, Request, Response, PROTOCOL_VERSION};
 use super::stats::{self, DeviceInfo};
 use crate::device::DeviceChoice;
 use crate::model::{LoadOptions, Sam2Base};
+use crate::predictor::warm_up::{warm_up, WarmGraphs};
 use crate::predictor::{FrameOutput, VideoOptions, VideoPredictor};
 use sam2_api::events::{ModelLabel, ObjectMask};
 use sam2_api::rle::Rle;
@@ -114,6 +115,8 @@ struct Engine {
     streams: BTreeMap<u32, VideoPredictor>,
     /// What `LoadModel` brought, with this process's environment on top.
     tuning: Tuning,
+    /// The graphs a warm-up captured after loading, for the first session opened.
+    warm: Option<WarmGraphs>,
 }
 
 /// Runs the worker until `Shutdown` or stdin closes.
@@ -134,6 +137,7 @@ pub fn serve() -> anyhow::Result<()> {
         video: None,
         streams: BTreeMap::new(),
         tuning: Tuning::default(),
+        warm: None,
     };
     while let Ok((n, req)) = inbox.rx.recv() {
         if matches!(req, Request::Shutdown) {
@@ -258,8 +262,17 @@ impl Engine {
                     version: model.config.version,
                     random_init: crate::model::random_init::is_random_init(&checkpoint),
                 };
-                self.model = Some(Rc::new(model));
+                let model = Rc::new(model);
                 self.video = None;
+                // Before the answer: a worker that says it is loaded is also warm.
+                self.warm = match warm_up(&model, &self.tuning) {
+                    Ok(warm) => warm,
+                    Err(e) => {
+                        eprintln!("sam2-tui: warm-up skipped: {e:#}");
+                        None
+                    }
+                };
+                self.model = Some(model);
                 Response::Loaded { model: label_model, device: choice, precision, device_label: label }
             }
             Err(e) => Response::Error { seq: None, message: format!("load {}: {e:#}", checkpoint.display()) },
@@ -271,8 +284,11 @@ impl Engine {
             let model = self.model.clone().ok_or_else(|| anyhow::anyhow!("open_media before load_model"))?;
             let frames = crate::media::open(path)?;
             let fps = frames.fps();
-            let v =
+            let mut v =
                 VideoPredictor::new(model, frames, VideoOptions { fill_holes, bank_dir, tuning: self.tuning.clone() })?;
+            if let Some(warm) = self.warm.take() {
+                v.adopt(warm);
+            }
             let (width, height) = v.video_size();
             let frames = v.num_frames();
             self.video = Some(v);
