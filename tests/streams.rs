@@ -72,32 +72,45 @@ fn setup() -> &'static Setup {
         for (i, (frames, offset, ops)) in streams_spec().into_iter().enumerate() {
             let clip = s.dir.join(format!("clip{i}.mp4"));
             common::pattern_clip(&clip, frames, offset);
-            let journal = format!(r#"{{"version":1,"ops":[{}]}}"#, ops.join(","));
-            let session = s.dir.join(format!("journal{i}.json"));
-            std::fs::write(&session, &journal).unwrap();
-            let parsed: sam2_tui::session::Journal = serde_json::from_str(&journal).unwrap();
-            s.journals.push(parsed.ops);
-            let out = s.dir.join(format!("alone{i}"));
-            let o = Command::new(common::bin())
-                .arg("segment")
-                .arg(&clip)
-                .arg("--session")
-                .arg(&session)
-                .arg("--out")
-                .arg(&out)
-                .arg("--checkpoint")
-                .arg(&s.checkpoint)
-                .args(["--device", "cpu", "--image-size", "256", "--logits"])
-                .env("OMP_NUM_THREADS", "2")
-                .env("XDG_DATA_HOME", s.dir.join("data"))
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "segment {i} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-            s.alone.push(segment_results(&out));
+            let (journal, alone) = segment_alone(&s.dir, &s.checkpoint, &clip, &ops, &format!("{i}"));
+            s.journals.push(journal);
+            s.alone.push(alone);
             s.clips.push(clip);
         }
         s
     })
+}
+
+/// `ops` (journal ops as JSON) run on `clip` by `segment`, the ordinary single-session
+/// path: the parsed journal and its results (kept under `dir/alone{name}`).
+fn segment_alone(
+    dir: &Path,
+    checkpoint: &Path,
+    clip: &Path,
+    ops: &[&str],
+    name: &str,
+) -> (Vec<sam2_tui::session::Op>, Results) {
+    let journal = format!(r#"{{"version":1,"ops":[{}]}}"#, ops.join(","));
+    let session = dir.join(format!("journal{name}.json"));
+    std::fs::write(&session, &journal).unwrap();
+    let parsed: sam2_tui::session::Journal = serde_json::from_str(&journal).unwrap();
+    let out = dir.join(format!("alone{name}"));
+    let o = Command::new(common::bin())
+        .arg("segment")
+        .arg(clip)
+        .arg("--session")
+        .arg(&session)
+        .arg("--out")
+        .arg(&out)
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .args(["--device", "cpu", "--image-size", "256", "--logits"])
+        .env("OMP_NUM_THREADS", "2")
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "segment {name} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    (parsed.ops, segment_results(&out))
 }
 
 /// A `segment` output folder's results.
@@ -231,6 +244,29 @@ fn three_streams_at_once_give_each_stream_the_masks_it_gets_alone() {
         assert!(has_foreground(want), "stream {i}: empty masks prove nothing");
         let worst = assert_same(&format!("stream {i}"), got, want);
         eprintln!("stream {i}: {} results, masks identical, max |dlogit| {worst:e}", want.len());
+    }
+}
+
+#[test]
+fn streams_of_one_object_each_tracked_as_one_batch_give_each_the_masks_it_gets_alone() {
+    // Two streams of one object each, both from frame 0: on every step their pairs have
+    // as many memories and pointers, so the whole tracking step runs as one batched step
+    // over both streams' frames (on CUDA, one graph per memory shape). Different clips
+    // and prompts, so a pair given the other stream's frame or memory would show.
+    let s = setup();
+    let click = [r#"{"op":"add_prompt","frame":0,"object":1,"points":[[30,20,1]]}"#, r#"{"op":"propagate"}"#];
+    let (ops, alone) = segment_alone(&s.dir, &s.checkpoint, &s.clips[0], &click, "-click0");
+    let jobs = vec![
+        StreamJob { media: s.clips[0].clone(), ops },
+        StreamJob { media: s.clips[2].clone(), ops: s.journals[2].clone() },
+    ];
+    let run = run_streams("one-object-each", jobs, &[], None);
+    assert!(run.deaths.is_empty(), "{:?}", run.deaths);
+    for (i, want) in [&alone, &s.alone[2]].into_iter().enumerate() {
+        assert_eq!(run.results[i], Ok(()), "stream {i}");
+        assert!(has_foreground(want), "stream {i}: empty masks prove nothing");
+        let worst = assert_same(&format!("stream {i} of one object"), &run.streams[i], want);
+        eprintln!("stream {i} of one object: {} results, masks identical, max |dlogit| {worst:e}", want.len());
     }
 }
 

@@ -225,7 +225,7 @@ fn step(
         }
         pairs.extend(mine);
     }
-    let entries = track_pairs(model, &pairs, &feats, &mut timings, t0, || passes[0].video.sync());
+    let entries = track_pairs(model, encoder, &pairs, &feats, &mut timings, t0, || passes[0].video.sync());
 
     // 3. The outputs staged in each stream's bank, the host copies queued.
     let mut out = vec![];
@@ -254,7 +254,8 @@ fn step(
 /// Memory attention, the SAM heads and the memory encoder for every pair of a step (see
 /// the module comment); each pair's outputs, in the order of `pairs`.
 fn track_pairs(
-    model: &crate::model::Sam2Base,
+    model: &Rc<crate::model::Sam2Base>,
+    graphs: &mut Graphs,
     pairs: &[Pair],
     feats: &[Option<Rc<FrameFeatures>>],
     timings: &mut StageTimings,
@@ -265,6 +266,44 @@ fn track_pairs(
         return vec![];
     }
     let feat = |l: usize| feats[l].as_ref().expect("a tracked stream's frame is encoded");
+    // Each pair's own frame's features, batched in the order of `pairs`.
+    let per_pair = |f: &dyn Fn(&FrameFeatures) -> &Tensor| {
+        Tensor::cat(&pairs.iter().map(|p| f(feat(p.lane)).shallow_clone()).collect::<Vec<_>>(), 0)
+    };
+    let frames = || FrameFeatures {
+        high_res: [per_pair(&|f| &f.high_res[0]), per_pair(&|f| &f.high_res[1])],
+        feat: per_pair(&|f| &f.feat),
+        pos: per_pair(&|f| &f.pos),
+    };
+    let one = |x: &Tensor, i: usize| x.narrow(0, i as i64, 1).copy();
+    let entries = |maskmem: &Tensor, low: &Tensor, ptr: &Tensor, score: &Tensor| {
+        (0..pairs.len())
+            .map(|i| Entry {
+                maskmem: Some(one(maskmem, i)),
+                pred_masks: one(low, i),
+                obj_ptr: one(ptr, i),
+                score: one(score, i),
+            })
+            .collect()
+    };
+    // The steady state of streams of one object each: every pair from another stream and
+    // with as many memories and pointers as every other (all banks full). The whole step
+    // is then `Sam2Base::track_step_batched` over the pairs' frames, which on CUDA is one
+    // graph per (pairs, memory shape), captured on its second consecutive step, as for
+    // the objects of one video (`batched`); eagerly it is the path below with the
+    // frame-only start of memory attention batched over the streams too. Its stage times
+    // are the whole step's, under memory attention.
+    let distinct_lanes = pairs.iter().enumerate().all(|(i, p)| pairs[..i].iter().all(|q| q.lane != p.lane));
+    let one_shape = pairs.iter().all(|p| p.memory.counts() == pairs[0].memory.counts());
+    if distinct_lanes && one_shape && pairs.len() > 1 {
+        let all: Vec<&ChosenMemories> = pairs.iter().map(|p| &p.memory).collect();
+        let memory = ChosenMemories::assemble_group(model, &all);
+        let [low, ptr, score, maskmem] =
+            graphs.track_step_batched(model, &frames(), &memory.tokens, &memory.pos, memory.num_ptr_tokens);
+        sync();
+        timings.memory_attention_ms = ms(t0);
+        return entries(&maskmem, &low, &ptr, &score);
+    }
     // The frame-only start of memory attention, once per stream's frame.
     let mut begun: Vec<Option<(Tensor, Tensor)>> = (0..feats.len()).map(|_| None).collect();
     for p in pairs {
@@ -301,15 +340,7 @@ fn track_pairs(
     sync();
     timings.memory_attention_ms = ms(t0);
 
-    // Each pair's own frame's features, batched in the order of `pairs`.
-    let per_pair = |f: &dyn Fn(&FrameFeatures) -> &Tensor| {
-        Tensor::cat(&pairs.iter().map(|p| f(feat(p.lane)).shallow_clone()).collect::<Vec<_>>(), 0)
-    };
-    let frames = FrameFeatures {
-        high_res: [per_pair(&|f| &f.high_res[0]), per_pair(&|f| &f.high_res[1])],
-        feat: per_pair(&|f| &f.feat),
-        pos: per_pair(&|f| &f.pos),
-    };
+    let frames = frames();
     let t = Instant::now();
     let sam = model.forward_sam_heads(&pix, None, None, &frames.high_res, true);
     sync();
@@ -318,15 +349,7 @@ fn track_pairs(
     let maskmem = model.encode_new_memory(&frames, &sam.high_res_masks, &sam.object_score_logits, false);
     sync();
     timings.memory_encoder_ms = ms(t);
-    let one = |x: &Tensor, i: usize| x.narrow(0, i as i64, 1).copy();
-    (0..pairs.len())
-        .map(|i| Entry {
-            maskmem: Some(one(&maskmem, i)),
-            pred_masks: one(&sam.low_res_masks, i),
-            obj_ptr: one(&sam.obj_ptr, i),
-            score: one(&sam.object_score_logits, i),
-        })
-        .collect()
+    entries(&maskmem, &sam.low_res_masks, &sam.obj_ptr, &sam.object_score_logits)
 }
 
 fn ms(t: Instant) -> f32 {
