@@ -251,11 +251,9 @@ impl MemoryBank {
     /// As `put` for several entries (the objects of one propagation frame), each kept
     /// entry (on the device) written from `on_disk`, the same values already copied to the
     /// host, so the write does not wait for the device. The undo log records every file
-    /// first, then the files are written side by side on threads (the
-    /// host's share of a frame grows with the objects; one write is a few hundred KB and
-    /// four syscalls), then the entries are kept. On a failed write the entries before it
-    /// are kept and its error returned; any file written after it holds the right values
-    /// (and the undo log covers it), as a crash between two sequential writes would leave.
+    /// first, then each file is written and its entry kept. On a failed write the entries
+    /// before it are kept and its error returned, as a crash between two writes would
+    /// leave them (the undo log covers every file).
     pub fn put_copied_many(&mut self, puts: Vec<CopiedPut>) -> anyhow::Result<()> {
         let mut writes = Vec::with_capacity(puts.len());
         let mut kept = Vec::with_capacity(puts.len());
@@ -265,9 +263,10 @@ impl MemoryBank {
             writes.push((path, p.on_disk, p.tracked));
             kept.push((p.id, p.slot, p.frame, p.entry, p.tracked));
         }
-        let written = sam2_api::util::map_in_parallel(writes, |(path, e, tracked)| write_entry(&path, &e, tracked));
-        for ((id, slot, frame, entry, tracked), w) in kept.into_iter().zip(written) {
-            w?;
+        // Written on this thread (see `write_out`: threads of their own cost more than the
+        // writes on a many-core host).
+        for ((id, slot, frame, entry, tracked), (path, e, t)) in kept.into_iter().zip(writes) {
+            write_entry(&path, &e, t)?;
             self.keep(id, slot, frame, entry, tracked);
         }
         Ok(())
