@@ -20,6 +20,7 @@ use sam2_api::model::{ModelSize, ModelVersion};
 use sam2_api::protocol::{Request, Response, PROTOCOL_VERSION};
 use sam2_api::protocol::{FAULT_ENV, FAULT_STATE_ENV};
 use sam2_api::session::{Journal, Op};
+use sam2_api::tuning::Tuning;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -614,7 +615,13 @@ impl Machine {
                     precision: self.opts.precision,
                     image_size: self.opts.image_size,
                     device_label: self.rung.label.clone(),
-                    tuning: self.opts.tuning.clone(),
+                    // A worker restarted after a death resumes a session at once: its
+                    // first frames would capture the graphs anyway, and a warm-up first
+                    // would only make the pause the user sees longer.
+                    tuning: Tuning {
+                        warm_up: self.opts.tuning.warm_up && self.restarts == 0,
+                        ..self.opts.tuning.clone()
+                    },
                 };
                 if let Some(w) = self.worker.as_mut() {
                     w.phase = Phase::Loading;

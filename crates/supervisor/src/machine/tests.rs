@@ -603,6 +603,25 @@ fn a_crash_loop_exhausts_the_retries_within_the_window_and_falls_back_to_the_cpu
 }
 
 #[test]
+fn a_worker_restarted_after_a_death_is_not_asked_to_warm_up_first() {
+    let mut o = options();
+    o.tuning.warm_up = true;
+    let mut s = Sim::new(o);
+    let warm = |out: &[Output]| {
+        requests(out).iter().find_map(|r| match r {
+            Request::LoadModel { tuning, .. } => Some(tuning.warm_up),
+            _ => None,
+        })
+    };
+    s.bring_up();
+    assert_eq!(warm(&s.take()), Some(true), "the first worker warms up (a spare worker, before any session)");
+    s.dies_of(SIGABRT);
+    s.advance(secs(1));
+    s.hello();
+    assert_eq!(warm(&s.take()), Some(false), "its replacement resumes the session without a warm-up");
+}
+
+#[test]
 fn crashes_further_apart_than_the_window_are_retried_without_falling_back() {
     let mut s = Sim::ready(options());
     for _ in 0..5 {
