@@ -54,12 +54,6 @@ impl Attention {
         self.k_proj.weight.kind()
     }
 
-    /// Keys and values projected once, for callers that attend to the same memory many
-    /// times (the memory bank: its K/V do not change while the bank is unchanged).
-    pub fn project_kv(&self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
-        (self.separate(&self.k_proj.forward(k)), self.separate(&self.v_proj.forward(v)))
-    }
-
     /// RoPE attention (`RoPEAttention.forward`): rotary encoding on q and on the first
     /// `k.len - num_k_exclude_rope` keys (the object-pointer tokens at the end get none).
     pub fn forward_rope(&self, q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope, num_k_exclude_rope: i64) -> Tensor {
