@@ -250,24 +250,15 @@ impl MemoryBank {
 
     /// As `put` for several entries (the objects of one propagation frame), each kept
     /// entry (on the device) written from `on_disk`, the same values already copied to the
-    /// host, so the write does not wait for the device. The undo log records every file
-    /// first, then each file is written and its entry kept. On a failed write the entries
-    /// before it are kept and its error returned, as a crash between two writes would
-    /// leave them (the undo log covers every file).
+    /// host, so the write does not wait for the device. One entry after another, each as
+    /// `put` stores it; on a failed write the entries before it are kept and its error
+    /// returned.
     pub fn put_copied_many(&mut self, puts: Vec<CopiedPut>) -> anyhow::Result<()> {
-        let mut writes = Vec::with_capacity(puts.len());
-        let mut kept = Vec::with_capacity(puts.len());
         for p in puts {
             let path = self.path(p.id, p.slot, p.frame);
             self.preserve(&path)?;
-            writes.push((path, p.on_disk, p.tracked));
-            kept.push((p.id, p.slot, p.frame, p.entry, p.tracked));
-        }
-        // Written on this thread (see `write_out`: threads of their own cost more than the
-        // writes on a many-core host).
-        for ((id, slot, frame, entry, tracked), (path, e, t)) in kept.into_iter().zip(writes) {
-            write_entry(&path, &e, t)?;
-            self.keep(id, slot, frame, entry, tracked);
+            write_entry(&path, &p.on_disk, p.tracked)?;
+            self.keep(p.id, p.slot, p.frame, p.entry, p.tracked);
         }
         Ok(())
     }
