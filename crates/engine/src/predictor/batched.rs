@@ -113,9 +113,8 @@ impl VideoPredictor {
         for (memory, members) in groups {
             let [low, ptr, score, maskmem] =
                 self.graphs.track_step_batched(&self.model, feats, &memory.tokens, &memory.pos, memory.num_ptr_tokens);
-            // The graph's outputs are its own buffers, overwritten by the next replay: the
-            // group's copied once, each object's entry a row of the copies.
-            let [low, ptr, score, maskmem] = [low.copy(), ptr.copy(), score.copy(), maskmem.copy()];
+            // The replay hands back copies of the graph's buffers (`cuda::graph`): each
+            // object's entry is a row of them.
             for (j, &i) in members.iter().enumerate() {
                 entries[i] = Some(Entry {
                     maskmem: Some(one(&maskmem, j)),

@@ -293,6 +293,16 @@ fn track_pairs(
     // the objects of one video (`batched`); eagerly it is the path below with the
     // frame-only start of memory attention batched over the streams too. Its stage times
     // are the whole step's, under memory attention.
+    // One pair alone (one stream left running, or a single stream): the one-object step
+    // of a video tracked alone, through the same graphs, so its numbers are exactly those
+    // of that stream run by itself.
+    if let [pair] = pairs {
+        let memory = pair.memory.assemble(model);
+        let [low, ptr, score, maskmem] = graphs.track_step(model, feat(pair.lane), &memory);
+        sync();
+        timings.memory_attention_ms = ms(t0);
+        return vec![Entry { maskmem: Some(maskmem), pred_masks: low, obj_ptr: ptr, score }];
+    }
     let distinct_lanes = pairs.iter().enumerate().all(|(i, p)| pairs[..i].iter().all(|q| q.lane != p.lane));
     let one_shape = pairs.iter().all(|p| p.memory.counts() == pairs[0].memory.counts());
     if distinct_lanes && one_shape && pairs.len() > 1 {

@@ -531,9 +531,7 @@ impl VideoPredictor {
         frame: usize,
         reverse: bool,
     ) -> anyhow::Result<AssembledMemory> {
-        let chosen = self.choose_memories(id, frame, reverse)?;
-        let (spatial, ptrs) = chosen.views();
-        Ok(self.model.assemble_memory(&spatial, &ptrs, self.num_frames))
+        Ok(self.choose_memories(id, frame, reverse)?.assemble(&self.model))
     }
 
     /// The memories `prepare_memory_conditioned_features` assembles for `id` on `frame`:
@@ -764,6 +762,12 @@ impl ChosenMemories {
             .collect();
         let ptrs = self.ptrs.iter().map(|(pos, e)| PointerMemory { ptr: &e.obj_ptr, pos: *pos }).collect();
         (spatial, ptrs)
+    }
+
+    /// The memory tokens of one object (`Sam2Base::assemble_memory`).
+    pub(super) fn assemble(&self, model: &Sam2Base) -> AssembledMemory {
+        let (spatial, ptrs) = self.views();
+        model.assemble_memory(&spatial, &ptrs, self.num_frames)
     }
 
     /// Several objects' memories assembled side by side (`Sam2Base::assemble_memories`);
