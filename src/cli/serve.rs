@@ -59,6 +59,13 @@ pub struct Args {
     /// a process start and a model load (0: none; each holds a model's memory).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub warm_workers: u32,
+    /// Share an NVIDIA GPU between the session workers through CUDA MPS (NVIDIA's
+    /// Multi-Process Service): auto starts a private daemon when the engine may run on
+    /// CUDA and nvidia-cuda-mps-control is on PATH (a daemon named by
+    /// CUDA_MPS_PIPE_DIRECTORY is used as it is); on insists; off leaves the GPU
+    /// time-sliced between workers.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub cuda_mps: String,
     /// Show the operator view full screen (sessions, FPS, device memory, restarts, the
     /// log; keys switch model, device or precision and drain the server) instead of
     /// logging to stderr.
@@ -119,6 +126,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // has the `ffmpeg` CLI extract them.
     opts.engine_decord = cfg!(feature = "video") && !a.extract_frames;
     opts.warm_workers = a.warm_workers as usize;
+    opts.cuda_mps = a.cuda_mps.parse().map_err(|e: String| bad_input(format!("--cuda-mps: {e}")))?;
     if a.console {
         return with_console(opts, &cfg);
     }

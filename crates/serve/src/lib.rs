@@ -16,6 +16,7 @@
 //! * `http`     — the router: routes, CORS as flask-cors, static files, the request log.
 //! * `operator` — what the server is doing, published for an operator view, and the
 //!   operator's controls (switch settings, drain, stop); also the log.
+pub mod cuda_mps;
 pub mod data;
 pub mod ffmpeg;
 pub mod frames;
@@ -67,6 +68,10 @@ pub struct ServeOptions {
     /// Spare workers kept started with the model loaded, so that `startSession` costs
     /// no process start nor model load (0: none).
     pub warm_workers: usize,
+    /// Whether the workers share an NVIDIA GPU through CUDA MPS (see `cuda_mps`).
+    pub cuda_mps: cuda_mps::Mode,
+    /// The MPS control program (`nvidia-cuda-mps-control`).
+    pub mps_control: PathBuf,
     /// The `ffmpeg` and `ffprobe` programs.
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
@@ -91,6 +96,8 @@ impl ServeOptions {
             official_decode: true,
             engine_decord: false,
             warm_workers: 1,
+            cuda_mps: cuda_mps::Mode::Auto,
+            mps_control: "nvidia-cuda-mps-control".into(),
             ffmpeg: "ffmpeg".into(),
             ffprobe: "ffprobe".into(),
             sessions_root: sam2_supervisor::session_dirs::root(),
@@ -155,6 +162,15 @@ pub async fn serve_on(
     });
     let data = data::DataDir::open(&opts.data)?;
     let gallery = data.scan_gallery(&opts.ffmpeg, &opts.ffprobe, &board)?;
+    // Set up before any worker starts, let go (the private daemon told to quit) only
+    // once every session has closed, at the end of this function.
+    let mut opts = opts;
+    let operators = std::env::var_os("CUDA_MPS_PIPE_DIRECTORY").map(PathBuf::from);
+    let gpu_sharing = cuda_mps::start(opts.cuda_mps, opts.base.device, &opts.mps_control, operators)?;
+    board.info(gpu_sharing.describe());
+    if let Some((key, value)) = gpu_sharing.worker_env() {
+        opts.base.set_env(key, &value);
+    }
     sam2_supervisor::session_dirs::sweep_one_shot(&opts.sessions_root);
     let sessions = sessions::Sessions::new(
         sessions::SessionsConfig {
@@ -206,6 +222,7 @@ pub async fn serve_on(
         t.abort();
     }
     sessions.close_all().await;
+    drop(gpu_sharing);
     result.map_err(|e| anyhow::anyhow!("server error: {e}"))
 }
 
