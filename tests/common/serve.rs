@@ -25,8 +25,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `serve` on `data` with `checkpoint` on the CPU in fp32, plus `args`, with
-    /// `env` added; waits until /healthy answers.
+    /// Starts `serve` on `data` with `checkpoint` on the CPU in fp32 (unless `args` name
+    /// a `--device`), plus `args`, with `env` added; waits until /healthy answers.
     pub fn start(name: &str, data: &Path, checkpoint: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let log = super::scratch(&format!("serve-log-{name}")).join("serve.log");
@@ -35,7 +35,7 @@ impl Server {
             .arg(data)
             .arg("--checkpoint")
             .arg(checkpoint)
-            .args(["--device", "cpu", "--precision", "fp32"])
+            .args(if args.contains(&"--device") { &[][..] } else { &["--device", "cpu", "--precision", "fp32"][..] })
             .args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(log.with_extension("out")).unwrap())

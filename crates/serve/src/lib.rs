@@ -96,7 +96,7 @@ impl ServeOptions {
             official_decode: true,
             engine_decord: false,
             warm_workers: 1,
-            cuda_mps: cuda_mps::Mode::Auto,
+            cuda_mps: cuda_mps::Mode::Off,
             mps_control: "nvidia-cuda-mps-control".into(),
             ffmpeg: "ffmpeg".into(),
             ffprobe: "ffprobe".into(),
@@ -160,17 +160,19 @@ pub async fn serve_on(
         s.settings = sessions::settings_of(&opts.base);
         s.max_sessions = opts.max_sessions;
     });
-    let data = data::DataDir::open(&opts.data)?;
-    let gallery = data.scan_gallery(&opts.ffmpeg, &opts.ffprobe, &board)?;
     // Set up before any worker starts, let go (the private daemon told to quit) only
     // once every session has closed, at the end of this function.
     let mut opts = opts;
     let operators = std::env::var_os("CUDA_MPS_PIPE_DIRECTORY").map(PathBuf::from);
     let gpu_sharing = cuda_mps::start(opts.cuda_mps, opts.base.device, &opts.mps_control, operators)?;
-    board.info(gpu_sharing.describe());
+    if !matches!((opts.cuda_mps, &gpu_sharing), (cuda_mps::Mode::Off, cuda_mps::Sharing::None(_))) {
+        board.info(gpu_sharing.describe());
+    }
     if let Some((key, value)) = gpu_sharing.worker_env() {
         opts.base.set_env(key, &value);
     }
+    let data = data::DataDir::open(&opts.data)?;
+    let gallery = data.scan_gallery(&opts.ffmpeg, &opts.ffprobe, &board)?;
     sam2_supervisor::session_dirs::sweep_one_shot(&opts.sessions_root);
     let sessions = sessions::Sessions::new(
         sessions::SessionsConfig {
