@@ -202,3 +202,17 @@ fn headless_serve_logs_one_line_per_request_and_per_restart() {
     assert_eq!(count("restarted (restart 1)"), 1, "the restart:\n{log}");
     assert_eq!(count(" serve: POST "), 4, "nothing else was asked:\n{log}");
 }
+
+#[test]
+fn ctrl_c_at_the_terminal_closes_every_session_without_a_worker_death() {
+    let (_work, data, ckpt) = setup("serve-ctrl-c");
+    let mut server = Server::start("ctrl-c", &data, &ckpt, &["--image-size", "256", "--warm-workers", "1"], &[]);
+    let sid = start_session(server.port);
+    assert_eq!(click(server.port, &sid, 0, [0.3, 0.4]), 1);
+    // SIGINT to serve's whole process group, its workers' too if they were in it.
+    let status = server.interrupt().expect("serve was running");
+    let log = server.log_text();
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("shutting down: closing every session"), "{log}");
+    assert!(!log.contains("worker died"), "the Ctrl-C is the server's to answer, not its workers':\n{log}");
+}

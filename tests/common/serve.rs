@@ -43,6 +43,9 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // Its own process group, as a command started from a shell is: `interrupt` signals
+        // it the way a terminal's Ctrl-C does.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().expect("cannot start sam2-tui serve");
         let mut s = Server { child: Some(child), url: format!("http://127.0.0.1:{port}"), port, log };
         s.wait_healthy(Duration::from_secs(300));
@@ -77,23 +80,39 @@ impl Server {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
+    /// SIGINT to serve's whole process group, as a Ctrl-C at its terminal sends it, and
+    /// wait; the exit status.
+    pub fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.take()?;
+        // SAFETY: kill(2) on the process group our own child leads.
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGINT);
+        }
+        wait_exit(child)
+    }
+
     /// SIGTERM and wait (sessions closed, workers stopped); the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
+        let child = self.child.take()?;
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if let Some(s) = child.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        wait_exit(child)
     }
+}
+
+/// The exit status of a server asked to stop; killed after 30 s.
+fn wait_exit(mut child: Child) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    child.wait().ok()
 }
 
 impl Drop for Server {

@@ -145,6 +145,8 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // Like the workers (`sam2_supervisor::process`): a Ctrl-C is the server's to answer.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         #[cfg(target_os = "linux")]
         // SAFETY: the closure runs in the forked child before exec; it makes one system
         // call, `prctl(PR_SET_PDEATHSIG)`, which allocates nothing and takes no lock.

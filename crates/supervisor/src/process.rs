@@ -36,6 +36,11 @@ impl WorkerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // A process group of its own: a Ctrl-C (or a closed terminal) signals the terminal's
+        // foreground group, and that is for the command to answer — close its sessions, stop
+        // its worker — not for the worker to die of, mid-frame, and be restarted. A worker
+        // whose supervisor is gone still ends: its stdin closes (and, on Linux, below).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         #[cfg(target_os = "linux")]
         // SAFETY: the closure runs in the forked child before exec, where another thread of
         // the parent may have held a lock at fork time. It makes a single system call,
