@@ -145,19 +145,8 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // Like the workers (`sam2_supervisor::process`): a Ctrl-C is the server's to answer.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        #[cfg(target_os = "linux")]
-        // SAFETY: the closure runs in the forked child before exec; it makes one system
-        // call, `prctl(PR_SET_PDEATHSIG)`, which allocates nothing and takes no lock.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            // A server that dies takes its daemon with it (no daemon is left behind).
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        // A Ctrl-C is the server's to answer; a server that dies takes its daemon with it.
+        sam2_supervisor::process::tie_to_this_process(&mut cmd, libc::SIGTERM);
         let child = cmd.spawn().map_err(|e| anyhow::anyhow!("{}: cannot start: {e}", program.display()))?;
         let mut d = Daemon { program: program.to_path_buf(), child, dir };
         d.wait_until_serving()?;

@@ -36,24 +36,8 @@ impl WorkerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        // A process group of its own: a Ctrl-C (or a closed terminal) signals the terminal's
-        // foreground group, and that is for the command to answer — close its sessions, stop
-        // its worker — not for the worker to die of, mid-frame, and be restarted. A worker
-        // whose supervisor is gone still ends: its stdin closes (and, on Linux, below).
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        #[cfg(target_os = "linux")]
-        // SAFETY: the closure runs in the forked child before exec, where another thread of
-        // the parent may have held a lock at fork time. It makes a single system call,
-        // `prctl(PR_SET_PDEATHSIG)`, which allocates nothing and takes no lock, so it
-        // cannot deadlock or see half-updated state.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            // If the supervisor thread dies (console crash), the worker goes with it.
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // If the supervisor thread dies (console crash), the worker goes with it.
+        tie_to_this_process(&mut cmd, libc::SIGKILL);
         let mut child: Child = cmd.spawn().map_err(|e| anyhow::anyhow!("{program}: cannot start worker: {e}"))?;
         let pid = child.id();
         let stdout = child.stdout.take().expect("piped stdout");
@@ -169,4 +153,29 @@ impl Drop for WorkerProcess {
             self.kill();
         }
     }
+}
+
+/// A child that belongs to this process: in a process group of its own, so that a Ctrl-C
+/// (or a closed terminal), which signals the terminal's foreground group, is for this
+/// process to answer — close its sessions, stop its worker — and not for the child to die
+/// of mid-frame and be restarted; and, on Linux, sent `death_signal` should the thread
+/// that spawns it die (`PR_SET_PDEATHSIG` follows the forking thread, so spawn from one
+/// that lives as long as the child should). A worker whose supervisor is gone ends anyway:
+/// its stdin closes.
+pub fn tie_to_this_process(cmd: &mut Command, death_signal: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs in the forked child before exec, where another thread of
+    // the parent may have held a lock at fork time. It makes a single system call,
+    // `prctl(PR_SET_PDEATHSIG)`, which allocates nothing and takes no lock, so it cannot
+    // deadlock or see half-updated state.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = death_signal;
 }
