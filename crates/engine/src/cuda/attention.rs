@@ -40,7 +40,8 @@ pub fn wants_cudnn(q: &Tensor) -> bool {
         && USABLE.load(Ordering::Relaxed)
 }
 
-/// softmax(q·kᵀ/√d)·v through cuDNN's kernel where [`wants_cudnn`] says so; None
+/// softmax(q·kᵀ/√d)·v through cuDNN's kernel where [`wants_cudnn`] says so (`v` may be
+/// narrower than `q` and `k`: the folded value projection, `Attention::attend_rope`); None
 /// otherwise (the caller runs SDPA), and for the rest of the process after a failure.
 pub fn cudnn(q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Tensor> {
     if !wants_cudnn(q) || k.kind() != q.kind() || v.kind() != q.kind() {
@@ -89,6 +90,14 @@ mod tests {
             crate::model::layers::sdpa(&q.to_kind(Kind::Float), &k.to_kind(Kind::Float), &v.to_kind(Kind::Float));
         let worst = (ours.to_kind(Kind::Float) - &exact).abs().max().double_value(&[]);
         assert!(worst < 2e-2, "max |Δ| vs fp32 {worst}");
+        // Values narrower than the keys (the folded value projection: 64-wide memory tokens).
+        let v64 = v.narrow(3, 0, 64).contiguous();
+        let ours = cudnn(&q, &k, &v64).expect("cuDNN takes 64-wide values");
+        assert_eq!(ours.size(), [6, 1, 4096, 64]);
+        let exact =
+            crate::model::layers::sdpa(&q.to_kind(Kind::Float), &k.to_kind(Kind::Float), &v64.to_kind(Kind::Float));
+        let worst = (ours.to_kind(Kind::Float) - &exact).abs().max().double_value(&[]);
+        assert!(worst < 2e-2, "64-wide values: max |Δ| vs fp32 {worst}");
         // A batch below the threshold, or another head width, stays with SDPA.
         assert!(cudnn(&q.narrow(0, 0, 3), &k.narrow(0, 0, 3), &v.narrow(0, 0, 3)).is_none());
         let r64 = |l| Tensor::randn([6, 4, l, 64], (Kind::Float, dev)).to_kind(Kind::BFloat16);

@@ -107,6 +107,39 @@ extern "C" __global__ void rope_bf16(const unsigned short* __restrict__ x, const
   const float im = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
   ((unsigned int*)y)[i] = (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
 }
+// layer_norm_2d_bf16: `LayerNorm2d` (normalised over the channels of a contiguous NCHW bf16
+// tensor) as libtorch computes it under bf16 autocast, one thread per pixel, instead of
+// nine passes (two means, a subtraction, a square, an add, a sqrt, a division, a scale
+// and a shift), optionally followed by the exact GELU. The steps and their roundings:
+// u = bf16(mean x); d = bf16(x - u); autocast widens d for `pow`, so s = mean(d²) in fp32;
+// r = sqrt(s + eps) in fp32; y = w * (d / r) + b in fp32 (fp32 weights). The two sums run
+// in another order than libtorch's reduction: u can differ for a value on a bf16 rounding
+// boundary, s by an fp32 rounding.
+extern "C" __global__ void layer_norm_2d_bf16(const unsigned short* __restrict__ x, const float* __restrict__ w,
+    const float* __restrict__ b, float* __restrict__ y, long long pixels, long long hw, int channels, float factor,
+    float eps, int gelu) {
+  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= pixels) return;
+  const long long n = p / hw, at = n * channels * hw + (p - n * hw);
+  const unsigned short* xp = x + at;
+  float* yp = y + at;
+  float sum = 0.f;
+  for (int c = 0; c < channels; c++) sum = __fadd_rn(sum, from_bf16(xp[c * hw]));
+  const float u = from_bf16(to_bf16(__fmul_rn(sum, factor)));
+  float sq = 0.f;
+  for (int c = 0; c < channels; c++) {
+    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * hw]), u)));
+    sq = __fadd_rn(sq, __fmul_rn(d, d));
+  }
+  const float r = __fsqrt_rn(__fadd_rn(__fmul_rn(sq, factor), eps));
+  for (int c = 0; c < channels; c++) {
+    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * hw]), u)));
+    float v = __fadd_rn(__fmul_rn(w[c], __fdiv_rn(d, r)), b[c]);
+    // libtorch's GELU: x * 0.5 * (1 + erf(x * M_SQRT1_2)), each step rounded.
+    if (gelu) v = __fmul_rn(__fmul_rn(v, 0.5f), __fadd_rn(1.0f, erff(__fmul_rn(v, 0.70710678118654752440f))));
+    yp[c * hw] = v;
+  }
+}
 )";
 const int kPer[] = {4, 8, 16, 40};
 
@@ -155,6 +188,7 @@ void* open_nvrtc() {
 struct Kernels {
   CUfunction fn[4];
   CUfunction rope;
+  CUfunction layer_norm_2d;
   Driver driver;
 };
 
@@ -222,6 +256,8 @@ Kernels* kernels_for(int device) {
       if (k->driver.function(&k->fn[i], module, name.c_str()) != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     }
     if (k->driver.function(&k->rope, module, "rope_bf16") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
+    if (k->driver.function(&k->layer_norm_2d, module, "layer_norm_2d_bf16") != CUDA_SUCCESS)
+      throw std::runtime_error("cuModuleGetFunction failed");
     built[device] = k;
     return k;
   } catch (const std::exception& e) {
@@ -308,6 +344,43 @@ int sam2_rope_bf16(const at::Tensor* x, const at::Tensor* cos_t, const at::Tenso
     if (pairs > 0) {
       auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
       if (k->driver.launch(k->rope, blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) != CUDA_SUCCESS)
+        throw std::runtime_error("cuLaunchKernel failed");
+    }
+    *out = new at::Tensor(std::move(y));
+    return 1;
+  });
+}
+
+// LayerNorm2d of a contiguous NCHW bf16 CUDA tensor under bf16 autocast, with fp32 weight
+// and bias of C values, then GELU if `gelu`: an fp32 NCHW tensor, as the spelled-out ops
+// give. Returns 1 with `*out` set, 2 when not applicable, 0 on error.
+int sam2_layer_norm_2d_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, double eps, int gelu, at::Tensor** out,
+                            char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> int {
+    if (!x->is_cuda() || x->scalar_type() != at::kBFloat16 || x->dim() != 4 || !x->is_contiguous()) return 2;
+    if (!at::autocast::is_autocast_enabled(at::kCUDA) || at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return 2;
+    const int64_t channels = x->size(1);
+    if (channels == 0 || w->scalar_type() != at::kFloat || b->scalar_type() != at::kFloat || !w->is_contiguous() ||
+        !b->is_contiguous() || w->numel() != channels || b->numel() != channels)
+      return 2;
+    const int device = x->get_device();
+    Kernels* k = kernels_for(device);
+    at::Tensor y = at::empty(x->sizes(), x->options().dtype(at::kFloat));
+    long long hw = x->size(2) * x->size(3), pixels = x->size(0) * hw;
+    int c = static_cast<int>(channels), g = gelu ? 1 : 0;
+    // libtorch's mean multiplies the sum by outputs / inputs, taken in float.
+    float factor = static_cast<float>(pixels) / static_cast<float>(x->numel()), e = static_cast<float>(eps);
+    const void* xp = x->data_ptr();
+    const void* wp = w->data_ptr();
+    const void* bp = b->data_ptr();
+    void* yp = y.data_ptr();
+    void* args[] = {&xp, &wp, &bp, &yp, &pixels, &hw, &c, &factor, &e, &g};
+    const unsigned threads = 256;
+    const unsigned blocks = static_cast<unsigned>((pixels + threads - 1) / threads);
+    if (pixels > 0) {
+      auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+      if (k->driver.launch(k->layer_norm_2d, blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) !=
+          CUDA_SUCCESS)
         throw std::runtime_error("cuLaunchKernel failed");
     }
     *out = new at::Tensor(std::move(y));

@@ -76,7 +76,7 @@ impl MemoryEncoder {
     pub fn forward(&self, pix_feat: &Tensor, masks: &Tensor) -> Tensor {
         let mut m = masks.shallow_clone();
         for (conv, norm) in &self.downsampler {
-            m = norm.forward(&conv.forward(&m)).gelu("none");
+            m = norm.forward_gelu(&conv.forward(&m));
         }
         let m = self.downsampler_out.forward(&m);
         let mut x = self.pix_feat_proj.forward(pix_feat) + m;

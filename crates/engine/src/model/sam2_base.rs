@@ -362,12 +362,15 @@ impl Sam2Base {
         );
         let mut tokens = Vec::new();
         if s > 0 {
-            // [B·S, 64, e, e] member-major → [S·HW, B, 64].
+            // [B·S, 64, e, e] member-major → [S·HW, B, 64]. Gathered and reordered in the
+            // dtype they are stored in (bf16 in the fast mode), then converted once: one
+            // conversion per memory was 112 small kernels a frame at 16 objects. The same
+            // values (bf16 → fp32 is exact).
             let f: Vec<Tensor> =
-                members.iter().flat_map(|(sp, _, _)| sp.iter().map(|m| self.as_model_input(m.features))).collect();
+                members.iter().flat_map(|(sp, _, _)| sp.iter().map(|m| self.on_model_device(m.features))).collect();
             let f = Tensor::cat(&f, 0);
             let (c, hw) = (f.size()[1], f.size()[2] * f.size()[3]);
-            tokens.push(f.view([b, s, c, hw]).permute([1, 3, 0, 2]).reshape([s * hw, b, c]));
+            tokens.push(self.as_model_input(&f.view([b, s, c, hw]).permute([1, 3, 0, 2]).reshape([s * hw, b, c])));
         }
         if p > 0 {
             // Stored pointers may come back from the bank in fp32: compute in the model's
@@ -410,6 +413,15 @@ impl Sam2Base {
             Tensor::cat(&pos, 1)
         };
         AssembledMemory { tokens, pos, num_ptr_tokens: 4 * p }
+    }
+
+    /// `t` on the model's device, in whatever dtype it has.
+    fn on_model_device(&self, t: &Tensor) -> Tensor {
+        if t.device() == self.device {
+            t.shallow_clone()
+        } else {
+            t.to_device(self.device)
+        }
     }
 
     /// `t` on the model's device in its kind; a memory usually is already, and a
