@@ -107,37 +107,67 @@ extern "C" __global__ void rope_bf16(const unsigned short* __restrict__ x, const
   const float im = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
   ((unsigned int*)y)[i] = (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
 }
-// layer_norm_2d_bf16: `LayerNorm2d` (normalised over the channels of a contiguous NCHW bf16
-// tensor) as libtorch computes it under bf16 autocast, one thread per pixel, instead of
+// rope_bf16_x4: the same rotation, four pairs (16 bytes) a thread with 32-bit indices, for
+// the usual case (an even number of pairs per row divisible by 4, aligned rows, fewer than
+// 2^31 pairs): the 64-bit divisions and 4-byte accesses held the one-pair kernel to under
+// half the memory bandwidth over the 28k memory keys. Each pair is computed exactly as above.
+extern "C" __global__ void rope_bf16_x4(const uint4* __restrict__ x, const float4* __restrict__ cos_t,
+    const float4* __restrict__ sin_t, uint4* __restrict__ y, int quads, int half, int tokens, int rotated, int positions) {
+  const int v = blockIdx.x * blockDim.x + threadIdx.x;
+  if (v >= quads) return;
+  const int i = v * 4, row = i / half, j = i - row * half, t = row % tokens;
+  const uint4 packed = x[v];
+  if (t >= rotated) {
+    y[v] = packed;
+    return;
+  }
+  const int k = ((t % positions) * half + j) / 4;
+  const float4 c = cos_t[k], s = sin_t[k];
+  const unsigned int in[4] = {packed.x, packed.y, packed.z, packed.w};
+  const float cs[4] = {c.x, c.y, c.z, c.w}, ss[4] = {s.x, s.y, s.z, s.w};
+  unsigned int out[4];
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    const float a = from_bf16((unsigned short)(in[q] & 0xffffu)), b = from_bf16((unsigned short)(in[q] >> 16));
+    const float re = __fsub_rn(__fmul_rn(a, cs[q]), __fmul_rn(b, ss[q]));
+    const float im = __fadd_rn(__fmul_rn(a, ss[q]), __fmul_rn(b, cs[q]));
+    out[q] = (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
+  }
+  y[v] = make_uint4(out[0], out[1], out[2], out[3]);
+}
+// layer_norm_2d_bf16: `LayerNorm2d` (normalised over the channels of an NCHW bf16 tensor,
+// contiguous or channels-last) as libtorch computes it under bf16 autocast, one thread per pixel, instead of
 // nine passes (two means, a subtraction, a square, an add, a sqrt, a division, a scale
 // and a shift), optionally followed by the exact GELU. The steps and their roundings:
 // u = bf16(mean x); d = bf16(x - u); autocast widens d for `pow`, so s = mean(d²) in fp32;
 // r = sqrt(s + eps) in fp32; y = w * (d / r) + b in fp32 (fp32 weights). The two sums run
 // in another order than libtorch's reduction: u can differ for a value on a bf16 rounding
 // boundary, s by an fp32 rounding.
+// NCHW or channels-last (the depthwise convolution's output): element (n, c, pixel) at
+// n * sn + c * sc + pixel * sp, in the input and in the output alike.
 extern "C" __global__ void layer_norm_2d_bf16(const unsigned short* __restrict__ x, const float* __restrict__ w,
-    const float* __restrict__ b, float* __restrict__ y, long long pixels, long long hw, int channels, float factor,
-    float eps, int gelu) {
+    const float* __restrict__ b, float* __restrict__ y, long long pixels, long long hw, int channels, long long sn,
+    long long sc, long long sp, float factor, float eps, int gelu) {
   const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= pixels) return;
-  const long long n = p / hw, at = n * channels * hw + (p - n * hw);
+  const long long n = p / hw, at = n * sn + (p - n * hw) * sp;
   const unsigned short* xp = x + at;
   float* yp = y + at;
   float sum = 0.f;
-  for (int c = 0; c < channels; c++) sum = __fadd_rn(sum, from_bf16(xp[c * hw]));
+  for (int c = 0; c < channels; c++) sum = __fadd_rn(sum, from_bf16(xp[c * sc]));
   const float u = from_bf16(to_bf16(__fmul_rn(sum, factor)));
   float sq = 0.f;
   for (int c = 0; c < channels; c++) {
-    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * hw]), u)));
+    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * sc]), u)));
     sq = __fadd_rn(sq, __fmul_rn(d, d));
   }
   const float r = __fsqrt_rn(__fadd_rn(__fmul_rn(sq, factor), eps));
   for (int c = 0; c < channels; c++) {
-    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * hw]), u)));
+    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * sc]), u)));
     float v = __fadd_rn(__fmul_rn(w[c], __fdiv_rn(d, r)), b[c]);
     // libtorch's GELU: x * 0.5 * (1 + erf(x * M_SQRT1_2)), each step rounded.
     if (gelu) v = __fmul_rn(__fmul_rn(v, 0.5f), __fadd_rn(1.0f, erff(__fmul_rn(v, 0.70710678118654752440f))));
-    yp[c * hw] = v;
+    yp[c * sc] = v;
   }
 }
 )";
@@ -188,6 +218,7 @@ void* open_nvrtc() {
 struct Kernels {
   CUfunction fn[4];
   CUfunction rope;
+  CUfunction rope_x4;
   CUfunction layer_norm_2d;
   Driver driver;
 };
@@ -256,6 +287,7 @@ Kernels* kernels_for(int device) {
       if (k->driver.function(&k->fn[i], module, name.c_str()) != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     }
     if (k->driver.function(&k->rope, module, "rope_bf16") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
+    if (k->driver.function(&k->rope_x4, module, "rope_bf16_x4") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     if (k->driver.function(&k->layer_norm_2d, module, "layer_norm_2d_bf16") != CUDA_SUCCESS)
       throw std::runtime_error("cuModuleGetFunction failed");
     built[device] = k;
@@ -340,9 +372,18 @@ int sam2_rope_bf16(const at::Tensor* x, const at::Tensor* cos_t, const at::Tenso
     void* yp = y.data_ptr();
     void* args[] = {&xp, &cp, &sp, &yp, &pairs, &half, &tok, &rot, &pos};
     const unsigned threads = 256;
-    const unsigned blocks = static_cast<unsigned>((pairs + threads - 1) / threads);
-    if (pairs > 0) {
-      auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+    auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    if (half % 4 == 0 && pairs < (1LL << 31) && aligned(xp) && aligned(cp) && aligned(sp) && aligned(yp)) {
+      int quads = static_cast<int>(pairs / 4), h = half, t32 = static_cast<int>(tok), r32 = static_cast<int>(rot),
+          p32 = static_cast<int>(pos);
+      void* args4[] = {&xp, &cp, &sp, &yp, &quads, &h, &t32, &r32, &p32};
+      const unsigned blocks = static_cast<unsigned>((quads + threads - 1) / threads);
+      if (quads > 0 && k->driver.launch(k->rope_x4, blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args4, nullptr) !=
+                           CUDA_SUCCESS)
+        throw std::runtime_error("cuLaunchKernel failed");
+    } else if (pairs > 0) {
+      const unsigned blocks = static_cast<unsigned>((pairs + threads - 1) / threads);
       if (k->driver.launch(k->rope, blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) != CUDA_SUCCESS)
         throw std::runtime_error("cuLaunchKernel failed");
     }
@@ -351,13 +392,15 @@ int sam2_rope_bf16(const at::Tensor* x, const at::Tensor* cos_t, const at::Tenso
   });
 }
 
-// LayerNorm2d of a contiguous NCHW bf16 CUDA tensor under bf16 autocast, with fp32 weight
+// LayerNorm2d of an NCHW (contiguous or channels-last) bf16 CUDA tensor under bf16 autocast, with fp32 weight
 // and bias of C values, then GELU if `gelu`: an fp32 NCHW tensor, as the spelled-out ops
-// give. Returns 1 with `*out` set, 2 when not applicable, 0 on error.
+// give, in the input's layout. Returns 1 with `*out` set, 2 when not applicable, 0 on error.
 int sam2_layer_norm_2d_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, double eps, int gelu, at::Tensor** out,
                             char* err, size_t err_len) {
   return guarded(err, err_len, [&]() -> int {
-    if (!x->is_cuda() || x->scalar_type() != at::kBFloat16 || x->dim() != 4 || !x->is_contiguous()) return 2;
+    if (!x->is_cuda() || x->scalar_type() != at::kBFloat16 || x->dim() != 4) return 2;
+    const bool nhwc = !x->is_contiguous() && x->is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (!x->is_contiguous() && !nhwc) return 2;
     if (!at::autocast::is_autocast_enabled(at::kCUDA) || at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return 2;
     const int64_t channels = x->size(1);
     if (channels == 0 || w->scalar_type() != at::kFloat || b->scalar_type() != at::kFloat || !w->is_contiguous() ||
@@ -365,8 +408,10 @@ int sam2_layer_norm_2d_bf16(const at::Tensor* x, const at::Tensor* w, const at::
       return 2;
     const int device = x->get_device();
     Kernels* k = kernels_for(device);
-    at::Tensor y = at::empty(x->sizes(), x->options().dtype(at::kFloat));
+    at::Tensor y = at::empty(x->sizes(), x->options().dtype(at::kFloat).memory_format(
+                                              nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
     long long hw = x->size(2) * x->size(3), pixels = x->size(0) * hw;
+    long long sn = x->stride(0), sc = x->stride(1), sp = nhwc ? x->stride(3) : 1;
     int c = static_cast<int>(channels), g = gelu ? 1 : 0;
     // libtorch's mean multiplies the sum by outputs / inputs, taken in float.
     float factor = static_cast<float>(pixels) / static_cast<float>(x->numel()), e = static_cast<float>(eps);
@@ -374,7 +419,7 @@ int sam2_layer_norm_2d_bf16(const at::Tensor* x, const at::Tensor* w, const at::
     const void* wp = w->data_ptr();
     const void* bp = b->data_ptr();
     void* yp = y.data_ptr();
-    void* args[] = {&xp, &wp, &bp, &yp, &pixels, &hw, &c, &factor, &e, &g};
+    void* args[] = {&xp, &wp, &bp, &yp, &pixels, &hw, &c, &sn, &sc, &sp, &factor, &e, &g};
     const unsigned threads = 256;
     const unsigned blocks = static_cast<unsigned>((pixels + threads - 1) / threads);
     if (pixels > 0) {

@@ -111,7 +111,8 @@ pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option
     }
 }
 
-/// `LayerNorm2d` (over the channels of a contiguous NCHW bf16 CUDA tensor, fp32 weight and
+/// `LayerNorm2d` (over the channels of an NCHW bf16 CUDA tensor, contiguous or channels-last
+/// as a depthwise convolution leaves it; fp32 weight and
 /// bias of C values) under bf16 autocast, then the exact GELU if `gelu`, in one pass: the
 /// fp32 tensor the spelled-out ops give (the memory encoder's mask downsampler and fuser;
 /// nine passes each, about 2 ms of an H100 frame at 16 objects). The same values but for
@@ -198,9 +199,16 @@ mod tests {
         assert!(tch::Cuda::is_available(), "no CUDA device");
         let dev = Device::Cuda(0);
         tch::manual_seed(1);
-        for (channels, side, gelu) in [(4, 64, true), (16, 32, true), (64, 24, true), (256, 16, false), (256, 16, true)]
-        {
+        for (channels, side, gelu, channels_last) in [
+            (4, 64, true, false),
+            (16, 32, true, false),
+            (64, 24, true, false),
+            (256, 16, false, false),
+            (256, 16, false, true),
+            (256, 16, true, false),
+        ] {
             let x = (Tensor::randn([3, channels, side, side], (Kind::Float, dev)) * 2.0 + 0.3).to_kind(Kind::BFloat16);
+            let x = if channels_last { x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { x };
             let w = Tensor::randn([channels, 1, 1], (Kind::Float, dev));
             let b = Tensor::randn([channels, 1, 1], (Kind::Float, dev));
             let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
@@ -211,12 +219,16 @@ mod tests {
             let s = d.square().mean_dim(1, true, None);
             let y = &w * (d / (s + 1e-6).sqrt()) + &b;
             let reference = if gelu { y.gelu("none") } else { y };
-            assert_eq!((fused.kind(), fused.size()), (Kind::Float, reference.size()));
-            let same = fused.eq_tensor(&reference).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-            let worst = (&fused - &reference).abs().max().double_value(&[]);
-            // Most values bit-identical; a channel mean on a bf16 rounding boundary moves
-            // its pixel's values by about one bf16 step of the mean, over the deviation.
-            assert!(same > 0.99, "C={channels} gelu={gelu}: {:.3}% identical", same * 100.0);
+            assert_eq!((fused.kind(), fused.size(), fused.stride()), (Kind::Float, reference.size(), x.stride()));
+            // The variance's fp32 sum runs in another order: values a few fp32 steps apart.
+            // A channel mean on a bf16 rounding boundary moves its pixel by about one bf16
+            // step of the mean, over the deviation: rare.
+            let diff = (&fused - &reference).abs();
+            let tol = reference.abs() * 1e-5 + 1e-6;
+            let far = diff.gt_tensor(&tol).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            let worst = diff.max().double_value(&[]);
+            eprintln!("C={channels} gelu={gelu} channels_last={channels_last}: beyond fp32 rounding {:.4}%, max |Δ| {worst:.2e}", far * 100.0);
+            assert!(far < 0.01, "C={channels} gelu={gelu}: {:.3}% beyond fp32 rounding", far * 100.0);
             assert!(worst < 0.05, "C={channels} gelu={gelu}: max |Δ| {worst}");
         }
     }

@@ -15,26 +15,6 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, Some(&self.bias))
     }
-
-    /// `relu(forward(x))`. On CUDA with everything in bf16 (the fast mode: the weights are
-    /// held in bf16 and the memory attention's LayerNorm writes bf16) the ReLU
-    /// runs in the matmul's epilogue (`_addmm_activation`) instead of a pass of its own
-    /// over the 2048-wide hidden layer: the same values, since rounding commutes with ReLU.
-    pub fn forward_relu(&self, x: &Tensor) -> Tensor {
-        let fits = matches!(x.device(), tch::Device::Cuda(_))
-            && x.kind() == tch::Kind::BFloat16
-            && x.kind() == self.weight.kind()
-            && x.kind() == self.bias.kind()
-            && x.dim() >= 2
-            && x.is_contiguous();
-        if !fits {
-            return self.forward(x).relu();
-        }
-        let (in_dim, out_dim) = (self.weight.size()[1], self.weight.size()[0]);
-        let mut shape = x.size();
-        *shape.last_mut().expect("dim >= 2") = out_dim;
-        self.bias.internal_addmm_activation(&x.reshape([-1, in_dim]), &self.weight.tr(), false).reshape(shape)
-    }
 }
 
 /// nn.LayerNorm over the last dimension.

@@ -116,7 +116,7 @@ impl MemoryAttention {
         let l = &self.layers[i];
         let out = out + l.cross_attn_image.project_out(attn);
         let t = l.norm3.forward_into_matmul(&out);
-        &out + l.linear2.forward(&l.linear1.forward_relu(&t))
+        &out + l.linear2.forward(&l.linear1.forward(&t).relu())
     }
 
     /// The final norm, back to `[HW, B, 256]`.

@@ -237,6 +237,13 @@ mod tests {
             "max |Δ| {}",
             (fused.to_kind(Kind::Float) - spelled_out.to_kind(Kind::Float)).abs().max()
         );
+        // Rows not on a 16-byte boundary go to the one-pair kernel: the same values.
+        let flat = x.flatten(0, -1);
+        let shifted = Tensor::cat(&[flat.narrow(0, 0, 2), flat.shallow_clone()], 0).narrow(0, 2, flat.size()[0]);
+        let shifted = shifted.view([1, 1, n, 256]);
+        let fused =
+            crate::cuda::fused::rope_bf16(&shifted, &rope.cos, &rope.sin, n - tail).expect("fused kernel applies");
+        assert!(fused.equal(&spelled_out), "the one-pair kernel differs");
         // Queries: one table's worth, nothing passed through.
         let q = x.narrow(2, 0, rope.len()).contiguous();
         assert!(rope.apply(&q).equal(&rope.rotate_except_tail(&q, 0)));
