@@ -250,17 +250,30 @@ impl MemoryBank {
 
     /// As `put` for several entries (the objects of one propagation frame), each kept
     /// entry (on the device) written from `on_disk`, the same values already copied to the
-    /// host, so the write does not wait for the device. One entry after another, each as
-    /// `put` stores it; on a failed write the entries before it are kept and its error
-    /// returned.
+    /// host, so the write does not wait for the device. Every path is preserved and every
+    /// entry serialised on this thread (libtorch copies), then the files are written by a
+    /// few threads at once (plain file I/O, see `write_files`); each file is still whole
+    /// or absent. On a failed write the entries written are kept and the first error (in
+    /// `puts` order) returned.
     pub fn put_copied_many(&mut self, puts: Vec<CopiedPut>) -> anyhow::Result<()> {
-        for p in puts {
+        let mut files = Vec::with_capacity(puts.len());
+        for p in &puts {
             let path = self.path(p.id, p.slot, p.frame);
             self.preserve(&path)?;
-            write_entry(&path, &p.on_disk, p.tracked)?;
-            self.keep(p.id, p.slot, p.frame, p.entry, p.tracked);
+            let bytes = entry_bytes(&p.on_disk, p.tracked);
+            files.push((path, bytes));
         }
-        Ok(())
+        let written = write_files(&files);
+        let mut first_error = None;
+        for (p, result) in puts.into_iter().zip(written) {
+            match result {
+                Ok(()) => self.keep(p.id, p.slot, p.frame, p.entry, p.tracked),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn keep(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) {
@@ -380,7 +393,41 @@ fn put_tensor(buf: &mut Vec<u8>, t: &Tensor, kind: Kind) {
     t.copy_data_u8(&mut buf[start..], t.numel());
 }
 
+/// Writes each (path, bytes) atomically (unflushed, as `write_entry`), with up to four
+/// threads for several files. One frame of 16 objects is 16 files of 787 KB; written one
+/// after another they took 35–45 ms a frame on a 2-core VM (each write waits on fresh
+/// page-cache pages), four at a time about a tenth of that (a Python loop writing the same
+/// files: 22–39 against 3.5–3.9 ms a frame). The threads run no libtorch code, so they
+/// start no OpenMP teams (see `VideoPredictor::write_out`).
+fn write_files(files: &[(PathBuf, Vec<u8>)]) -> Vec<anyhow::Result<()>> {
+    let write = |(path, bytes): &(PathBuf, Vec<u8>)| sam2_api::util::atomic_write_unflushed(path, bytes);
+    let threads = files.len().min(4);
+    if threads < 2 {
+        return files.iter().map(write).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<anyhow::Result<()>>>> = files.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(file) = files.get(i) else { break };
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(write(file));
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(|| Err(anyhow::anyhow!("not written"))))
+        .collect()
+}
+
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
+    sam2_api::util::atomic_write_unflushed(path, &entry_bytes(e, tracked))
+}
+
+/// An entry as its file holds it.
+fn entry_bytes(e: &Entry, tracked: Option<bool>) -> Vec<u8> {
     let e4 = e.pred_masks.size()[3];
     let bytes = |t: &Tensor, kind: Kind| t.numel() * kind.elt_size_in_bytes();
     let len = 10
@@ -403,9 +450,9 @@ fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<
     put_tensor(&mut buf, &e.pred_masks, Kind::Float);
     put_tensor(&mut buf, &e.obj_ptr, Kind::Float);
     put_tensor(&mut buf, &e.score, Kind::Float);
-    // Unflushed: entries must survive the engine crashing (they do, in the page cache);
-    // a flush per frame would put a disk round trip on every frame.
-    sam2_api::util::atomic_write_unflushed(path, &buf)
+    // Written unflushed: entries must survive the engine crashing (they do, in the page
+    // cache); a flush per frame would put a disk round trip on every frame.
+    buf
 }
 
 fn read_header(path: &Path) -> anyhow::Result<(Option<bool>, bool, i64)> {
