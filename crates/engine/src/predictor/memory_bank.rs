@@ -99,6 +99,9 @@ pub struct MemoryBank {
     /// The undo log of the op in flight, when that op is one that can be taken back
     /// (see `bank_undo`): every change to the directory is preserved before it is made.
     undo: Option<UndoLog>,
+    /// Buffers a frame's entries are serialised into, kept from frame to frame: a fresh
+    /// 787 KB buffer per entry is fresh pages to fault in every time.
+    scratch: Vec<Vec<u8>>,
 }
 
 const MAGIC: &[u8; 4] = b"S2MB";
@@ -130,7 +133,7 @@ impl MemoryBank {
         if bank_undo::logged(&dir)?.is_some_and(|op| !op.committed) {
             bank_undo::roll_back(&dir)?;
         }
-        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device, undo: None };
+        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device, undo: None, scratch: Vec::new() };
         bank.scan()?;
         Ok(bank)
     }
@@ -260,10 +263,12 @@ impl MemoryBank {
         for p in &puts {
             let path = self.path(p.id, p.slot, p.frame);
             self.preserve(&path)?;
-            let bytes = entry_bytes(&p.on_disk, p.tracked);
+            let mut bytes = self.scratch.pop().unwrap_or_default();
+            entry_bytes_into(&mut bytes, &p.on_disk, p.tracked);
             files.push((path, bytes));
         }
         let written = write_files(&files);
+        self.scratch.extend(files.into_iter().map(|(_, bytes)| bytes));
         let mut first_error = None;
         for (p, result) in puts.into_iter().zip(written) {
             match result {
@@ -418,16 +423,20 @@ fn write_files(files: &[(PathBuf, Vec<u8>)]) -> Vec<anyhow::Result<()>> {
     });
     results
         .into_iter()
-        .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(|| Err(anyhow::anyhow!("not written"))))
+        .map(|r| {
+            r.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(|| Err(anyhow::anyhow!("not written")))
+        })
         .collect()
 }
 
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
-    sam2_api::util::atomic_write_unflushed(path, &entry_bytes(e, tracked))
+    let mut buf = Vec::new();
+    entry_bytes_into(&mut buf, e, tracked);
+    sam2_api::util::atomic_write_unflushed(path, &buf)
 }
 
-/// An entry as its file holds it.
-fn entry_bytes(e: &Entry, tracked: Option<bool>) -> Vec<u8> {
+/// An entry as its file holds it, in `buf` (whatever it held before is dropped).
+fn entry_bytes_into(buf: &mut Vec<u8>, e: &Entry, tracked: Option<bool>) {
     let e4 = e.pred_masks.size()[3];
     let bytes = |t: &Tensor, kind: Kind| t.numel() * kind.elt_size_in_bytes();
     let len = 10
@@ -435,7 +444,8 @@ fn entry_bytes(e: &Entry, tracked: Option<bool>) -> Vec<u8> {
         + bytes(&e.pred_masks, Kind::Float)
         + bytes(&e.obj_ptr, Kind::Float)
         + bytes(&e.score, Kind::Float);
-    let mut buf = Vec::with_capacity(len);
+    buf.clear();
+    buf.reserve(len);
     buf.extend_from_slice(MAGIC);
     buf.push(match tracked {
         None => 0,
@@ -445,14 +455,13 @@ fn entry_bytes(e: &Entry, tracked: Option<bool>) -> Vec<u8> {
     buf.push(e.maskmem.is_some() as u8);
     buf.extend_from_slice(&(e4 as u32).to_le_bytes());
     if let Some(m) = &e.maskmem {
-        put_tensor(&mut buf, m, Kind::BFloat16);
+        put_tensor(buf, m, Kind::BFloat16);
     }
-    put_tensor(&mut buf, &e.pred_masks, Kind::Float);
-    put_tensor(&mut buf, &e.obj_ptr, Kind::Float);
-    put_tensor(&mut buf, &e.score, Kind::Float);
+    put_tensor(buf, &e.pred_masks, Kind::Float);
+    put_tensor(buf, &e.obj_ptr, Kind::Float);
+    put_tensor(buf, &e.score, Kind::Float);
     // Written unflushed: entries must survive the engine crashing (they do, in the page
     // cache); a flush per frame would put a disk round trip on every frame.
-    buf
 }
 
 fn read_header(path: &Path) -> anyhow::Result<(Option<bool>, bool, i64)> {
@@ -485,4 +494,36 @@ fn read_entry(path: &Path, device: Device) -> anyhow::Result<Entry> {
     let obj_ptr = take(256, Kind::Float, &[1, 256])?;
     let score = take(1, Kind::Float, &[1, 1])?;
     Ok(Entry { maskmem, pred_masks, obj_ptr, score })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frames_files_are_written_whole_by_several_threads_and_each_failure_is_reported_for_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("not-a-folder");
+        std::fs::write(&blocked, b"a file where a folder is expected").unwrap();
+        let mut files: Vec<(PathBuf, Vec<u8>)> =
+            (0..9u8).map(|i| (dir.path().join(format!("e{i}")), vec![i; 300_000 + i as usize])).collect();
+        // Two entries that cannot be written: their folder is a file.
+        files[3].0 = blocked.join("e3");
+        files[6].0 = blocked.join("e6");
+        let results = write_files(&files);
+        assert_eq!(results.len(), files.len());
+        for (i, ((path, bytes), result)) in files.iter().zip(&results).enumerate() {
+            if i == 3 || i == 6 {
+                assert!(result.is_err(), "entry {i} cannot be written");
+                assert!(!path.exists());
+            } else {
+                assert!(result.is_ok(), "entry {i}: {result:?}");
+                assert_eq!(&std::fs::read(path).unwrap(), bytes, "entry {i} whole");
+            }
+        }
+        // Nothing else was left behind (no temporary files of the atomic writes).
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names.len(), 8, "{names:?}");
+    }
 }
