@@ -89,11 +89,7 @@ pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
 /// of P: memory frames tile the tables) are rotated, the rest pass through. Bit-identical
 /// to `Rope::apply` on bf16 input. None where it does not apply.
 pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option<Tensor> {
-    if !matches!(x.device(), Device::Cuda(_))
-        || x.kind() != Kind::BFloat16
-        || !USABLE.load(Ordering::Relaxed)
-        || !enabled()
-    {
+    if !usable_on_bf16(x) {
         return None;
     }
     #[cfg(sam2_cuda_shim)]
@@ -111,19 +107,15 @@ pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option
     }
 }
 
-/// `LayerNorm2d` (over the channels of an NCHW bf16 CUDA tensor, contiguous or channels-last
-/// as a depthwise convolution leaves it; fp32 weight and
-/// bias of C values) under bf16 autocast, then the exact GELU if `gelu`, in one pass: the
+/// `LayerNorm2d` (over the channels of an NCHW bf16 CUDA tensor, contiguous or channels-
+/// last as a depthwise convolution leaves it; fp32 weight and bias of C values) under bf16
+/// autocast, then the exact GELU if `gelu`, in one pass: the
 /// fp32 tensor the spelled-out ops give (the memory encoder's mask downsampler and fuser;
 /// nine passes each, about 2 ms of an H100 frame at 16 objects). The same values but for
 /// the rare one whose channel mean lies on a bf16 rounding boundary (the sums run in another
 /// order). None where it does not apply.
 pub fn layer_norm_2d(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, gelu: bool) -> Option<Tensor> {
-    if !matches!(x.device(), Device::Cuda(_))
-        || x.kind() != Kind::BFloat16
-        || !USABLE.load(Ordering::Relaxed)
-        || !enabled()
-    {
+    if !usable_on_bf16(x) {
         return None;
     }
     #[cfg(sam2_cuda_shim)]
@@ -139,6 +131,12 @@ pub fn layer_norm_2d(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, gelu:
         let _ = (weight, bias, eps, gelu);
         None
     }
+}
+
+/// Whether a kernel that takes a bf16 CUDA tensor may run on `x`: the kernels compiled and
+/// not turned off.
+fn usable_on_bf16(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cuda(_)) && x.kind() == Kind::BFloat16 && USABLE.load(Ordering::Relaxed) && enabled()
 }
 
 /// Calls a fused entry point (see `shim::optional_tensor`).
