@@ -410,23 +410,23 @@ fn write_files(files: &[(PathBuf, Vec<u8>)]) -> Vec<anyhow::Result<()>> {
     if threads < 2 {
         return files.iter().map(write).collect();
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<anyhow::Result<()>>>> = files.iter().map(|_| Default::default()).collect();
+    // Thread t writes files t, t + threads, …; each returns its (index, result) pairs.
+    let mut results: Vec<Option<anyhow::Result<()>>> = files.iter().map(|_| None).collect();
     std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(file) = files.get(i) else { break };
-                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(write(file));
-            });
+        let writers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    files.iter().enumerate().skip(t).step_by(threads).map(|(i, f)| (i, write(f))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for writer in writers {
+            for (i, result) in writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
+                results[i] = Some(result);
+            }
         }
     });
-    results
-        .into_iter()
-        .map(|r| {
-            r.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_else(|| Err(anyhow::anyhow!("not written")))
-        })
-        .collect()
+    results.into_iter().map(|r| r.expect("every file has one writer")).collect()
 }
 
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
