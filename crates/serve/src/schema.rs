@@ -301,7 +301,7 @@ impl Mutation {
 
     /// Stops the session's worker; `success: false` for an unknown session.
     async fn close_session(&self, ctx: &Context<'_>, input: CloseSessionInput) -> Result<CloseSession> {
-        let success = state(ctx).sessions.close(&input.session_id, "closeSession").await;
+        let success = state(ctx).sessions.close(&input.session_id, "closeSession");
         Ok(CloseSession { success })
     }
 

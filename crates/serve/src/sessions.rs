@@ -39,7 +39,9 @@ pub struct SessionsConfig {
     pub engine_decord: bool,
     /// Workers kept started, model loaded, for the next sessions (video files, decoded
     /// as the official does): a session then starts without a process start and a model
-    /// load.
+    /// load. Where the engine decodes the video itself, a session's worker goes back to
+    /// the spares when the session closes, and the sessions' workers count towards this
+    /// number (see `refill`).
     pub warm_workers: usize,
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
@@ -63,6 +65,11 @@ pub struct Sessions {
     registry: Mutex<Registry>,
     warm: Mutex<Vec<Warm>>,
     warming: AtomicUsize,
+    /// Closed sessions' workers on their way back to the spares.
+    recycling: AtomicUsize,
+    /// Closed sessions whose worker is being stopped or made a spare again, in the
+    /// background: `closeSession` answers at once, the server's stop waits for these.
+    retiring: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     closing: AtomicBool,
     /// New sessions are refused; the server stops when the last one has closed.
     draining: AtomicBool,
@@ -106,6 +113,8 @@ impl Sessions {
             registry: Mutex::new(Registry::default()),
             warm: Mutex::new(vec![]),
             warming: AtomicUsize::new(0),
+            recycling: AtomicUsize::new(0),
+            retiring: Mutex::new(vec![]),
             closing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
@@ -179,6 +188,8 @@ impl Sessions {
         };
         self.publish_counts();
         self.changed.notify_waiters();
+        // Counted once it is open: its worker will come back (`refill`).
+        self.refill();
         let (id, session) = id?;
         // Settings switched while it started (the switch replayed the sessions open then):
         // it catches up the same way before startSession answers (a reload, no ops yet).
@@ -203,13 +214,23 @@ impl Sessions {
         Ok(id)
     }
 
-    /// Keeps `warm_workers` workers started and loaded (in the background).
+    /// Keeps `warm_workers` workers started and loaded (in the background): the spares,
+    /// plus the workers of open sessions that will come back as spares when they close
+    /// (`retire`). Those are counted so that a burst of sessions does not start as many
+    /// new workers while it streams: their start, model load and warm-up would take the
+    /// GPU from the streams (and their memory would double the workers'), and the
+    /// burst's own workers come back when it ends.
     pub fn refill(self: &Arc<Self>) {
         if !self.cfg.official_decode {
             return;
         }
         loop {
-            let have = self.warm.lock().unwrap_or_else(|p| p.into_inner()).len() + self.warming.load(Ordering::SeqCst);
+            let generation = self.generation.load(Ordering::SeqCst);
+            let coming_back = self.registry().open.values().filter(|s| s.will_recycle(generation)).count()
+                + self.recycling.load(Ordering::SeqCst);
+            let have = self.warm.lock().unwrap_or_else(|p| p.into_inner()).len()
+                + self.warming.load(Ordering::SeqCst)
+                + coming_back;
             if have >= self.cfg.warm_workers
                 || self.closing.load(Ordering::SeqCst)
                 || self.draining.load(Ordering::SeqCst)
@@ -230,7 +251,15 @@ impl Sessions {
                         discard(w).await;
                         me.refill();
                     }
-                    Ok(w) => me.warm.lock().unwrap_or_else(|p| p.into_inner()).push(w),
+                    Ok(w) => {
+                        let label = w.worker.clone();
+                        let waiting = {
+                            let mut warm = me.warm.lock().unwrap_or_else(|p| p.into_inner());
+                            warm.push(w);
+                            warm.len()
+                        };
+                        me.board.info(format!("{label} is ready as a spare ({waiting} waiting)"));
+                    }
                     Err(e) => me.board.error(format!("could not start a spare worker: {e}")),
                 }
                 me.publish_counts();
@@ -306,9 +335,6 @@ impl Sessions {
             }
             w => w,
         };
-        if warm.is_some() {
-            self.refill();
-        }
         let session_dir = match &warm {
             Some(w) => w.session_dir.clone(),
             None => {
@@ -358,6 +384,7 @@ impl Sessions {
             opts.media = Some(media);
         }
         opts.initial_ops = vec![];
+        let media_open = opts.media.clone().unwrap_or_default();
         let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
         let mut worker: Option<String> = None;
         let mut worker_info: Option<WorkerInfo> = None;
@@ -437,7 +464,8 @@ impl Sessions {
         self.board.add_session(SessionStatus::new(&id, shown, frames, worker_info));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let events = std::mem::replace(&mut handle.events, tokio::sync::mpsc::unbounded_channel().1);
-        tokio::spawn(pump(short.clone(), id.clone(), self.board.clone(), events, tx));
+        let (stop_pump, stop) = tokio::sync::oneshot::channel();
+        let pumping = tokio::spawn(pump(short.clone(), id.clone(), self.board.clone(), events, tx, stop));
         let commands = handle.commands.clone();
         // Encode frame 0 ahead (the worker is ready now), as the official's init_state
         // does: the first click there only runs the decoder.
@@ -464,6 +492,13 @@ impl Sessions {
             journal_path: handle.journal_path.clone(),
             started_with,
             handle: Mutex::new(Some(handle)),
+            pump: Mutex::new(Some((stop_pump, pumping))),
+            // The engine opens the video itself and writes nothing but its session
+            // folder: a new session folder makes its worker as good as new.
+            recyclable: official && !decode,
+            generation,
+            switched: AtomicBool::new(false),
+            media: media_open,
             session_dir,
             decoded,
             board: self.board.clone(),
@@ -476,25 +511,132 @@ impl Sessions {
         Ok(session)
     }
 
-    /// Closes a session: its worker is stopped and its folder removed. False when there
-    /// is no such session (the official answers `success: false` then, not an error).
-    pub async fn close(&self, id: &str, why: &str) -> bool {
+    /// Closes a session: refused to its clients from now on, its worker and folder left
+    /// to `retire`. False when there is no such session (the official answers
+    /// `success: false` then, not an error).
+    pub fn close(self: &Arc<Self>, id: &str, why: &str) -> bool {
         let Some(s) = self.registry().open.remove(id) else { return false };
-        s.close(why).await;
+        self.retire(s, why.to_string());
         self.changed.notify_waiters();
         true
     }
 
-    pub async fn close_all(&self) {
+    /// Stops every worker and waits until they have stopped and the session folders are
+    /// gone.
+    pub async fn close_all(self: &Arc<Self>) {
         self.closing.store(true, Ordering::SeqCst);
         let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
         futures::future::join_all(spare.into_iter().map(discard)).await;
         let all: Vec<Arc<Session>> = self.registry().open.drain().map(|(_, s)| s).collect();
-        futures::future::join_all(all.iter().map(|s| s.close("server shutting down"))).await;
+        for s in all {
+            self.retire(s, "server shutting down".into());
+        }
+        loop {
+            let retiring = std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|p| p.into_inner()));
+            if retiring.is_empty() {
+                return;
+            }
+            futures::future::join_all(retiring).await;
+        }
+    }
+
+    /// What is left of a closed session, in the background, so that `closeSession`
+    /// answers at once (the official's only drops the session's state): its worker
+    /// becomes a spare again (`recycle`) where it can serve another session and spares
+    /// are wanted, else it is stopped; its folder is removed either way, and the close is
+    /// logged once it is.
+    fn retire(self: &Arc<Self>, s: Arc<Session>, why: String) {
+        let Some(left) = s.begin_close() else { return };
+        let recycle = s.will_recycle(self.generation.load(Ordering::SeqCst));
+        if recycle {
+            self.recycling.fetch_add(1, Ordering::SeqCst);
+        }
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let fate = if recycle {
+                let fate = me.recycle(&s, left).await;
+                me.recycling.fetch_sub(1, Ordering::SeqCst);
+                fate
+            } else {
+                shutdown_handle_of(left).await;
+                "its worker stopped".to_string()
+            };
+            sam2_supervisor::session_dirs::remove_one_shot(&s.session_dir);
+            me.board.info(format!("session {} closed ({why}); {fate}", s.short()));
+            me.publish_counts();
+            // A worker that did not come back leaves a spare to start.
+            me.refill();
+        });
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        retiring.retain(|t| !t.is_finished());
+        retiring.push(task);
+    }
+
+    /// Makes a closed session's worker a spare again: once the session's last op has
+    /// ended (the close cancelled a propagation at its next frame), its supervisor moves
+    /// to a new session folder with an empty journal and a fresh memory bank, and the
+    /// worker opens the video again (it must have one open); nothing of the session
+    /// is left in it. Says what became of the worker.
+    async fn recycle(self: &Arc<Self>, s: &Session, left: Leftovers) -> String {
+        let Leftovers { commands, handle, pump, worker } = left;
+        let Some(mut handle) = handle else { return "it had no worker".into() };
+        let wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let stopped = match tokio::time::timeout(wait, s.lock()).await {
+            Ok(core) => core.stopped.is_some(),
+            Err(_) => true,
+        };
+        // The pump hands back the supervisor's events (an op's leftovers included).
+        let events = match pump {
+            Some((stop, task)) => {
+                let _ = stop.send(());
+                task.await.ok()
+            }
+            None => None,
+        };
+        let wanted = |me: &Self| {
+            !me.closing.load(Ordering::SeqCst)
+                && !me.draining.load(Ordering::SeqCst)
+                && me.generation.load(Ordering::SeqCst) == s.generation
+                && me.warm.lock().unwrap_or_else(|p| p.into_inner()).len() < me.cfg.warm_workers
+        };
+        let Some(events) = events.filter(|_| !stopped && wanted(self)) else {
+            shutdown_handle(handle, commands).await;
+            return "its worker stopped".into();
+        };
+        drop(commands);
+        handle.events = events;
+        let dir = self.cfg.root.join(format!("serve-{}", uuid::Uuid::new_v4()));
+        let moved = sam2_supervisor::session_dirs::mark_one_shot(&dir)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|_| handle.next_item(s.media.clone(), dir.clone(), vec![]).map_err(|e| format!("{e:#}")));
+        let reopened = match moved {
+            Ok(()) => tokio::time::timeout(wait, reopen(&mut handle.events)).await.unwrap_or(false),
+            Err(_) => false,
+        };
+        if !reopened || !wanted(self) {
+            shutdown_handle(handle, None).await;
+            sam2_supervisor::session_dirs::remove_one_shot(&dir);
+            return "its worker stopped".into();
+        }
+        let label = match &worker {
+            Some(w) => format!("worker {} on {} {}", w.pid, w.device, w.precision),
+            None => "worker".into(),
+        };
+        let fate = format!("its {label} is a spare again");
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).push(Warm {
+            handle,
+            logits: dir.join("logits"),
+            session_dir: dir,
+            worker: label,
+            info: worker,
+            generation: s.generation,
+            settings: s.started_with,
+        });
+        fate
     }
 
     /// Closes the sessions nobody has used for the idle timeout.
-    pub async fn expire_idle(&self) {
+    pub fn expire_idle(self: &Arc<Self>) {
         let idle = self.cfg.idle_timeout;
         let expired: Vec<Arc<Session>> = {
             let mut r = self.registry();
@@ -503,7 +645,7 @@ impl Sessions {
             ids.iter().filter_map(|id| r.open.remove(id)).collect()
         };
         for s in expired {
-            s.close(&format!("idle for {} s", idle.as_secs())).await;
+            self.retire(s, format!("idle for {} s", idle.as_secs()));
             self.changed.notify_waiters();
         }
     }
@@ -640,7 +782,7 @@ pub async fn reap_idle(sessions: Arc<Sessions>) {
     let every = (sessions.cfg.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         tokio::time::sleep(every).await;
-        sessions.expire_idle().await;
+        sessions.expire_idle();
     }
 }
 
@@ -649,15 +791,26 @@ fn short_id(id: &str) -> String {
 }
 
 /// Logs a session's worker news as it happens (also between requests), keeps its row on
-/// the board current, and hands the rest to whoever runs an op.
+/// the board current, and hands the rest to whoever runs an op. Told to `stop` (or once
+/// nobody takes its news), it gives the supervisor's events back, for the worker's next
+/// session.
 async fn pump(
     short: String,
     id: String,
     board: Arc<Board>,
     mut events: UnboundedReceiver<EngineEvent>,
     tx: UnboundedSender<EngineEvent>,
-) {
-    while let Some(e) = events.recv().await {
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> UnboundedReceiver<EngineEvent> {
+    loop {
+        let e = tokio::select! {
+            biased;
+            _ = &mut stop => return events,
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => return events,
+            },
+        };
         match &e {
             EngineEvent::Stats(stats) => {
                 board.session(&id, |r| r.stats = Some(stats.clone()));
@@ -689,8 +842,29 @@ async fn pump(
             _ => {}
         }
         if tx.send(e).is_err() {
-            return;
+            return events;
         }
+    }
+}
+
+/// Waits for a worker's supervisor, moved to a new session, to have the video open: its
+/// size, then ready. False if it stops instead.
+async fn reopen(events: &mut UnboundedReceiver<EngineEvent>) -> bool {
+    let mut opened = false;
+    while let Some(e) = events.recv().await {
+        match e {
+            EngineEvent::MediaInfo { .. } => opened = true,
+            EngineEvent::State(EngineState::Ready) if opened => return true,
+            EngineEvent::State(EngineState::Stopped) => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+async fn shutdown_handle_of(left: Leftovers) {
+    if let Some(h) = left.handle {
+        shutdown_handle(h, left.commands).await;
     }
 }
 
@@ -727,6 +901,15 @@ pub struct Session {
     /// Requests and streams using the session now (an idle session has none).
     in_use: AtomicUsize,
     handle: Mutex<Option<SupervisorHandle>>,
+    /// Stops the pump of the supervisor's events, which then gives them back.
+    pump: Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<UnboundedReceiver<EngineEvent>>)>>,
+    /// Its worker can serve another session after this one (`Sessions::retire`), if
+    /// the settings it runs are still the server's (`generation`, and never switched).
+    recyclable: bool,
+    generation: u64,
+    switched: AtomicBool,
+    /// The video the worker has open.
+    media: PathBuf,
     /// The supervisor's journal on disk (how many ops a replay runs).
     journal_path: PathBuf,
     /// What its worker was asked to load.
@@ -735,6 +918,14 @@ pub struct Session {
     /// Set when the engine reads the frames as the official decodes them.
     decoded: Option<crate::frames::Decoded>,
     board: Arc<Board>,
+}
+
+/// What a closed session leaves to stop or to pass on.
+struct Leftovers {
+    commands: Option<UnboundedSender<EngineCommand>>,
+    handle: Option<SupervisorHandle>,
+    pump: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<UnboundedReceiver<EngineEvent>>)>,
+    worker: Option<WorkerInfo>,
 }
 
 /// Holds a session "in use" (not idle) while alive.
@@ -787,19 +978,28 @@ impl Session {
         self.send(EngineCommand::Cancel);
     }
 
-    async fn close(&self, why: &str) {
+    /// Whether its worker will be a spare again when it closes.
+    fn will_recycle(&self, generation: u64) -> bool {
+        self.recyclable && self.generation == generation && !self.switched.load(Ordering::SeqCst)
+    }
+
+    /// Closes it to its clients at once: from here every request on it is refused and a
+    /// running propagation stops at the next frame. What is left (its worker, pump and
+    /// folder) is for `Sessions::retire`; None if it was closed already.
+    fn begin_close(&self) -> Option<Leftovers> {
         if self.closed.swap(true, Ordering::SeqCst) {
-            return;
+            return None;
         }
         self.cancel.store(true, Ordering::SeqCst);
         let commands = self.commands.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            shutdown_handle(h, commands).await;
+        if let Some(c) = &commands {
+            let _ = c.send(EngineCommand::Cancel);
         }
-        sam2_supervisor::session_dirs::remove_one_shot(&self.session_dir);
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let pump = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let worker = self.board.status().sessions.iter().find(|r| r.id == self.id).and_then(|r| r.worker.clone());
         self.board.remove_session(&self.id);
-        self.board.info(format!("session {} closed ({why})", self.short()));
+        Some(Leftovers { commands, handle, pump, worker })
     }
 
     /// Replays the session on a fresh worker with new settings (`command`: a model,
@@ -811,6 +1011,8 @@ impl Session {
         if self.is_closed() {
             return;
         }
+        // Its worker no longer runs what the server's spares were loaded with.
+        self.switched.store(true, Ordering::SeqCst);
         let worker = self.board.status().sessions.iter().find(|r| r.id == self.id).and_then(|r| r.worker.clone());
         if let (EngineCommand::SwitchModel(size), Some(w)) = (&command, &worker) {
             // The supervisor would only say so (no new worker, nothing to wait for).
