@@ -902,7 +902,7 @@ pub struct Session {
     in_use: AtomicUsize,
     handle: Mutex<Option<SupervisorHandle>>,
     /// Stops the pump of the supervisor's events, which then gives them back.
-    pump: Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<UnboundedReceiver<EngineEvent>>)>>,
+    pump: Mutex<Option<Pump>>,
     /// Its worker can serve another session after this one (`Sessions::retire`), if
     /// the settings it runs are still the server's (`generation`, and never switched).
     recyclable: bool,
@@ -920,11 +920,15 @@ pub struct Session {
     board: Arc<Board>,
 }
 
+/// A session's pump of its supervisor's events: what stops it, and the task, which gives
+/// the events back.
+type Pump = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<UnboundedReceiver<EngineEvent>>);
+
 /// What a closed session leaves to stop or to pass on.
 struct Leftovers {
     commands: Option<UnboundedSender<EngineCommand>>,
     handle: Option<SupervisorHandle>,
-    pump: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<UnboundedReceiver<EngineEvent>>)>,
+    pump: Option<Pump>,
     worker: Option<WorkerInfo>,
 }
 
