@@ -56,7 +56,9 @@ pub struct Args {
     #[arg(long, conflicts_with = "engine_decode")]
     pub extract_frames: bool,
     /// Spare workers kept started with the model loaded, so a new session starts without
-    /// a process start and a model load (0: none; each holds a model's memory).
+    /// a process start and a model load (0: none; each holds a model's memory). A closed
+    /// session's worker becomes a spare again, and open sessions' workers count towards
+    /// this number, so a burst of sessions starts no new workers while it runs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub warm_workers: u32,
     /// Share an NVIDIA GPU between the session workers through CUDA MPS (NVIDIA's
