@@ -269,7 +269,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> String
 
 /// A closed session's worker serves the next session as a new one: it goes back to the
 /// spares (one worker process all along, no new one started), the closed session's folder
-/// is gone, and the next session on that worker gets exactly the first one's masks.
+/// is gone, and the next session on that worker gets exactly the first one's masks; a
+/// session started right after a close waits for that worker instead of starting one.
 #[test]
 fn a_closed_sessions_worker_serves_the_next_session_as_new() {
     let work = common::scratch("serve-recycle");
@@ -303,11 +304,20 @@ fn a_closed_sessions_worker_serves_the_next_session_as_new() {
         assert_ne!(now, folders, "round {round}: the closed session's folder is gone");
         folders = now;
     }
+    // As the demo's front end does when its user picks another video: startSession right
+    // after closeSession, while the worker is still on its way back. It waits for it.
+    for _ in 4..=5 {
+        masks.push(one_session(server.port, None, None));
+    }
+    wait_for("the last worker did not become a spare again", || log().matches("is a spare again").count() == 5, log);
+    assert_eq!(children_of(server.pid()), worker, "the same worker process, and no other");
     assert_eq!(masks[0].len(), 24 * 2, "every frame has both objects");
     assert_eq!(masks[1], masks[0], "the second session on the worker got other masks");
-    assert_eq!(masks[2], masks[0], "the third session on the worker got other masks");
+    for (i, m) in masks.iter().enumerate().skip(2) {
+        assert_eq!(m, &masks[0], "session {} on the worker got other masks", i + 1);
+    }
     let started = log().matches(&format!("; worker {} on cpu", worker[0])).count();
-    assert_eq!(started, 3, "all three sessions started on worker {}:\n{}", worker[0], log());
+    assert_eq!(started, 5, "all five sessions started on worker {}:\n{}", worker[0], log());
 }
 
 #[test]

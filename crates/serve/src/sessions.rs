@@ -67,6 +67,10 @@ pub struct Sessions {
     warming: AtomicUsize,
     /// Closed sessions' workers on their way back to the spares.
     recycling: AtomicUsize,
+    /// Sessions starting that wait for one of those (`take_spare`).
+    awaiting_spare: AtomicUsize,
+    /// Told when a worker has come back to the spares, or will not.
+    spare_changed: tokio::sync::Notify,
     /// Closed sessions whose worker is being stopped or made a spare again, in the
     /// background: `closeSession` answers at once, the server's stop waits for these.
     retiring: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -114,6 +118,8 @@ impl Sessions {
             warm: Mutex::new(vec![]),
             warming: AtomicUsize::new(0),
             recycling: AtomicUsize::new(0),
+            awaiting_spare: AtomicUsize::new(0),
+            spare_changed: tokio::sync::Notify::new(),
             retiring: Mutex::new(vec![]),
             closing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -214,6 +220,32 @@ impl Sessions {
         Ok(id)
     }
 
+    /// A spare worker for a new session: one that waits, else one a closed session is
+    /// handing back, if there are as many coming back as sessions waiting for one. That
+    /// takes the rest of the closed session's op and a reopening of its video (tens of
+    /// milliseconds), where a worker of its own would take a process start and a model
+    /// load: the demo's front end closes one session and starts the next when its user
+    /// picks another video. None: start one.
+    async fn take_spare(&self) -> Option<Warm> {
+        let wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let give_up_at = tokio::time::Instant::now() + wait;
+        self.awaiting_spare.fetch_add(1, Ordering::SeqCst);
+        let spare = loop {
+            // Made before the checks, so a worker coming back in between is not missed.
+            let changed = self.spare_changed.notified();
+            if let Some(w) = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                break Some(w);
+            }
+            if self.recycling.load(Ordering::SeqCst) < self.awaiting_spare.load(Ordering::SeqCst)
+                || tokio::time::timeout_at(give_up_at, changed).await.is_err()
+            {
+                break None;
+            }
+        };
+        self.awaiting_spare.fetch_sub(1, Ordering::SeqCst);
+        spare
+    }
+
     /// Keeps `warm_workers` workers started and loaded (in the background): the spares,
     /// plus the workers of open sessions that will come back as spares when they close
     /// (`retire`). Those are counted so that a burst of sessions does not start as many
@@ -262,6 +294,7 @@ impl Sessions {
                     }
                     Err(e) => me.board.error(format!("could not start a spare worker: {e}")),
                 }
+                me.spare_changed.notify_waiters();
                 me.publish_counts();
             });
         }
@@ -326,7 +359,7 @@ impl Sessions {
         let official = self.cfg.official_decode && media.is_file();
         let decode = official && !self.cfg.engine_decord;
         let generation = self.generation.load(Ordering::SeqCst);
-        let warm = if official { self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        let warm = if official { self.take_spare().await } else { None };
         // One loaded before a switch is not what this session must get.
         let warm = match warm {
             Some(w) if w.generation != generation => {
@@ -547,7 +580,8 @@ impl Sessions {
     /// logged once it is.
     fn retire(self: &Arc<Self>, s: Arc<Session>, why: String) {
         let Some(left) = s.begin_close() else { return };
-        let recycle = s.will_recycle(self.generation.load(Ordering::SeqCst));
+        let recycle =
+            self.cfg.warm_workers > 0 && !left.restarted && s.will_recycle(self.generation.load(Ordering::SeqCst));
         if recycle {
             self.recycling.fetch_add(1, Ordering::SeqCst);
         }
@@ -556,6 +590,7 @@ impl Sessions {
             let fate = if recycle {
                 let fate = me.recycle(&s, left).await;
                 me.recycling.fetch_sub(1, Ordering::SeqCst);
+                me.spare_changed.notify_waiters();
                 fate
             } else {
                 shutdown_handle_of(left).await;
@@ -578,7 +613,7 @@ impl Sessions {
     /// worker opens the video again (it must have one open); nothing of the session
     /// is left in it. Says what became of the worker.
     async fn recycle(self: &Arc<Self>, s: &Session, left: Leftovers) -> String {
-        let Leftovers { commands, handle, pump, worker } = left;
+        let Leftovers { commands, handle, pump, worker, .. } = left;
         let Some(mut handle) = handle else { return "it had no worker".into() };
         let wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
         let stopped = match tokio::time::timeout(wait, s.lock()).await {
@@ -930,6 +965,9 @@ struct Leftovers {
     handle: Option<SupervisorHandle>,
     pump: Option<Pump>,
     worker: Option<WorkerInfo>,
+    /// Its supervisor restarted the worker: the crash history, and any fall-back to
+    /// another device or model, are that session's, not for the next one.
+    restarted: bool,
 }
 
 /// Holds a session "in use" (not idle) while alive.
@@ -1001,9 +1039,10 @@ impl Session {
         }
         let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
         let pump = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let worker = self.board.status().sessions.iter().find(|r| r.id == self.id).and_then(|r| r.worker.clone());
+        let row = self.board.status().sessions.into_iter().find(|r| r.id == self.id);
+        let (worker, restarted) = row.map(|r| (r.worker, r.restarts > 0)).unwrap_or((None, false));
         self.board.remove_session(&self.id);
-        Some(Leftovers { commands, handle, pump, worker })
+        Some(Leftovers { commands, handle, pump, worker, restarted })
     }
 
     /// Replays the session on a fresh worker with new settings (`command`: a model,

@@ -133,6 +133,12 @@ impl FaultPlan {
             return;
         };
         if let Some(state) = &self.state {
+            // Its session's folder is gone: this worker now serves another session (serve
+            // hands a closed session's worker on), whose firings it cannot know. Firing
+            // would break "once per session", and recording would make the folder again.
+            if !state.parent().is_some_and(std::path::Path::is_dir) {
+                return;
+            }
             let mut fired = read_state(state);
             let count = fired.entry(fault.key.clone()).or_insert(0);
             if *count >= fault.times {
@@ -208,6 +214,25 @@ mod tests {
         assert_eq!(parse("abort@frame=3x5").unwrap()[0].times, 5);
         assert_eq!(parse("abort@op=2.write=4").unwrap()[0].point, FaultPoint::BankWrite { op: 2, write: 4 });
         assert_eq!(parse("abort@op=2.done").unwrap()[0].point, FaultPoint::OpDone(2));
+    }
+
+    #[test]
+    fn a_worker_whose_sessions_folder_is_gone_fires_nothing_and_makes_no_folder() {
+        let t = tempfile::tempdir().unwrap();
+        let session = t.path().join("closed-session");
+        let plan = FaultPlan {
+            faults: parse("panic@frame=1").unwrap(),
+            state: Some(session.join("fault-state.json")),
+            device_label: String::new(),
+        };
+        plan.check(FaultPoint::Frame(1));
+        assert!(!session.exists(), "the closed session's folder was made again");
+        // With its session's folder there, the same plan fires, once, and records it.
+        std::fs::create_dir(&session).unwrap();
+        let first = std::panic::catch_unwind(|| plan.check(FaultPoint::Frame(1)));
+        assert!(first.is_err(), "the fault did not fire");
+        assert!(session.join("fault-state.json").is_file());
+        plan.check(FaultPoint::Frame(1));
     }
 
     #[test]
