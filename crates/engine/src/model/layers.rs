@@ -12,7 +12,22 @@ impl Linear {
     pub fn new(p: P, in_dim: i64, out_dim: i64) -> Self {
         Linear { weight: p.get_matmul("weight", &[out_dim, in_dim]), bias: p.get_matmul("bias", &[out_dim]) }
     }
+    /// On the CPU, a batch (dim 0: objects or videos tracked together) whose items have a
+    /// row count the BLAS may not split evenly goes item by item. MKL computes a block of
+    /// rows and its tail differently, so an item's rows placed at another offset in the
+    /// batch round differently than alone: measured on an AMD EPYC, any row count not a
+    /// multiple of 4 (the mask decoder's 6–8 tokens), and one object's masks then changed
+    /// when another object was removed from its batch. Alone, each item is computed as in
+    /// a batch of one, which is also what the one-by-one path does. Image-sized items
+    /// (multiples of 16 rows) stay one call; a batch of one is never split.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        let size = x.size();
+        let rows: i64 = size.iter().skip(1).rev().skip(1).product();
+        if x.device() == tch::Device::Cpu && size.len() >= 3 && size[0] > 1 && rows % 16 != 0 {
+            let items: Vec<Tensor> =
+                (0..size[0]).map(|i| x.select(0, i).linear(&self.weight, Some(&self.bias))).collect();
+            return Tensor::stack(&items, 0);
+        }
         x.linear(&self.weight, Some(&self.bias))
     }
 }
@@ -177,7 +192,13 @@ impl Mlp {
             .collect();
         Mlp { layers, act, sigmoid_output }
     }
+    /// A 2-D input is one row per object (SAM 2's heads and the object-pointer
+    /// projection): on the CPU, as a batch of one-row items, so that `Linear` computes
+    /// each object as alone.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if x.dim() == 2 && x.size()[0] > 1 && x.device() == tch::Device::Cpu {
+            return self.forward(&x.unsqueeze(1)).squeeze_dim(1);
+        }
         let n = self.layers.len();
         let mut x = x.shallow_clone();
         for (i, l) in self.layers.iter().enumerate() {
