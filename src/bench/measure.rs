@@ -43,8 +43,12 @@ pub struct StageMs {
     pub memory_attention: f64,
     pub mask_decoder: f64,
     pub memory_encoder: f64,
-    /// The host's share of writing a frame out (`StageTimings::write_out_ms`).
+    /// The host's share of writing a frame out (`StageTimings::write_out_ms`), and its
+    /// parts: hole filling, the memory bank's write-through, the masks to video size.
     pub write_out: f64,
+    pub fill_holes: f64,
+    pub bank_write: f64,
+    pub to_video: f64,
     pub total: f64,
 }
 
@@ -58,6 +62,9 @@ impl StageMs {
             mask_decoder: m(|t| t.mask_decoder_ms)?,
             memory_encoder: m(|t| t.memory_encoder_ms)?,
             write_out: m(|t| t.write_out_ms)?,
+            fill_holes: m(|t| t.fill_holes_ms)?,
+            bank_write: m(|t| t.bank_write_ms)?,
+            to_video: m(|t| t.to_video_ms)?,
             total: m(|t| t.total_ms)?,
         })
     }

@@ -165,6 +165,16 @@ pub fn table(rows: &[RowResult]) -> Vec<String> {
         if !r.crashes.is_empty() {
             notes.push((line, format!("  crashes: {}", r.crashes.join("; "))));
         }
+        // Where the host's write-out goes, once it is large enough to bound the frame.
+        if let Some(s) = s.filter(|s| s.write_out >= 2.0) {
+            notes.push((
+                line,
+                format!(
+                    "  write-out {:.1} ms: hole filling {:.1}, memory bank {:.1}, masks to video size {:.1}",
+                    s.write_out, s.fill_holes, s.bank_write, s.to_video
+                ),
+            ));
+        }
         if let Some(rf) = &r.reference {
             let ratio = r.fps.map(|f| format!("{:.2}x", f / rf.fps)).unwrap_or_else(|| "-".into());
             notes.push((

@@ -128,6 +128,7 @@ pub fn progress(frame: usize, done: usize, total: usize, fps: f32) -> EngineEven
             memory_encoder_ms: 6.0,
             write_out_ms: 0.5,
             total_ms: 67.25,
+            ..StageTimings::default()
         },
     }
 }

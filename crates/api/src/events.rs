@@ -53,6 +53,14 @@ pub struct StageTimings {
     /// still bound the frame rate, which is why it is measured.
     #[serde(default)]
     pub write_out_ms: f32,
+    /// `write_out_ms` in parts: hole filling, the memory bank's write-through, and the
+    /// masks brought to the video's resolution.
+    #[serde(default)]
+    pub fill_holes_ms: f32,
+    #[serde(default)]
+    pub bank_write_ms: f32,
+    #[serde(default)]
+    pub to_video_ms: f32,
     pub total_ms: f32,
 }
 

@@ -135,41 +135,169 @@ extern "C" __global__ void rope_bf16_x4(const uint4* __restrict__ x, const float
   }
   y[v] = make_uint4(out[0], out[1], out[2], out[3]);
 }
-// layer_norm_2d_bf16: `LayerNorm2d` (normalised over the channels of an NCHW bf16 tensor,
-// contiguous or channels-last) as libtorch computes it under bf16 autocast, one thread per pixel, instead of
-// nine passes (two means, a subtraction, a square, an add, a sqrt, a division, a scale
-// and a shift), optionally followed by the exact GELU. The steps and their roundings:
-// u = bf16(mean x); d = bf16(x - u); autocast widens d for `pow`, so s = mean(d²) in fp32;
-// r = sqrt(s + eps) in fp32; y = w * (d / r) + b in fp32 (fp32 weights). The two sums run
-// in another order than libtorch's reduction: u can differ for a value on a bf16 rounding
-// boundary, s by an fp32 rounding.
-// NCHW or channels-last (the depthwise convolution's output): element (n, c, pixel) at
-// n * sn + c * sc + pixel * sp, in the input and in the output alike.
-extern "C" __global__ void layer_norm_2d_bf16(const unsigned short* __restrict__ x, const float* __restrict__ w,
-    const float* __restrict__ b, float* __restrict__ y, long long pixels, long long hw, int channels, long long sn,
-    long long sc, long long sp, float factor, float eps, int gelu) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= pixels) return;
-  const long long n = p / hw, at = n * sn + (p - n * hw) * sp;
-  const unsigned short* xp = x + at;
-  float* yp = y + at;
+// layer_norm_2d_*: `LayerNorm2d` (normalised over the channels of an NCHW tensor, bf16 or
+// fp32, contiguous or channels-last) as libtorch computes it under bf16 autocast, instead
+// of nine passes (two means, a subtraction, a square, an add, a sqrt, a division, a scale
+// and a shift), optionally followed by the exact GELU. The steps and their roundings for a
+// bf16 input: u = bf16(mean x); d = bf16(x - u); autocast widens d for `pow`, so
+// s = mean(d²) in fp32; r = sqrt(s + eps) in fp32; y = w * (d / r) + b in fp32 (fp32
+// weights). For an fp32 input (the mask decoder's, whose high-resolution features stay
+// fp32) every step is fp32. The sums run in another order than libtorch's reductions: u
+// can differ for a value on a bf16 rounding boundary, s by an fp32 rounding. The output is
+// fp32, as the spelled-out ops give, or (`out_bf16`) that value rounded to bf16, as the
+// convolution or Linear that consumes it under autocast would round it: half the bytes
+// written and no separate cast.
+__device__ __forceinline__ float load_any(const void* x, int in_bf16, long long i) {
+  return in_bf16 ? from_bf16(((const unsigned short*)x)[i]) : ((const float*)x)[i];
+}
+__device__ __forceinline__ void store_any(void* y, int out_bf16, long long i, float v) {
+  if (out_bf16) ((unsigned short*)y)[i] = to_bf16(v);
+  else ((float*)y)[i] = v;
+}
+__device__ __forceinline__ float ln2d_mean(float sum, float factor, int in_bf16) {
+  const float u = __fmul_rn(sum, factor);  // libtorch's mean: the sum times outputs / inputs
+  return in_bf16 ? from_bf16(to_bf16(u)) : u;
+}
+__device__ __forceinline__ float ln2d_dev(float x, float u, int in_bf16) {
+  const float d = __fsub_rn(x, u);
+  return in_bf16 ? from_bf16(to_bf16(d)) : d;
+}
+__device__ __forceinline__ float ln2d_out(float d, float r, float w, float b, int gelu) {
+  float v = __fadd_rn(__fmul_rn(w, __fdiv_rn(d, r)), b);
+  // libtorch's GELU: x * 0.5 * (1 + erf(x * M_SQRT1_2)), each step rounded.
+  if (gelu) v = __fmul_rn(__fmul_rn(v, 0.5f), __fadd_rn(1.0f, erff(__fmul_rn(v, 0.70710678118654752440f))));
+  return v;
+}
+// Contiguous NCHW: a block is 32 neighbouring pixels (the contiguous dim, so each warp's
+// loads are coalesced) by 8 groups of channels, reduced through shared memory. One thread
+// per pixel walking all its channels left the GPU mostly idle at 64x64 x 256 channels.
+extern "C" __global__ void layer_norm_2d_nchw(const void* __restrict__ x, int in_bf16, const float* __restrict__ w,
+    const float* __restrict__ b, void* __restrict__ y, int out_bf16, long long pixels, long long hw, int channels,
+    float factor, float eps, int gelu) {
+  __shared__ float part[8][32];
+  __shared__ float stat[32];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const long long p = (long long)blockIdx.x * 32 + tx;
+  const bool live = p < pixels;
+  const long long n = live ? p / hw : 0;
+  const long long at = live ? n * channels * hw + (p - n * hw) : 0;
   float sum = 0.f;
-  for (int c = 0; c < channels; c++) sum = __fadd_rn(sum, from_bf16(xp[c * sc]));
-  const float u = from_bf16(to_bf16(__fmul_rn(sum, factor)));
+  if (live)
+    for (int c = ty; c < channels; c += 8) sum = __fadd_rn(sum, load_any(x, in_bf16, at + c * hw));
+  part[ty][tx] = sum;
+  __syncthreads();
+  if (ty == 0) {
+    float s = 0.f;
+    for (int i = 0; i < 8; i++) s = __fadd_rn(s, part[i][tx]);
+    stat[tx] = ln2d_mean(s, factor, in_bf16);
+  }
+  __syncthreads();
+  const float u = stat[tx];
   float sq = 0.f;
-  for (int c = 0; c < channels; c++) {
-    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * sc]), u)));
+  if (live)
+    for (int c = ty; c < channels; c += 8) {
+      const float d = ln2d_dev(load_any(x, in_bf16, at + c * hw), u, in_bf16);
+      sq = __fadd_rn(sq, __fmul_rn(d, d));
+    }
+  __syncthreads();
+  part[ty][tx] = sq;
+  __syncthreads();
+  if (ty == 0) {
+    float s = 0.f;
+    for (int i = 0; i < 8; i++) s = __fadd_rn(s, part[i][tx]);
+    stat[tx] = __fsqrt_rn(__fadd_rn(__fmul_rn(s, factor), eps));
+  }
+  __syncthreads();
+  const float r = stat[tx];
+  if (live)
+    for (int c = ty; c < channels; c += 8)
+      store_any(y, out_bf16, at + c * hw, ln2d_out(ln2d_dev(load_any(x, in_bf16, at + c * hw), u, in_bf16), r, w[c], b[c], gelu));
+}
+// Channels-last (the depthwise convolution's output): one warp per pixel, the lanes along
+// its contiguous channels, reduced with shuffles (every lane ends with the same sums).
+extern "C" __global__ void layer_norm_2d_nhwc(const void* __restrict__ x, int in_bf16, const float* __restrict__ w,
+    const float* __restrict__ b, void* __restrict__ y, int out_bf16, long long pixels, int channels, float factor,
+    float eps, int gelu) {
+  const int lane = threadIdx.x & 31;
+  const long long p = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (p >= pixels) return;
+  const long long at = p * channels;
+  float sum = 0.f;
+  for (int c = lane; c < channels; c += 32) sum = __fadd_rn(sum, load_any(x, in_bf16, at + c));
+  for (int o = 16; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+  const float u = ln2d_mean(sum, factor, in_bf16);
+  float sq = 0.f;
+  for (int c = lane; c < channels; c += 32) {
+    const float d = ln2d_dev(load_any(x, in_bf16, at + c), u, in_bf16);
     sq = __fadd_rn(sq, __fmul_rn(d, d));
   }
+  for (int o = 16; o > 0; o >>= 1) sq = __fadd_rn(sq, __shfl_xor_sync(0xffffffffu, sq, o));
   const float r = __fsqrt_rn(__fadd_rn(__fmul_rn(sq, factor), eps));
-  for (int c = 0; c < channels; c++) {
-    const float d = from_bf16(to_bf16(__fsub_rn(from_bf16(xp[c * sc]), u)));
-    float v = __fadd_rn(__fmul_rn(w[c], __fdiv_rn(d, r)), b[c]);
-    // libtorch's GELU: x * 0.5 * (1 + erf(x * M_SQRT1_2)), each step rounded.
-    if (gelu) v = __fmul_rn(__fmul_rn(v, 0.5f), __fadd_rn(1.0f, erff(__fmul_rn(v, 0.70710678118654752440f))));
-    yp[c * sc] = v;
-  }
+  for (int c = lane; c < channels; c += 32)
+    store_any(y, out_bf16, at + c, ln2d_out(ln2d_dev(load_any(x, in_bf16, at + c), u, in_bf16), r, w[c], b[c], gelu));
 }
+// conv3x3s2_ln_gelu_CIN_COUT: a stage of the mask downsampler (a 3x3 convolution with
+// stride 2 and padding 1, then LayerNorm2d and GELU) for its first two, narrow stages
+// (1 -> 4 and 4 -> 16 channels over 1024² and 512² masks), one output pixel a thread with
+// all its channels in registers. cuDNN runs these as a grouped direct kernel (0.8 ms of an
+// H100 frame at 16 objects for 0.6 GFLOP) and libtorch adds the bias, normalises and
+// applies GELU in further passes. The steps follow libtorch under bf16 autocast: the input
+// rounded to bf16, an fp32 accumulation rounded to bf16 (in another order than cuDNN's),
+// the bias added to that in fp32 and rounded again (libtorch's separate `add_`), then
+// layer_norm_2d's steps on bf16, and the result rounded to bf16 for the next convolution.
+#define CONV_LN_GELU(CIN, COUT)                                                                           \
+extern "C" __global__ void conv3x3s2_ln_gelu_##CIN##_##COUT(const void* __restrict__ x, int in_bf16,      \
+    const unsigned short* __restrict__ wt, const unsigned short* __restrict__ bias,                       \
+    const float* __restrict__ lw, const float* __restrict__ lb, unsigned short* __restrict__ y,           \
+    long long outputs, int h, int w, int oh, int ow, float factor, float eps) {                           \
+  __shared__ float sw[COUT * CIN * 9];                                                                    \
+  __shared__ float sb[COUT], slw[COUT], slb[COUT];                                                        \
+  for (int i = threadIdx.x; i < COUT * CIN * 9; i += blockDim.x) sw[i] = from_bf16(wt[i]);                \
+  for (int i = threadIdx.x; i < COUT; i += blockDim.x) {                                                  \
+    sb[i] = from_bf16(bias[i]);                                                                           \
+    slw[i] = lw[i];                                                                                       \
+    slb[i] = lb[i];                                                                                       \
+  }                                                                                                       \
+  __syncthreads();                                                                                        \
+  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;                                   \
+  if (p >= outputs) return;                                                                               \
+  const long long plane = (long long)oh * ow, img = p / plane;                                            \
+  const int rem = (int)(p - img * plane), oy = rem / ow, ox = rem - oy * ow;                               \
+  float acc[COUT];                                                                                        \
+  _Pragma("unroll") for (int co = 0; co < COUT; co++) acc[co] = 0.f;                                      \
+  _Pragma("unroll") for (int ci = 0; ci < CIN; ci++) {                                                    \
+    const long long base = (img * CIN + ci) * (long long)h * w;                                           \
+    _Pragma("unroll") for (int ky = 0; ky < 3; ky++) {                                                    \
+      const int iy = 2 * oy - 1 + ky;                                                                     \
+      if (iy < 0 || iy >= h) continue;                                                                    \
+      _Pragma("unroll") for (int kx = 0; kx < 3; kx++) {                                                  \
+        const int ix = 2 * ox - 1 + kx;                                                                   \
+        if (ix < 0 || ix >= w) continue;                                                                  \
+        const long long i = base + (long long)iy * w + ix;                                                \
+        const float v = in_bf16 ? from_bf16(((const unsigned short*)x)[i]) : from_bf16(to_bf16(((const float*)x)[i])); \
+        _Pragma("unroll") for (int co = 0; co < COUT; co++)                                               \
+          acc[co] = fmaf(v, sw[(co * CIN + ci) * 9 + ky * 3 + kx], acc[co]);                               \
+      }                                                                                                   \
+    }                                                                                                     \
+  }                                                                                                       \
+  float sum = 0.f;                                                                                        \
+  _Pragma("unroll") for (int co = 0; co < COUT; co++) {                                                   \
+    acc[co] = from_bf16(to_bf16(__fadd_rn(from_bf16(to_bf16(acc[co])), sb[co])));                         \
+    sum = __fadd_rn(sum, acc[co]);                                                                        \
+  }                                                                                                       \
+  const float u = ln2d_mean(sum, factor, 1);                                                              \
+  float sq = 0.f;                                                                                         \
+  _Pragma("unroll") for (int co = 0; co < COUT; co++) {                                                   \
+    const float d = ln2d_dev(acc[co], u, 1);                                                              \
+    sq = __fadd_rn(sq, __fmul_rn(d, d));                                                                  \
+  }                                                                                                       \
+  const float r = __fsqrt_rn(__fadd_rn(__fmul_rn(sq, factor), eps));                                      \
+  unsigned short* out = y + img * COUT * plane + rem;                                                     \
+  _Pragma("unroll") for (int co = 0; co < COUT; co++)                                                     \
+    out[co * plane] = to_bf16(ln2d_out(ln2d_dev(acc[co], u, 1), r, slw[co], slb[co], 1));                 \
+}
+CONV_LN_GELU(1, 4)
+CONV_LN_GELU(4, 16)
 )";
 const int kPer[] = {4, 8, 16, 40};
 
@@ -219,7 +347,9 @@ struct Kernels {
   CUfunction fn[4];
   CUfunction rope;
   CUfunction rope_x4;
-  CUfunction layer_norm_2d;
+  CUfunction layer_norm_2d_nchw;
+  CUfunction layer_norm_2d_nhwc;
+  CUfunction conv_ln_gelu[2];  // (1 -> 4), (4 -> 16) channels
   Driver driver;
 };
 
@@ -288,8 +418,9 @@ Kernels* kernels_for(int device) {
     }
     if (k->driver.function(&k->rope, module, "rope_bf16") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     if (k->driver.function(&k->rope_x4, module, "rope_bf16_x4") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
-    if (k->driver.function(&k->layer_norm_2d, module, "layer_norm_2d_bf16") != CUDA_SUCCESS)
-      throw std::runtime_error("cuModuleGetFunction failed");
+    for (auto [fn, name] : {std::pair{&k->layer_norm_2d_nchw, "layer_norm_2d_nchw"}, std::pair{&k->layer_norm_2d_nhwc, "layer_norm_2d_nhwc"},
+                            std::pair{&k->conv_ln_gelu[0], "conv3x3s2_ln_gelu_1_4"}, std::pair{&k->conv_ln_gelu[1], "conv3x3s2_ln_gelu_4_16"}})
+      if (k->driver.function(fn, module, name) != CUDA_SUCCESS) throw std::runtime_error(std::string("cuModuleGetFunction failed: ") + name);
     built[device] = k;
     return k;
   } catch (const std::exception& e) {
@@ -297,6 +428,23 @@ Kernels* kernels_for(int device) {
     throw;
   }
 }
+bool autocast_bf16() {
+  return at::autocast::is_autocast_enabled(at::kCUDA) && at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16;
+}
+
+bool channel_params(const at::Tensor* w, const at::Tensor* b, int64_t channels) {
+  return w->scalar_type() == at::kFloat && b->scalar_type() == at::kFloat && w->is_contiguous() && b->is_contiguous() &&
+         w->numel() == channels && b->numel() == channels;
+}
+
+void launch(Kernels* k, CUfunction fn, int device, long long blocks, unsigned threads, void** args) {
+  if (blocks <= 0) return;
+  auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+  if (k->driver.launch(fn, static_cast<unsigned>(blocks), 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) !=
+      CUDA_SUCCESS)
+    throw std::runtime_error("cuLaunchKernel failed");
+}
+
 }  // namespace
 
 extern "C" {
@@ -392,42 +540,75 @@ int sam2_rope_bf16(const at::Tensor* x, const at::Tensor* cos_t, const at::Tenso
   });
 }
 
-// LayerNorm2d of an NCHW (contiguous or channels-last) bf16 CUDA tensor under bf16 autocast, with fp32 weight
-// and bias of C values, then GELU if `gelu`: an fp32 NCHW tensor, as the spelled-out ops
-// give, in the input's layout. Returns 1 with `*out` set, 2 when not applicable, 0 on error.
-int sam2_layer_norm_2d_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, double eps, int gelu, at::Tensor** out,
-                            char* err, size_t err_len) {
+// LayerNorm2d of an NCHW (contiguous or channels-last) bf16 or fp32 CUDA tensor under bf16
+// autocast, with fp32 weight and bias of C values, then GELU if `gelu`: the fp32 tensor the
+// spelled-out ops give, or that rounded to bf16 if `out_bf16`, in the input's layout.
+// Returns 1 with `*out` set, 2 when not applicable, 0 on error.
+int sam2_layer_norm_2d(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, double eps, int gelu, int out_bf16,
+                       at::Tensor** out, char* err, size_t err_len) {
   return guarded(err, err_len, [&]() -> int {
-    if (!x->is_cuda() || x->scalar_type() != at::kBFloat16 || x->dim() != 4) return 2;
+    const bool in_bf16 = x->scalar_type() == at::kBFloat16;
+    if (!x->is_cuda() || (!in_bf16 && x->scalar_type() != at::kFloat) || x->dim() != 4) return 2;
     const bool nhwc = !x->is_contiguous() && x->is_contiguous(at::MemoryFormat::ChannelsLast);
     if (!x->is_contiguous() && !nhwc) return 2;
-    if (!at::autocast::is_autocast_enabled(at::kCUDA) || at::autocast::get_autocast_dtype(at::kCUDA) != at::kBFloat16) return 2;
     const int64_t channels = x->size(1);
-    if (channels == 0 || w->scalar_type() != at::kFloat || b->scalar_type() != at::kFloat || !w->is_contiguous() ||
-        !b->is_contiguous() || w->numel() != channels || b->numel() != channels)
-      return 2;
+    if (!autocast_bf16() || channels == 0 || !channel_params(w, b, channels)) return 2;
     const int device = x->get_device();
     Kernels* k = kernels_for(device);
-    at::Tensor y = at::empty(x->sizes(), x->options().dtype(at::kFloat).memory_format(
-                                              nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+    at::Tensor y = at::empty(x->sizes(), x->options()
+                                             .dtype(out_bf16 ? at::kBFloat16 : at::kFloat)
+                                             .memory_format(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
     long long hw = x->size(2) * x->size(3), pixels = x->size(0) * hw;
-    long long sn = x->stride(0), sc = x->stride(1), sp = nhwc ? x->stride(3) : 1;
-    int c = static_cast<int>(channels), g = gelu ? 1 : 0;
+    int c = static_cast<int>(channels), g = gelu ? 1 : 0, ib = in_bf16 ? 1 : 0, ob = out_bf16 ? 1 : 0;
     // libtorch's mean multiplies the sum by outputs / inputs, taken in float.
     float factor = static_cast<float>(pixels) / static_cast<float>(x->numel()), e = static_cast<float>(eps);
     const void* xp = x->data_ptr();
     const void* wp = w->data_ptr();
     const void* bp = b->data_ptr();
     void* yp = y.data_ptr();
-    void* args[] = {&xp, &wp, &bp, &yp, &pixels, &hw, &c, &sn, &sc, &sp, &factor, &e, &g};
-    const unsigned threads = 256;
-    const unsigned blocks = static_cast<unsigned>((pixels + threads - 1) / threads);
-    if (pixels > 0) {
-      auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
-      if (k->driver.launch(k->layer_norm_2d, blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) !=
-          CUDA_SUCCESS)
-        throw std::runtime_error("cuLaunchKernel failed");
+    if (nhwc) {
+      void* args[] = {&xp, &ib, &wp, &bp, &yp, &ob, &pixels, &c, &factor, &e, &g};
+      launch(k, k->layer_norm_2d_nhwc, device, (pixels + 7) / 8, 256, args);
+    } else {
+      void* args[] = {&xp, &ib, &wp, &bp, &yp, &ob, &pixels, &hw, &c, &factor, &e, &g};
+      launch(k, k->layer_norm_2d_nchw, device, (pixels + 31) / 32, 256, args);
     }
+    *out = new at::Tensor(std::move(y));
+    return 1;
+  });
+}
+
+// A mask-downsampler stage in one pass: the 3x3, stride-2, padding-1 convolution of a
+// contiguous NCHW bf16 or fp32 CUDA tensor (weight [COUT, CIN, 3, 3] and bias [COUT], any
+// float dtype, taken as bf16 as autocast would), then LayerNorm2d (fp32 weight and bias)
+// and GELU, under bf16 autocast, for (CIN, COUT) = (1, 4) or (4, 16): the bf16 tensor the
+// next convolution would cast the spelled-out ops' result to. Returns 1 with `*out` set, 2
+// when not applicable, 0 on error.
+int sam2_conv3x3s2_ln_gelu(const at::Tensor* x, const at::Tensor* cw, const at::Tensor* cb, const at::Tensor* lw, const at::Tensor* lb,
+                           double eps, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> int {
+    const bool in_bf16 = x->scalar_type() == at::kBFloat16;
+    if (!x->is_cuda() || (!in_bf16 && x->scalar_type() != at::kFloat) || x->dim() != 4 || !x->is_contiguous()) return 2;
+    if (!autocast_bf16() || cw->dim() != 4 || cw->size(2) != 3 || cw->size(3) != 3 || cw->size(1) != x->size(1)) return 2;
+    const int64_t cin = cw->size(1), cout = cw->size(0);
+    const int which = cin == 1 && cout == 4 ? 0 : cin == 4 && cout == 16 ? 1 : -1;
+    if (which < 0 || cb->numel() != cout || !channel_params(lw, lb, cout)) return 2;
+    const int device = x->get_device();
+    Kernels* k = kernels_for(device);
+    const at::Tensor wt = cw->to(at::kBFloat16).contiguous(), bt = cb->to(at::kBFloat16).contiguous();
+    int h = static_cast<int>(x->size(2)), w = static_cast<int>(x->size(3)), oh = (h - 1) / 2 + 1, ow = (w - 1) / 2 + 1;
+    at::Tensor y = at::empty({x->size(0), cout, oh, ow}, x->options().dtype(at::kBFloat16));
+    long long outputs = x->size(0) * static_cast<long long>(oh) * ow;
+    float factor = static_cast<float>(outputs) / static_cast<float>(y.numel()), e = static_cast<float>(eps);
+    int ib = in_bf16 ? 1 : 0;
+    const void* xp = x->data_ptr();
+    const void* wp = wt.data_ptr();
+    const void* bp = bt.data_ptr();
+    const void* lwp = lw->data_ptr();
+    const void* lbp = lb->data_ptr();
+    void* yp = y.data_ptr();
+    void* args[] = {&xp, &ib, &wp, &bp, &lwp, &lbp, &yp, &outputs, &h, &w, &oh, &ow, &factor, &e};
+    launch(k, k->conv_ln_gelu[which], device, (outputs + 255) / 256, 256, args);
     *out = new at::Tensor(std::move(y));
     return 1;
   });

@@ -21,12 +21,24 @@ unsafe extern "C" {
         err: *mut std::ffi::c_char,
         len: usize,
     ) -> i32;
-    fn sam2_layer_norm_2d_bf16(
+    fn sam2_layer_norm_2d(
         x: *const std::ffi::c_void,
         w: *const std::ffi::c_void,
         b: *const std::ffi::c_void,
         eps: f64,
         gelu: i32,
+        out_bf16: i32,
+        out: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        len: usize,
+    ) -> i32;
+    fn sam2_conv3x3s2_ln_gelu(
+        x: *const std::ffi::c_void,
+        conv_w: *const std::ffi::c_void,
+        conv_b: *const std::ffi::c_void,
+        norm_w: *const std::ffi::c_void,
+        norm_b: *const std::ffi::c_void,
+        eps: f64,
         out: *mut *mut std::ffi::c_void,
         err: *mut std::ffi::c_char,
         len: usize,
@@ -107,15 +119,23 @@ pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option
     }
 }
 
-/// `LayerNorm2d` (over the channels of an NCHW bf16 CUDA tensor, contiguous or channels-
-/// last as a depthwise convolution leaves it; fp32 weight and bias of C values) under bf16
-/// autocast, then the exact GELU if `gelu`, in one pass: the
-/// fp32 tensor the spelled-out ops give (the memory encoder's mask downsampler and fuser;
-/// nine passes each, about 2 ms of an H100 frame at 16 objects). The same values but for
-/// the rare one whose channel mean lies on a bf16 rounding boundary (the sums run in another
-/// order). None where it does not apply.
-pub fn layer_norm_2d(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, gelu: bool) -> Option<Tensor> {
-    if !usable_on_bf16(x) {
+/// `LayerNorm2d` (over the channels of an NCHW bf16 or fp32 CUDA tensor, contiguous or
+/// channels-last as a depthwise convolution leaves it; fp32 weight and bias of C values)
+/// under bf16 autocast, then the exact GELU if `gelu`, in one pass: the fp32 tensor the
+/// spelled-out ops give, or with `out_bf16` that tensor rounded to bf16, which is what a
+/// convolution or Linear consuming it under autocast would compute on (the memory
+/// encoder's mask downsampler and fuser, the mask decoder's upscaling; nine passes each
+/// spelled out). The same values but for the rare one whose channel mean lies on a bf16
+/// rounding boundary (the sums run in another order). None where it does not apply.
+pub fn layer_norm_2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    gelu: bool,
+    out_bf16: bool,
+) -> Option<Tensor> {
+    if !usable_on(x, &[Kind::BFloat16, Kind::Float]) {
         return None;
     }
     #[cfg(sam2_cuda_shim)]
@@ -123,12 +143,55 @@ pub fn layer_norm_2d(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, gelu:
         let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
         // SAFETY: as for the LayerNorm above (`x`, `weight`, `bias` outlive the call).
         return run("fused LayerNorm2d", |out, e, n| unsafe {
-            sam2_layer_norm_2d_bf16(ptr(x), ptr(weight), ptr(bias), eps, gelu as i32, out, e, n)
+            sam2_layer_norm_2d(ptr(x), ptr(weight), ptr(bias), eps, gelu as i32, out_bf16 as i32, out, e, n)
         });
     }
     #[allow(unreachable_code)]
     {
-        let _ = (weight, bias, eps, gelu);
+        let _ = (weight, bias, eps, gelu, out_bf16);
+        None
+    }
+}
+
+/// One of the mask downsampler's two narrow stages (1 → 4 and 4 → 16 channels) in one
+/// pass under bf16 autocast: a 3×3 convolution with stride 2 and padding 1 of a contiguous
+/// NCHW bf16 or fp32 CUDA tensor, `LayerNorm2d` and GELU, as the bf16 tensor the next
+/// convolution would cast the spelled-out ops' result to. cuDNN picks a grouped direct
+/// kernel for these shapes (0.8 ms of an H100 frame at 16 objects for 0.6 GFLOP) and
+/// libtorch adds the bias, normalises and applies GELU in passes of their own. Only the
+/// convolution's fp32 sum runs in another order. None where it does not apply.
+pub fn conv3x3s2_layer_norm_gelu(
+    x: &Tensor,
+    conv_weight: &Tensor,
+    conv_bias: &Tensor,
+    norm_weight: &Tensor,
+    norm_bias: &Tensor,
+    eps: f64,
+) -> Option<Tensor> {
+    if !usable_on(x, &[Kind::BFloat16, Kind::Float]) {
+        return None;
+    }
+    #[cfg(sam2_cuda_shim)]
+    {
+        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        // SAFETY: every tensor outlives the call; the shim reads them and returns a new one.
+        return run("fused mask-downsampler stage", |out, e, n| unsafe {
+            sam2_conv3x3s2_ln_gelu(
+                ptr(x),
+                ptr(conv_weight),
+                ptr(conv_bias),
+                ptr(norm_weight),
+                ptr(norm_bias),
+                eps,
+                out,
+                e,
+                n,
+            )
+        });
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (conv_weight, conv_bias, norm_weight, norm_bias, eps);
         None
     }
 }
@@ -136,7 +199,13 @@ pub fn layer_norm_2d(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, gelu:
 /// Whether a kernel that takes a bf16 CUDA tensor may run on `x`: the kernels compiled and
 /// not turned off.
 fn usable_on_bf16(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cuda(_)) && x.kind() == Kind::BFloat16 && USABLE.load(Ordering::Relaxed) && enabled()
+    usable_on(x, &[Kind::BFloat16])
+}
+
+/// Whether a kernel may run on `x`: a CUDA tensor of one of `kinds`, the kernels compiled
+/// and not turned off.
+fn usable_on(x: &Tensor, kinds: &[Kind]) -> bool {
+    matches!(x.device(), Device::Cuda(_)) && kinds.contains(&x.kind()) && USABLE.load(Ordering::Relaxed) && enabled()
 }
 
 /// Calls a fused entry point (see `shim::optional_tensor`).
@@ -191,43 +260,109 @@ mod tests {
         .is_none());
     }
 
+    /// `LayerNorm2d::forward` spelled out, as the reference writes it, then GELU.
+    fn layer_norm_2d_spelled_out(x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Tensor {
+        let u = x.mean_dim(1, true, None);
+        let d = x - &u;
+        let s = d.square().mean_dim(1, true, None);
+        let y = w * (d / (s + 1e-6).sqrt()) + b;
+        if gelu {
+            y.gelu("none")
+        } else {
+            y
+        }
+    }
+
     #[test]
     #[ignore = "needs a CUDA device"]
     fn fused_layer_norm_2d_gives_what_the_spelled_out_ops_give_under_autocast() {
         assert!(tch::Cuda::is_available(), "no CUDA device");
         let dev = Device::Cuda(0);
         tch::manual_seed(1);
-        for (channels, side, gelu, channels_last) in [
-            (4, 64, true, false),
-            (16, 32, true, false),
-            (64, 24, true, false),
-            (256, 16, false, false),
-            (256, 16, false, true),
-            (256, 16, true, false),
+        for (channels, side, gelu, channels_last, kind) in [
+            (4, 64, true, false, Kind::BFloat16),
+            (16, 32, true, false, Kind::BFloat16),
+            (64, 24, true, false, Kind::BFloat16),
+            (256, 16, false, false, Kind::BFloat16),
+            (256, 16, false, true, Kind::BFloat16),
+            (256, 16, true, false, Kind::BFloat16),
+            (7, 9, false, false, Kind::BFloat16),
+            (40, 9, true, true, Kind::BFloat16),
+            // The mask decoder's: fp32 (its high-resolution features stay fp32).
+            (64, 33, true, false, Kind::Float),
+            (32, 17, false, true, Kind::Float),
         ] {
-            let x = (Tensor::randn([3, channels, side, side], (Kind::Float, dev)) * 2.0 + 0.3).to_kind(Kind::BFloat16);
+            let x = (Tensor::randn([3, channels, side, side], (Kind::Float, dev)) * 2.0 + 0.3).to_kind(kind);
             let x = if channels_last { x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { x };
             let w = Tensor::randn([channels, 1, 1], (Kind::Float, dev));
             let b = Tensor::randn([channels, 1, 1], (Kind::Float, dev));
             let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
-            let fused = layer_norm_2d(&x, &w, &b, 1e-6, gelu).expect("fused kernel applies");
-            // `LayerNorm2d::forward` spelled out, as the reference writes it.
-            let u = x.mean_dim(1, true, None);
-            let d = &x - &u;
-            let s = d.square().mean_dim(1, true, None);
-            let y = &w * (d / (s + 1e-6).sqrt()) + &b;
-            let reference = if gelu { y.gelu("none") } else { y };
-            assert_eq!((fused.kind(), fused.size(), fused.stride()), (Kind::Float, reference.size(), x.stride()));
-            // The variance's fp32 sum runs in another order: values a few fp32 steps apart.
-            // A channel mean on a bf16 rounding boundary moves its pixel by about one bf16
-            // step of the mean, over the deviation: rare.
+            let reference = layer_norm_2d_spelled_out(&x, &w, &b, gelu);
+            let case = format!("C={channels} gelu={gelu} channels_last={channels_last} {kind:?}");
+            let fused = layer_norm_2d(&x, &w, &b, 1e-6, gelu, false).expect("fused kernel applies");
+            assert_eq!(
+                (fused.kind(), fused.size(), fused.stride()),
+                (Kind::Float, reference.size(), x.stride()),
+                "{case}"
+            );
+            // The sums run in another order: values a few fp32 steps apart. A channel mean
+            // on a bf16 rounding boundary moves its pixel by about one bf16 step of the
+            // mean, over the deviation: rare.
             let diff = (&fused - &reference).abs();
             let tol = reference.abs() * 1e-5 + 1e-6;
             let far = diff.gt_tensor(&tol).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
             let worst = diff.max().double_value(&[]);
-            eprintln!("C={channels} gelu={gelu} channels_last={channels_last}: beyond fp32 rounding {:.4}%, max |Δ| {worst:.2e}", far * 100.0);
-            assert!(far < 0.01, "C={channels} gelu={gelu}: {:.3}% beyond fp32 rounding", far * 100.0);
-            assert!(worst < 0.05, "C={channels} gelu={gelu}: max |Δ| {worst}");
+            eprintln!("{case}: beyond fp32 rounding {:.4}%, max |Δ| {worst:.2e}", far * 100.0);
+            assert!(far < 0.01, "{case}: {:.3}% beyond fp32 rounding", far * 100.0);
+            assert!(worst < 0.05, "{case}: max |Δ| {worst}");
+            // Straight in bf16: the fp32 result rounded, as the consuming convolution's
+            // autocast would round it, bit for bit.
+            let as_bf16 = layer_norm_2d(&x, &w, &b, 1e-6, gelu, true).expect("fused kernel applies");
+            assert_eq!((as_bf16.kind(), as_bf16.stride()), (Kind::BFloat16, x.stride()), "{case}");
+            assert!(as_bf16.equal(&fused.to_kind(Kind::BFloat16)), "{case}: bf16 output is not the fp32 one rounded");
         }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn fused_mask_downsampler_stage_gives_what_conv_norm_and_gelu_give_under_autocast() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        let dev = Device::Cuda(0);
+        tch::manual_seed(2);
+        for (cin, cout, side, kind) in [
+            (1, 4, 256, Kind::Float),
+            (4, 16, 128, Kind::BFloat16),
+            (1, 4, 37, Kind::BFloat16),
+            (4, 16, 35, Kind::Float),
+        ] {
+            // The memory encoder's input: mask logits scaled into about [-10, 10].
+            let x = (Tensor::randn([3, cin, side, side], (Kind::Float, dev)) * 4.0).to_kind(kind);
+            let cw = Tensor::randn([cout, cin, 3, 3], (Kind::Float, dev)) * 0.3;
+            let cb = Tensor::randn([cout], (Kind::Float, dev)) * 0.1;
+            let nw = Tensor::randn([cout, 1, 1], (Kind::Float, dev));
+            let nb = Tensor::randn([cout, 1, 1], (Kind::Float, dev));
+            let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
+            let fused = conv3x3s2_layer_norm_gelu(&x, &cw, &cb, &nw, &nb, 1e-6).expect("fused kernel applies");
+            let conv = x.conv2d(&cw, Some(&cb), [2], [1], [1], 1);
+            let reference = layer_norm_2d_spelled_out(&conv, &nw, &nb, true).to_kind(Kind::BFloat16);
+            let case = format!("{cin}->{cout} at {side}² {kind:?}");
+            assert_eq!((fused.kind(), fused.size()), (Kind::BFloat16, reference.size()), "{case}");
+            // cuDNN sums the 9·CIN products in another order: a convolution output on a
+            // bf16 rounding boundary moves by one bf16 step, and LayerNorm over so few
+            // channels carries that step into its pixel's other channels.
+            let (f, r) = (fused.to_kind(Kind::Float), reference.to_kind(Kind::Float));
+            let identical = fused.eq_tensor(&reference).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            let step = (&f - &r).abs() / r.abs().clamp_min(1e-2);
+            let far = step.gt(1.0 / 64.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            eprintln!("{case}: identical {:.3}%, beyond 4 bf16 steps {:.4}%", identical * 100.0, far * 100.0);
+            assert!(identical > 0.95, "{case}: {:.3}% identical", identical * 100.0);
+            assert!(far < 0.005, "{case}: {:.4}% beyond 4 bf16 steps", far * 100.0);
+        }
+        // Other shapes are not its: the caller runs the convolution and the norm.
+        let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
+        let x = Tensor::randn([1, 16, 64, 64], (Kind::Float, dev));
+        let (cw, cb) = (Tensor::randn([64, 16, 3, 3], (Kind::Float, dev)), Tensor::zeros([64], (Kind::Float, dev)));
+        let (nw, nb) = (Tensor::ones([64, 1, 1], (Kind::Float, dev)), Tensor::zeros([64, 1, 1], (Kind::Float, dev)));
+        assert!(conv3x3s2_layer_norm_gelu(&x, &cw, &cb, &nw, &nb, 1e-6).is_none());
     }
 }

@@ -73,14 +73,47 @@ impl LayerNorm2d {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, false)
+        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, false, false)
             .unwrap_or_else(|| self.spelled_out(x))
     }
 
     /// `gelu(forward(x))`, in the same pass where the fused kernel applies.
     pub fn forward_gelu(&self, x: &Tensor) -> Tensor {
-        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, true)
+        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, true, false)
             .unwrap_or_else(|| self.spelled_out(x).gelu("none"))
+    }
+
+    /// `forward` for a caller that feeds the result to a convolution or a Linear only:
+    /// under bf16 autocast on CUDA the output comes straight in bf16, the dtype that
+    /// consumer would cast it to; elsewhere it is `forward`.
+    pub fn forward_into_matmul(&self, x: &Tensor) -> Tensor {
+        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, false, true)
+            .unwrap_or_else(|| self.spelled_out(x))
+    }
+
+    /// `forward_gelu` for a caller that feeds the result to a convolution or a Linear only
+    /// (see `forward_into_matmul`).
+    pub fn forward_gelu_into_matmul(&self, x: &Tensor) -> Tensor {
+        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, true, true)
+            .unwrap_or_else(|| self.spelled_out(x).gelu("none"))
+    }
+
+    /// `forward_gelu_into_matmul(conv.forward(x))`: one pass where the fused kernel applies
+    /// (the mask downsampler's narrow 3×3 stride-2 stages under bf16 autocast on CUDA).
+    pub fn after_conv_gelu_into_matmul(&self, conv: &Conv2d, x: &Tensor) -> Tensor {
+        (conv.stride == 2 && conv.padding == 1 && conv.groups == 1)
+            .then(|| {
+                crate::cuda::fused::conv3x3s2_layer_norm_gelu(
+                    x,
+                    &conv.weight,
+                    &conv.bias,
+                    &self.weight,
+                    &self.bias,
+                    self.eps,
+                )
+            })
+            .flatten()
+            .unwrap_or_else(|| self.forward_gelu_into_matmul(&conv.forward(x)))
     }
 
     fn spelled_out(&self, x: &Tensor) -> Tensor {

@@ -81,7 +81,7 @@ impl MaskDecoder {
         let mask_tokens_out = hs.narrow(1, 2, 4);
         let src = src.transpose(1, 2).reshape([bb, c, h, w]);
         let (feat_s0, feat_s1) = (&high_res[0], &high_res[1]);
-        let up = self.ln1.forward(&(self.dc1.forward(&src) + feat_s1)).gelu("none");
+        let up = self.ln1.forward_gelu_into_matmul(&(self.dc1.forward(&src) + feat_s1));
         let up = (self.dc2.forward(&up) + feat_s0).gelu("none");
         let hyper: Vec<Tensor> =
             (0..4).map(|i| self.hypernetworks[i].forward(&mask_tokens_out.select(1, i as i64))).collect();

@@ -15,7 +15,7 @@ struct CxBlock {
 
 impl CxBlock {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = self.norm.forward(&self.dwconv.forward(x)).permute([0, 2, 3, 1]);
+        let y = self.norm.forward_into_matmul(&self.dwconv.forward(x)).permute([0, 2, 3, 1]);
         let y = self.pwconv2.forward(&self.pwconv1.forward(&y).gelu("none"));
         let y = (&self.gamma * y).permute([0, 3, 1, 2]);
         x + y
@@ -76,7 +76,7 @@ impl MemoryEncoder {
     pub fn forward(&self, pix_feat: &Tensor, masks: &Tensor) -> Tensor {
         let mut m = masks.shallow_clone();
         for (conv, norm) in &self.downsampler {
-            m = norm.forward_gelu(&conv.forward(&m));
+            m = norm.after_conv_gelu_into_matmul(conv, &m);
         }
         let m = self.downsampler_out.forward(&m);
         let mut x = self.pix_feat_proj.forward(pix_feat) + m;

@@ -278,29 +278,26 @@ impl Sam2Base {
                 &Tensor::full([], NO_OBJ_SCORE, (out.masks.kind(), dev)),
             )
             .to_kind(Kind::Float);
-        let s = self.image_size();
-        let high_multi = low_multi.upsample_bilinear2d([s, s], false, None, None);
-        let (low, high, token) = if multimask && b > 1 {
+        // Bilinear upsampling treats each mask on its own, so the chosen candidate is
+        // picked first and only it is brought to the model's resolution: the same values
+        // as the reference's upsample-all-then-pick, for a third of the work.
+        let (low, token) = if multimask && b > 1 {
             // Each object's own best candidate.
             let best = out.iou.argmax(-1, false).view([b, 1, 1, 1]);
-            let pick = |m: &Tensor| {
-                let (_, _, h, w) = m.size4().unwrap();
-                m.gather(1, &best.expand([b, 1, h, w], false), false)
-            };
+            let (_, _, h, w) = low_multi.size4().unwrap();
+            let low = low_multi.gather(1, &best.expand([b, 1, h, w], false), false);
             let width = out.sam_tokens.size()[2];
             let token = out.sam_tokens.gather(1, &best.view([b, 1, 1]).expand([b, 1, width], false), false);
-            (pick(&low_multi), pick(&high_multi), token.squeeze_dim(1))
+            (low, token.squeeze_dim(1))
         } else if multimask {
             // Index with a device tensor: no host round trip (a GPU sync) per object-frame.
             let best = out.iou.argmax(-1, false);
-            (
-                low_multi.index_select(1, &best),
-                high_multi.index_select(1, &best),
-                out.sam_tokens.index_select(1, &best).squeeze_dim(1),
-            )
+            (low_multi.index_select(1, &best), out.sam_tokens.index_select(1, &best).squeeze_dim(1))
         } else {
-            (low_multi.shallow_clone(), high_multi, out.sam_tokens.select(1, 0))
+            (low_multi.shallow_clone(), out.sam_tokens.select(1, 0))
         };
+        let s = self.image_size();
+        let high = low.upsample_bilinear2d([s, s], false, None, None);
         let obj_ptr = self.obj_ptr_proj.forward(&token);
         // `fixed_no_obj_ptr` with a hard λ.
         let lambda = appearing.to_kind(obj_ptr.kind());

@@ -198,6 +198,14 @@ impl TwoWayTransformer {
     pub fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> (Tensor, Tensor) {
         let image = image.flatten(2, -1).permute([0, 2, 1]);
         let image_pe = image_pe.flatten(2, -1).permute([0, 2, 1]);
+        // A batch (several objects on one frame) lays the image tokens out once: as the
+        // permuted view, every addition of the position encoding ran strided and every
+        // projection copied its input first (a batch's view cannot be flattened to the
+        // matmul's rows). Element-wise sums and the projections' inputs are the same values
+        // either way. One image keeps the view, whose matmuls read it transposed, exactly
+        // as the reference's do.
+        let (image, image_pe) =
+            if image.size()[0] > 1 { (image.contiguous(), image_pe.contiguous()) } else { (image, image_pe) };
         let mut queries = tokens.shallow_clone();
         let mut keys = image;
         for layer in &self.layers {

@@ -99,9 +99,6 @@ pub struct MemoryBank {
     /// The undo log of the op in flight, when that op is one that can be taken back
     /// (see `bank_undo`): every change to the directory is preserved before it is made.
     undo: Option<UndoLog>,
-    /// Buffers a frame's entries are serialised into, kept from frame to frame: a fresh
-    /// 787 KB buffer per entry is fresh pages to fault in every time.
-    scratch: Vec<Vec<u8>>,
 }
 
 const MAGIC: &[u8; 4] = b"S2MB";
@@ -133,7 +130,7 @@ impl MemoryBank {
         if bank_undo::logged(&dir)?.is_some_and(|op| !op.committed) {
             bank_undo::roll_back(&dir)?;
         }
-        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device, undo: None, scratch: Vec::new() };
+        let mut bank = MemoryBank { dir, _temp: temp, index: HashMap::new(), device, undo: None };
         bank.scan()?;
         Ok(bank)
     }
@@ -253,22 +250,19 @@ impl MemoryBank {
 
     /// As `put` for several entries (the objects of one propagation frame), each kept
     /// entry (on the device) written from `on_disk`, the same values already copied to the
-    /// host, so the write does not wait for the device. Every path is preserved and every
-    /// entry serialised on this thread (libtorch copies), then the files are written by a
-    /// few threads at once (plain file I/O, see `write_files`); each file is still whole
-    /// or absent. On a failed write the entries written are kept and the first error (in
-    /// `puts` order) returned.
+    /// host, so the write does not wait for the device. Every path is preserved on this
+    /// thread, then the files are written by several threads at once, each straight from
+    /// its entry's host tensors (plain file I/O, see `write_files`); each file is still
+    /// whole or absent. On a failed write the entries written are kept and the first
+    /// error (in `puts` order) returned.
     pub fn put_copied_many(&mut self, puts: Vec<CopiedPut>) -> anyhow::Result<()> {
         let mut files = Vec::with_capacity(puts.len());
         for p in &puts {
             let path = self.path(p.id, p.slot, p.frame);
             self.preserve(&path)?;
-            let mut bytes = self.scratch.pop().unwrap_or_default();
-            entry_bytes_into(&mut bytes, &p.on_disk, p.tracked);
-            files.push((path, bytes));
+            files.push((path, EntryFile::of(&p.on_disk, p.tracked)));
         }
-        let written = write_files(&files);
-        self.scratch.extend(files.into_iter().map(|(_, bytes)| bytes));
+        let written = write_files(&files.iter().map(|(path, f)| (path.clone(), f.parts())).collect::<Vec<_>>());
         let mut first_error = None;
         for (p, result) in puts.into_iter().zip(written) {
             match result {
@@ -390,23 +384,59 @@ impl MemoryBank {
     }
 }
 
-/// Appends `t`'s values as `kind` to `buf` (one copy, straight into the buffer).
-fn put_tensor(buf: &mut Vec<u8>, t: &Tensor, kind: Kind) {
-    let t = t.to_device(Device::Cpu).to_kind(kind).contiguous();
-    let start = buf.len();
-    buf.resize(start + t.numel() * kind.elt_size_in_bytes(), 0);
-    t.copy_data_u8(&mut buf[start..], t.numel());
+/// An entry as its file holds it: a 10-byte header (magic, tracked direction, whether
+/// memory features follow, the mask's side), then the values of its tensors, each a
+/// contiguous host tensor of its kind: the memory features in bf16 (when present), the
+/// mask logits, the object pointer and the score in fp32.
+struct EntryFile {
+    header: [u8; 10],
+    tensors: Vec<Tensor>,
 }
 
-/// Writes each (path, bytes) atomically (unflushed, as `write_entry`), with up to four
-/// threads for several files. One frame of 16 objects is 16 files of 787 KB; written one
-/// after another they took 35–45 ms a frame on a 2-core VM (each write waits on fresh
-/// page-cache pages), four at a time about a tenth of that (a Python loop writing the same
-/// files: 22–39 against 3.5–3.9 ms a frame). The threads run no libtorch code, so they
-/// start no OpenMP teams (see `VideoPredictor::write_out`).
-fn write_files(files: &[(PathBuf, Vec<u8>)]) -> Vec<anyhow::Result<()>> {
-    let write = |(path, bytes): &(PathBuf, Vec<u8>)| sam2_api::util::atomic_write_unflushed(path, bytes);
-    let threads = files.len().min(4);
+impl EntryFile {
+    fn of(e: &Entry, tracked: Option<bool>) -> EntryFile {
+        let mut header = [0u8; 10];
+        header[..4].copy_from_slice(MAGIC);
+        header[4] = match tracked {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        header[5] = e.maskmem.is_some() as u8;
+        header[6..].copy_from_slice(&(e.pred_masks.size()[3] as u32).to_le_bytes());
+        // No-ops for the host copies propagation hands over (already host, kind, dense).
+        let host = |t: &Tensor, kind: Kind| t.to_device(Device::Cpu).to_kind(kind).contiguous();
+        let mut tensors: Vec<Tensor> = e.maskmem.iter().map(|m| host(m, Kind::BFloat16)).collect();
+        tensors.extend([host(&e.pred_masks, Kind::Float), host(&e.obj_ptr, Kind::Float), host(&e.score, Kind::Float)]);
+        EntryFile { header, tensors }
+    }
+
+    /// The file's bytes in order, borrowed from `self`.
+    fn parts(&self) -> Vec<&[u8]> {
+        let mut parts = vec![&self.header[..]];
+        parts.extend(self.tensors.iter().map(|t| {
+            let len = t.numel() * t.kind().elt_size_in_bytes();
+            // SAFETY: `t` is a contiguous CPU tensor of `len` bytes, owned by `self` and
+            // not written while the slice (tied to `&self`) is in use.
+            unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) }
+        }));
+        parts
+    }
+}
+
+/// Writes each file (path, its bytes in parts) atomically (unflushed, as `write_entry`),
+/// with several threads for several files, each writing from the parts (the entries'
+/// host tensors) straight into the file. One frame of 16 objects is 16 files of 787 KB;
+/// written one after another they took 35–45 ms a frame on a 2-core VM (each write waits
+/// on fresh page-cache pages), four at a time about a tenth of that (a Python loop
+/// writing the same files: 22–39 against 3.5–3.9 ms a frame). Serialised into buffers on
+/// the model thread first, then written by four threads, they still took 7.9 ms of an
+/// H100 host's 25 ms frame, which the host then bounded. The threads run no libtorch
+/// code, so they start no OpenMP teams (see `VideoPredictor::write_out`).
+fn write_files(files: &[(PathBuf, Vec<&[u8]>)]) -> Vec<anyhow::Result<()>> {
+    let write = |(path, parts): &(PathBuf, Vec<&[u8]>)| sam2_api::util::atomic_write_parts_unflushed(path, parts);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = files.len().min(cores.clamp(4, 8));
     if threads < 2 {
         return files.iter().map(write).collect();
     }
@@ -430,38 +460,7 @@ fn write_files(files: &[(PathBuf, Vec<u8>)]) -> Vec<anyhow::Result<()>> {
 }
 
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
-    let mut buf = Vec::new();
-    entry_bytes_into(&mut buf, e, tracked);
-    sam2_api::util::atomic_write_unflushed(path, &buf)
-}
-
-/// An entry as its file holds it, in `buf` (whatever it held before is dropped).
-fn entry_bytes_into(buf: &mut Vec<u8>, e: &Entry, tracked: Option<bool>) {
-    let e4 = e.pred_masks.size()[3];
-    let bytes = |t: &Tensor, kind: Kind| t.numel() * kind.elt_size_in_bytes();
-    let len = 10
-        + e.maskmem.as_ref().map_or(0, |m| bytes(m, Kind::BFloat16))
-        + bytes(&e.pred_masks, Kind::Float)
-        + bytes(&e.obj_ptr, Kind::Float)
-        + bytes(&e.score, Kind::Float);
-    buf.clear();
-    buf.reserve(len);
-    buf.extend_from_slice(MAGIC);
-    buf.push(match tracked {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    });
-    buf.push(e.maskmem.is_some() as u8);
-    buf.extend_from_slice(&(e4 as u32).to_le_bytes());
-    if let Some(m) = &e.maskmem {
-        put_tensor(buf, m, Kind::BFloat16);
-    }
-    put_tensor(buf, &e.pred_masks, Kind::Float);
-    put_tensor(buf, &e.obj_ptr, Kind::Float);
-    put_tensor(buf, &e.score, Kind::Float);
-    // Written unflushed: entries must survive the engine crashing (they do, in the page
-    // cache); a flush per frame would put a disk round trip on every frame.
+    sam2_api::util::atomic_write_parts_unflushed(path, &EntryFile::of(e, tracked).parts())
 }
 
 fn read_header(path: &Path) -> anyhow::Result<(Option<bool>, bool, i64)> {
@@ -505,14 +504,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blocked = dir.path().join("not-a-folder");
         std::fs::write(&blocked, b"a file where a folder is expected").unwrap();
-        let mut files: Vec<(PathBuf, Vec<u8>)> =
-            (0..9u8).map(|i| (dir.path().join(format!("e{i}")), vec![i; 300_000 + i as usize])).collect();
+        let contents: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; 300_000 + i as usize]).collect();
+        // Each file from three parts, as an entry's header and tensors.
+        let mut files: Vec<(PathBuf, Vec<&[u8]>)> = contents
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (dir.path().join(format!("e{i}")), vec![&c[..10], &c[10..1000], &c[1000..]]))
+            .collect();
         // Two entries that cannot be written: their folder is a file.
         files[3].0 = blocked.join("e3");
         files[6].0 = blocked.join("e6");
         let results = write_files(&files);
         assert_eq!(results.len(), files.len());
-        for (i, ((path, bytes), result)) in files.iter().zip(&results).enumerate() {
+        for (i, (((path, _), bytes), result)) in files.iter().zip(&contents).zip(&results).enumerate() {
             if i == 3 || i == 6 {
                 assert!(result.is_err(), "entry {i} cannot be written");
                 assert!(!path.exists());

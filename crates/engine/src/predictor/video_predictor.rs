@@ -686,6 +686,7 @@ impl Propagation for VideoPredictor {
         // fresh thread's first libtorch op big enough to go parallel starts an OpenMP team
         // of its own, so sixteen teams spin on sixteen cores.
         let mut puts = Vec::with_capacity(t.host.len());
+        let mut timings = t.timings;
         for (s, host) in t.staged.iter().zip(t.host) {
             let host = postprocess(host, self.opts.fill_holes);
             let on_device = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
@@ -704,12 +705,17 @@ impl Propagation for VideoPredictor {
                 tracked: Some(t.reverse),
             });
         }
+        timings.fill_holes_ms = ms(started);
+        let step = Instant::now();
         self.bank.put_copied_many(puts)?;
         for &id in &t.prompted {
             self.bank.mark_tracked(id, t.frame, t.reverse)?;
         }
+        timings.bank_write_ms = ms(step);
+        let step = Instant::now();
         let mut out = self.consolidate_temp_output_across_obj(t.frame, false)?;
-        out.timings = t.timings;
+        timings.to_video_ms = ms(step);
+        out.timings = timings;
         out.timings.write_out_ms = ms(started);
         // Steady-state cost of a frame: the time between consecutive outputs.
         out.timings.total_ms = ms(*last_out);
