@@ -15,7 +15,7 @@ use super::pipeline::{self, Lookahead, Propagation, Tracked};
 use crate::device::{AutocastGuard, PrecisionExt};
 use crate::media::prefetch::Prefetcher;
 use crate::media::FrameSource;
-use crate::model::postprocess::fill_holes;
+use crate::model::postprocess::fill_holes_many;
 use crate::model::sam2_base::{
     AssembledMemory, FrameFeatures, PointInputs, PointerMemory, SpatialMemory, MAX_OBJ_PTRS, NO_OBJ_SCORE, NUM_MASKMEM,
 };
@@ -687,8 +687,7 @@ impl Propagation for VideoPredictor {
         // of its own, so sixteen teams spin on sixteen cores.
         let mut puts = Vec::with_capacity(t.host.len());
         let mut timings = t.timings;
-        for (s, host) in t.staged.iter().zip(t.host) {
-            let host = postprocess(host, self.opts.fill_holes);
+        for (s, host) in t.staged.iter().zip(postprocess_many(t.host, self.opts.fill_holes)) {
             let on_device = self.bank.get(s.id, s.slot, s.frame).expect("staged entry");
             let entry = Entry {
                 maskmem: on_device.maskmem.as_ref().map(|m| m.shallow_clone()),
@@ -733,11 +732,20 @@ impl Propagation for VideoPredictor {
 /// not while the next frame's kernels could be queued; nothing downstream of the model
 /// reads the unfilled masks (the memory encoder takes the high-res masks before this).
 fn postprocess(entry: Entry, fill: bool) -> Entry {
-    if fill {
-        Entry { pred_masks: fill_holes(&entry.pred_masks, 8), ..entry }
-    } else {
-        entry
+    postprocess_many(vec![entry], fill).pop().expect("one entry in, one out")
+}
+
+/// `postprocess` for the objects of one frame, their masks filled side by side.
+fn postprocess_many(entries: Vec<Entry>, fill: bool) -> Vec<Entry> {
+    if !fill {
+        return entries;
     }
+    let masks: Vec<Tensor> = entries.iter().map(|e| e.pred_masks.shallow_clone()).collect();
+    entries
+        .into_iter()
+        .zip(fill_holes_many(&masks, 8))
+        .map(|(entry, pred_masks)| Entry { pred_masks, ..entry })
+        .collect()
 }
 
 fn ms(t: Instant) -> f32 {

@@ -368,19 +368,40 @@ fn write_logits(f: &FrameOutput, dir: Option<&std::path::Path>) -> anyhow::Resul
     Ok(())
 }
 
-/// Thresholds each object's logits at 0 and RLE-encodes the mask.
+/// Thresholds each object's logits at 0 and RLE-encodes the mask, the objects on up to 8
+/// threads (plain Rust over the logits' memory: about 0.1 ms a 960×540 mask, so 16
+/// objects one after another were a millisecond or two of the host's frame).
 fn frame_response(seq: u64, f: FrameOutput) -> Response {
-    let objects = f
+    let logits: Vec<(tch::Tensor, usize, usize)> = f
         .objects
         .iter()
         .map(|o| {
             let (h, w) = (o.logits.size()[0] as usize, o.logits.size()[1] as usize);
-            let logits = o.logits.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous();
-            // SAFETY: `logits` is a contiguous fp32 CPU tensor of h·w elements, alive
-            // (and not written) while the slice is in use.
-            let values = unsafe { std::slice::from_raw_parts(logits.data_ptr() as *const f32, h * w) };
-            ObjectMask { object: o.object, rle: Rle::encode_positive(values, h, w), score: o.score }
+            (o.logits.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).contiguous(), h, w)
         })
         .collect();
+    // SAFETY: each tensor is a contiguous fp32 CPU tensor of h·w elements, alive (and not
+    // written) while its slice is in use, which ends before `logits` is dropped.
+    let values: Vec<(&[f32], usize, usize)> = logits
+        .iter()
+        .map(|(t, h, w)| (unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, h * w) }, *h, *w))
+        .collect();
+    let encode = |&(v, h, w): &(&[f32], usize, usize)| Rle::encode_positive(v, h, w);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = values.len().min(cores).min(8);
+    let rles: Vec<Rle> = if threads < 2 {
+        values.iter().map(encode).collect()
+    } else {
+        let per = values.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let chunks: Vec<_> = values
+                .chunks(per)
+                .map(|chunk| scope.spawn(move || chunk.iter().map(encode).collect::<Vec<_>>()))
+                .collect();
+            chunks.into_iter().flat_map(|c| c.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        })
+    };
+    let objects =
+        f.objects.iter().zip(rles).map(|(o, rle)| ObjectMask { object: o.object, rle, score: o.score }).collect();
     Response::Frame { seq, frame: f.frame, objects, timings: f.timings }
 }
