@@ -81,27 +81,18 @@ pub fn fill_holes(logits: &Tensor, max_area: u32) -> Tensor {
 /// running libtorch ops starts an OpenMP team of its own, see `VideoPredictor::write_out`).
 /// At 16 objects one after another it was 1.8 ms of an H100 host's write-out a frame.
 pub fn fill_holes_many(logits: &[Tensor], max_area: u32) -> Vec<Tensor> {
-    let mut maps: Vec<(Vec<f32>, usize, usize, bool)> = logits
+    let maps: Vec<(Vec<f32>, usize, usize)> = logits
         .iter()
         .map(|l| {
             let (_, _, h, w) = l.size4().unwrap();
             let cpu = l.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-            (Vec::<f32>::try_from(cpu.flatten(0, -1)).unwrap(), h as usize, w as usize, false)
+            (Vec::<f32>::try_from(cpu.flatten(0, -1)).unwrap(), h as usize, w as usize)
         })
         .collect();
-    let fill = |(v, h, w, changed): &mut (Vec<f32>, usize, usize, bool)| *changed = fill_map(v, *h, *w, max_area);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = maps.len().min(cores).min(8);
-    if threads < 2 {
-        maps.iter_mut().for_each(fill);
-    } else {
-        let per = maps.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            for chunk in maps.chunks_mut(per) {
-                scope.spawn(move || chunk.iter_mut().for_each(fill));
-            }
-        });
-    }
+    let maps = crate::host_threads::map(maps, crate::host_threads::cores().min(8), |(mut v, h, w)| {
+        let changed = fill_map(&mut v, h, w, max_area);
+        (v, h, w, changed)
+    });
     logits
         .iter()
         .zip(maps)

@@ -434,29 +434,11 @@ impl EntryFile {
 /// H100 host's 25 ms frame, which the host then bounded. The threads run no libtorch
 /// code, so they start no OpenMP teams (see `VideoPredictor::write_out`).
 fn write_files(files: &[(PathBuf, Vec<&[u8]>)]) -> Vec<anyhow::Result<()>> {
-    let write = |(path, parts): &(PathBuf, Vec<&[u8]>)| sam2_api::util::atomic_write_parts_unflushed(path, parts);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = files.len().min(cores.clamp(4, 8));
-    if threads < 2 {
-        return files.iter().map(write).collect();
-    }
-    // Thread t writes files t, t + threads, …; each returns its (index, result) pairs.
-    let mut results: Vec<Option<anyhow::Result<()>>> = files.iter().map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let writers: Vec<_> = (0..threads)
-            .map(|t| {
-                scope.spawn(move || {
-                    files.iter().enumerate().skip(t).step_by(threads).map(|(i, f)| (i, write(f))).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for writer in writers {
-            for (i, result) in writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
-                results[i] = Some(result);
-            }
-        }
-    });
-    results.into_iter().map(|r| r.expect("every file has one writer")).collect()
+    // Writes wait on the page cache more than on a core: four threads pay even on two cores.
+    let threads = crate::host_threads::cores().clamp(4, 8);
+    crate::host_threads::map(files.iter().collect(), threads, |(path, parts)| {
+        sam2_api::util::atomic_write_parts_unflushed(path, parts)
+    })
 }
 
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {

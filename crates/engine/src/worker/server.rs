@@ -386,21 +386,9 @@ fn frame_response(seq: u64, f: FrameOutput) -> Response {
         .iter()
         .map(|(t, h, w)| (unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, h * w) }, *h, *w))
         .collect();
-    let encode = |&(v, h, w): &(&[f32], usize, usize)| Rle::encode_positive(v, h, w);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = values.len().min(cores).min(8);
-    let rles: Vec<Rle> = if threads < 2 {
-        values.iter().map(encode).collect()
-    } else {
-        let per = values.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let chunks: Vec<_> = values
-                .chunks(per)
-                .map(|chunk| scope.spawn(move || chunk.iter().map(encode).collect::<Vec<_>>()))
-                .collect();
-            chunks.into_iter().flat_map(|c| c.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-        })
-    };
+    let rles = crate::host_threads::map(values, crate::host_threads::cores().min(8), |(v, h, w)| {
+        Rle::encode_positive(v, h, w)
+    });
     let objects =
         f.objects.iter().zip(rles).map(|(o, rle)| ObjectMask { object: o.object, rle, score: o.score }).collect();
     Response::Frame { seq, frame: f.frame, objects, timings: f.timings }
