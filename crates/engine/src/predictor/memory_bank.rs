@@ -441,6 +441,8 @@ fn write_files(files: &[(PathBuf, Vec<&[u8]>)]) -> Vec<anyhow::Result<()>> {
     })
 }
 
+/// Written unflushed: entries must survive the engine crashing (they do, in the page
+/// cache); a flush per frame would put a disk round trip on every frame.
 fn write_entry(path: &Path, e: &Entry, tracked: Option<bool>) -> anyhow::Result<()> {
     sam2_api::util::atomic_write_parts_unflushed(path, &EntryFile::of(e, tracked).parts())
 }

@@ -680,11 +680,12 @@ impl Propagation for VideoPredictor {
     ) -> anyhow::Result<ControlFlow<()>> {
         t.wait_for_host_copies();
         let started = Instant::now();
-        // One object after another, on this thread. Spread over threads of their own (one
-        // per object, started every frame) the host's share was 72 ms a frame at 16
-        // objects on a 16-core H100 host, and the frame 82 ms against 36 ms before: each
-        // fresh thread's first libtorch op big enough to go parallel starts an OpenMP team
-        // of its own, so sixteen teams spin on sixteen cores.
+        // The libtorch work of every object runs on this thread. Spread over threads of
+        // their own (one per object, started every frame) the host's share was 72 ms a
+        // frame at 16 objects on a 16-core H100 host, and the frame 82 ms against 36 ms
+        // before: each fresh thread's first libtorch op big enough to go parallel starts
+        // an OpenMP team of its own, so sixteen teams spin on sixteen cores. Only plain
+        // Rust (the hole labelling, the bank's file writes) goes to `host_threads`.
         let mut puts = Vec::with_capacity(t.host.len());
         let mut timings = t.timings;
         for (s, host) in t.staged.iter().zip(postprocess_many(t.host, self.opts.fill_holes)) {
