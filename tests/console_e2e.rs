@@ -98,7 +98,8 @@ fn operator_session_in_tmux_survives_an_abort_and_matches_segment() {
     let export = dir.join("export");
     let ckpt = checkpoint();
     let cmd = format!(
-        "{} {} --graphics halfblocks --device cpu --image-size {IMAGE_SIZE} --checkpoint {ckpt} --session {} --export-dir {}; sleep 30",
+        "{} {} {} --graphics halfblocks --device cpu --image-size {IMAGE_SIZE} --checkpoint {ckpt} --session {} --export-dir {}; sleep 30",
+        common::pane_env(),
         common::bin().display(),
         clip.display(),
         session.display(),
@@ -160,7 +161,8 @@ fn the_first_key_typed_after_start_up_reaches_the_console_in_tmux() {
     let clip = dir.join("clip");
     make_clip(&clip);
     let cmd = format!(
-        "{} {} --device cpu --image-size 128 --checkpoint {} --session {}; echo CONSOLE-EXITED; sleep 30",
+        "{} {} {} --device cpu --image-size 128 --checkpoint {} --session {}; echo CONSOLE-EXITED; sleep 30",
+        common::pane_env(),
         common::bin().display(),
         clip.display(),
         checkpoint(),
@@ -197,7 +199,8 @@ fn no_color_keeps_the_preview_image_in_colour_and_drops_the_interface_colours() 
     let clip = dir.join("clip");
     make_clip(&clip);
     let cmd = format!(
-        "NO_COLOR=1 {} {} --graphics halfblocks --device cpu --image-size 128 --checkpoint {} --session {}; sleep 30",
+        "{} NO_COLOR=1 {} {} --graphics halfblocks --device cpu --image-size 128 --checkpoint {} --session {}; sleep 30",
+        common::pane_env(),
         common::bin().display(),
         clip.display(),
         checkpoint(),

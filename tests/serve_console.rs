@@ -111,14 +111,9 @@ fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_e
     let port = free_port();
     let exit = work.join("exit-status");
     let bin = common::bin();
-    // The test's hermetic settings (common::bin) travel to the tmux pane explicitly.
-    let env: Vec<String> = ["SAM2_TUI_CONFIG", "XDG_DATA_HOME"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}='{v}'")))
-        .collect();
     let cmd = format!(
-        "env {} TERM=xterm-256color {} serve --console --port {port} --data '{}' --checkpoint '{}' --device cpu --precision fp32 --image-size 256 --warm-workers 0; echo $? > '{}'; sleep 60",
-        env.join(" "),
+        "{} TERM=xterm-256color {} serve --console --port {port} --data '{}' --checkpoint '{}' --device cpu --precision fp32 --image-size 256 --warm-workers 0; echo $? > '{}'; sleep 60",
+        common::pane_env(),
         bin.display(),
         data.display(),
         ckpt.display(),

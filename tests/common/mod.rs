@@ -80,6 +80,20 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sam2-tui"))
 }
 
+/// `env VAR='…' …` for a command run in a tmux pane: the pane gets the tmux server's
+/// environment, not the test's, so the hermetic settings of `bin` (the empty config, the
+/// data directory under target/) must travel explicitly. Without them a console started
+/// in a tmux server that was already running kept its session folder in the developer's
+/// own data directory.
+pub fn pane_env() -> String {
+    bin();
+    let vars: Vec<String> = ["SAM2_TUI_CONFIG", "XDG_DATA_HOME"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}='{v}'")))
+        .collect();
+    format!("env {}", vars.join(" "))
+}
+
 /// A short hash of the fixture generators, so cached reference outputs are remade when
 /// a generator changes.
 pub fn fixtures_version() -> String {
