@@ -73,29 +73,31 @@ impl LayerNorm2d {
         }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, false, false)
-            .unwrap_or_else(|| self.spelled_out(x))
-    }
-
-    /// `gelu(forward(x))`, in the same pass where the fused kernel applies.
-    pub fn forward_gelu(&self, x: &Tensor) -> Tensor {
-        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, true, false)
-            .unwrap_or_else(|| self.spelled_out(x).gelu("none"))
+        self.norm(x, false, false)
     }
 
     /// `forward` for a caller that feeds the result to a convolution or a Linear only:
     /// under bf16 autocast on CUDA the output comes straight in bf16, the dtype that
     /// consumer would cast it to; elsewhere it is `forward`.
     pub fn forward_into_matmul(&self, x: &Tensor) -> Tensor {
-        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, false, true)
-            .unwrap_or_else(|| self.spelled_out(x))
+        self.norm(x, false, true)
     }
 
-    /// `forward_gelu` for a caller that feeds the result to a convolution or a Linear only
-    /// (see `forward_into_matmul`).
+    /// `gelu(forward(x))` for a caller that feeds the result to a convolution or a Linear
+    /// only (see `forward_into_matmul`), in the same pass where the fused kernel applies.
     pub fn forward_gelu_into_matmul(&self, x: &Tensor) -> Tensor {
-        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, true, true)
-            .unwrap_or_else(|| self.spelled_out(x).gelu("none"))
+        self.norm(x, true, true)
+    }
+
+    fn norm(&self, x: &Tensor, gelu: bool, out_bf16: bool) -> Tensor {
+        crate::cuda::fused::layer_norm_2d(x, &self.weight, &self.bias, self.eps, gelu, out_bf16).unwrap_or_else(|| {
+            let y = self.spelled_out(x);
+            if gelu {
+                y.gelu("none")
+            } else {
+                y
+            }
+        })
     }
 
     /// `forward_gelu_into_matmul(conv.forward(x))`: one pass where the fused kernel applies
