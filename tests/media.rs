@@ -465,6 +465,53 @@ fn prefetcher_with_parallel_resizers_still_delivers_every_frame_in_the_asked_ord
     assert_eq!((pf.hits, pf.misses), (27, 0));
 }
 
+/// A source whose first frame is huge and the rest tiny: one resizer spends a long time
+/// on frame 0 while the others race through the frames after it.
+struct OneSlowFrame {
+    frames: usize,
+}
+
+impl media::FrameSource for OneSlowFrame {
+    fn len(&self) -> usize {
+        self.frames
+    }
+    fn size(&self) -> (u32, u32) {
+        (16, 16)
+    }
+    fn fps(&self) -> f32 {
+        25.0
+    }
+    fn frame(&mut self, index: usize) -> anyhow::Result<RgbImage> {
+        let side = if index == 0 { 4096 } else { 16 };
+        Ok(RgbImage::from_pixel(side, side, image::Rgb([index as u8, 7, 9])))
+    }
+}
+
+#[test]
+fn prefetcher_with_a_resizer_stalled_on_one_frame_neither_loses_the_frames_after_it_nor_runs_away() {
+    // Before: while `get(0)` waited, the other resizers delivered frames far past the
+    // window; `get` dropped them, and a later `get` of one of them waited forever (CI hung
+    // here). Run in a thread so a hang is a failure with a message, not a stuck suite.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut pf = Prefetcher::with_resizers(Box::new(OneSlowFrame { frames: 300 }), 48, tch::Device::Cpu, 3);
+        pf.hint(0..300);
+        let mut most_held = 0;
+        for i in 0..300 {
+            let f = pf.get(i).unwrap();
+            assert_eq!((f.index, f.image.get_pixel(0, 0)[0]), (i, i as u8));
+            most_held = most_held.max(pf.frames_held());
+        }
+        done_tx.send((pf.hits, pf.misses, most_held)).unwrap();
+    });
+    let (hits, misses, most_held) = done_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the prefetcher delivered every planned frame (it hung or panicked)");
+    assert_eq!((hits, misses), (300, 0));
+    // Memory stays at a handful of frames whatever the stall: the decoder waits.
+    assert!(most_held <= Prefetcher::most_ahead(3), "{most_held} frames held ahead");
+}
+
 #[test]
 fn prefetcher_decodes_unplanned_frames_directly_and_follows_on() {
     let dir = scratch("media_prefetch_miss");

@@ -12,10 +12,15 @@
 //! the plan foresaw is served from the pipeline; any other index is decoded directly and
 //! the plan continues from it in the same direction. A new hint bumps a generation
 //! counter so the stages abandon the old plan; stale frames are dropped.
+//!
+//! The decoder never runs more than [`Prefetcher::most_ahead`] frames past the last one
+//! taken. Bounded channels alone do not bound it: frames that finish before the one asked
+//! for wait in `get`'s reorder buffer, which frees the channels, so a resizer stalled on
+//! one frame would let the others race arbitrarily far ahead (and frames that far ahead
+//! could not be kept, so a later `get` would wait for a frame already dropped).
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use image::RgbImage;
@@ -67,6 +72,50 @@ struct Ready {
 
 type Shared = Arc<Mutex<Box<dyn FrameSource>>>;
 
+/// Where the consumer is: the current plan, how many of its frames it has taken, and
+/// whether the prefetcher is being dropped. The stages read it; the decoder also waits
+/// on it for room ahead.
+#[derive(Default)]
+struct Progress {
+    state: Mutex<Position>,
+    moved: Condvar,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Position {
+    generation: u64,
+    taken: usize,
+    cancelled: bool,
+}
+
+impl Progress {
+    fn now(&self) -> Position {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Position)) -> Position {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state);
+        self.moved.notify_all();
+        *state
+    }
+
+    /// Waits until the plan's `position`-th frame is at most `ahead` past the last one
+    /// taken; false once the plan is replaced or everything is cancelled.
+    fn wait_for_room(&self, generation: u64, position: usize, ahead: usize) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if state.cancelled || state.generation != generation {
+                return false;
+            }
+            if position < state.taken + ahead {
+                return true;
+            }
+            state = self.moved.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// How the pixels are prepared: the model side, the threads each frame's resize is split
 /// over and, for a GPU, the device to pin for.
 #[derive(Clone, Copy)]
@@ -103,17 +152,12 @@ fn load(source: &Shared, index: usize, prep: Prep) -> anyhow::Result<Frame> {
     Ok(prep.frame(index, decode(source, index)?))
 }
 
-/// The decoder: walks each plan in order until a newer plan replaces it.
-fn decoder(
-    source: Shared,
-    plans: Receiver<Plan>,
-    jobs: SyncSender<Job>,
-    generation: Arc<AtomicU64>,
-    cancelled: Arc<AtomicBool>,
-) {
+/// The decoder: walks each plan in order, at most `ahead` frames past the consumer,
+/// until a newer plan replaces it.
+fn decoder(source: Shared, plans: Receiver<Plan>, jobs: SyncSender<Job>, progress: Arc<Progress>, ahead: usize) {
     while let Ok(plan) = plans.recv() {
-        for index in plan.indices {
-            if cancelled.load(Ordering::Relaxed) || generation.load(Ordering::Acquire) != plan.generation {
+        for (position, index) in plan.indices.into_iter().enumerate() {
+            if !progress.wait_for_room(plan.generation, position, ahead) {
                 break;
             }
             let image = decode(&source, index);
@@ -125,23 +169,18 @@ fn decoder(
 }
 
 /// A resizer: takes decoded frames from the shared queue, skipping stale ones.
-fn resizer(
-    jobs: Arc<Mutex<Receiver<Job>>>,
-    out: SyncSender<Ready>,
-    prep: Prep,
-    generation: Arc<AtomicU64>,
-    cancelled: Arc<AtomicBool>,
-) {
+fn resizer(jobs: Arc<Mutex<Receiver<Job>>>, out: SyncSender<Ready>, prep: Prep, progress: Arc<Progress>) {
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        if cancelled.load(Ordering::Relaxed) {
+        let now = progress.now();
+        if now.cancelled {
             return;
         }
-        if generation.load(Ordering::Acquire) != job.generation {
+        if now.generation != job.generation {
             continue;
         }
         let frame = job.image.map(|image| prep.frame(job.index, image));
@@ -166,16 +205,18 @@ pub struct Prefetcher {
     frames: usize,
     frame_size: (u32, u32),
     fps: f32,
-    generation: Arc<AtomicU64>,
-    cancelled: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     plans: Option<mpsc::Sender<Plan>>,
     ready: Receiver<Ready>,
     /// Finished frames of the current plan that arrived before they were asked for.
     early: BTreeMap<usize, anyhow::Result<Frame>>,
-    /// Indices the pipeline will still deliver under the current plan, in order.
+    /// Frames in the current plan, and the indices the pipeline will still deliver
+    /// under it, in order (so `planned - expected.len()` have been taken or skipped).
+    planned: usize,
     expected: VecDeque<usize>,
-    /// How far into `expected` a `get` may look and still count as foreseen.
-    window: usize,
+    /// How far past the last frame taken the decoder may run; also how far into
+    /// `expected` a `get` may look and still count as foreseen.
+    ahead: usize,
     /// +1 forward, -1 reverse: how to continue after a miss.
     direction: i64,
     threads: Vec<JoinHandle<()>>,
@@ -221,29 +262,28 @@ impl Prefetcher {
         let frame_size = source.size();
         let fps = source.fps();
         let source: Shared = Arc::new(Mutex::new(source));
-        let generation = Arc::new(AtomicU64::new(0));
-        let cancelled = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        let ahead = Self::most_ahead(n);
         let (plan_tx, plan_rx) = mpsc::channel();
         let (job_tx, job_rx) = mpsc::sync_channel(n);
         let (ready_tx, ready_rx) = mpsc::sync_channel(DEPTH);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let mut threads = Vec::with_capacity(n + 1);
         {
-            let (source, generation, cancelled) = (source.clone(), generation.clone(), cancelled.clone());
+            let (source, progress) = (source.clone(), progress.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("frame-decode".into())
-                    .spawn(move || decoder(source, plan_rx, job_tx, generation, cancelled))
+                    .spawn(move || decoder(source, plan_rx, job_tx, progress, ahead))
                     .expect("cannot spawn the frame decode thread"),
             );
         }
         for i in 0..n {
-            let (jobs, out, generation, cancelled) =
-                (job_rx.clone(), ready_tx.clone(), generation.clone(), cancelled.clone());
+            let (jobs, out, progress) = (job_rx.clone(), ready_tx.clone(), progress.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("frame-resize-{i}"))
-                    .spawn(move || resizer(jobs, out, prep, generation, cancelled))
+                    .spawn(move || resizer(jobs, out, prep, progress))
                     .expect("cannot spawn a frame resize thread"),
             );
         }
@@ -253,19 +293,30 @@ impl Prefetcher {
             frames,
             frame_size,
             fps,
-            generation,
-            cancelled,
+            progress,
             plans: Some(plan_tx),
             ready: ready_rx,
             early: BTreeMap::new(),
+            planned: 0,
             expected: VecDeque::new(),
-            // Everything that can be in flight: queued, being resized, waiting.
-            window: DEPTH + 2 * n + 1,
+            ahead,
             direction: 1,
             threads,
             hits: 0,
             misses: 0,
         }
+    }
+
+    /// How far the decoder may run past the last frame taken with `resizers` resizer
+    /// threads: enough to fill every stage (queued, being resized, waiting) twice over.
+    pub fn most_ahead(resizers: usize) -> usize {
+        DEPTH + 2 * resizers.max(1) + 1
+    }
+
+    /// Finished frames waiting in the reorder buffer for their `get` (bounded by
+    /// `most_ahead`, whatever a stage stalls on).
+    pub fn frames_held(&self) -> usize {
+        self.early.len()
     }
 
     pub fn len(&self) -> usize {
@@ -288,10 +339,11 @@ impl Prefetcher {
         if indices.len() >= 2 {
             self.direction = if indices[1] >= indices[0] { 1 } else { -1 };
         }
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let generation = self.progress.update(|p| (p.generation, p.taken) = (p.generation + 1, 0)).generation;
         // Free stages blocked on a full queue so they see the new generation.
         while self.ready.try_recv().is_ok() {}
         self.early.clear();
+        self.planned = indices.len();
         self.expected = indices.iter().copied().collect();
         if let Some(plans) = &self.plans {
             let _ = plans.send(Plan { generation, indices });
@@ -310,13 +362,15 @@ impl Prefetcher {
             // Let the source phrase the error (it names the file).
             return load(&self.source, index, self.prep);
         }
-        let current = self.generation.load(Ordering::Acquire);
-        if let Some(pos) = self.expected.iter().take(self.window).position(|&i| i == index) {
+        let current = self.progress.now().generation;
+        if let Some(pos) = self.expected.iter().take(self.ahead).position(|&i| i == index) {
             // Frames planned before this one will not be asked for any more.
             let skipped: Vec<usize> = self.expected.drain(..=pos).collect();
             for i in &skipped[..skipped.len() - 1] {
                 self.early.remove(i);
             }
+            let taken = self.planned - self.expected.len();
+            self.progress.update(|p| p.taken = taken);
             if let Some(frame) = self.early.remove(&index) {
                 self.hits += 1;
                 return frame;
@@ -329,7 +383,9 @@ impl Prefetcher {
                     self.hits += 1;
                     return ready.frame;
                 }
-                if self.expected.iter().take(self.window).any(|&i| i == ready.index) {
+                // The decoder stays within `ahead` of `taken`, so a frame of this plan is
+                // either still expected there or was skipped.
+                if self.expected.iter().take(self.ahead).any(|&i| i == ready.index) {
                     self.early.insert(ready.index, ready.frame);
                 }
             }
@@ -346,15 +402,13 @@ impl Prefetcher {
 
 impl Drop for Prefetcher {
     fn drop(&mut self) {
-        self.cancelled.store(true, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Wakes a decoder waiting for room; the stages finish at most the frame in hand.
+        self.progress.update(|p| p.cancelled = true);
+        // Closed channels end the rest: no plans for the decoder, nobody to take a resizer's
+        // frame (a resizer blocked on the full queue returns at once).
         self.plans = None;
-        // Stages finish at most the frame in hand, then see the flag (or a closed channel).
+        drop(std::mem::replace(&mut self.ready, mpsc::sync_channel(0).1));
         for t in std::mem::take(&mut self.threads) {
-            while !t.is_finished() {
-                while self.ready.try_recv().is_ok() {}
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
             let _ = t.join();
         }
     }
