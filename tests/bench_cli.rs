@@ -122,7 +122,12 @@ fn bench_with_streams_reports_aggregate_and_per_stream_fps_against_one_stream() 
         let per = r["per_stream_fps"].as_array().unwrap();
         assert_eq!(per.len() as u64, r["streams"].as_u64().unwrap(), "{r}");
         assert!(per.iter().all(|f| f.as_f64().unwrap() > 0.0), "{r}");
+        // Where a step's time goes: the tracking stages and each stream's write-out.
+        let stages = &r["stages_ms"];
+        assert!(stages["total"].as_f64().unwrap() > 0.0 && stages["write_out"].as_f64().unwrap() > 0.0, "{r}");
     }
+    let breakdown = stdout.lines().filter(|l| l.trim_start().starts_with("median ms: frames decoded")).count();
+    assert_eq!(breakdown, 2, "a stage line under each streams line:\n{stdout}");
     let two = stdout.lines().find(|l| l.contains("2 stream(s)")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(two.contains("x one stream") && two.contains("per stream ["), "{two}");
     assert!(two.contains("x one video on the single-video path ("), "{two}");

@@ -12,8 +12,9 @@
 //!   makes.
 //!
 //! Medians over the rounds after the warm-up ones.
-use super::measure::RowSpec;
+use super::measure::{RowSpec, StageMs};
 use super::median;
+use crate::events::StageTimings;
 use crate::session::{Op, Point};
 use crate::supervisor::streams::{self, StreamJob, StreamNews};
 use serde::Serialize;
@@ -31,6 +32,9 @@ pub struct StreamsResult {
     pub per_stream_fps: Vec<f64>,
     /// Every round's aggregate FPS, warm-up rounds first.
     pub aggregate_fps_runs: Vec<f64>,
+    /// Median stage times of the measured rounds' frames (all streams'); a lockstep
+    /// step's tracking stages are the whole step's, shared by its streams' frames.
+    pub stages_ms: Option<StageMs>,
     pub crashes: Vec<String>,
 }
 
@@ -66,9 +70,13 @@ pub fn measure(spec: &RowSpec, version: crate::model::config::ModelVersion, n: u
     let mut frames = vec![vec![0usize; n]; spec.runs];
     let mut ended: Vec<Vec<Option<Instant>>> = vec![vec![None; n]; spec.runs];
     let mut crashes = vec![];
+    let mut timings: Vec<Vec<StageTimings>> = vec![vec![]; spec.runs];
     let results = streams::run(&opts, &jobs, &mut |news| {
         match news {
-            StreamNews::Frame { stream, op, .. } if op >= first => frames[op - first][stream] += 1,
+            StreamNews::Frame { stream, op, timings: t, .. } if op >= first => {
+                frames[op - first][stream] += 1;
+                timings[op - first].push(*t);
+            }
             StreamNews::OpDone { stream, op, .. } => {
                 let now = Instant::now();
                 match op.checked_sub(first) {
@@ -111,6 +119,7 @@ pub fn measure(spec: &RowSpec, version: crate::model::config::ModelVersion, n: u
         aggregate_fps: median(&aggregate_fps_runs[warmup..]).unwrap_or(0.0),
         per_stream_fps: per_stream.iter().map(|v| median(v).unwrap_or(0.0)).collect(),
         aggregate_fps_runs,
+        stages_ms: StageMs::median_of(&timings[warmup..].concat()),
         crashes,
     })
 }
@@ -139,5 +148,23 @@ pub fn line(spec: &RowSpec, r: &StreamsResult, alone: Option<&StreamsResult>, si
         r.aggregate_fps,
         per.join(", "),
         if r.crashes.is_empty() { String::new() } else { format!("; {} crash(es)", r.crashes.len()) }
+    ) + &r.stages_ms.map(stages_line).unwrap_or_default()
+}
+
+/// Where a step's time goes, under the streams line: the tracking stages are the step's
+/// (every stream's frame at once), the write-out one stream's frame, and the time
+/// between a stream's frames the whole step.
+fn stages_line(s: StageMs) -> String {
+    format!(
+        "\n  median ms: frames decoded {:.1}, image encoder {:.1}, tracking {:.1}, write-out {:.1} per stream (holes \
+         {:.1}, memory bank {:.1}, to video size {:.1}), step {:.1}",
+        s.decode,
+        s.image_encoder,
+        s.memory_attention + s.mask_decoder + s.memory_encoder,
+        s.write_out,
+        s.fill_holes,
+        s.bank_write,
+        s.to_video,
+        s.total
     )
 }

@@ -81,6 +81,9 @@ pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>]) -> Vec<anyhow::Resul
     let Some(first) = passes.first() else { return vec![] };
     let model = first.video.model.clone();
     let _a = first.video.autocast();
+    // A lockstep pass is one propagation for the `trace` knob (the first stream's tuning).
+    let tuning = &first.video.opts.tuning;
+    let _trace = crate::trace::propagation(model.device, tuning.trace.as_deref(), tuning.trace_pass);
     // The image encoder's graphs (one per batch size) belong to the group, not a stream.
     let mut encoder = Graphs::new(&model, first.video.opts.tuning.cuda_graphs);
     let mut lanes: Vec<Lane> = passes.iter_mut().map(begin).collect();
