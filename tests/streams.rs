@@ -164,8 +164,11 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
     opts.image_size = 256;
     opts.session_dir = dir.join("session");
     opts.set_env("OMP_NUM_THREADS", "2");
-    // A hung worker is found within seconds (heartbeats come twice a second).
+    // A hung worker is found within seconds (heartbeats come twice a second); a wedged
+    // one whose heartbeat goes on, once nothing else came for 15 s (a step here takes
+    // well under one).
     opts.watchdog.heartbeat_timeout = std::time::Duration::from_secs(3);
+    opts.watchdog.progress_timeout = std::time::Duration::from_secs(15);
     for (k, v) in env {
         opts.set_env(k, v);
     }
@@ -284,16 +287,18 @@ fn cancelling_one_stream_leaves_the_others_results_unchanged() {
 }
 
 #[test]
-fn a_worker_crash_or_hang_mid_run_gives_every_stream_the_same_masks() {
+fn a_worker_crash_hang_or_stall_mid_run_gives_every_stream_the_same_masks() {
     let s = setup();
     // The worker aborts as a frame 3 is about to be delivered, in the middle of the
     // lockstep propagation; a new one restores every stream and goes on, and hangs (its
     // heartbeat too) as a frame 5 is about to be: the watchdog kills it, a third worker
-    // goes on.
-    let run = at_once("crash", &[("SAM2_TUI_FAULT", "abort@frame=3,hang@frame=5")], None);
-    assert_eq!(run.deaths.len(), 2, "a crash and a hang: {:?}", run.deaths);
+    // goes on and wedges as a frame 6 is about to be, its heartbeat still beating (a
+    // deadlock in the engine): the watchdog kills it for lack of progress, a fourth ends.
+    let run = at_once("crash", &[("SAM2_TUI_FAULT", "abort@frame=3,hang@frame=5,stall@frame=6")], None);
+    assert_eq!(run.deaths.len(), 3, "a crash, a hang and a stall: {:?}", run.deaths);
     assert!(run.deaths[0].contains("SIGABRT"), "{}", run.deaths[0]);
     assert!(run.deaths[1].contains("watchdog (no heartbeat"), "{}", run.deaths[1]);
+    assert!(run.deaths[2].contains("watchdog (no progress for 15.0s"), "{}", run.deaths[2]);
     for (i, (got, want)) in run.streams.iter().zip(&s.alone).enumerate() {
         assert_eq!(run.results[i], Ok(()), "stream {i}");
         assert_same(&format!("stream {i} after a crash"), got, want);

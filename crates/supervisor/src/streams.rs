@@ -1,9 +1,11 @@
 //! Several videos in one worker (issue #18): each video a stream with its own journal
 //! and memory bank, the model loaded once, the streams' propagations run in lockstep
 //! (`Request::PropagateStreams`). This is a driver of its own beside the single-session
-//! machine (`machine`), and smaller: one worker, no fallback ladder, no recycling; its
-//! watchdog is the heartbeat alone (a worker silent for `watchdog.heartbeat_timeout` is
-//! killed and replaced). What it keeps is the guarantee that matters for results: a worker
+//! machine (`machine`), and smaller: one worker, no fallback ladder, no recycling. Its
+//! watchdog is the machine's: a worker silent for `watchdog.heartbeat_timeout` is killed
+//! and replaced, and so is one whose heartbeat goes on but that answers nothing (no frame,
+//! no op's end) for `watchdog.progress_timeout` (`load_timeout` while it starts and opens
+//! the streams): its model thread is wedged. What it keeps is the guarantee that matters for results: a worker
 //! that dies is replaced, every stream is restored from its bank and the ops it
 //! completed, and each goes on from its next op, an interrupted propagation from the
 //! frame after the last one it delivered (`store::resume`) — so a crash changes no mask.
@@ -21,7 +23,7 @@ use sam2_api::protocol::{Request, Response, StreamOp, FAULT_ENV, FAULT_STATE_ENV
 use sam2_api::session::Op;
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// One video and the ops to run on it.
@@ -136,6 +138,8 @@ struct Worker {
     clock: tokio::runtime::Runtime,
     /// Silence after which the worker counts as wedged and is killed.
     quiet_limit: Duration,
+    /// How long an answer to a start-up request (hello, load, open, restore) may take.
+    setup_limit: Duration,
     /// Why the watchdog killed it, once it has.
     killed: Option<String>,
 }
@@ -218,7 +222,7 @@ impl<'o> Driver<'o> {
                 }
                 // A healthy worker exits once its stdin closes; its exit is its last news.
                 w.process.close_stdin();
-                while w.next().is_ok() {}
+                while w.next(self.opts.watchdog.progress_timeout).is_ok() {}
                 return Ok(());
             }
             self.apply(&mut w, passes, on_news)?;
@@ -242,7 +246,15 @@ impl<'o> Driver<'o> {
             .build()
             .map_err(|e| Died(format!("cannot start a timer: {e}")))?;
         let quiet_limit = self.opts.watchdog.heartbeat_timeout;
-        Ok(Worker { process, news, stderr_tail: VecDeque::new(), clock, quiet_limit, killed: None })
+        Ok(Worker {
+            process,
+            news,
+            stderr_tail: VecDeque::new(),
+            clock,
+            quiet_limit,
+            setup_limit: self.opts.watchdog.load_timeout,
+            killed: None,
+        })
     }
 
     /// Opens stream `i` in a new worker and restores what earlier workers completed.
@@ -304,7 +316,7 @@ impl<'o> Driver<'o> {
         };
         w.process.send(&req);
         while !open.is_empty() {
-            match w.next()? {
+            match w.next(self.opts.watchdog.progress_timeout)? {
                 Response::StreamFrame { stream, frame, objects, timings, .. } => {
                     let i = stream as usize;
                     let Some(s) = self.streams.get_mut(i) else { continue };
@@ -338,17 +350,31 @@ impl<'o> Driver<'o> {
 
 impl Worker {
     /// The worker's next answer (heartbeats and stderr are kept aside), or how it died.
-    fn next(&mut self) -> Result<Response, Died> {
+    /// An answer must come within `progress_limit`, heartbeats or not.
+    fn next(&mut self, progress_limit: Duration) -> Result<Response, Died> {
+        let answer_by = Instant::now() + progress_limit;
         loop {
-            let (news, limit) = (&mut self.news, self.quiet_limit);
+            let limit = match self.killed {
+                // Killed: only its exit news is still to come.
+                Some(_) => self.quiet_limit,
+                None => self.quiet_limit.min(answer_by.saturating_duration_since(Instant::now())),
+            };
+            let news = &mut self.news;
             // The timer is made inside the runtime (it needs its clock).
             let news = match self.clock.block_on(async move { tokio::time::timeout(limit, news.recv()).await }) {
                 Ok(Some((_, news))) => news,
                 Ok(None) => return Err(Died("the worker's news stopped".into())),
                 Err(_) => {
                     // Heartbeats come twice a second from their own thread, also during a
-                    // long op: silence means a wedged process. Its exit news follows.
-                    self.killed = Some(format!("no heartbeat for {:.1}s", self.quiet_limit.as_secs_f32()));
+                    // long op: silence means a wedged process. Heartbeats with no answer
+                    // mean a wedged model thread. Its exit news follows.
+                    if self.killed.is_none() {
+                        self.killed = Some(if Instant::now() >= answer_by {
+                            format!("no progress for {:.1}s", progress_limit.as_secs_f32())
+                        } else {
+                            format!("no heartbeat for {:.1}s", self.quiet_limit.as_secs_f32())
+                        });
+                    }
                     self.process.kill();
                     continue;
                 }
@@ -388,7 +414,7 @@ impl Worker {
     fn ask<T>(&mut self, req: &Request, pick: impl Fn(&Response) -> Option<T>) -> Result<T, Died> {
         self.process.send(req);
         loop {
-            if let Some(t) = pick(&self.next()?) {
+            if let Some(t) = pick(&self.next(self.setup_limit)?) {
                 return Ok(t);
             }
         }

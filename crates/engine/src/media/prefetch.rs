@@ -183,7 +183,13 @@ fn resizer(jobs: Arc<Mutex<Receiver<Job>>>, out: SyncSender<Ready>, prep: Prep, 
         if now.generation != job.generation {
             continue;
         }
-        let frame = job.image.map(|image| prep.frame(job.index, image));
+        // A panic here (libtorch failing to allocate the pixels) must not lose the frame:
+        // the other resizers keep the queue open, so `get` would wait for it forever.
+        let index = job.index;
+        let frame = job.image.and_then(|image| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prep.frame(index, image)))
+                .map_err(|_| anyhow::anyhow!("frame {index}: preparing the model input panicked"))
+        });
         if out.send(Ready { generation: job.generation, index: job.index, frame }).is_err() {
             return;
         }

@@ -2,7 +2,8 @@
 //! segfaults, real hangs and real kills, triggered by `SAM2_TUI_FAULT`.
 //!
 //! Syntax: comma-separated `KIND@POINT[xN][:device=LABEL]`, KIND one of abort, segv, hang,
-//! oom, panic (a Rust panic: a bug in our own code); POINT one of `load`, `frame=N`,
+//! stall (the model thread wedges while the heartbeat goes on: a deadlock in our own
+//! code), oom, panic (a Rust panic: a bug in our own code); POINT one of `load`, `frame=N`,
 //! `op=N` (the op sequence number), `op=N.write=W` (just before the W-th change, from 1,
 //! that op N makes to the memory bank on disk: the instants at which a crash can leave
 //! the bank different), `op=N.done` (after op N ran to its end, before the supervisor
@@ -26,6 +27,7 @@ pub enum FaultKind {
     Abort,
     Segv,
     Hang,
+    Stall,
     Oom,
     Panic,
 }
@@ -67,9 +69,10 @@ fn parse_one(text: &str) -> Result<Fault, String> {
         "abort" => FaultKind::Abort,
         "segv" => FaultKind::Segv,
         "hang" => FaultKind::Hang,
+        "stall" => FaultKind::Stall,
         "oom" => FaultKind::Oom,
         "panic" => FaultKind::Panic,
-        _ => return Err(bad("kind must be abort, segv, hang, oom or panic")),
+        _ => return Err(bad("kind must be abort, segv, hang, stall, oom or panic")),
     };
     let (point, times) = match rest.rsplit_once('x') {
         Some((p, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
@@ -186,6 +189,10 @@ pub fn trigger(kind: FaultKind) -> ! {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
+        // Only the thread that hit the fault point waits; the heartbeat thread goes on.
+        FaultKind::Stall => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
         // SAFETY: signals this very process, which dies of it.
         FaultKind::Oom => unsafe {
             // What the kernel's OOM killer (or jetsam on macOS) does to a process.
@@ -214,6 +221,7 @@ mod tests {
         assert_eq!(parse("abort@frame=3x5").unwrap()[0].times, 5);
         assert_eq!(parse("abort@op=2.write=4").unwrap()[0].point, FaultPoint::BankWrite { op: 2, write: 4 });
         assert_eq!(parse("abort@op=2.done").unwrap()[0].point, FaultPoint::OpDone(2));
+        assert_eq!(parse("stall@frame=6").unwrap()[0].kind, FaultKind::Stall);
     }
 
     #[test]
