@@ -3,7 +3,8 @@
 //! server stays up and the eight are not disturbed: malformed GraphQL, unknown session
 //! ids, a frame index out of range, points outside 0..1, a session beyond --max-sessions,
 //! oversized, non-video and too long uploads (nothing left behind), path traversal
-//! (`..`, absolute paths, a symlink out of the data folder).
+//! (`..`, absolute paths, a symlink out of the data folder). A client that hangs up
+//! while its session starts costs no place for good.
 //! At a 256-pixel model input: this is about the serving logic, not the numbers.
 mod common;
 
@@ -16,13 +17,33 @@ use std::sync::{Arc, Barrier};
 /// the propagation from frame 0, then the session closed.
 type Masks = BTreeMap<(i64, i64), String>;
 
+/// A thread's place at a barrier: it waits there once, when told or, if it panics
+/// first, as it unwinds. A session that fails must not leave the others and the test
+/// waiting at the barrier forever: its panic shows at `join` instead.
+struct Rendezvous<'a>(Option<&'a Barrier>);
+
+impl Rendezvous<'_> {
+    fn wait(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.wait();
+        }
+    }
+}
+
+impl Drop for Rendezvous<'_> {
+    fn drop(&mut self) {
+        self.wait();
+    }
+}
+
 fn one_session(port: u16, started: Option<&Barrier>, release: Option<&Barrier>) -> Masks {
+    // Declared in this order so that unwinding passes `started` before `release`.
+    let mut release = Rendezvous(release);
+    let mut started = Rendezvous(started);
     let v = graphql(port, M_START, json!({"input": {"path": "gallery/01_testsrc.mp4"}}));
     let sid =
         v["data"]["startSession"]["sessionId"].as_str().unwrap_or_else(|| panic!("startSession: {v}")).to_string();
-    if let Some(b) = started {
-        b.wait();
-    }
+    started.wait();
     let mut masks = Masks::new();
     for (obj, p) in [(0, [0.3, 0.4]), (1, [0.7, 0.6])] {
         let v = graphql(
@@ -45,9 +66,7 @@ fn one_session(port: u16, started: Option<&Barrier>, release: Option<&Barrier>) 
             );
         }
     }
-    if let Some(b) = release {
-        b.wait();
-    }
+    release.wait();
     let v = graphql(port, M_CLOSE, json!({"input": {"sessionId": sid}}));
     assert_eq!(v["data"]["closeSession"]["success"], true, "{v}");
     masks
@@ -351,5 +370,46 @@ fn an_idle_session_expires_and_its_worker_stops() {
     while !server.log_text().contains("closed (idle for 2 s)") {
         assert!(t0.elapsed().as_secs() < 30, "no idle close in the log:\n{}", server.log_text());
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_client_that_hangs_up_while_its_session_starts_gives_its_place_back() {
+    let work = common::scratch("serve-hang-up");
+    let data = work.join("data");
+    make_clip(&data, "01_testsrc.mp4", 1.0, "320x240");
+    // One place, no spare worker: a start takes a process start and a model load.
+    let server = Server::start(
+        "hang-up",
+        &data,
+        &present_checkpoint(),
+        &["--image-size", "256", "--idle-timeout", "2", "--warm-workers", "0", "--max-sessions", "1"],
+        &[],
+    );
+    let body = json!({"query": M_START, "variables": {"input": {"path": "gallery/01_testsrc.mp4"}}}).to_string();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    std::io::Write::write_all(&mut client, [head.as_bytes(), body.as_bytes()].concat().as_slice()).unwrap();
+    // The start is under way once its worker runs; the client hangs up before the answer.
+    let t0 = std::time::Instant::now();
+    while children_of(server.pid()).is_empty() {
+        assert!(t0.elapsed().as_secs() < 60, "no worker started:\n{}", server.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(client);
+    // The abandoned session still opens, nobody uses it, the reaper closes it: the one
+    // place is free again. Before, the dropped start kept it reserved for good.
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = graphql(server.port, M_START, json!({"input": {"path": "gallery/01_testsrc.mp4"}}));
+        if v["data"]["startSession"]["sessionId"].is_string() {
+            break;
+        }
+        assert!(error_of(&v).contains("too many sessions"), "{v}");
+        assert!(t0.elapsed().as_secs() < 90, "the hung-up start still holds the place: {v}\n{}", server.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }

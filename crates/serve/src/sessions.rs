@@ -162,6 +162,16 @@ impl Sessions {
     /// Starts a worker on `media` (an absolute path inside the data folder; `shown` is the
     /// client's name for it) and waits until it has the video open.
     pub async fn start(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<String, String> {
+        // On a task of its own, as the ops are (`detached`): a client that goes away while
+        // its session starts drops the request's future, and dropped mid-start the place it
+        // reserved (`starting`) would never be given back: a draining server would wait
+        // for it forever, and --max-sessions would count it for good. Run to its end, the
+        // session opens and the idle reaper closes it.
+        let (this, shown) = (self.clone(), shown.to_string());
+        detached(async move { this.start_here(media, &shown).await }).await
+    }
+
+    async fn start_here(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<String, String> {
         if self.draining.load(Ordering::SeqCst) {
             let open = self.len();
             return Err(format!(
