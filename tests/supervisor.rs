@@ -98,6 +98,28 @@ fn a_worker_that_panics_leaves_the_panic_message_as_its_last_words_not_the_backt
 }
 
 #[test]
+fn once_the_supervisor_has_stopped_a_caller_waiting_for_events_is_told_so() {
+    let _g = serial();
+    let mut h = start(options("ended", "")).unwrap();
+    assert!(!h.has_ended(), "a running supervisor");
+    assert!(h.send(EngineCommand::Shutdown));
+    let events =
+        collect_until(&mut h, Duration::from_secs(30), |e| matches!(e, EngineEvent::State(EngineState::Stopped)));
+    assert!(matches!(events.last(), Some(EngineEvent::State(EngineState::Stopped))), "{:?}", events.last());
+    // No more events will come: `segment` and `bench` stop waiting instead of polling on.
+    let t = Instant::now();
+    while !h.has_ended() {
+        let _late = h.recv_timeout(Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(10), "the supervisor's events never closed");
+    }
+    // And a wait returns at once.
+    let t = Instant::now();
+    assert!(h.recv_timeout(Duration::from_secs(5)).is_none());
+    assert!(t.elapsed() < Duration::from_secs(1), "waited {:?} for a supervisor that has ended", t.elapsed());
+    h.shutdown();
+}
+
+#[test]
 fn a_worker_that_segfaults_is_named_sigsegv() {
     let _g = serial();
     let (reason, _) = first_death("segv", "segv@load", None);

@@ -239,6 +239,9 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
             break Ok(());
         }
         let Some(ev) = sup.recv_timeout(Duration::from_millis(200)) else {
+            if sup.has_ended() {
+                break Err(anyhow::anyhow!("the supervisor ended without finishing the ops"));
+            }
             if last_event.elapsed() > spec.stall_timeout {
                 break Err(anyhow::anyhow!("no word from the engine for {:.0}s", spec.stall_timeout.as_secs_f32()));
             }

@@ -267,7 +267,14 @@ fn track(
         if interrupt::requested() {
             break;
         }
-        let Some(ev) = sup.recv_timeout(Duration::from_millis(200)) else { continue };
+        let Some(ev) = sup.recv_timeout(Duration::from_millis(200)) else {
+            if sup.has_ended() {
+                // Only a bug in the supervisor ends it without saying why (a panic).
+                failure = Some("the supervisor ended without finishing the ops (see the log)".into());
+                break;
+            }
+            continue;
+        };
         match ev {
             EngineEvent::OpFinished { .. } => finished += 1,
             EngineEvent::WorkerStarted { device, precision, .. } => ran_on = Some((device, precision)),

@@ -54,6 +54,12 @@ impl SupervisorHandle {
         waiter.block_on(async { tokio::time::timeout(timeout, self.events.recv()).await.ok().flatten() })
     }
 
+    /// Whether the supervisor has ended and every event it sent has been read: a
+    /// `recv_timeout` of None then means no event will ever come.
+    pub fn has_ended(&self) -> bool {
+        self.events.is_closed() && self.events.is_empty()
+    }
+
     /// Moves this supervisor (and its worker, model loaded) to the next item of a batch:
     /// `media` with `ops` as its journal in `session_dir`. Call it when the previous
     /// item's ops have all finished; a crash from here on replays the new journal.
