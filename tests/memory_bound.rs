@@ -25,6 +25,7 @@ fn vm_rss_kb() -> u64 {
 fn propagate_and_measure(model: Rc<Sam2Base>, frames: usize, dir: &std::path::Path) -> u64 {
     let clip = dir.join(format!("clip{frames}.mp4"));
     let st = std::process::Command::new("ffmpeg")
+        .stdin(std::process::Stdio::null())
         .args([
             "-loglevel",
             "error",

@@ -27,6 +27,7 @@ fn predictor_with(dir: &Path, name: &str, opts: VideoOptions) -> VideoPredictor 
     let clip = dir.join("clip.mp4");
     if !clip.exists() {
         let st = std::process::Command::new("ffmpeg")
+            .stdin(std::process::Stdio::null())
             .args([
                 "-loglevel",
                 "error",

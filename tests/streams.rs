@@ -314,6 +314,7 @@ fn a_stream_whose_input_breaks_mid_run_fails_alone() {
     let _ = std::fs::remove_dir_all(&broken);
     std::fs::create_dir_all(&broken).unwrap();
     let st = Command::new("ffmpeg")
+        .stdin(std::process::Stdio::null())
         .args(["-loglevel", "error", "-i"])
         .arg(&s.clips[0])
         .args(["-start_number", "0"])

@@ -221,11 +221,18 @@ fn the_decoder_survives_a_hundred_thousand_random_and_mutated_frames() {
 
 // ---- a real worker process on the wire ----
 
+/// A worker spoken to over its pipes. Its messages are read on a thread of their own, so
+/// a wedged worker (whose heartbeat may go on) fails the test after a deadline instead of
+/// hanging it; its stderr is drained (a full pipe would block it) and shown on failure.
 struct Wire {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
+    news: std::sync::mpsc::Receiver<Option<Response>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
+
+/// How long a test waits for any one message.
+const ANSWER_WITHIN: Duration = Duration::from_secs(300);
 
 impl Wire {
     fn start(env: &[(&str, &str)]) -> Wire {
@@ -237,19 +244,48 @@ impl Wire {
         }
         let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
-        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        Wire { child, stdin, stdout }
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, news) = std::sync::mpsc::channel();
+        std::thread::spawn(move || loop {
+            let message = read_frame::<Response>(&mut stdout).unwrap_or_else(|e| panic!("worker's stdout: {e}"));
+            let end = message.is_none();
+            if tx.send(message).is_err() || end {
+                return;
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut pipe, text) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut buf) {
+                text.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Wire { child, stdin, news, stderr }
     }
     fn send(&mut self, r: &Request) {
         write_frame(&mut self.stdin, r).unwrap();
     }
+    /// The next message, heartbeats included (None: the worker closed stdout).
+    fn next(&mut self) -> Option<Response> {
+        self.news.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|e| {
+            panic!(
+                "no message from the worker within {ANSWER_WITHIN:?} ({e}); its stderr:\n{}",
+                self.stderr.lock().unwrap()
+            )
+        })
+    }
     /// The next message that is not a heartbeat.
     fn answer(&mut self) -> Response {
+        let deadline = Instant::now() + ANSWER_WITHIN;
         loop {
-            match read_frame::<Response>(&mut self.stdout).unwrap() {
-                Some(Response::Heartbeat { .. }) => continue,
+            match self.next() {
+                Some(Response::Heartbeat { .. }) if Instant::now() < deadline => continue,
+                Some(Response::Heartbeat { .. }) => {
+                    panic!("only heartbeats for {ANSWER_WITHIN:?}; its stderr:\n{}", self.stderr.lock().unwrap())
+                }
                 Some(r) => return r,
-                None => panic!("worker closed stdout"),
+                None => panic!("worker closed stdout; its stderr:\n{}", self.stderr.lock().unwrap()),
             }
         }
     }
@@ -291,7 +327,7 @@ fn an_engine_error_is_an_answer_and_the_worker_lives_on() {
     w.send(&Request::Apply { seq: 3, op: Op::Reset });
     assert!(matches!(w.answer(), Response::Error { seq: Some(3), .. }));
     w.send(&Request::Stats);
-    assert!(matches!(read_frame::<Response>(&mut w.stdout).unwrap(), Some(Response::Heartbeat { .. })));
+    assert!(matches!(w.next(), Some(Response::Heartbeat { .. })));
     w.send(&Request::Shutdown);
     assert!(w.child.wait().unwrap().success());
 }
@@ -329,7 +365,7 @@ fn heartbeats_arrive_twice_a_second_with_real_process_numbers() {
     let t = Instant::now();
     let mut beats = vec![];
     while beats.len() < 3 {
-        if let Some(Response::Heartbeat { stats }) = read_frame::<Response>(&mut w.stdout).unwrap() {
+        if let Some(Response::Heartbeat { stats }) = w.next() {
             beats.push((t.elapsed(), stats));
         }
     }

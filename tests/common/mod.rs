@@ -184,7 +184,9 @@ pub fn present_tiny_checkpoint(dir: &Path) -> PathBuf {
 /// frames into the pattern (so two clips with different offsets show different content).
 pub fn pattern_clip(path: &Path, frames: u32, offset: u32) {
     let mut c = Command::new("ffmpeg");
-    c.args(["-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10"]);
+    // No stdin: run from a terminal in the background, ffmpeg reading it would be stopped.
+    c.stdin(std::process::Stdio::null());
+    c.args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=128x64:rate=10"]);
     if offset > 0 {
         c.arg("-vf").arg(format!("trim=start_frame={offset},setpts=PTS-STARTPTS"));
     }
