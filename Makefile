@@ -31,7 +31,7 @@ test: setup-test
 	python3 scripts/check_architecture.py
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	cargo clippy --release --workspace --no-default-features -- -D warnings
-	cargo test --release --workspace -- --test-threads=1
+	cargo test --release --workspace --config "target.'cfg(unix)'.runner = ['$(CURDIR)/scripts/test_watchdog.sh']" -- --test-threads=1
 
 bench: build
 	./target/release/sam2-tui bench --sizes tiny
