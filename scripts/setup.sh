@@ -17,6 +17,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 if [ "$(uname)" = "Linux" ] && command -v apt-get >/dev/null; then
   pkgs="libavformat-dev libavcodec-dev libavutil-dev libswscale-dev libavfilter-dev
         libavdevice-dev libswresample-dev clang libclang-dev pkg-config tmux ffmpeg libturbojpeg0-dev"
+  # `sam2-tui weights download` fetches with curl (tests/weights.rs: a mirror, a stall).
+  pkgs="$pkgs curl"
   # The real-terminal test (tests/console_xterm.rs): xterm in sixel mode on a virtual X
   # display, a click sent by xdotool, a screenshot taken with xwd.
   [ "$want_ref" = 1 ] && pkgs="$pkgs xvfb xterm x11-apps xdotool xfonts-base"

@@ -257,3 +257,59 @@ fn cli_inspect_fails_with_exit_2_and_one_line_on_a_bad_file() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&path.display().to_string()) && stderr.contains("JPEG"), "{stderr}");
 }
+
+#[test]
+fn download_from_a_mirror_verifies_and_places_the_checkpoint_and_a_second_run_keeps_it() {
+    let dir = common::scratch("weights-mirror");
+    let release = dir.join("mirror/092824");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::copy(fixture("sam2.1_hiera_tiny.pt"), release.join("sam2.1_hiera_tiny.pt")).unwrap();
+    let out = dir.join("weights");
+    let download = || {
+        Command::new(common::bin())
+            .args(["weights", "download", "tiny", "--dir"])
+            .arg(&out)
+            .env("SAM2_TUI_WEIGHTS_MIRROR", format!("file://{}", dir.join("mirror").display()))
+            .output()
+            .unwrap()
+    };
+    let first = download();
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{said}{}", String::from_utf8_lossy(&first.stderr));
+    assert!(said.contains("sam2.1_hiera_tiny.pt (SAM 2.1 tiny"), "{said}");
+    let placed = std::fs::read(out.join("sam2.1_hiera_tiny.pt")).unwrap();
+    assert!(placed == std::fs::read(fixture("sam2.1_hiera_tiny.pt")).unwrap(), "the mirror's bytes, whole");
+    let second = download();
+    assert!(String::from_utf8_lossy(&second.stdout).contains("is already here"), "{second:?}");
+}
+
+#[test]
+fn a_download_that_stalls_fails_in_one_line_and_leaves_nothing_behind() {
+    let dir = common::scratch("weights-stall");
+    // A server that takes every connection and never answers.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        while let Ok((c, _)) = server.accept() {
+            held.push(c);
+        }
+    });
+    let out = dir.join("weights");
+    let t0 = std::time::Instant::now();
+    let run = Command::new(common::bin())
+        .args(["weights", "download", "tiny", "--dir"])
+        .arg(&out)
+        .env("SAM2_TUI_WEIGHTS_MIRROR", format!("http://127.0.0.1:{port}/sam2"))
+        .env("SAM2_TUI_DOWNLOAD_STALL_SECS", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("download failed") && last.contains("timed out"), "{err}");
+    // Three tries of two stalled seconds each, with curl's pauses between them.
+    assert!(t0.elapsed().as_secs() < 30, "took {:?}", t0.elapsed());
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

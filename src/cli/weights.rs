@@ -148,7 +148,7 @@ fn download(size: ModelSize, version: ModelVersion, dir: &Path) -> Result<()> {
         .suffix(".download.pt")
         .tempfile_in(dir)
         .map_err(|e| anyhow!("{}: cannot create temp file: {e}", dir.display()))?;
-    let url = official::url(size, version);
+    let url = download_url(size, version);
     eprintln!("downloading {url} (about {} MB)", official::approx_megabytes(size));
     fetch(&url, tmp.path())?;
     let det = weights::load(tmp.path())
@@ -160,13 +160,40 @@ fn download(size: ModelSize, version: ModelVersion, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs curl (or wget when curl is missing) to fetch `url` into `out`.
+/// Where the official checkpoint is fetched from: Meta's server, or the mirror that
+/// `SAM2_TUI_WEIGHTS_MIRROR` names (any URL curl takes, `file://` too), laid out as the
+/// official one (`RELEASE/FILE`, e.g. `092824/sam2.1_hiera_tiny.pt`).
+fn download_url(size: ModelSize, version: ModelVersion) -> String {
+    let official = official::url(size, version);
+    match std::env::var("SAM2_TUI_WEIGHTS_MIRROR") {
+        Ok(mirror) if !mirror.is_empty() => {
+            let tail: Vec<&str> = official.rsplitn(3, '/').take(2).collect();
+            format!("{}/{}/{}", mirror.trim_end_matches('/'), tail[1], tail[0])
+        }
+        _ => official,
+    }
+}
+
+/// Runs curl (or wget when curl is missing) to fetch `url` into `out`. A transfer that
+/// stalls (under a byte a second for `SAM2_TUI_DOWNLOAD_STALL_SECS`, default 60) fails
+/// instead of waiting forever; the console's quit waits for a download under way.
 fn fetch(url: &str, out: &Path) -> Result<()> {
-    let curl = Process::new("curl").args(["-fL", "--retry", "2", "--progress-bar", "-o"]).arg(out).arg(url).status();
+    let stall = std::env::var("SAM2_TUI_DOWNLOAD_STALL_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(60)
+        .to_string();
+    let curl = Process::new("curl")
+        .args(["-fL", "--retry", "2", "--connect-timeout", &stall, "--speed-limit", "1", "--speed-time", &stall])
+        .args(["--progress-bar", "-o"])
+        .arg(out)
+        .arg(url)
+        .status();
     let status = match curl {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Process::new("wget")
-            .args(["-q", "--show-progress", "-O"])
+            .args(["-q", "--show-progress", &format!("--timeout={stall}"), "-O"])
             .arg(out)
             .arg(url)
             .status()
