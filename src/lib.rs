@@ -7,7 +7,7 @@
 //!
 //! The re-exports below give the binary and the integration tests one path per module
 //! (`sam2_tui::media`, `sam2_tui::supervisor`, …) whichever crate it lives in.
-pub use sam2_api::{catalog, events, limits, masks_json, protocol, rle, session, tuning, util};
+pub use sam2_api::{catalog, dirs, events, limits, masks_json, protocol, rle, session, tuning, util};
 pub use sam2_engine::{cpu, cuda, device, media, model, predictor, trace, weights, worker};
 pub use sam2_supervisor as supervisor;
 

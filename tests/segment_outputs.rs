@@ -256,3 +256,42 @@ fn a_run_killed_at_any_moment_leaves_nothing_behind_and_the_same_command_gives_t
         assert!(s.sessions_left().is_empty(), "after the rerun: {:?}", s.sessions_left());
     }
 }
+
+#[test]
+fn sam2_tui_data_moves_every_session_folder_and_the_weights_searched() {
+    let s = setup("segment-outputs-data-folder", 40);
+    let moved = s.dir.join("moved-data");
+    let sessions = moved.join("sessions");
+    let out = s.dir.join("out");
+    let with_data = |mut c: Command| {
+        c.env("SAM2_TUI_DATA", &moved);
+        c
+    };
+    // A run's one-shot session folder is made in the moved data folder; killed (SIGKILL)
+    // while that folder is there, the run leaves it for the next run to sweep.
+    let mut child =
+        with_data(s.command(&s.clip, &out, &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t = Instant::now();
+    while std::fs::read_dir(&sessions).map_or(true, |mut d| d.next().is_none()) {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended without a session folder in {}", moved.display());
+        assert!(t.elapsed() < Duration::from_secs(60), "no session folder in {}", sessions.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    await_no_workers();
+    assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 1);
+    assert!(!s.data().join("sam2-tui").exists(), "nothing in the platform's data folder");
+    // `sessions` looks there, and the next run sweeps the killed run's folder.
+    let listed = with_data(Command::new(common::bin())).arg("sessions").output().unwrap();
+    let said = String::from_utf8_lossy(&listed.stdout);
+    assert!(said.contains(&format!("in {}", sessions.display())), "{said}");
+    let rerun = with_data(s.command(&s.clip, &out, &[])).output().unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 0, "swept, and the rerun's own folder removed");
+    // Downloaded weights are looked for there too.
+    let weights = with_data(Command::new(common::bin())).arg("weights").output().unwrap();
+    let said = String::from_utf8_lossy(&weights.stdout) + String::from_utf8_lossy(&weights.stderr);
+    assert!(said.contains(&moved.join("weights").display().to_string()), "{said}");
+}

@@ -110,9 +110,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let data = match &a.data {
         Some(d) => d.clone(),
-        None => directories::ProjectDirs::from("", "", "sam2-tui")
-            .map(|p| p.data_dir().join("serve-data"))
-            .unwrap_or_else(|| PathBuf::from("serve-data")),
+        None => crate::dirs::data_dir().join("serve-data"),
     };
     let mut opts = sam2_serve::ServeOptions::new(data, base);
     opts.host = a.host.clone();

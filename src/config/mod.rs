@@ -247,14 +247,9 @@ impl Config {
         out
     }
 
-    /// The directory for logs and saved state.
+    /// The directory for logs and saved state (see `dirs`).
     pub fn data_dir() -> PathBuf {
-        if let Some(x) = std::env::var_os("SAM2_TUI_DATA").filter(|v| !v.is_empty()) {
-            return PathBuf::from(x);
-        }
-        directories::ProjectDirs::from("", "", "sam2-tui")
-            .map(|d| d.data_dir().to_path_buf())
-            .unwrap_or_else(|| std::env::temp_dir().join("sam2-tui"))
+        crate::dirs::data_dir()
     }
 
     /// A config file is the user's input: every error here is bad input (exit 2).

@@ -30,9 +30,10 @@ pub fn approx_megabytes(size: ModelSize) -> u32 {
     }
 }
 
-/// The per-user data directory's weights folder (`~/.local/share/sam2-tui/weights` on Linux).
+/// The data folder's weights folder (`~/.local/share/sam2-tui/weights` on Linux; see
+/// `dirs`).
 pub fn data_dir_weights() -> Option<PathBuf> {
-    directories::ProjectDirs::from("", "", "sam2-tui").map(|d| d.data_dir().join("weights"))
+    Some(crate::dirs::data_dir().join("weights"))
 }
 
 /// The repository the running binary was built in (`<repo>/target/release/sam2-tui`),

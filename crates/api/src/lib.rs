@@ -5,6 +5,7 @@
 //! worker by depending on this crate alone.
 pub mod catalog;
 pub mod device;
+pub mod dirs;
 pub mod events;
 pub mod limits;
 pub mod masks_json;

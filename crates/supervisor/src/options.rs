@@ -132,11 +132,9 @@ pub fn default_worker_command() -> anyhow::Result<Vec<String>> {
     Ok(vec![exe.to_string_lossy().into_owned(), "engine".into()])
 }
 
-/// A fresh directory per session under the data dir (`~/.local/share/sam2-tui/sessions`).
+/// A fresh directory per session under the data folder's `sessions/` (see `dirs`).
 pub fn default_session_dir() -> PathBuf {
-    let base = directories::ProjectDirs::from("", "", "sam2-tui")
-        .map(|p| p.data_dir().to_path_buf())
-        .unwrap_or_else(std::env::temp_dir);
+    let base = sam2_api::dirs::data_dir();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     base.join("sessions").join(format!("{stamp}-{}", std::process::id()))
 }

@@ -13,11 +13,35 @@ pub fn root() -> PathBuf {
     super::options::default_session_dir().parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// Marks `dir` as belonging to this process only, for as long as it runs.
+/// Before its rename into place, a one-shot folder is `.staging.<owner>.<name>`: a run
+/// killed before the rename leaves a folder whose name says whose it was.
+const STAGING: &str = ".staging.";
+
+/// Makes `dir` as belonging to this process only, for as long as it runs (an existing
+/// `dir` is marked in place). A new folder appears with its mark already inside: a run
+/// killed at any instant leaves nothing the sweep cannot tell from a kept session.
 pub fn mark_one_shot(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", dir.display()))?;
-    sam2_api::util::atomic_write(&dir.join(ONE_SHOT), sam2_api::util::owner_tag().as_bytes())
+    let cannot = |e: std::io::Error| anyhow::anyhow!("{}: cannot create session directory: {e}", dir.display());
+    let owner = sam2_api::util::owner_tag();
+    if dir.is_dir() {
+        return sam2_api::util::atomic_write(&dir.join(ONE_SHOT), owner.as_bytes());
+    }
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        anyhow::bail!("{}: not a folder a session can have", dir.display());
+    };
+    std::fs::create_dir_all(parent).map_err(cannot)?;
+    let staging = parent.join(format!("{STAGING}{owner}.{}", name.to_string_lossy()));
+    std::fs::create_dir(&staging).map_err(cannot)?;
+    sam2_api::util::atomic_write(&staging.join(ONE_SHOT), owner.as_bytes())?;
+    std::fs::rename(&staging, dir).map_err(cannot)
+}
+
+/// The owner a staging folder's name carries (see `STAGING`).
+fn staging_owner(dir: &Path) -> Option<String> {
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    let (tag, _) = name.strip_prefix(STAGING)?.split_once('.')?;
+    tag.split('@').next()?.parse::<i32>().ok()?;
+    Some(tag.to_string())
 }
 
 /// `<pid>@<host>` (or a bare pid, as written before hosts were recorded).
@@ -44,6 +68,10 @@ pub fn sweep_one_shot(root: &Path) {
         // A data directory in a shared home is seen by every node: judge only this host's.
         if one_shot_owner(&dir).is_some_and(|owner| sam2_api::util::owner_gone(&owner)) {
             remove_one_shot(&dir);
+        } else if staging_owner(&dir).is_some_and(|owner| sam2_api::util::owner_gone(&owner)) {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("{}: cannot remove a killed run's unfinished session folder: {e}", dir.display());
+            }
         }
     }
 }
@@ -136,6 +164,36 @@ mod tests {
         assert_eq!(listed, vec![kept.clone()], "a live run's folder is not offered for pruning");
         remove_one_shot(&kept);
         assert!(kept.exists(), "only one-shot folders are removed as such");
+    }
+
+    #[test]
+    fn a_one_shot_folder_appears_with_its_mark_and_a_run_killed_before_that_leaves_only_what_the_sweep_takes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("sessions/123-456-0");
+        mark_one_shot(&dir).unwrap();
+        assert!(one_shot_owner(&dir).is_some(), "marked");
+        let names: Vec<String> = std::fs::read_dir(t.path().join("sessions"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["123-456-0"], "no staging folder is left");
+        // Killed between making its staging folder and the rename, at any point.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = format!("{}@{}", child.id(), sam2_api::util::this_host());
+        child.wait().unwrap();
+        let root = t.path().join("sessions");
+        let killed = root.join(format!("{STAGING}{dead}.777-888-0"));
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join(".tmpXYZ"), b"half a mark").unwrap();
+        let elsewhere = root.join(format!("{STAGING}{}@another_node.1-2-0", child.id()));
+        std::fs::create_dir(&elsewhere).unwrap();
+        let live = root.join(format!("{STAGING}{}.3-4-0", sam2_api::util::owner_tag()));
+        std::fs::create_dir(&live).unwrap();
+        sweep_one_shot(&root);
+        assert!(!killed.exists(), "a killed run's staging folder is swept");
+        assert!(elsewhere.exists() && live.exists(), "another host's, or a live run's, is not");
+        assert!(dir.exists(), "a live run's folder is not");
     }
 
     #[test]
