@@ -95,3 +95,80 @@ async fn a_slow_preview_drops_stale_requests_and_ends_on_the_newest() {
     assert!(shown.len() < N as usize / 2, "stale requests were not dropped: {shown:?}");
     assert!(shown.windows(2).all(|w| w[0] < w[1]), "never goes back to an older request");
 }
+
+/// The loop's draws, until one satisfies `done` (panics after 10 s).
+async fn draw_until(
+    draws: &mut tokio::sync::mpsc::UnboundedReceiver<sam2_tui::console::event_loop::DrawReport>,
+    what: &str,
+    done: impl Fn(&sam2_tui::console::event_loop::DrawReport) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, draws.recv()).await {
+            Ok(Some(r)) if done(&r) => return,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the loop ended before {what}"),
+            Err(_) => panic!("no draw with {what} within 10 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_warning_line_moves_the_panels_the_frame_is_shown_again_at_the_new_size() {
+    use sam2_tui::console::event_loop::{run as run_loop, LoopOptions};
+    use sam2_tui::supervisor::events::EngineEvent;
+    // Before: the image asked for at start-up no longer fitted once the random-weights
+    // line pushed the panels down, nothing asked again, and the pane stayed empty.
+    let app = app_with_video(200, 40);
+    let terminal = Terminal::new(TestBackend::new(200, 40)).unwrap();
+    let (key_tx, key_rx) = futures::channel::mpsc::unbounded::<std::io::Result<crossterm::event::Event>>();
+    let (eng_tx, eng_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (draw_tx, mut draws) = tokio::sync::mpsc::unbounded_channel();
+    let opts = LoopOptions {
+        max_redraw_fps: 60.0,
+        tick: Duration::from_millis(250),
+        preview: Some((Box::new(Synthetic { delay: Duration::ZERO }), Encoder::halfblocks(), 60.0)),
+        draws: Some(draw_tx),
+        synchronized: false,
+        export_dir: std::env::temp_dir(),
+    };
+    let looped = tokio::spawn(async move {
+        let (mut terminal, mut app) = (terminal, app);
+        run_loop(&mut terminal, &mut app, key_rx, eng_rx, None, opts).await.unwrap();
+        (terminal, app)
+    });
+    let shown = |r: &sam2_tui::console::event_loop::DrawReport| {
+        r.preview_cells.is_some_and(|c| r.preview_image == Some(c.as_size()))
+    };
+    draw_until(&mut draws, "the first frame shown", shown).await;
+    // The worker turns out to run a random-init checkpoint: a warning line appears.
+    let EngineEvent::WorkerStarted { pid, device, precision, mut model, restarts } =
+        worker_started(sam2_tui::device::DeviceChoice::Cpu, 0)
+    else {
+        unreachable!()
+    };
+    model.random_init = true;
+    let random = EngineEvent::WorkerStarted { pid, device, precision, model, restarts };
+    // On this screen the preview is as tall as its pane allows, so the line shrinks it.
+    let before = request_for(&app_with_video(200, 40)).unwrap().cells;
+    let mut warned = app_with_video(200, 40);
+    warned.update(sam2_tui::console::action::Action::Engine(random.clone()));
+    let after = request_for(&warned).unwrap().cells;
+    assert_ne!(before, after, "the warning line changes the preview's size here");
+    eng_tx.send(random).unwrap();
+    draw_until(&mut draws, "the frame shown at the new size", |r| {
+        shown(r) && r.preview_cells.is_some_and(|c| c.as_size() == after)
+    })
+    .await;
+    key_tx
+        .unbounded_send(Ok(crossterm::event::Event::Key(crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::Char('q'),
+            crossterm::event::KeyModifiers::NONE,
+        ))))
+        .unwrap();
+    let (terminal, app) = tokio::time::timeout(Duration::from_secs(5), looped).await.expect("q quits").unwrap();
+    // What the terminal holds: the grey frame's half blocks in the preview's place.
+    let rect = sam2_tui::console::preview::worker::preview_cells(&app).unwrap();
+    let centre = &terminal.backend().buffer()[(rect.x + rect.width / 2, rect.y + rect.height / 2)];
+    assert!(["▀", "▄", "█", " "].contains(&centre.symbol()) && red_of(centre.bg) == 100, "{centre:?}");
+}

@@ -12,6 +12,7 @@ use crate::supervisor::events::{EngineCommand, EngineEvent};
 use crossterm::event::{Event, MouseButton, MouseEventKind};
 use futures::{Stream, StreamExt};
 use ratatui::backend::Backend;
+use ratatui::layout::Rect;
 use ratatui::Terminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +24,10 @@ pub struct DrawReport {
     pub at: Instant,
     /// Key events handled before this draw.
     pub keys_seen: u64,
+    /// Where the preview image goes, and the size of the image drawn there (None: the
+    /// schematic was drawn instead: no image yet, or one made for another size).
+    pub preview_cells: Option<Rect>,
+    pub preview_image: Option<ratatui::layout::Size>,
 }
 
 pub struct LoopOptions {
@@ -65,7 +70,9 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut needs_draw = true;
     let mut last_draw: Option<Instant> = None;
-    let mut last_scene = u64::MAX;
+    // The scene and the preview's place when a preview was last asked for: either changing
+    // asks again.
+    let mut last_scene = (u64::MAX, None);
     let mut keys_seen = 0u64;
     let mut engine_open = true;
     let mut commands = engine_commands;
@@ -78,11 +85,16 @@ where
             last_draw = Some(at);
             needs_draw = false;
             if let Some(d) = &opts.draws {
-                let _ = d.send(DrawReport { at, keys_seen });
+                let preview_cells = worker::preview_cells(app);
+                let preview_image = preview_cells
+                    .and_then(|r| super::view::preview::fitting_image(app, r))
+                    .map(|img| img.protocol.size());
+                let _ = d.send(DrawReport { at, keys_seen, preview_cells, preview_image });
             }
         }
-        if app.scene_version != last_scene {
-            last_scene = app.scene_version;
+        let scene = (app.scene_version, worker::preview_cells(app));
+        if scene != last_scene {
+            last_scene = scene;
             if preview_task.is_some() {
                 if let Some(req) = worker::request_for(app) {
                     preview_tx.send_replace(Some(req));

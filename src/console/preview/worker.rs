@@ -23,12 +23,7 @@ pub struct PreviewRequest {
 
 /// What the preview should show for this state (None: nothing to show yet).
 pub fn request_for(app: &App) -> Option<PreviewRequest> {
-    let m = app.media?;
-    let areas = app.screen_areas(Rect::new(0, 0, app.size.0, app.size.1));
-    let rect = crate::console::layout::fit_cells(areas.preview_inner, m.width, m.height, app.font);
-    if rect.width == 0 || rect.height == 0 {
-        return None;
-    }
+    let rect = preview_cells(app)?;
     let t = &app.theme.ui;
     let mut ov = Overlay { alpha: app.mask_alpha, ..Default::default() };
     if let Some(masks) = app.masks.get(&app.frame) {
@@ -65,6 +60,16 @@ pub fn request_for(app: &App) -> Option<PreviewRequest> {
         cells: Size::new(rect.width, rect.height),
         overlay: ov,
     })
+}
+
+/// Where the preview image goes on the screen as the layout stands (None: no video yet,
+/// or no room). The layout changes with more than the scene (a warning line appears under
+/// the header), and an image made for another size would not be drawn at all.
+pub fn preview_cells(app: &App) -> Option<Rect> {
+    let m = app.media?;
+    let areas = app.screen_areas(Rect::new(0, 0, app.size.0, app.size.1));
+    let rect = crate::console::layout::fit_cells(areas.preview_inner, m.width, m.height, app.font);
+    (rect.width > 0 && rect.height > 0).then_some(rect)
 }
 
 /// Decodes (reusing the last frame when it is the same), composites and encodes one request.

@@ -33,11 +33,18 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         return;
     };
     let rect = fit_cells(inner, m.width, m.height, app.font);
-    if let Some(img) = &app.preview {
+    if let Some(img) = fitting_image(app, rect) {
         f.render_widget(ratatui_image::Image::new(&img.protocol), rect);
         return;
     }
     schematic(f.buffer_mut(), rect, app);
+}
+
+/// The preview image if it was made for `rect`'s size. One made for another layout (the
+/// panels moved since it was asked for) would not be drawn at all if larger, and drawn
+/// off-centre if smaller: the schematic stands in until the image for this size comes.
+pub fn fitting_image(app: &App, rect: Rect) -> Option<&crate::console::action::PreviewImage> {
+    app.preview.as_ref().filter(|img| img.protocol.size() == rect.as_size())
 }
 
 /// Video pixel → cell inside `rect`.
