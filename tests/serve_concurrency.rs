@@ -339,18 +339,20 @@ fn a_closed_sessions_worker_serves_the_next_session_as_new() {
     assert_eq!(started, 5, "all five sessions started on worker {}:\n{}", worker[0], log());
 }
 
+/// A server of one gallery video at a 256-pixel input whose idle sessions close after
+/// 2 s and that keeps no spare worker (a start takes a process start and a model load);
+/// `extra` arguments on top.
+fn idle_server(name: &str, extra: &[&str]) -> Server {
+    let data = common::scratch(&format!("serve-{name}")).join("data");
+    make_clip(&data, "01_testsrc.mp4", 1.0, "320x240");
+    let mut args = vec!["--image-size", "256", "--idle-timeout", "2", "--warm-workers", "0"];
+    args.extend_from_slice(extra);
+    Server::start(name, &data, &present_checkpoint(), &args, &[])
+}
+
 #[test]
 fn an_idle_session_expires_and_its_worker_stops() {
-    let work = common::scratch("serve-idle");
-    let data = work.join("data");
-    make_clip(&data, "01_testsrc.mp4", 1.0, "320x240");
-    let server = Server::start(
-        "idle",
-        &data,
-        &present_checkpoint(),
-        &["--image-size", "256", "--idle-timeout", "2", "--warm-workers", "0"],
-        &[],
-    );
+    let server = idle_server("idle", &[]);
     let v = graphql(server.port, M_START, json!({"input": {"path": "gallery/01_testsrc.mp4"}}));
     let sid = v["data"]["startSession"]["sessionId"].as_str().unwrap().to_string();
     assert_eq!(children_of(server.pid()).len(), 1, "one worker for the session");
@@ -375,17 +377,8 @@ fn an_idle_session_expires_and_its_worker_stops() {
 
 #[test]
 fn a_client_that_hangs_up_while_its_session_starts_gives_its_place_back() {
-    let work = common::scratch("serve-hang-up");
-    let data = work.join("data");
-    make_clip(&data, "01_testsrc.mp4", 1.0, "320x240");
     // One place, no spare worker: a start takes a process start and a model load.
-    let server = Server::start(
-        "hang-up",
-        &data,
-        &present_checkpoint(),
-        &["--image-size", "256", "--idle-timeout", "2", "--warm-workers", "0", "--max-sessions", "1"],
-        &[],
-    );
+    let server = idle_server("hang-up", &["--max-sessions", "1"]);
     let body = json!({"query": M_START, "variables": {"input": {"path": "gallery/01_testsrc.mp4"}}}).to_string();
     let mut client = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let head = format!(

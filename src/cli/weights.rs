@@ -164,14 +164,8 @@ fn download(size: ModelSize, version: ModelVersion, dir: &Path) -> Result<()> {
 /// `SAM2_TUI_WEIGHTS_MIRROR` names (any URL curl takes, `file://` too), laid out as the
 /// official one (`RELEASE/FILE`, e.g. `092824/sam2.1_hiera_tiny.pt`).
 fn download_url(size: ModelSize, version: ModelVersion) -> String {
-    let official = official::url(size, version);
-    match std::env::var("SAM2_TUI_WEIGHTS_MIRROR") {
-        Ok(mirror) if !mirror.is_empty() => {
-            let tail: Vec<&str> = official.rsplitn(3, '/').take(2).collect();
-            format!("{}/{}/{}", mirror.trim_end_matches('/'), tail[1], tail[0])
-        }
-        _ => official,
-    }
+    let mirror = std::env::var("SAM2_TUI_WEIGHTS_MIRROR").ok().filter(|m| !m.is_empty());
+    official::url_under(mirror.as_deref().unwrap_or(official::OFFICIAL_BASE), size, version)
 }
 
 /// Runs curl (or wget when curl is missing) to fetch `url` into `out`. A transfer that

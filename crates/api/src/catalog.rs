@@ -12,12 +12,21 @@ pub fn file_name(size: ModelSize, version: ModelVersion) -> String {
     format!("{prefix}_hiera_{}.pt", size.name())
 }
 
+/// Where Meta publishes the checkpoints, one folder per release.
+pub const OFFICIAL_BASE: &str = "https://dl.fbaipublicfiles.com/segment_anything_2";
+
 pub fn url(size: ModelSize, version: ModelVersion) -> String {
+    url_under(OFFICIAL_BASE, size, version)
+}
+
+/// The checkpoint's address under `base`, laid out as Meta's server (`RELEASE/FILE`):
+/// the official one, or a mirror of it.
+pub fn url_under(base: &str, size: ModelSize, version: ModelVersion) -> String {
     let release = match version {
         ModelVersion::V2_1 => "092824",
         ModelVersion::V2_0 => "072824",
     };
-    format!("https://dl.fbaipublicfiles.com/segment_anything_2/{release}/{}", file_name(size, version))
+    format!("{}/{release}/{}", base.trim_end_matches('/'), file_name(size, version))
 }
 
 /// The approximate download size, for messages ("large is 898 MB").

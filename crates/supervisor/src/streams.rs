@@ -5,8 +5,8 @@
 //! watchdog is the machine's: a worker silent for `watchdog.heartbeat_timeout` is killed
 //! and replaced, and so is one whose heartbeat goes on but that answers nothing (no frame,
 //! no op's end) for `watchdog.progress_timeout` (`load_timeout` while it starts and opens
-//! the streams): its model thread is wedged. What it keeps is the guarantee that matters for results: a worker
-//! that dies is replaced, every stream is restored from its bank and the ops it
+//! the streams): its model thread is wedged. What it keeps is the guarantee that matters
+//! for results: a worker that dies is replaced, every stream is restored from its bank and the ops it
 //! completed, and each goes on from its next op, an interrupted propagation from the
 //! frame after the last one it delivered (`store::resume`) — so a crash changes no mask.
 //!
