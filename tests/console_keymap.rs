@@ -162,4 +162,5 @@ fn config_is_found_through_the_environment() {
     // An explicit path wins over everything.
     assert_eq!(Config::load(Some(&file)).unwrap().console.theme, "light");
     std::env::remove_var("XDG_CONFIG_HOME");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -66,13 +66,17 @@ pub fn tuning() -> sam2_tui::tuning::Tuning {
 pub fn bin() -> PathBuf {
     static HERMETIC: std::sync::Once = std::sync::Once::new();
     HERMETIC.call_once(|| {
+        let scratch = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-scratch");
         if std::env::var_os("SAM2_TUI_CONFIG").is_none() {
-            let empty = std::env::temp_dir().join(format!("sam2-tui-tests-empty-config-{}.toml", std::process::id()));
+            // Under target/, one file for every test binary (all write it empty), so test
+            // runs leave nothing behind in the system's temporary folder.
+            std::fs::create_dir_all(&scratch).unwrap();
+            let empty = scratch.join("empty-config.toml");
             std::fs::write(&empty, "").unwrap();
             std::env::set_var("SAM2_TUI_CONFIG", &empty);
         }
         if std::env::var_os("XDG_DATA_HOME").is_none() {
-            let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-scratch/data-home");
+            let data = scratch.join("data-home");
             std::fs::create_dir_all(&data).unwrap();
             std::env::set_var("XDG_DATA_HOME", data);
         }
