@@ -52,6 +52,17 @@ unsafe extern "C" {
         err: *mut std::ffi::c_char,
         len: usize,
     ) -> i32;
+    fn sam2_add_layer_norm_to_bf16(
+        x: *const std::ffi::c_void,
+        delta: *const std::ffi::c_void,
+        sum: *const std::ffi::c_void,
+        w: *const std::ffi::c_void,
+        b: *const std::ffi::c_void,
+        eps: f64,
+        out: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        len: usize,
+    ) -> i32;
 }
 
 /// Whether the `Tuning` of the model built last wants the kernel (on until told).
@@ -88,6 +99,39 @@ pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
         return run("fused LayerNorm", |out, e, n| unsafe {
             sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n)
         });
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (weight, bias, eps);
+        None
+    }
+}
+
+/// `x + delta` and the LayerNorm of that sum as bf16 (`layer_norm_to_bf16`), in one pass:
+/// `x` a contiguous fp32 CUDA tensor (a residual stream), `delta` of its shape, contiguous,
+/// fp32 or bf16 (what a projection under autocast adds to it), while bf16 autocast is on.
+/// The sum is bit-identical to libtorch's add (one fp32 addition an element) and the norm
+/// is `layer_norm_to_bf16` of it. None where it does not apply.
+pub fn add_layer_norm_to_bf16(
+    x: &Tensor,
+    delta: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Option<(Tensor, Tensor)> {
+    if !usable_on(x, &[Kind::Float]) || !x.is_contiguous() || !delta.is_contiguous() || delta.size() != x.size() {
+        return None;
+    }
+    #[cfg(sam2_cuda_shim)]
+    {
+        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        let sum = x.empty_like();
+        // SAFETY: as for the LayerNorm above (`x`, `delta`, `sum`, `weight`, `bias` outlive
+        // the call; the shim writes `sum`'s elements, which it checked are x's shape).
+        let normed = run("fused add and LayerNorm", |out, e, n| unsafe {
+            sam2_add_layer_norm_to_bf16(ptr(x), ptr(delta), ptr(&sum), ptr(weight), ptr(bias), eps, out, e, n)
+        })?;
+        return Some((sum, normed));
     }
     #[allow(unreachable_code)]
     {
@@ -271,6 +315,36 @@ mod tests {
         } else {
             y
         }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn fused_residual_add_gives_libtorchs_sum_and_the_fused_norm_of_it() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        let dev = Device::Cuda(0);
+        tch::manual_seed(3);
+        for (delta_kind, cols) in [(Kind::BFloat16, 256), (Kind::Float, 256), (Kind::BFloat16, 96)] {
+            // A residual stream of 16 objects (fp32) and what a projection adds to it.
+            let x = Tensor::randn([16, 300, cols], (Kind::Float, dev)) * 4.0;
+            let delta = Tensor::randn([16, 300, cols], (Kind::Float, dev)).to_kind(delta_kind);
+            let w = Tensor::randn([cols], (Kind::Float, dev));
+            let b = Tensor::randn([cols], (Kind::Float, dev));
+            let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
+            let (sum, normed) = add_layer_norm_to_bf16(&x, &delta, &w, &b, 1e-5).expect("fused kernel applies");
+            let expected = &x + &delta;
+            assert_eq!(sum.kind(), Kind::Float);
+            assert!(sum.equal(&expected), "{delta_kind:?}: the sum differs from libtorch's add");
+            let alone = layer_norm_to_bf16(&expected, &w, &b, 1e-5).expect("fused kernel applies");
+            assert!(normed.equal(&alone), "{delta_kind:?}: the norm differs from the LayerNorm kernel's");
+        }
+        // A strided residual stream, or a bf16 one, goes the ordinary way.
+        let _autocast = AutocastGuard::new(Some(Kind::BFloat16));
+        let (w, b) = (Tensor::ones([256], (Kind::Float, dev)), Tensor::zeros([256], (Kind::Float, dev)));
+        let strided = Tensor::randn([300, 4, 256], (Kind::Float, dev)).transpose(0, 1);
+        let delta = Tensor::randn([4, 300, 256], (Kind::Float, dev));
+        assert!(add_layer_norm_to_bf16(&strided, &delta, &w, &b, 1e-5).is_none());
+        let bf16 = delta.to_kind(Kind::BFloat16);
+        assert!(add_layer_norm_to_bf16(&bf16, &delta, &w, &b, 1e-5).is_none());
     }
 
     #[test]

@@ -59,13 +59,14 @@ impl MemoryAttention {
         num_obj_ptr_tokens: i64,
     ) -> Tensor {
         let (k_in, v_in) = self.memory_inputs(memory, memory_pos);
-        let mut out = self.begin(curr, curr_pos);
-        for i in 0..self.layers.len() {
-            let (residual, q) = self.until_cross(i, &out);
+        let last = self.layers.len() - 1;
+        let (mut out, mut q) = self.until_cross(0, &self.begin(curr, curr_pos));
+        for i in 0..last {
             let attn = self.cross(i, &q, &k_in, &v_in, num_obj_ptr_tokens);
-            out = self.after_cross(i, &residual, &attn);
+            (out, q) = self.between(i, &out, &attn);
         }
-        self.end(&out)
+        let attn = self.cross(last, &q, &k_in, &v_in, num_obj_ptr_tokens);
+        self.end(&self.after_cross(last, &out, &attn))
     }
 
     // `forward` in parts. Only `cross` has shapes that follow the number of memories;
@@ -99,11 +100,7 @@ impl MemoryAttention {
     /// Layer `i` up to its cross-attention: self-attention, then the cross-attention's
     /// rotated queries. Returns (residual stream, queries).
     pub fn until_cross(&self, i: usize, out: &Tensor) -> (Tensor, Tensor) {
-        let l = &self.layers[i];
-        let t = l.norm1.forward_into_matmul(out);
-        let out = out + l.self_attn.forward_rope(&t, &t, &t, &self.rope, 0);
-        let q = l.cross_attn_image.rope_queries(&l.norm2.forward_into_matmul(&out), &self.rope);
-        (out, q)
+        self.attend_self(i, out, &self.layers[i].norm1.forward_into_matmul(out))
     }
 
     /// Layer `i`'s attention to the memory, before its output projection.
@@ -113,10 +110,34 @@ impl MemoryAttention {
 
     /// Layer `i` after its cross-attention: output projection, residual, MLP.
     pub fn after_cross(&self, i: usize, out: &Tensor, attn: &Tensor) -> Tensor {
+        let (out, mlp) = self.project_and_mlp(i, out, attn);
+        out + mlp
+    }
+
+    /// `until_cross(i + 1, &after_cross(i, out, attn))`, with the MLP's residual add made in
+    /// the same pass as layer `i + 1`'s first norm (`LayerNorm::add_then_forward_into_matmul`:
+    /// the same values). Returns (residual stream, queries).
+    pub fn between(&self, i: usize, out: &Tensor, attn: &Tensor) -> (Tensor, Tensor) {
+        let (out, mlp) = self.project_and_mlp(i, out, attn);
+        let (out, t) = self.layers[i + 1].norm1.add_then_forward_into_matmul(&out, &mlp);
+        self.attend_self(i + 1, &out, &t)
+    }
+
+    /// Layer `i`'s self-attention on its normed input `t`, then the cross-attention's
+    /// queries (its residual add and the next norm in one pass).
+    fn attend_self(&self, i: usize, out: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
         let l = &self.layers[i];
-        let out = out + l.cross_attn_image.project_out(attn);
-        let t = l.norm3.forward_into_matmul(&out);
-        &out + l.linear2.forward(&l.linear1.forward(&t).relu())
+        let (out, t) = l.norm2.add_then_forward_into_matmul(out, &l.self_attn.forward_rope(t, t, t, &self.rope, 0));
+        (out, l.cross_attn_image.rope_queries(&t, &self.rope))
+    }
+
+    /// Layer `i`'s output projection added to the stream (with the next norm in one pass),
+    /// and the MLP's output, not yet added: (residual stream, MLP output).
+    fn project_and_mlp(&self, i: usize, out: &Tensor, attn: &Tensor) -> (Tensor, Tensor) {
+        let l = &self.layers[i];
+        let (out, t) = l.norm3.add_then_forward_into_matmul(out, &l.cross_attn_image.project_out(attn));
+        let mlp = l.linear2.forward(&l.linear1.forward_relu(&t));
+        (out, mlp)
     }
 
     /// The final norm, back to `[HW, B, 256]`.

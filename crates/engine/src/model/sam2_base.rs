@@ -517,7 +517,7 @@ impl Sam2Base {
         let last = ma.num_layers() - 1;
         for i in 0..last {
             let attn = ma.cross(i, &q, &k_in, &v_in, num_ptr_tokens);
-            (out, q) = ma.until_cross(i + 1, &ma.after_cross(i, &out, &attn));
+            (out, q) = ma.between(i, &out, &attn);
         }
         let attn = ma.cross(last, &q, &k_in, &v_in, num_ptr_tokens);
         let out = ma.end(&ma.after_cross(last, &out, &attn));
@@ -588,7 +588,7 @@ impl Sam2Base {
     /// From layer `i`'s cross-attention to layer `i + 1`'s: (residual stream, queries).
     pub fn track_between(&self, i: usize, out: &Tensor, attn: &Tensor) -> (Tensor, Tensor) {
         let ma = &self.memory_attention;
-        ma.until_cross(i + 1, &ma.after_cross(i, out, attn))
+        ma.between(i, out, attn)
     }
 
     /// From the last cross-attention to the stored output: the rest of memory attention,
