@@ -74,7 +74,9 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-fn enabled() -> bool {
+/// Whether the `fused` knob is on (also read by the fused steps that need no kernel of
+/// this file: `Linear::forward_relu`).
+pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
