@@ -74,9 +74,7 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// Whether the `fused` knob is on (also read by the fused steps that need no kernel of
-/// this file: `Linear::forward_relu`).
-pub fn enabled() -> bool {
+fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 

@@ -30,31 +30,6 @@ impl Linear {
         }
         x.linear(&self.weight, Some(&self.bias))
     }
-
-    /// `relu(forward(x))`. On CUDA, where `x` is already in the weights' dtype (what
-    /// autocast would cast it to), the ReLU runs in the matmul's epilogue
-    /// (`_addmm_activation`, cuBLASLt's RELU_BIAS) instead of a pass of its own over the
-    /// output: the memory-attention FFN's hidden layer is 2048 wide, so at 16 objects that
-    /// pass alone was 0.7 ms a frame on an H100. ReLU commutes with the rounding to the
-    /// output dtype (rounding keeps the sign), so the values are those of the two-pass
-    /// form; elsewhere (and with the `fused` knob off) it is the two-pass form.
-    pub fn forward_relu(&self, x: &Tensor) -> Tensor {
-        let size = x.size();
-        let fused = matches!(x.device(), tch::Device::Cuda(_))
-            && crate::cuda::fused::enabled()
-            && x.kind() == self.weight.kind()
-            && self.bias.kind() == self.weight.kind()
-            && size.len() >= 2
-            && x.is_contiguous();
-        if !fused {
-            return self.forward(x).relu();
-        }
-        let (rows, cols) = (size[..size.len() - 1].iter().product::<i64>(), size[size.len() - 1]);
-        let mut out_size = size.clone();
-        *out_size.last_mut().unwrap() = self.weight.size()[0];
-        Tensor::internal_addmm_activation(&self.bias, &x.view([rows, cols]), &self.weight.tr(), false)
-            .view(out_size.as_slice())
-    }
 }
 
 /// nn.LayerNorm over the last dimension.
@@ -294,51 +269,6 @@ pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
 mod tests {
     use super::*;
     use tch::Device;
-
-    /// Run on a CUDA machine: `cargo test --release --lib layers -- --ignored`.
-    #[test]
-    #[ignore = "needs a CUDA device"]
-    fn linear_with_the_relu_in_its_epilogue_is_as_close_to_exact_as_the_two_pass_form() {
-        assert!(tch::Cuda::is_available(), "no CUDA device");
-        let dev = Device::Cuda(0);
-        tch::manual_seed(11);
-        let kind = Kind::BFloat16;
-        let linear = Linear {
-            weight: (Tensor::randn([2048, 256], (Kind::Float, dev)) / 16.0).to_kind(kind),
-            bias: Tensor::randn([2048], (Kind::Float, dev)).to_kind(kind),
-        };
-        // The memory-attention FFN's input: 16 objects' rows, bf16 as the fused norm gives.
-        let x = Tensor::randn([16, 4096, 256], (Kind::Float, dev)).to_kind(kind);
-        let (fused, two_pass) = {
-            let _autocast = crate::device::AutocastGuard::new(Some(kind));
-            (linear.forward_relu(&x), linear.forward(&x).relu())
-        };
-        assert_eq!(fused.size(), two_pass.size());
-        assert_eq!(fused.kind(), two_pass.kind());
-        assert_eq!(fused.lt(0.0).sum(Kind::Int64).int64_value(&[]), 0, "negative values after the ReLU");
-        // Both are bf16 GEMMs whose kernels (and split-K reductions) may differ, so the
-        // test is that the fused one is as close to the exact values (fp32, no autocast) as the
-        // two-pass one: no worse than it by more than half again, on average and at worst.
-        let exact = x
-            .to_kind(Kind::Float)
-            .linear(&linear.weight.to_kind(Kind::Float), Some(&linear.bias.to_kind(Kind::Float)))
-            .relu();
-        let error = |y: &Tensor| {
-            let d = (y.to_kind(Kind::Float) - &exact).abs();
-            (d.mean(Kind::Float).double_value(&[]), d.max().double_value(&[]))
-        };
-        let ((fused_mean, fused_max), (two_mean, two_max)) = (error(&fused), error(&two_pass));
-        eprintln!("error to exact: fused mean {fused_mean:.3e} max {fused_max:.3e}; two-pass mean {two_mean:.3e} max {two_max:.3e}");
-        assert!(fused_mean <= 1.5 * two_mean + 1e-6, "mean error {fused_mean:.3e} against two-pass {two_mean:.3e}");
-        assert!(fused_max <= 1.5 * two_max + 1e-6, "max error {fused_max:.3e} against two-pass {two_max:.3e}");
-        // On the CPU it is the two-pass form, exactly.
-        let cpu = Linear {
-            weight: linear.weight.to_device(Device::Cpu).to_kind(Kind::Float),
-            bias: linear.bias.to_device(Device::Cpu).to_kind(Kind::Float),
-        };
-        let xc = x.to_device(Device::Cpu).to_kind(Kind::Float).narrow(0, 0, 2);
-        assert!(cpu.forward_relu(&xc).equal(&cpu.forward(&xc).relu()));
-    }
 
     fn conv(cin: i64, cout: i64) -> Conv2d {
         let opts = (Kind::Float, Device::Cpu);

@@ -136,7 +136,7 @@ impl MemoryAttention {
     fn project_and_mlp(&self, i: usize, out: &Tensor, attn: &Tensor) -> (Tensor, Tensor) {
         let l = &self.layers[i];
         let (out, t) = l.norm3.add_then_forward_into_matmul(out, &l.cross_attn_image.project_out(attn));
-        let mlp = l.linear2.forward(&l.linear1.forward_relu(&t));
+        let mlp = l.linear2.forward(&l.linear1.forward(&t).relu());
         (out, mlp)
     }
 
