@@ -462,19 +462,13 @@ void launch(Kernels* k, CUfunction fn, int device, long long blocks, unsigned th
 extern "C" {
 
 // LayerNorm over the last dim of an fp32 or bf16 CUDA tensor (at most 4-d, last dim dense),
-// written as a contiguous bf16 tensor: only
-// while bf16 autocast is on (the dtype the consuming Linear would cast to). Returns 1 with
-// `*out` set, 2 when not applicable (the caller runs the ordinary LayerNorm), 0 on error.
-int sam2_add_layer_norm_to_bf16(const at::Tensor* x, const at::Tensor* delta, const at::Tensor* sum, const at::Tensor* w, const at::Tensor* b,
-                                double eps, at::Tensor** out, char* err, size_t err_len);
-
-int sam2_layer_norm_to_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, double eps, at::Tensor** out, char* err, size_t err_len) {
-  return sam2_add_layer_norm_to_bf16(x, nullptr, nullptr, w, b, eps, out, err, err_len);
-}
-
-// The same after a residual add: `*out` = LayerNorm(x + delta) in bf16, and `sum` (an fp32
-// tensor of x's shape, contiguous, made by the caller) = x + delta. x contiguous fp32,
-// delta of its shape, contiguous, fp32 or bf16. Without `delta` it is the LayerNorm above.
+// written as a contiguous bf16 tensor: only while bf16 autocast is on (the dtype the
+// consuming Linear would cast to). Returns 1 with `*out` set, 2 when not applicable (the
+// caller runs the ordinary LayerNorm), 0 on error.
+// With `delta`, the LayerNorm follows a residual add: `*out` = LayerNorm(x + delta) in
+// bf16, and `sum` (an fp32 tensor of x's shape, contiguous, made by the caller) = x + delta;
+// x contiguous fp32, delta of its shape, contiguous, fp32 or bf16. Without (null `delta`
+// and `sum`) it is the LayerNorm of x alone.
 int sam2_add_layer_norm_to_bf16(const at::Tensor* x, const at::Tensor* delta, const at::Tensor* sum, const at::Tensor* w, const at::Tensor* b,
                                 double eps, at::Tensor** out, char* err, size_t err_len) {
   return guarded(err, err_len, [&]() -> int {

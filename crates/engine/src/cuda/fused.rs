@@ -43,15 +43,6 @@ unsafe extern "C" {
         err: *mut std::ffi::c_char,
         len: usize,
     ) -> i32;
-    fn sam2_layer_norm_to_bf16(
-        x: *const std::ffi::c_void,
-        w: *const std::ffi::c_void,
-        b: *const std::ffi::c_void,
-        eps: f64,
-        out: *mut *mut std::ffi::c_void,
-        err: *mut std::ffi::c_char,
-        len: usize,
-    ) -> i32;
     fn sam2_add_layer_norm_to_bf16(
         x: *const std::ffi::c_void,
         delta: *const std::ffi::c_void,
@@ -92,12 +83,14 @@ pub fn layer_norm_to_bf16(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) 
     #[cfg(sam2_cuda_shim)]
     {
         let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        // No delta and no sum: the LayerNorm alone.
+        let none = std::ptr::null();
         // SAFETY: the pointers are libtorch tensor handles borrowed for the call (`x`,
-        // `weight`, `bias` outlive it); the shim reads them, writes a new tensor handle to
-        // `out` (owned by `run`'s `Tensor::from_ptr`) and at most `n` bytes of message, and
-        // never unwinds (`shim/guarded.h`).
+        // `weight`, `bias` outlive it) or null where the shim takes none; the shim reads
+        // them, writes a new tensor handle to `out` (owned by `run`'s `Tensor::from_ptr`)
+        // and at most `n` bytes of message, and never unwinds (`shim/guarded.h`).
         return run("fused LayerNorm", |out, e, n| unsafe {
-            sam2_layer_norm_to_bf16(ptr(x), ptr(weight), ptr(bias), eps, out, e, n)
+            sam2_add_layer_norm_to_bf16(ptr(x), none, none, ptr(weight), ptr(bias), eps, out, e, n)
         });
     }
     #[allow(unreachable_code)]
