@@ -38,7 +38,7 @@ impl Entry {
     }
 }
 
-/// One entry of [`MemoryBank::put_copied_many`]: `entry` is kept (on the device),
+/// One entry of [`MemoryBank::keep_copied_many`]: `entry` is kept (on the device),
 /// `on_disk` — the same values on the host — is written.
 pub struct CopiedPut {
     pub id: ObjectId,
@@ -47,6 +47,20 @@ pub struct CopiedPut {
     pub entry: Entry,
     pub on_disk: Entry,
     pub tracked: Option<bool>,
+}
+
+/// The files of a `keep_copied_many`, to be written, and the records its entries replaced.
+pub struct PendingWrites {
+    files: Vec<(PathBuf, EntryFile)>,
+    replaced: Vec<(ObjectId, Slot, usize, Option<Record>)>,
+}
+
+impl PendingWrites {
+    /// Each file's path and bytes (borrowed from the entries' host tensors); for
+    /// `write_files`, on any thread: plain bytes, no libtorch call.
+    pub fn parts(&self) -> Vec<(PathBuf, Vec<&[u8]>)> {
+        self.files.iter().map(|(path, f)| (path.clone(), f.parts())).collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,38 +262,57 @@ impl MemoryBank {
         Ok(())
     }
 
-    /// As `put` for several entries (the objects of one propagation frame), each kept
-    /// entry (on the device) written from `on_disk`, the same values already copied to the
-    /// host, so the write does not wait for the device. Every path is preserved on this
-    /// thread, then the files are written by several threads at once, each straight from
-    /// its entry's host tensors (plain file I/O, see `write_files`); each file is still
-    /// whole or absent. On a failed write the entries written are kept and the first
-    /// error (in `puts` order) returned.
-    pub fn put_copied_many(&mut self, puts: Vec<CopiedPut>) -> anyhow::Result<()> {
+    /// As `put` for several entries (the objects of one propagation frame), in two
+    /// halves so that the caller can work while the files are written: each kept entry
+    /// (on the device) is in RAM when this returns, and its file is to be written from
+    /// `on_disk`, the same values already on the host, so the write does not wait for the
+    /// device. Every path is preserved here. Then the caller writes the files
+    /// (`write_files` over `PendingWrites::parts`: several threads at once, each file
+    /// whole or absent) and hands the outcome to `settle_copied_many`. Propagation hands a
+    /// frame on only after that, so nothing outside it sees the entries before their files
+    /// are written.
+    pub fn keep_copied_many(&mut self, puts: Vec<CopiedPut>) -> anyhow::Result<PendingWrites> {
         let mut files = Vec::with_capacity(puts.len());
         for p in &puts {
             let path = self.path(p.id, p.slot, p.frame);
             self.preserve(&path)?;
             files.push((path, EntryFile::of(&p.on_disk, p.tracked)));
         }
-        let written = write_files(&files.iter().map(|(path, f)| (path.clone(), f.parts())).collect::<Vec<_>>());
+        let replaced = puts
+            .into_iter()
+            .map(|p| (p.id, p.slot, p.frame, self.keep(p.id, p.slot, p.frame, p.entry, p.tracked)))
+            .collect();
+        Ok(PendingWrites { files, replaced })
+    }
+
+    /// The end of `keep_copied_many`: on a failed write the entries written stay, each
+    /// other one's previous record is back in RAM, and the first error (in `puts` order)
+    /// is returned.
+    pub fn settle_copied_many(
+        &mut self,
+        pending: PendingWrites,
+        written: Vec<anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
         let mut first_error = None;
-        for (p, result) in puts.into_iter().zip(written) {
-            match result {
-                Ok(()) => self.keep(p.id, p.slot, p.frame, p.entry, p.tracked),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+        for ((id, slot, frame, previous), outcome) in pending.replaced.into_iter().zip(written) {
+            if let Err(e) = outcome {
+                let m = self.index.entry(id).or_default();
+                match previous {
+                    Some(r) => m.insert((slot, frame), r),
+                    None => m.remove(&(slot, frame)),
+                };
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    fn keep(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) {
+    /// Puts an entry in RAM; the record it replaces, if any.
+    fn keep(&mut self, id: ObjectId, slot: Slot, frame: usize, entry: Entry, tracked: Option<bool>) -> Option<Record> {
         self.index
             .entry(id)
             .or_default()
-            .insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) });
+            .insert((slot, frame), Record { tracked, entry: RefCell::new(Some(Rc::new(entry))) })
     }
 
     /// Stores an entry in RAM only, for the frame being tracked while the previous one is
@@ -433,7 +466,7 @@ impl EntryFile {
 /// the model thread first, then written by four threads, they still took 7.9 ms of an
 /// H100 host's 25 ms frame, which the host then bounded. The threads run no libtorch
 /// code, so they start no OpenMP teams (see `VideoPredictor::write_out`).
-fn write_files(files: &[(PathBuf, Vec<&[u8]>)]) -> Vec<anyhow::Result<()>> {
+pub fn write_files(files: &[(PathBuf, Vec<&[u8]>)]) -> Vec<anyhow::Result<()>> {
     // Writes wait on the page cache more than on a core: four threads pay even on two cores.
     let threads = crate::host_threads::cores().clamp(4, 8);
     crate::host_threads::map(files.iter().collect(), threads, |(path, parts)| {
@@ -482,6 +515,52 @@ fn read_entry(path: &Path, device: Device) -> anyhow::Result<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(value: f64) -> Entry {
+        let t = |shape: &[i64]| Tensor::full(shape, value, (Kind::Float, Device::Cpu));
+        Entry {
+            maskmem: Some(t(&[1, 64, 4, 4]).to_kind(Kind::BFloat16)),
+            pred_masks: t(&[1, 1, 16, 16]),
+            obj_ptr: t(&[1, 256]),
+            score: t(&[1, 1]),
+        }
+    }
+
+    fn put(id: ObjectId, value: f64) -> CopiedPut {
+        CopiedPut {
+            id,
+            slot: Slot::NonCond,
+            frame: 3,
+            entry: entry(value),
+            on_disk: entry(value),
+            tracked: Some(false),
+        }
+    }
+
+    #[test]
+    fn a_frames_entries_are_in_ram_while_their_files_are_written_and_a_failed_one_gives_back_what_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bank = MemoryBank::open(Some(dir.path().to_path_buf()), Device::Cpu).unwrap();
+        // Object 2's folder cannot be made: a file stands at its name.
+        std::fs::write(dir.path().join("o2"), b"not a folder").unwrap();
+        for id in [1, 2] {
+            let _ = bank.stage(id, Slot::NonCond, 3, entry(-1.0), Some(false));
+        }
+        let pending = bank.keep_copied_many(vec![put(1, 1.0), put(2, 2.0)]).unwrap();
+        // Kept in RAM before any file is written (what the frame's masks are read from).
+        for (id, value) in [(1, 1.0), (2, 2.0)] {
+            let score = bank.get(id, Slot::NonCond, 3).unwrap().score.double_value(&[0, 0]);
+            assert_eq!(score, value, "object {id} in RAM");
+        }
+        let written = write_files(&pending.parts());
+        let e = bank.settle_copied_many(pending, written).unwrap_err().to_string();
+        assert!(e.contains("o2"), "the error names the entry that failed: {e}");
+        // Object 1 is written and kept; object 2 has its staged entry back, and no file.
+        assert_eq!(bank.get(1, Slot::NonCond, 3).unwrap().score.double_value(&[0, 0]), 1.0);
+        let on_disk = read_entry(&bank.path(1, Slot::NonCond, 3), Device::Cpu).unwrap();
+        assert_eq!(on_disk.score.double_value(&[0, 0]), 1.0, "object 1's file is whole");
+        assert_eq!(bank.get(2, Slot::NonCond, 3).unwrap().score.double_value(&[0, 0]), -1.0);
+    }
 
     #[test]
     fn a_frames_files_are_written_whole_by_several_threads_and_each_failure_is_reported_for_its_file() {
