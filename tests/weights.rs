@@ -284,6 +284,37 @@ fn download_from_a_mirror_verifies_and_places_the_checkpoint_and_a_second_run_ke
 }
 
 #[test]
+fn a_download_never_replaces_a_file_at_the_official_name_that_is_not_that_checkpoint() {
+    let dir = common::scratch("weights-occupied");
+    let release = dir.join("mirror/092824");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::copy(fixture("sam2.1_hiera_tiny.pt"), release.join("sam2.1_hiera_tiny.pt")).unwrap();
+    // The user's own file under the official name: a SAM 2.0 checkpoint, valid but not 2.1.
+    let out = dir.join("weights");
+    std::fs::create_dir_all(&out).unwrap();
+    let theirs = out.join("sam2.1_hiera_tiny.pt");
+    std::fs::copy(fixture("sam2_hiera_tiny.pt"), &theirs).unwrap();
+    let before = std::fs::read(&theirs).unwrap();
+    let run = Command::new(common::bin())
+        .args(["weights", "download", "tiny", "--dir"])
+        .arg(&out)
+        .env("SAM2_TUI_WEIGHTS_MIRROR", format!("file://{}", dir.join("mirror").display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "bad input, refused before any download: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&theirs.display().to_string()) && err.contains("SAM 2.0 tiny"),
+        "names the file and what it is: {err}"
+    );
+    assert!(err.contains("left as it is"), "{err}");
+    assert!(std::fs::read(&theirs).unwrap() == before, "the user's file is untouched");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 1, "nothing else written: {left:?}");
+}
+
+#[test]
 fn a_download_that_stalls_fails_in_one_line_and_leaves_nothing_behind() {
     let dir = common::scratch("weights-stall");
     // A server that takes every connection and never answers.

@@ -6,6 +6,7 @@ use std::process::Command as Process;
 use anyhow::{anyhow, bail, Result};
 
 use crate::model::config::{ModelSize, ModelVersion};
+use crate::util::bad_input;
 use crate::weights::{self, official};
 
 #[derive(clap::Args, Debug)]
@@ -131,14 +132,23 @@ fn inspect(file: &Path) -> Result<()> {
 fn download(size: ModelSize, version: ModelVersion, dir: &Path) -> Result<()> {
     let name = official::file_name(size, version);
     let dest = dir.join(&name);
-    if dest.is_file() {
-        if let Ok(det) = weights::load(&dest).and_then(|c| weights::detect(&c)) {
-            if weights::check_requested(&det, Some(size), Some(version), &dest).is_ok() {
+    if dest.exists() {
+        // A file at the official name that is not that checkpoint may be the user's own
+        // (a fine-tune, another size, a copy in progress): it is never replaced. Checked
+        // before the download, so a refusal costs nothing.
+        let found = weights::load(&dest)
+            .and_then(|c| weights::detect(&c))
+            .and_then(|det| weights::check_requested(&det, Some(size), Some(version), &dest).map(|()| det));
+        return match found {
+            Ok(det) => {
                 println!("{} is already here ({}).", dest.display(), det.label());
-                return Ok(());
+                Ok(())
             }
-        }
-        eprintln!("{} exists but is not a valid {name}; downloading it again", dest.display());
+            // The error names the file and what is wrong with it.
+            Err(e) => Err(bad_input(format!(
+                "{e:#}; not a valid {name}, so it is left as it is: move it away to download the official one"
+            ))),
+        };
     }
     std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: cannot create directory: {e}", dir.display()))?;
     // The temp name ends in .pt so the repository's `weights/*.pt` ignore rule covers it;
@@ -155,7 +165,8 @@ fn download(size: ModelSize, version: ModelVersion, dir: &Path) -> Result<()> {
         .and_then(|c| weights::detect(&c))
         .map_err(|e| anyhow!("{url}: downloaded file is not a valid checkpoint: {e:#}"))?;
     weights::check_requested(&det, Some(size), Some(version), Path::new(&url))?;
-    tmp.persist(&dest).map_err(|e| anyhow!("{}: cannot move into place: {e}", dest.display()))?;
+    // No-clobber: a file that appeared at the name during the download is not replaced either.
+    tmp.persist_noclobber(&dest).map_err(|e| anyhow!("{}: cannot move into place: {e}", dest.display()))?;
     println!("{} ({}, {} parameters)", dest.display(), det.label(), weights::group(det.parameters));
     Ok(())
 }
