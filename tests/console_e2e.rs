@@ -154,6 +154,41 @@ fn operator_session_in_tmux_survives_an_abort_and_matches_segment() {
 
 /// The terminal-graphics query at start-up (no `--graphics`: the console asks tmux) must
 /// leave stdin alone once answered: the very first key typed is the console's.
+/// A pane runs with its tmux server's environment, not the test's. A developer who runs
+/// the tests with a tmux server up that has their own `SAM2_TUI_DATA` must not find the
+/// tests' session folders in their data folder.
+#[test]
+fn a_pane_in_a_tmux_server_with_the_developers_data_folder_still_uses_the_tests_own() {
+    let dir = common::scratch("pane-env");
+    let theirs = dir.join("developer-data");
+    let said = dir.join("sessions.txt");
+    // A server of this test's own (its socket), started with the developer's setting.
+    let socket = "sam2tui-pane-env";
+    let server =
+        |args: &[&str]| Command::new("tmux").args(["-L", socket]).args(args).env("SAM2_TUI_DATA", &theirs).output();
+    let cmd = format!("{} {} sessions > {} 2>&1", common::pane_env(), common::bin().display(), said.display());
+    server(&[
+        "new-session",
+        "-d",
+        "-s",
+        "p",
+        "-x",
+        "100",
+        "-y",
+        "10",
+        &format!("{cmd}; tmux -L {socket} wait-for -S done"),
+    ])
+    .unwrap();
+    // Waits for the pane's signal, not for a time.
+    let waited = server(&["wait-for", "done"]);
+    let _ = server(&["kill-server"]);
+    assert!(waited.unwrap().status.success());
+    let said = std::fs::read_to_string(&said).unwrap();
+    let ours = std::env::var("XDG_DATA_HOME").unwrap();
+    assert!(said.contains(&ours) && !said.contains(&theirs.display().to_string()), "{said}");
+    assert!(!theirs.exists(), "nothing written in the developer's data folder");
+}
+
 #[test]
 fn the_first_key_typed_after_start_up_reaches_the_console_in_tmux() {
     const FIRST_KEY: &str = "sam2tui-first-key";

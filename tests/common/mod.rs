@@ -75,6 +75,10 @@ pub fn bin() -> PathBuf {
             std::fs::write(&empty, "").unwrap();
             std::env::set_var("SAM2_TUI_CONFIG", &empty);
         }
+        // `SAM2_TUI_DATA` wins over `XDG_DATA_HOME`: a developer's own setting would send
+        // every test's session folders into their data folder. Tests that move the data
+        // folder set it on their own command.
+        std::env::remove_var("SAM2_TUI_DATA");
         if std::env::var_os("XDG_DATA_HOME").is_none() {
             let data = scratch.join("data-home");
             std::fs::create_dir_all(&data).unwrap();
@@ -88,14 +92,14 @@ pub fn bin() -> PathBuf {
 /// environment, not the test's, so the hermetic settings of `bin` (the empty config, the
 /// data directory under target/) must travel explicitly. Without them a console started
 /// in a tmux server that was already running kept its session folder in the developer's
-/// own data directory.
+/// own data directory, and so did one whose server had `SAM2_TUI_DATA` (removed here).
 pub fn pane_env() -> String {
     bin();
     let vars: Vec<String> = ["SAM2_TUI_CONFIG", "XDG_DATA_HOME"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}='{v}'")))
         .collect();
-    format!("env {}", vars.join(" "))
+    format!("env -u SAM2_TUI_DATA {}", vars.join(" "))
 }
 
 /// A short hash of the fixture generators, so cached reference outputs are remade when
