@@ -258,21 +258,30 @@ fn cli_inspect_fails_with_exit_2_and_one_line_on_a_bad_file() {
     assert!(stderr.contains(&path.display().to_string()) && stderr.contains("JPEG"), "{stderr}");
 }
 
-#[test]
-fn download_from_a_mirror_verifies_and_places_the_checkpoint_and_a_second_run_keeps_it() {
-    let dir = common::scratch("weights-mirror");
+/// A file:// mirror laid out as Meta's server, holding the official-format tiny 2.1, in
+/// `dir/mirror`.
+fn mirror_with_tiny(dir: &Path) {
     let release = dir.join("mirror/092824");
     std::fs::create_dir_all(&release).unwrap();
     std::fs::copy(fixture("sam2.1_hiera_tiny.pt"), release.join("sam2.1_hiera_tiny.pt")).unwrap();
+}
+
+/// `weights download tiny --dir out` from the mirror in `dir/mirror`.
+fn download_from_mirror(dir: &Path, out: &Path) -> std::process::Output {
+    Command::new(common::bin())
+        .args(["weights", "download", "tiny", "--dir"])
+        .arg(out)
+        .env("SAM2_TUI_WEIGHTS_MIRROR", format!("file://{}", dir.join("mirror").display()))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn download_from_a_mirror_verifies_and_places_the_checkpoint_and_a_second_run_keeps_it() {
+    let dir = common::scratch("weights-mirror");
+    mirror_with_tiny(&dir);
     let out = dir.join("weights");
-    let download = || {
-        Command::new(common::bin())
-            .args(["weights", "download", "tiny", "--dir"])
-            .arg(&out)
-            .env("SAM2_TUI_WEIGHTS_MIRROR", format!("file://{}", dir.join("mirror").display()))
-            .output()
-            .unwrap()
-    };
+    let download = || download_from_mirror(&dir, &out);
     let first = download();
     let said = String::from_utf8_lossy(&first.stdout);
     assert!(first.status.success(), "{said}{}", String::from_utf8_lossy(&first.stderr));
@@ -286,21 +295,14 @@ fn download_from_a_mirror_verifies_and_places_the_checkpoint_and_a_second_run_ke
 #[test]
 fn a_download_never_replaces_a_file_at_the_official_name_that_is_not_that_checkpoint() {
     let dir = common::scratch("weights-occupied");
-    let release = dir.join("mirror/092824");
-    std::fs::create_dir_all(&release).unwrap();
-    std::fs::copy(fixture("sam2.1_hiera_tiny.pt"), release.join("sam2.1_hiera_tiny.pt")).unwrap();
+    mirror_with_tiny(&dir);
     // The user's own file under the official name: a SAM 2.0 checkpoint, valid but not 2.1.
     let out = dir.join("weights");
     std::fs::create_dir_all(&out).unwrap();
     let theirs = out.join("sam2.1_hiera_tiny.pt");
     std::fs::copy(fixture("sam2_hiera_tiny.pt"), &theirs).unwrap();
     let before = std::fs::read(&theirs).unwrap();
-    let run = Command::new(common::bin())
-        .args(["weights", "download", "tiny", "--dir"])
-        .arg(&out)
-        .env("SAM2_TUI_WEIGHTS_MIRROR", format!("file://{}", dir.join("mirror").display()))
-        .output()
-        .unwrap();
+    let run = download_from_mirror(&dir, &out);
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "bad input, refused before any download: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
