@@ -346,3 +346,46 @@ fn a_download_that_stalls_fails_in_one_line_and_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn an_interrupted_download_stops_its_transfer_and_leaves_nothing_behind() {
+    use std::io::{Read, Write};
+    let dir = common::scratch("weights-interrupted");
+    // A server that starts sending a big file and then holds the connection open.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let out = dir.join("weights");
+    let mut run = Command::new(common::bin())
+        .args(["weights", "download", "tiny", "--dir"])
+        .arg(&out)
+        .env("SAM2_TUI_WEIGHTS_MIRROR", format!("http://127.0.0.1:{port}/sam2"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut transfer, _) = server.accept().unwrap();
+    transfer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 200000000\r\n\r\n").unwrap();
+    transfer.write_all(&[7u8; 1 << 16]).unwrap();
+    // The user presses ctrl-c, closes the SSH session, or the console quits: SIGTERM.
+    // SAFETY: kill(2) on a child this test started and has not yet reaped.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let mut err = String::new();
+    run.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted, as the other commands report it: {err}");
+    assert_eq!(err.trim_end().lines().last().map(|l| l.contains("interrupted")), Some(true), "{err}");
+    // The downloader is gone with it: its end of the transfer is closed, not left running.
+    transfer.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut request = vec![0u8; 1 << 16];
+    let closed = loop {
+        match transfer.read(&mut request) {
+            Ok(0) => break true,
+            Ok(_) => continue, // the downloader's request
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+            Err(_) => break true, // reset
+        }
+    };
+    assert!(closed, "the downloader still holds the transfer open");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "the partial download is removed: {left:?}");
+}

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::model::config::{ModelSize, ModelVersion};
 use crate::util::bad_input;
@@ -181,8 +181,11 @@ fn download_url(size: ModelSize, version: ModelVersion) -> String {
 
 /// Runs curl (or wget when curl is missing) to fetch `url` into `out`. A transfer that
 /// stalls (under a byte a second for `SAM2_TUI_DOWNLOAD_STALL_SECS`, default 60) fails
-/// instead of waiting forever; the console's quit waits for a download under way.
+/// instead of waiting forever. SIGINT, SIGTERM or SIGHUP (a closed SSH session, the
+/// console quitting) stops the transfer: the downloader is killed and the error is
+/// `Interrupted` (exit 130), so the caller's temp file goes with it.
 fn fetch(url: &str, out: &Path) -> Result<()> {
+    super::interrupt::install();
     let stall = std::env::var("SAM2_TUI_DOWNLOAD_STALL_SECS")
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
@@ -194,17 +197,18 @@ fn fetch(url: &str, out: &Path) -> Result<()> {
         .args(["--progress-bar", "-o"])
         .arg(out)
         .arg(url)
-        .status();
-    let status = match curl {
-        Ok(s) => s,
+        .spawn();
+    let child = match curl {
+        Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Process::new("wget")
             .args(["-q", "--show-progress", &format!("--timeout={stall}"), "-O"])
             .arg(out)
             .arg(url)
-            .status()
+            .spawn()
             .map_err(|e| anyhow!("{url}: neither curl nor wget could be run ({e}); install one, or fetch the file by hand into weights/"))?,
         Err(e) => bail!("{url}: cannot run curl: {e}"),
     };
+    let status = wait_unless_interrupted(child).with_context(|| url.to_string())?;
     if !status.success() {
         let hint = match status.code() {
             Some(6) => " (could not resolve host: no network?)",
@@ -216,4 +220,20 @@ fn fetch(url: &str, out: &Path) -> Result<()> {
         bail!("{url}: download failed, {status}{hint}")
     }
     Ok(())
+}
+
+/// Waits for the downloader, or kills it once a signal asks this command to stop (the
+/// handlers only set a flag, so the wait looks at it every 50 ms).
+fn wait_unless_interrupted(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if super::interrupt::requested() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(anyhow::Error::new(crate::util::Interrupted));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -76,7 +76,9 @@ where
     let mut keys_seen = 0u64;
     let mut engine_open = true;
     let mut commands = engine_commands;
-    let mut ctx = Ctx { commands: &mut commands, action_tx: &action_tx, export_dir: &opts.export_dir };
+    let downloads = Downloads::default();
+    let mut ctx =
+        Ctx { commands: &mut commands, action_tx: &action_tx, export_dir: &opts.export_dir, downloads: &downloads };
 
     loop {
         if needs_draw && last_draw.is_none_or(|t| t.elapsed() >= min_interval) {
@@ -154,6 +156,7 @@ where
     if let Some(c) = ctx.commands.as_ref() {
         let _ = c.send(EngineCommand::Shutdown);
     }
+    downloads.stop_all();
     drop(preview_tx);
     if let Some(t) = preview_task {
         t.abort();
@@ -205,6 +208,33 @@ struct Ctx<'a> {
     commands: &'a mut Option<mpsc::UnboundedSender<EngineCommand>>,
     action_tx: &'a mpsc::UnboundedSender<Action>,
     export_dir: &'a PathBuf,
+    downloads: &'a Downloads,
+}
+
+/// The `weights download` processes under way (`w`). Quitting stops them with SIGTERM:
+/// each kills its transfer and removes its partial file (exit 130), so the console does
+/// not wait for a download to finish, or stall, before it can exit.
+#[derive(Clone, Default)]
+struct Downloads(std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+
+impl Downloads {
+    fn started(&self, pid: u32) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+    }
+
+    fn ended(&self, pid: u32) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| p != pid);
+    }
+
+    fn stop_all(&self) {
+        for &pid in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            // SAFETY: kill(2) takes any pid. These are children of this process; one
+            // may have been reaped in the instant between its wait returning and `ended`,
+            // so a pid reused within that instant could be signalled: a window of a few
+            // instructions, against a download left running for minutes.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
 }
 
 fn handle(app: &mut App, action: Action, ctx: &mut Ctx) {
@@ -243,9 +273,20 @@ fn handle(app: &mut App, action: Action, ctx: &mut Ctx) {
                 // The same command a user would type; its outcome lands in the log. The
                 // engine is not started from here: the next start finds the file.
                 let tx = ctx.action_tx.clone();
+                let downloads = ctx.downloads.clone();
                 tokio::task::spawn_blocking(move || {
                     let out = std::env::current_exe().and_then(|exe| {
-                        std::process::Command::new(exe).args(["weights", "download", size.name()]).output()
+                        let child = std::process::Command::new(exe)
+                            .args(["weights", "download", size.name()])
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::piped())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()?;
+                        let pid = child.id();
+                        downloads.started(pid);
+                        let out = child.wait_with_output();
+                        downloads.ended(pid);
+                        out
                     });
                     let message = match out {
                         Ok(o) if o.status.success() => format!(
