@@ -70,6 +70,10 @@ pub struct Tuning {
     /// `SAM2_TUI_FUSED`: the NVRTC-compiled fused kernels of the CUDA fast modes (LayerNorm
     /// written in bf16, RoPE in one pass). Off: libtorch's ops (slower; for A/B runs).
     pub fused: bool,
+    /// `SAM2_TUI_FUSED_KEYS`: the memory attention's key projection and its RoPE as one
+    /// kernel (`linear64_rope_bf16`, CUDA fast modes). Off by default until it has been run
+    /// on a GPU: written and tested against exact values here, not yet on a CUDA device.
+    pub fused_keys: bool,
     /// `SAM2_TUI_CPU_ATTENTION`: the CPU kernel for the memory attention's cross-attention
     /// with the value projection folded out (fp32, x86-64 Linux). Off: libtorch's SDPA
     /// (slower; sums rounded in another order, ~1e-6 relative).
@@ -156,6 +160,7 @@ impl Default for Tuning {
             resize_threads: 0,
             cuda_graphs: true,
             fused: true,
+            fused_keys: false,
             cpu_attention: true,
             tf32: true,
             cudnn_attention: false,
@@ -183,6 +188,7 @@ pub const KNOBS: &[(&str, &str)] = &[
     ("resize_threads", "SAM2_TUI_RESIZE_THREADS"),
     ("cuda_graphs", "SAM2_TUI_CUDA_GRAPHS"),
     ("fused", "SAM2_TUI_FUSED"),
+    ("fused_keys", "SAM2_TUI_FUSED_KEYS"),
     ("cpu_attention", "SAM2_TUI_CPU_ATTENTION"),
     ("tf32", "SAM2_TUI_TF32"),
     ("cudnn_attention", "SAM2_TUI_CUDNN_ATTENTION"),
@@ -267,6 +273,7 @@ impl Tuning {
             "resize_threads" => self.resize_threads = count()?,
             "cuda_graphs" => self.cuda_graphs = switch()?,
             "fused" => self.fused = switch()?,
+            "fused_keys" => self.fused_keys = switch()?,
             "cpu_attention" => self.cpu_attention = switch()?,
             "tf32" => self.tf32 = switch()?,
             "cudnn_attention" => self.cudnn_attention = switch()?,
@@ -309,6 +316,7 @@ impl Tuning {
             "resize_threads" => self.resize_threads.to_string(),
             "cuda_graphs" => self.cuda_graphs.to_string(),
             "fused" => self.fused.to_string(),
+            "fused_keys" => self.fused_keys.to_string(),
             "cpu_attention" => self.cpu_attention.to_string(),
             "tf32" => self.tf32.to_string(),
             "cudnn_attention" => self.cudnn_attention.to_string(),

@@ -21,6 +21,7 @@
 #include <cuda.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -146,6 +147,70 @@ extern "C" __global__ void rope_bf16_x4(const uint4* __restrict__ x, const float
     out[q] = (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
   }
   y[v] = make_uint4(out[0], out[1], out[2], out[3]);
+}
+// linear64_rope_bf16: the memory attention's key projection (64 -> 256, bias) and the
+// rotary encoding of its output in one pass. Spelled out, the projection writes the
+// 28k-key tensor and the rotation reads and writes it again: over the 16-object batch
+// that is 700 MB a layer of which 235 MB is needed. A warp computes 16 rows x 128 columns
+// with tensor-core mma (bf16 in, fp32 sums), adds the bias in fp32, rounds to bf16 (where
+// cuBLAS would write), and rotates each adjacent column pair exactly as rope_bf16 does:
+// the accumulator fragment of m16n8k16 holds column pairs (2t, 2t + 1), the pairs RoPE
+// rotates. Only the order of the 64 products' sums may differ from cuBLAS's kernel.
+__device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned int* a, unsigned int b0, unsigned int b1) {
+#if __CUDA_ARCH__ < 800
+  __trap();  // bf16 mma needs sm_80; the host never launches this kernel below that
+#else
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+__device__ __forceinline__ unsigned int bias_round_rope(float v0, float v1, float b0, float b1, long long row, int pair,
+    const float* __restrict__ cos_t, const float* __restrict__ sin_t, int tokens, int rotated, int positions) {
+  const unsigned short h0 = to_bf16(__fadd_rn(v0, b0)), h1 = to_bf16(__fadd_rn(v1, b1));
+  const int t = (int)(row % tokens);
+  if (t >= rotated) return (unsigned int)h0 | ((unsigned int)h1 << 16);
+  const int k = (t % positions) * 128 + pair;
+  const float c = cos_t[k], s = sin_t[k], a = from_bf16(h0), b = from_bf16(h1);
+  const float re = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  const float im = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+  return (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
+}
+extern "C" __global__ void __launch_bounds__(256) linear64_rope_bf16(const unsigned int* __restrict__ x,
+    const unsigned int* __restrict__ w, const unsigned short* __restrict__ bias, const float* __restrict__ cos_t,
+    const float* __restrict__ sin_t, unsigned int* __restrict__ y, long long rows, int tokens, int rotated, int positions) {
+  // The weight [256, 64] in shared memory, rows padded to 36 words: the B fragments' reads
+  // (8 rows x 4 words a warp) then fall in 32 distinct banks.
+  __shared__ unsigned int ws[256 * 36];
+  for (int i = threadIdx.x; i < 256 * 32; i += blockDim.x) ws[(i >> 5) * 36 + (i & 31)] = w[i];
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int col0 = (warp >> 2) * 128;
+  const long long tiles = (rows + 15) / 16;
+  for (long long tile = (long long)blockIdx.x * 4 + (warp & 3); tile < tiles; tile += (long long)gridDim.x * 4) {
+    const long long r0 = tile * 16 + g, r1 = r0 + 8;
+    const bool in0 = r0 < rows, in1 = r1 < rows;
+    unsigned int a[4][4];
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      a[ks][0] = in0 ? x[r0 * 32 + ks * 8 + t] : 0u;
+      a[ks][1] = in1 ? x[r1 * 32 + ks * 8 + t] : 0u;
+      a[ks][2] = in0 ? x[r0 * 32 + ks * 8 + 4 + t] : 0u;
+      a[ks][3] = in1 ? x[r1 * 32 + ks * 8 + 4 + t] : 0u;
+    }
+#pragma unroll 2
+    for (int nt = 0; nt < 16; nt++) {
+      const int n = col0 + nt * 8;
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      const unsigned int* wn = ws + (n + g) * 36;
+#pragma unroll
+      for (int ks = 0; ks < 4; ks++) mma_bf16_16816(d, a[ks], wn[ks * 8 + t], wn[ks * 8 + 4 + t]);
+      const int col = n + 2 * t;
+      const float b0 = from_bf16(bias[col]), b1 = from_bf16(bias[col + 1]);
+      if (in0) y[r0 * 128 + (col >> 1)] = bias_round_rope(d[0], d[1], b0, b1, r0, col >> 1, cos_t, sin_t, tokens, rotated, positions);
+      if (in1) y[r1 * 128 + (col >> 1)] = bias_round_rope(d[2], d[3], b0, b1, r1, col >> 1, cos_t, sin_t, tokens, rotated, positions);
+    }
+  }
 }
 // layer_norm_2d_*: `LayerNorm2d` (normalised over the channels of an NCHW tensor, bf16 or
 // fp32, contiguous or channels-last) as libtorch computes it under bf16 autocast, instead
@@ -359,6 +424,8 @@ struct Kernels {
   CUfunction fn[4];
   CUfunction rope;
   CUfunction rope_x4;
+  CUfunction linear64_rope;
+  int major;  // compute capability: linear64_rope needs 8 (bf16 mma) or more
   CUfunction layer_norm_2d_nchw;
   CUfunction layer_norm_2d_nhwc;
   CUfunction conv_ln_gelu[2];  // (1 -> 4), (4 -> 16) channels
@@ -399,6 +466,7 @@ Kernels* kernels_for(int device) {
         k->driver.attribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev) != CUDA_SUCCESS ||
         k->driver.attribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev) != CUDA_SUCCESS)
       throw std::runtime_error("cannot read the device's compute capability");
+    k->major = major;
     std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
     const char* opts[] = {arch.c_str(), "--std=c++17"};
     void* prog = nullptr;
@@ -430,6 +498,7 @@ Kernels* kernels_for(int device) {
     }
     if (k->driver.function(&k->rope, module, "rope_bf16") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     if (k->driver.function(&k->rope_x4, module, "rope_bf16_x4") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
+    if (k->driver.function(&k->linear64_rope, module, "linear64_rope_bf16") != CUDA_SUCCESS) throw std::runtime_error("cuModuleGetFunction failed");
     for (auto [fn, name] : {std::pair{&k->layer_norm_2d_nchw, "layer_norm_2d_nchw"}, std::pair{&k->layer_norm_2d_nhwc, "layer_norm_2d_nhwc"},
                             std::pair{&k->conv_ln_gelu[0], "conv3x3s2_ln_gelu_1_4"}, std::pair{&k->conv_ln_gelu[1], "conv3x3s2_ln_gelu_4_16"}})
       if (k->driver.function(fn, module, name) != CUDA_SUCCESS) throw std::runtime_error(std::string("cuModuleGetFunction failed: ") + name);
@@ -562,6 +631,44 @@ int sam2_rope_bf16(const at::Tensor* x, const at::Tensor* cos_t, const at::Tenso
       if (k->driver.launch(k->rope, blocks, 1, 1, threads, 1, 1, 0, reinterpret_cast<CUstream>(stream), args, nullptr) != CUDA_SUCCESS)
         throw std::runtime_error("cuLaunchKernel failed");
     }
+    *out = new at::Tensor(std::move(y));
+    return 1;
+  });
+}
+
+// The key projection of the memory attention, Linear(64 -> 256) with a bias, then the
+// rotary encoding of its output as sam2_rope_bf16 does it, in one kernel: x a contiguous
+// bf16 CUDA tensor [..., tokens, 64], weight [256, 64] and bias [256] contiguous bf16,
+// fp32 tables [positions, 128]. Returns 1 with `*out` ([..., tokens, 256] bf16) set, 2 when
+// not applicable, 0 on error.
+int sam2_linear64_rope_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, const at::Tensor* cos_t, const at::Tensor* sin_t,
+                            int64_t rotated, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> int {
+    const auto bf16_dense = [](const at::Tensor* t) {
+      return t->is_cuda() && t->scalar_type() == at::kBFloat16 && t->is_contiguous() && reinterpret_cast<uintptr_t>(t->data_ptr()) % 4 == 0;
+    };
+    if (!bf16_dense(x) || !bf16_dense(w) || !bf16_dense(b) || x->dim() < 2 || x->size(-1) != 64 || w->dim() != 2 || w->size(0) != 256 ||
+        w->size(1) != 64 || b->numel() != 256 || w->get_device() != x->get_device() || b->get_device() != x->get_device())
+      return 2;
+    if (!cos_t->is_cuda() || cos_t->scalar_type() != at::kFloat || !cos_t->is_contiguous() || !sin_t->is_contiguous() ||
+        sin_t->scalar_type() != at::kFloat || cos_t->dim() != 2 || cos_t->size(1) != 128 || sin_t->sizes() != cos_t->sizes())
+      return 2;
+    const int64_t tokens = x->size(-2), positions = cos_t->size(0);
+    if (rotated < 0 || rotated > tokens || positions == 0 || rotated % positions != 0 || tokens >= (1LL << 31)) return 2;
+    const int device = x->get_device();
+    Kernels* k = kernels_for(device);
+    if (k->major < 8) return 2;
+    auto sizes = x->sizes().vec();
+    sizes.back() = 256;
+    at::Tensor y = at::empty(sizes, x->options());
+    long long rows = x->numel() / 64;
+    int tok = static_cast<int>(tokens), rot = static_cast<int>(rotated), pos = static_cast<int>(positions);
+    const void *xp = x->data_ptr(), *wp = w->data_ptr(), *bp = b->data_ptr(), *cp = cos_t->data_ptr(), *sp = sin_t->data_ptr();
+    void* yp = y.data_ptr();
+    void* args[] = {&xp, &wp, &bp, &cp, &sp, &yp, &rows, &tok, &rot, &pos};
+    // Four 16-row tiles a block; the blocks loop over the rest, so each loads the weight once.
+    const long long tiles = (rows + 15) / 16;
+    launch(k, k->linear64_rope, device, std::min<long long>((tiles + 3) / 4, 132LL * 6), 256, args);
     *out = new at::Tensor(std::move(y));
     return 1;
   });

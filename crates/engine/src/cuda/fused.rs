@@ -21,6 +21,17 @@ unsafe extern "C" {
         err: *mut std::ffi::c_char,
         len: usize,
     ) -> i32;
+    fn sam2_linear64_rope_bf16(
+        x: *const std::ffi::c_void,
+        w: *const std::ffi::c_void,
+        b: *const std::ffi::c_void,
+        cos: *const std::ffi::c_void,
+        sin: *const std::ffi::c_void,
+        rotated: i64,
+        out: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        len: usize,
+    ) -> i32;
     fn sam2_layer_norm_2d(
         x: *const std::ffi::c_void,
         w: *const std::ffi::c_void,
@@ -67,6 +78,14 @@ pub fn set_enabled(on: bool) {
 
 fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the `fused_keys` knob wants `linear64_rope_bf16` (off until told).
+static KEYS_ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns the fused key projection on or off for the process (the `fused_keys` knob).
+pub fn set_keys_enabled(on: bool) {
+    KEYS_ENABLED.store(on, Ordering::Relaxed);
 }
 
 /// LayerNorm of `x` over its last dim as bf16, where that applies: `x` an fp32 or bf16
@@ -152,6 +171,43 @@ pub fn rope_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor, rotated: i64) -> Option
     #[allow(unreachable_code)]
     {
         let _ = (cos, sin, rotated);
+        None
+    }
+}
+
+/// The memory attention's key projection and rotary encoding in one kernel:
+/// `rope_bf16(x·Wᵀ + b, cos, sin, rotated)` for a contiguous bf16 CUDA tensor `x`
+/// `[…, N, 64]` and a bf16 Linear of 64 → 256, without writing the projected keys and
+/// reading them back (over the 28k memory keys of a 16-object batch, two thirds of the
+/// bytes of those two steps). The projection's bias is added in fp32 and the sum rounded
+/// to bf16 where cuBLAS writes it, then rotated exactly as `rope_bf16`; only the order in
+/// which the 64 products are summed may differ from cuBLAS's. None where it does not apply.
+pub fn linear64_rope_bf16(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    rotated: i64,
+) -> Option<Tensor> {
+    if !KEYS_ENABLED.load(Ordering::Relaxed)
+        || !usable_on_bf16(x)
+        || x.size().last() != Some(&64)
+        || weight.size() != [256, 64]
+    {
+        return None;
+    }
+    #[cfg(sam2_cuda_shim)]
+    {
+        let ptr = |t: &Tensor| t.as_ptr() as *const std::ffi::c_void;
+        // SAFETY: as for the LayerNorm above (every tensor outlives the call).
+        return run("fused key projection", |out, e, n| unsafe {
+            sam2_linear64_rope_bf16(ptr(x), ptr(weight), ptr(bias), ptr(cos), ptr(sin), rotated, out, e, n)
+        });
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (bias, cos, sin, rotated);
         None
     }
 }
@@ -295,6 +351,55 @@ mod tests {
             1e-6
         )
         .is_none());
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn fused_key_projection_rotates_what_the_projection_then_rope_give() {
+        assert!(tch::Cuda::is_available(), "no CUDA device");
+        let dev = Device::Cuda(0);
+        tch::manual_seed(3);
+        let bf = Kind::BFloat16;
+        // Two memory frames of a 64x64 grid and 16 pointer tokens (not rotated), for a
+        // batch of three objects; a non-zero bias (a zero one would hide a bias bug).
+        let (positions, tail) = (4096, 16);
+        let tokens = 2 * positions + tail;
+        let x = Tensor::randn([3, tokens, 64], (Kind::Float, dev)).to_kind(bf);
+        let w = (Tensor::randn([256, 64], (Kind::Float, dev)) / 8.0).to_kind(bf);
+        let b = Tensor::randn([256], (Kind::Float, dev)).to_kind(bf);
+        let angles = Tensor::rand([positions, 128], (Kind::Float, dev)) * 6.3;
+        let (cos, sin) = (angles.cos(), angles.sin());
+        let rotated = tokens - tail;
+        set_keys_enabled(true);
+        let fused = linear64_rope_bf16(&x, &w, &b, &cos, &sin, rotated).expect("fused kernel applies");
+        let two_pass = rope_bf16(&x.linear(&w, Some(&b)), &cos, &sin, rotated).expect("fused RoPE applies");
+        assert_eq!(fused.size(), [3, tokens, 256]);
+        assert_eq!(fused.kind(), bf);
+        // Exact: the projection in fp64, rounded to bf16 where both forms round it, rotated in fp64.
+        let exact_proj = x.to_kind(Kind::Double).linear(&w.to_kind(Kind::Double), Some(&b.to_kind(Kind::Double)));
+        let pairs = exact_proj.reshape([3, tokens, 128, 2]);
+        let (a, bb) = (pairs.select(3, 0), pairs.select(3, 1));
+        let reps =
+            |t: &Tensor| Tensor::cat(&[t.repeat([rotated / positions, 1]), t.ones_like().narrow(0, 0, tail) * 0.0], 0);
+        let (c, s) = (reps(&cos).to_kind(Kind::Double), reps(&sin).to_kind(Kind::Double));
+        let keep = Tensor::cat(
+            &[Tensor::zeros([rotated, 1], (Kind::Double, dev)), Tensor::ones([tail, 1], (Kind::Double, dev))],
+            0,
+        );
+        let (c, s) = (&c + &keep, s);
+        let exact = Tensor::stack(&[&a * &c - &bb * &s, &a * &s + &bb * &c], 3).reshape([3, tokens, 256]);
+        let err = |t: &Tensor| (t.to_kind(Kind::Double) - &exact).abs().mean(Kind::Double).double_value(&[]);
+        let (fused_err, two_pass_err) = (err(&fused), err(&two_pass));
+        let same = fused.eq_tensor(&two_pass).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        // The sums run in another order: values on a bf16 rounding boundary move one step.
+        assert!(same > 0.99, "{:.4}% identical to the projection then RoPE", same * 100.0);
+        assert!(fused_err <= two_pass_err * 1.05 + 1e-6, "error to exact {fused_err} against {two_pass_err}");
+        // The pointer tokens at the end are projected, not rotated.
+        let tail_same = fused.narrow(1, rotated, tail).eq_tensor(&two_pass.narrow(1, rotated, tail));
+        assert!(tail_same.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]) > 0.99);
+        // Not for other widths, nor outside bf16.
+        assert!(linear64_rope_bf16(&x.narrow(2, 0, 32).contiguous(), &w, &b, &cos, &sin, rotated).is_none());
+        assert!(linear64_rope_bf16(&x.to_kind(Kind::Float), &w, &b, &cos, &sin, rotated).is_none());
     }
 
     /// `LayerNorm2d::forward` spelled out, as the reference writes it, then GELU.

@@ -124,6 +124,11 @@ impl Rope {
         self.cis.is_some()
     }
 
+    /// The real tables `(cos, sin)` `[positions, dim/2]`, for a kernel that rotates as it goes.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Number of positions the tables cover.
     pub fn len(&self) -> i64 {
         self.cos.size()[0]

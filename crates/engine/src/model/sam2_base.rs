@@ -151,6 +151,7 @@ impl Sam2Base {
         tuning: &Tuning,
     ) -> anyhow::Result<Sam2Base> {
         crate::cuda::fused::set_enabled(tuning.fused);
+        crate::cuda::fused::set_keys_enabled(tuning.fused_keys);
         crate::cuda::attention::set_min_batch(tuning.cudnn_batch);
         crate::cpu::attention::set_enabled(tuning.cpu_attention);
         let fp32_modules = if tuning.fp32_heads { precision.fp32_modules(device) } else { vec![] };

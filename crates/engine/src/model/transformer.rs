@@ -70,12 +70,28 @@ impl Attention {
     /// … attention over keys and values (their projections, RoPE on all but the last
     /// `num_k_exclude_rope` keys), heads recombined …
     pub fn attend_rope(&self, q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope, num_k_exclude_rope: i64) -> Tensor {
-        let k = rope.apply_except_tail(&self.separate(&self.k_proj.forward(k)), num_k_exclude_rope);
+        let k = self.rotated_keys(k, rope, num_k_exclude_rope);
         if let Some(out) = self.attend_folded(q, &k, v).or_else(|| self.attend_folded_cudnn(q, &k, v)) {
             return out;
         }
         let v = self.separate(&self.v_proj.forward(v));
         Self::recombine(&Self::attend(q, &k, &v))
+    }
+
+    /// The keys projected, heads separated, and rotated but for the last `tail`. One head
+    /// of 64-wide memory tokens in bf16 on CUDA goes through one kernel
+    /// (`cuda::fused::linear64_rope_bf16`: the projected keys are never written unrotated).
+    fn rotated_keys(&self, k: &Tensor, rope: &Rope, tail: i64) -> Tensor {
+        if self.heads == 1 && !rope.is_complex() {
+            let (cos, sin) = rope.tables();
+            let rotated = k.size()[1] - tail;
+            let fused =
+                crate::cuda::fused::linear64_rope_bf16(k, &self.k_proj.weight, &self.k_proj.bias, cos, sin, rotated);
+            if let Some(k) = fused {
+                return k.unsqueeze(1);
+            }
+        }
+        rope.apply_except_tail(&self.separate(&self.k_proj.forward(k)), tail)
     }
 
     /// One head on the CPU: the attention over the unprojected values, `v_proj` after it
