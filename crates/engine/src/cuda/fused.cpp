@@ -404,7 +404,7 @@ void sym(void* lib, const char* name, T& out) {
 
 // libnvrtc sits next to the CUDA runtime the torch wheel ships (nvidia/cu13/lib); it is
 // not loaded until something compiles, so it is looked for there as well.
-void* open_nvrtc() {
+void* find_nvrtc() {
   for (const char* name : {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"}) {
     if (void* h = dlopen(name, RTLD_NOW | RTLD_GLOBAL)) return h;
   }
@@ -420,6 +420,24 @@ void* open_nvrtc() {
   throw std::runtime_error("libnvrtc not found");
 }
 
+// libnvrtc opens its builtins (libnvrtc-builtins.so.MAJOR.MINOR) by name when it first
+// compiles, and the wheel's libnvrtc has no RUNPATH: outside a CUDA toolkit on the
+// loader's path, every compile failed with "failed to open libnvrtc-builtins", which
+// turned the fused kernels off. Loading the builtins beside libnvrtc first makes that
+// name resolve to them.
+void* open_nvrtc() {
+  void* h = find_nvrtc();
+  int (*version)(int*, int*) = reinterpret_cast<int (*)(int*, int*)>(dlsym(h, "nvrtcVersion"));
+  Dl_info info{};
+  int major = 0, minor = 0;
+  if (version && version(&major, &minor) == 0 && dladdr(reinterpret_cast<void*>(version), &info) && info.dli_fname) {
+    std::string dir(info.dli_fname);
+    dir = dir.substr(0, dir.rfind('/') + 1);
+    dlopen((dir + "libnvrtc-builtins.so." + std::to_string(major) + "." + std::to_string(minor)).c_str(), RTLD_NOW | RTLD_GLOBAL);
+  }
+  return h;
+}
+
 struct Kernels {
   CUfunction fn[4];
   CUfunction rope;
@@ -432,6 +450,39 @@ struct Kernels {
   Driver driver;
 };
 
+// The kernels of kSource compiled by NVRTC for compute capability `sm` (e.g. 90) into a
+// cubin; needs no GPU, so a test can check every architecture on any machine.
+std::vector<char> compile_for(int sm) {
+  void* nv = open_nvrtc();
+  Nvrtc n{};
+  sym(nv, "nvrtcCreateProgram", n.create);
+  sym(nv, "nvrtcCompileProgram", n.compile);
+  sym(nv, "nvrtcGetProgramLogSize", n.log_size);
+  sym(nv, "nvrtcGetProgramLog", n.log);
+  sym(nv, "nvrtcGetCUBINSize", n.cubin_size);
+  sym(nv, "nvrtcGetCUBIN", n.cubin);
+  sym(nv, "nvrtcDestroyProgram", n.destroy);
+  std::string arch = "--gpu-architecture=sm_" + std::to_string(sm);
+  const char* opts[] = {arch.c_str(), "--std=c++17"};
+  void* prog = nullptr;
+  if (n.create(&prog, kSource, "sam2_fused.cu", 0, nullptr, nullptr) != 0) throw std::runtime_error("nvrtcCreateProgram failed");
+  int rc = n.compile(prog, 2, opts);
+  if (rc != 0) {
+    size_t len = 0;
+    n.log_size(prog, &len);
+    std::string log(len, '\0');
+    n.log(prog, log.data());
+    n.destroy(&prog);
+    throw std::runtime_error("NVRTC (" + arch + "): " + log.substr(0, 300));
+  }
+  size_t size = 0;
+  n.cubin_size(prog, &size);
+  std::vector<char> cubin(size);
+  n.cubin(prog, cubin.data());
+  n.destroy(&prog);
+  return cubin;
+}
+
 // Compiled once per device on first use; a failure is remembered and reported each time.
 Kernels* kernels_for(int device) {
   static std::mutex lock;
@@ -442,15 +493,6 @@ Kernels* kernels_for(int device) {
   if (built[device]) return built[device];
   if (!failed[device].empty()) throw std::runtime_error(failed[device]);
   try {
-    void* nv = open_nvrtc();
-    Nvrtc n{};
-    sym(nv, "nvrtcCreateProgram", n.create);
-    sym(nv, "nvrtcCompileProgram", n.compile);
-    sym(nv, "nvrtcGetProgramLogSize", n.log_size);
-    sym(nv, "nvrtcGetProgramLog", n.log);
-    sym(nv, "nvrtcGetCUBINSize", n.cubin_size);
-    sym(nv, "nvrtcGetCUBIN", n.cubin);
-    sym(nv, "nvrtcDestroyProgram", n.destroy);
     void* cu = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
     if (!cu) throw std::runtime_error("libcuda.so.1 not found");
     auto* k = new Kernels{};
@@ -467,24 +509,7 @@ Kernels* kernels_for(int device) {
         k->driver.attribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev) != CUDA_SUCCESS)
       throw std::runtime_error("cannot read the device's compute capability");
     k->major = major;
-    std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
-    const char* opts[] = {arch.c_str(), "--std=c++17"};
-    void* prog = nullptr;
-    if (n.create(&prog, kSource, "sam2_fused.cu", 0, nullptr, nullptr) != 0) throw std::runtime_error("nvrtcCreateProgram failed");
-    int rc = n.compile(prog, 2, opts);
-    if (rc != 0) {
-      size_t len = 0;
-      n.log_size(prog, &len);
-      std::string log(len, '\0');
-      n.log(prog, log.data());
-      n.destroy(&prog);
-      throw std::runtime_error("NVRTC (" + arch + "): " + log.substr(0, 300));
-    }
-    size_t size = 0;
-    n.cubin_size(prog, &size);
-    std::vector<char> cubin(size);
-    n.cubin(prog, cubin.data());
-    n.destroy(&prog);
+    std::vector<char> cubin = compile_for(major * 10 + minor);
     // The module loads into the current device's (primary) context.
     const auto previous = c10::cuda::current_device();
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
@@ -529,6 +554,15 @@ void launch(Kernels* k, CUfunction fn, int device, long long blocks, unsigned th
 }  // namespace
 
 extern "C" {
+
+// Compiles the kernels for compute capability `sm` without loading them (no GPU needed).
+// Returns 1 when they compile, 0 with the compiler's log in `err`.
+int sam2_fused_compile(int sm, char* err, size_t err_len) {
+  return guarded(err, err_len, [&]() -> int {
+    compile_for(sm);
+    return 1;
+  });
+}
 
 // LayerNorm over the last dim of an fp32 or bf16 CUDA tensor (at most 4-d, last dim dense),
 // written as a contiguous bf16 tensor: only while bf16 autocast is on (the dtype the

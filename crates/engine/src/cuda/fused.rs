@@ -21,6 +21,7 @@ unsafe extern "C" {
         err: *mut std::ffi::c_char,
         len: usize,
     ) -> i32;
+    fn sam2_fused_compile(sm: i32, err: *mut std::ffi::c_char, len: usize) -> i32;
     fn sam2_linear64_rope_bf16(
         x: *const std::ffi::c_void,
         w: *const std::ffi::c_void,
@@ -78,6 +79,22 @@ pub fn set_enabled(on: bool) {
 
 fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Compiles the kernels for compute capability `sm` (e.g. 90 for Hopper) with the NVRTC
+/// the torch wheel ships, without loading them: no GPU needed. One kernel that fails to
+/// compile for a GPU turns every fused kernel off there, so the tests check each one.
+pub fn compile_for(sm: i32) -> anyhow::Result<()> {
+    #[cfg(sam2_cuda_shim)]
+    {
+        // SAFETY: the shim takes an int and an error buffer that `shim::call` owns for the
+        // call, and never unwinds (`shim/guarded.h`).
+        return crate::shim::call(&format!("NVRTC for sm_{sm}"), |e, n| unsafe { sam2_fused_compile(sm, e, n) });
+    }
+    #[allow(unreachable_code)]
+    {
+        anyhow::bail!("sm_{sm}: this build has no CUDA shim (libtorch without CUDA)")
+    }
 }
 
 /// Whether the `fused_keys` knob wants `linear64_rope_bf16` (off until told).
@@ -311,6 +328,16 @@ fn run(what: &str, f: impl FnOnce(*mut *mut std::ffi::c_void, *mut std::ffi::c_c
 mod tests {
     use super::*;
     use crate::device::AutocastGuard;
+
+    /// No GPU needed: NVRTC compiles for any architecture. A kernel that does not compile
+    /// for a GPU (bf16 `mma` below sm_80, say) would turn every fused kernel off on it.
+    #[cfg(sam2_cuda_shim)]
+    #[test]
+    fn the_fused_kernels_compile_for_every_gpu_generation_from_turing_to_blackwell() {
+        for sm in [75, 80, 86, 89, 90, 100] {
+            compile_for(sm).unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    }
 
     /// Run on a CUDA machine: `cargo test --release --lib fused -- --ignored`.
     #[test]
