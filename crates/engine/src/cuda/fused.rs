@@ -402,7 +402,8 @@ mod tests {
         let two_pass = rope_bf16(&x.linear(&w, Some(&b)), &cos, &sin, rotated).expect("fused RoPE applies");
         assert_eq!(fused.size(), [3, tokens, 256]);
         assert_eq!(fused.kind(), bf);
-        // Exact: the projection in fp64, rounded to bf16 where both forms round it, rotated in fp64.
+        // Exact: projection and rotation in fp64, unrounded (both forms round the projection to
+        // bf16 before rotating it; what is compared is their errors).
         let exact_proj = x.to_kind(Kind::Double).linear(&w.to_kind(Kind::Double), Some(&b.to_kind(Kind::Double)));
         let pairs = exact_proj.reshape([3, tokens, 128, 2]);
         let (a, bb) = (pairs.select(3, 0), pairs.select(3, 1));
