@@ -347,10 +347,24 @@ fn a_download_that_stalls_fails_in_one_line_and_leaves_nothing_behind() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// How a download is interrupted.
+enum Interrupt {
+    /// SIGTERM to the command alone (the console quitting, `kill`).
+    Term,
+    /// SIGINT to its whole process group, the downloader too (ctrl-c in a terminal).
+    CtrlC,
+}
+
 #[test]
 fn an_interrupted_download_stops_its_transfer_and_leaves_nothing_behind() {
+    interrupt_a_download(Interrupt::Term, "weights-interrupted-term");
+    interrupt_a_download(Interrupt::CtrlC, "weights-interrupted-ctrl-c");
+}
+
+fn interrupt_a_download(how: Interrupt, scratch: &str) {
     use std::io::{Read, Write};
-    let dir = common::scratch("weights-interrupted");
+    use std::os::unix::process::CommandExt;
+    let dir = common::scratch(scratch);
     // A server that starts sending a big file and then holds the connection open.
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
@@ -361,18 +375,25 @@ fn an_interrupted_download_stops_its_transfer_and_leaves_nothing_behind() {
         .env("SAM2_TUI_WEIGHTS_MIRROR", format!("http://127.0.0.1:{port}/sam2"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
     let (mut transfer, _) = server.accept().unwrap();
     transfer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 200000000\r\n\r\n").unwrap();
     transfer.write_all(&[7u8; 1 << 16]).unwrap();
-    // The user presses ctrl-c, closes the SSH session, or the console quits: SIGTERM.
-    // SAFETY: kill(2) on a child this test started and has not yet reaped.
-    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    let pid = run.id() as i32;
+    // SAFETY: kill(2) on a child this test started and has not yet reaped, or on the
+    // process group it leads.
+    unsafe {
+        match how {
+            Interrupt::Term => libc::kill(pid, libc::SIGTERM),
+            Interrupt::CtrlC => libc::kill(-pid, libc::SIGINT),
+        }
+    };
     let mut err = String::new();
     run.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     let status = run.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "interrupted, as the other commands report it: {err}");
+    assert_eq!(status.code(), Some(130), "{scratch}: interrupted, as the other commands report it: {err}");
     assert_eq!(err.trim_end().lines().last().map(|l| l.contains("interrupted")), Some(true), "{err}");
     // The downloader is gone with it: its end of the transfer is closed, not left running.
     transfer.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
@@ -385,7 +406,7 @@ fn an_interrupted_download_stops_its_transfer_and_leaves_nothing_behind() {
             Err(_) => break true, // reset
         }
     };
-    assert!(closed, "the downloader still holds the transfer open");
+    assert!(closed, "{scratch}: the downloader still holds the transfer open");
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(left.is_empty(), "the partial download is removed: {left:?}");
+    assert!(left.is_empty(), "{scratch}: the partial download is removed: {left:?}");
 }

@@ -227,6 +227,11 @@ fn fetch(url: &str, out: &Path) -> Result<()> {
 fn wait_unless_interrupted(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
     loop {
         if let Some(status) = child.try_wait()? {
+            // Ctrl-C in a terminal signals the whole process group: the downloader may
+            // have died of the same signal before this loop saw the flag.
+            if !status.success() && super::interrupt::requested() {
+                return Err(anyhow::Error::new(crate::util::Interrupted));
+            }
             return Ok(status);
         }
         if super::interrupt::requested() {
