@@ -96,6 +96,14 @@ LAYER_NORM(8)
 LAYER_NORM(16)
 LAYER_NORM(40)
 
+// One RoPE pair (a, b) -> (a cos - b sin, a sin + b cos) in bf16, each product and sum
+// rounded on its own (no FMA), as libtorch's separate kernels do: every RoPE kernel below
+// rotates through this, so they agree bit for bit.
+__device__ __forceinline__ unsigned int rotate_pair_bf16(float a, float b, float c, float s) {
+  const float re = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  const float im = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+  return (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
+}
 // Rotary encoding of bf16 [rows, dim] rows whose position is row % tokens % positions:
 // adjacent channel pairs (a, b) -> (a cos - b sin, a sin + b cos) with the cos/sin of the
 // pair, each product and sum rounded on its own (no FMA), as libtorch's separate kernels
@@ -116,9 +124,7 @@ extern "C" __global__ void rope_bf16(const unsigned short* __restrict__ x, const
   const long long k = (t % positions) * half + j;
   const float c = cos_t[k], s = sin_t[k];
   const float a = from_bf16((unsigned short)(packed & 0xffffu)), b = from_bf16((unsigned short)(packed >> 16));
-  const float re = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-  const float im = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-  ((unsigned int*)y)[i] = (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
+  ((unsigned int*)y)[i] = rotate_pair_bf16(a, b, c, s);
 }
 // rope_bf16_x4: the same rotation, four pairs (16 bytes) a thread with 32-bit indices, for
 // the usual case (an even number of pairs per row divisible by 4, aligned rows, fewer than
@@ -142,9 +148,7 @@ extern "C" __global__ void rope_bf16_x4(const uint4* __restrict__ x, const float
 #pragma unroll
   for (int q = 0; q < 4; q++) {
     const float a = from_bf16((unsigned short)(in[q] & 0xffffu)), b = from_bf16((unsigned short)(in[q] >> 16));
-    const float re = __fsub_rn(__fmul_rn(a, cs[q]), __fmul_rn(b, ss[q]));
-    const float im = __fadd_rn(__fmul_rn(a, ss[q]), __fmul_rn(b, cs[q]));
-    out[q] = (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
+    out[q] = rotate_pair_bf16(a, b, cs[q], ss[q]);
   }
   y[v] = make_uint4(out[0], out[1], out[2], out[3]);
 }
@@ -171,10 +175,7 @@ __device__ __forceinline__ unsigned int bias_round_rope(float v0, float v1, floa
   const int t = (int)(row % tokens);
   if (t >= rotated) return (unsigned int)h0 | ((unsigned int)h1 << 16);
   const int k = (t % positions) * 128 + pair;
-  const float c = cos_t[k], s = sin_t[k], a = from_bf16(h0), b = from_bf16(h1);
-  const float re = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-  const float im = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-  return (unsigned int)to_bf16(re) | ((unsigned int)to_bf16(im) << 16);
+  return rotate_pair_bf16(from_bf16(h0), from_bf16(h1), cos_t[k], sin_t[k]);
 }
 extern "C" __global__ void __launch_bounds__(256) linear64_rope_bf16(const unsigned int* __restrict__ x,
     const unsigned int* __restrict__ w, const unsigned short* __restrict__ bias, const float* __restrict__ cos_t,
