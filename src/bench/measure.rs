@@ -177,8 +177,13 @@ pub fn measure(spec: &RowSpec, version: ModelVersion) -> RowResult {
     row
 }
 
-fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Result<()> {
-    let session = tempfile::Builder::new().prefix("sam2-tui-bench-").tempdir()?;
+/// The worker's options for a row: its model, device, precision and threads, session
+/// files under `session_dir`. The bench of one video and `--streams` both start from it.
+pub(super) fn worker_options(
+    spec: &RowSpec,
+    version: ModelVersion,
+    session_dir: &std::path::Path,
+) -> anyhow::Result<supervisor::SupervisorOptions> {
     let mut opts =
         crate::config::supervisor_options(&spec.config, spec.checkpoint.clone(), Some(&spec.frames_dir), vec![])?;
     opts.size = Some(spec.size);
@@ -186,7 +191,7 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     opts.device = spec.device;
     opts.precision = spec.precision.into();
     opts.image_size = spec.image_size;
-    opts.session_dir = session.path().to_path_buf();
+    opts.session_dir = session_dir.to_path_buf();
     // A row measures one device: falling back to the CPU would report the wrong thing.
     opts.restart.fallback.clear();
     opts.restart.smaller_model = false;
@@ -197,6 +202,12 @@ fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Re
     // A crash is reported by its panic line, which a backtrace would push out of the
     // stderr tail the supervisor keeps.
     opts.set_env("RUST_BACKTRACE", "0");
+    Ok(opts)
+}
+
+fn run(spec: &RowSpec, version: ModelVersion, row: &mut RowResult) -> anyhow::Result<()> {
+    let session = tempfile::Builder::new().prefix("sam2-tui-bench-").tempdir()?;
+    let mut opts = worker_options(spec, version, session.path())?;
     anyhow::ensure!(
         (1..crate::limits::MAX_OBJECT_ID as usize).contains(&spec.clicks.len()),
         "{} objects: the bench tracks 1 to {}",

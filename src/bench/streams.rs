@@ -41,19 +41,7 @@ pub struct StreamsResult {
 /// Runs `n` streams of `spec`'s clip and clicks; `spec.runs` rounds.
 pub fn measure(spec: &RowSpec, version: crate::model::config::ModelVersion, n: usize) -> anyhow::Result<StreamsResult> {
     let session = tempfile::Builder::new().prefix("sam2-tui-bench-streams-").tempdir()?;
-    let mut opts =
-        crate::config::supervisor_options(&spec.config, spec.checkpoint.clone(), Some(&spec.frames_dir), vec![])?;
-    opts.size = Some(spec.size);
-    opts.version = Some(version);
-    opts.device = spec.device;
-    opts.precision = spec.precision.into();
-    opts.image_size = spec.image_size;
-    opts.session_dir = session.path().to_path_buf();
-    if let Some(t) = spec.threads {
-        opts.set_env("OMP_NUM_THREADS", &t.to_string());
-        opts.set_env("MKL_NUM_THREADS", &t.to_string());
-    }
-    opts.set_env("RUST_BACKTRACE", "0");
+    let opts = super::measure::worker_options(spec, version, session.path())?;
     let clicks = spec.clicks.iter().enumerate().map(|(i, &(x, y))| Op::AddPrompt {
         frame: 0,
         object: i as u32 + 1,

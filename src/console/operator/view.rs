@@ -3,6 +3,7 @@
 //! here changes state, so a `TestBackend` snapshot shows what the operator sees.
 use super::app::{Modal, OperatorApp};
 use crate::console::view::device::memory_line;
+use crate::console::view::log::wrapped_tail;
 use crate::console::view::panel_in;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -204,27 +205,16 @@ fn draw_log(f: &mut Frame, area: Rect, app: &OperatorApp) {
     let block = panel_in(&title, t);
     let inner = block.inner(area);
     f.render_widget(block, area);
-    let (n, w) = (inner.height as usize, (inner.width as usize).max(1));
-    // Long lines wrap, newest at the bottom, as the console's own log.
-    let mut rows: Vec<Line> = vec![];
-    for l in app.status.log.iter().rev().skip(app.log_back) {
+    // Newest at the bottom, long lines wrapped, as the console's own log.
+    let newest_first = app.status.log.iter().rev().skip(app.log_back).map(|l| {
         let c = match l.level {
             Level::Info => t.foreground,
             Level::Warn => t.warn,
             Level::Error => t.error,
         };
-        let text: Vec<char> = format!("{} {}", l.time, l.text).chars().collect();
-        let pieces: Vec<String> = text.chunks(w).map(|c| c.iter().collect()).collect();
-        for p in pieces.into_iter().rev() {
-            rows.push(Line::from(p).style(Style::default().fg(c.color())));
-        }
-        if rows.len() >= n {
-            break;
-        }
-    }
-    rows.truncate(n);
-    rows.reverse();
-    f.render_widget(Paragraph::new(rows), inner);
+        (format!("{} {}", l.time, l.text), c.color())
+    });
+    f.render_widget(Paragraph::new(wrapped_tail(newest_first, inner)), inner);
 }
 
 fn draw_hints(f: &mut Frame, area: Rect, app: &OperatorApp) {
