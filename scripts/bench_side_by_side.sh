@@ -179,21 +179,24 @@ load = lambda p: json.load(open(p)) if os.path.isfile(p) else None
 
 
 def rle_counts(s):
-    """COCO compressed RLE string -> run lengths (pycocotools' rleFrString)."""
-    counts, p = [], 0
-    while p < len(s):
-        x, k, more = 0, 0, 1
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = c & 0x20
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
+    """COCO compressed RLE string -> run lengths (pycocotools' rleFrString), vectorised: the
+    per-character loop took minutes for 16 objects over 200 frames."""
+    c = np.frombuffer(s.encode(), np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, np.int64)
+    last = (c & 0x20) == 0                      # the last character of each value
+    first = np.concatenate(([True], last[:-1]))
+    value = np.cumsum(first) - 1                # which value each character belongs to
+    k = np.arange(c.size) - np.flatnonzero(first)[value]
+    x = np.bincount(value, weights=((c & 0x1F) << (5 * k)).astype(np.float64)).astype(np.int64)
+    # Sign extension: a value whose last character has 0x10 set is negative.
+    ends = np.flatnonzero(last)
+    neg = (c[ends] & 0x10) != 0
+    x[neg] -= np.left_shift(1, 5 * (k[ends][neg] + 1))
+    # Counts from the fourth on are stored as differences to the count two before.
+    counts = x.copy()
+    counts[3::2] = np.cumsum(x[1::2])[1:]
+    counts[2::2] = np.cumsum(x[2::2])
     return counts
 
 
@@ -204,11 +207,9 @@ def masks(path):
         for o in fr["objects"]:
             rle = o["rle"]
             h, w = rle["size"]
-            flat = np.zeros(h * w, np.uint8)
-            pos, val = 0, 0
-            for n in rle_counts(rle["counts"]):
-                flat[pos:pos + n] = val
-                pos, val = pos + n, 1 - val
+            counts = rle_counts(rle["counts"])
+            flat = np.repeat((np.arange(counts.size) & 1).astype(np.uint8), counts)
+            assert flat.size == h * w, f"{path}: frame {fr['frame']} object {o['id']}: RLE covers {flat.size} of {h * w} pixels"
             out[(fr["frame"], o["id"])] = flat
     return out
 

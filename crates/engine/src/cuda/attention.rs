@@ -81,6 +81,7 @@ mod tests {
     fn cudnn_attention_computes_what_sdpa_computes_for_a_batch_of_memory_attentions() {
         assert!(tch::Cuda::is_available(), "no CUDA device");
         let dev = Device::Cuda(0);
+        let _knobs = crate::cuda::knob_lock();
         tch::manual_seed(0);
         set_min_batch(4);
         let r = |l| Tensor::randn([6, 1, l, 256], (Kind::Float, dev)).to_kind(Kind::BFloat16);

@@ -384,6 +384,7 @@ mod tests {
     #[ignore = "needs a CUDA device"]
     fn fused_key_projection_rotates_what_the_projection_then_rope_give() {
         assert!(tch::Cuda::is_available(), "no CUDA device");
+        let _knobs = crate::cuda::knob_lock();
         let dev = Device::Cuda(0);
         tch::manual_seed(3);
         let bf = Kind::BFloat16;

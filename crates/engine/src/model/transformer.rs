@@ -249,6 +249,7 @@ mod tests {
     fn memory_cross_attention_with_the_value_projection_folded_matches_the_unfolded_one() {
         assert!(tch::Cuda::is_available(), "no CUDA device");
         let dev = Device::Cuda(0);
+        let _knobs = crate::cuda::knob_lock();
         tch::manual_seed(5);
         let mut tensors = BTreeMap::new();
         for (name, cin) in [("q_proj", 256), ("k_proj", 64), ("v_proj", 64), ("out_proj", 256)] {

@@ -103,6 +103,7 @@ mod tests {
     #[ignore = "needs a CUDA device"]
     fn a_session_on_warmed_graphs_tracks_exactly_as_a_cold_one() {
         assert!(tch::Cuda::is_available(), "no CUDA device");
+        let _knobs = crate::cuda::knob_lock(); // loading the model sets the kernel switches
         let dir = tempfile::tempdir().unwrap();
         let ckpt = dir.path().join("tiny.random-init.safetensors");
         write_random_checkpoint(&ckpt, ModelSize::Tiny, ModelVersion::V2_1, 0).unwrap();
