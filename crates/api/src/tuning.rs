@@ -71,8 +71,9 @@ pub struct Tuning {
     /// written in bf16, RoPE in one pass). Off: libtorch's ops (slower; for A/B runs).
     pub fused: bool,
     /// `SAM2_TUI_FUSED_KEYS`: the memory attention's key projection and its RoPE as one
-    /// kernel (`linear64_rope_bf16`, CUDA fast modes). Off by default until it has been run
-    /// on a GPU: written and tested against exact values here, not yet on a CUDA device.
+    /// kernel (`linear64_rope_bf16`, CUDA fast modes). Off by default: on an H200 its masks
+    /// were those of the two-pass form, but 16 objects ran at 42.2 FPS with it against 45.0
+    /// without (cuBLAS's projection plus a RoPE pass is faster there).
     pub fused_keys: bool,
     /// `SAM2_TUI_CPU_ATTENTION`: the CPU kernel for the memory attention's cross-attention
     /// with the value projection folded out (fp32, x86-64 Linux). Off: libtorch's SDPA
