@@ -56,21 +56,13 @@ impl VideoPredictor {
         for &id in ids {
             chosen.push(self.choose_memories(id, frame, reverse)?);
         }
-        // Groups with as many memories and pointers each (so equal memory lengths and
-        // pointer-token counts), in order of appearance, each assembled side by side; on
-        // the CPU at most `CPU_CHUNK` objects a group.
-        let cpu = self.model.device == tch::Device::Cpu;
-        let cap = if cpu { CPU_CHUNK } else { usize::MAX };
-        let mut groups: Vec<((usize, usize), Vec<usize>)> = vec![];
-        for (i, c) in chosen.iter().enumerate() {
-            match groups.iter_mut().find(|(k, members)| *k == c.counts() && members.len() < cap) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((c.counts(), vec![i])),
-            }
-        }
+        // The objects in groups of one memory shape; on the CPU at most `CPU_CHUNK` a group,
+        // and the SAM heads and the memory encoder below take as many at a time.
+        let chunk = if self.model.device == tch::Device::Cpu { CPU_CHUNK } else { ids.len() };
+        let groups = ChosenMemories::group_by_counts(&chosen, chunk);
         let memories: Vec<(AssembledMemory, &[usize])> = groups
             .iter()
-            .map(|(_, members)| {
+            .map(|members| {
                 let all: Vec<&ChosenMemories> = members.iter().map(|&i| &chosen[i]).collect();
                 (ChosenMemories::assemble_group(&self.model, &all), members.as_slice())
             })
@@ -89,9 +81,7 @@ impl VideoPredictor {
         self.sync();
         self.timings.memory_attention_ms += ms(t);
 
-        // The SAM heads and the memory encoder over every object of the frame; on the CPU
-        // `CPU_CHUNK` objects at a time.
-        let chunk = if cpu { CPU_CHUNK } else { ids.len() };
+        // The SAM heads and the memory encoder over every object of the frame, `chunk` at a time.
         let mut entries = Vec::with_capacity(ids.len());
         for start in (0..ids.len()).step_by(chunk) {
             let pix = pix.narrow(0, start as i64, chunk.min(ids.len() - start) as i64);

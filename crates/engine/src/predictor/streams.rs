@@ -324,18 +324,11 @@ fn track_pairs(
             begun[p.lane] = Some(model.track_begin(&feat(p.lane).feat, &feat(p.lane).pos));
         }
     }
-    // Groups with as many memories and pointers each (so equal memory lengths and
-    // pointer-token counts), in order of appearance, each assembled side by side.
-    let mut groups: Vec<((usize, usize), Vec<usize>)> = vec![];
-    for (i, p) in pairs.iter().enumerate() {
-        match groups.iter_mut().find(|(k, _)| *k == p.memory.counts()) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((p.memory.counts(), vec![i])),
-        }
-    }
+    // Groups of one memory shape, in order of appearance, each assembled side by side.
+    let groups = ChosenMemories::group_by_counts(pairs.iter().map(|p| &p.memory), pairs.len());
     let e = feat(pairs[0].lane).feat.size()[2];
     let mut pix: Vec<Option<Tensor>> = pairs.iter().map(|_| None).collect();
-    for (_, members) in &groups {
+    for members in &groups {
         let cat =
             |f: &dyn Fn(&Pair) -> Tensor| Tensor::cat(&members.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>(), 0);
         let started = (

@@ -820,6 +820,23 @@ impl ChosenMemories {
         model.assemble_memory(&spatial, &ptrs, self.num_frames)
     }
 
+    /// The indices of `all` in groups that can be assembled together (as many memories and
+    /// pointers each, so equal memory lengths and pointer-token counts), in order of
+    /// appearance, at most `cap` a group.
+    pub(super) fn group_by_counts<'a>(
+        all: impl IntoIterator<Item = &'a ChosenMemories>,
+        cap: usize,
+    ) -> Vec<Vec<usize>> {
+        let mut groups: Vec<((usize, usize), Vec<usize>)> = vec![];
+        for (i, c) in all.into_iter().enumerate() {
+            match groups.iter_mut().find(|(k, members)| *k == c.counts() && members.len() < cap) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((c.counts(), vec![i])),
+            }
+        }
+        groups.into_iter().map(|(_, members)| members).collect()
+    }
+
     /// Several objects' memories assembled side by side (`Sam2Base::assemble_memories`);
     /// every one of `all` has the same `counts`.
     pub(super) fn assemble_group(model: &Sam2Base, all: &[&ChosenMemories]) -> AssembledMemory {
