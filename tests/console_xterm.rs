@@ -66,16 +66,34 @@ fn dist(a: [u8; 3], b: [u8; 3]) -> f32 {
     a.iter().zip(b).map(|(&x, y)| (x as f32 - y as f32).abs()).sum::<f32>() / 3.0
 }
 
-/// Kills the X server and the terminal when the test ends, however it ends.
+/// Stops the X server and the terminal when the test ends, however it ends: SIGTERM first,
+/// so that Xvfb removes its lock file and socket (killed outright it leaves them, and a later
+/// run that picks that display finds a socket with no server behind it), then SIGKILL.
 struct Processes(Vec<Child>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
         for c in self.0.iter_mut().rev() {
+            // SAFETY: kill(2) on the pid of a child this struct owns and has not reaped.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while matches!(c.try_wait(), Ok(None)) && t0.elapsed() < Duration::from_secs(3) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// A display number no X server holds or has left its lock file or socket behind for.
+fn free_display() -> u32 {
+    let start = 40 + std::process::id() % 50;
+    (start..start + 200)
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X{n}-lock")).exists() && !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+        })
+        .expect("a free X display number")
 }
 
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -111,7 +129,7 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.mp4");
     let export = dir.join("export");
     let data = dir.join("data");
-    let n = 40 + std::process::id() % 50;
+    let n = free_display();
     let display = format!(":{n}");
     let mut procs = Processes(vec![]);
     procs.0.push(
@@ -123,7 +141,10 @@ fn in_a_sixel_xterm_the_preview_shows_the_frame_and_the_mask_where_the_mask_is()
             .expect("Xvfb runs (package xvfb)"),
     );
     let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-    wait_until("the X server", Duration::from_secs(20), || socket.exists().then_some(()));
+    wait_until("the X server", Duration::from_secs(20), || {
+        assert!(matches!(procs.0[0].try_wait(), Ok(None)), "Xvfb {display} exited at start");
+        socket.exists().then_some(())
+    });
 
     let console = format!(
         "{} {} --device cpu --image-size 256 --checkpoint {} --session {} --export-dir {}",
