@@ -29,7 +29,7 @@ fn objects_case(objects: usize) -> (Figures, Figures, Figures) {
     let dir = reference_fixture(&name, "make_objects_parity.py", &["tiny", "2.1", &i, &n, &o]);
     let case = |batch_objects: bool| {
         let mut tuning = common::tuning();
-        tuning.batch_objects = batch_objects;
+        tuning.batch_objects = batch_objects.into();
         Case {
             size: ModelSize::Tiny,
             version: ModelVersion::V2_1,

@@ -446,6 +446,17 @@ mod tests {
     }
 
     #[test]
+    fn batch_objects_in_the_config_is_a_boolean_or_auto_and_anything_else_is_refused_by_name() {
+        use crate::tuning::AutoSwitch;
+        for (text, want) in [("true", AutoSwitch::On), ("false", AutoSwitch::Off), ("\"auto\"", AutoSwitch::Auto)] {
+            let cfg = Config::parse(&format!("[tuning]\nbatch_objects = {text}\n"), Path::new("c.toml")).unwrap();
+            assert_eq!(cfg.tuning.batch_objects, want, "{text}");
+        }
+        let e = Config::parse("[tuning]\nbatch_objects = \"often\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:2:") && e.contains("auto"), "{e}");
+    }
+
+    #[test]
     fn out_of_range_watermark_is_refused() {
         let e = Config::parse("[engine]\nmps_high_watermark_ratio = 2.5\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("mps_high_watermark_ratio"), "{e}");

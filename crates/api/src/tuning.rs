@@ -40,6 +40,84 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// A switch whose default depends on the device and precision, which only the engine
+/// knows: `auto` there, or forced on or off. Written as `"auto"`, `true` or `false` (a
+/// config file may also give a bare boolean).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AutoSwitch {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl AutoSwitch {
+    /// Its text form: `auto`, or a switch's words (1/0, true/false, on/off, yes/no).
+    pub fn parse(text: &str) -> Option<AutoSwitch> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(AutoSwitch::Auto),
+            "1" | "true" | "on" | "yes" => Some(AutoSwitch::On),
+            "0" | "false" | "off" | "no" => Some(AutoSwitch::Off),
+            _ => None,
+        }
+    }
+
+    /// On or off, `auto` taking `auto_value` (the engine's default where it runs).
+    pub fn resolve(self, auto_value: bool) -> bool {
+        match self {
+            AutoSwitch::Auto => auto_value,
+            AutoSwitch::On => true,
+            AutoSwitch::Off => false,
+        }
+    }
+}
+
+impl From<bool> for AutoSwitch {
+    fn from(on: bool) -> Self {
+        if on {
+            AutoSwitch::On
+        } else {
+            AutoSwitch::Off
+        }
+    }
+}
+
+impl std::fmt::Display for AutoSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AutoSwitch::Auto => "auto",
+            AutoSwitch::On => "true",
+            AutoSwitch::Off => "false",
+        })
+    }
+}
+
+impl Serialize for AutoSwitch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AutoSwitch::Auto => s.serialize_str("auto"),
+            AutoSwitch::On => s.serialize_bool(true),
+            AutoSwitch::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoSwitch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Bool(bool),
+            Text(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Bool(b) => Ok(b.into()),
+            Form::Text(t) => AutoSwitch::parse(&t)
+                .ok_or_else(|| serde::de::Error::custom(format!("expected true, false or \"auto\", not {t:?}"))),
+        }
+    }
+}
+
 /// Every knob. A count of 0 means "the default for this device/machine"; the engine
 /// resolves it where it knows the device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,12 +164,13 @@ pub struct Tuning {
     /// default). Off: FlashAttention, faster for SAM 2's shapes.
     pub cudnn_attention: bool,
     /// `SAM2_TUI_CUDNN_BATCH`: attention of one 256-wide head (the memory attention's) over
-    /// a batch of at least this many query sets (objects or videos tracked together) runs
-    /// cuDNN's kernel, whatever `cudnn_attention` says; 0 (the default) = never.
+    /// a batch of at least this many query sets (objects or videos tracked together, CUDA
+    /// bf16/fp16) runs cuDNN's kernel, whatever `cudnn_attention` says; 0 = never.
     /// FlashAttention is faster for one object and cuDNN's for many: at 4096 queries over
-    /// 28.7k keys on an H100, 0.39 vs 0.66 ms for one, 5.9 vs 2.7 ms for 16; 4 is where
-    /// cuDNN starts to win. Off by default until its masks are compared with the
-    /// reference's on a CUDA machine (its speed was measured, its masks not yet).
+    /// 28.7k keys on an H100, 0.39 vs 0.66 ms for one, 5.9 vs 2.7 ms for 16; 4 (the
+    /// default) is where cuDNN starts to win. Its masks were compared with the reference's
+    /// (16 objects batched, 200 frames, bf16, an H100): 99.919 % of pixels, as with
+    /// FlashAttention and as one object after another.
     pub cudnn_batch: usize,
     /// `SAM2_TUI_DECORD_VIDEO`: a video file's frames scaled straight to the model's input
     /// as the reference's video predictor reads an `.mp4` (decord: FFmpeg's swscale,
@@ -109,12 +188,14 @@ pub struct Tuning {
     /// `SAM2_TUI_BATCH_OBJECTS`: track all objects of a propagation frame in one batched
     /// pass (one memory attention per group of objects with equal memory lengths, one mask
     /// decoder and one memory encoder call for all; on CUDA the whole step one graph per
-    /// object count). Off (the default): one object after another, as the reference. On:
-    /// 26 % faster at 16 objects on an H100, a few % on the CPU. The CPU parity journals
-    /// hold both ways to 1e-3 in logits and 99.99 % of pixels; in CUDA bf16 the batched
-    /// masks agree with the one-by-one ones on 99.94 % of pixels (16 objects, 60 frames),
-    /// below that bar, so it stays opt-in.
-    pub batch_objects: bool,
+    /// object count). `auto` (the default): on in the CUDA fast modes (bf16, fp16), off
+    /// elsewhere (one object after another, as the reference). In CUDA bf16 the batched
+    /// masks are as close to the reference's as the one-by-one ones (16 objects, 200
+    /// frames, an H100: 99.919 % of pixels either way) and the run is 1.4× faster; on the
+    /// CPU the parity journals hold both ways to 1e-3 in logits and 99.99 % of pixels, but
+    /// batching gains at most a fifth there and holds ~0.8 GiB more at 16 objects, so it
+    /// stays opt-in.
+    pub batch_objects: AutoSwitch,
     /// `SAM2_TUI_KEEP_FREED`: the worker keeps freed host memory in its heap, so each
     /// frame's large activations are not faulted in again page by page; its resident memory
     /// stays at its high-water mark. Read when the worker starts, before its threads, so
@@ -165,10 +246,10 @@ impl Default for Tuning {
             cpu_attention: true,
             tf32: true,
             cudnn_attention: false,
-            cudnn_batch: 0,
+            cudnn_batch: 4,
             decord_video: true,
             fp32_heads: true,
-            batch_objects: false,
+            batch_objects: AutoSwitch::Auto,
             keep_freed: true,
             warm_up: false,
             sync_timings: false,
@@ -281,7 +362,10 @@ impl Tuning {
             "cudnn_batch" => self.cudnn_batch = count()?,
             "decord_video" => self.decord_video = switch()?,
             "fp32_heads" => self.fp32_heads = switch()?,
-            "batch_objects" => self.batch_objects = switch()?,
+            "batch_objects" => {
+                self.batch_objects = AutoSwitch::parse(value)
+                    .ok_or_else(|| format!("{name} is a switch (1/0, true/false, on/off) or auto, not {value:?}"))?
+            }
             "keep_freed" => self.keep_freed = switch()?,
             "warm_up" => self.warm_up = switch()?,
             "sync_timings" => self.sync_timings = switch()?,
@@ -458,5 +542,29 @@ mod tests {
         let back: Tuning = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(back.encode_batch, 3);
         assert_eq!(serde_json::from_str::<Tuning>("{}").unwrap(), Tuning::default());
+    }
+
+    #[test]
+    fn batch_objects_is_auto_by_default_and_takes_a_switch_or_auto_in_every_form() {
+        let t = Tuning::default();
+        assert_eq!(t.batch_objects, AutoSwitch::Auto);
+        assert!(t.batch_objects.resolve(true) && !t.batch_objects.resolve(false));
+        let mut t = Tuning::default();
+        t.set("batch_objects", "off", Source::Cli).unwrap();
+        assert_eq!(t.batch_objects, AutoSwitch::Off);
+        assert!(!t.batch_objects.resolve(true), "forced off wins over the engine's default");
+        t.set("batch_objects", "AUTO", Source::Env).unwrap();
+        assert_eq!(t.batch_objects, AutoSwitch::Auto);
+        let err = t.set("batch_objects", "sometimes", Source::Cli).unwrap_err();
+        assert!(err.contains("or auto"), "{err}");
+        // A config file's bare boolean (what `batch_objects = true` was before `auto`), and
+        // the protocol's form of each value.
+        for (json, want) in [("true", AutoSwitch::On), ("false", AutoSwitch::Off), ("\"auto\"", AutoSwitch::Auto)] {
+            let back: Tuning = serde_json::from_str(&format!("{{\"batch_objects\": {json}}}")).unwrap();
+            assert_eq!(back.batch_objects, want);
+            assert_eq!(serde_json::to_string(&want).unwrap(), json);
+        }
+        assert_eq!(serde_json::from_str::<Tuning>("{\"batch_objects\": \"on\"}").unwrap().batch_objects, AutoSwitch::On);
+        assert!(serde_json::from_str::<Tuning>("{\"batch_objects\": \"maybe\"}").is_err());
     }
 }

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 static USABLE: AtomicBool = AtomicBool::new(true);
 
-/// The `cudnn_batch` knob of the model built last (0: never, the default).
+/// The `cudnn_batch` knob of the model built last (0: never; the knob defaults to 4).
 static MIN_BATCH: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets the smallest batch that goes to cuDNN (`Sam2Base::from_tensors` does, from its

@@ -1,7 +1,8 @@
 //! All objects of a propagation frame tracked in one pass (issue #18; no reference
 //! counterpart: the reference's `propagate_in_video` runs `_run_single_frame_inference`
-//! object after object). Behind the `batch_objects` knob, for frames with more than one
-//! object to track; on CUDA each group's whole step replays as a graph per object count.
+//! object after object). Behind the `batch_objects` knob (by default on in the CUDA fast
+//! modes), for frames with more than one object to track; on CUDA each group's whole step
+//! replays as a graph per object count.
 //!
 //! What each object computes is what the loop computes for it: its own memories, chosen
 //! by `prepare_memory_conditioned_features` exactly as for one object; memory attention
@@ -17,7 +18,9 @@
 //! larger matrix products; the parity journals hold both paths to the same bounds.
 use super::memory_bank::Entry;
 use super::video_predictor::{ChosenMemories, VideoPredictor};
+use crate::device::PrecisionExt;
 use crate::model::sam2_base::{AssembledMemory, FrameFeatures};
+use sam2_api::device::Precision;
 use sam2_api::session::ObjectId;
 use std::time::Instant;
 use tch::Tensor;
@@ -33,9 +36,12 @@ const CPU_CHUNK: usize = 4;
 
 impl VideoPredictor {
     /// Whether propagation tracks a frame's `objects` together (the `batch_objects` knob;
-    /// one object keeps the one-object path and its graphs).
+    /// one object keeps the one-object path and its graphs). `auto` batches in the CUDA
+    /// fast modes, where the masks were measured to be as close to the reference's either
+    /// way; exact mode and the CPU/MPS keep the reference's loop.
     pub(super) fn batches_objects(&self, objects: usize) -> bool {
-        self.opts.tuning.batch_objects && objects > 1
+        let auto = batches_by_default(self.model.precision, self.model.device);
+        self.opts.tuning.batch_objects.resolve(auto) && objects > 1
     }
 
     /// The tracking outputs of `ids` on `frame` (none of them prompted there), in the
@@ -137,6 +143,12 @@ impl VideoPredictor {
     }
 }
 
+/// `batch_objects = auto`: on in the CUDA fast modes (computed under autocast), off in
+/// exact mode and on the CPU and MPS.
+fn batches_by_default(precision: Precision, device: tch::Device) -> bool {
+    precision.autocast(device).is_some()
+}
+
 /// Object `i`'s row of a batched output, a view: the rows of one frame's outputs are
 /// kept and let go together (a frame's entries leave the bank's RAM together), and none
 /// is written in place.
@@ -146,4 +158,25 @@ fn one(x: &Tensor, i: usize) -> Tensor {
 
 fn ms(t: Instant) -> f32 {
     t.elapsed().as_secs_f32() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn objects_are_batched_by_default_only_in_the_cuda_fast_modes() {
+        for precision in [Precision::Bf16, Precision::Fp16] {
+            assert!(batches_by_default(precision, Device::Cuda(0)), "{precision}");
+        }
+        // Exact mode keeps the reference's loop on every device, and the CPU (and MPS, the
+        // Mac's GPU) keep it in every mode.
+        assert!(!batches_by_default(Precision::Fp32, Device::Cuda(0)));
+        for device in [Device::Cpu, Device::Mps] {
+            for precision in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
+                assert!(!batches_by_default(precision, device), "{precision} on {device:?}");
+            }
+        }
+    }
 }
