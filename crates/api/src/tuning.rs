@@ -564,7 +564,10 @@ mod tests {
             assert_eq!(back.batch_objects, want);
             assert_eq!(serde_json::to_string(&want).unwrap(), json);
         }
-        assert_eq!(serde_json::from_str::<Tuning>("{\"batch_objects\": \"on\"}").unwrap().batch_objects, AutoSwitch::On);
+        assert_eq!(
+            serde_json::from_str::<Tuning>("{\"batch_objects\": \"on\"}").unwrap().batch_objects,
+            AutoSwitch::On
+        );
         assert!(serde_json::from_str::<Tuning>("{\"batch_objects\": \"maybe\"}").is_err());
     }
 }
