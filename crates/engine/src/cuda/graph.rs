@@ -5,10 +5,11 @@
 //!
 //! A [`Graphed`] function owns static input buffers: `run` copies the arguments into them
 //! (device-to-device), replays, and returns copies of the static outputs (the next replay
-//! overwrites them). [`GraphCache`] captures a key on its second consecutive use, so the
+//! overwrites them). [`GraphCache`] captures a key once it repeats (`capture_gate`), so the
 //! growing shapes of a video's first frames run eagerly and the steady state replays.
 //! Built only with the CUDA shim (see the module above); the `cuda_graphs` knob
 //! (`SAM2_TUI_CUDA_GRAPHS=0`) turns graphs off at run time.
+use super::capture_gate::CaptureGate;
 use tch::{Device, Tensor};
 
 mod ffi {
@@ -176,13 +177,14 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// Graphs by key (the input shapes), captured on a key's second consecutive use; a key
-/// whose capture failed runs eagerly from then on.
+/// Graphs by key (the input shapes), captured once a key repeats ([`CaptureGate`]: its
+/// second consecutive use, or its use on two frames in a row once the caller marks frames
+/// with [`GraphCache::next_frame`]); a key whose capture failed runs eagerly from then on.
 pub struct GraphCache<K> {
     device: Device,
     enabled: bool,
     graphs: Vec<(K, Graphed)>,
-    last: Option<K>,
+    gate: CaptureGate<K>,
     failed: Vec<K>,
     max: usize,
     /// Replays and eager runs so far (for stats and tests).
@@ -195,7 +197,16 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
     /// `cuda_graphs` knob), on a CUDA device, where graphs are [`available`].
     pub fn new(device: Device, max: usize, on: bool) -> Self {
         let enabled = on && matches!(device, Device::Cuda(_)) && available();
-        GraphCache { device, enabled, graphs: vec![], last: None, failed: vec![], max, replays: 0, eager: 0 }
+        GraphCache {
+            device,
+            enabled,
+            graphs: vec![],
+            gate: CaptureGate::new(),
+            failed: vec![],
+            max,
+            replays: 0,
+            eager: 0,
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -206,12 +217,17 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
     pub fn graphed_next(&self, key: &K) -> bool {
         self.enabled
             && !self.failed.contains(key)
-            && (self.graphs.iter().any(|(k, _)| k == key) || self.last.as_ref() == Some(key))
+            && (self.graphs.iter().any(|(k, _)| k == key) || self.gate.ready(key))
     }
 
     /// Counts a use of `key` that ran some other way: the next use captures it.
     pub fn saw(&mut self, key: K) {
-        self.last = Some(key);
+        self.gate.used(key);
+    }
+
+    /// A new frame begins (for a cache called more than once a frame, with other keys).
+    pub fn next_frame(&mut self) {
+        self.gate.next_frame();
     }
 
     /// `f(inputs)`, through a graph when one exists or can be captured for `key`.
@@ -221,6 +237,7 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
                 match self.graphs[i].1.run(inputs) {
                     Ok(out) => {
                         self.replays += 1;
+                        self.gate.used(key);
                         return out;
                     }
                     Err(e) => {
@@ -229,7 +246,7 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
                         self.failed.push(key.clone());
                     }
                 }
-            } else if self.last.as_ref() == Some(&key) {
+            } else if self.gate.ready(&key) {
                 match Graphed::capture(self.device, inputs, f) {
                     Ok(mut g) => {
                         eprintln!("sam2-tui: captured a CUDA graph for {key:?}");
@@ -240,7 +257,7 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
                         self.graphs.push((key.clone(), g));
                         if let Ok(out) = out {
                             self.replays += 1;
-                            self.last = Some(key);
+                            self.gate.used(key);
                             return out;
                         }
                     }
@@ -251,7 +268,7 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
                 }
             }
         }
-        self.last = Some(key);
+        self.gate.used(key);
         self.eager += 1;
         let inputs: Vec<Tensor> = inputs.iter().map(|t| t.shallow_clone()).collect();
         f(&inputs)

@@ -4,6 +4,7 @@
 //! events, to wait for one frame's results while the next frame's kernels run; and the
 //! attention kernel for batched memory attention (`attention`).
 pub mod attention;
+mod capture_gate;
 pub mod event;
 pub mod fused;
 pub mod graph;

@@ -114,7 +114,9 @@ impl VideoPredictor {
     /// memory encoder) as one call, replayed as one graph per object count once the bank
     /// is full. The mask decoder and memory encoder then run per group rather than once
     /// for the frame; in steady state (every object prompted before the bank filled) the
-    /// frame is one group. Timings go to memory attention, as the one-object graph's do.
+    /// frame is one group, and an object prompted on more frames than the others (one more
+    /// memory for good) makes a second, graphed too (`Graphs::next_batched_frame`).
+    /// Timings go to memory attention, as the one-object graph's do.
     fn track_groups_graphed(
         &mut self,
         feats: &FrameFeatures,
@@ -122,6 +124,7 @@ impl VideoPredictor {
         objects: usize,
         t: Instant,
     ) -> Vec<Entry> {
+        self.graphs.next_batched_frame();
         let mut entries: Vec<Option<Entry>> = (0..objects).map(|_| None).collect();
         for (memory, members) in groups {
             let [low, ptr, score, maskmem] =

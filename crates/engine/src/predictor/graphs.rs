@@ -40,6 +40,14 @@ impl Graphs {
         }
     }
 
+    /// A batched frame begins: its groups' tracking steps ([`Graphs::track_step_batched`],
+    /// one call per group of equal memory shape) are captured once their shapes were seen
+    /// on the frame before, not on a second call in a row, which two groups of other
+    /// shapes never make.
+    pub(super) fn next_batched_frame(&mut self) {
+        self.track_batched.next_frame();
+    }
+
     /// Whether a propagation frame's tracking step goes through [`Graphs::track_step`].
     pub(super) fn track_enabled(&self) -> bool {
         self.track.enabled()
@@ -94,8 +102,9 @@ impl Graphs {
 
     /// `Sam2Base::track_step_batched` (the objects of one memory-length group, memories
     /// `[L, B, 64]`), through a graph per (object count, memory shape) where graphs are on:
-    /// captured on the second consecutive frame of the same shape, i.e. once the bank is
-    /// full; eager while it fills. Outputs `[B, …]`.
+    /// captured on the second consecutive frame of the same shape (frames marked by
+    /// [`Graphs::next_batched_frame`]), i.e. once the bank is full; eager while it fills.
+    /// Outputs `[B, …]`.
     pub(super) fn track_step_batched(
         &mut self,
         model: &Rc<Sam2Base>,
