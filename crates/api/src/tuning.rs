@@ -340,10 +340,11 @@ impl Tuning {
             }
             Ok(n)
         };
+        // A plain switch takes the words of an `AutoSwitch` but `auto`.
         let switch = || -> Result<bool, String> {
-            match value.to_ascii_lowercase().as_str() {
-                "1" | "true" | "on" | "yes" => Ok(true),
-                "0" | "false" | "off" | "no" => Ok(false),
+            match AutoSwitch::parse(value) {
+                Some(AutoSwitch::On) => Ok(true),
+                Some(AutoSwitch::Off) => Ok(false),
                 _ => Err(format!("{name} is a switch (1/0, true/false, on/off), not {value:?}")),
             }
         };
@@ -524,6 +525,7 @@ mod tests {
         assert!(parse_assignment("pipeline_depth").unwrap_err().contains("KEY=VALUE"));
         assert!(parse_assignment("pipeline_dept=2").unwrap_err().contains("knobs: pipeline_depth"));
         assert!(parse_assignment("fused=maybe").unwrap_err().contains("switch"));
+        assert!(parse_assignment("fused=auto").unwrap_err().contains("switch"), "only batch_objects takes auto");
         assert!(parse_assignment("encode_batch=100000").unwrap_err().contains("at most"));
     }
 

@@ -220,7 +220,7 @@ impl<K: PartialEq + Clone + std::fmt::Debug> GraphCache<K> {
             && (self.graphs.iter().any(|(k, _)| k == key) || self.gate.ready(key))
     }
 
-    /// Counts a use of `key` that ran some other way: the next use captures it.
+    /// Counts a use of `key` that ran some other way (for the gate: a use like any other).
     pub fn saw(&mut self, key: K) {
         self.gate.used(key);
     }
