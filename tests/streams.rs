@@ -178,7 +178,7 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
     let mut deaths = vec![];
     let mut cancelled = vec![];
     let mut delivered = vec![0usize; jobs.len()];
-    let results = streams::run(&opts, &jobs, &mut |news| {
+    let results = streams::run(&opts, &jobs, &|| false, &mut |news| {
         match news {
             StreamNews::Frame { stream, op, frame, objects, .. } => {
                 for o in objects {

@@ -59,7 +59,7 @@ pub fn measure(spec: &RowSpec, version: crate::model::config::ModelVersion, n: u
     let mut ended: Vec<Vec<Option<Instant>>> = vec![vec![None; n]; spec.runs];
     let mut crashes = vec![];
     let mut timings: Vec<Vec<StageTimings>> = vec![vec![]; spec.runs];
-    let results = streams::run(&opts, &jobs, &mut |news| {
+    let results = streams::run(&opts, &jobs, &|| false, &mut |news| {
         match news {
             StreamNews::Frame { stream, op, timings: t, .. } if op >= first => {
                 frames[op - first][stream] += 1;

@@ -68,7 +68,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
     let mut engine = None;
-    let result = job::execute(prepared, &mut engine, &mut on_frame);
+    let result = job::execute(&prepared, &mut engine, &mut on_frame);
     if let Some(e) = engine {
         e.shutdown();
     }

@@ -18,6 +18,7 @@ use crate::machine::WorkerNews;
 use crate::options::SupervisorOptions;
 use crate::process::WorkerProcess;
 use crate::store::{self, PropagationProgress};
+use sam2_api::device::{DeviceChoice, Precision};
 use sam2_api::events::{ObjectMask, StageTimings};
 use sam2_api::protocol::{Request, Response, StreamOp, FAULT_ENV, FAULT_STATE_ENV, PROTOCOL_VERSION};
 use sam2_api::session::Op;
@@ -58,26 +59,46 @@ pub enum StreamNews<'a> {
     WorkerDied {
         reason: String,
     },
+    /// A worker has loaded the model: where it runs, and in what precision (the
+    /// requested choice resolved).
+    WorkerStarted {
+        device: DeviceChoice,
+        precision: Precision,
+    },
 }
 
 /// How each stream ended: `Ok` with its ops all run (a cancelled propagation counts as
 /// run), or the error that ended it.
 pub type StreamResults = Vec<Result<(), String>>;
 
+/// What a stream that had not ended when `stop` said so is left with.
+pub const STOPPED: &str = "stopped before it finished";
+
 /// Runs `jobs` in one worker; `on_news` may answer a frame with `Some(stream)` to cancel
-/// that stream's propagation under way. Errors only when no worker can run at all (it
-/// will not start, load or open, or dies more often than the restart policy allows).
+/// that stream's propagation under way. `stop` is asked whenever the worker says
+/// anything (twice a second at least, its heartbeat): once it says yes, the worker is
+/// killed and every stream not yet ended ends with `STOPPED` (the caller's interrupt:
+/// the worker runs in a process group of its own, so a Ctrl-C does not reach it).
+/// Errors only when no worker can run at all (it will not start, load or open, or dies
+/// more often than the restart policy allows).
 pub fn run(
     opts: &SupervisorOptions,
     jobs: &[StreamJob],
+    stop: &dyn Fn() -> bool,
     on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
 ) -> anyhow::Result<StreamResults> {
     let mut d = Driver::new(opts, jobs);
     let mut restarts = 0u32;
     loop {
-        match d.run_worker(on_news) {
+        match d.run_worker(stop, on_news) {
             Ok(()) => break,
-            Err(Died(reason)) => {
+            Err(Halt::Stopped) => {
+                for s in d.streams.iter_mut().filter(|s| s.running()) {
+                    s.failed = Some(STOPPED.into());
+                }
+                break;
+            }
+            Err(Halt::Died(reason)) => {
                 restarts += 1;
                 anyhow::ensure!(
                     restarts <= opts.restart.max_retries,
@@ -120,8 +141,13 @@ impl Stream {
     }
 }
 
-/// The worker died (how).
-struct Died(String);
+/// Why a worker's life ended early.
+enum Halt {
+    /// It died (how).
+    Died(String),
+    /// The caller's `stop` said so; the worker has been killed.
+    Stopped,
+}
 
 struct Driver<'o> {
     opts: &'o SupervisorOptions,
@@ -130,7 +156,7 @@ struct Driver<'o> {
 }
 
 /// One live worker and its news.
-struct Worker {
+struct Worker<'s> {
     process: WorkerProcess,
     news: UnboundedReceiver<(u64, WorkerNews)>,
     stderr_tail: VecDeque<String>,
@@ -142,6 +168,8 @@ struct Worker {
     setup_limit: Duration,
     /// Why the watchdog killed it, once it has.
     killed: Option<String>,
+    /// The caller's stop (`run`).
+    stop: &'s dyn Fn() -> bool,
 }
 
 impl<'o> Driver<'o> {
@@ -163,8 +191,12 @@ impl<'o> Driver<'o> {
     }
 
     /// One worker's life: start it, bring every stream back, run until all have ended.
-    fn run_worker(&mut self, on_news: &mut dyn FnMut(StreamNews) -> Option<usize>) -> Result<(), Died> {
-        let mut w = self.spawn()?;
+    fn run_worker(
+        &mut self,
+        stop: &dyn Fn() -> bool,
+        on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
+    ) -> Result<(), Halt> {
+        let mut w = self.spawn(stop)?;
         w.ask(&Request::Hello { version: PROTOCOL_VERSION }, |r| match r {
             Response::Hello { version, .. } if *version != PROTOCOL_VERSION => {
                 Some(Err(format!("worker speaks protocol {version}, supervisor {PROTOCOL_VERSION}")))
@@ -173,7 +205,7 @@ impl<'o> Driver<'o> {
             Response::Error { message, .. } => Some(Err(message.clone())),
             _ => None,
         })?
-        .map_err(Died)?;
+        .map_err(Halt::Died)?;
         let o = self.opts;
         let load = Request::LoadModel {
             checkpoint: o.checkpoint.clone(),
@@ -185,12 +217,14 @@ impl<'o> Driver<'o> {
             device_label: o.device_label.clone(),
             tuning: o.tuning.clone(),
         };
-        w.ask(&load, |r| match r {
-            Response::Loaded { .. } => Some(Ok(())),
-            Response::Error { message, .. } => Some(Err(message.clone())),
-            _ => None,
-        })?
-        .map_err(Died)?;
+        let (device, precision) = w
+            .ask(&load, |r| match r {
+                Response::Loaded { device, precision, .. } => Some(Ok((*device, *precision))),
+                Response::Error { message, .. } => Some(Err(message.clone())),
+                _ => None,
+            })?
+            .map_err(Halt::Died)?;
+        on_news(StreamNews::WorkerStarted { device, precision });
         for i in 0..self.streams.len() {
             if self.streams[i].running() {
                 self.reopen(&mut w, i)?;
@@ -229,7 +263,7 @@ impl<'o> Driver<'o> {
         }
     }
 
-    fn spawn(&mut self) -> Result<Worker, Died> {
+    fn spawn<'s>(&mut self, stop: &'s dyn Fn() -> bool) -> Result<Worker<'s>, Halt> {
         self.generation += 1;
         let mut env = self.opts.env.clone();
         let has = |k: &str| std::env::var_os(k).is_some() || env.iter().any(|(n, _)| n == k);
@@ -240,11 +274,11 @@ impl<'o> Driver<'o> {
         }
         let (tx, news) = unbounded_channel();
         let process = WorkerProcess::spawn(self.generation, &self.opts.worker_command, &env, tx, |g, n| (g, n))
-            .map_err(|e| Died(format!("{e:#}")))?;
+            .map_err(|e| Halt::Died(format!("{e:#}")))?;
         let clock = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|e| Died(format!("cannot start a timer: {e}")))?;
+            .map_err(|e| Halt::Died(format!("cannot start a timer: {e}")))?;
         let quiet_limit = self.opts.watchdog.heartbeat_timeout;
         Ok(Worker {
             process,
@@ -254,14 +288,15 @@ impl<'o> Driver<'o> {
             quiet_limit,
             setup_limit: self.opts.watchdog.load_timeout,
             killed: None,
+            stop,
         })
     }
 
     /// Opens stream `i` in a new worker and restores what earlier workers completed.
-    fn reopen(&mut self, w: &mut Worker, i: usize) -> Result<(), Died> {
+    fn reopen(&mut self, w: &mut Worker, i: usize) -> Result<(), Halt> {
         let s = &mut self.streams[i];
         let stream = i as u32;
-        std::fs::create_dir_all(&s.bank).map_err(|e| Died(format!("{}: {e}", s.bank.display())))?;
+        std::fs::create_dir_all(&s.bank).map_err(|e| Halt::Died(format!("{}: {e}", s.bank.display())))?;
         let open = Request::OpenStream {
             stream,
             path: s.media.clone(),
@@ -301,7 +336,7 @@ impl<'o> Driver<'o> {
         w: &mut Worker,
         ops: Vec<(usize, Op)>,
         on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
-    ) -> Result<(), Died> {
+    ) -> Result<(), Halt> {
         let seq = |i: usize| self.streams[i].done as u64;
         let mut passes: Vec<StreamOp> =
             ops.into_iter().map(|(i, op)| StreamOp { stream: i as u32, seq: seq(i), op }).collect();
@@ -348,10 +383,10 @@ impl<'o> Driver<'o> {
     }
 }
 
-impl Worker {
+impl Worker<'_> {
     /// The worker's next answer (heartbeats and stderr are kept aside), or how it died.
     /// An answer must come within `progress_limit`, heartbeats or not.
-    fn next(&mut self, progress_limit: Duration) -> Result<Response, Died> {
+    fn next(&mut self, progress_limit: Duration) -> Result<Response, Halt> {
         let answer_by = Instant::now() + progress_limit;
         loop {
             let limit = match self.killed {
@@ -363,7 +398,7 @@ impl Worker {
             // The timer is made inside the runtime (it needs its clock).
             let news = match self.clock.block_on(async move { tokio::time::timeout(limit, news.recv()).await }) {
                 Ok(Some((_, news))) => news,
-                Ok(None) => return Err(Died("the worker's news stopped".into())),
+                Ok(None) => return Err(Halt::Died("the worker's news stopped".into())),
                 Err(_) => {
                     // Heartbeats come twice a second from their own thread, also during a
                     // long op: silence means a wedged process. Heartbeats with no answer
@@ -379,6 +414,10 @@ impl Worker {
                     continue;
                 }
             };
+            if self.killed.is_none() && (self.stop)() {
+                self.process.kill();
+                return Err(Halt::Stopped);
+            }
             match news {
                 WorkerNews::Message(Response::Heartbeat { .. }) => {}
                 WorkerNews::Message(r) => return Ok(r),
@@ -402,16 +441,16 @@ impl Worker {
     }
 
     /// The reason a worker died, with its last words when it left some.
-    fn died(&mut self, reason: String) -> Died {
+    fn died(&mut self, reason: String) -> Halt {
         let words = self.stderr_tail.iter().rev().find(|l| death::is_last_words(l));
-        Died(match words {
+        Halt::Died(match words {
             Some(w) => format!("{reason}: {w}"),
             None => reason,
         })
     }
 
     /// Sends `req` and waits for the answer `pick` recognises.
-    fn ask<T>(&mut self, req: &Request, pick: impl Fn(&Response) -> Option<T>) -> Result<T, Died> {
+    fn ask<T>(&mut self, req: &Request, pick: impl Fn(&Response) -> Option<T>) -> Result<T, Halt> {
         self.process.send(req);
         loop {
             if let Some(t) = pick(&self.next(self.setup_limit)?) {

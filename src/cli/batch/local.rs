@@ -11,6 +11,7 @@ use crate::util::{bad_input, Interrupted};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// Where one worker thread runs its items.
 #[derive(Clone, Debug)]
@@ -42,38 +43,36 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
     let next = AtomicUsize::new(0);
     let ended = AtomicUsize::new(0);
     let n = mine.len();
+    let streams = if a.streams > 1 { format!(", {} video(s) at once each", a.streams) } else { String::new() };
     eprintln!(
-        "batch: {n} item(s) in shard {}/{} on {} worker(s): {}",
+        "batch: {n} item(s) in shard {}/{} on {} worker(s){streams}: {}",
         shard.index,
         shard.count,
         lanes.len(),
         lanes.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
     );
+    let ctx =
+        Shared { a, config: &config, mine: &mine, out, report: &report, report_path: &report_path, ended: &ended };
     std::thread::scope(|s| {
         for lane in &lanes {
-            let (mine, report, next, ended, report_path, config) =
-                (&mine, &report, &next, &ended, &report_path, &config);
+            let (ctx, next) = (&ctx, &next);
             s.spawn(move || {
                 // One supervisor per lane, kept across its items: the model loads once.
                 let mut engine: Option<job::Engine> = None;
                 loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst);
-                    if k >= mine.len() || interrupt::requested() {
+                    let group = ctx.take(next, lane, a.streams as usize);
+                    if group.is_empty() {
                         break;
                     }
-                    let it = &mine[k];
-                    let r = run_item(a, config, lane, it, out, n, ended, &mut engine);
-                    let done = ended.fetch_add(1, Ordering::SeqCst) + 1;
-                    let line = match (&r.status, &r.error) {
-                        (Status::Failed, Some(e)) => format!("FAILED: {e}"),
-                        (Status::Pending, _) => "interrupted; its output was not written".into(),
-                        (st, _) => format!("{st:?}, {} frames in {:.1}s", r.frames, r.seconds).to_lowercase(),
-                    };
-                    eprintln!("batch: [{done}/{n}] {}: {line}", it.out);
-                    let mut rep = report.lock().unwrap_or_else(|p| p.into_inner());
-                    rep.items[k] = r;
-                    if let Err(e) = rep.write(report_path) {
-                        eprintln!("batch: {e:#}");
+                    if group.len() == 1 {
+                        let (k, p) = group.into_iter().next().expect("one");
+                        ctx.run_alone(k, &p, &mut engine);
+                    } else {
+                        // The lane's single-video worker would hold the GPU beside the group's.
+                        if let Some(e) = engine.take() {
+                            e.shutdown();
+                        }
+                        ctx.run_group(group, &mut engine);
                     }
                 }
                 if let Some(e) = engine {
@@ -117,62 +116,166 @@ fn pending(it: &Item) -> ItemReport {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_item(
-    a: &Args,
-    config: &crate::config::Config,
-    lane: &Lane,
-    it: &Item,
-    out: &Path,
-    n: usize,
-    ended: &AtomicUsize,
-    engine: &mut Option<job::Engine>,
-) -> ItemReport {
-    let mut r = pending(it);
-    let dest = out.join(&it.out);
-    if crate::media::output_dir::is_complete(&dest) {
-        r.status = Status::Skipped;
-        return r;
-    }
-    let started = std::time::Instant::now();
-    let spec = JobSpec {
-        input: it.input.clone(),
-        ops: match &it.ops {
-            Ops::Prompts(p) => OpsFile::Prompts(p.clone()),
-            Ops::Session(s) => OpsFile::Session(s.clone()),
-        },
-        out: dest,
-        config: {
-            let mut c = config.clone();
-            c.engine.device = lane.device;
-            c
-        },
-        checkpoint: it.checkpoint.clone(),
-        model: it.model.or(a.job.engine.model),
-        logits: a.job.logits,
-        overlay: None,
-        fill_holes: !a.job.no_postprocess,
-        session_dir: None,
-        env: lane.env.clone(),
-    };
-    let name = it.out.clone();
-    let tty = job::atty_stderr();
-    let mut on_frame = |done: usize, total: usize, fps: f32| {
-        let items_done = ended.load(Ordering::SeqCst);
-        let line = format!("batch: [{items_done}/{n} items] {name}: {done}/{total} frames  {fps:.2} FPS");
-        if tty {
-            eprint!("\r{line}   ");
-        } else if done == total || done.is_multiple_of(50) {
-            eprintln!("{line}");
+/// What every lane's thread shares.
+struct Shared<'a> {
+    a: &'a Args,
+    config: &'a crate::config::Config,
+    mine: &'a [Item],
+    out: &'a Path,
+    report: &'a Mutex<Report>,
+    report_path: &'a Path,
+    /// Items ended so far.
+    ended: &'a AtomicUsize,
+}
+
+impl Shared<'_> {
+    /// The lane's next items to run, up to `want`, judged (`job::prepare`): items already
+    /// complete and items that fail their checks are reported here and not returned.
+    fn take(&self, next: &AtomicUsize, lane: &Lane, want: usize) -> Vec<(usize, job::Prepared)> {
+        let mut group = vec![];
+        while group.len() < want && !interrupt::requested() {
+            let k = next.fetch_add(1, Ordering::SeqCst);
+            let Some(it) = self.mine.get(k) else { break };
+            let mut r = pending(it);
+            let dest = self.out.join(&it.out);
+            if crate::media::output_dir::is_complete(&dest) {
+                r.status = Status::Skipped;
+                self.finish(k, r);
+                continue;
+            }
+            match job::prepare(self.spec(lane, it, dest)) {
+                Ok(p) => group.push((k, p)),
+                Err(e) => self.finish(k, ended(r, Instant::now(), Err(e))),
+            }
         }
-    };
-    let result = job::prepare(spec).and_then(|p| {
-        r.frames = p.frames();
-        job::execute(p, engine, &mut on_frame)
-    });
-    if tty {
-        eprintln!();
+        group
     }
+
+    fn spec(&self, lane: &Lane, it: &Item, dest: std::path::PathBuf) -> JobSpec {
+        let a = self.a;
+        JobSpec {
+            input: it.input.clone(),
+            ops: match &it.ops {
+                Ops::Prompts(p) => OpsFile::Prompts(p.clone()),
+                Ops::Session(s) => OpsFile::Session(s.clone()),
+            },
+            out: dest,
+            config: {
+                let mut c = self.config.clone();
+                c.engine.device = lane.device;
+                c
+            },
+            checkpoint: it.checkpoint.clone(),
+            model: it.model.or(a.job.engine.model),
+            logits: a.job.logits,
+            overlay: None,
+            fill_holes: !a.job.no_postprocess,
+            session_dir: None,
+            env: lane.env.clone(),
+        }
+    }
+
+    /// Item `k` on the one-video path.
+    fn run_alone(&self, k: usize, p: &job::Prepared, engine: &mut Option<job::Engine>) {
+        let it = &self.mine[k];
+        let started = Instant::now();
+        let (name, n, tty) = (it.out.clone(), self.mine.len(), job::atty_stderr());
+        let mut on_frame = |done: usize, total: usize, fps: f32| {
+            let items_done = self.ended.load(Ordering::SeqCst);
+            let line = format!("batch: [{items_done}/{n} items] {name}: {done}/{total} frames  {fps:.2} FPS");
+            if tty {
+                eprint!("\r{line}   ");
+            } else if done == total || done.is_multiple_of(50) {
+                eprintln!("{line}");
+            }
+        };
+        let result = job::execute(p, engine, &mut on_frame);
+        if tty {
+            eprintln!();
+        }
+        let mut r = pending(it);
+        r.frames = p.frames();
+        self.finish(k, ended(r, started, result));
+    }
+
+    /// Items tracked at once in one worker (`--streams`), grouped by the worker they
+    /// need. Should no worker run at all for a group, its items not yet ended go the
+    /// one-video path, which has the fallback ladder (MPS to CPU).
+    fn run_group(&self, group: Vec<(usize, job::Prepared)>, engine: &mut Option<job::Engine>) {
+        let mut by_worker: Vec<Vec<(usize, job::Prepared)>> = vec![];
+        for (k, p) in group {
+            let key = p.worker_key();
+            match by_worker.iter_mut().find(|g| g[0].1.worker_key() == key) {
+                Some(g) => g.push((k, p)),
+                None => by_worker.push(vec![(k, p)]),
+            }
+        }
+        for g in by_worker {
+            let (ks, jobs): (Vec<usize>, Vec<job::Prepared>) = g.into_iter().unzip();
+            let started = Instant::now();
+            let mut heard = vec![false; jobs.len()];
+            let (n, tty) = (self.mine.len(), job::atty_stderr());
+            let mut frames = vec![0usize; jobs.len()];
+            let mut on_frame = |j: usize, done: usize, total: usize, _fps: f32| {
+                frames[j] = done;
+                let all: usize = frames.iter().sum();
+                let fps = all as f32 / started.elapsed().as_secs_f32().max(1e-3);
+                let items_done = self.ended.load(Ordering::SeqCst);
+                let line = format!(
+                    "batch: [{items_done}/{n} items] {} videos at once: {all} frames  {fps:.2} FPS together",
+                    frames.len()
+                );
+                if tty {
+                    eprint!("\r{line}   ");
+                } else if done == total || done.is_multiple_of(50) {
+                    eprintln!("batch: {}: {done}/{total} frames ({line})", self.mine[ks[j]].out);
+                }
+            };
+            let mut on_outcome = |j: usize, result: anyhow::Result<job::Outcome>| {
+                heard[j] = true;
+                if tty {
+                    eprintln!();
+                }
+                let mut r = pending(&self.mine[ks[j]]);
+                r.frames = jobs[j].frames();
+                self.finish(ks[j], ended(r, started, result));
+            };
+            let result = job::streams::execute_group(&jobs, &mut on_frame, &mut on_outcome);
+            if let Err(e) = result {
+                eprintln!(
+                    "batch: {} videos could not share a worker ({e:#}); running them one after another",
+                    jobs.len()
+                );
+                for (j, p) in jobs.iter().enumerate().filter(|(j, _)| !heard[*j]) {
+                    if interrupt::requested() {
+                        break;
+                    }
+                    self.run_alone(ks[j], p, engine);
+                }
+            }
+        }
+    }
+
+    /// Item `k` has ended: one line, and the report rewritten.
+    fn finish(&self, k: usize, r: ItemReport) {
+        let n = self.mine.len();
+        let done = self.ended.fetch_add(1, Ordering::SeqCst) + 1;
+        let line = match (&r.status, &r.error) {
+            (Status::Failed, Some(e)) => format!("FAILED: {e}"),
+            (Status::Pending, _) => "interrupted; its output was not written".into(),
+            (st, _) => format!("{st:?}, {} frames in {:.1}s", r.frames, r.seconds).to_lowercase(),
+        };
+        eprintln!("batch: [{done}/{n}] {}: {line}", self.mine[k].out);
+        let mut rep = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        rep.items[k] = r;
+        if let Err(e) = rep.write(self.report_path) {
+            eprintln!("batch: {e:#}");
+        }
+    }
+}
+
+/// An item's report once its job has ended (an interrupted one stays pending).
+fn ended(mut r: ItemReport, started: Instant, result: anyhow::Result<job::Outcome>) -> ItemReport {
     r.seconds = started.elapsed().as_secs_f32();
     match result {
         Ok(o) => {

@@ -26,6 +26,12 @@ pub struct Args {
     /// GPUs to run on, one worker each (default: every GPU; the CPU where there is none).
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<usize>>,
+    /// Videos tracked at once by each worker, in lockstep: their frames share the image
+    /// encoder's batches and one tracking step (issue #18). Items are grouped in manifest
+    /// order, so put videos of similar length next to each other; 1 runs one after
+    /// another.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub streams: u32,
     #[command(flatten)]
     pub job: crate::cli::job::JobFlags,
 

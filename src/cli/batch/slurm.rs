@@ -136,6 +136,9 @@ fn script(
     flag("precision", e.precision.map(|p| p.to_string()));
     flag("devices", a.devices.as_ref().map(|d| d.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")));
     flag("image-size", e.image_size.map(|s| s.to_string()));
+    if a.streams > 1 {
+        cmd.push(format!("--streams {}", a.streams));
+    }
     if a.job.logits {
         cmd.push("--logits".into());
     }

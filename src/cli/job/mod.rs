@@ -2,14 +2,18 @@
 //! folder out — shared by `segment` (one job) and `batch` (one per manifest item), so
 //! both give the same guarantees: bad input judged before any model work, outputs staged
 //! and swapped in whole, a worker crash replayed, an interrupt leaving nothing.
+//! `streams` runs several jobs in one worker.
+pub mod streams;
 use crate::cli::interrupt;
 use crate::config::{Config, EngineFlags};
+use crate::device::{DeviceChoice, Precision};
 use crate::media::output_dir::{OutputTarget, Staging};
 use crate::media::outputs::{OutputWriter, VideoInfo};
 use crate::model::config::ModelSize;
 use crate::session::Journal;
 use crate::supervisor::events::{EngineEvent, EngineState, LogLevel};
-use crate::supervisor::{self, session_dirs};
+use crate::supervisor::store::MaskStore;
+use crate::supervisor::{self, session_dirs, SupervisorOptions};
 use crate::util::Interrupted;
 use anyhow::{anyhow, bail};
 use std::path::{Path, PathBuf};
@@ -82,6 +86,60 @@ impl Prepared {
     pub fn frames(&self) -> usize {
         self.video.frames
     }
+
+    /// The supervisor's options for this job's model and device: the config's, with what
+    /// the checkpoint says it is (the file wins over the config's model name), the hole
+    /// filling and the job's extra environment.
+    fn worker_options(&self, media: Option<&Path>, ops: Vec<crate::session::Op>) -> anyhow::Result<SupervisorOptions> {
+        let a = &self.spec;
+        let mut opts = crate::config::supervisor_options(&a.config, self.checkpoint.clone(), media, ops)?;
+        opts.size = Some(self.det.size);
+        opts.version = Some(self.det.version);
+        opts.fill_holes = a.fill_holes;
+        for (k, v) in &a.env {
+            opts.set_env(k, v);
+        }
+        Ok(opts)
+    }
+
+    /// What the worker this job needs is started with (`streams::execute_group`: jobs
+    /// share a worker only where this is the same).
+    pub fn worker_key(&self) -> String {
+        match self.worker_options(None, vec![]) {
+            Ok(opts) => format!("{}|logits={}", worker_key(&opts), self.spec.logits),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+}
+
+/// What a worker is started with: jobs that differ in it cannot share one.
+fn worker_key(opts: &SupervisorOptions) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}|{}",
+        opts.checkpoint,
+        opts.size,
+        opts.version,
+        opts.device,
+        opts.precision,
+        opts.image_size,
+        opts.fill_holes,
+        opts.env,
+        opts.worker_command,
+        opts.restart,
+        serde_json::to_string(&opts.tuning).unwrap_or_default()
+    )
+}
+
+/// Gives `opts` a session folder of its own that lives only while this run does (its
+/// journal and memory bank), and sweeps those that dead runs left.
+fn one_shot_session_dir(opts: &mut SupervisorOptions) -> anyhow::Result<()> {
+    // Numbered, so that batch workers starting in the same millisecond differ.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let name = opts.session_dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    opts.session_dir = opts.session_dir.with_file_name(format!("{name}-{n}"));
+    session_dirs::sweep_one_shot(&session_dirs::root());
+    session_dirs::mark_one_shot(&opts.session_dir)
 }
 
 /// What a finished job did.
@@ -143,36 +201,16 @@ impl Engine {
 /// installs the interrupt handlers (`interrupt::install`) before. `engine` is the
 /// supervisor an earlier job left (reused when it runs the same model the same way) and
 /// receives this job's, still running, when it ended well; the caller shuts it down.
-pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> anyhow::Result<Outcome> {
+pub fn execute(p: &Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let staging = p.target.stage()?;
     let a = &p.spec;
-    let mut opts = crate::config::supervisor_options(
-        &a.config,
-        p.checkpoint.clone(),
-        Some(&absolute(&a.input)?),
-        p.journal.ops.clone(),
-    )?;
-    // The checkpoint says what it is; the file wins over the config's model name.
-    opts.size = Some(p.det.size);
-    opts.version = Some(p.det.version);
-    opts.fill_holes = a.fill_holes;
-    for (k, v) in &a.env {
-        opts.set_env(k, v);
-    }
+    let mut opts = p.worker_options(Some(&absolute(&a.input)?), p.journal.ops.clone())?;
     // A run without --session-dir keeps its journal and memory bank only while it runs.
     let one_shot = a.session_dir.is_none();
     match &a.session_dir {
         Some(d) => opts.session_dir = d.clone(),
-        None => {
-            // Numbered, so that batch workers starting in the same millisecond differ.
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let name = opts.session_dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-            opts.session_dir = opts.session_dir.with_file_name(format!("{name}-{n}"));
-            session_dirs::sweep_one_shot(&session_dirs::root());
-            session_dirs::mark_one_shot(&opts.session_dir)?;
-        }
+        None => one_shot_session_dir(&mut opts)?,
     }
     let session_dir = opts.session_dir.clone();
     let logits_dir = staging.path().join("logits");
@@ -184,20 +222,7 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
     opts.set_env("SAM2_TUI_LOGITS_DIR", &logits_env);
     // The logits folder is fixed when the worker loads the model: such a job gets a worker
     // of its own. So does one with other knobs.
-    let key = format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}|{}",
-        opts.checkpoint,
-        opts.size,
-        opts.version,
-        opts.device,
-        opts.precision,
-        opts.image_size,
-        opts.fill_holes,
-        opts.env,
-        opts.worker_command,
-        opts.restart,
-        serde_json::to_string(&opts.tuning).unwrap_or_default()
-    );
+    let key = worker_key(&opts);
     let reusable = !a.logits;
     let previous = match engine.take() {
         Some(e) if reusable && e.key == key => Some(e),
@@ -216,7 +241,7 @@ pub fn execute(p: Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> a
             None => supervisor::start(opts)?,
         };
         let mut e = Engine { sup, key };
-        match track(&p, &mut e.sup, &staging, &logits_dir, on_frame) {
+        match track(p, &mut e.sup, &staging, &logits_dir, on_frame) {
             Ok(r) if reusable => {
                 *engine = Some(e);
                 Ok(r)
@@ -256,10 +281,10 @@ fn track(
     logits_dir: &Path,
     on_frame: OnFrame,
 ) -> anyhow::Result<(usize, usize, u32, String)> {
-    let (a, journal, video, det) = (&p.spec, &p.journal, &p.video, &p.det);
+    let (a, journal) = (&p.spec, &p.journal);
     let n_ops = journal.ops.len();
     let mut restarts = 0u32;
-    let mut ran_on: Option<(crate::device::DeviceChoice, crate::device::Precision)> = None;
+    let mut ran_on: Option<(DeviceChoice, Precision)> = None;
     let mut frames_done = 0usize;
     let mut failure: Option<String> = None;
     let mut finished = 0usize;
@@ -318,29 +343,44 @@ fn track(
         bail!("{}: {f}", a.input.display());
     }
 
-    // Outputs: from the supervisor's store of finished masks (latest per frame/object).
+    let store = masks.lock().unwrap_or_else(|p| p.into_inner());
+    let (n_masks, label) = write_outputs(p, staging, &store, ran_on, restarts, logits_dir)?;
+    Ok((n_masks, frames_done, restarts, label))
+}
+
+/// Writes a finished job's outputs into `staging` from its store of finished masks
+/// (latest per frame and object): masks.json with the engine it ran on, the logits'
+/// check, the overlay. Returns (masks, model label).
+fn write_outputs(
+    p: &Prepared,
+    staging: &Staging,
+    store: &MaskStore,
+    ran_on: Option<(DeviceChoice, Precision)>,
+    restarts: u32,
+    logits_dir: &Path,
+) -> anyhow::Result<(usize, String)> {
+    let (a, video, det) = (&p.spec, &p.video, &p.det);
     let label = format!("SAM {} {}", det.version, det.size);
     let mut writer = OutputWriter::new(staging.path(), video.clone(), &label, false)?;
     if let Some((device, precision)) = ran_on {
         writer.set_engine(crate::media::outputs::EngineInfo { device, precision, worker_restarts: restarts });
     }
-    let store = masks.lock().unwrap_or_else(|p| p.into_inner());
     for ((frame, object), m) in store.iter() {
         writer.add_rle(*frame, *object, m.rle.clone(), m.score)?;
     }
-    let n_masks = store.len();
     writer.finish()?;
     if a.logits {
-        check_logits(logits_dir, &store, video)?;
+        check_logits(logits_dir, store, video)?;
     }
     if let Some(path) = staging.overlay_path() {
-        write_overlay(&a.input, path, video, &store)?;
+        write_overlay(&a.input, path, video, store)?;
     }
-    Ok((n_masks, frames_done, restarts, label))
+    Ok((store.len(), label))
 }
+
 /// Every mask in masks.json has its logits file, whole; files of objects removed later
 /// in the journal are dropped so that the folder says what masks.json says.
-fn check_logits(dir: &Path, store: &crate::supervisor::store::MaskStore, video: &VideoInfo) -> anyhow::Result<()> {
+fn check_logits(dir: &Path, store: &MaskStore, video: &VideoInfo) -> anyhow::Result<()> {
     let want = crate::media::npy::f32_array_len(&[video.height as usize, video.width as usize]) as u64;
     for ((frame, object), _) in store.iter() {
         let path = dir.join(object.to_string()).join(format!("{frame:05}.npy"));
@@ -384,12 +424,7 @@ pub fn atty_stderr() -> bool {
     unsafe { libc::isatty(2) == 1 }
 }
 
-fn write_overlay(
-    input: &Path,
-    path: &Path,
-    video: &VideoInfo,
-    store: &crate::supervisor::store::MaskStore,
-) -> anyhow::Result<()> {
+fn write_overlay(input: &Path, path: &Path, video: &VideoInfo, store: &MaskStore) -> anyhow::Result<()> {
     let mut source = crate::media::open(input)?;
     let mut writer = crate::media::overlay::OverlayWriter::create(path, video.width, video.height, video.fps)?;
     for frame in 0..video.frames {
