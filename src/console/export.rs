@@ -37,6 +37,7 @@ impl Job {
     /// Returns the path of the written masks.json.
     pub fn run(self) -> anyhow::Result<PathBuf> {
         let mut w = OutputWriter::new(&self.dir, self.video, &self.model, false)?;
+        w.defer_annotations();
         for (frame, objects) in &self.masks {
             for om in objects {
                 let bits = om.rle.decode().map_err(|e| anyhow::anyhow!("frame {frame}, object {}: {e}", om.object))?;

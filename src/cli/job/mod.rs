@@ -362,6 +362,7 @@ fn write_outputs(
     let (a, video, det) = (&p.spec, &p.video, &p.det);
     let label = format!("SAM {} {}", det.version, det.size);
     let mut writer = OutputWriter::new(staging.path(), video.clone(), &label, false)?;
+    writer.defer_annotations();
     if let Some((device, precision)) = ran_on {
         writer.set_engine(crate::media::outputs::EngineInfo { device, precision, worker_restarts: restarts });
     }

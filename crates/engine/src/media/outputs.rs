@@ -36,6 +36,14 @@ pub struct OutputWriter {
     /// Frames whose annotation PNG is missing or stale.
     dirty: BTreeSet<usize>,
     current: Option<usize>,
+    /// Write no PNG before `finish` (`defer_annotations`).
+    deferred: bool,
+}
+
+/// Threads writing annotation PNGs at once: the cores, at most 8 (the disk's flushes, not
+/// the cores, bound it beyond).
+fn annotation_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
 
 /// Row-major 0/1 mask from logits, thresholded at 0 as the reference does
@@ -70,11 +78,21 @@ impl OutputWriter {
             masks: BTreeMap::new(),
             dirty: BTreeSet::new(),
             current: None,
+            deferred: false,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Writes the annotation PNGs only in `finish`, all at once on several threads: for a
+    /// caller that adds every mask just before finishing (a job's outputs from the
+    /// supervisor's store), where writing them one by one as frames go by would put
+    /// the PNG encoding and each file's flush to the disk end to end (0.7 s for 200
+    /// frames of 960x540 on an H100 host, longer than tracking them).
+    pub fn defer_annotations(&mut self) {
+        self.deferred = true;
     }
 
     /// Records the engine that made the masks (masks.json's `engine`).
@@ -120,7 +138,7 @@ impl OutputWriter {
             bail!("frame {frame}, object {object}: mask of {:?} for a {w}x{h} video", rle.size);
         }
         self.masks.entry(frame).or_default().insert(object, (score, rle));
-        if self.current != Some(frame) {
+        if self.current != Some(frame) && !self.deferred {
             self.flush_annotations()?;
             self.current = Some(frame);
         }
@@ -128,11 +146,36 @@ impl OutputWriter {
         Ok(())
     }
 
-    /// Writes the PNGs of every changed frame except the one still being filled.
+    /// Writes the PNGs of every changed frame except the one still being filled, on up to
+    /// `annotation_threads()` threads (each file is encoded and flushed on its own).
     fn flush_annotations(&mut self) -> anyhow::Result<()> {
         let pending: Vec<usize> = self.dirty.iter().copied().filter(|f| Some(*f) != self.current).collect();
+        let threads = annotation_threads().min(pending.len());
+        if threads <= 1 {
+            for &frame in &pending {
+                self.write_annotation(frame)?;
+            }
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let this = &*self;
+            let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&frame) = pending.get(k) else { return Ok(()) };
+                            this.write_annotation(frame)?;
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("a PNG writer panicked"))))
+                    .collect()
+            });
+            results.into_iter().collect::<anyhow::Result<()>>()?;
+        }
         for frame in pending {
-            self.write_annotation(frame)?;
             self.dirty.remove(&frame);
         }
         Ok(())
@@ -192,5 +235,56 @@ impl OutputWriter {
         let text = serde_json::to_vec(&doc)?;
         sam2_api::util::atomic_write(&path, &text)?;
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames of two overlapping objects, some reported twice (a later pass overwrites).
+    fn fill(w: &mut OutputWriter, frames: usize) {
+        let (width, height) = (24usize, 10usize);
+        let rect = |x0: usize, f: usize| {
+            let mut m = vec![0u8; width * height];
+            for y in 2..8 {
+                for x in (x0 + f % 5)..(x0 + f % 5 + 9) {
+                    m[y * width + x] = 1;
+                }
+            }
+            Rle::encode(&m, height, width)
+        };
+        for f in 0..frames {
+            w.add_rle(f, 1, rect(1, f), 0.5).unwrap();
+            w.add_rle(f, 2, rect(6, f), 0.25).unwrap();
+        }
+        for f in (0..frames).step_by(3) {
+            w.add_rle(f, 2, rect(9, f + 1), 0.75).unwrap();
+        }
+    }
+
+    #[test]
+    fn deferred_annotations_are_written_only_at_the_end_and_are_the_same_files() {
+        let frames = 40;
+        let info = VideoInfo { width: 24, height: 10, frames, fps: 10.0, source: "x".into() };
+        let root = tempfile::tempdir().unwrap();
+        let (one_by_one, deferred) = (root.path().join("one-by-one"), root.path().join("deferred"));
+        let mut a = OutputWriter::new(&one_by_one, info.clone(), "m", false).unwrap();
+        fill(&mut a, frames);
+        a.finish().unwrap();
+        let mut b = OutputWriter::new(&deferred, info, "m", false).unwrap();
+        b.defer_annotations();
+        fill(&mut b, frames);
+        assert_eq!(std::fs::read_dir(deferred.join("annotations")).unwrap().count(), 0, "nothing before finish");
+        b.finish().unwrap();
+        for f in 0..frames {
+            let name = format!("annotations/{f:05}.png");
+            let (x, y) = (std::fs::read(one_by_one.join(&name)).unwrap(), std::fs::read(deferred.join(&name)).unwrap());
+            assert!(x == y, "{name} differs");
+        }
+        assert_eq!(
+            std::fs::read(one_by_one.join("masks.json")).unwrap(),
+            std::fs::read(deferred.join("masks.json")).unwrap()
+        );
     }
 }
