@@ -80,64 +80,82 @@ pub fn execute_group(
 
     let mut ran_on: Option<(DeviceChoice, Precision)> = None;
     let stop = || interrupt::requested();
-    let result = streams::run(&opts, &stream_jobs, &stop, &mut |news| {
-        match news {
-            StreamNews::WorkerStarted { device, precision } => ran_on = Some((device, precision)),
-            StreamNews::WorkerDied { reason } => {
-                if !interrupt::requested() {
-                    eprintln!(
-                        "\nbatch: the worker of {} stream(s) died: {reason}; restarting and resuming",
-                        jobs.len()
-                    );
+    // A job's outputs are written on a thread of their own, so that the others' frames go
+    // on meanwhile and jobs that end together are written together.
+    let (published, outcomes) = std::sync::mpsc::channel::<(usize, anyhow::Result<Outcome>)>();
+    let result = std::thread::scope(|scope| {
+        streams::run(&opts, &stream_jobs, &stop, &mut |news| {
+            for (i, out) in outcomes.try_iter() {
+                on_outcome(i, out);
+            }
+            match news {
+                StreamNews::WorkerStarted { device, precision } => ran_on = Some((device, precision)),
+                StreamNews::WorkerDied { reason } => {
+                    if !interrupt::requested() {
+                        eprintln!(
+                            "\nbatch: the worker of {} stream(s) died: {reason}; restarting and resuming",
+                            jobs.len()
+                        );
+                    }
+                    for r in running.iter_mut().filter(|r| !r.ended) {
+                        r.restarts += 1;
+                    }
                 }
-                for r in running.iter_mut().filter(|r| !r.ended) {
-                    r.restarts += 1;
+                StreamNews::Frame { stream, objects, frame, .. } => {
+                    let r = &mut running[stream];
+                    r.masks.insert(frame, objects);
+                    r.frames_done += 1;
+                    let fps = r.frames_done as f32 / started.elapsed().as_secs_f32().max(1e-3);
+                    on_frame(stream, r.frames_done, r.job.frames(), fps);
+                }
+                StreamNews::OpDone { stream, op, .. } => {
+                    let r = &mut running[stream];
+                    r.masks.apply_completed(&r.job.journal.ops[op]);
+                    r.ops_done = op + 1;
+                    if r.ops_done == r.job.journal.ops.len() && !r.ended {
+                        let p = r.end();
+                        let (tx, logits, ran_on) = (published.clone(), logits_root.join(stream.to_string()), ran_on);
+                        scope.spawn(move || {
+                            let _ = tx.send((stream, p.publish(ran_on, &logits, started)));
+                        });
+                    }
+                }
+                StreamNews::Failed { stream, message } => {
+                    let r = &mut running[stream];
+                    if !r.ended {
+                        r.ended = true;
+                        r.staging = None;
+                        let e = if message == streams::STOPPED {
+                            anyhow::Error::new(Interrupted)
+                        } else {
+                            anyhow!("{}: {message}", r.job.spec.input.display())
+                        };
+                        on_outcome(stream, Err(e));
+                    }
                 }
             }
-            StreamNews::Frame { stream, objects, frame, .. } => {
-                let r = &mut running[stream];
-                r.masks.insert(frame, objects);
-                r.frames_done += 1;
-                let fps = r.frames_done as f32 / started.elapsed().as_secs_f32().max(1e-3);
-                on_frame(stream, r.frames_done, r.job.frames(), fps);
-            }
-            StreamNews::OpDone { stream, op, .. } => {
-                let r = &mut running[stream];
-                r.masks.apply_completed(&r.job.journal.ops[op]);
-                r.ops_done = op + 1;
-                if r.ops_done == r.job.journal.ops.len() && !r.ended {
-                    r.ended = true;
-                    let out = r.publish(ran_on, &logits_root.join(stream.to_string()), started);
-                    on_outcome(stream, out);
-                }
-            }
-            StreamNews::Failed { stream, message } => {
-                let r = &mut running[stream];
-                if !r.ended {
-                    r.ended = true;
-                    r.staging = None;
-                    let e = if message == streams::STOPPED {
-                        anyhow::Error::new(Interrupted)
-                    } else {
-                        anyhow!("{}: {message}", r.job.spec.input.display())
-                    };
-                    on_outcome(stream, Err(e));
-                }
-            }
-        }
-        None
+            None
+        })
     });
+    for (i, out) in outcomes.try_iter() {
+        on_outcome(i, out);
+    }
     let outcome = match result {
         Ok(results) => {
             // A job with no op (its stream ends at once) and one stopped by the interrupt
             // have not heard yet.
             for (i, (r, res)) in running.iter_mut().zip(results).enumerate() {
                 if !r.ended {
-                    r.ended = true;
                     match res {
-                        Ok(()) => on_outcome(i, r.publish(ran_on, &logits_root.join(i.to_string()), started)),
-                        Err(m) if m == streams::STOPPED => on_outcome(i, Err(anyhow::Error::new(Interrupted))),
-                        Err(m) => on_outcome(i, Err(anyhow!("{}: {m}", r.job.spec.input.display()))),
+                        Ok(()) => on_outcome(i, r.end().publish(ran_on, &logits_root.join(i.to_string()), started)),
+                        Err(m) if m == streams::STOPPED => {
+                            r.ended = true;
+                            on_outcome(i, Err(anyhow::Error::new(Interrupted)))
+                        }
+                        Err(m) => {
+                            r.ended = true;
+                            on_outcome(i, Err(anyhow!("{}: {m}", r.job.spec.input.display())))
+                        }
                     }
                 }
             }
@@ -154,15 +172,38 @@ impl<'p> Running<'p> {
         Running { job, staging, masks: MaskStore::default(), ops_done: 0, frames_done: 0, restarts: 0, ended: false }
     }
 
+    /// The job has run all its ops: what its outputs are made of.
+    fn end(&mut self) -> Publication<'p> {
+        self.ended = true;
+        Publication {
+            job: self.job,
+            staging: self.staging.take(),
+            masks: std::mem::take(&mut self.masks),
+            restarts: self.restarts,
+            frames_done: self.frames_done,
+        }
+    }
+}
+
+/// A job that has run all its ops, and what its outputs are made of.
+struct Publication<'p> {
+    job: &'p Prepared,
+    staging: Option<Staging>,
+    masks: MaskStore,
+    restarts: u32,
+    frames_done: usize,
+}
+
+impl Publication<'_> {
     /// Writes this job's outputs into its staging folder and swaps them in, unless the
     /// run is being interrupted (then nothing of it is left).
     fn publish(
-        &mut self,
+        self,
         ran_on: Option<(DeviceChoice, Precision)>,
         stream_logits: &Path,
         started: Instant,
     ) -> anyhow::Result<Outcome> {
-        let staging = self.staging.take().ok_or_else(|| anyhow!("no staging folder"))?;
+        let staging = self.staging.ok_or_else(|| anyhow!("no staging folder"))?;
         if interrupt::requested() {
             return Err(anyhow::Error::new(Interrupted));
         }

@@ -74,11 +74,14 @@ struct Pair {
     memory: ChosenMemories,
 }
 
-/// Propagates every pass in lockstep; one result per pass, in order. Each pass runs as
-/// `apply_journaled` runs a propagation (an unlogged bank op, the state saved after it).
-pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>]) -> Vec<anyhow::Result<()>> {
+/// Propagates every pass in lockstep. Each pass runs as `apply_journaled` runs a
+/// propagation (an unlogged bank op, the state saved after it) and ends on its own:
+/// `on_end(pass, result)` is told as soon as it has (its state saved, its op committed),
+/// while the longer passes go on — so a short video's results need not wait for the
+/// longest one's.
+pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>], on_end: &mut dyn FnMut(usize, anyhow::Result<()>)) {
     let _g = tch::no_grad_guard();
-    let Some(first) = passes.first() else { return vec![] };
+    let Some(first) = passes.first() else { return };
     let model = first.video.model.clone();
     let _a = first.video.autocast();
     // A lockstep pass is one propagation for the `trace` knob (the first stream's tuning).
@@ -87,7 +90,16 @@ pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>]) -> Vec<anyhow::Resul
     // The image encoder's graphs (one per batch size) belong to the group, not a stream.
     let mut encoder = Graphs::new(&model, first.video.opts.tuning.cuda_graphs);
     let mut lanes: Vec<Lane> = passes.iter_mut().map(begin).collect();
+    let mut ended = vec![false; lanes.len()];
     loop {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            if !ended[l] && !lane.running() {
+                ended[l] = true;
+                // Left `Some`, so that the lane stays out of the steps.
+                let result = std::mem::replace(&mut lane.result, Some(Ok(()))).unwrap_or(Ok(()));
+                on_end(l, finish(passes[l].video, result));
+            }
+        }
         let running: Vec<usize> = (0..lanes.len()).filter(|&l| lanes[l].running()).collect();
         if running.is_empty() {
             break;
@@ -107,7 +119,6 @@ pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>]) -> Vec<anyhow::Resul
             }
         }
     }
-    passes.iter_mut().zip(lanes).map(|(p, lane)| finish(p.video, lane.result.unwrap_or(Ok(())))).collect()
 }
 
 /// The start of a pass: the op checked, an unlogged bank op opened, the frames planned.

@@ -92,12 +92,9 @@ impl Engine {
                 None => sinks[i].fail(anyhow::anyhow!("stream {} is not open", passes[i].stream)),
             }
         }
-        let results = propagate_in_lockstep(&mut lockstep);
-        drop(lockstep);
-        drop(on_frames);
-        for (i, result) in which.into_iter().zip(results) {
-            sinks[i].finish(result);
-        }
+        // Each stream's end is answered as it comes: the supervisor publishes a short
+        // video while the longer ones go on.
+        propagate_in_lockstep(&mut lockstep, &mut |l, result| sinks[which[l]].finish(result));
     }
 
     /// `segment --logits` for a stream: `<logits_dir>/<stream>/<object>/<frame>.npy`.
