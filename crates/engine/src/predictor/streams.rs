@@ -96,7 +96,7 @@ pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>], on_end: &mut dyn FnM
             if !ended[l] && !lane.running() {
                 ended[l] = true;
                 // Left `Some`, so that the lane stays out of the steps.
-                let result = std::mem::replace(&mut lane.result, Some(Ok(()))).unwrap_or(Ok(()));
+                let result = lane.result.replace(Ok(())).unwrap_or(Ok(()));
                 on_end(l, finish(passes[l].video, result));
             }
         }
