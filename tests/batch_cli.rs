@@ -225,6 +225,8 @@ fn a_slurm_dry_run_writes_a_job_array_with_the_configs_cluster_defaults_and_subm
             "--dry-run",
             "--device",
             "cuda",
+            "--streams",
+            "4",
         ])
         .env("SAM2_TUI_CONFIG", &config)
         .env("PATH", "/nonexistent") // no sbatch: a dry run must not need it
@@ -242,6 +244,7 @@ fn a_slurm_dry_run_writes_a_job_array_with_the_configs_cluster_defaults_and_subm
         "exec '/shared/bin/sam2-tui' batch",
         "--shard \"$SLURM_ARRAY_TASK_ID/2\"",
         "--device 'cuda'",
+        "--streams 4",
     ] {
         assert!(script.contains(want), "missing {want:?} in\n{script}");
     }
