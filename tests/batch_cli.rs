@@ -3,6 +3,7 @@
 //! complete items; a worker crash in one item changes none of its masks.
 mod common;
 
+use common::batch_outputs::{assert_no_staging_left, frames_of, item, report};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -61,24 +62,6 @@ fn prompts(dir: &Path) -> PathBuf {
     p
 }
 
-fn report(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
-
-fn item<'a>(report: &'a serde_json::Value, out: &str) -> &'a serde_json::Value {
-    report["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["out"] == out)
-        .unwrap_or_else(|| panic!("{out} not in {report}"))
-}
-
-fn frames_of(out: &Path) -> serde_json::Value {
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap()).unwrap();
-    doc["frames"].clone()
-}
-
 #[test]
 fn a_missing_input_and_a_broken_session_are_reported_while_the_good_item_finishes_and_the_exit_is_non_zero() {
     let dir = common::scratch("batch-cli-failures");
@@ -112,13 +95,7 @@ fn a_missing_input_and_a_broken_session_are_reported_while_the_good_item_finishe
     assert!(broken["error"].as_str().unwrap().contains("broken.json"), "{broken}");
     assert!(out.join("good/masks.json").is_file());
     assert!(!out.join("missing").exists() && !out.join("broken").exists(), "a failed item leaves no output folder");
-    let leftovers: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n.to_string_lossy().starts_with(".sam2-tui"))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    assert_no_staging_left(&out);
 }
 
 #[test]

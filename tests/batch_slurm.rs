@@ -4,6 +4,7 @@
 //! submitting again runs exactly the missing items.
 mod common;
 
+use common::batch_outputs::frames_of;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -181,14 +182,6 @@ fn submit(cluster: &Cluster, manifest: &Path, out: &Path) -> String {
     let id = String::from_utf8_lossy(&r.stdout).trim().to_string();
     assert!(id.parse::<u64>().is_ok(), "sbatch job id: {id:?}");
     id
-}
-
-fn frames_of(out: &Path) -> serde_json::Value {
-    let doc: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("masks.json")).unwrap_or_else(|e| panic!("{}: {e}", out.display())),
-    )
-    .unwrap();
-    doc["frames"].clone()
 }
 
 fn complete(out: &Path, names: &[String]) -> BTreeMap<String, SystemTime> {

@@ -9,6 +9,7 @@
 //! (`tests/streams.rs` holds the lockstep itself to the single-session path).
 mod common;
 
+use common::batch_outputs::{assert_no_staging_left, broken_frame_folder, frames_of, item, report};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -58,20 +59,7 @@ fn manifest(dir: &Path) -> PathBuf {
         r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]},{"id":4,"frame":1,"box":[70,10,110,50]}]}"#,
     )
     .unwrap();
-    let broken = dir.join("c-frames");
-    std::fs::create_dir_all(&broken).unwrap();
-    let st = Command::new("ffmpeg")
-        .stdin(Stdio::null())
-        .args(["-loglevel", "error", "-y", "-i"])
-        .arg(dir.join("a.mp4"))
-        .args(["-start_number", "0"])
-        .arg(broken.join("%05d.png"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let cut = broken.join("00004.png");
-    let bytes = std::fs::read(&cut).unwrap();
-    std::fs::write(&cut, &bytes[..200]).unwrap();
+    broken_frame_folder(&dir.join("a.mp4"), &dir.join("c-frames"));
     let m = dir.join("manifest.jsonl");
     std::fs::write(
         &m,
@@ -83,25 +71,6 @@ fn manifest(dir: &Path) -> PathBuf {
     )
     .unwrap();
     m
-}
-
-fn report(out: &Path) -> serde_json::Value {
-    let path = out.join("batch-report.json");
-    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
-
-fn item<'a>(report: &'a serde_json::Value, out: &str) -> &'a serde_json::Value {
-    report["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["out"] == out)
-        .unwrap_or_else(|| panic!("{out} not in {report}"))
-}
-
-fn frames_of(out: &Path) -> serde_json::Value {
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("masks.json")).unwrap()).unwrap();
-    doc["frames"].clone()
 }
 
 /// Every logits file under `dir`, relative path → values.
@@ -148,16 +117,6 @@ fn has_foreground(frames: &serde_json::Value) -> bool {
         .any(|o| serde_json::from_value::<sam2_tui::rle::Rle>(o["rle"].clone()).unwrap().area() > 0)
 }
 
-fn no_staging_left(out: &Path) {
-    let leftovers: Vec<_> = std::fs::read_dir(out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n.to_string_lossy().starts_with(".sam2-tui"))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
-}
-
 #[test]
 fn videos_at_once_get_the_masks_and_logits_each_gets_alone_and_a_broken_one_fails_alone() {
     let dir = common::scratch("batch-streams");
@@ -171,7 +130,7 @@ fn videos_at_once_get_the_masks_and_logits_each_gets_alone_and_a_broken_one_fail
     assert_eq!(r.status.code(), Some(1), "one item fails, so the batch does: {err}");
     assert!(err.contains("3 video(s) at once each"), "{err}");
     assert!(err.contains("1 of 3 item(s) failed"), "{err}");
-    let rep = report(&together);
+    let rep = report(&together.join("batch-report.json"));
     assert_eq!(rep["finished"], true);
     let c = item(&rep, "c");
     assert_eq!(c["status"], "failed");
@@ -195,7 +154,7 @@ fn videos_at_once_get_the_masks_and_logits_each_gets_alone_and_a_broken_one_fail
         eprintln!("{name}: masks identical, max |dlogit| {worst:e}, max |dscore| {score_diff:e}");
     }
     assert!(!logits_of(&together.join("a")).keys().any(|k| k.starts_with("2/")), "the removed object's logits go");
-    no_staging_left(&together);
+    assert_no_staging_left(&together);
 }
 
 #[test]
@@ -218,7 +177,7 @@ fn a_worker_crash_mid_group_changes_no_mask_and_counts_against_the_items_it_inte
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert!(err.contains("died") && err.contains("SIGABRT"), "{err}");
-    let rep = report(&crashed);
+    let rep = report(&crashed.join("batch-report.json"));
     for name in ["a", "b"] {
         assert_eq!(item(&rep, name)["restarts"], 1, "{rep}");
         assert_eq!(
@@ -260,11 +219,11 @@ fn an_interrupt_keeps_the_items_already_published_and_leaves_nothing_of_the_othe
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{seen:#?}\n{rest:#?}");
-    let rep = report(&out);
+    let rep = report(&out.join("batch-report.json"));
     assert_eq!(rep["finished"], false);
     assert_eq!(item(&rep, "short")["status"], "done");
     assert_eq!(item(&rep, "long")["status"], "pending", "{rep}");
     assert!(out.join("short/masks.json").is_file());
     assert!(!out.join("long").exists(), "an interrupted item leaves no output folder");
-    no_staging_left(&out);
+    assert_no_staging_left(&out);
 }

@@ -310,21 +310,7 @@ fn a_stream_whose_input_breaks_mid_run_fails_alone() {
     let s = setup();
     // A frame folder whose fifth frame is cut short after its header: the folder opens
     // (every header is read), the frame fails to decode when the propagation gets there.
-    let broken = s.dir.join("broken-frames");
-    let _ = std::fs::remove_dir_all(&broken);
-    std::fs::create_dir_all(&broken).unwrap();
-    let st = Command::new("ffmpeg")
-        .stdin(std::process::Stdio::null())
-        .args(["-loglevel", "error", "-i"])
-        .arg(&s.clips[0])
-        .args(["-start_number", "0"])
-        .arg(broken.join("%05d.png"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let cut = broken.join("00004.png");
-    let bytes = std::fs::read(&cut).unwrap();
-    std::fs::write(&cut, &bytes[..200]).unwrap();
+    let broken = common::batch_outputs::broken_frame_folder(&s.clips[0], &s.dir.join("broken-frames"));
     let click: sam2_tui::session::Journal = serde_json::from_str(
         r#"{"version":1,"ops":[{"op":"add_prompt","frame":0,"object":1,"points":[[30,20,1]]},{"op":"propagate"}]}"#,
     )

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod batch_outputs;
 pub mod image_parity;
 pub mod serve;
 pub mod video_parity;

@@ -256,20 +256,38 @@ pub fn execute(p: &Prepared, engine: &mut Option<Engine>, on_frame: OnFrame) -> 
         session_dirs::remove_one_shot(&session_dir);
     }
     let (masks, frames_tracked, restarts, model_label) = result?;
-    // The last instant an interrupt can still leave everything as it was.
+    publish(p, staging, Outcome::new(p, masks, frames_tracked, restarts, model_label, started))
+}
+
+impl Outcome {
+    fn new(
+        p: &Prepared,
+        masks: usize,
+        frames_tracked: usize,
+        restarts: u32,
+        model_label: String,
+        started: Instant,
+    ) -> Self {
+        Outcome {
+            masks,
+            frames: p.video.frames,
+            frames_tracked,
+            restarts,
+            model_label,
+            seconds: started.elapsed().as_secs_f32(),
+            out: p.target.out().to_path_buf(),
+        }
+    }
+}
+
+/// Swaps a job's staged outputs in, unless an interrupt came: the last instant one can
+/// still leave everything as it was.
+fn publish(p: &Prepared, staging: Staging, outcome: Outcome) -> anyhow::Result<Outcome> {
     if interrupt::requested() {
         return Err(anyhow::Error::new(Interrupted));
     }
     p.target.publish(staging)?;
-    Ok(Outcome {
-        masks,
-        frames: p.video.frames,
-        frames_tracked,
-        restarts,
-        model_label,
-        seconds: started.elapsed().as_secs_f32(),
-        out: p.target.out().to_path_buf(),
-    })
+    Ok(outcome)
 }
 
 /// Runs the journal under the supervisor and writes every output into `staging`:

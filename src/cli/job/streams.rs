@@ -10,7 +10,7 @@
 //! (its media, its op) fails its job alone.
 //!
 //! Jobs share a worker only when they would start the same one (`Prepared::worker_key`).
-use super::{one_shot_session_dir, write_outputs, Outcome, Prepared};
+use super::{one_shot_session_dir, publish, write_outputs, Outcome, Prepared};
 use crate::cli::interrupt;
 use crate::device::{DeviceChoice, Precision};
 use crate::media::output_dir::Staging;
@@ -213,20 +213,7 @@ impl Publication<'_> {
             move_dir(stream_logits, &logits_dir)?;
         }
         let (masks, model_label) = write_outputs(p, &staging, &self.masks, ran_on, self.restarts, &logits_dir)?;
-        // The last instant an interrupt can still leave this job as it was.
-        if interrupt::requested() {
-            return Err(anyhow::Error::new(Interrupted));
-        }
-        p.target.publish(staging)?;
-        Ok(Outcome {
-            masks,
-            frames: p.video.frames,
-            frames_tracked: self.frames_done,
-            restarts: self.restarts,
-            model_label,
-            seconds: started.elapsed().as_secs_f32(),
-            out: p.target.out().to_path_buf(),
-        })
+        publish(p, staging, Outcome::new(p, masks, self.frames_done, self.restarts, model_label, started))
     }
 }
 
