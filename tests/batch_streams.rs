@@ -177,6 +177,7 @@ fn a_worker_crash_mid_group_changes_no_mask_and_counts_against_the_items_it_inte
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert!(err.contains("died") && err.contains("SIGABRT"), "{err}");
+    assert!(err.contains("; 1 worker restart(s);"), "one death, however many items it served: {err}");
     let rep = report(&crashed.join("batch-report.json"));
     for name in ["a", "b"] {
         assert_eq!(item(&rep, name)["restarts"], 1, "{rep}");

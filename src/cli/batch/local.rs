@@ -51,8 +51,17 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
         lanes.len(),
         lanes.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
     );
-    let ctx =
-        Shared { a, config: &config, mine: &mine, out, report: &report, report_path: &report_path, ended: &ended };
+    let deaths = AtomicUsize::new(0);
+    let ctx = Shared {
+        a,
+        config: &config,
+        mine: &mine,
+        out,
+        report: &report,
+        report_path: &report_path,
+        ended: &ended,
+        deaths: &deaths,
+    };
     std::thread::scope(|s| {
         for lane in &lanes {
             let (ctx, next) = (&ctx, &next);
@@ -87,7 +96,7 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
     let (done, skipped, failed) = (rep.count(Status::Done), rep.count(Status::Skipped), rep.count(Status::Failed));
     let secs: f32 = rep.items.iter().map(|i| i.seconds).sum();
     let frames: usize = rep.items.iter().filter(|i| i.status == Status::Done).map(|i| i.frames).sum();
-    let restarts: u32 = rep.items.iter().map(|i| i.restarts).sum();
+    let restarts = deaths.load(Ordering::SeqCst);
     eprintln!(
         "batch: {done} done, {skipped} skipped (already complete), {failed} failed, {} not run; {frames} frames in {secs:.1}s item time; {restarts} worker restart(s); report {}",
         rep.count(Status::Pending),
@@ -126,6 +135,8 @@ struct Shared<'a> {
     report_path: &'a Path,
     /// Items ended so far.
     ended: &'a AtomicUsize,
+    /// Worker deaths so far (a group's worker serves several items: its deaths count once).
+    deaths: &'a AtomicUsize,
 }
 
 impl Shared<'_> {
@@ -195,7 +206,9 @@ impl Shared<'_> {
         }
         let mut r = pending(it);
         r.frames = p.frames();
-        self.finish(k, ended(r, started, result));
+        let r = ended(r, started, result);
+        self.deaths.fetch_add(r.restarts as usize, Ordering::SeqCst);
+        self.finish(k, r);
     }
 
     /// Items tracked at once in one worker (`--streams`), grouped by the worker they
@@ -240,17 +253,21 @@ impl Shared<'_> {
                 r.frames = jobs[j].frames();
                 self.finish(ks[j], ended(r, started, result));
             };
-            let result = job::streams::execute_group(&jobs, &mut on_frame, &mut on_outcome);
-            if let Err(e) = result {
-                eprintln!(
-                    "batch: {} videos could not share a worker ({e:#}); running them one after another",
-                    jobs.len()
-                );
-                for (j, p) in jobs.iter().enumerate().filter(|(j, _)| !heard[*j]) {
-                    if interrupt::requested() {
-                        break;
+            match job::streams::execute_group(&jobs, &mut on_frame, &mut on_outcome) {
+                Ok(d) => {
+                    self.deaths.fetch_add(d as usize, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "batch: {} videos could not share a worker ({e:#}); running them one after another",
+                        jobs.len()
+                    );
+                    for (j, p) in jobs.iter().enumerate().filter(|(j, _)| !heard[*j]) {
+                        if interrupt::requested() {
+                            break;
+                        }
+                        self.run_alone(ks[j], p, engine);
                     }
-                    self.run_alone(ks[j], p, engine);
                 }
             }
         }

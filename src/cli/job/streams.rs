@@ -39,13 +39,14 @@ struct Running<'p> {
 /// job's frames; `on_outcome(job, result)` hears each job's end once, as it happens (its
 /// outputs published, or why not). Errors when no worker could run at all (it would not
 /// start or load, or died more often than the restart policy allows): the jobs that had
-/// not ended by then have heard nothing, and the caller may run them another way.
+/// not ended by then have heard nothing, and the caller may run them another way. Returns
+/// how many times the group's worker died and was replaced.
 pub fn execute_group(
     jobs: &[Prepared],
     on_frame: &mut dyn FnMut(usize, usize, usize, f32),
     on_outcome: &mut dyn FnMut(usize, anyhow::Result<Outcome>),
-) -> anyhow::Result<()> {
-    let Some(first) = jobs.first() else { return Ok(()) };
+) -> anyhow::Result<u32> {
+    let Some(first) = jobs.first() else { return Ok(0) };
     debug_assert!(jobs.iter().all(|j| j.worker_key() == first.worker_key()), "a group shares one worker");
     let started = Instant::now();
     let mut opts = first.worker_options(None, vec![])?;
@@ -79,6 +80,7 @@ pub fn execute_group(
     }
 
     let mut ran_on: Option<(DeviceChoice, Precision)> = None;
+    let mut deaths = 0u32;
     let stop = || interrupt::requested();
     // A job's outputs are written on a thread of their own, so that the others' frames go
     // on meanwhile and jobs that end together are written together.
@@ -91,6 +93,7 @@ pub fn execute_group(
             match news {
                 StreamNews::WorkerStarted { device, precision } => ran_on = Some((device, precision)),
                 StreamNews::WorkerDied { reason } => {
+                    deaths += 1;
                     if !interrupt::requested() {
                         eprintln!(
                             "\nbatch: the worker of {} stream(s) died: {reason}; restarting and resuming",
@@ -159,7 +162,7 @@ pub fn execute_group(
                     }
                 }
             }
-            Ok(())
+            Ok(deaths)
         }
         Err(e) => Err(e),
     };
