@@ -10,9 +10,12 @@
 //! completed, and each goes on from its next op, an interrupted propagation from the
 //! frame after the last one it delivered (`store::resume`) — so a crash changes no mask.
 //!
-//! Order of work: each stream runs its ops in journal order. Ops other than propagations
-//! run stream after stream; whenever every unfinished stream has a propagation next,
-//! those propagations run together. A stream that fails (its media, its op) ends alone.
+//! Order of work: each stream runs its ops in journal order, each op sent as soon as the
+//! stream's previous one has ended. A propagation joins the worker's lockstep under way
+//! (or starts one), and the worker runs other streams' opens and single ops between its
+//! steps, so the streams need not wait for each other. Up to `width` streams run at once;
+//! when one ends, the caller's next job is opened in its place (`run_admitting`), while
+//! the others propagate. A stream that fails (its media, its op) ends alone.
 use crate::death;
 use crate::machine::WorkerNews;
 use crate::options::SupervisorOptions;
@@ -74,23 +77,38 @@ pub type StreamResults = Vec<Result<(), String>>;
 /// What a stream that had not ended when `stop` said so is left with.
 pub const STOPPED: &str = "stopped before it finished";
 
-/// Runs `jobs` in one worker; `on_news` may answer a frame with `Some(stream)` to cancel
-/// that stream's propagation under way. `stop` is asked whenever the worker says
-/// anything (twice a second at least, its heartbeat): once it says yes, the worker is
-/// killed and every stream not yet ended ends with `STOPPED` (the caller's interrupt:
-/// the worker runs in a process group of its own, so a Ctrl-C does not reach it).
-/// Errors only when no worker can run at all (it will not start, load or open, or dies
-/// more often than the restart policy allows).
+/// Runs `jobs` in one worker, all at once; see `run_admitting`.
 pub fn run(
     opts: &SupervisorOptions,
     jobs: &[StreamJob],
     stop: &dyn Fn() -> bool,
     on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
 ) -> anyhow::Result<StreamResults> {
-    let mut d = Driver::new(opts, jobs);
+    let mut jobs = jobs.iter().cloned();
+    run_admitting(opts, jobs.len().max(1), &mut || jobs.next(), stop, on_news)
+}
+
+/// Runs jobs in one worker, up to `width` at once: `next_job` is asked for one whenever
+/// fewer than `width` streams are running (until it says none), and its job becomes the
+/// next stream, numbered in the order taken. `on_news` may answer a frame with
+/// `Some(stream)` to cancel that stream's propagation under way. `stop` is asked
+/// whenever the worker says anything (twice a second at least, its heartbeat): once it
+/// says yes, the worker is killed and every stream not yet ended ends with `STOPPED` (the
+/// caller's interrupt: the worker runs in a process group of its own, so a Ctrl-C does
+/// not reach it); no job is taken after that. Errors only when no worker can run at all
+/// (it will not start, load or open, or dies more often than the restart policy allows);
+/// the streams that had not ended then have heard nothing.
+pub fn run_admitting(
+    opts: &SupervisorOptions,
+    width: usize,
+    next_job: &mut dyn FnMut() -> Option<StreamJob>,
+    stop: &dyn Fn() -> bool,
+    on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
+) -> anyhow::Result<StreamResults> {
+    let mut d = Driver { opts, streams: vec![], generation: 0, width: width.max(1), more: true };
     let mut restarts = 0u32;
     loop {
-        match d.run_worker(stop, on_news) {
+        match d.run_worker(next_job, stop, on_news) {
             Ok(()) => break,
             Err(Halt::Stopped) => {
                 for s in d.streams.iter_mut().filter(|s| s.running()) {
@@ -122,6 +140,21 @@ struct Stream {
     /// How far the propagation under way (op `done`) got, across workers.
     progress: PropagationProgress,
     failed: Option<String>,
+    /// What this worker is doing for the stream now.
+    busy: Busy,
+}
+
+/// A stream's request under way in the current worker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Busy {
+    /// Not open in this worker.
+    Closed,
+    /// `OpenStream` sent (a new stream: nothing to restore).
+    Opening,
+    /// Open, nothing under way: its next op can go.
+    Idle,
+    /// Op `done` sent.
+    Op,
 }
 
 impl Stream {
@@ -151,8 +184,13 @@ enum Halt {
 
 struct Driver<'o> {
     opts: &'o SupervisorOptions,
+    /// Every stream taken so far, numbered in the order taken.
     streams: Vec<Stream>,
     generation: u64,
+    /// Streams running at once, at most.
+    width: usize,
+    /// Whether the caller may still have jobs.
+    more: bool,
 }
 
 /// One live worker and its news.
@@ -173,26 +211,11 @@ struct Worker<'s> {
 }
 
 impl<'o> Driver<'o> {
-    fn new(opts: &'o SupervisorOptions, jobs: &[StreamJob]) -> Self {
-        let streams = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| Stream {
-                ops: j.ops.clone(),
-                media: j.media.clone(),
-                bank: opts.session_dir.join(format!("stream-{i}")).join("bank"),
-                num_frames: 0,
-                done: 0,
-                progress: PropagationProgress::default(),
-                failed: None,
-            })
-            .collect();
-        Driver { opts, streams, generation: 0 }
-    }
-
-    /// One worker's life: start it, bring every stream back, run until all have ended.
+    /// One worker's life: start it, bring every stream back, run until all have ended
+    /// and the caller has no job left.
     fn run_worker(
         &mut self,
+        next_job: &mut dyn FnMut() -> Option<StreamJob>,
         stop: &dyn Fn() -> bool,
         on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
     ) -> Result<(), Halt> {
@@ -225,33 +248,60 @@ impl<'o> Driver<'o> {
             })?
             .map_err(Halt::Died)?;
         on_news(StreamNews::WorkerStarted { device, precision });
+        // The streams an earlier worker had, brought back before anything else runs.
+        for s in self.streams.iter_mut() {
+            s.busy = Busy::Closed;
+        }
         for i in 0..self.streams.len() {
             if self.streams[i].running() {
                 self.reopen(&mut w, i)?;
             }
         }
         loop {
-            // Single ops first, stream after stream, up to each one's next propagation.
-            for i in 0..self.streams.len() {
-                while self.streams[i].running()
-                    && !matches!(self.streams[i].ops[self.streams[i].done], Op::Propagate { .. })
-                {
-                    let op = self.streams[i].ops[self.streams[i].done].clone();
-                    self.apply(&mut w, vec![(i, op)], on_news)?;
-                }
-            }
-            // Then every stream's propagation together.
+            self.admit(next_job);
+            let mut opening = self.streams.iter().any(|s| s.busy == Busy::Opening);
             let mut passes = vec![];
-            for (i, s) in self.streams.iter_mut().enumerate() {
-                if s.running() {
-                    match s.next_op() {
-                        Some(op) => passes.push((i, op)),
-                        None => s.op_done(),
+            for i in 0..self.streams.len() {
+                let s = &mut self.streams[i];
+                if !s.running() {
+                    continue;
+                }
+                match s.busy {
+                    // One open at a time: its answer names no stream.
+                    Busy::Closed if !opening => {
+                        self.open(&mut w, i);
+                        opening = true;
                     }
+                    Busy::Idle => match &s.ops[s.done] {
+                        Op::Propagate { .. } => match s.next_op() {
+                            Some(op) => passes.push((i, op)),
+                            None => s.op_done(),
+                        },
+                        op => {
+                            let op = StreamOp { stream: i as u32, seq: s.done as u64, op: op.clone() };
+                            s.busy = Busy::Op;
+                            w.process.send(&Request::ApplyStream(op));
+                        }
+                    },
+                    _ => {}
                 }
             }
-            if passes.is_empty() {
-                if self.streams.iter().any(Stream::running) {
+            if !passes.is_empty() {
+                // They start together, or join the propagation under way.
+                let passes = passes
+                    .into_iter()
+                    .map(|(i, op)| {
+                        self.streams[i].busy = Busy::Op;
+                        StreamOp { stream: i as u32, seq: self.streams[i].done as u64, op }
+                    })
+                    .collect();
+                w.process.send(&Request::PropagateStreams { passes });
+            }
+            let waiting = self.streams.iter().any(|s| matches!(s.busy, Busy::Opening | Busy::Op));
+            if !waiting {
+                if self.streams.iter().any(|s| s.running()) || self.more {
+                    // An op that turned out done (a propagation finished before the last
+                    // worker died), or a job still to take: look again.
                     continue;
                 }
                 // A healthy worker exits once its stdin closes; its exit is its last news.
@@ -259,7 +309,95 @@ impl<'o> Driver<'o> {
                 while w.next(self.opts.watchdog.progress_timeout).is_ok() {}
                 return Ok(());
             }
-            self.apply(&mut w, passes, on_news)?;
+            let answer = w.next(self.opts.watchdog.progress_timeout)?;
+            self.hear(&mut w, answer, on_news);
+        }
+    }
+
+    /// Takes the caller's next jobs while fewer than `width` streams run.
+    fn admit(&mut self, next_job: &mut dyn FnMut() -> Option<StreamJob>) {
+        while self.more && self.streams.iter().filter(|s| s.running()).count() < self.width {
+            match next_job() {
+                Some(job) => {
+                    let i = self.streams.len();
+                    self.streams.push(Stream {
+                        ops: job.ops,
+                        media: job.media,
+                        bank: self.opts.session_dir.join(format!("stream-{i}")).join("bank"),
+                        num_frames: 0,
+                        done: 0,
+                        progress: PropagationProgress::default(),
+                        failed: None,
+                        busy: Busy::Closed,
+                    });
+                }
+                None => self.more = false,
+            }
+        }
+    }
+
+    /// Sends a new stream's `OpenStream` (answered by `hear`).
+    fn open(&mut self, w: &mut Worker, i: usize) {
+        let s = &mut self.streams[i];
+        if let Err(e) = std::fs::create_dir_all(&s.bank) {
+            s.failed = Some(format!("{}: {e}", s.bank.display()));
+            return;
+        }
+        s.busy = Busy::Opening;
+        let fill_holes = self.opts.fill_holes;
+        w.process.send(&Request::OpenStream {
+            stream: i as u32,
+            path: s.media.clone(),
+            bank_dir: s.bank.clone(),
+            fill_holes,
+        });
+    }
+
+    /// One answer of the worker, to the stream it concerns.
+    fn hear(&mut self, w: &mut Worker, answer: Response, on_news: &mut dyn FnMut(StreamNews) -> Option<usize>) {
+        let opening = self.streams.iter().position(|s| s.busy == Busy::Opening);
+        match answer {
+            Response::MediaInfo { frames, .. } => {
+                if let Some(i) = opening {
+                    let s = &mut self.streams[i];
+                    s.num_frames = frames;
+                    s.busy = Busy::Idle;
+                }
+            }
+            Response::Error { message, .. } => {
+                if let Some(i) = opening {
+                    self.streams[i].busy = Busy::Idle;
+                    self.streams[i].failed = Some(message.clone());
+                    on_news(StreamNews::Failed { stream: i, message });
+                }
+            }
+            Response::StreamFrame { stream, frame, objects, timings, .. } => {
+                let i = stream as usize;
+                let Some(s) = self.streams.get_mut(i) else { return };
+                if matches!(s.ops[s.done], Op::Propagate { .. }) {
+                    s.progress.record(frame);
+                }
+                let news = StreamNews::Frame { stream: i, op: s.done, frame, objects: &objects, timings: &timings };
+                if let Some(c) = on_news(news) {
+                    w.process.send(&Request::CancelStream { stream: c as u32 });
+                }
+            }
+            Response::StreamDone { stream, cancelled, .. } => {
+                let i = stream as usize;
+                let Some(s) = self.streams.get_mut(i) else { return };
+                let op = s.done;
+                s.op_done();
+                s.busy = Busy::Idle;
+                on_news(StreamNews::OpDone { stream: i, op, cancelled });
+            }
+            Response::StreamError { stream, message, .. } => {
+                let i = stream as usize;
+                let Some(s) = self.streams.get_mut(i) else { return };
+                s.busy = Busy::Idle;
+                s.failed = Some(message.clone());
+                on_news(StreamNews::Failed { stream: i, message });
+            }
+            _ => {}
         }
     }
 
@@ -309,7 +447,10 @@ impl<'o> Driver<'o> {
             _ => None,
         })?;
         match opened {
-            Ok(frames) => s.num_frames = frames,
+            Ok(frames) => {
+                s.num_frames = frames;
+                s.busy = Busy::Idle;
+            }
             Err(message) => {
                 s.failed = Some(message);
                 return Ok(());
@@ -324,59 +465,6 @@ impl<'o> Driver<'o> {
             })?;
             if let Err(message) = restored {
                 s.failed = Some(message);
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends `ops` (one single op, or propagations to run together) and follows them to
-    /// their ends: one `StreamDone` or `StreamError` per stream.
-    fn apply(
-        &mut self,
-        w: &mut Worker,
-        ops: Vec<(usize, Op)>,
-        on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
-    ) -> Result<(), Halt> {
-        let seq = |i: usize| self.streams[i].done as u64;
-        let mut passes: Vec<StreamOp> =
-            ops.into_iter().map(|(i, op)| StreamOp { stream: i as u32, seq: seq(i), op }).collect();
-        let req = if passes.len() == 1 && !matches!(passes[0].op, Op::Propagate { .. }) {
-            Request::ApplyStream(passes.pop().expect("one op"))
-        } else {
-            Request::PropagateStreams { passes: passes.clone() }
-        };
-        let mut open: Vec<usize> = match &req {
-            Request::ApplyStream(op) => vec![op.stream as usize],
-            _ => passes.iter().map(|p| p.stream as usize).collect(),
-        };
-        w.process.send(&req);
-        while !open.is_empty() {
-            match w.next(self.opts.watchdog.progress_timeout)? {
-                Response::StreamFrame { stream, frame, objects, timings, .. } => {
-                    let i = stream as usize;
-                    let Some(s) = self.streams.get_mut(i) else { continue };
-                    if matches!(s.ops[s.done], Op::Propagate { .. }) {
-                        s.progress.record(frame);
-                    }
-                    let news = StreamNews::Frame { stream: i, op: s.done, frame, objects: &objects, timings: &timings };
-                    if let Some(c) = on_news(news) {
-                        w.process.send(&Request::CancelStream { stream: c as u32 });
-                    }
-                }
-                Response::StreamDone { stream, cancelled, .. } => {
-                    let i = stream as usize;
-                    open.retain(|&o| o != i);
-                    let op = self.streams[i].done;
-                    self.streams[i].op_done();
-                    on_news(StreamNews::OpDone { stream: i, op, cancelled });
-                }
-                Response::StreamError { stream, message, .. } => {
-                    let i = stream as usize;
-                    open.retain(|&o| o != i);
-                    self.streams[i].failed = Some(message.clone());
-                    on_news(StreamNews::Failed { stream: i, message });
-                }
-                _ => {}
             }
         }
         Ok(())

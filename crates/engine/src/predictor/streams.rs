@@ -40,16 +40,31 @@ use std::rc::Rc;
 use std::time::Instant;
 use tch::Tensor;
 
-/// One video's part in a lockstep propagation: its session, its `Op::Propagate` and
-/// where its frames go (`Break` ends this stream only).
-pub struct StreamPass<'a> {
-    pub video: &'a mut VideoPredictor,
+/// One video's part in a lockstep propagation: its session (held by the pass while it
+/// runs and handed back at its end), its `Op::Propagate` and where its frames go (`Break`
+/// ends this stream only). `stream` is the caller's name for it.
+pub struct StreamPass<'f> {
+    pub stream: u32,
+    pub video: VideoPredictor,
     pub op: Op,
-    pub on_frame: &'a mut dyn FnMut(FrameOutput) -> ControlFlow<()>,
+    pub on_frame: Box<dyn FnMut(FrameOutput) -> ControlFlow<()> + 'f>,
+}
+
+/// The caller of a lockstep propagation, asked between steps. Passes join a propagation
+/// under way (`admit`) and leave it one by one as they end (`ended`), so the streams in
+/// lockstep change while it runs: a worker admits a new video as soon as another ends,
+/// instead of waiting for the longest of a fixed group.
+pub trait LockstepHost<'f> {
+    /// Before each step: passes to start now, beside those running (none: empty).
+    fn admit(&mut self) -> Vec<StreamPass<'f>>;
+    /// A pass has ended, its state saved and its op committed (`result` says how it
+    /// ended): its session goes back to the caller.
+    fn ended(&mut self, pass: StreamPass<'f>, result: anyhow::Result<()>);
 }
 
 /// A stream's state during the pass.
-struct Lane {
+struct Lane<'f> {
+    pass: StreamPass<'f>,
     ids: Vec<ObjectId>,
     order: Vec<usize>,
     reverse: bool,
@@ -61,7 +76,7 @@ struct Lane {
     result: Option<anyhow::Result<()>>,
 }
 
-impl Lane {
+impl Lane<'_> {
     fn running(&self) -> bool {
         self.result.is_none() && self.next < self.order.len()
     }
@@ -74,44 +89,53 @@ struct Pair {
     memory: ChosenMemories,
 }
 
-/// Propagates every pass in lockstep. Each pass runs as `apply_journaled` runs a
-/// propagation (an unlogged bank op, the state saved after it) and ends on its own:
-/// `on_end(pass, result)` is told as soon as it has (its state saved, its op committed),
-/// while the longer passes go on — so a short video's results need not wait for the
-/// longest one's.
-pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>], on_end: &mut dyn FnMut(usize, anyhow::Result<()>)) {
+/// Propagates every pass in lockstep, and those `host` admits on the way, until none is
+/// left running. Each pass runs as `apply_journaled` runs a propagation (an unlogged bank
+/// op, the state saved after it) and ends on its own: `host.ended` hears it as soon as it
+/// has, while the longer passes go on — so a short video's results need not wait for the
+/// longest one's, and its place in the steps goes to the next video admitted.
+pub fn propagate_in_lockstep<'f>(passes: Vec<StreamPass<'f>>, host: &mut dyn LockstepHost<'f>) {
     let _g = tch::no_grad_guard();
     let Some(first) = passes.first() else { return };
     let model = first.video.model.clone();
     let _a = first.video.autocast();
     // A lockstep pass is one propagation for the `trace` knob (the first stream's tuning).
-    let tuning = &first.video.opts.tuning;
+    let tuning = first.video.opts.tuning.clone();
     let _trace = crate::trace::propagation(model.device, tuning.trace.as_deref(), tuning.trace_pass);
     // The image encoder's graphs (one per batch size) belong to the group, not a stream.
-    let mut encoder = Graphs::new(&model, first.video.opts.tuning.cuda_graphs);
-    let mut lanes: Vec<Lane> = passes.iter_mut().map(begin).collect();
-    let mut ended = vec![false; lanes.len()];
+    let mut encoder = Graphs::new(&model, tuning.cuda_graphs);
+    let mut lanes: Vec<Lane> = passes.into_iter().map(begin).collect();
     loop {
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            if !ended[l] && !lane.running() {
-                ended[l] = true;
-                // Left `Some`, so that the lane stays out of the steps.
-                let result = lane.result.replace(Ok(())).unwrap_or(Ok(()));
-                on_end(l, finish(passes[l].video, result));
+        lanes.extend(host.admit().into_iter().map(begin));
+        // Lanes that have ended leave, in the order they were admitted.
+        let mut l = 0;
+        while l < lanes.len() {
+            if lanes[l].running() {
+                l += 1;
+                continue;
             }
+            let mut lane = lanes.remove(l);
+            let result = lane.result.take().unwrap_or(Ok(()));
+            let result = finish(&mut lane.pass.video, result);
+            host.ended(lane.pass, result);
         }
-        let running: Vec<usize> = (0..lanes.len()).filter(|&l| lanes[l].running()).collect();
-        if running.is_empty() {
+        if lanes.is_empty() {
             break;
         }
-        let tracked = step(passes, &mut lanes, &running, &model, &mut encoder);
+        let tracked = step(&mut lanes, &model, &mut encoder);
         for (l, t) in tracked {
             let lane = &mut lanes[l];
             lane.pending.push_back(t);
             lane.next += 1;
-            let pass = &mut passes[l];
+            let pass = &mut lane.pass;
             let depth = if lane.next == lane.order.len() { 0 } else { pass.video.pipeline_depth };
-            match pipeline::write_out_until(pass.video, &mut lane.pending, depth, &mut lane.last_out, pass.on_frame) {
+            match pipeline::write_out_until(
+                &mut pass.video,
+                &mut lane.pending,
+                depth,
+                &mut lane.last_out,
+                &mut *pass.on_frame,
+            ) {
                 Ok(ControlFlow::Continue(())) if lane.next == lane.order.len() => lane.result = Some(Ok(())),
                 Ok(ControlFlow::Continue(())) => {}
                 Ok(ControlFlow::Break(())) => lane.result = Some(Ok(())),
@@ -123,16 +147,7 @@ pub fn propagate_in_lockstep(passes: &mut [StreamPass<'_>], on_end: &mut dyn FnM
 
 /// The start of a pass: the op checked, an unlogged bank op opened, the frames planned.
 /// A pass that cannot start ends here (the others still run).
-fn begin(pass: &mut StreamPass<'_>) -> Lane {
-    let mut lane = Lane {
-        ids: vec![],
-        order: vec![],
-        reverse: false,
-        next: 0,
-        pending: VecDeque::new(),
-        last_out: Instant::now(),
-        result: None,
-    };
+fn begin(mut pass: StreamPass<'_>) -> Lane<'_> {
     let planned = (|| {
         let Op::Propagate { start, reverse, max_frames } = pass.op else {
             anyhow::bail!("only propagations run in lockstep, not {:?}", pass.op);
@@ -142,6 +157,16 @@ fn begin(pass: &mut StreamPass<'_>) -> Lane {
         let (ids, order) = pass.video.plan_propagation(start, reverse, max_frames)?;
         Ok::<_, anyhow::Error>((ids, order, reverse))
     })();
+    let mut lane = Lane {
+        pass,
+        ids: vec![],
+        order: vec![],
+        reverse: false,
+        next: 0,
+        pending: VecDeque::new(),
+        last_out: Instant::now(),
+        result: None,
+    };
     match planned {
         Ok((ids, order, reverse)) => {
             lane.result = order.is_empty().then_some(Ok(()));
@@ -159,23 +184,17 @@ fn finish(video: &mut VideoPredictor, result: anyhow::Result<()>) -> anyhow::Res
     result.and(saved)
 }
 
-/// One lockstep step over the `running` lanes: their next frames encoded together and
-/// every (stream, object) pair tracked together. Returns each lane's tracked frame; a
-/// lane whose input failed gets its result instead (its finished frames written out).
-fn step(
-    passes: &mut [StreamPass<'_>],
-    lanes: &mut [Lane],
-    running: &[usize],
-    model: &Rc<crate::model::Sam2Base>,
-    encoder: &mut Graphs,
-) -> Vec<(usize, Tracked)> {
+/// One lockstep step over the lanes (every one running): their next frames encoded
+/// together and every (stream, object) pair tracked together. Returns each lane's tracked
+/// frame; a lane whose input failed gets its result instead (its finished frames written
+/// out).
+fn step(lanes: &mut [Lane<'_>], model: &Rc<crate::model::Sam2Base>, encoder: &mut Graphs) -> Vec<(usize, Tracked)> {
     let mut timings = StageTimings::default();
     // Which objects each lane tracks on its frame (the others are prompted there).
     let mut tracked: Vec<(usize, Tracked, Vec<ObjectId>)> = vec![];
-    for &l in running {
-        let lane = &lanes[l];
+    for (l, lane) in lanes.iter().enumerate() {
         let frame = lane.order[lane.next];
-        let bank = &passes[l].video.bank;
+        let bank = &lane.pass.video.bank;
         let mut t = Tracked::new(frame, lane.reverse);
         let (prompted, to_track): (Vec<ObjectId>, Vec<ObjectId>) =
             lane.ids.iter().partition(|&&id| bank.contains(id, Slot::Cond, frame));
@@ -192,7 +211,7 @@ fn step(
         if to_track.is_empty() {
             continue;
         }
-        let video = &mut *passes[*l].video;
+        let video = &mut lanes[*l].pass.video;
         if let Some((_, f)) = video.features.iter().find(|(i, _)| *i == t.frame) {
             feats[*l] = Some(f.clone());
             continue;
@@ -209,13 +228,13 @@ fn step(
         let pixels: Vec<Tensor> = to_encode.iter().map(|(_, _, p)| p.shallow_clone()).collect();
         for ((l, frame, _), f) in to_encode.into_iter().zip(encoder.encode(model, &pixels)) {
             let f = Rc::new(f);
-            let video = &mut *passes[l].video;
+            let video = &mut lanes[l].pass.video;
             video.features.insert(0, (frame, f.clone()));
             video.features.truncate(2);
             feats[l] = Some(f);
         }
     }
-    passes[0].video.sync();
+    lanes[0].pass.video.sync();
     timings.image_encoder_ms = ms(t0);
 
     // 2. Every pair's memories, chosen by its own session.
@@ -225,7 +244,7 @@ fn step(
         if failed.iter().any(|(f, _)| f == l) {
             continue;
         }
-        let video = &mut *passes[*l].video;
+        let video = &mut lanes[*l].pass.video;
         let mut mine = vec![];
         for &id in to_track {
             match video.choose_memories(id, t.frame, t.reverse) {
@@ -239,18 +258,18 @@ fn step(
         }
         pairs.extend(mine);
     }
-    let entries = track_pairs(model, encoder, &pairs, &feats, &mut timings, t0, || passes[0].video.sync());
+    let entries = track_pairs(model, encoder, &pairs, &feats, &mut timings, t0, || lanes[0].pass.video.sync());
 
     // 3. The outputs staged in each stream's bank, the host copies queued.
     let mut out = vec![];
     for (l, mut t, _) in tracked {
-        let pass = &mut passes[l];
-        let video = &mut *pass.video;
+        let lane = &mut lanes[l];
+        let video = &mut lane.pass.video;
         if let Some(i) = failed.iter().position(|(f, _)| *f == l) {
             let (_, e) = failed.swap_remove(i);
-            let lane = &mut lanes[l];
             // Still deliver the frames that were finished before the failure.
-            let _ = pipeline::write_out_until(video, &mut lane.pending, 0, &mut lane.last_out, pass.on_frame);
+            let _ =
+                pipeline::write_out_until(video, &mut lane.pending, 0, &mut lane.last_out, &mut *lane.pass.on_frame);
             lane.result = Some(Err(e));
             continue;
         }

@@ -38,9 +38,37 @@ fn send(out: &Out, msg: &Response) {
 /// arrived before it (also one still queued behind the current op).
 struct Inbox {
     rx: mpsc::Receiver<(u64, Request)>,
-    cancel_upto: Arc<AtomicU64>,
+    cancels: Cancels,
+    /// Requests read during a lockstep propagation that must wait for its end (see
+    /// `streams::Admission`), in arrival order; they go before the channel's.
+    deferred: std::cell::RefCell<std::collections::VecDeque<(u64, Request)>>,
+}
+
+impl Inbox {
+    /// The next request to handle: a deferred one first.
+    fn next(&self) -> Option<(u64, Request)> {
+        let deferred = self.deferred.borrow_mut().pop_front();
+        deferred.or_else(|| self.rx.recv().ok())
+    }
+}
+
+/// What the reader has been told to cancel.
+#[derive(Clone)]
+struct Cancels {
+    /// `Cancel`: every request numbered up to this.
+    upto: Arc<AtomicU64>,
     /// `CancelStream`s: per stream, the requests it cancels (those numbered up to this).
-    stream_cancels: StreamCancels,
+    streams: StreamCancels,
+}
+
+impl Cancels {
+    fn request(&self, n: u64) -> bool {
+        self.upto.load(Ordering::SeqCst) >= n
+    }
+
+    fn stream(&self, n: u64, stream: u32) -> bool {
+        self.request(n) || self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(&stream).is_some_and(|&c| c >= n)
+    }
 }
 
 type StreamCancels = Arc<Mutex<BTreeMap<u32, u64>>>;
@@ -80,7 +108,7 @@ fn spawn_reader(out: Out) -> Inbox {
             let _ = tx.send((u64::MAX, Request::Shutdown));
         })
         .expect("spawn stdin reader");
-    Inbox { rx, cancel_upto, stream_cancels }
+    Inbox { rx, cancels: Cancels { upto: cancel_upto, streams: stream_cancels }, deferred: Default::default() }
 }
 
 fn spawn_heartbeat(out: Out, device: Arc<Mutex<DeviceInfo>>, stop: Arc<AtomicBool>) {
@@ -139,17 +167,12 @@ pub fn serve() -> anyhow::Result<()> {
         tuning: Tuning::default(),
         warm: None,
     };
-    while let Ok((n, req)) = inbox.rx.recv() {
+    while let Some((n, req)) = inbox.next() {
         if matches!(req, Request::Shutdown) {
             break;
         }
-        let cancelled = || inbox.cancel_upto.load(Ordering::SeqCst) >= n;
-        let stream_cancelled = |stream: u32| {
-            inbox.cancel_upto.load(Ordering::SeqCst) >= n
-                || inbox.stream_cancels.lock().unwrap_or_else(|p| p.into_inner()).get(&stream).is_some_and(|&c| c >= n)
-        };
-        if let Some(req) = engine.handle_streams(req, &stream_cancelled) {
-            engine.handle(req, &cancelled);
+        if let Some(req) = engine.handle_streams(req, n, &inbox) {
+            engine.handle(req, &|| inbox.cancels.request(n));
         }
     }
     let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
