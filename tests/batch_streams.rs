@@ -161,13 +161,12 @@ fn videos_at_once_get_the_masks_and_logits_each_gets_alone_and_a_broken_one_fail
 fn a_worker_crash_mid_group_changes_no_mask_and_counts_against_the_items_it_interrupted() {
     let dir = common::scratch("batch-streams-crash");
     let m = manifest(&dir);
+    // `a` and `b`, then `b` again: it takes the first place freed, after the crash.
     let good = dir.join("good.jsonl");
     let text = std::fs::read_to_string(&m).unwrap();
-    std::fs::write(
-        &good,
-        text.lines().filter(|l| !l.contains("c-frames")).map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
+    let mut items: String = text.lines().filter(|l| !l.contains("c-frames")).map(|l| format!("{l}\n")).collect();
+    items.push_str("{\"input\":\"b.mp4\",\"prompts\":\"b.json\",\"out\":\"b2\"}\n");
+    std::fs::write(&good, items).unwrap();
     let clean = dir.join("clean");
     let r = batch(&good, &clean, &["--streams", "2"], &[]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -179,8 +178,10 @@ fn a_worker_crash_mid_group_changes_no_mask_and_counts_against_the_items_it_inte
     assert!(err.contains("died") && err.contains("SIGABRT"), "{err}");
     assert!(err.contains("; 1 worker restart(s);"), "one death, however many items it served: {err}");
     let rep = report(&crashed.join("batch-report.json"));
-    for name in ["a", "b"] {
-        assert_eq!(item(&rep, name)["restarts"], 1, "{rep}");
+    assert_eq!(item(&rep, "b2")["restarts"], 0, "it started after the crash: {rep}");
+    for name in ["a", "b", "b2"] {
+        let want_restarts = if name == "b2" { 0 } else { 1 };
+        assert_eq!(item(&rep, name)["restarts"], want_restarts, "{rep}");
         assert_eq!(
             frames_of(&crashed.join(name)),
             frames_of(&clean.join(name)),
@@ -226,5 +227,53 @@ fn an_interrupt_keeps_the_items_already_published_and_leaves_nothing_of_the_othe
     assert_eq!(item(&rep, "long")["status"], "pending", "{rep}");
     assert!(out.join("short/masks.json").is_file());
     assert!(!out.join("long").exists(), "an interrupted item leaves no output folder");
+    assert_no_staging_left(&out);
+}
+
+#[test]
+fn a_place_freed_by_a_short_item_goes_to_the_next_item_while_the_longest_still_runs() {
+    let dir = common::scratch("batch-streams-admission");
+    common::pattern_clip(&dir.join("long.mp4"), 200, 3);
+    common::pattern_clip(&dir.join("short.mp4"), 2, 0);
+    common::pattern_clip(&dir.join("next.mp4"), 3, 5);
+    std::fs::write(dir.join("p.json"), r#"{"objects":[{"id":1,"frame":0,"points":[[40,30,1]]}]}"#).unwrap();
+    let line = |name: &str| format!("{{\"input\":\"{name}.mp4\",\"prompts\":\"p.json\",\"out\":\"{name}\"}}\n");
+    let m = dir.join("manifest.jsonl");
+    std::fs::write(&m, [line("long"), line("short"), line("next")].concat()).unwrap();
+    let out = dir.join("out");
+    let mut child =
+        batch_command(&m, &out, &["--streams", "2"], &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Two places: `long` and `short` start together; `next` gets `short`'s place when it
+    // ends, not `long`'s 200 frames later. The event awaited: `next` is done.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = vec![];
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("] next: done") || line.contains("] long: done") {
+            break;
+        }
+    }
+    // Not needed any further: the long item is stopped here.
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    child.wait().unwrap();
+    assert!(
+        seen.last().is_some_and(|l| l.contains("] next: done")),
+        "the third item waited for the longest of the first two: {seen:#?}\n{rest:#?}"
+    );
+    let rep = report(&out.join("batch-report.json"));
+    assert_eq!(item(&rep, "long")["status"], "pending", "{rep}");
+    assert_eq!(item(&rep, "next")["frames"], 3, "{rep}");
+    // Joining a propagation under way changes none of its masks: `next` alone.
+    let one = dir.join("next.jsonl");
+    std::fs::write(&one, line("next")).unwrap();
+    let alone = dir.join("alone");
+    let r = batch(&one, &alone, &[], &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let want = frames_of(&alone.join("next"));
+    assert!(has_foreground(&want), "empty masks prove nothing");
+    assert_same_masks("next", &frames_of(&out.join("next")), &want);
     assert_no_staging_left(&out);
 }

@@ -68,20 +68,24 @@ pub fn run(a: &Args, manifest_path: &Path, out: &Path, shard: Shard) -> anyhow::
             s.spawn(move || {
                 // One supervisor per lane, kept across its items: the model loads once.
                 let mut engine: Option<job::Engine> = None;
-                loop {
-                    let group = ctx.take(next, lane, a.streams as usize);
-                    if group.is_empty() {
-                        break;
-                    }
-                    if group.len() == 1 {
-                        let (k, p) = group.into_iter().next().expect("one");
-                        ctx.run_alone(k, &p, &mut engine);
-                    } else {
-                        // The lane's single-video worker would hold the GPU beside the group's.
-                        if let Some(e) = engine.take() {
-                            e.shutdown();
+                // An item taken for a group that needs another worker than the group's.
+                let mut parked: Option<(usize, job::Prepared)> = None;
+                while let Some(first) = parked.take().or_else(|| ctx.take(next, lane)) {
+                    // Two videos at least share a worker; one alone takes the one-video
+                    // path (its own faster graphs, and the fallback ladder).
+                    let second = if a.streams > 1 { ctx.take(next, lane) } else { None };
+                    match second {
+                        Some(second) if second.1.worker_key() == first.1.worker_key() => {
+                            // The lane's single-video worker would hold the GPU beside the group's.
+                            if let Some(e) = engine.take() {
+                                e.shutdown();
+                            }
+                            ctx.run_streams(vec![first, second], next, lane, &mut parked, &mut engine);
                         }
-                        ctx.run_group(group, &mut engine);
+                        second => {
+                            parked = second;
+                            ctx.run_alone(first.0, &first.1, &mut engine);
+                        }
                     }
                 }
                 if let Some(e) = engine {
@@ -140,13 +144,12 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// The lane's next items to run, up to `want`, judged (`job::prepare`): items already
-    /// complete and items that fail their checks are reported here and not returned.
-    fn take(&self, next: &AtomicUsize, lane: &Lane, want: usize) -> Vec<(usize, job::Prepared)> {
-        let mut group = vec![];
-        while group.len() < want && !interrupt::requested() {
+    /// The lane's next item to run, judged (`job::prepare`): items already complete and
+    /// items that fail their checks are reported here and passed over.
+    fn take(&self, next: &AtomicUsize, lane: &Lane) -> Option<(usize, job::Prepared)> {
+        while !interrupt::requested() {
             let k = next.fetch_add(1, Ordering::SeqCst);
-            let Some(it) = self.mine.get(k) else { break };
+            let it = self.mine.get(k)?;
             let mut r = pending(it);
             let dest = self.out.join(&it.out);
             if crate::media::output_dir::is_complete(&dest) {
@@ -155,11 +158,11 @@ impl Shared<'_> {
                 continue;
             }
             match job::prepare(self.spec(lane, it, dest)) {
-                Ok(p) => group.push((k, p)),
+                Ok(p) => return Some((k, p)),
                 Err(e) => self.finish(k, ended(r, Instant::now(), Err(e))),
             }
         }
-        group
+        None
     }
 
     fn spec(&self, lane: &Lane, it: &Item, dest: std::path::PathBuf) -> JobSpec {
@@ -211,63 +214,80 @@ impl Shared<'_> {
         self.finish(k, r);
     }
 
-    /// Items tracked at once in one worker (`--streams`), grouped by the worker they
-    /// need. Should no worker run at all for a group, its items not yet ended go the
-    /// one-video path, which has the fallback ladder (MPS to CPU).
-    fn run_group(&self, group: Vec<(usize, job::Prepared)>, engine: &mut Option<job::Engine>) {
-        let mut by_worker: Vec<Vec<(usize, job::Prepared)>> = vec![];
-        for (k, p) in group {
-            let key = p.worker_key();
-            match by_worker.iter_mut().find(|g| g[0].1.worker_key() == key) {
-                Some(g) => g.push((k, p)),
-                None => by_worker.push(vec![(k, p)]),
-            }
-        }
-        for g in by_worker {
-            let (ks, jobs): (Vec<usize>, Vec<job::Prepared>) = g.into_iter().unzip();
-            let started = Instant::now();
-            let mut heard = vec![false; jobs.len()];
-            let (n, tty) = (self.mine.len(), job::atty_stderr());
-            let mut frames = vec![0usize; jobs.len()];
-            let mut on_frame = |j: usize, done: usize, total: usize, _fps: f32| {
-                frames[j] = done;
-                let all: usize = frames.iter().sum();
-                let fps = all as f32 / started.elapsed().as_secs_f32().max(1e-3);
-                let items_done = self.ended.load(Ordering::SeqCst);
-                let line = format!(
-                    "batch: [{items_done}/{n} items] {} videos at once: {all} frames  {fps:.2} FPS together",
-                    frames.len()
-                );
-                if tty {
-                    eprint!("\r{line}   ");
-                } else if done == total || done.is_multiple_of(50) {
-                    eprintln!("batch: {}: {done}/{total} frames ({line})", self.mine[ks[j]].out);
+    /// Items tracked at once in one worker (`--streams`), `first` and then the lane's
+    /// next items as streams end, while they need the same worker (the first that does
+    /// not is `parked` for the lane's next turn). Should no worker run at all, the items
+    /// not yet ended go the one-video path, which has the fallback ladder (MPS to CPU).
+    fn run_streams(
+        &self,
+        first: Vec<(usize, job::Prepared)>,
+        next: &AtomicUsize,
+        lane: &Lane,
+        parked: &mut Option<(usize, job::Prepared)>,
+        engine: &mut Option<job::Engine>,
+    ) {
+        let key = first[0].1.worker_key();
+        // When each item joined: its time is its own, not the group's.
+        let joined = std::cell::RefCell::new(std::collections::BTreeMap::<usize, Instant>::new());
+        let mut first = first.into_iter();
+        let mut closed = false;
+        let mut source = || {
+            let item = first.next().or_else(|| {
+                if closed {
+                    return None;
                 }
-            };
-            let mut on_outcome = |j: usize, result: anyhow::Result<job::Outcome>| {
-                heard[j] = true;
-                if tty {
-                    eprintln!();
-                }
-                let mut r = pending(&self.mine[ks[j]]);
-                r.frames = jobs[j].frames();
-                self.finish(ks[j], ended(r, started, result));
-            };
-            match job::streams::execute_group(&jobs, &mut on_frame, &mut on_outcome) {
-                Ok(d) => {
-                    self.deaths.fetch_add(d as usize, Ordering::SeqCst);
-                }
-                Err(e) => {
-                    eprintln!(
-                        "batch: {} videos could not share a worker ({e:#}); running them one after another",
-                        jobs.len()
-                    );
-                    for (j, p) in jobs.iter().enumerate().filter(|(j, _)| !heard[*j]) {
-                        if interrupt::requested() {
-                            break;
-                        }
-                        self.run_alone(ks[j], p, engine);
+                match self.take(next, lane) {
+                    Some(item) if item.1.worker_key() == key => Some(item),
+                    other => {
+                        // No more, or another worker's: this group takes no one else.
+                        closed = true;
+                        *parked = other;
+                        None
                     }
+                }
+            })?;
+            joined.borrow_mut().insert(item.0, Instant::now());
+            Some(item)
+        };
+        let started = Instant::now();
+        let (n, tty) = (self.mine.len(), job::atty_stderr());
+        let mut all = 0usize;
+        let mut on_frame = |k: usize, done: usize, total: usize| {
+            all += 1;
+            let fps = all as f32 / started.elapsed().as_secs_f32().max(1e-3);
+            let items_done = self.ended.load(Ordering::SeqCst);
+            let line = format!("batch: [{items_done}/{n} items] videos at once: {all} frames  {fps:.2} FPS together");
+            if tty {
+                eprint!("\r{line}   ");
+            } else if done == total || done.is_multiple_of(50) {
+                eprintln!("batch: {}: {done}/{total} frames ({line})", self.mine[k].out);
+            }
+        };
+        let mut on_outcome = |k: usize, total: usize, result: anyhow::Result<job::Outcome>| {
+            if tty {
+                eprintln!();
+            }
+            let mut r = pending(&self.mine[k]);
+            r.frames = total;
+            let since = joined.borrow().get(&k).copied().unwrap_or(started);
+            self.finish(k, ended(r, since, result));
+        };
+        let width = self.a.streams as usize;
+        match job::streams::execute_streams(width, &mut source, &mut on_frame, &mut on_outcome) {
+            Ok(d) => {
+                self.deaths.fetch_add(d as usize, Ordering::SeqCst);
+            }
+            Err(u) => {
+                eprintln!(
+                    "batch: {} videos could not share a worker ({:#}); running them one after another",
+                    u.jobs.len(),
+                    u.error
+                );
+                for (k, p) in u.jobs {
+                    if interrupt::requested() {
+                        break;
+                    }
+                    self.run_alone(k, &p, engine);
                 }
             }
         }

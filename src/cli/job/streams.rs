@@ -10,6 +10,10 @@
 //! (its media, its op) fails its job alone.
 //!
 //! Jobs share a worker only when they would start the same one (`Prepared::worker_key`).
+//! Up to `width` run at once; as one ends, the source's next job is opened in its place
+//! and joins the others' propagation under way (`supervisor::streams::run_admitting`), so
+//! videos of mixed lengths keep the worker's batch full instead of waiting for the
+//! longest of a fixed group.
 use super::{one_shot_session_dir, publish, write_outputs, Outcome, Prepared};
 use crate::cli::interrupt;
 use crate::device::{DeviceChoice, Precision};
@@ -19,12 +23,16 @@ use crate::supervisor::store::MaskStore;
 use crate::supervisor::streams::{self, StreamJob, StreamNews};
 use crate::util::Interrupted;
 use anyhow::anyhow;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-/// One job of the group while it runs.
-struct Running<'p> {
-    job: &'p Prepared,
+/// One job while it runs.
+struct Running {
+    /// The caller's name for the job.
+    tag: usize,
+    job: Arc<Prepared>,
     /// None once published or failed.
     staging: Option<Staging>,
     masks: MaskStore,
@@ -35,22 +43,32 @@ struct Running<'p> {
     ended: bool,
 }
 
-/// Runs `jobs` as streams of one worker. `on_frame(job, done, total, fps)` hears each
-/// job's frames; `on_outcome(job, result)` hears each job's end once, as it happens (its
-/// outputs published, or why not). Errors when no worker could run at all (it would not
-/// start or load, or died more often than the restart policy allows): the jobs that had
-/// not ended by then have heard nothing, and the caller may run them another way. Returns
-/// how many times the group's worker died and was replaced.
-pub fn execute_group(
-    jobs: &[Prepared],
-    on_frame: &mut dyn FnMut(usize, usize, usize, f32),
-    on_outcome: &mut dyn FnMut(usize, anyhow::Result<Outcome>),
-) -> anyhow::Result<u32> {
-    let Some(first) = jobs.first() else { return Ok(0) };
-    debug_assert!(jobs.iter().all(|j| j.worker_key() == first.worker_key()), "a group shares one worker");
+/// Jobs that had not ended when no worker could run at all, with why.
+pub struct Unfinished {
+    pub error: anyhow::Error,
+    pub jobs: Vec<(usize, Arc<Prepared>)>,
+}
+
+/// Runs jobs as streams of one worker, `width` at once: `next()` gives the next job and
+/// its tag (`None`: no more), each one for the same worker as the first. `on_frame(tag,
+/// done, total)` hears each job's frames; `on_outcome(tag, result)` hears each job's end
+/// once, as it happens, with its video's frame count (its outputs published, or why not). Returns how many times the
+/// worker died and was replaced, or, when no worker could run at all (it would not start
+/// or load, or died more often than the restart policy allows), the jobs that had not
+/// ended by then (they have heard nothing: the caller may run them another way).
+pub fn execute_streams(
+    width: usize,
+    next: &mut dyn FnMut() -> Option<(usize, Prepared)>,
+    on_frame: &mut dyn FnMut(usize, usize, usize),
+    on_outcome: &mut dyn FnMut(usize, usize, anyhow::Result<Outcome>),
+) -> Result<u32, Unfinished> {
+    let Some((tag, first)) = next() else { return Ok(0) };
+    let first = Arc::new(first);
+    let key = first.worker_key();
     let started = Instant::now();
-    let mut opts = first.worker_options(None, vec![])?;
-    one_shot_session_dir(&mut opts)?;
+    let fail_all = |error: anyhow::Error| Unfinished { error, jobs: vec![(tag, first.clone())] };
+    let mut opts = first.worker_options(None, vec![]).map_err(fail_all)?;
+    one_shot_session_dir(&mut opts).map_err(fail_all)?;
     let session_dir = opts.session_dir.clone();
     // Every stream's logits land in this run's session folder (`<stream>/<object>/…`) and
     // move into the job's staged output when it ends: the worker has one logits folder.
@@ -60,44 +78,58 @@ pub fn execute_group(
     let logits_env = if logits { logits_root.to_string_lossy().into_owned() } else { String::new() };
     opts.set_env("SAM2_TUI_LOGITS_DIR", &logits_env);
 
-    let mut running = Vec::with_capacity(jobs.len());
-    let mut stream_jobs = Vec::with_capacity(jobs.len());
-    for (i, job) in jobs.iter().enumerate() {
+    // Indexed by stream (the order `run_admitting` took them in).
+    let running: RefCell<Vec<Running>> = RefCell::new(vec![]);
+    let on_outcome = RefCell::new(on_outcome);
+    let mut queued = Some((tag, first));
+    // The next job that can be staged, as a stream; one that cannot fails here.
+    let mut next_job = || loop {
+        let (tag, job) = match queued.take() {
+            Some(q) => q,
+            None => {
+                let (tag, job) = next()?;
+                debug_assert_eq!(job.worker_key(), key, "the jobs of one worker");
+                (tag, Arc::new(job))
+            }
+        };
+        let media = match super::absolute(&job.spec.input) {
+            Ok(m) => m,
+            Err(e) => {
+                (on_outcome.borrow_mut())(tag, job.frames(), Err(e));
+                continue;
+            }
+        };
         match job.target.stage() {
             Ok(staging) => {
-                running.push(Running::new(job, Some(staging)));
-                stream_jobs.push(StreamJob { media: super::absolute(&job.spec.input)?, ops: job.journal.ops.clone() });
+                let ops = job.journal.ops.clone();
+                running.borrow_mut().push(Running::new(tag, job, Some(staging)));
+                return Some(StreamJob { media, ops });
             }
-            Err(e) => {
-                // Its stream still runs (the streams are numbered by job), with no output.
-                let mut r = Running::new(job, None);
-                r.ended = true;
-                running.push(r);
-                stream_jobs.push(StreamJob { media: super::absolute(&job.spec.input)?, ops: vec![] });
-                on_outcome(i, Err(e));
-            }
+            Err(e) => (on_outcome.borrow_mut())(tag, job.frames(), Err(e)),
         }
-    }
+    };
 
     let mut ran_on: Option<(DeviceChoice, Precision)> = None;
     let mut deaths = 0u32;
     let stop = || interrupt::requested();
     // A job's outputs are written on a thread of their own, so that the others' frames go
     // on meanwhile and jobs that end together are written together.
-    let (published, outcomes) = std::sync::mpsc::channel::<(usize, anyhow::Result<Outcome>)>();
+    let (published, outcomes) = std::sync::mpsc::channel::<(usize, usize, anyhow::Result<Outcome>)>();
+    let heard = |tag: usize, frames: usize, out: anyhow::Result<Outcome>| (on_outcome.borrow_mut())(tag, frames, out);
     let result = std::thread::scope(|scope| {
-        streams::run(&opts, &stream_jobs, &stop, &mut |news| {
-            for (i, out) in outcomes.try_iter() {
-                on_outcome(i, out);
+        streams::run_admitting(&opts, width, &mut next_job, &stop, &mut |news| {
+            for (tag, frames, out) in outcomes.try_iter() {
+                heard(tag, frames, out);
             }
+            let mut running = running.borrow_mut();
             match news {
                 StreamNews::WorkerStarted { device, precision } => ran_on = Some((device, precision)),
                 StreamNews::WorkerDied { reason } => {
                     deaths += 1;
+                    let unfinished = running.iter().filter(|r| !r.ended).count();
                     if !interrupt::requested() {
                         eprintln!(
-                            "\nbatch: the worker of {} stream(s) died: {reason}; restarting and resuming",
-                            jobs.len()
+                            "\nbatch: the worker of {unfinished} stream(s) died: {reason}; restarting and resuming"
                         );
                     }
                     for r in running.iter_mut().filter(|r| !r.ended) {
@@ -108,8 +140,7 @@ pub fn execute_group(
                     let r = &mut running[stream];
                     r.masks.insert(frame, objects);
                     r.frames_done += 1;
-                    let fps = r.frames_done as f32 / started.elapsed().as_secs_f32().max(1e-3);
-                    on_frame(stream, r.frames_done, r.job.frames(), fps);
+                    on_frame(r.tag, r.frames_done, r.job.frames());
                 }
                 StreamNews::OpDone { stream, op, .. } => {
                     let r = &mut running[stream];
@@ -119,7 +150,7 @@ pub fn execute_group(
                         let p = r.end();
                         let (tx, logits, ran_on) = (published.clone(), logits_root.join(stream.to_string()), ran_on);
                         scope.spawn(move || {
-                            let _ = tx.send((stream, p.publish(ran_on, &logits, started)));
+                            let _ = tx.send((p.tag, p.job.frames(), p.publish(ran_on, &logits, started)));
                         });
                     }
                 }
@@ -128,58 +159,73 @@ pub fn execute_group(
                     if !r.ended {
                         r.ended = true;
                         r.staging = None;
-                        let e = if message == streams::STOPPED {
-                            anyhow::Error::new(Interrupted)
-                        } else {
-                            anyhow!("{}: {message}", r.job.spec.input.display())
-                        };
-                        on_outcome(stream, Err(e));
+                        heard(r.tag, r.job.frames(), Err(stream_error(&r.job, &message)));
                     }
                 }
             }
             None
         })
     });
-    for (i, out) in outcomes.try_iter() {
-        on_outcome(i, out);
+    for (tag, frames, out) in outcomes.try_iter() {
+        heard(tag, frames, out);
     }
+    let mut running = running.into_inner();
     let outcome = match result {
         Ok(results) => {
             // A job with no op (its stream ends at once) and one stopped by the interrupt
             // have not heard yet.
             for (i, (r, res)) in running.iter_mut().zip(results).enumerate() {
                 if !r.ended {
-                    match res {
-                        Ok(()) => on_outcome(i, r.end().publish(ran_on, &logits_root.join(i.to_string()), started)),
-                        Err(m) if m == streams::STOPPED => {
-                            r.ended = true;
-                            on_outcome(i, Err(anyhow::Error::new(Interrupted)))
-                        }
+                    let out = match res {
+                        Ok(()) => r.end().publish(ran_on, &logits_root.join(i.to_string()), started),
                         Err(m) => {
                             r.ended = true;
-                            on_outcome(i, Err(anyhow!("{}: {m}", r.job.spec.input.display())))
+                            Err(stream_error(&r.job, &m))
                         }
-                    }
+                    };
+                    heard(r.tag, r.job.frames(), out);
                 }
             }
             Ok(deaths)
         }
-        Err(e) => Err(e),
+        Err(error) => {
+            let jobs = running.into_iter().filter(|r| !r.ended).map(|r| (r.tag, r.job)).collect();
+            Err(Unfinished { error, jobs })
+        }
     };
     session_dirs::remove_one_shot(&session_dir);
     outcome
 }
 
-impl<'p> Running<'p> {
-    fn new(job: &'p Prepared, staging: Option<Staging>) -> Self {
-        Running { job, staging, masks: MaskStore::default(), ops_done: 0, frames_done: 0, restarts: 0, ended: false }
+/// Why a stream ended early, as its job's error (the interrupt's own kind when stopped).
+fn stream_error(job: &Prepared, message: &str) -> anyhow::Error {
+    if message == streams::STOPPED {
+        anyhow::Error::new(Interrupted)
+    } else {
+        anyhow!("{}: {message}", job.spec.input.display())
+    }
+}
+
+impl Running {
+    fn new(tag: usize, job: Arc<Prepared>, staging: Option<Staging>) -> Self {
+        Running {
+            tag,
+            job,
+            staging,
+            masks: MaskStore::default(),
+            ops_done: 0,
+            frames_done: 0,
+            restarts: 0,
+            ended: false,
+        }
     }
 
     /// The job has run all its ops: what its outputs are made of.
-    fn end(&mut self) -> Publication<'p> {
+    fn end(&mut self) -> Publication {
         self.ended = true;
         Publication {
-            job: self.job,
+            tag: self.tag,
+            job: self.job.clone(),
             staging: self.staging.take(),
             masks: std::mem::take(&mut self.masks),
             restarts: self.restarts,
@@ -189,15 +235,16 @@ impl<'p> Running<'p> {
 }
 
 /// A job that has run all its ops, and what its outputs are made of.
-struct Publication<'p> {
-    job: &'p Prepared,
+struct Publication {
+    tag: usize,
+    job: Arc<Prepared>,
     staging: Option<Staging>,
     masks: MaskStore,
     restarts: u32,
     frames_done: usize,
 }
 
-impl Publication<'_> {
+impl Publication {
     /// Writes this job's outputs into its staging folder and swaps them in, unless the
     /// run is being interrupted (then nothing of it is left).
     fn publish(
@@ -210,7 +257,7 @@ impl Publication<'_> {
         if interrupt::requested() {
             return Err(anyhow::Error::new(Interrupted));
         }
-        let p = self.job;
+        let p = &*self.job;
         let logits_dir = staging.path().join("logits");
         if p.spec.logits {
             move_dir(stream_logits, &logits_dir)?;
