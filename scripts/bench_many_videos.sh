@@ -9,10 +9,13 @@
 # frames and the propagations, and for sam2-tui its outputs written) with the aggregate
 # frames per second, then how many pixels agree: each run with the reference, each
 # --streams run with plain `batch`. The videos are the side-by-side harness's 960x540
-# frames, video i starting 7*i frames in (wrapping), so no two are alike.
+# frames, video i starting 7*i frames in (wrapping), so no two are alike. With LENGTHS
+# (frame counts, each at most FRAMES, taken in turn: "40 200 80") the videos are of mixed
+# lengths, as a real manifest's are: what `--streams` gains from giving a place freed by a
+# short video to the next one at once.
 #
 # Usage: scripts/bench_many_videos.sh [SIZE=tiny] [DEVICE=cuda] [N=8] [FRAMES=200]
-# Environment: STREAMS (default "N"), PRECISION (default bf16 on cuda, fp32 on cpu),
+# Environment: STREAMS (default "N"), LENGTHS (default: every video FRAMES), PRECISION (default bf16 on cuda, fp32 on cpu),
 #   SAM2_TUI (the binary), WORK (default /tmp/sam2-many-videos), PY (default python3).
 set -euo pipefail
 SIZE=${1:-tiny}; DEVICE=${2:-cuda}; N=${3:-8}; FRAMES=${4:-200}
@@ -21,6 +24,7 @@ BIN=${SAM2_TUI:-$here/../target/release/sam2-tui}
 PY=${PY:-python3}
 WORK=${WORK:-/tmp/sam2-many-videos}
 STREAMS=${STREAMS:-$N}
+read -r -a LENGTHS <<< "${LENGTHS:-$FRAMES}"
 if [ "$DEVICE" = cuda ]; then PRECISION=${PRECISION:-bf16}; else PRECISION=${PRECISION:-fp32}; fi
 case "$DEVICE:$PRECISION" in
   cuda:bf16) REF_MODE=cuda_bf16 ;; cuda:*) REF_MODE=cuda_fp32 ;; *) REF_MODE=cpu ;;
@@ -28,17 +32,21 @@ esac
 read -r BASE CKPT < <(SAM2_TUI="$BIN" PREPARE_ONLY=1 WORK="$WORK" bash "$here/bench_side_by_side.sh" "$SIZE" "$DEVICE" "$FRAMES" | tail -1)
 echo '{"objects":[{"id":1,"frame":0,"points":[[210,300,1]]}]}' > "$WORK/prompts.json"
 : > "$WORK/manifest.jsonl"
+TOTAL=0
 for i in $(seq 0 $((N - 1))); do
   d="$WORK/video$i"
+  len=${LENGTHS[$((i % ${#LENGTHS[@]}))]}
+  [ "$len" -le "$FRAMES" ] || { echo "LENGTHS: $len is more than FRAMES ($FRAMES)" >&2; exit 2; }
+  TOTAL=$((TOTAL + len))
   rm -rf "$d"; mkdir -p "$d"
-  for k in $(seq 0 $((FRAMES - 1))); do
+  for k in $(seq 0 $((len - 1))); do
     ln -s "$BASE/$(printf '%05d' $(((k + 7 * i) % FRAMES))).jpg" "$d/$(printf '%05d' "$k").jpg"
   done
   echo "{\"input\":\"video$i\",\"prompts\":\"prompts.json\",\"out\":\"video$i\"}" >> "$WORK/manifest.jsonl"
 done
 now() { date +%s.%N; }
 seconds() { "$PY" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
-fps() { "$PY" -c "import sys; print(f'{$N * $FRAMES / float(sys.argv[1]):.1f}')" "$1"; }
+fps() { "$PY" -c "import sys; print(f'{$TOTAL / float(sys.argv[1]):.1f}')" "$1"; }
 ratio() { "$PY" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
 # The reference: its clock stops at its last mask; the masks are saved after that.
@@ -68,7 +76,7 @@ for i, m in enumerate(kept):
     np.savez(f"{work}/ref-video{i}.npz", **{f"{f:05d}": np.packbits(v.cpu().numpy().T.ravel()) for f, v in m.items()})
 PYEOF
 ref=$(seconds "$t0" "$(cat "$WORK/ref-end")")
-echo "reference (sam2 1.1.0, $REF_MODE, one video after another): $N videos x $FRAMES frames in $ref s, $(fps "$ref") FPS"
+echo "reference (sam2 1.1.0, $REF_MODE, one video after another): $N videos, $TOTAL frames in all, in $ref s, $(fps "$ref") FPS"
 
 common=(--checkpoint "$CKPT" --device "$DEVICE" --precision "$PRECISION" --no-postprocess)
 rm -rf "$WORK/out-1"
