@@ -38,6 +38,27 @@ fn batch(manifest: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> O
     batch_command(manifest, out, extra, env).output().unwrap()
 }
 
+/// Starts `batch --streams 2` and reads its stderr up to the first line that contains
+/// one of `until` (the event awaited); the child, the lines still to come and those read.
+fn streams_of_two_until(
+    m: &Path,
+    out: &Path,
+    until: &[&str],
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStderr>>, Vec<String>) {
+    let mut child =
+        batch_command(m, out, &["--streams", "2"], &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = vec![];
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if until.iter().any(|u| line.contains(u)) {
+            break;
+        }
+    }
+    (child, lines, seen)
+}
+
 /// Three items: `a` (objects on two frames, a removal, a reverse pass), `b` (short), `c`
 /// (a frame folder whose fifth frame is cut short: it opens, then breaks mid-run).
 fn manifest(dir: &Path) -> PathBuf {
@@ -203,18 +224,8 @@ fn an_interrupt_keeps_the_items_already_published_and_leaves_nothing_of_the_othe
     )
     .unwrap();
     let out = dir.join("out");
-    let mut child =
-        batch_command(&m, &out, &["--streams", "2"], &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // The event awaited: the short item's line says it is done (published).
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = vec![];
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push(line.clone());
-        if line.contains("] short: done") {
-            break;
-        }
-    }
+    let (mut child, lines, seen) = streams_of_two_until(&m, &out, &["] short: done"]);
     assert!(seen.last().is_some_and(|l| l.contains("short: done")), "{seen:#?}");
     // SAFETY: a plain signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -241,19 +252,9 @@ fn a_place_freed_by_a_short_item_goes_to_the_next_item_while_the_longest_still_r
     let m = dir.join("manifest.jsonl");
     std::fs::write(&m, [line("long"), line("short"), line("next")].concat()).unwrap();
     let out = dir.join("out");
-    let mut child =
-        batch_command(&m, &out, &["--streams", "2"], &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // Two places: `long` and `short` start together; `next` gets `short`'s place when it
     // ends, not `long`'s 200 frames later. The event awaited: `next` is done.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = vec![];
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push(line.clone());
-        if line.contains("] next: done") || line.contains("] long: done") {
-            break;
-        }
-    }
+    let (mut child, lines, seen) = streams_of_two_until(&m, &out, &["] next: done", "] long: done"]);
     // Not needed any further: the long item is stopped here.
     // SAFETY: a plain signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
