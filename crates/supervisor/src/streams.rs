@@ -168,6 +168,11 @@ impl Stream {
         store::resume(&self.ops[self.done], &self.progress, self.num_frames)
     }
 
+    /// Whether op `done` is a propagation.
+    fn propagating(&self) -> bool {
+        matches!(self.ops.get(self.done), Some(Op::Propagate { .. }))
+    }
+
     fn op_done(&mut self) {
         self.done += 1;
         self.progress = PropagationProgress::default();
@@ -286,8 +291,15 @@ impl<'o> Driver<'o> {
                     _ => {}
                 }
             }
-            if !passes.is_empty() {
-                // They start together, or join the propagation under way.
+            // A propagation joins one under way at once. With none under way, the
+            // propagations wait for every running stream to be ready for one, and start
+            // together: streams started together (a group's first videos, or after a
+            // crash) step together from their first frame, instead of one at a time with
+            // a batch that grows step by step (each batch size a new set of CUDA graphs).
+            let under_way = self.streams.iter().any(|s| s.busy == Busy::Op && s.propagating());
+            let all_ready =
+                self.streams.iter().filter(|s| s.running()).all(|s| s.busy == Busy::Idle && s.propagating());
+            if !passes.is_empty() && (under_way || all_ready) {
                 let passes = passes
                     .into_iter()
                     .map(|(i, op)| {
