@@ -441,3 +441,108 @@ fn the_tuning_load_model_carries_applies_with_the_worker_s_environment_on_top() 
     assert!(from_env.join("1/00000.npy").exists(), "the worker's environment won");
     assert!(!dir.join("env/from-protocol").exists());
 }
+
+/// What a worker says during a lockstep propagation, heartbeats and the long stream's
+/// frames left out: `(what, stream)`.
+fn answers_until_quiet(w: &mut Wire, expected: usize) -> Vec<(String, Option<u32>)> {
+    let mut seen = vec![];
+    while seen.len() < expected {
+        let (what, stream) = match w.answer() {
+            Response::StreamFrame { stream: 0, .. } => continue,
+            Response::StreamFrame { stream, .. } => ("frame".to_string(), Some(stream)),
+            Response::StreamDone { stream, seq, .. } => (format!("done {seq}"), Some(stream)),
+            Response::StreamError { stream, message, .. } => (format!("error {message}"), Some(stream)),
+            Response::MediaInfo { frames, .. } => (format!("opened ({frames} frames)"), None),
+            Response::Error { message, .. } => (format!("error {message}"), None),
+            other => (format!("{other:?}"), None),
+        };
+        seen.push((what, stream));
+    }
+    seen
+}
+
+/// A lockstep propagation takes in what arrives while it runs: another stream's open,
+/// click and propagation run between its steps (that stream is done long before the
+/// propagation under way), while a request on the propagating stream, and everything
+/// after a request that is not a stream's, wait for its end, in the order they came.
+#[test]
+fn a_propagation_under_way_takes_in_a_new_stream_and_holds_back_what_must_wait() {
+    let dir = common::scratch("worker-protocol-admission");
+    let cache = common::fixture_cache("worker-protocol");
+    let checkpoint = cache.join("tiny.random-init.safetensors");
+    if !checkpoint.exists() {
+        common::random_tiny_tensors(&cache);
+    }
+    let folder = |name: &str, n: u32| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5 + i) as u8, 90]))
+                .save(d.join(format!("{i:05}.png")))
+                .unwrap();
+        }
+        d
+    };
+    let (long, short) = (folder("long", 80), folder("short", 3));
+    let mut w = Wire::start(&[]);
+    w.send(&Request::Hello { version: PROTOCOL_VERSION });
+    assert!(matches!(w.answer(), Response::Hello { .. }));
+    w.send(&Request::LoadModel {
+        checkpoint,
+        size: None,
+        version: None,
+        device: DeviceChoice::Cpu,
+        precision: PrecisionChoice::Fp32,
+        image_size: 128,
+        device_label: None,
+        tuning: Tuning::default(),
+    });
+    assert!(matches!(w.answer(), Response::Loaded { .. }));
+    let open = |stream: u32, path: &std::path::Path| Request::OpenStream {
+        stream,
+        path: path.to_path_buf(),
+        bank_dir: dir.join(format!("bank-{stream}")),
+        fill_holes: true,
+    };
+    let op = |stream: u32, seq: u64, op: Op| StreamOp { stream, seq, op };
+    let click = Op::AddPrompt { frame: 0, object: 1, points: vec![Point::new(20.0, 20.0, true)], bbox: None };
+    let propagate = Op::Propagate { start: None, reverse: false, max_frames: None };
+    w.send(&open(0, &long));
+    assert!(matches!(w.answer(), Response::MediaInfo { frames: 80, .. }));
+    w.send(&Request::ApplyStream(op(0, 0, click.clone())));
+    assert_eq!(answers_until_quiet(&mut w, 1), [("done 0".to_string(), Some(0))]);
+
+    w.send(&Request::PropagateStreams { passes: vec![op(0, 1, propagate.clone())] });
+    // Sent while stream 0 propagates, all at once:
+    w.send(&open(1, &short));
+    w.send(&Request::ApplyStream(op(1, 0, click)));
+    w.send(&Request::PropagateStreams { passes: vec![op(1, 1, propagate)] });
+    w.send(&Request::ApplyStream(op(0, 2, Op::RemoveObject { object: 1 })));
+    w.send(&Request::Prefetch { frame: 0 });
+    w.send(&open(2, &short));
+
+    let seen = answers_until_quiet(&mut w, 11);
+    let s = |what: &str, stream: Option<u32>| (what.to_string(), stream);
+    let want = [
+        // Stream 1, between stream 0's steps: opened, clicked, propagated to its end.
+        s("opened (3 frames)", None),
+        s("frame", Some(1)),
+        s("done 0", Some(1)),
+        s("frame", Some(1)),
+        s("frame", Some(1)),
+        s("frame", Some(1)),
+        s("done 1", Some(1)),
+        // Stream 0's propagation ends; then what waited for it, in the order it came:
+        // the removal on stream 0, the request that is not a stream's (the worker holds
+        // no single session, so an error), and the open behind that.
+        s("done 1", Some(0)),
+    ];
+    assert_eq!(seen[..want.len()], want, "{seen:#?}");
+    let rest = &seen[want.len()..];
+    let removal_done = rest.iter().position(|a| *a == s("done 2", Some(0))).expect("the removal ends");
+    let prefetch = rest.iter().position(|(what, _)| what.contains("prefetch before open_media")).expect("prefetch");
+    let opened = rest.iter().position(|a| *a == s("opened (3 frames)", None)).expect("stream 2 opens");
+    assert!(removal_done < prefetch && prefetch < opened, "{seen:#?}");
+    w.send(&Request::Shutdown);
+    assert!(w.child.wait().unwrap().success());
+}
