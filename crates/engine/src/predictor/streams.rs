@@ -23,6 +23,11 @@
 //!    frames out through the same frame pipeline as one video (`pipeline`), to that
 //!    stream's callback.
 //!
+//! The set of streams changes as the pass runs: before each step the caller may admit
+//! new passes (`LockstepHost::admit`), and a pass that has ended leaves at once, its
+//! session handed back (`LockstepHost::ended`), so a worker can start the next video in
+//! the place of one that ended.
+//!
 //! Streams are independent in what can go wrong: a stream whose callback says stop
 //! (cancel) or whose input fails (a frame that cannot be decoded, a bank write that
 //! fails) ends there with its own result, and the others go on at their next frame.
