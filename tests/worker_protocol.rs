@@ -263,6 +263,24 @@ impl Wire {
         });
         Wire { child, stdin, news, stderr }
     }
+    /// A worker that has said hello and loaded `checkpoint` on the CPU at model input 128.
+    fn loaded(env: &[(&str, &str)], checkpoint: &std::path::Path, tuning: Tuning) -> Wire {
+        let mut w = Wire::start(env);
+        w.send(&Request::Hello { version: PROTOCOL_VERSION });
+        assert!(matches!(w.answer(), Response::Hello { .. }));
+        w.send(&Request::LoadModel {
+            checkpoint: checkpoint.to_path_buf(),
+            size: None,
+            version: None,
+            device: DeviceChoice::Cpu,
+            precision: PrecisionChoice::Fp32,
+            image_size: 128,
+            device_label: None,
+            tuning,
+        });
+        assert!(matches!(w.answer(), Response::Loaded { .. }));
+        w
+    }
     fn send(&mut self, r: &Request) {
         write_frame(&mut self.stdin, r).unwrap();
     }
@@ -393,34 +411,28 @@ fn a_garbage_frame_gets_an_error_and_a_clean_exit_not_a_crash() {
 /// The knobs travel in `LoadModel`, and the worker's own environment wins over them (a
 /// variable set for one run reaches the worker whoever started it). `logits_dir` shows
 /// where a knob went: the worker writes each frame's logits there.
-#[test]
-fn the_tuning_load_model_carries_applies_with_the_worker_s_environment_on_top() {
-    let dir = common::scratch("worker-protocol-tuning");
+/// The tests' random-init tiny checkpoint, made once.
+fn random_tiny_checkpoint() -> std::path::PathBuf {
     let cache = common::fixture_cache("worker-protocol");
     let checkpoint = cache.join("tiny.random-init.safetensors");
     if !checkpoint.exists() {
         common::random_tiny_tensors(&cache);
     }
+    checkpoint
+}
+
+#[test]
+fn the_tuning_load_model_carries_applies_with_the_worker_s_environment_on_top() {
+    let dir = common::scratch("worker-protocol-tuning");
+    let checkpoint = random_tiny_checkpoint();
     let frames = dir.join("frames");
     std::fs::create_dir_all(&frames).unwrap();
     image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]))
         .save(frames.join("00000.png"))
         .unwrap();
     let run = |name: &str, env: &[(&str, &str)]| {
-        let mut w = Wire::start(env);
-        w.send(&Request::Hello { version: PROTOCOL_VERSION });
-        assert!(matches!(w.answer(), Response::Hello { .. }));
-        w.send(&Request::LoadModel {
-            checkpoint: checkpoint.clone(),
-            size: None,
-            version: None,
-            device: DeviceChoice::Cpu,
-            precision: PrecisionChoice::Fp32,
-            image_size: 128,
-            device_label: None,
-            tuning: Tuning { logits_dir: Some(dir.join(name).join("from-protocol")), ..Default::default() },
-        });
-        assert!(matches!(w.answer(), Response::Loaded { .. }));
+        let tuning = Tuning { logits_dir: Some(dir.join(name).join("from-protocol")), ..Default::default() };
+        let mut w = Wire::loaded(env, &checkpoint, tuning);
         w.send(&Request::OpenMedia {
             path: frames.clone(),
             bank_dir: Some(dir.join(name).join("bank")),
@@ -468,11 +480,6 @@ fn answers_until_quiet(w: &mut Wire, expected: usize) -> Vec<(String, Option<u32
 #[test]
 fn a_propagation_under_way_takes_in_a_new_stream_and_holds_back_what_must_wait() {
     let dir = common::scratch("worker-protocol-admission");
-    let cache = common::fixture_cache("worker-protocol");
-    let checkpoint = cache.join("tiny.random-init.safetensors");
-    if !checkpoint.exists() {
-        common::random_tiny_tensors(&cache);
-    }
     let folder = |name: &str, n: u32| {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -484,20 +491,7 @@ fn a_propagation_under_way_takes_in_a_new_stream_and_holds_back_what_must_wait()
         d
     };
     let (long, short) = (folder("long", 80), folder("short", 3));
-    let mut w = Wire::start(&[]);
-    w.send(&Request::Hello { version: PROTOCOL_VERSION });
-    assert!(matches!(w.answer(), Response::Hello { .. }));
-    w.send(&Request::LoadModel {
-        checkpoint,
-        size: None,
-        version: None,
-        device: DeviceChoice::Cpu,
-        precision: PrecisionChoice::Fp32,
-        image_size: 128,
-        device_label: None,
-        tuning: Tuning::default(),
-    });
-    assert!(matches!(w.answer(), Response::Loaded { .. }));
+    let mut w = Wire::loaded(&[], &random_tiny_checkpoint(), Tuning::default());
     let open = |stream: u32, path: &std::path::Path| Request::OpenStream {
         stream,
         path: path.to_path_buf(),
