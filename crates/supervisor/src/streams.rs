@@ -105,7 +105,7 @@ pub fn run_admitting(
     stop: &dyn Fn() -> bool,
     on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
 ) -> anyhow::Result<StreamResults> {
-    let mut d = Driver { opts, streams: vec![], generation: 0, width: width.max(1), more: true };
+    let mut d = Driver { opts, streams: vec![], generation: 0, width: width.max(1), more: true, first_live: 0 };
     let mut restarts = 0u32;
     loop {
         match d.run_worker(next_job, stop, on_news) {
@@ -196,6 +196,9 @@ struct Driver<'o> {
     width: usize,
     /// Whether the caller may still have jobs.
     more: bool,
+    /// Every stream before this one has ended (a long batch takes thousands): the scans
+    /// done on each answer of the worker look only from here.
+    first_live: usize,
 }
 
 /// One live worker and its news.
@@ -264,9 +267,9 @@ impl<'o> Driver<'o> {
         }
         loop {
             self.admit(next_job);
-            let mut opening = self.streams.iter().any(|s| s.busy == Busy::Opening);
+            let mut opening = self.live().iter().any(|s| s.busy == Busy::Opening);
             let mut passes = vec![];
-            for i in 0..self.streams.len() {
+            for i in self.first_live..self.streams.len() {
                 let s = &mut self.streams[i];
                 if !s.running() {
                     continue;
@@ -296,9 +299,8 @@ impl<'o> Driver<'o> {
             // together: streams started together (a group's first videos, or after a
             // crash) step together from their first frame, instead of one at a time with
             // a batch that grows step by step (each batch size a new set of CUDA graphs).
-            let under_way = self.streams.iter().any(|s| s.busy == Busy::Op && s.propagating());
-            let all_ready =
-                self.streams.iter().filter(|s| s.running()).all(|s| s.busy == Busy::Idle && s.propagating());
+            let under_way = self.live().iter().any(|s| s.busy == Busy::Op && s.propagating());
+            let all_ready = self.live().iter().filter(|s| s.running()).all(|s| s.busy == Busy::Idle && s.propagating());
             if !passes.is_empty() && (under_way || all_ready) {
                 let passes = passes
                     .into_iter()
@@ -309,9 +311,9 @@ impl<'o> Driver<'o> {
                     .collect();
                 w.process.send(&Request::PropagateStreams { passes });
             }
-            let waiting = self.streams.iter().any(|s| matches!(s.busy, Busy::Opening | Busy::Op));
+            let waiting = self.live().iter().any(|s| matches!(s.busy, Busy::Opening | Busy::Op));
             if !waiting {
-                if self.streams.iter().any(|s| s.running()) || self.more {
+                if self.live().iter().any(|s| s.running()) || self.more {
                     // An op that turned out done (a propagation finished before the last
                     // worker died), or a job still to take: look again.
                     continue;
@@ -326,9 +328,18 @@ impl<'o> Driver<'o> {
         }
     }
 
+    /// The streams from the first that has not ended (an ended stream has nothing under
+    /// way: it is never `Opening` or `Op`).
+    fn live(&self) -> &[Stream] {
+        &self.streams[self.first_live..]
+    }
+
     /// Takes the caller's next jobs while fewer than `width` streams run.
     fn admit(&mut self, next_job: &mut dyn FnMut() -> Option<StreamJob>) {
-        while self.more && self.streams.iter().filter(|s| s.running()).count() < self.width {
+        while self.first_live < self.streams.len() && !self.streams[self.first_live].running() {
+            self.first_live += 1;
+        }
+        while self.more && self.live().iter().filter(|s| s.running()).count() < self.width {
             match next_job() {
                 Some(job) => {
                     let i = self.streams.len();
@@ -367,7 +378,7 @@ impl<'o> Driver<'o> {
 
     /// One answer of the worker, to the stream it concerns.
     fn hear(&mut self, w: &mut Worker, answer: Response, on_news: &mut dyn FnMut(StreamNews) -> Option<usize>) {
-        let opening = self.streams.iter().position(|s| s.busy == Busy::Opening);
+        let opening = self.live().iter().position(|s| s.busy == Busy::Opening).map(|i| self.first_live + i);
         match answer {
             Response::MediaInfo { frames, .. } => {
                 if let Some(i) = opening {

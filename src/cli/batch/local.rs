@@ -273,7 +273,11 @@ impl Shared<'_> {
             self.finish(k, ended(r, since, result));
         };
         let width = self.a.streams as usize;
-        match job::streams::execute_streams(width, &mut source, &mut on_frame, &mut on_outcome) {
+        let result = job::streams::execute_streams(width, &mut source, &mut on_frame, &mut on_outcome);
+        // Items handed over but never taken (the worker's options failed before the
+        // second was asked for) run the one-video way: none is left pending unsaid.
+        let untaken: Vec<(usize, job::Prepared)> = first.collect();
+        match result {
             Ok(d) => {
                 self.deaths.fetch_add(d as usize, Ordering::SeqCst);
             }
@@ -289,6 +293,11 @@ impl Shared<'_> {
                     }
                     self.run_alone(k, &p, engine);
                 }
+            }
+        }
+        for (k, p) in untaken {
+            if !interrupt::requested() {
+                self.run_alone(k, &p, engine);
             }
         }
     }

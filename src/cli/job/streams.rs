@@ -51,11 +51,12 @@ pub struct Unfinished {
 
 /// Runs jobs as streams of one worker, `width` at once: `next()` gives the next job and
 /// its tag (`None`: no more), each one for the same worker as the first. `on_frame(tag,
-/// done, total)` hears each job's frames; `on_outcome(tag, result)` hears each job's end
-/// once, as it happens, with its video's frame count (its outputs published, or why not). Returns how many times the
-/// worker died and was replaced, or, when no worker could run at all (it would not start
-/// or load, or died more often than the restart policy allows), the jobs that had not
-/// ended by then (they have heard nothing: the caller may run them another way).
+/// done, total)` hears each job's frames; `on_outcome(tag, frames, result)` hears each
+/// job's end once, as it happens, with its video's frame count (its outputs published,
+/// or why not). Returns how many times the worker died and was replaced, or, when no
+/// worker could run at all (it would not start or load, or died more often than the
+/// restart policy allows), the jobs taken that had not ended by then (they have heard
+/// nothing: the caller may run them another way).
 pub fn execute_streams(
     width: usize,
     next: &mut dyn FnMut() -> Option<(usize, Prepared)>,
