@@ -63,6 +63,7 @@ fn sample_requests() -> Vec<Request> {
             ],
         },
         Request::CancelStream { stream: 2 },
+        Request::CloseStream { stream: 2 },
     ]
 }
 
@@ -89,6 +90,7 @@ fn sample_responses() -> Vec<Response> {
         },
         Response::StreamDone { stream: 2, seq: 1, cancelled: false },
         Response::StreamError { stream: 0, seq: 3, message: "frame 00004.png: decode failed".into() },
+        Response::StreamClosed { stream: 2 },
     ]
 }
 
@@ -476,7 +478,8 @@ fn answers_until_quiet(w: &mut Wire, expected: usize) -> Vec<(String, Option<u32
 /// A lockstep propagation takes in what arrives while it runs: another stream's open,
 /// click and propagation run between its steps (that stream is done long before the
 /// propagation under way), while a request on the propagating stream, and everything
-/// after a request that is not a stream's, wait for its end, in the order they came.
+/// after a request that is not a stream's, wait for its end, in the order they came. A
+/// close of the propagating stream waits for it too, then lets the stream go.
 #[test]
 fn a_propagation_under_way_takes_in_a_new_stream_and_holds_back_what_must_wait() {
     let dir = common::scratch("worker-protocol-admission");
@@ -512,10 +515,11 @@ fn a_propagation_under_way_takes_in_a_new_stream_and_holds_back_what_must_wait()
     w.send(&Request::ApplyStream(op(1, 0, click)));
     w.send(&Request::PropagateStreams { passes: vec![op(1, 1, propagate)] });
     w.send(&Request::ApplyStream(op(0, 2, Op::RemoveObject { object: 1 })));
+    w.send(&Request::CloseStream { stream: 0 });
     w.send(&Request::Prefetch { frame: 0 });
     w.send(&open(2, &short));
 
-    let seen = answers_until_quiet(&mut w, 11);
+    let seen = answers_until_quiet(&mut w, 12);
     let s = |what: &str, stream: Option<u32>| (what.to_string(), stream);
     let want = [
         // Stream 1, between stream 0's steps: opened, clicked, propagated to its end.
@@ -534,9 +538,13 @@ fn a_propagation_under_way_takes_in_a_new_stream_and_holds_back_what_must_wait()
     assert_eq!(seen[..want.len()], want, "{seen:#?}");
     let rest = &seen[want.len()..];
     let removal_done = rest.iter().position(|a| *a == s("done 2", Some(0))).expect("the removal ends");
+    let closed = rest.iter().position(|a| *a == s("StreamClosed { stream: 0 }", None)).expect("stream 0 let go");
     let prefetch = rest.iter().position(|(what, _)| what.contains("prefetch before open_media")).expect("prefetch");
     let opened = rest.iter().position(|a| *a == s("opened (3 frames)", None)).expect("stream 2 opens");
-    assert!(removal_done < prefetch && prefetch < opened, "{seen:#?}");
+    assert!(removal_done < closed && closed < prefetch && prefetch < opened, "{seen:#?}");
+    // Nothing of stream 0 is left: an op on it is refused.
+    w.send(&Request::ApplyStream(op(0, 3, Op::Reset)));
+    assert_eq!(answers_until_quiet(&mut w, 1), [s("error stream 0 is not open", Some(0))]);
     w.send(&Request::Shutdown);
     assert!(w.child.wait().unwrap().success());
 }

@@ -61,6 +61,14 @@ pub struct Args {
     /// this number, so a burst of sessions starts no new workers while it runs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub warm_workers: u32,
+    /// Sessions that share one engine worker (1: a worker of its own per session). Shared,
+    /// the sessions' propagations run in lockstep (one image-encoder batch and one
+    /// tracking step a frame for all) and a click runs between two of their steps; a
+    /// crash replays every session of that worker and changes no mask. A worker of its
+    /// own has the fallback ladder (MPS to CPU) and keeps one session's fatal GPU fault
+    /// from the others. Needs the engine to read the videos itself (not --extract-frames).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub streams: u32,
     /// Share an NVIDIA GPU between the session workers through CUDA MPS (NVIDIA's
     /// Multi-Process Service): auto starts a private daemon when the engine may run on
     /// CUDA and nvidia-cuda-mps-control is on PATH (a daemon named by
@@ -127,6 +135,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // has the `ffmpeg` CLI extract them.
     opts.engine_decord = cfg!(feature = "video") && !a.extract_frames;
     opts.warm_workers = a.warm_workers as usize;
+    opts.streams = a.streams as usize;
+    if opts.streams > 1 && opts.official_decode && !opts.engine_decord {
+        return Err(bad_input(
+            "--streams shares workers, whose engine must read the videos itself: not with --extract-frames (nor a binary built without FFmpeg, unless --engine-decode)",
+        ));
+    }
     opts.cuda_mps = a.cuda_mps.parse().map_err(|e: String| bad_input(format!("--cuda-mps: {e}")))?;
     if opts.cuda_mps == sam2_serve::cuda_mps::Mode::On
         && !matches!(opts.base.device, sam2_api::device::DeviceChoice::Cuda | sam2_api::device::DeviceChoice::Auto)

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 /// Bumped on every incompatible change; both sides refuse a peer of another version.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest payload either side accepts (a frame of RLE masks is far smaller).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -90,6 +90,12 @@ pub enum Request {
     },
     /// Stop `stream`'s propagation at its next frame (the others go on).
     CancelStream {
+        stream: u32,
+    },
+    /// Lets `stream` go: its session (frames, objects, the bank's handles) is dropped once
+    /// whatever it runs has ended; answered with `StreamClosed`. A web session that
+    /// closes on a shared worker (`serve --streams`).
+    CloseStream {
         stream: u32,
     },
 }
@@ -168,6 +174,10 @@ pub enum Response {
         stream: u32,
         seq: u64,
         message: String,
+    },
+    /// `CloseStream` done: nothing of the stream is left in the worker.
+    StreamClosed {
+        stream: u32,
     },
 }
 

@@ -26,6 +26,7 @@ pub mod operator;
 pub mod pages;
 pub mod schema;
 pub mod sessions;
+pub mod shared_workers;
 pub mod stream;
 pub mod upload;
 
@@ -68,6 +69,8 @@ pub struct ServeOptions {
     /// Spare workers kept started with the model loaded, so that `startSession` costs
     /// no process start nor model load (0: none).
     pub warm_workers: usize,
+    /// Sessions that share one engine worker (`shared_workers`); 1: a worker per session.
+    pub streams: usize,
     /// Whether the workers share an NVIDIA GPU through CUDA MPS (see `cuda_mps`).
     pub cuda_mps: cuda_mps::Mode,
     /// The MPS control program (`nvidia-cuda-mps-control`).
@@ -96,6 +99,7 @@ impl ServeOptions {
             official_decode: true,
             engine_decord: false,
             warm_workers: 1,
+            streams: 1,
             cuda_mps: cuda_mps::Mode::Off,
             mps_control: "nvidia-cuda-mps-control".into(),
             ffmpeg: "ffmpeg".into(),
@@ -183,6 +187,7 @@ pub async fn serve_on(
             official_decode: opts.official_decode,
             engine_decord: opts.engine_decord,
             warm_workers: opts.warm_workers,
+            streams: opts.streams,
             ffmpeg: opts.ffmpeg.clone(),
             ffprobe: opts.ffprobe.clone(),
         },

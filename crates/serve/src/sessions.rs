@@ -1,7 +1,9 @@
 //! Sessions: one supervisor, so one engine worker process, per session. A worker that
 //! crashes, hangs or runs out of memory is restarted by its own supervisor, which replays
 //! that session's journal; no other session notices. The official backend keeps every
-//! session in one process under one lock.
+//! session in one process under one lock. With `--streams K` sessions share workers
+//! instead, K to a worker (`shared_workers`): a crash then replays every session of that
+//! worker, each as it was, and no mask changes.
 //!
 //! Over the engine's ops this module keeps what the demo's API has and the engine's
 //! journal does not: the demo's object ids (0, 1, 2 … here, 1, 2, 3 … in the engine),
@@ -14,6 +16,7 @@ use sam2_api::limits::{MAX_OBJECT_ID, MAX_POINTS_PER_PROMPT};
 use sam2_api::model::{ModelSize, ModelVersion};
 use sam2_api::rle::Rle;
 use sam2_api::session::{Journal, Op, Point};
+use sam2_supervisor::shared::SharedLink;
 use sam2_supervisor::{SupervisorHandle, SupervisorOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -43,6 +46,9 @@ pub struct SessionsConfig {
     /// the spares when the session closes, and the sessions' workers count towards this
     /// number (see `refill`).
     pub warm_workers: usize,
+    /// Sessions that share one worker (`shared_workers`); 1: a worker per session. Only
+    /// where the engine reads the videos itself (no frames extracted per session).
+    pub streams: usize,
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
 }
@@ -79,6 +85,8 @@ pub struct Sessions {
     draining: AtomicBool,
     /// Told when a session closes or draining begins.
     changed: tokio::sync::Notify,
+    /// The workers sessions share (`--streams`), if they do.
+    shared: Option<crate::shared_workers::SharedWorkers>,
     board: Arc<Board>,
 }
 
@@ -110,6 +118,8 @@ impl Sessions {
     /// (`serve_on` does, before the gallery is scanned).
     pub fn new(cfg: SessionsConfig, board: Arc<Board>) -> Arc<Sessions> {
         let base = cfg.base.clone();
+        let shares = cfg.streams > 1 && (cfg.engine_decord || !cfg.official_decode);
+        let shared = shares.then(|| crate::shared_workers::SharedWorkers::new(cfg.streams, cfg.root.clone()));
         Arc::new(Sessions {
             cfg,
             base: Mutex::new(base),
@@ -124,6 +134,7 @@ impl Sessions {
             closing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
+            shared,
             board,
         })
     }
@@ -134,7 +145,10 @@ impl Sessions {
 
     fn publish_counts(&self) {
         let starting = self.registry().starting;
-        let spare = self.warm.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let spare = match &self.shared {
+            Some(shared) => shared.counts().1,
+            None => self.warm.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        };
         self.board.update(|s| {
             s.starting = starting;
             s.spare_workers = spare;
@@ -211,7 +225,8 @@ impl Sessions {
         // it catches up the same way before startSession answers (a reload, no ops yet).
         let now = settings_of(&self.base());
         let was = session.started_with;
-        if was != now {
+        // A shared worker keeps the settings it started with (`shared_workers`).
+        if was != now && session.shared.is_none() {
             let load_wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
             let mut switches = vec![];
             if let Some(size) = now.model.filter(|m| was.model != Some(*m)) {
@@ -263,6 +278,12 @@ impl Sessions {
     /// GPU from the streams (and their memory would double the workers'), and the
     /// burst's own workers come back when it ends.
     pub fn refill(self: &Arc<Self>) {
+        if let Some(shared) = &self.shared {
+            if !self.closing.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst) {
+                shared.tidy(self.current(), || self.shared_options());
+            }
+            return;
+        }
         if !self.cfg.official_decode {
             return;
         }
@@ -363,6 +384,9 @@ impl Sessions {
     }
 
     async fn start_reserved(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
+        if self.shared.is_some() {
+            return self.start_shared(media, shown).await;
+        }
         let started = Instant::now();
         let id = uuid::Uuid::new_v4().to_string();
         // As the official reads it: through extracted frames, or by the engine itself.
@@ -451,50 +475,16 @@ impl Sessions {
             },
         };
         let short = short_id(&id);
-        // Until the worker has the video open: its size and length, or why it cannot.
-        let mut last_error: Option<String> = None;
-        let opened = tokio::time::timeout(wait, async {
-            let mut info = None;
-            while let Some(e) = handle.events.recv().await {
-                match e {
-                    EngineEvent::MediaInfo { width, height, frames, .. } => info = Some((width, height, frames)),
-                    EngineEvent::State(EngineState::Ready) => {
-                        if let Some(i) = info {
-                            return Ok(i);
-                        }
-                    }
-                    EngineEvent::WorkerStarted { pid, device, precision, model, .. } => {
-                        worker = Some(format!("worker {pid} on {device} {precision}"));
-                        worker_info = Some(WorkerInfo { pid, device, precision, model });
-                    }
-                    EngineEvent::WorkerDied { reason, .. } => {
-                        self.board.error(format!("session {short}: worker died while starting ({reason}); restarting"))
-                    }
-                    EngineEvent::Log { level: LogLevel::Error, message } => last_error = Some(message),
-                    EngineEvent::State(EngineState::Stopped) => break,
-                    _ => {}
-                }
-            }
-            Err(last_error.clone().unwrap_or_else(|| "the engine stopped".into()))
-        })
-        .await;
+        let opened = opened(&mut handle.events, wait, &self.board, &short, &mut worker, &mut worker_info).await;
         let (width, height, frames) = match opened {
-            Ok(Ok((w, h, n))) => match &decoded {
+            Ok((w, h, n)) => match &decoded {
                 Some(d) => (d.width, d.height, n),
                 None => (w, h, n),
             },
-            Ok(Err(why)) => {
+            Err(why) => {
                 shutdown_handle(handle, None).await;
                 sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
                 return Err(format!("cannot start a session on {shown}: {why}"));
-            }
-            Err(_) => {
-                shutdown_handle(handle, None).await;
-                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
-                return Err(format!(
-                    "cannot start a session on {shown}: the engine did not open it within {} s",
-                    wait.as_secs()
-                ));
             }
         };
         if frames == 0 {
@@ -502,25 +492,138 @@ impl Sessions {
             sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
             return Err(format!("cannot start a session on {shown}: it has no frames"));
         }
-        // The supervisor's events go through a pump that logs deaths as they happen
-        // (also between requests) and hands the rest to whoever runs an op.
-        self.board.add_session(SessionStatus::new(&id, shown, frames, worker_info));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let events = std::mem::replace(&mut handle.events, tokio::sync::mpsc::unbounded_channel().1);
-        let (stop_pump, stop) = tokio::sync::oneshot::channel();
-        let pumping = tokio::spawn(pump(short.clone(), id.clone(), self.board.clone(), events, tx, stop));
         let commands = handle.commands.clone();
         // Encode frame 0 ahead (the worker is ready now), as the official's init_state
         // does: the first click there only runs the decoder.
         let _ = commands.send(EngineCommand::Prefetch(0));
-        let session = Arc::new(Session {
-            id: id.clone(),
-            video: shown.to_string(),
+        let session = self.session_opened(Opening {
+            id,
+            shown,
+            size: (width, height, frames),
+            worker_info,
+            events,
+            commands: Some(commands),
+            shared: None,
+            masks: handle.masks.clone(),
+            journal_path: handle.journal_path.clone(),
+            handle: Some(handle),
+            started_with,
+            // The engine opens the video itself and writes nothing but its session
+            // folder: a new session folder makes its worker as good as new.
+            recyclable: official && !decode,
+            generation,
+            media: media_open,
+            session_dir,
+            decoded,
+        });
+        self.board.info(format!(
+            "session {short} started on {shown} ({width}x{height}, {frames} frames; {}) in {:.2} s",
+            worker.unwrap_or_else(|| "worker".into()),
+            started.elapsed().as_secs_f32()
+        ));
+        Ok(session)
+    }
+
+    /// A session on a shared worker (`--streams`): a stream of the newest worker with
+    /// room, its memory bank in a session folder of its own.
+    async fn start_shared(self: &Arc<Self>, media: PathBuf, shown: &str) -> Result<Arc<Session>, String> {
+        let Some(shared) = &self.shared else { unreachable!("only with shared workers") };
+        let started = Instant::now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let session_dir = self.cfg.root.join(format!("serve-{id}"));
+        sam2_supervisor::session_dirs::mark_one_shot(&session_dir).map_err(|e| format!("{e:#}"))?;
+        let (generation, settings) = self.current();
+        let attached =
+            shared.attach(media.clone(), session_dir.join("bank"), (generation, settings), || self.shared_options());
+        let mut attached = match attached {
+            Ok(a) => a,
+            Err(why) => {
+                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+                return Err(why);
+            }
+        };
+        let short = short_id(&id);
+        let wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let (mut worker, mut worker_info) = (None, None);
+        let events = &mut attached.session.events;
+        let opened = opened(events, wait, &self.board, &short, &mut worker, &mut worker_info).await;
+        let link = attached.session.link.clone();
+        let fail = |why: String| {
+            link.send(EngineCommand::Shutdown);
+            sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+            Err(format!("cannot start a session on {shown}: {why}"))
+        };
+        let (width, height, frames) = match opened {
+            Ok((_, _, 0)) => return fail("it has no frames".into()),
+            Ok(size) => size,
+            Err(why) => return fail(why),
+        };
+        let session = self.session_opened(Opening {
+            id,
+            shown,
+            size: (width, height, frames),
+            worker_info,
+            events: attached.session.events,
+            commands: None,
+            shared: Some(attached.session.link),
+            masks: attached.session.masks,
+            journal_path: session_dir.join("journal.json"),
+            handle: None,
+            started_with: attached.settings,
+            recyclable: false,
+            generation,
+            media,
+            session_dir,
+            decoded: None,
+        });
+        self.board.info(format!(
+            "session {short} started on {shown} ({width}x{height}, {frames} frames; {}, shared) in {:.2} s",
+            worker.unwrap_or_else(|| "worker".into()),
+            started.elapsed().as_secs_f32()
+        ));
+        Ok(session)
+    }
+
+    /// The settings' generation and the settings new sessions get.
+    fn current(&self) -> (u64, Settings) {
+        (self.generation.load(Ordering::SeqCst), settings_of(&self.base()))
+    }
+
+    /// What a shared worker is started with: the server's settings, and the video files
+    /// read as a worker of its own reads them (its session folder holds only what the
+    /// worker writes outside the sessions' banks).
+    fn shared_options(&self) -> SupervisorOptions {
+        let mut opts = self.base();
+        opts.media = None;
+        opts.initial_ops = vec![];
+        if self.cfg.official_decode {
+            scale_like_decord(&mut opts);
+        } else {
+            opts.tuning.logits_dir = None;
+            opts.set_env("SAM2_TUI_LOGITS_DIR", "");
+        }
+        opts
+    }
+
+    /// The session, once its engine has the video open: its row on the board, and the
+    /// pump of its engine's events, which logs deaths as they happen (also between
+    /// requests) and hands the rest to whoever runs an op.
+    fn session_opened(&self, o: Opening) -> Arc<Session> {
+        let (width, height, frames) = o.size;
+        self.board.add_session(SessionStatus::new(&o.id, o.shown, frames, o.worker_info));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop_pump, stop) = tokio::sync::oneshot::channel();
+        let pumping = tokio::spawn(pump(short_id(&o.id), o.id.clone(), self.board.clone(), o.events, tx, stop));
+        Arc::new(Session {
+            id: o.id,
+            video: o.shown.to_string(),
             width,
             height,
             frames,
-            commands: Mutex::new(Some(commands)),
-            masks: handle.masks.clone(),
+            commands: Mutex::new(o.commands),
+            shared: o.shared,
+            masks: o.masks,
             core: Arc::new(tokio::sync::Mutex::new(Core {
                 events: rx,
                 objects: vec![],
@@ -532,26 +635,18 @@ impl Sessions {
             closed: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
             in_use: AtomicUsize::new(0),
-            journal_path: handle.journal_path.clone(),
-            started_with,
-            handle: Mutex::new(Some(handle)),
+            journal_path: o.journal_path,
+            started_with: o.started_with,
+            handle: Mutex::new(o.handle),
             pump: Mutex::new(Some((stop_pump, pumping))),
-            // The engine opens the video itself and writes nothing but its session
-            // folder: a new session folder makes its worker as good as new.
-            recyclable: official && !decode,
-            generation,
+            recyclable: o.recyclable,
+            generation: o.generation,
             switched: AtomicBool::new(false),
-            media: media_open,
-            session_dir,
-            decoded,
+            media: o.media,
+            session_dir: o.session_dir,
+            decoded: o.decoded,
             board: self.board.clone(),
-        });
-        self.board.info(format!(
-            "session {short} started on {shown} ({width}x{height}, {frames} frames; {}) in {:.2} s",
-            worker.unwrap_or_else(|| "worker".into()),
-            started.elapsed().as_secs_f32()
-        ));
-        Ok(session)
+        })
     }
 
     /// Closes a session: refused to its clients from now on, its worker and folder left
@@ -577,9 +672,12 @@ impl Sessions {
         loop {
             let retiring = std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|p| p.into_inner()));
             if retiring.is_empty() {
-                return;
+                break;
             }
             futures::future::join_all(retiring).await;
+        }
+        if let Some(shared) = &self.shared {
+            shared.shutdown().await;
         }
     }
 
@@ -602,6 +700,9 @@ impl Sessions {
                 me.recycling.fetch_sub(1, Ordering::SeqCst);
                 me.spare_changed.notify_waiters();
                 fate
+            } else if left.shared.is_some() {
+                let wait = me.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+                let_go(left, wait).await
             } else {
                 shutdown_handle_of(left).await;
                 "its worker stopped".to_string()
@@ -712,6 +813,9 @@ impl Sessions {
         });
         let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
         futures::future::join_all(spare.into_iter().map(discard)).await;
+        if let Some(shared) = &self.shared {
+            shared.stop_idle();
+        }
         self.publish_counts();
         self.changed.notify_waiters();
     }
@@ -765,12 +869,24 @@ impl Sessions {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let settings = settings_of(&self.base());
         self.board.update(|s| s.settings = settings);
-        let open: Vec<Arc<Session>> = self.registry().open.values().cloned().collect();
+        let (shared, open): (Vec<Arc<Session>>, Vec<Arc<Session>>) =
+            self.registry().open.values().cloned().partition(|s| s.shared.is_some());
         self.board.info(format!(
-            "switching to {what}: new sessions get it{}",
+            "switching to {what}: new sessions get it{}{}",
             match open.len() {
                 0 => String::new(),
                 n => format!("; replaying {n} open session{} on fresh workers", if n == 1 { "" } else { "s" }),
+            },
+            match shared.len() {
+                0 => String::new(),
+                n => format!(
+                    "; {n} open session{} on shared workers keep{} the settings {} started with until {} close{}",
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "s" } else { "" },
+                    if n == 1 { "it" } else { "they" },
+                    if n == 1 { "it" } else { "they" },
+                    if n == 1 { "s" } else { "" },
+                ),
             }
         ));
         let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
@@ -892,6 +1008,45 @@ async fn pump(
     }
 }
 
+/// Waits until a new session's engine has the video open: its size and length, or why it
+/// cannot (within `wait`). Which worker it runs on is noted as it is said.
+async fn opened(
+    events: &mut UnboundedReceiver<EngineEvent>,
+    wait: Duration,
+    board: &Board,
+    short: &str,
+    worker: &mut Option<String>,
+    worker_info: &mut Option<WorkerInfo>,
+) -> Result<(u32, u32, usize), String> {
+    let mut last_error: Option<String> = None;
+    let opened = tokio::time::timeout(wait, async {
+        let mut info = None;
+        while let Some(e) = events.recv().await {
+            match e {
+                EngineEvent::MediaInfo { width, height, frames, .. } => info = Some((width, height, frames)),
+                EngineEvent::State(EngineState::Ready) => {
+                    if let Some(i) = info {
+                        return Ok(i);
+                    }
+                }
+                EngineEvent::WorkerStarted { pid, device, precision, model, .. } => {
+                    *worker = Some(format!("worker {pid} on {device} {precision}"));
+                    *worker_info = Some(WorkerInfo { pid, device, precision, model });
+                }
+                EngineEvent::WorkerDied { reason, .. } => {
+                    board.error(format!("session {short}: worker died while starting ({reason}); restarting"))
+                }
+                EngineEvent::Log { level: LogLevel::Error, message } => last_error = Some(message),
+                EngineEvent::State(EngineState::Stopped) => break,
+                _ => {}
+            }
+        }
+        Err(last_error.clone().unwrap_or_else(|| "the engine stopped".into()))
+    })
+    .await;
+    opened.unwrap_or_else(|_| Err(format!("the engine did not open it within {} s", wait.as_secs())))
+}
+
 /// Waits for a worker's supervisor, moved to a new session, to have the video open: its
 /// size, then ready. False if it stops instead.
 async fn reopen(events: &mut UnboundedReceiver<EngineEvent>) -> bool {
@@ -905,6 +1060,16 @@ async fn reopen(events: &mut UnboundedReceiver<EngineEvent>) -> bool {
         }
     }
     false
+}
+
+/// Waits until a shared worker has let a closed session's stream go: its events end, and
+/// with them its pump. Its folder (the stream's bank) may go then.
+async fn let_go(left: Leftovers, wait: Duration) -> String {
+    let Some((_, pumping)) = left.pump else { return "its stream was let go".into() };
+    match tokio::time::timeout(wait, pumping).await {
+        Ok(_) => "its stream was let go".into(),
+        Err(_) => format!("its stream was not let go within {} s", wait.as_secs()),
+    }
 }
 
 async fn shutdown_handle_of(left: Leftovers) {
@@ -937,6 +1102,8 @@ pub struct Session {
     pub height: u32,
     pub frames: usize,
     commands: Mutex<Option<UnboundedSender<EngineCommand>>>,
+    /// Its stream on a shared worker (`--streams`), instead of a supervisor of its own.
+    shared: Option<SharedLink>,
     masks: Arc<Mutex<sam2_supervisor::store::MaskStore>>,
     core: Arc<tokio::sync::Mutex<Core>>,
     /// Set by cancelPropagateInVideo, cleared when a propagation starts.
@@ -965,6 +1132,28 @@ pub struct Session {
     board: Arc<Board>,
 }
 
+/// A session's engine with its video open, and what the session is made of
+/// (`Sessions::session_opened`).
+struct Opening<'a> {
+    id: String,
+    shown: &'a str,
+    /// Width, height, frames.
+    size: (u32, u32, usize),
+    worker_info: Option<WorkerInfo>,
+    events: UnboundedReceiver<EngineEvent>,
+    commands: Option<UnboundedSender<EngineCommand>>,
+    shared: Option<SharedLink>,
+    masks: Arc<Mutex<sam2_supervisor::store::MaskStore>>,
+    journal_path: PathBuf,
+    handle: Option<SupervisorHandle>,
+    started_with: Settings,
+    recyclable: bool,
+    generation: u64,
+    media: PathBuf,
+    session_dir: PathBuf,
+    decoded: Option<crate::frames::Decoded>,
+}
+
 /// A session's pump of its supervisor's events: what stops it, and the task, which gives
 /// the events back.
 type Pump = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<UnboundedReceiver<EngineEvent>>);
@@ -972,6 +1161,8 @@ type Pump = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Unbounded
 /// What a closed session leaves to stop or to pass on.
 struct Leftovers {
     commands: Option<UnboundedSender<EngineCommand>>,
+    /// Its stream on a shared worker, being let go.
+    shared: Option<SharedLink>,
     handle: Option<SupervisorHandle>,
     pump: Option<Pump>,
     worker: Option<WorkerInfo>,
@@ -1017,6 +1208,9 @@ impl Session {
     }
 
     pub fn send(&self, cmd: EngineCommand) -> bool {
+        if let Some(link) = &self.shared {
+            return !self.is_closed() && link.send(cmd);
+        }
         match self.commands.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(c) => c.send(cmd).is_ok(),
             None => false,
@@ -1047,12 +1241,18 @@ impl Session {
         if let Some(c) = &commands {
             let _ = c.send(EngineCommand::Cancel);
         }
+        // On a shared worker the stream is let go: a propagation of it stops at its next
+        // frame, and its events end once nothing of it is left in the worker.
+        let shared = self.shared.clone();
+        if let Some(link) = &shared {
+            link.send(EngineCommand::Shutdown);
+        }
         let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
         let pump = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take();
         let row = self.board.status().sessions.into_iter().find(|r| r.id == self.id);
         let (worker, restarted) = row.map(|r| (r.worker, r.restarts > 0)).unwrap_or((None, false));
         self.board.remove_session(&self.id);
-        Some(Leftovers { commands, handle, pump, worker, restarted })
+        Some(Leftovers { commands, shared, handle, pump, worker, restarted })
     }
 
     /// Replays the session on a fresh worker with new settings (`command`: a model,

@@ -10,6 +10,7 @@
 //! * `store`    — the journal on disk, finished masks, and propagation resume points.
 //! * `driver`   — the I/O edge that runs the machine on its own thread; `start`.
 //! * `streams`  — several videos in one worker, propagated in lockstep (its own driver).
+//! * `shared`   — one worker shared by several sessions, each a stream fed as it goes.
 pub mod death;
 pub mod driver;
 pub mod machine;
@@ -18,6 +19,7 @@ pub mod options;
 pub mod policy;
 pub mod process;
 pub mod session_dirs;
+pub mod shared;
 pub mod store;
 pub mod streams;
 

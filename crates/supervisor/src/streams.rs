@@ -16,13 +16,19 @@
 //! steps, so the streams need not wait for each other. Up to `width` streams run at once;
 //! when one ends, the caller's next job is opened in its place (`run_admitting`), while
 //! the others propagate. A stream that fails (its media, its op) ends alone.
+//!
+//! Interactive streams (`run_interactive`, a web session each: `serve --streams`) are
+//! opened, fed ops, cancelled and closed by commands as they come, instead of jobs known
+//! up front: a click runs between two steps of whatever propagates, a propagation joins
+//! the lockstep under way, an op that fails is that op's failure (the session goes on, as
+//! on a worker of its own), and a closed stream is let go (`Request::CloseStream`).
 use crate::death;
 use crate::machine::WorkerNews;
 use crate::options::SupervisorOptions;
 use crate::process::WorkerProcess;
 use crate::store::{self, PropagationProgress};
 use sam2_api::device::{DeviceChoice, Precision};
-use sam2_api::events::{ObjectMask, StageTimings};
+use sam2_api::events::{ModelLabel, ObjectMask, StageTimings};
 use sam2_api::protocol::{Request, Response, StreamOp, FAULT_ENV, FAULT_STATE_ENV, PROTOCOL_VERSION};
 use sam2_api::session::Op;
 use std::collections::VecDeque;
@@ -35,6 +41,24 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 pub struct StreamJob {
     pub media: PathBuf,
     pub ops: Vec<Op>,
+}
+
+/// What a caller of `run_interactive` tells the driver, as it happens.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamCommand {
+    /// A new stream, numbered in the order the streams were opened; its memory bank goes
+    /// in `bank` (the caller's folder, which it removes once the stream is `Closed`).
+    Open { media: PathBuf, bank: PathBuf },
+    /// The stream's next op: it runs once the stream's earlier ops have ended.
+    Op { stream: usize, op: Op },
+    /// Stops the stream's propagation, under way or still to start (it ends cancelled).
+    Cancel { stream: usize },
+    /// No more ops: a propagation under way is cancelled, ops not yet sent are dropped,
+    /// and once its last op has ended the worker lets the stream go (`Closed`).
+    Close { stream: usize },
+    /// Every stream is closed as by `Close`, and the driver ends once they are (as when
+    /// the commands' senders are all gone).
+    End,
 }
 
 /// What the caller hears, as it happens.
@@ -58,6 +82,25 @@ pub enum StreamNews<'a> {
         stream: usize,
         message: String,
     },
+    /// An interactive stream's op failed; the stream goes on (the op did not happen, or a
+    /// propagation stopped at the frame that failed).
+    OpFailed {
+        stream: usize,
+        op: usize,
+        message: String,
+    },
+    /// The stream's video is open (said once, not again when a new worker reopens it).
+    Opened {
+        stream: usize,
+        width: u32,
+        height: u32,
+        frames: usize,
+        fps: f32,
+    },
+    /// A closed stream is gone from the worker; its bank folder may go.
+    Closed {
+        stream: usize,
+    },
     /// The worker died; a new one takes every unfinished stream over.
     WorkerDied {
         reason: String,
@@ -65,6 +108,8 @@ pub enum StreamNews<'a> {
     /// A worker has loaded the model: where it runs, and in what precision (the
     /// requested choice resolved).
     WorkerStarted {
+        pid: u32,
+        model: ModelLabel,
         device: DeviceChoice,
         precision: Precision,
     },
@@ -105,28 +150,67 @@ pub fn run_admitting(
     stop: &dyn Fn() -> bool,
     on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
 ) -> anyhow::Result<StreamResults> {
-    let mut d = Driver { opts, streams: vec![], generation: 0, width: width.max(1), more: true, first_live: 0 };
-    let mut restarts = 0u32;
-    loop {
-        match d.run_worker(next_job, stop, on_news) {
-            Ok(()) => break,
-            Err(Halt::Stopped) => {
-                for s in d.streams.iter_mut().filter(|s| s.running()) {
-                    s.failed = Some(STOPPED.into());
+    let d =
+        Driver { opts, streams: vec![], generation: 0, width: width.max(1), more: true, first_live: 0, intake: None };
+    d.run(next_job, stop, on_news)
+}
+
+/// Runs interactive streams in one worker (a web session each): `commands` open them,
+/// feed them ops one at a time, cancel and close them (`StreamCommand`), as they come; a
+/// frame's masks, an op's end or failure, a stream opened or let go are `on_news`. Runs
+/// until `commands` is closed (every stream still open then is let go with the worker)
+/// or `stop` says so; a crash is replayed as in `run_admitting`, every open stream
+/// reopened and restored. Errors only when no worker can run at all.
+pub fn run_interactive(
+    opts: &SupervisorOptions,
+    commands: UnboundedReceiver<StreamCommand>,
+    stop: &dyn Fn() -> bool,
+    on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
+) -> anyhow::Result<StreamResults> {
+    let d = Driver {
+        opts,
+        streams: vec![],
+        generation: 0,
+        width: usize::MAX,
+        more: false,
+        first_live: 0,
+        intake: Some(commands),
+    };
+    d.run(&mut || None, stop, on_news)
+}
+
+impl Driver<'_> {
+    /// Worker after worker until every stream has ended.
+    fn run(
+        mut self,
+        next_job: &mut dyn FnMut() -> Option<StreamJob>,
+        stop: &dyn Fn() -> bool,
+        on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
+    ) -> anyhow::Result<StreamResults> {
+        let d = &mut self;
+        let opts = d.opts;
+        let mut restarts = 0u32;
+        loop {
+            match d.run_worker(next_job, stop, on_news) {
+                Ok(()) => break,
+                Err(Halt::Stopped) => {
+                    for s in d.streams.iter_mut().filter(|s| s.running()) {
+                        s.failed = Some(STOPPED.into());
+                    }
+                    break;
                 }
-                break;
-            }
-            Err(Halt::Died(reason)) => {
-                restarts += 1;
-                anyhow::ensure!(
-                    restarts <= opts.restart.max_retries,
-                    "the worker died {restarts} times (last: {reason})"
-                );
-                on_news(StreamNews::WorkerDied { reason });
+                Err(Halt::Died(reason)) => {
+                    restarts += 1;
+                    anyhow::ensure!(
+                        restarts <= opts.restart.max_retries,
+                        "the worker died {restarts} times (last: {reason})"
+                    );
+                    on_news(StreamNews::WorkerDied { reason });
+                }
             }
         }
+        Ok(self.streams.into_iter().map(|s| s.failed.map_or(Ok(()), Err)).collect())
     }
-    Ok(d.streams.into_iter().map(|s| s.failed.map_or(Ok(()), Err)).collect())
 }
 
 /// A stream's place in its journal.
@@ -142,6 +226,18 @@ struct Stream {
     failed: Option<String>,
     /// What this worker is doing for the stream now.
     busy: Busy,
+    /// Fed ops by commands (`run_interactive`): it runs until closed, not until its ops
+    /// run out, and an op that fails fails alone.
+    interactive: bool,
+    /// `Close` asked: no op is sent after the one under way.
+    closing: bool,
+    /// Let go by the worker (or never opened in it): it has ended.
+    closed: bool,
+    /// The propagation this index names is cancelled, also if it has not started yet or a
+    /// new worker would resume it.
+    cancel_at: Option<usize>,
+    /// `Opened` was said.
+    opened: bool,
 }
 
 /// A stream's request under way in the current worker.
@@ -155,11 +251,37 @@ enum Busy {
     Idle,
     /// Op `done` sent.
     Op,
+    /// `CloseStream` sent.
+    Closing,
 }
 
 impl Stream {
+    fn new(media: PathBuf, bank: PathBuf, ops: Vec<Op>, interactive: bool) -> Self {
+        Stream {
+            ops,
+            media,
+            bank,
+            num_frames: 0,
+            done: 0,
+            progress: PropagationProgress::default(),
+            failed: None,
+            busy: Busy::Closed,
+            interactive,
+            closing: false,
+            closed: false,
+            cancel_at: None,
+            opened: false,
+        }
+    }
+
+    /// Not ended: ops to run, or (an interactive stream) not closed yet.
     fn running(&self) -> bool {
-        self.failed.is_none() && self.done < self.ops.len()
+        self.failed.is_none() && !self.closed && (self.interactive || self.done < self.ops.len())
+    }
+
+    /// An op of it is still to run or under way.
+    fn has_work(&self) -> bool {
+        self.failed.is_none() && !self.closed && self.done < self.ops.len()
     }
 
     /// The next op to send: op `done`, a propagation resumed after its last delivered
@@ -176,6 +298,19 @@ impl Stream {
     fn op_done(&mut self) {
         self.done += 1;
         self.progress = PropagationProgress::default();
+        self.cancel_at = None;
+    }
+
+    /// An interactive stream's op `done` failed: it did not happen (dropped, so that no
+    /// replay repeats it), or, a propagation that delivered frames, it stopped there.
+    fn op_failed(&mut self) {
+        if self.propagating() && self.progress.delivered > 0 {
+            self.op_done();
+        } else {
+            self.ops.remove(self.done);
+            self.progress = PropagationProgress::default();
+            self.cancel_at = None;
+        }
     }
 }
 
@@ -199,6 +334,15 @@ struct Driver<'o> {
     /// Every stream before this one has ended (a long batch takes thousands): the scans
     /// done on each answer of the worker look only from here.
     first_live: usize,
+    /// `run_interactive`'s commands, until the caller closes them.
+    intake: Option<UnboundedReceiver<StreamCommand>>,
+}
+
+/// What a worker's wait brought.
+enum Heard {
+    Answer(Response),
+    /// A caller's command; None: the caller has closed its commands.
+    Command(Option<StreamCommand>),
 }
 
 /// One live worker and its news.
@@ -220,7 +364,7 @@ struct Worker<'s> {
 
 impl<'o> Driver<'o> {
     /// One worker's life: start it, bring every stream back, run until all have ended
-    /// and the caller has no job left.
+    /// and the caller has no job (or command) left.
     fn run_worker(
         &mut self,
         next_job: &mut dyn FnMut() -> Option<StreamJob>,
@@ -228,15 +372,16 @@ impl<'o> Driver<'o> {
         on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
     ) -> Result<(), Halt> {
         let mut w = self.spawn(stop)?;
-        w.ask(&Request::Hello { version: PROTOCOL_VERSION }, |r| match r {
-            Response::Hello { version, .. } if *version != PROTOCOL_VERSION => {
-                Some(Err(format!("worker speaks protocol {version}, supervisor {PROTOCOL_VERSION}")))
-            }
-            Response::Hello { .. } => Some(Ok(())),
-            Response::Error { message, .. } => Some(Err(message.clone())),
-            _ => None,
-        })?
-        .map_err(Halt::Died)?;
+        let pid = w
+            .ask(&Request::Hello { version: PROTOCOL_VERSION }, |r| match r {
+                Response::Hello { version, .. } if *version != PROTOCOL_VERSION => {
+                    Some(Err(format!("worker speaks protocol {version}, supervisor {PROTOCOL_VERSION}")))
+                }
+                Response::Hello { pid, .. } => Some(Ok(*pid)),
+                Response::Error { message, .. } => Some(Err(message.clone())),
+                _ => None,
+            })?
+            .map_err(Halt::Died)?;
         let o = self.opts;
         let load = Request::LoadModel {
             checkpoint: o.checkpoint.clone(),
@@ -248,84 +393,179 @@ impl<'o> Driver<'o> {
             device_label: o.device_label.clone(),
             tuning: o.tuning.clone(),
         };
-        let (device, precision) = w
+        let (model, device, precision) = w
             .ask(&load, |r| match r {
-                Response::Loaded { device, precision, .. } => Some(Ok((*device, *precision))),
+                Response::Loaded { model, device, precision, .. } => Some(Ok((model.clone(), *device, *precision))),
                 Response::Error { message, .. } => Some(Err(message.clone())),
                 _ => None,
             })?
             .map_err(Halt::Died)?;
-        on_news(StreamNews::WorkerStarted { device, precision });
+        on_news(StreamNews::WorkerStarted { pid, model, device, precision });
         // The streams an earlier worker had, brought back before anything else runs.
         for s in self.streams.iter_mut() {
             s.busy = Busy::Closed;
         }
         for i in 0..self.streams.len() {
-            if self.streams[i].running() {
+            if self.streams[i].closing {
+                // Nothing of it is in this worker: it is let go already.
+                self.let_go(i, on_news);
+            } else if self.streams[i].running() {
                 self.reopen(&mut w, i)?;
             }
         }
         loop {
             self.admit(next_job);
-            let mut opening = self.live().iter().any(|s| s.busy == Busy::Opening);
-            let mut passes = vec![];
-            for i in self.first_live..self.streams.len() {
-                let s = &mut self.streams[i];
-                if !s.running() {
-                    continue;
-                }
-                match s.busy {
-                    // One open at a time: its answer names no stream.
-                    Busy::Closed if !opening => {
-                        self.open(&mut w, i);
-                        opening = true;
-                    }
-                    Busy::Idle => match &s.ops[s.done] {
-                        Op::Propagate { .. } => match s.next_op() {
-                            Some(op) => passes.push((i, op)),
-                            None => s.op_done(),
-                        },
-                        op => {
-                            let op = StreamOp { stream: i as u32, seq: s.done as u64, op: op.clone() };
-                            s.busy = Busy::Op;
-                            w.process.send(&Request::ApplyStream(op));
-                        }
-                    },
-                    _ => {}
-                }
-            }
-            // A propagation joins one under way at once. With none under way, the
-            // propagations wait for every running stream to be ready for one, and start
-            // together: streams started together (a group's first videos, or after a
-            // crash) step together from their first frame, instead of one at a time with
-            // a batch that grows step by step (each batch size a new set of CUDA graphs).
-            let under_way = self.live().iter().any(|s| s.busy == Busy::Op && s.propagating());
-            let all_ready = self.live().iter().filter(|s| s.running()).all(|s| s.busy == Busy::Idle && s.propagating());
-            if !passes.is_empty() && (under_way || all_ready) {
-                let passes = passes
-                    .into_iter()
-                    .map(|(i, op)| {
-                        self.streams[i].busy = Busy::Op;
-                        StreamOp { stream: i as u32, seq: self.streams[i].done as u64, op }
-                    })
-                    .collect();
-                w.process.send(&Request::PropagateStreams { passes });
-            }
-            let waiting = self.live().iter().any(|s| matches!(s.busy, Busy::Opening | Busy::Op));
-            if !waiting {
-                if self.live().iter().any(|s| s.running()) || self.more {
+            self.dispatch(&mut w, on_news);
+            let in_flight = self.live().iter().any(|s| matches!(s.busy, Busy::Opening | Busy::Op | Busy::Closing));
+            if !in_flight {
+                if self.live().iter().any(Stream::has_work) || self.more {
                     // An op that turned out done (a propagation finished before the last
                     // worker died), or a job still to take: look again.
                     continue;
                 }
-                // A healthy worker exits once its stdin closes; its exit is its last news.
-                w.process.close_stdin();
-                while w.next(self.opts.watchdog.progress_timeout).is_ok() {}
-                return Ok(());
+                if self.intake.is_none() {
+                    // A healthy worker exits once its stdin closes; its exit is its last news.
+                    w.process.close_stdin();
+                    while w.next(self.opts.watchdog.progress_timeout).is_ok() {}
+                    return Ok(());
+                }
             }
-            let answer = w.next(self.opts.watchdog.progress_timeout)?;
-            self.hear(&mut w, answer, on_news);
+            // Idle (interactive streams waiting for their users): only the heartbeat
+            // watchdog applies.
+            let progress = in_flight.then_some(self.opts.watchdog.progress_timeout);
+            match w.next_or_command(progress, self.intake.as_mut())? {
+                Heard::Answer(answer) => self.hear(&mut w, answer, on_news),
+                Heard::Command(Some(StreamCommand::End) | None) => self.caller_gone(&mut w),
+                Heard::Command(Some(command)) => self.command(&mut w, command, on_news),
+            }
         }
+    }
+
+    /// Sends what can go now: one open at a time, each idle stream's next op, the
+    /// closes, and the propagations that are ready.
+    fn dispatch(&mut self, w: &mut Worker, on_news: &mut dyn FnMut(StreamNews) -> Option<usize>) {
+        let mut opening = self.live().iter().any(|s| s.busy == Busy::Opening);
+        let mut passes = vec![];
+        for i in self.first_live..self.streams.len() {
+            let s = &mut self.streams[i];
+            if !s.running() {
+                continue;
+            }
+            match s.busy {
+                // Asked to close before its video was opened in this worker.
+                Busy::Closed if s.closing => self.let_go(i, on_news),
+                // One open at a time: its answer names no stream.
+                Busy::Closed if !opening => {
+                    self.open(w, i);
+                    opening = true;
+                }
+                Busy::Idle if s.closing && !s.has_work() => {
+                    s.busy = Busy::Closing;
+                    w.process.send(&Request::CloseStream { stream: i as u32 });
+                }
+                Busy::Idle if s.has_work() => match &s.ops[s.done] {
+                    Op::Propagate { .. } if s.cancel_at == Some(s.done) => {
+                        // Cancelled before it started: it ends as a cancelled one does.
+                        let op = s.done;
+                        s.op_done();
+                        on_news(StreamNews::OpDone { stream: i, op, cancelled: true });
+                    }
+                    Op::Propagate { .. } => match s.next_op() {
+                        Some(op) => passes.push((i, op)),
+                        None => s.op_done(),
+                    },
+                    op => {
+                        let op = StreamOp { stream: i as u32, seq: s.done as u64, op: op.clone() };
+                        s.busy = Busy::Op;
+                        w.process.send(&Request::ApplyStream(op));
+                    }
+                },
+                _ => {}
+            }
+        }
+        // A propagation joins one under way at once. With none under way, the
+        // propagations wait for every stream with an op to run to be ready for one, and
+        // start together: streams started together (a group's first videos, or after a
+        // crash) step together from their first frame, instead of one at a time with a
+        // batch that grows step by step (each batch size a new set of CUDA graphs).
+        let under_way = self.live().iter().any(|s| s.busy == Busy::Op && s.propagating());
+        let all_ready = self.live().iter().filter(|s| s.has_work()).all(|s| s.busy == Busy::Idle && s.propagating());
+        if !passes.is_empty() && (under_way || all_ready) {
+            let passes = passes
+                .into_iter()
+                .map(|(i, op)| {
+                    self.streams[i].busy = Busy::Op;
+                    StreamOp { stream: i as u32, seq: self.streams[i].done as u64, op }
+                })
+                .collect();
+            w.process.send(&Request::PropagateStreams { passes });
+        }
+    }
+
+    /// A caller's command (`run_interactive`).
+    fn command(
+        &mut self,
+        w: &mut Worker,
+        command: StreamCommand,
+        on_news: &mut dyn FnMut(StreamNews) -> Option<usize>,
+    ) {
+        match command {
+            StreamCommand::Open { media, bank } => self.streams.push(Stream::new(media, bank, vec![], true)),
+            StreamCommand::Op { stream, op } => match self.streams.get_mut(stream) {
+                Some(s) if s.running() && !s.closing => s.ops.push(op),
+                Some(s) => {
+                    // Ended: the op is answered at once, as failed.
+                    let message = match &s.failed {
+                        Some(why) => format!("the stream has failed: {why}"),
+                        None => "the stream is closed".to_string(),
+                    };
+                    on_news(StreamNews::OpFailed { stream, op: s.ops.len(), message });
+                }
+                None => {}
+            },
+            StreamCommand::Cancel { stream } => {
+                if let Some(s) = self.streams.get_mut(stream).filter(|s| s.has_work() && s.propagating()) {
+                    s.cancel_at = Some(s.done);
+                    if s.busy == Busy::Op {
+                        w.process.send(&Request::CancelStream { stream: stream as u32 });
+                    }
+                }
+            }
+            StreamCommand::Close { stream } => self.close(w, stream),
+            StreamCommand::End => self.caller_gone(w),
+        }
+    }
+
+    /// Stream `stream` takes no more ops; what it runs is cancelled if it is a
+    /// propagation, and `dispatch` lets it go once that has ended.
+    fn close(&mut self, w: &mut Worker, stream: usize) {
+        let Some(s) = self.streams.get_mut(stream).filter(|s| s.interactive && s.running() && !s.closing) else {
+            return;
+        };
+        s.closing = true;
+        let under_way = usize::from(s.busy == Busy::Op);
+        s.ops.truncate(s.done + under_way);
+        if s.busy == Busy::Op && s.propagating() {
+            s.cancel_at = Some(s.done);
+            w.process.send(&Request::CancelStream { stream: stream as u32 });
+        }
+    }
+
+    /// The caller is done (`End`, or its commands' senders are gone): every stream is
+    /// closed, and the worker goes once they are.
+    fn caller_gone(&mut self, w: &mut Worker) {
+        self.intake = None;
+        for i in self.first_live..self.streams.len() {
+            self.close(w, i);
+        }
+    }
+
+    /// Stream `i` has ended by its caller's close.
+    fn let_go(&mut self, i: usize, on_news: &mut dyn FnMut(StreamNews) -> Option<usize>) {
+        let s = &mut self.streams[i];
+        s.closed = true;
+        s.busy = Busy::Closed;
+        on_news(StreamNews::Closed { stream: i });
     }
 
     /// The streams from the first that has not ended (an ended stream has nothing under
@@ -342,17 +582,8 @@ impl<'o> Driver<'o> {
         while self.more && self.live().iter().filter(|s| s.running()).count() < self.width {
             match next_job() {
                 Some(job) => {
-                    let i = self.streams.len();
-                    self.streams.push(Stream {
-                        ops: job.ops,
-                        media: job.media,
-                        bank: self.opts.session_dir.join(format!("stream-{i}")).join("bank"),
-                        num_frames: 0,
-                        done: 0,
-                        progress: PropagationProgress::default(),
-                        failed: None,
-                        busy: Busy::Closed,
-                    });
+                    let bank = self.opts.session_dir.join(format!("stream-{}", self.streams.len())).join("bank");
+                    self.streams.push(Stream::new(job.media, bank, job.ops, false));
                 }
                 None => self.more = false,
             }
@@ -380,11 +611,14 @@ impl<'o> Driver<'o> {
     fn hear(&mut self, w: &mut Worker, answer: Response, on_news: &mut dyn FnMut(StreamNews) -> Option<usize>) {
         let opening = self.live().iter().position(|s| s.busy == Busy::Opening).map(|i| self.first_live + i);
         match answer {
-            Response::MediaInfo { frames, .. } => {
+            Response::MediaInfo { width, height, frames, fps } => {
                 if let Some(i) = opening {
                     let s = &mut self.streams[i];
                     s.num_frames = frames;
                     s.busy = Busy::Idle;
+                    if !std::mem::replace(&mut s.opened, true) {
+                        on_news(StreamNews::Opened { stream: i, width, height, frames, fps });
+                    }
                 }
             }
             Response::Error { message, .. } => {
@@ -417,8 +651,19 @@ impl<'o> Driver<'o> {
                 let i = stream as usize;
                 let Some(s) = self.streams.get_mut(i) else { return };
                 s.busy = Busy::Idle;
-                s.failed = Some(message.clone());
-                on_news(StreamNews::Failed { stream: i, message });
+                if s.interactive {
+                    let op = s.done;
+                    s.op_failed();
+                    on_news(StreamNews::OpFailed { stream: i, op, message });
+                } else {
+                    s.failed = Some(message.clone());
+                    on_news(StreamNews::Failed { stream: i, message });
+                }
+            }
+            Response::StreamClosed { stream }
+                if self.streams.get(stream as usize).is_some_and(|s| s.busy == Busy::Closing) =>
+            {
+                self.let_go(stream as usize, on_news);
             }
             _ => {}
         }
@@ -498,25 +743,53 @@ impl Worker<'_> {
     /// The worker's next answer (heartbeats and stderr are kept aside), or how it died.
     /// An answer must come within `progress_limit`, heartbeats or not.
     fn next(&mut self, progress_limit: Duration) -> Result<Response, Halt> {
-        let answer_by = Instant::now() + progress_limit;
+        match self.next_or_command(Some(progress_limit), None)? {
+            Heard::Answer(r) => Ok(r),
+            Heard::Command(_) => unreachable!("no commands were listened to"),
+        }
+    }
+
+    /// `next`, or a caller's command if one comes first (`intake`); with no
+    /// `progress_limit` (nothing is under way) only the heartbeat must keep coming.
+    fn next_or_command(
+        &mut self,
+        progress_limit: Option<Duration>,
+        mut intake: Option<&mut UnboundedReceiver<StreamCommand>>,
+    ) -> Result<Heard, Halt> {
+        let answer_by = progress_limit.map(|l| Instant::now() + l);
         loop {
-            let limit = match self.killed {
+            let limit = match (&self.killed, answer_by) {
                 // Killed: only its exit news is still to come.
-                Some(_) => self.quiet_limit,
-                None => self.quiet_limit.min(answer_by.saturating_duration_since(Instant::now())),
+                (Some(_), _) | (None, None) => self.quiet_limit,
+                (None, Some(by)) => self.quiet_limit.min(by.saturating_duration_since(Instant::now())),
             };
             let news = &mut self.news;
+            let commands = if self.killed.is_none() { intake.as_deref_mut() } else { None };
             // The timer is made inside the runtime (it needs its clock).
-            let news = match self.clock.block_on(async move { tokio::time::timeout(limit, news.recv()).await }) {
-                Ok(Some((_, news))) => news,
-                Ok(None) => return Err(Halt::Died("the worker's news stopped".into())),
+            let heard = self.clock.block_on(async move {
+                tokio::time::timeout(limit, async move {
+                    match commands {
+                        Some(commands) => tokio::select! {
+                            biased;
+                            n = news.recv() => Ok(n),
+                            c = commands.recv() => Err(c),
+                        },
+                        None => Ok(news.recv().await),
+                    }
+                })
+                .await
+            });
+            let news = match heard {
+                Ok(Err(command)) => return Ok(Heard::Command(command)),
+                Ok(Ok(Some((_, news)))) => news,
+                Ok(Ok(None)) => return Err(Halt::Died("the worker's news stopped".into())),
                 Err(_) => {
                     // Heartbeats come twice a second from their own thread, also during a
                     // long op: silence means a wedged process. Heartbeats with no answer
                     // mean a wedged model thread. Its exit news follows.
                     if self.killed.is_none() {
-                        self.killed = Some(if Instant::now() >= answer_by {
-                            format!("no progress for {:.1}s", progress_limit.as_secs_f32())
+                        self.killed = Some(if answer_by.is_some_and(|by| Instant::now() >= by) {
+                            format!("no progress for {:.1}s", progress_limit.unwrap_or_default().as_secs_f32())
                         } else {
                             format!("no heartbeat for {:.1}s", self.quiet_limit.as_secs_f32())
                         });
@@ -531,7 +804,7 @@ impl Worker<'_> {
             }
             match news {
                 WorkerNews::Message(Response::Heartbeat { .. }) => {}
-                WorkerNews::Message(r) => return Ok(r),
+                WorkerNews::Message(r) => return Ok(Heard::Answer(r)),
                 WorkerNews::StderrLine(line) => {
                     if self.stderr_tail.len() == 20 {
                         self.stderr_tail.pop_front();

@@ -124,7 +124,7 @@ pub fn execute_streams(
             }
             let mut running = running.borrow_mut();
             match news {
-                StreamNews::WorkerStarted { device, precision } => ran_on = Some((device, precision)),
+                StreamNews::WorkerStarted { device, precision, .. } => ran_on = Some((device, precision)),
                 StreamNews::WorkerDied { reason } => {
                     deaths += 1;
                     let unfinished = running.iter().filter(|r| !r.ended).count();
@@ -163,6 +163,9 @@ pub fn execute_streams(
                         heard(r.tag, r.job.frames(), Err(stream_error(&r.job, &message)));
                     }
                 }
+                // A job's streams are not interactive: their op failures are `Failed`,
+                // and they end with their last op, not by a close.
+                StreamNews::Opened { .. } | StreamNews::OpFailed { .. } | StreamNews::Closed { .. } => {}
             }
             None
         })

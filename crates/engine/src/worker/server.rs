@@ -219,7 +219,8 @@ impl Engine {
             Request::OpenStream { .. }
             | Request::RestoreStream { .. }
             | Request::ApplyStream(_)
-            | Request::PropagateStreams { .. } => unreachable!("handled by handle_streams"),
+            | Request::PropagateStreams { .. }
+            | Request::CloseStream { .. } => unreachable!("handled by handle_streams"),
         };
         send(&self.out, &reply);
     }

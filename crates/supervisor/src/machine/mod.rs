@@ -704,7 +704,10 @@ impl Machine {
             }
             Response::Prefetched { .. } | Response::Bye => {}
             // The streams of several videos are `streams::run`'s, not this session's.
-            Response::StreamFrame { .. } | Response::StreamDone { .. } | Response::StreamError { .. } => {}
+            Response::StreamFrame { .. }
+            | Response::StreamDone { .. }
+            | Response::StreamError { .. }
+            | Response::StreamClosed { .. } => {}
         }
     }
 

@@ -56,6 +56,12 @@ impl Engine {
                 send(&self.out, &reply);
             }
             Request::ApplyStream(op) => self.apply_stream(op, n, cancels),
+            Request::CloseStream { stream } => {
+                // Dropped here, between requests: a propagation of it has ended (a close
+                // waits for that, `Admission::must_wait`).
+                self.streams.remove(&stream);
+                send(&self.out, &Response::StreamClosed { stream });
+            }
             other => return Some(other),
         }
         None
@@ -154,7 +160,9 @@ impl Admission<'_> {
     fn must_wait(&mut self, req: &Request) -> bool {
         const EVERYTHING: u32 = u32::MAX;
         let streams: Vec<u32> = match req {
-            Request::OpenStream { stream, .. } | Request::RestoreStream { stream, .. } => vec![*stream],
+            Request::OpenStream { stream, .. }
+            | Request::RestoreStream { stream, .. }
+            | Request::CloseStream { stream } => vec![*stream],
             Request::ApplyStream(op) => vec![op.stream],
             Request::PropagateStreams { passes } => passes.iter().map(|p| p.stream).collect(),
             // A request that is not a stream's holds up everything after it.
