@@ -329,3 +329,104 @@ fn a_stream_whose_input_breaks_mid_run_fails_alone() {
     assert_eq!(run.results[1], Ok(()));
     assert_same("stream beside a broken one", &run.streams[1], &s.alone[1]);
 }
+
+/// Web sessions on a shared worker (`run_interactive`, `serve --streams`): each stream is
+/// opened, fed its journal op by op as its last op ends, then closed. Stream 1 first gets
+/// an op the engine refuses (a frame out of range): that op fails alone and the stream
+/// goes on; stream 2's propagation is cancelled as soon as it is asked for. Streams 0
+/// and 1 end with the masks they get alone, and every stream is let go.
+#[test]
+fn streams_fed_op_by_op_get_the_masks_of_their_journals_and_a_failed_op_fails_alone() {
+    use sam2_tui::session::{Op, Point};
+    use sam2_tui::supervisor::streams::StreamCommand;
+    use std::collections::VecDeque;
+    let s = setup();
+    let dir = s.dir.join("fed");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = SupervisorOptions::new(s.checkpoint.clone(), None).unwrap();
+    opts.worker_command = vec![common::bin().to_string_lossy().into_owned(), "engine".into()];
+    opts.device = sam2_tui::device::DeviceChoice::Cpu;
+    opts.image_size = 256;
+    opts.session_dir = dir.join("session");
+    opts.set_env("OMP_NUM_THREADS", "2");
+    let logits = dir.join("logits");
+    opts.tuning.logits_dir = Some(logits.clone());
+
+    let refused = Op::AddPrompt { frame: 999, object: 1, points: vec![Point::new(10.0, 10.0, true)], bbox: None };
+    let propagate = Op::Propagate { start: None, reverse: false, max_frames: None };
+    let mut feeds: Vec<VecDeque<Op>> = vec![
+        s.journals[0].iter().cloned().collect(),
+        std::iter::once(refused).chain(s.journals[1].iter().cloned()).collect(),
+        VecDeque::from([s.journals[2][0].clone(), propagate]),
+    ];
+    let (commands, intake) = tokio::sync::mpsc::unbounded_channel();
+    for (i, clip) in s.clips.iter().enumerate() {
+        let bank = dir.join(format!("bank-{i}"));
+        commands.send(StreamCommand::Open { media: clip.clone(), bank }).unwrap();
+    }
+    let mut masks: Vec<BTreeMap<(u32, usize), serde_json::Value>> = vec![BTreeMap::new(); 3];
+    let (mut failed, mut cancelled, mut closed) = (vec![], vec![], vec![]);
+    let mut opened = 0;
+    let results = streams::run_interactive(&opts, intake, &|| false, &mut |news| {
+        // The stream whose next op (or close) goes now.
+        let next = match news {
+            StreamNews::Opened { stream, .. } => {
+                opened += 1;
+                Some(stream)
+            }
+            StreamNews::Frame { stream, frame, objects, .. } => {
+                for o in objects {
+                    masks[stream].insert((o.object, frame), serde_json::to_value(&o.rle).unwrap());
+                }
+                None
+            }
+            StreamNews::OpFailed { stream, op, message } => {
+                failed.push((stream, op, message));
+                Some(stream)
+            }
+            StreamNews::OpDone { stream, cancelled: c, .. } => {
+                if c {
+                    cancelled.push(stream);
+                }
+                Some(stream)
+            }
+            StreamNews::Closed { stream } => {
+                closed.push(stream);
+                if closed.len() == 3 {
+                    commands.send(StreamCommand::End).unwrap();
+                }
+                None
+            }
+            StreamNews::WorkerStarted { .. } => None,
+            other => panic!("unexpected news: {other:?}"),
+        };
+        if let Some(stream) = next {
+            match feeds[stream].pop_front() {
+                Some(op @ Op::Propagate { .. }) if stream == 2 => {
+                    commands.send(StreamCommand::Op { stream, op }).unwrap();
+                    commands.send(StreamCommand::Cancel { stream }).unwrap();
+                }
+                Some(op) => commands.send(StreamCommand::Op { stream, op }).unwrap(),
+                None => commands.send(StreamCommand::Close { stream }).unwrap(),
+            }
+        }
+        None
+    })
+    .unwrap();
+    assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);
+    assert_eq!(opened, 3);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1), (1, 0), "stream 1's first op fails: {failed:?}");
+    assert!(failed[0].2.contains("999"), "the error names the frame: {}", failed[0].2);
+    assert_eq!(cancelled, vec![2], "stream 2's propagation was cancelled");
+    closed.sort();
+    assert_eq!(closed, vec![0, 1, 2], "every stream is let go");
+    for i in [0, 1] {
+        let got: Results = std::mem::take(&mut masks[i])
+            .into_iter()
+            .map(|((id, frame), rle)| ((id, frame), (rle, npy_f32(&logits.join(format!("{i}/{id}/{frame:05}.npy"))))))
+            .collect();
+        assert!(has_foreground(&s.alone[i]), "stream {i}: empty masks prove nothing");
+        assert_same(&format!("stream {i} fed op by op"), &got, &s.alone[i]);
+    }
+}
