@@ -189,7 +189,9 @@ impl Driver<'_> {
     ) -> anyhow::Result<StreamResults> {
         let d = &mut self;
         let opts = d.opts;
-        let mut restarts = 0u32;
+        // Deaths within the restart policy's window: a shared worker serves for days, and
+        // its deaths days apart are not a crash loop.
+        let mut deaths: VecDeque<Instant> = VecDeque::new();
         loop {
             match d.run_worker(next_job, stop, on_news) {
                 Ok(()) => break,
@@ -200,10 +202,14 @@ impl Driver<'_> {
                     break;
                 }
                 Err(Halt::Died(reason)) => {
-                    restarts += 1;
+                    let now = Instant::now();
+                    deaths.retain(|t| now.duration_since(*t) < opts.restart.window);
+                    deaths.push_back(now);
+                    let n = deaths.len();
                     anyhow::ensure!(
-                        restarts <= opts.restart.max_retries,
-                        "the worker died {restarts} times (last: {reason})"
+                        n as u32 <= opts.restart.max_retries,
+                        "the worker died {n} times within {} s (last: {reason})",
+                        opts.restart.window.as_secs()
                     );
                     on_news(StreamNews::WorkerDied { reason });
                 }
