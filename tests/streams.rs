@@ -153,8 +153,9 @@ fn at_once(name: &str, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> 
     run_streams(name, jobs, env, cancel)
 }
 
-/// `jobs` at once in one worker (see `at_once`).
-fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> Run {
+/// A streams worker's options for a run in `s.dir/name` (emptied first): CPU, model
+/// input 256, each stream's logits under the run's `logits` folder (returned).
+fn worker_options(name: &str) -> (SupervisorOptions, PathBuf) {
     let s = setup();
     let dir = s.dir.join(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -164,6 +165,14 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
     opts.image_size = 256;
     opts.session_dir = dir.join("session");
     opts.set_env("OMP_NUM_THREADS", "2");
+    let logits = dir.join("logits");
+    opts.tuning.logits_dir = Some(logits.clone());
+    (opts, logits)
+}
+
+/// `jobs` at once in one worker (see `at_once`).
+fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> Run {
+    let (mut opts, logits) = worker_options(name);
     // A hung worker is found within seconds (heartbeats come twice a second); a wedged
     // one whose heartbeat goes on, once nothing else came for 15 s (a step here takes
     // well under one).
@@ -172,8 +181,6 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
     for (k, v) in env {
         opts.set_env(k, v);
     }
-    let logits = dir.join("logits");
-    opts.tuning.logits_dir = Some(logits.clone());
     let mut masks: Vec<BTreeMap<(u32, usize), serde_json::Value>> = vec![BTreeMap::new(); jobs.len()];
     let mut deaths = vec![];
     let mut cancelled = vec![];
@@ -341,16 +348,8 @@ fn streams_fed_op_by_op_get_the_masks_of_their_journals_and_a_failed_op_fails_al
     use sam2_tui::supervisor::streams::StreamCommand;
     use std::collections::VecDeque;
     let s = setup();
+    let (opts, logits) = worker_options("fed");
     let dir = s.dir.join("fed");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut opts = SupervisorOptions::new(s.checkpoint.clone(), None).unwrap();
-    opts.worker_command = vec![common::bin().to_string_lossy().into_owned(), "engine".into()];
-    opts.device = sam2_tui::device::DeviceChoice::Cpu;
-    opts.image_size = 256;
-    opts.session_dir = dir.join("session");
-    opts.set_env("OMP_NUM_THREADS", "2");
-    let logits = dir.join("logits");
-    opts.tuning.logits_dir = Some(logits.clone());
 
     let refused = Op::AddPrompt { frame: 999, object: 1, points: vec![Point::new(10.0, 10.0, true)], bbox: None };
     let propagate = Op::Propagate { start: None, reverse: false, max_frames: None };
