@@ -226,5 +226,10 @@ fn hear(s: &mut Sessions, news: StreamNews) {
         }
         // Its events end: the session's folder may go.
         StreamNews::Closed { stream } => drop(s.open.remove(&stream)),
+        StreamNews::Stats(stats) => {
+            for sink in s.open.values() {
+                let _ = sink.events.send(EngineEvent::Stats(stats.clone()));
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::options::SupervisorOptions;
 use crate::process::WorkerProcess;
 use crate::store::{self, PropagationProgress};
 use sam2_api::device::{DeviceChoice, Precision};
-use sam2_api::events::{ModelLabel, ObjectMask, StageTimings};
+use sam2_api::events::{ModelLabel, ObjectMask, StageTimings, WorkerStats};
 use sam2_api::protocol::{Request, Response, StreamOp, FAULT_ENV, FAULT_STATE_ENV, PROTOCOL_VERSION};
 use sam2_api::session::Op;
 use std::collections::VecDeque;
@@ -101,6 +101,9 @@ pub enum StreamNews<'a> {
     Closed {
         stream: usize,
     },
+    /// The worker's heartbeat (its memory, device, threads), while interactive streams
+    /// wait for commands: what an operator's view shows of a shared worker.
+    Stats(WorkerStats),
     /// The worker died; a new one takes every unfinished stream over.
     WorkerDied {
         reason: String,
@@ -347,6 +350,8 @@ struct Driver<'o> {
 /// What a worker's wait brought.
 enum Heard {
     Answer(Response),
+    /// A heartbeat (only while commands are listened to).
+    Heartbeat(WorkerStats),
     /// A caller's command; None: the caller has closed its commands.
     Command(Option<StreamCommand>),
 }
@@ -364,6 +369,10 @@ struct Worker<'s> {
     setup_limit: Duration,
     /// Why the watchdog killed it, once it has.
     killed: Option<String>,
+    /// When the answer under way is due (the progress watchdog): set by the first wait
+    /// for it, kept across the heartbeats and commands heard meanwhile, cleared by an
+    /// answer or an idle wait.
+    answer_by: Option<Instant>,
     /// The caller's stop (`run`).
     stop: &'s dyn Fn() -> bool,
 }
@@ -441,6 +450,9 @@ impl<'o> Driver<'o> {
             let progress = in_flight.then_some(self.opts.watchdog.progress_timeout);
             match w.next_or_command(progress, self.intake.as_mut())? {
                 Heard::Answer(answer) => self.hear(&mut w, answer, on_news),
+                Heard::Heartbeat(stats) => {
+                    on_news(StreamNews::Stats(stats));
+                }
                 Heard::Command(Some(StreamCommand::End) | None) => self.caller_gone(&mut w),
                 Heard::Command(Some(command)) => self.command(&mut w, command, on_news),
             }
@@ -700,6 +712,7 @@ impl<'o> Driver<'o> {
             quiet_limit,
             setup_limit: self.opts.watchdog.load_timeout,
             killed: None,
+            answer_by: None,
             stop,
         })
     }
@@ -751,18 +764,20 @@ impl Worker<'_> {
     fn next(&mut self, progress_limit: Duration) -> Result<Response, Halt> {
         match self.next_or_command(Some(progress_limit), None)? {
             Heard::Answer(r) => Ok(r),
-            Heard::Command(_) => unreachable!("no commands were listened to"),
+            Heard::Command(_) | Heard::Heartbeat(_) => unreachable!("no commands were listened to"),
         }
     }
 
-    /// `next`, or a caller's command if one comes first (`intake`); with no
-    /// `progress_limit` (nothing is under way) only the heartbeat must keep coming.
+    /// `next`, or a caller's command or the worker's heartbeat if one comes first (only
+    /// with an `intake`); with no `progress_limit` (nothing is under way) only the
+    /// heartbeat must keep coming.
     fn next_or_command(
         &mut self,
         progress_limit: Option<Duration>,
         mut intake: Option<&mut UnboundedReceiver<StreamCommand>>,
     ) -> Result<Heard, Halt> {
-        let answer_by = progress_limit.map(|l| Instant::now() + l);
+        self.answer_by = progress_limit.map(|l| *self.answer_by.get_or_insert_with(|| Instant::now() + l));
+        let answer_by = self.answer_by;
         loop {
             let limit = match (&self.killed, answer_by) {
                 // Killed: only its exit news is still to come.
@@ -770,6 +785,7 @@ impl Worker<'_> {
                 (None, Some(by)) => self.quiet_limit.min(by.saturating_duration_since(Instant::now())),
             };
             let news = &mut self.news;
+            let listening = intake.is_some();
             let commands = if self.killed.is_none() { intake.as_deref_mut() } else { None };
             // The timer is made inside the runtime (it needs its clock).
             let heard = self.clock.block_on(async move {
@@ -809,8 +825,12 @@ impl Worker<'_> {
                 return Err(Halt::Stopped);
             }
             match news {
+                WorkerNews::Message(Response::Heartbeat { stats }) if listening => return Ok(Heard::Heartbeat(stats)),
                 WorkerNews::Message(Response::Heartbeat { .. }) => {}
-                WorkerNews::Message(r) => return Ok(Heard::Answer(r)),
+                WorkerNews::Message(r) => {
+                    self.answer_by = None;
+                    return Ok(Heard::Answer(r));
+                }
                 WorkerNews::StderrLine(line) => {
                     if self.stderr_tail.len() == 20 {
                         self.stderr_tail.pop_front();

@@ -165,7 +165,10 @@ pub fn execute_streams(
                 }
                 // A job's streams are not interactive: their op failures are `Failed`,
                 // and they end with their last op, not by a close.
-                StreamNews::Opened { .. } | StreamNews::OpFailed { .. } | StreamNews::Closed { .. } => {}
+                StreamNews::Opened { .. }
+                | StreamNews::OpFailed { .. }
+                | StreamNews::Closed { .. }
+                | StreamNews::Stats(_) => {}
             }
             None
         })
