@@ -341,7 +341,8 @@ fn a_stream_whose_input_breaks_mid_run_fails_alone() {
 /// opened, fed its journal op by op as its last op ends, then closed. Stream 1 first gets
 /// an op the engine refuses (a frame out of range): that op fails alone and the stream
 /// goes on; stream 2's propagation is cancelled as soon as it is asked for. Streams 0
-/// and 1 end with the masks they get alone, and every stream is let go.
+/// and 1 end with the masks they get alone, every stream is let go, and the worker's
+/// heartbeats are passed on.
 #[test]
 fn streams_fed_op_by_op_get_the_masks_of_their_journals_and_a_failed_op_fails_alone() {
     use sam2_tui::session::{Op, Point};
@@ -365,7 +366,7 @@ fn streams_fed_op_by_op_get_the_masks_of_their_journals_and_a_failed_op_fails_al
     }
     let mut masks: Vec<BTreeMap<(u32, usize), serde_json::Value>> = vec![BTreeMap::new(); 3];
     let (mut failed, mut cancelled, mut closed) = (vec![], vec![], vec![]);
-    let mut opened = 0;
+    let (mut opened, mut heartbeats) = (0, vec![]);
     let results = streams::run_interactive(&opts, intake, &|| false, &mut |news| {
         // The stream whose next op (or close) goes now.
         let next = match news {
@@ -397,6 +398,10 @@ fn streams_fed_op_by_op_get_the_masks_of_their_journals_and_a_failed_op_fails_al
                 None
             }
             StreamNews::WorkerStarted { .. } => None,
+            StreamNews::Stats(stats) => {
+                heartbeats.push(stats.device_kind);
+                None
+            }
             other => panic!("unexpected news: {other:?}"),
         };
         if let Some(stream) = next {
@@ -414,6 +419,8 @@ fn streams_fed_op_by_op_get_the_masks_of_their_journals_and_a_failed_op_fails_al
     .unwrap();
     assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);
     assert_eq!(opened, 3);
+    // What an operator's view shows of the shared worker, as a worker of its own shows it.
+    assert!(heartbeats.iter().any(|d| d == "cpu"), "the worker's heartbeats are heard: {heartbeats:?}");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!((failed[0].0, failed[0].1), (1, 0), "stream 1's first op fails: {failed:?}");
     assert!(failed[0].2.contains("999"), "the error names the frame: {}", failed[0].2);
