@@ -9,8 +9,10 @@
 //! shared worker lacks against one of its own is the fallback ladder and recycling, and
 //! one session's fatal fault reaches the others (each then restored, as after any death).
 use crate::options::SupervisorOptions;
-use crate::store::MaskStore;
+use crate::store::{self, MaskStore, PropagationProgress};
 use crate::streams::{self, StreamCommand, StreamNews};
+#[cfg(test)]
+use sam2_api::events::ObjectMask;
 use sam2_api::events::{EngineCommand, EngineEvent, EngineState, FrameMasks, LogLevel};
 use sam2_api::session::Op;
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +48,30 @@ struct Sink {
     masks: Arc<Mutex<MaskStore>>,
     /// Its ops sent and not yet ended, in order: a stream's ops end in the order sent.
     pending: VecDeque<Op>,
+    /// The video's length (once open), and how far the propagation under way got: what
+    /// an operator's view shows as its state.
+    frames: usize,
+    progress: PropagationProgress,
+}
+
+impl Sink {
+    fn new(events: UnboundedSender<EngineEvent>, masks: Arc<Mutex<MaskStore>>) -> Self {
+        Sink { events, masks, pending: VecDeque::new(), frames: 0, progress: PropagationProgress::default() }
+    }
+
+    fn send(&self, e: EngineEvent) {
+        let _ = self.events.send(e);
+    }
+
+    /// The op under way has ended: the session is idle again (unless more are queued).
+    fn op_ended(&mut self) -> Option<Op> {
+        self.progress = PropagationProgress::default();
+        let op = self.pending.pop_front();
+        if self.pending.is_empty() {
+            self.send(EngineEvent::State(EngineState::Ready));
+        }
+        op
+    }
 }
 
 /// A session of a shared worker: what a supervisor of its own would hand it.
@@ -144,7 +170,7 @@ impl SharedWorker {
                 if let Some(w) = &s.worker {
                     let _ = tx.send(w.clone());
                 }
-                s.open.insert(stream, Sink { events: tx, masks: masks.clone(), pending: VecDeque::new() });
+                s.open.insert(stream, Sink::new(tx, masks.clone()));
             }
         }
         drop(s);
@@ -173,63 +199,140 @@ impl SharedWorker {
     }
 }
 
-/// The driver's news, to the session it concerns (or to all).
+/// The driver's news, to the session it concerns (or to all), as a supervisor of its own
+/// would say it.
 fn hear(s: &mut Sessions, news: StreamNews) {
-    let send = |s: &Sessions, stream: usize, e: EngineEvent| {
-        if let Some(sink) = s.open.get(&stream) {
-            let _ = sink.events.send(e);
-        }
-    };
     match news {
         StreamNews::WorkerStarted { pid, model, device, precision } => {
             let e = EngineEvent::WorkerStarted { pid, device, precision, model, restarts: s.restarts };
             for sink in s.open.values() {
-                let _ = sink.events.send(e.clone());
+                sink.send(e.clone());
+                if s.restarts > 0 {
+                    // Its streams are reopened and restored before anything else runs.
+                    sink.send(EngineEvent::State(EngineState::Ready));
+                }
             }
             s.worker = Some(e);
         }
         StreamNews::WorkerDied { reason } => {
             s.restarts += 1;
             for sink in s.open.values() {
-                let _ = sink.events.send(EngineEvent::WorkerDied { reason: reason.clone(), stderr_tail: vec![] });
+                sink.send(EngineEvent::WorkerDied { reason: reason.clone(), stderr_tail: vec![] });
+                sink.send(EngineEvent::State(EngineState::Crashed { reason: reason.clone() }));
             }
         }
         StreamNews::Opened { stream, width, height, frames, fps } => {
-            send(s, stream, EngineEvent::MediaInfo { width, height, frames, fps });
-            send(s, stream, EngineEvent::State(EngineState::Ready));
+            if let Some(sink) = s.open.get_mut(&stream) {
+                sink.frames = frames;
+                sink.send(EngineEvent::MediaInfo { width, height, frames, fps });
+                sink.send(EngineEvent::State(EngineState::Ready));
+            }
         }
         StreamNews::Frame { stream, frame, objects, .. } => {
-            if let Some(sink) = s.open.get(&stream) {
-                sink.masks.lock().unwrap_or_else(|p| p.into_inner()).insert(frame, objects);
-                let _ = sink.events.send(EngineEvent::Masks(FrameMasks { frame, objects: objects.to_vec() }));
+            let Some(sink) = s.open.get_mut(&stream) else { return };
+            sink.masks.lock().unwrap_or_else(|p| p.into_inner()).insert(frame, objects);
+            sink.send(EngineEvent::Masks(FrameMasks { frame, objects: objects.to_vec() }));
+            if let Some(Op::Propagate { start, reverse, max_frames }) = sink.pending.front() {
+                let (start, reverse, max_frames) = (*start, *reverse, *max_frames);
+                sink.progress.record(frame);
+                let from = start.or(sink.progress.first).unwrap_or(0);
+                let total = store::span(from, reverse, max_frames, sink.frames);
+                sink.send(EngineEvent::State(EngineState::Propagating { done: sink.progress.delivered, total }));
             }
         }
         StreamNews::OpDone { stream, op, cancelled } => {
-            if let Some(sink) = s.open.get_mut(&stream) {
-                if let Some(done) = sink.pending.pop_front() {
-                    sink.masks.lock().unwrap_or_else(|p| p.into_inner()).apply_completed(&done);
-                }
-                let _ = sink.events.send(EngineEvent::OpFinished { index: op, cancelled });
+            let Some(sink) = s.open.get_mut(&stream) else { return };
+            if let Some(done) = sink.op_ended() {
+                sink.masks.lock().unwrap_or_else(|p| p.into_inner()).apply_completed(&done);
             }
+            sink.send(EngineEvent::OpFinished { index: op, cancelled });
         }
         StreamNews::OpFailed { stream, op, message } => {
-            if let Some(sink) = s.open.get_mut(&stream) {
-                sink.pending.pop_front();
-                let _ = sink.events.send(EngineEvent::OpFailed { index: op, message });
-            }
+            let Some(sink) = s.open.get_mut(&stream) else { return };
+            sink.op_ended();
+            sink.send(EngineEvent::OpFailed { index: op, message });
         }
         // Its video would not open: the session has ended.
         StreamNews::Failed { stream, message } => {
-            send(s, stream, EngineEvent::Log { level: LogLevel::Error, message });
-            send(s, stream, EngineEvent::State(EngineState::Stopped));
-            s.open.remove(&stream);
+            if let Some(sink) = s.open.remove(&stream) {
+                sink.send(EngineEvent::Log { level: LogLevel::Error, message });
+                sink.send(EngineEvent::State(EngineState::Stopped));
+            }
         }
         // Its events end: the session's folder may go.
         StreamNews::Closed { stream } => drop(s.open.remove(&stream)),
         StreamNews::Stats(stats) => {
             for sink in s.open.values() {
-                let _ = sink.events.send(EngineEvent::Stats(stats.clone()));
+                sink.send(EngineEvent::Stats(stats.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sam2_api::events::ObjectMask;
+    use sam2_api::rle::Rle;
+
+    fn session(s: &mut Sessions, stream: usize) -> (UnboundedReceiver<EngineEvent>, Arc<Mutex<MaskStore>>) {
+        let (tx, rx) = unbounded_channel();
+        let masks = Arc::new(Mutex::new(MaskStore::default()));
+        s.open.insert(stream, Sink::new(tx, masks.clone()));
+        (rx, masks)
+    }
+
+    fn drain(rx: &mut UnboundedReceiver<EngineEvent>) -> Vec<EngineEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn mask(object: u32) -> ObjectMask {
+        ObjectMask { object, rle: Rle::encode(&[1, 0, 0, 1], 2, 2), score: 1.0 }
+    }
+
+    /// A session hears its own stream's news as a supervisor of its own says it: the
+    /// video's size, masks kept in its store, a propagation's progress, each op's end
+    /// (a removal taking its masks away), and the end of its events once let go; never
+    /// another stream's.
+    #[test]
+    fn each_session_hears_its_own_stream_as_its_own_supervisor_would_say_it() {
+        let mut s = Sessions::default();
+        let (mut rx, masks) = session(&mut s, 0);
+        let (mut other, _) = session(&mut s, 1);
+        hear(&mut s, StreamNews::Opened { stream: 0, width: 4, height: 2, frames: 10, fps: 24.0 });
+        let propagate = Op::Propagate { start: Some(6), reverse: false, max_frames: None };
+        s.open.get_mut(&0).unwrap().pending.extend([propagate, Op::RemoveObject { object: 2 }]);
+        let timings = Default::default();
+        for frame in [6, 7] {
+            let objects = [mask(1), mask(2)];
+            hear(&mut s, StreamNews::Frame { stream: 0, op: 3, frame, objects: &objects, timings: &timings });
+        }
+        hear(&mut s, StreamNews::OpDone { stream: 0, op: 3, cancelled: false });
+        hear(&mut s, StreamNews::OpDone { stream: 0, op: 4, cancelled: false });
+        let events = drain(&mut rx);
+        let states: Vec<&EngineState> =
+            events.iter().filter_map(|e| if let EngineEvent::State(st) = e { Some(st) } else { None }).collect();
+        assert_eq!(
+            states,
+            [
+                &EngineState::Ready,
+                &EngineState::Propagating { done: 1, total: 4 },
+                &EngineState::Propagating { done: 2, total: 4 },
+                &EngineState::Ready,
+            ],
+            "{events:?}"
+        );
+        assert!(events.contains(&EngineEvent::MediaInfo { width: 4, height: 2, frames: 10, fps: 24.0 }));
+        let ends: Vec<&EngineEvent> = events.iter().filter(|e| matches!(e, EngineEvent::OpFinished { .. })).collect();
+        assert_eq!(ends.len(), 2, "{events:?}");
+        let kept: Vec<(usize, u32)> = masks.lock().unwrap().iter().map(|((f, o), _)| (*f, *o)).collect();
+        assert_eq!(kept, [(6, 1), (7, 1)], "the removal took object 2's masks away");
+        assert!(drain(&mut other).is_empty(), "stream 1 heard none of stream 0's news");
+
+        hear(&mut s, StreamNews::WorkerDied { reason: "SIGABRT".into() });
+        assert!(drain(&mut other).iter().any(|e| matches!(e, EngineEvent::State(EngineState::Crashed { .. }))));
+        hear(&mut s, StreamNews::Closed { stream: 0 });
+        drain(&mut rx);
+        assert!(rx.is_closed(), "a let-go stream's events end");
     }
 }
