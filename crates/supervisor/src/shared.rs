@@ -11,8 +11,6 @@
 use crate::options::SupervisorOptions;
 use crate::store::{self, MaskStore, PropagationProgress};
 use crate::streams::{self, StreamCommand, StreamNews};
-#[cfg(test)]
-use sam2_api::events::ObjectMask;
 use sam2_api::events::{EngineCommand, EngineEvent, EngineState, FrameMasks, LogLevel};
 use sam2_api::session::Op;
 use std::collections::{HashMap, VecDeque};
