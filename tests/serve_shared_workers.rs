@@ -99,3 +99,29 @@ fn streams_needs_a_worker_that_reads_the_videos_itself() {
     assert_eq!(err.trim().lines().count(), 1, "one line:\n{err}");
     assert!(err.contains("--streams") && err.contains("--extract-frames"), "{err}");
 }
+
+/// A video the shared worker cannot open fails that session's start with the reason, its
+/// folder removed once the worker has let its stream go; the worker serves the next
+/// session as before.
+#[test]
+fn a_video_the_shared_worker_cannot_open_fails_its_start_alone() {
+    let work = common::scratch("serve-shared-workers-broken");
+    let data = work.join("data");
+    make_clip(&data, "01_testsrc.mp4", 1.0, "320x240");
+    std::fs::write(data.join("gallery/02_broken.mp4"), b"not a video at all").unwrap();
+    let mut all = ARGS.to_vec();
+    all.extend_from_slice(&["--streams", "2"]);
+    let mut server = Server::start("shared-broken", &data, &present_checkpoint(), &all, &[]);
+    let v = graphql(server.port, M_START, serde_json::json!({"input": {"path": "gallery/02_broken.mp4"}}));
+    let err = error_of(&v);
+    assert!(err.contains("cannot start a session on gallery/02_broken.mp4"), "{v}");
+    let v = graphql(server.port, M_START, serde_json::json!({"input": {"path": "gallery/01_testsrc.mp4"}}));
+    let sid = v["data"]["startSession"]["sessionId"].as_str().unwrap_or_else(|| panic!("startSession: {v}"));
+    let v = graphql(server.port, M_CLOSE, serde_json::json!({"input": {"sessionId": sid}}));
+    assert_eq!(v["data"]["closeSession"]["success"], true, "{v}");
+    assert!(server.is_running(), "serve died; its log:\n{}", server.log_text());
+    server.stop();
+    let log = server.log_text();
+    assert_eq!(shared_workers_of(&log).len(), 1, "the good session started on the shared worker:\n{log}");
+    assert!(!log.contains("worker died"), "a video that does not open kills no worker:\n{log}");
+}

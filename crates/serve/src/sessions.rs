@@ -227,7 +227,7 @@ impl Sessions {
         let was = session.started_with;
         // A shared worker keeps the settings it started with (`shared_workers`).
         if was != now && session.shared.is_none() {
-            let load_wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+            let load_wait = self.start_wait();
             let mut switches = vec![];
             if let Some(size) = now.model.filter(|m| was.model != Some(*m)) {
                 switches.push(EngineCommand::SwitchModel(size));
@@ -252,7 +252,7 @@ impl Sessions {
     /// load: the demo's front end closes one session and starts the next when its user
     /// picks another video. None: start one.
     async fn take_spare(&self) -> Option<Warm> {
-        let wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let wait = self.start_wait();
         let give_up_at = tokio::time::Instant::now() + wait;
         self.awaiting_spare.fetch_add(1, Ordering::SeqCst);
         let spare = loop {
@@ -351,7 +351,7 @@ impl Sessions {
             opts.tuning.logits_dir = Some(logits.clone());
             opts.set_env("SAM2_TUI_LOGITS_DIR", &logits.to_string_lossy());
         }
-        let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let wait = start_wait(&opts);
         let mut handle = sam2_supervisor::start(opts).map_err(|e| {
             sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
             format!("cannot start an engine worker: {e:#}")
@@ -452,7 +452,7 @@ impl Sessions {
         }
         opts.initial_ops = vec![];
         let media_open = opts.media.clone().unwrap_or_default();
-        let wait = opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let wait = start_wait(&opts);
         let mut worker: Option<String> = None;
         let mut worker_info: Option<WorkerInfo> = None;
         let mut handle = match warm {
@@ -544,20 +544,22 @@ impl Sessions {
             }
         };
         let short = short_id(&id);
-        let wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let wait = self.start_wait();
         let (mut worker, mut worker_info) = (None, None);
         let events = &mut attached.session.events;
         let opened = opened(events, wait, &self.board, &short, &mut worker, &mut worker_info).await;
-        let link = attached.session.link.clone();
-        let fail = |why: String| {
-            link.send(EngineCommand::Shutdown);
-            sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
-            Err(format!("cannot start a session on {shown}: {why}"))
-        };
         let (width, height, frames) = match opened {
-            Ok((_, _, 0)) => return fail("it has no frames".into()),
-            Ok(size) => size,
-            Err(why) => return fail(why),
+            Ok(size) if size.2 > 0 => size,
+            not => {
+                let why = not.err().unwrap_or_else(|| "it has no frames".into());
+                // Its folder goes once the worker has let the stream go (its events end):
+                // the stream may still be opening, its bank there.
+                attached.session.link.send(EngineCommand::Shutdown);
+                let events = &mut attached.session.events;
+                let _ = tokio::time::timeout(wait, async { while events.recv().await.is_some() {} }).await;
+                sam2_supervisor::session_dirs::remove_one_shot(&session_dir);
+                return Err(format!("cannot start a session on {shown}: {why}"));
+            }
         };
         let session = self.session_opened(Opening {
             id,
@@ -583,6 +585,12 @@ impl Sessions {
             started.elapsed().as_secs_f32()
         ));
         Ok(session)
+    }
+
+    /// How long a worker may take to start, load and open a video (or a switch to
+    /// replay), with the server's settings.
+    fn start_wait(&self) -> Duration {
+        start_wait(&self.base())
     }
 
     /// The settings' generation and the settings new sessions get.
@@ -701,7 +709,7 @@ impl Sessions {
                 me.spare_changed.notify_waiters();
                 fate
             } else if left.shared.is_some() {
-                let wait = me.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+                let wait = me.start_wait();
                 let_go(left, wait).await
             } else {
                 shutdown_handle_of(left).await;
@@ -726,7 +734,7 @@ impl Sessions {
     async fn recycle(self: &Arc<Self>, s: &Session, left: Leftovers) -> String {
         let Leftovers { commands, handle, pump, worker, .. } = left;
         let Some(mut handle) = handle else { return "it had no worker".into() };
-        let wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let wait = self.start_wait();
         let stopped = match tokio::time::timeout(wait, s.lock()).await {
             Ok(core) => core.stopped.is_some(),
             Err(_) => true,
@@ -893,7 +901,7 @@ impl Sessions {
         futures::future::join_all(spare.into_iter().map(discard)).await;
         self.publish_counts();
         self.refill();
-        let load_wait = self.base().watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30);
+        let load_wait = self.start_wait();
         for s in open {
             let command = command.clone();
             tokio::spawn(async move { s.switch(command, load_wait).await });
@@ -1006,6 +1014,12 @@ async fn pump(
             return events;
         }
     }
+}
+
+/// How long a worker started with `opts` may take to start, load and open a video: two
+/// model loads (a restart on the way) and then some.
+fn start_wait(opts: &SupervisorOptions) -> Duration {
+    opts.watchdog.load_timeout.saturating_mul(2) + Duration::from_secs(30)
 }
 
 /// Waits until a new session's engine has the video open: its size and length, or why it
