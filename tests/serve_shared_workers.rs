@@ -4,7 +4,9 @@
 //! frames, a propagation, a cancel, corrections, a removal, a reset, close) at the same
 //! time as the other, and sees the masks it sees on a worker of its own; a worker that
 //! aborts mid-stream is replaced, both sessions are replayed on the new one, and still no
-//! mask changes. A closed session's stream is let go before its folder is removed.
+//! mask changes; a shared worker that gives up hands each session to a worker of its own,
+//! and still no mask changes. A closed session's stream is let go before its folder is
+//! removed.
 //! At a 256-pixel model input: this is about the serving logic, not the numbers.
 mod common;
 
@@ -80,6 +82,21 @@ fn sessions_sharing_a_worker_see_the_masks_of_a_worker_of_their_own_crash_or_not
     assert!(log.contains("worker died (SIGABRT"), "the fault must have fired:\n{log}");
     assert_eq!(shared_workers_of(&log).len(), 2, "both sessions start on a shared worker:\n{log}");
     assert_same_masks(&own, &crashed, "shared, the worker aborted", &log);
+
+    // Allowed no restart, the shared worker gives up at that death: each session is
+    // handed to a worker of its own, restored from its bank and the ops it ran (its
+    // propagation resumed, the cancelled one as the frames it delivered), and goes on.
+    let config = work.join("no-restarts.toml");
+    std::fs::write(&config, "[supervisor]\nmax_restarts = 0\n").unwrap();
+    let args = ["--streams", "2", "--config", config.to_str().unwrap()];
+    let (handed, log) =
+        two_at_once(&work, &data, &ckpt, "shared-gives-up", &args, &[("SAM2_TUI_FAULT", "abort@frame=17")]);
+    let gave_up = "handed to a worker of its own: the shared worker gave up (the worker died 1 times";
+    assert_eq!(log.matches(gave_up).count(), 2, "both sessions handed over at the first death:\n{log}");
+    assert!(log.contains("SIGABRT"), "the fault must have fired:\n{log}");
+    assert!(!log.contains("close it and start a new session"), "no session stopped:\n{log}");
+    assert_eq!(log.matches("its stream was let go").count(), 2, "each close ends its worker:\n{log}");
+    assert_same_masks(&own, &handed, "shared, the worker gave up", &log);
 }
 
 #[test]

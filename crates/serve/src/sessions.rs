@@ -535,7 +535,7 @@ impl Sessions {
         sam2_supervisor::session_dirs::mark_one_shot(&session_dir).map_err(|e| format!("{e:#}"))?;
         let (generation, settings) = self.current();
         let attached =
-            shared.attach(media.clone(), session_dir.join("bank"), (generation, settings), || self.shared_options());
+            shared.attach(media.clone(), session_dir.clone(), (generation, settings), || self.shared_options());
         let mut attached = match attached {
             Ok(a) => a,
             Err(why) => {
@@ -1007,6 +1007,10 @@ async fn pump(
             }
             EngineEvent::Log { level: LogLevel::Error, message } if message.starts_with("giving up") => {
                 board.error(format!("session {short}: {message}"));
+            }
+            // Its shared worker gave up; a worker of its own goes on with it.
+            EngineEvent::Log { level: LogLevel::Warn, message } if message.starts_with("handed to") => {
+                board.warn(format!("session {short}: {message}"));
             }
             _ => {}
         }

@@ -46,13 +46,13 @@ impl SharedWorkers {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A session on `media`, its memory bank in `bank`: on a worker of the settings of
+    /// A session on `media`, in its folder `session_dir`: on a worker of the settings of
     /// this `generation` with room, else on a new one started with `opts` (called only
     /// then), which are those `settings`.
     pub fn attach(
         &self,
         media: PathBuf,
-        bank: PathBuf,
+        session_dir: PathBuf,
         (generation, settings): (u64, Settings),
         opts: impl FnOnce() -> SupervisorOptions,
     ) -> Result<Attached, String> {
@@ -70,7 +70,7 @@ impl SharedWorkers {
             }
         };
         let w = &workers[i];
-        Ok(Attached { session: w.worker.attach(media, bank), settings: w.settings })
+        Ok(Attached { session: w.worker.attach(media, session_dir), settings: w.settings })
     }
 
     /// Keeps one worker of `generation` started and loaded for the next session (none

@@ -6,7 +6,7 @@
 use super::machine::{Host, Input, Machine, MaskChange, Output, WorkerNews};
 use super::options::SupervisorOptions;
 use super::process::WorkerProcess;
-use super::store::{self, MaskStore};
+use super::store::{self, MaskStore, PropagationProgress};
 use sam2_api::events::{EngineCommand, EngineEvent, LogLevel};
 use sam2_api::model::{ModelSize, ModelVersion};
 use sam2_api::session::Op;
@@ -105,13 +105,35 @@ fn remove_stale_banks(session_dir: &Path) -> anyhow::Result<()> {
 pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
     std::fs::create_dir_all(&opts.session_dir)
         .map_err(|e| anyhow::anyhow!("{}: cannot create session directory: {e}", opts.session_dir.display()))?;
+    remove_stale_banks(&opts.session_dir)?;
+    launch(opts, Arc::new(Mutex::new(MaskStore::default())), |_| {})
+}
+
+/// Starts a supervisor that takes over a session another worker ran (a shared worker
+/// that gave up: `shared`): `opts.initial_ops` is its journal, whose ops `[..completed]`
+/// are done and in the bank `bank-0` of `opts.session_dir` (restored, not recomputed);
+/// op `completed`, a propagation that delivered `progress`, goes on after its last
+/// delivered frame. `masks` are the session's masks so far, kept up to date from here.
+pub fn adopt(
+    opts: SupervisorOptions,
+    completed: usize,
+    progress: Option<PropagationProgress>,
+    masks: Arc<Mutex<MaskStore>>,
+) -> anyhow::Result<SupervisorHandle> {
+    launch(opts, masks, |m| m.adopt(completed, progress))
+}
+
+fn launch(
+    opts: SupervisorOptions,
+    masks: Arc<Mutex<MaskStore>>,
+    set_up: impl FnOnce(&mut Machine),
+) -> anyhow::Result<SupervisorHandle> {
     let journal_path = opts.session_dir.join("journal.json");
     let journal = store::create_journal(&journal_path, opts.initial_ops.clone())?;
-    remove_stale_banks(&opts.session_dir)?;
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let masks = Arc::new(Mutex::new(MaskStore::default()));
-    let machine = Machine::new(opts, journal, Box::new(RealHost), Instant::now());
+    let mut machine = Machine::new(opts, journal, Box::new(RealHost), Instant::now());
+    set_up(&mut machine);
     let (inputs_tx, inputs_rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver { machine, worker: None, inputs: inputs_tx, events: ev_tx, masks: masks.clone() };
     // Built here so that a failure is the caller's error, not a dead thread.

@@ -8,10 +8,16 @@
 //! a propagation resumed after its last delivered frame), so it changes no mask; what a
 //! shared worker lacks against one of its own is the fallback ladder and recycling, and
 //! one session's fatal fault reaches the others (each then restored, as after any death).
+//! A shared worker that dies more often than the restart policy allows hands each of its
+//! sessions to a supervisor of its own (`driver::adopt`: restored from the session's bank
+//! and the ops it ran, a propagation under way resumed), which has the fallback ladder:
+//! the session goes on, its masks unchanged.
+use crate::driver::{self, SupervisorHandle};
 use crate::options::SupervisorOptions;
 use crate::store::{self, MaskStore, PropagationProgress};
 use crate::streams::{self, StreamCommand, StreamNews};
 use sam2_api::events::{EngineCommand, EngineEvent, EngineState, FrameMasks, LogLevel};
+use sam2_api::protocol::{FAULT_ENV, FAULT_STATE_ENV};
 use sam2_api::session::Op;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -38,37 +44,97 @@ struct Sessions {
     restarts: u32,
     /// Why the driver ended (no worker could run), once it has.
     ended: Option<String>,
+    /// The threads that pass on the news of sessions handed to supervisors of their own.
+    handed: Vec<JoinHandle<()>>,
 }
 
 /// Where one session's news goes.
 struct Sink {
     events: UnboundedSender<EngineEvent>,
     masks: Arc<Mutex<MaskStore>>,
+    /// Its video, and its folder (its stream's bank is `bank-0` there).
+    media: PathBuf,
+    session_dir: PathBuf,
+    /// Its ops that have ended, as they ran (a cancelled propagation as the frames it
+    /// delivered; an op that failed and changed nothing left out): what a supervisor of
+    /// its own restores.
+    journal: Vec<Op>,
     /// Its ops sent and not yet ended, in order: a stream's ops end in the order sent.
     pending: VecDeque<Op>,
+    /// A cancel was asked for the op under way.
+    cancel_asked: bool,
     /// The video's length (once open), and how far the propagation under way got: what
     /// an operator's view shows as its state.
     frames: usize,
     progress: PropagationProgress,
+    /// Handed to a supervisor of its own (the shared worker gave up): its commands go
+    /// there, and its news comes from there.
+    own: Option<UnboundedSender<EngineCommand>>,
 }
 
 impl Sink {
-    fn new(events: UnboundedSender<EngineEvent>, masks: Arc<Mutex<MaskStore>>) -> Self {
-        Sink { events, masks, pending: VecDeque::new(), frames: 0, progress: PropagationProgress::default() }
+    fn new(events: UnboundedSender<EngineEvent>, masks: Arc<Mutex<MaskStore>>, media: PathBuf, dir: PathBuf) -> Self {
+        Sink {
+            events,
+            masks,
+            media,
+            session_dir: dir,
+            journal: vec![],
+            pending: VecDeque::new(),
+            cancel_asked: false,
+            frames: 0,
+            progress: PropagationProgress::default(),
+            own: None,
+        }
     }
 
     fn send(&self, e: EngineEvent) {
         let _ = self.events.send(e);
     }
 
-    /// The op under way has ended: the session is idle again (unless more are queued).
-    fn op_ended(&mut self) -> Option<Op> {
-        self.progress = PropagationProgress::default();
+    /// The op under way has ended (`ran`: as it ran, None if it changed nothing): the
+    /// session is idle again (unless more are queued).
+    fn op_ended(&mut self, ran: impl FnOnce(&Op, &PropagationProgress) -> Option<Op>) -> Option<Op> {
         let op = self.pending.pop_front();
+        if let Some(ran) = op.as_ref().and_then(|op| ran(op, &self.progress)) {
+            self.journal.push(ran);
+        }
+        self.progress = PropagationProgress::default();
+        self.cancel_asked = false;
         if self.pending.is_empty() {
             self.send(EngineEvent::State(EngineState::Ready));
         }
         op
+    }
+
+    /// What a supervisor of its own takes over: its journal (the ops that ended, then
+    /// those sent and not ended), how many of them are done (in the bank), and how far
+    /// the first one not done got if it is a propagation under way. A propagation whose
+    /// cancel was asked counts as the frames it delivered (true: dropped, nothing ran).
+    fn takeover(&self) -> (Vec<Op>, usize, Option<PropagationProgress>, bool) {
+        let mut ops = self.journal.clone();
+        let done = ops.len();
+        let mut pending = self.pending.iter().cloned();
+        let mut dropped = false;
+        let mut progress = None;
+        if let Some(first) = pending.next() {
+            let propagation = matches!(first, Op::Propagate { .. });
+            if propagation && self.cancel_asked {
+                // Resumed after its last delivered frame, the op as it ran ends at once.
+                match store::as_ran(&first, &self.progress) {
+                    Some(ran) => {
+                        ops.push(ran);
+                        progress = Some(self.progress.clone());
+                    }
+                    None => dropped = true,
+                }
+            } else {
+                ops.push(first);
+                progress = (propagation && self.progress.delivered > 0).then(|| self.progress.clone());
+            }
+        }
+        ops.extend(pending);
+        (ops, done, progress, dropped)
     }
 }
 
@@ -100,15 +166,30 @@ impl SharedLink {
     /// ask of a shared worker: false.
     pub fn send(&self, cmd: EngineCommand) -> bool {
         let stream = self.stream;
+        // Under the lock throughout, so that an op's news cannot come before it is
+        // pending, and a handover cannot come between the two.
+        let mut s = lock(&self.sessions);
+        let sink = s.open.get_mut(&stream);
+        if let Some(own) = sink.as_ref().and_then(|sink| sink.own.as_ref()) {
+            return own.send(cmd).is_ok();
+        }
         let command = match cmd {
             EngineCommand::Op(op) => {
-                let mut s = lock(&self.sessions);
-                let Some(sink) = s.open.get_mut(&stream) else { return false };
+                let Some(sink) = sink else { return false };
                 sink.pending.push_back(op.clone());
-                // Under the lock, so that its news cannot come before it is pending.
-                return self.commands.send(StreamCommand::Op { stream, op }).is_ok();
+                let sent = self.commands.send(StreamCommand::Op { stream, op }).is_ok();
+                if !sent {
+                    // The worker has just given up: the op never ran.
+                    sink.pending.pop_back();
+                }
+                return sent;
             }
-            EngineCommand::Cancel => StreamCommand::Cancel { stream },
+            EngineCommand::Cancel => {
+                if let Some(sink) = sink {
+                    sink.cancel_asked = !sink.pending.is_empty();
+                }
+                StreamCommand::Cancel { stream }
+            }
             EngineCommand::Shutdown => StreamCommand::Close { stream },
             EngineCommand::Prefetch(_) => return true,
             _ => return false,
@@ -130,22 +211,28 @@ impl SharedWorker {
                 None
             });
             let mut s = lock(&news_to);
-            let why = match result {
-                Ok(_) => "the shared worker was stopped".to_string(),
-                Err(e) => format!("giving up: {e:#}"),
-            };
-            for (_, sink) in s.open.drain() {
-                let _ = sink.events.send(EngineEvent::Log { level: LogLevel::Error, message: why.clone() });
-                let _ = sink.events.send(EngineEvent::State(EngineState::Stopped));
+            match result {
+                Ok(_) => {
+                    let why = "the shared worker was stopped".to_string();
+                    for (_, sink) in s.open.drain() {
+                        sink.send(EngineEvent::Log { level: LogLevel::Error, message: why.clone() });
+                        sink.send(EngineEvent::State(EngineState::Stopped));
+                    }
+                    s.ended = Some(why);
+                }
+                Err(e) => {
+                    s.ended = Some(format!("giving up: {e:#}"));
+                    hand_over(&opts, &mut s, &news_to, &format!("{e:#}"));
+                }
             }
-            s.ended = Some(why);
         })?;
         Ok(SharedWorker { commands, sessions, thread: Mutex::new(Some(thread)) })
     }
 
-    /// A new session on `media`, its memory bank in `bank`. Its first events say the
-    /// worker it runs on, then the video's size and `Ready`, or why it could not open.
-    pub fn attach(&self, media: PathBuf, bank: PathBuf) -> SharedSession {
+    /// A new session on `media`, its memory bank `bank-0` in `session_dir` (where a
+    /// supervisor of its own would take it over). Its first events say the worker it
+    /// runs on, then the video's size and `Ready`, or why it could not open.
+    pub fn attach(&self, media: PathBuf, session_dir: PathBuf) -> SharedSession {
         let (tx, events) = unbounded_channel();
         let masks = Arc::new(Mutex::new(MaskStore::default()));
         let mut s = lock(&self.sessions);
@@ -155,7 +242,7 @@ impl SharedWorker {
             Some(why) => Some(why.clone()),
             None => self
                 .commands
-                .send(StreamCommand::Open { media, bank })
+                .send(StreamCommand::Open { media: media.clone(), bank: session_dir.join("bank-0") })
                 .err()
                 .map(|_| "the shared worker has stopped".into()),
         };
@@ -168,7 +255,7 @@ impl SharedWorker {
                 if let Some(w) = &s.worker {
                     let _ = tx.send(w.clone());
                 }
-                s.open.insert(stream, Sink::new(tx, masks.clone()));
+                s.open.insert(stream, Sink::new(tx, masks.clone(), media, session_dir));
             }
         }
         drop(s);
@@ -194,7 +281,84 @@ impl SharedWorker {
         if let Some(t) = thread {
             let _ = t.join();
         }
+        // Sessions handed to supervisors of their own: each stops, and its news ends.
+        let handed = {
+            let mut s = lock(&self.sessions);
+            for sink in s.open.values() {
+                if let Some(own) = &sink.own {
+                    let _ = own.send(EngineCommand::Shutdown);
+                }
+            }
+            std::mem::take(&mut s.handed)
+        };
+        for t in handed {
+            let _ = t.join();
+        }
     }
+}
+
+/// The shared worker gave up (`why`): each open session goes on under a supervisor of its
+/// own, restored from its bank and its ops, a propagation under way resumed after its
+/// last delivered frame; one that cannot be handed over stops.
+fn hand_over(opts: &SupervisorOptions, s: &mut Sessions, sessions: &Arc<Mutex<Sessions>>, why: &str) {
+    let streams: Vec<usize> = s.open.keys().copied().collect();
+    for stream in streams {
+        let sink = &s.open[&stream];
+        let (ops, done, progress, dropped) = sink.takeover();
+        let mut own = opts.clone();
+        own.media = Some(sink.media.clone());
+        own.session_dir = sink.session_dir.clone();
+        own.initial_ops = ops;
+        let env_has = |k: &str| std::env::var_os(k).is_some() || own.env.iter().any(|(n, _)| n == k);
+        if env_has(FAULT_ENV) && !env_has(FAULT_STATE_ENV) {
+            // A fault fires once per run: the shared worker's and its successors'.
+            let state = opts.session_dir.join("fault-state.json");
+            own.set_env(FAULT_STATE_ENV, &state.to_string_lossy());
+        }
+        match driver::adopt(own, done, progress, sink.masks.clone()) {
+            Ok(handle) => {
+                let sink = s.open.get_mut(&stream).expect("listed above");
+                sink.own = Some(handle.commands.clone());
+                let message = format!("handed to a worker of its own: the shared worker gave up ({why})");
+                sink.send(EngineEvent::Log { level: LogLevel::Warn, message });
+                if dropped {
+                    // Cancelled before it delivered a frame: it ends here, as it would have.
+                    sink.send(EngineEvent::OpFinished { index: done, cancelled: true });
+                    sink.send(EngineEvent::State(EngineState::Ready));
+                }
+                let sessions = sessions.clone();
+                let passing = std::thread::Builder::new()
+                    .name("shared-handed".into())
+                    .spawn(move || pass_on(handle, stream, sessions));
+                match passing {
+                    Ok(t) => s.handed.push(t),
+                    Err(e) => stop(s, stream, format!("giving up: cannot hand the session over: {e}")),
+                }
+            }
+            Err(e) => stop(s, stream, format!("giving up: {why}; a worker of its own could not take over: {e:#}")),
+        }
+    }
+}
+
+/// Ends a session that cannot go on: why, then `Stopped`; its events end.
+fn stop(s: &mut Sessions, stream: usize, why: String) {
+    if let Some(sink) = s.open.remove(&stream) {
+        sink.send(EngineEvent::Log { level: LogLevel::Error, message: why });
+        sink.send(EngineEvent::State(EngineState::Stopped));
+    }
+}
+
+/// Passes a handed-over session's news on from its own supervisor until that ends (its
+/// close, or the server's shutdown); then the session's events end.
+fn pass_on(mut handle: SupervisorHandle, stream: usize, sessions: Arc<Mutex<Sessions>>) {
+    while let Some(e) = handle.recv_blocking() {
+        if let Some(sink) = lock(&sessions).open.get(&stream) {
+            sink.send(e);
+        }
+    }
+    // The session's commands go nowhere from here; the supervisor's thread is joined.
+    drop(lock(&sessions).open.remove(&stream));
+    handle.shutdown();
 }
 
 /// The driver's news, to the session it concerns (or to all), as a supervisor of its own
@@ -240,14 +404,24 @@ fn hear(s: &mut Sessions, news: StreamNews) {
         }
         StreamNews::OpDone { stream, op, cancelled } => {
             let Some(sink) = s.open.get_mut(&stream) else { return };
-            if let Some(done) = sink.op_ended() {
+            let ran =
+                |op: &Op, p: &PropagationProgress| if cancelled { store::as_ran(op, p) } else { Some(op.clone()) };
+            if let Some(done) = sink.op_ended(ran) {
                 sink.masks.lock().unwrap_or_else(|p| p.into_inner()).apply_completed(&done);
             }
             sink.send(EngineEvent::OpFinished { index: op, cancelled });
         }
         StreamNews::OpFailed { stream, op, message } => {
             let Some(sink) = s.open.get_mut(&stream) else { return };
-            sink.op_ended();
+            // A propagation stopped at the frame that failed; any other op did not happen.
+            let ran = |op: &Op, p: &PropagationProgress| {
+                if matches!(op, Op::Propagate { .. }) {
+                    store::as_ran(op, p)
+                } else {
+                    None
+                }
+            };
+            sink.op_ended(ran);
             sink.send(EngineEvent::OpFailed { index: op, message });
         }
         // Its video would not open: the session has ended.
@@ -276,7 +450,7 @@ mod tests {
     fn session(s: &mut Sessions, stream: usize) -> (UnboundedReceiver<EngineEvent>, Arc<Mutex<MaskStore>>) {
         let (tx, rx) = unbounded_channel();
         let masks = Arc::new(Mutex::new(MaskStore::default()));
-        s.open.insert(stream, Sink::new(tx, masks.clone()));
+        s.open.insert(stream, Sink::new(tx, masks.clone(), PathBuf::new(), PathBuf::new()));
         (rx, masks)
     }
 
@@ -332,5 +506,59 @@ mod tests {
         hear(&mut s, StreamNews::Closed { stream: 0 });
         drain(&mut rx);
         assert!(rx.is_closed(), "a let-go stream's events end");
+    }
+
+    fn click(frame: usize) -> Op {
+        Op::AddPrompt { frame, object: 1, points: vec![], bbox: Some([0.0, 0.0, 1.0, 1.0]) }
+    }
+
+    fn frames(s: &mut Sessions, stream: usize, frames: std::ops::RangeInclusive<usize>) {
+        let timings = Default::default();
+        for frame in frames {
+            hear(s, StreamNews::Frame { stream, op: 0, frame, objects: &[mask(1)], timings: &timings });
+        }
+    }
+
+    /// What a worker of its own takes over when the shared one gives up: the ops that
+    /// ended as they ran (a cancelled propagation as the frames it delivered, a failed
+    /// click not at all), then the op under way, resumed after its last delivered frame.
+    #[test]
+    fn a_session_is_handed_over_with_its_ops_as_they_ran() {
+        let mut s = Sessions::default();
+        let _events = session(&mut s, 0);
+        hear(&mut s, StreamNews::Opened { stream: 0, width: 4, height: 2, frames: 20, fps: 24.0 });
+        let forward = Op::Propagate { start: None, reverse: false, max_frames: None };
+        let pend = |s: &mut Sessions, op: &Op| s.open.get_mut(&0).unwrap().pending.push_back(op.clone());
+
+        pend(&mut s, &click(2));
+        hear(&mut s, StreamNews::OpDone { stream: 0, op: 0, cancelled: false });
+        pend(&mut s, &click(99));
+        hear(&mut s, StreamNews::OpFailed { stream: 0, op: 1, message: "no frame 99".into() });
+        pend(&mut s, &forward);
+        frames(&mut s, 0, 2..=6);
+        hear(&mut s, StreamNews::OpDone { stream: 0, op: 1, cancelled: true });
+        let as_ran = Op::Propagate { start: Some(2), reverse: false, max_frames: Some(4) };
+        assert_eq!(s.open[&0].journal, [click(2), as_ran.clone()]);
+
+        // Under way, 3 frames delivered: resumed after them.
+        pend(&mut s, &forward);
+        frames(&mut s, 0, 2..=4);
+        let (ops, done, progress, dropped) = s.open[&0].takeover();
+        assert_eq!(ops, [click(2), as_ran.clone(), forward.clone()]);
+        assert_eq!((done, progress.map(|p| p.delivered), dropped), (2, Some(3), false));
+
+        // Its cancel asked: it ends as the frames it delivered.
+        s.open.get_mut(&0).unwrap().cancel_asked = true;
+        let (ops, done, progress, dropped) = s.open[&0].takeover();
+        let three = Op::Propagate { start: Some(2), reverse: false, max_frames: Some(2) };
+        assert_eq!(ops, [click(2), as_ran.clone(), three.clone()]);
+        assert_eq!(store::resume(&three, &progress.clone().unwrap(), 20), None, "nothing of it is left to run");
+        assert_eq!((done, dropped), (2, false));
+
+        // Cancelled before its first frame: dropped, nothing left to run.
+        let sink = s.open.get_mut(&0).unwrap();
+        sink.progress = PropagationProgress::default();
+        let (ops, _, progress, dropped) = sink.takeover();
+        assert_eq!((ops, progress, dropped), (vec![click(2), as_ran], None, true));
     }
 }

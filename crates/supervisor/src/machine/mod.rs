@@ -248,6 +248,15 @@ impl Machine {
         }
     }
 
+    /// Takes over a session another worker ran (`driver::adopt`): ops `[..completed]` of
+    /// its journal are done and in the bank `bank-0` of the session folder, which the
+    /// first worker restores as after a crash; op `completed` (a propagation that got
+    /// `progress` far) goes on after its last delivered frame, the ops after it follow.
+    pub fn adopt(&mut self, completed: usize, progress: Option<PropagationProgress>) {
+        self.completed = completed.min(self.journal.ops.len());
+        self.resume = progress.map(|p| (self.completed, p));
+    }
+
     /// One input at `now`; what to do about it, in order.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
         if !self.finished {
