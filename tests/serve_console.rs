@@ -2,7 +2,9 @@
 //! scripted client: a session shows up with its frames streamed; the precision key
 //! replays the open session on a bf16 worker and new sessions start on bf16; the drain key
 //! makes startSession fail with a clear error, and the process exits 0 once the last
-//! session has closed. And headless `serve`: one log line per request and per restart.
+//! session has closed; on shared workers (`--streams`), the precision key moves each open
+//! session to a worker of its own and replays it there. And headless `serve`: one log
+//! line per request and per restart.
 //! At a 256-pixel model input: this is about the operator's view, not the numbers.
 mod common;
 
@@ -210,4 +212,52 @@ fn ctrl_c_at_the_terminal_closes_every_session_without_a_worker_death() {
     assert!(status.success(), "{status}:\n{log}");
     assert!(log.contains("shutting down: closing every session"), "{log}");
     assert!(!log.contains("worker died"), "the Ctrl-C is the server's to answer, not its workers':\n{log}");
+}
+
+/// `serve --streams 2`: two sessions on one shared worker; the precision key moves each to
+/// a worker of its own on bf16, replaying its ops there, and each goes on with its objects.
+#[test]
+fn a_switch_moves_sessions_off_their_shared_worker_and_replays_them() {
+    let (work, data, ckpt) = setup("serve-console-shared-switch");
+    let port = free_port();
+    let exit = work.join("exit-status");
+    let cmd = format!(
+        "{} TERM=xterm-256color {} serve --console --streams 2 --port {port} --data '{}' --checkpoint '{}' --device cpu --precision fp32 --image-size 256; echo $? > '{}'; sleep 60",
+        common::pane_env(),
+        common::bin().display(),
+        data.display(),
+        ckpt.display(),
+        exit.display()
+    );
+    let _ = tmux(&["kill-server"]);
+    let _guard = Tmux;
+    tmux(&["new-session", "-d", "-s", SESSION, "-x", "120", "-y", "34", &cmd]);
+    wait_for("· serving ·", Duration::from_secs(60));
+
+    let (first, second) = (start_session(port), start_session(port));
+    let shorts: Vec<String> = [&first, &second].iter().map(|s| s.chars().take(8).collect()).collect();
+    assert_eq!(click(port, &first, 0, [0.3, 0.4]), 1);
+    assert_eq!(click(port, &first, 1, [0.7, 0.6]), 2);
+    assert_eq!(click(port, &second, 0, [0.5, 0.5]), 1);
+    assert_eq!(propagate(port, &first), 24);
+    wait_until("both sessions on the shared fp32 worker", Duration::from_secs(30), |s| {
+        shorts.iter().all(|short| row(s, short).contains("cpu fp32"))
+    });
+
+    tmux(&["send-keys", "-t", SESSION, "r"]);
+    let s = wait_until("both sessions replayed on bf16 workers of their own", Duration::from_secs(180), |s| {
+        shorts.iter().all(|short| row(s, short).contains("cpu bf16"))
+            && s.contains(&format!("session {}: 3 ops replayed", shorts[0]))
+            && s.contains(&format!("session {}: 1 op replayed", shorts[1]))
+    });
+    assert!(s.contains("(2 of them leave"), "both leave their shared worker: {s}");
+    assert_eq!(click(port, &first, 0, [0.35, 0.45]), 2, "the first goes on with both objects");
+    assert_eq!(click(port, &second, 1, [0.2, 0.2]), 2, "the second with its object and a new one");
+    assert_eq!(propagate(port, &second), 24);
+
+    tmux(&["send-keys", "-t", SESSION, "C-d"]);
+    wait_for("draining: no new sessions", Duration::from_secs(10));
+    close(port, &first);
+    close(port, &second);
+    assert_eq!(wait_file(&exit, Duration::from_secs(60)).trim(), "0", "a drained server exits 0");
 }

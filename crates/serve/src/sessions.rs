@@ -225,8 +225,7 @@ impl Sessions {
         // it catches up the same way before startSession answers (a reload, no ops yet).
         let now = settings_of(&self.base());
         let was = session.started_with;
-        // A shared worker keeps the settings it started with (`shared_workers`).
-        if was != now && session.shared.is_none() {
+        if was != now {
             let load_wait = self.start_wait();
             let mut switches = vec![];
             if let Some(size) = now.model.filter(|m| was.model != Some(*m)) {
@@ -877,24 +876,17 @@ impl Sessions {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let settings = settings_of(&self.base());
         self.board.update(|s| s.settings = settings);
-        let (shared, open): (Vec<Arc<Session>>, Vec<Arc<Session>>) =
-            self.registry().open.values().cloned().partition(|s| s.shared.is_some());
+        let open: Vec<Arc<Session>> = self.registry().open.values().cloned().collect();
+        let shared = open.iter().filter(|s| s.shared.is_some()).count();
         self.board.info(format!(
             "switching to {what}: new sessions get it{}{}",
             match open.len() {
                 0 => String::new(),
                 n => format!("; replaying {n} open session{} on fresh workers", if n == 1 { "" } else { "s" }),
             },
-            match shared.len() {
+            match shared {
                 0 => String::new(),
-                n => format!(
-                    "; {n} open session{} on shared workers keep{} the settings {} started with until {} close{}",
-                    if n == 1 { "" } else { "s" },
-                    if n == 1 { "s" } else { "" },
-                    if n == 1 { "it" } else { "they" },
-                    if n == 1 { "it" } else { "they" },
-                    if n == 1 { "s" } else { "" },
-                ),
+                n => format!(" ({n} of them leave their shared worker for workers of their own)"),
             }
         ));
         let spare: Vec<Warm> = std::mem::take(&mut *self.warm.lock().unwrap_or_else(|p| p.into_inner()));
@@ -1293,8 +1285,10 @@ impl Session {
             }
         }
         let t0 = Instant::now();
-        // Ops the supervisor will replay: its journal, written before each op is sent.
-        let ops = Journal::load(&self.journal_path).map(|j| j.ops.len()).unwrap_or(0);
+        // Ops the supervisor will replay: its journal, written before each op is sent (on
+        // a shared worker, the ops it ran there: it moves to a supervisor of its own).
+        let on_shared = self.shared.as_ref().and_then(|link| link.ops());
+        let ops = on_shared.unwrap_or_else(|| Journal::load(&self.journal_path).map(|j| j.ops.len()).unwrap_or(0));
         self.board.session(&self.id, |r| r.switching = true);
         let result = core.replay(&self, command, ops, load_wait).await;
         self.board.session(&self.id, |r| r.switching = false);

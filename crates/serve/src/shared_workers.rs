@@ -6,7 +6,8 @@
 //! with room, else on a new one; one worker without sessions is kept, started and loaded,
 //! for the next session, and the others are stopped once their last session has closed.
 //! Workers started before a switch of model, device or precision take no new session;
-//! their open sessions keep the settings they started with until they close.
+//! their open sessions move to workers of their own and are replayed on the new settings
+//! (`sam2_supervisor::shared`), as are the sessions of a shared worker that gives up.
 use crate::operator::Settings;
 use sam2_supervisor::shared::{SharedSession, SharedWorker};
 use sam2_supervisor::SupervisorOptions;

@@ -11,7 +11,9 @@
 //! A shared worker that dies more often than the restart policy allows hands each of its
 //! sessions to a supervisor of its own (`driver::adopt`: restored from the session's bank
 //! and the ops it ran, a propagation under way resumed), which has the fallback ladder:
-//! the session goes on, its masks unchanged.
+//! the session goes on, its masks unchanged. A session asked to switch model, device or
+//! precision leaves its shared worker the same way (once its stream is let go), and its
+//! own supervisor then switches it (a full replay, as for any session).
 use crate::driver::{self, SupervisorHandle};
 use crate::options::SupervisorOptions;
 use crate::store::{self, MaskStore, PropagationProgress};
@@ -44,8 +46,11 @@ struct Sessions {
     restarts: u32,
     /// Why the driver ended (no worker could run), once it has.
     ended: Option<String>,
-    /// The threads that pass on the news of sessions handed to supervisors of their own.
-    handed: Vec<JoinHandle<()>>,
+    /// Sessions handed to supervisors of their own (no longer this worker's): where
+    /// their commands go now.
+    handed: HashMap<usize, UnboundedSender<EngineCommand>>,
+    /// What the worker was started with: what a supervisor of its own starts from.
+    opts: Option<SupervisorOptions>,
 }
 
 /// Where one session's news goes.
@@ -63,13 +68,13 @@ struct Sink {
     pending: VecDeque<Op>,
     /// A cancel was asked for the op under way.
     cancel_asked: bool,
+    /// Switches asked (a model, device or precision): the session leaves this worker
+    /// once its stream is let go, and its own supervisor runs them.
+    moving: Vec<EngineCommand>,
     /// The video's length (once open), and how far the propagation under way got: what
     /// an operator's view shows as its state.
     frames: usize,
     progress: PropagationProgress,
-    /// Handed to a supervisor of its own (the shared worker gave up): its commands go
-    /// there, and its news comes from there.
-    own: Option<UnboundedSender<EngineCommand>>,
 }
 
 impl Sink {
@@ -82,9 +87,9 @@ impl Sink {
             journal: vec![],
             pending: VecDeque::new(),
             cancel_asked: false,
+            moving: vec![],
             frames: 0,
             progress: PropagationProgress::default(),
-            own: None,
         }
     }
 
@@ -162,17 +167,19 @@ impl SharedLink {
     /// A command as a session's own supervisor takes it: an op, a cancel, or `Shutdown`
     /// (the session closes: its stream is let go, and its events end once it is). A
     /// `Prefetch` is dropped: the shared worker encodes frames in batches as they are
-    /// needed. Anything else (a switch, a watermark, a next item) is not a session's to
-    /// ask of a shared worker: false.
+    /// needed. A switch of model, device or precision moves the session to a supervisor
+    /// of its own, which runs it; send it between two ops (a running one is cancelled).
+    /// Anything else (a watermark, a next item) is not a session's to ask of a shared
+    /// worker: false. A session handed over takes every command as its supervisor does.
     pub fn send(&self, cmd: EngineCommand) -> bool {
         let stream = self.stream;
         // Under the lock throughout, so that an op's news cannot come before it is
         // pending, and a handover cannot come between the two.
         let mut s = lock(&self.sessions);
-        let sink = s.open.get_mut(&stream);
-        if let Some(own) = sink.as_ref().and_then(|sink| sink.own.as_ref()) {
+        if let Some(own) = s.handed.get(&stream) {
             return own.send(cmd).is_ok();
         }
+        let sink = s.open.get_mut(&stream);
         let command = match cmd {
             EngineCommand::Op(op) => {
                 let Some(sink) = sink else { return false };
@@ -192,9 +199,30 @@ impl SharedLink {
             }
             EngineCommand::Shutdown => StreamCommand::Close { stream },
             EngineCommand::Prefetch(_) => return true,
+            EngineCommand::SwitchModel(_) | EngineCommand::SwitchDevice(_) | EngineCommand::SwitchPrecision(_) => {
+                let Some(sink) = sink else { return false };
+                let first = sink.moving.is_empty();
+                sink.moving.push(cmd);
+                if !first {
+                    return true;
+                }
+                StreamCommand::Close { stream }
+            }
             _ => return false,
         };
         self.commands.send(command).is_ok()
+    }
+}
+
+impl SharedLink {
+    /// Ops the session has run or sent while on its shared worker (what a switch
+    /// replays); None once it is handed to a supervisor of its own, whose journal says.
+    pub fn ops(&self) -> Option<usize> {
+        let s = lock(&self.sessions);
+        s.open
+            .get(&self.stream)
+            .filter(|_| !s.handed.contains_key(&self.stream))
+            .map(|k| k.journal.len() + k.pending.len())
     }
 }
 
@@ -203,7 +231,7 @@ impl SharedWorker {
     /// of `opts` (its `media` and journal are not used: sessions bring their own).
     pub fn start(opts: SupervisorOptions) -> std::io::Result<SharedWorker> {
         let (commands, intake) = unbounded_channel();
-        let sessions = Arc::new(Mutex::new(Sessions::default()));
+        let sessions = Arc::new(Mutex::new(Sessions { opts: Some(opts.clone()), ..Default::default() }));
         let news_to = sessions.clone();
         let thread = std::thread::Builder::new().name("shared-worker".into()).spawn(move || {
             let result = streams::run_interactive(&opts, intake, &|| false, &mut |news| {
@@ -222,7 +250,11 @@ impl SharedWorker {
                 }
                 Err(e) => {
                     s.ended = Some(format!("giving up: {e:#}"));
-                    hand_over(&opts, &mut s, &news_to, &format!("{e:#}"));
+                    let why = format!("{e:#}");
+                    let streams: Vec<usize> = s.open.keys().copied().collect();
+                    for stream in streams {
+                        hand_over(&mut s, stream, &format!("the shared worker gave up ({why})"));
+                    }
                 }
             }
         })?;
@@ -263,7 +295,7 @@ impl SharedWorker {
         SharedSession { link, events, masks }
     }
 
-    /// Sessions attached and not yet let go.
+    /// Sessions attached and not yet let go or handed over.
     pub fn sessions(&self) -> usize {
         lock(&self.sessions).open.len()
     }
@@ -281,83 +313,60 @@ impl SharedWorker {
         if let Some(t) = thread {
             let _ = t.join();
         }
-        // Sessions handed to supervisors of their own: each stops, and its news ends.
-        let handed = {
-            let mut s = lock(&self.sessions);
-            for sink in s.open.values() {
-                if let Some(own) = &sink.own {
-                    let _ = own.send(EngineCommand::Shutdown);
-                }
-            }
-            std::mem::take(&mut s.handed)
-        };
-        for t in handed {
-            let _ = t.join();
-        }
     }
 }
 
-/// The shared worker gave up (`why`): each open session goes on under a supervisor of its
-/// own, restored from its bank and its ops, a propagation under way resumed after its
-/// last delivered frame; one that cannot be handed over stops.
-fn hand_over(opts: &SupervisorOptions, s: &mut Sessions, sessions: &Arc<Mutex<Sessions>>, why: &str) {
-    let streams: Vec<usize> = s.open.keys().copied().collect();
-    for stream in streams {
-        let sink = &s.open[&stream];
-        let (ops, done, progress, dropped) = sink.takeover();
-        let mut own = opts.clone();
-        own.media = Some(sink.media.clone());
-        own.session_dir = sink.session_dir.clone();
-        own.initial_ops = ops;
-        let env_has = |k: &str| std::env::var_os(k).is_some() || own.env.iter().any(|(n, _)| n == k);
-        if env_has(FAULT_ENV) && !env_has(FAULT_STATE_ENV) {
-            // A fault fires once per run: the shared worker's and its successors'.
-            let state = opts.session_dir.join("fault-state.json");
-            own.set_env(FAULT_STATE_ENV, &state.to_string_lossy());
-        }
-        match driver::adopt(own, done, progress, sink.masks.clone()) {
-            Ok(handle) => {
-                let sink = s.open.get_mut(&stream).expect("listed above");
-                sink.own = Some(handle.commands.clone());
-                let message = format!("handed to a worker of its own: the shared worker gave up ({why})");
-                sink.send(EngineEvent::Log { level: LogLevel::Warn, message });
-                if dropped {
-                    // Cancelled before it delivered a frame: it ends here, as it would have.
-                    sink.send(EngineEvent::OpFinished { index: done, cancelled: true });
-                    sink.send(EngineEvent::State(EngineState::Ready));
-                }
-                let sessions = sessions.clone();
-                let passing = std::thread::Builder::new()
-                    .name("shared-handed".into())
-                    .spawn(move || pass_on(handle, stream, sessions));
-                match passing {
-                    Ok(t) => s.handed.push(t),
-                    Err(e) => stop(s, stream, format!("giving up: cannot hand the session over: {e}")),
-                }
-            }
-            Err(e) => stop(s, stream, format!("giving up: {why}; a worker of its own could not take over: {e:#}")),
-        }
+/// Session `stream` leaves this worker for a supervisor of its own (`why`), restored from
+/// its bank and its ops, a propagation under way resumed after its last delivered frame,
+/// and the switches it asked for sent on; one that cannot be handed over stops.
+fn hand_over(s: &mut Sessions, stream: usize, why: &str) {
+    let Some(sink) = s.open.remove(&stream) else { return };
+    let Some(opts) = &s.opts else { return stop(sink, format!("giving up: {why}")) };
+    let (ops, done, progress, dropped) = sink.takeover();
+    let mut own = opts.clone();
+    own.media = Some(sink.media.clone());
+    own.session_dir = sink.session_dir.clone();
+    own.initial_ops = ops;
+    let env_has = |k: &str| std::env::var_os(k).is_some() || own.env.iter().any(|(n, _)| n == k);
+    if env_has(FAULT_ENV) && !env_has(FAULT_STATE_ENV) {
+        // A fault fires once per run: the shared worker's and its successors'.
+        let state = opts.session_dir.join("fault-state.json");
+        own.set_env(FAULT_STATE_ENV, &state.to_string_lossy());
+    }
+    let handle = match driver::adopt(own, done, progress, sink.masks.clone()) {
+        Ok(h) => h,
+        Err(e) => return stop(sink, format!("giving up: {why}; a worker of its own could not take over: {e:#}")),
+    };
+    sink.send(EngineEvent::Log { level: LogLevel::Warn, message: format!("handed to a worker of its own: {why}") });
+    if dropped {
+        // Cancelled before it delivered a frame: it ends here, as it would have.
+        sink.send(EngineEvent::OpFinished { index: done, cancelled: true });
+        sink.send(EngineEvent::State(EngineState::Ready));
+    }
+    for c in &sink.moving {
+        handle.send(c.clone());
+    }
+    let commands = handle.commands.clone();
+    let events = sink.events.clone();
+    let passing = std::thread::Builder::new().name("shared-handed".into()).spawn(move || pass_on(handle, events));
+    match passing {
+        Ok(_) => drop(s.handed.insert(stream, commands)),
+        Err(e) => stop(sink, format!("giving up: {why}; cannot hand the session over: {e}")),
     }
 }
 
 /// Ends a session that cannot go on: why, then `Stopped`; its events end.
-fn stop(s: &mut Sessions, stream: usize, why: String) {
-    if let Some(sink) = s.open.remove(&stream) {
-        sink.send(EngineEvent::Log { level: LogLevel::Error, message: why });
-        sink.send(EngineEvent::State(EngineState::Stopped));
-    }
+fn stop(sink: Sink, why: String) {
+    sink.send(EngineEvent::Log { level: LogLevel::Error, message: why });
+    sink.send(EngineEvent::State(EngineState::Stopped));
 }
 
-/// Passes a handed-over session's news on from its own supervisor until that ends (its
-/// close, or the server's shutdown); then the session's events end.
-fn pass_on(mut handle: SupervisorHandle, stream: usize, sessions: Arc<Mutex<Sessions>>) {
+/// Passes a handed-over session's news on from its own supervisor until that ends (the
+/// session's close); then the session's events end.
+fn pass_on(mut handle: SupervisorHandle, events: UnboundedSender<EngineEvent>) {
     while let Some(e) = handle.recv_blocking() {
-        if let Some(sink) = lock(&sessions).open.get(&stream) {
-            sink.send(e);
-        }
+        let _ = events.send(e);
     }
-    // The session's commands go nowhere from here; the supervisor's thread is joined.
-    drop(lock(&sessions).open.remove(&stream));
     handle.shutdown();
 }
 
@@ -431,8 +440,12 @@ fn hear(s: &mut Sessions, news: StreamNews) {
                 sink.send(EngineEvent::State(EngineState::Stopped));
             }
         }
-        // Its events end: the session's folder may go.
-        StreamNews::Closed { stream } => drop(s.open.remove(&stream)),
+        // Let go to move to a supervisor of its own (a switch), or closed: its events
+        // end, and the session's folder may go.
+        StreamNews::Closed { stream } => match s.open.get(&stream) {
+            Some(sink) if !sink.moving.is_empty() => hand_over(s, stream, "asked to switch"),
+            _ => drop(s.open.remove(&stream)),
+        },
         StreamNews::Stats(stats) => {
             for sink in s.open.values() {
                 sink.send(EngineEvent::Stats(stats.clone()));

@@ -109,9 +109,19 @@ impl Sim {
     }
 
     fn with_host(opts: SupervisorOptions, host: FakeHost) -> Sim {
+        Sim::set_up(opts, host, |_| {})
+    }
+
+    /// A machine taking over a session another worker ran (`Machine::adopt`).
+    fn adopting(opts: SupervisorOptions, completed: usize, progress: Option<PropagationProgress>) -> Sim {
+        Sim::set_up(opts, FakeHost::default(), |m| m.adopt(completed, progress))
+    }
+
+    fn set_up(opts: SupervisorOptions, host: FakeHost, before_start: impl FnOnce(&mut Machine)) -> Sim {
         let now = Instant::now();
         let journal = Journal { version: Journal::VERSION, ops: opts.initial_ops.clone() };
-        let m = Machine::new(opts, journal, Box::new(host), now);
+        let mut m = Machine::new(opts, journal, Box::new(host), now);
+        before_start(&mut m);
         let mut s = Sim {
             m,
             now,
@@ -800,6 +810,27 @@ fn a_new_watermark_recycles_an_idle_worker_at_once_with_the_new_environment() {
         _ => None,
     });
     assert!(env.unwrap().contains(&("PYTORCH_MPS_HIGH_WATERMARK_RATIO".into(), "1.2".into())));
+}
+
+// ---- adopting a session another worker ran ----
+
+#[test]
+fn an_adopted_session_is_restored_from_its_bank_and_its_propagation_goes_on() {
+    let mut opts = options();
+    opts.initial_ops = vec![click(0), propagate(), click(5)];
+    let mut progress = PropagationProgress::default();
+    (0..=3).for_each(|f| progress.record(f));
+    let mut s = Sim::adopting(opts, 1, Some(progress));
+    s.bring_up();
+    let out = s.take();
+    assert!(requests(&out).contains(&Request::Restore { ops: vec![click(0)] }), "the done op is not recomputed");
+    let rest = Op::Propagate { start: Some(4), reverse: false, max_frames: Some(FRAMES - 1 - 4) };
+    assert_eq!(applied(&out), [(1, rest)], "the propagation goes on after frame 3");
+    (4..FRAMES).for_each(|f| s.frame(1, f));
+    s.done(1, false);
+    let out = s.take();
+    assert!(has_event(&out, &EngineEvent::OpFinished { index: 1, cancelled: false }));
+    assert_eq!(applied(&out), [(2, click(5))], "the op sent after it follows");
 }
 
 // ---- cancel ----
