@@ -107,24 +107,30 @@ fn wait_file(path: &Path, timeout: Duration) -> String {
     }
 }
 
-#[test]
-fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_exit_0() {
-    let (work, data, ckpt) = setup("serve-console");
+/// `serve --console` (CPU fp32, model input 256, and `args`) in a tmux pane of 120×34,
+/// serving: its port, the file its exit status goes to, and the guard that ends tmux.
+fn console(work: &Path, data: &Path, ckpt: &Path, args: &str) -> (u16, PathBuf, Tmux) {
     let port = free_port();
     let exit = work.join("exit-status");
-    let bin = common::bin();
     let cmd = format!(
-        "{} TERM=xterm-256color {} serve --console --port {port} --data '{}' --checkpoint '{}' --device cpu --precision fp32 --image-size 256 --warm-workers 0; echo $? > '{}'; sleep 60",
+        "{} TERM=xterm-256color {} serve --console {args} --port {port} --data '{}' --checkpoint '{}' --device cpu --precision fp32 --image-size 256; echo $? > '{}'; sleep 60",
         common::pane_env(),
-        bin.display(),
+        common::bin().display(),
         data.display(),
         ckpt.display(),
         exit.display()
     );
     let _ = tmux(&["kill-server"]);
-    let _guard = Tmux;
+    let guard = Tmux;
     tmux(&["new-session", "-d", "-s", SESSION, "-x", "120", "-y", "34", &cmd]);
     wait_for("· serving ·", Duration::from_secs(60));
+    (port, exit, guard)
+}
+
+#[test]
+fn the_operator_sees_sessions_switches_precision_for_old_and_new_and_drains_to_exit_0() {
+    let (work, data, ckpt) = setup("serve-console");
+    let (port, exit, _guard) = console(&work, &data, &ckpt, "--warm-workers 0");
     assert!(screen().contains("new sessions: tiny · cpu · fp32"), "{}", screen());
 
     // A session started by a client shows up, with its objects and frames streamed.
@@ -219,20 +225,7 @@ fn ctrl_c_at_the_terminal_closes_every_session_without_a_worker_death() {
 #[test]
 fn a_switch_moves_sessions_off_their_shared_worker_and_replays_them() {
     let (work, data, ckpt) = setup("serve-console-shared-switch");
-    let port = free_port();
-    let exit = work.join("exit-status");
-    let cmd = format!(
-        "{} TERM=xterm-256color {} serve --console --streams 2 --port {port} --data '{}' --checkpoint '{}' --device cpu --precision fp32 --image-size 256; echo $? > '{}'; sleep 60",
-        common::pane_env(),
-        common::bin().display(),
-        data.display(),
-        ckpt.display(),
-        exit.display()
-    );
-    let _ = tmux(&["kill-server"]);
-    let _guard = Tmux;
-    tmux(&["new-session", "-d", "-s", SESSION, "-x", "120", "-y", "34", &cmd]);
-    wait_for("· serving ·", Duration::from_secs(60));
+    let (port, exit, _guard) = console(&work, &data, &ckpt, "--streams 2");
 
     let (first, second) = (start_session(port), start_session(port));
     let shorts: Vec<String> = [&first, &second].iter().map(|s| s.chars().take(8).collect()).collect();
