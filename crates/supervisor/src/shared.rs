@@ -71,6 +71,8 @@ struct Sink {
     /// Switches asked (a model, device or precision): the session leaves this worker
     /// once its stream is let go, and its own supervisor runs them.
     moving: Vec<EngineCommand>,
+    /// The session has closed: it goes nowhere when its stream is let go.
+    closing: bool,
     /// The video's length (once open), and how far the propagation under way got: what
     /// an operator's view shows as its state.
     frames: usize,
@@ -88,6 +90,7 @@ impl Sink {
             pending: VecDeque::new(),
             cancel_asked: false,
             moving: vec![],
+            closing: false,
             frames: 0,
             progress: PropagationProgress::default(),
         }
@@ -197,7 +200,12 @@ impl SharedLink {
                 }
                 StreamCommand::Cancel { stream }
             }
-            EngineCommand::Shutdown => StreamCommand::Close { stream },
+            EngineCommand::Shutdown => {
+                if let Some(sink) = sink {
+                    sink.closing = true;
+                }
+                StreamCommand::Close { stream }
+            }
             EngineCommand::Prefetch(_) => return true,
             EngineCommand::SwitchModel(_) | EngineCommand::SwitchDevice(_) | EngineCommand::SwitchPrecision(_) => {
                 let Some(sink) = sink else { return false };
@@ -443,7 +451,7 @@ fn hear(s: &mut Sessions, news: StreamNews) {
         // Let go to move to a supervisor of its own (a switch), or closed: its events
         // end, and the session's folder may go.
         StreamNews::Closed { stream } => match s.open.get(&stream) {
-            Some(sink) if !sink.moving.is_empty() => hand_over(s, stream, "asked to switch"),
+            Some(sink) if !sink.moving.is_empty() && !sink.closing => hand_over(s, stream, "asked to switch"),
             _ => drop(s.open.remove(&stream)),
         },
         StreamNews::Stats(stats) => {
@@ -519,6 +527,24 @@ mod tests {
         hear(&mut s, StreamNews::Closed { stream: 0 });
         drain(&mut rx);
         assert!(rx.is_closed(), "a let-go stream's events end");
+    }
+
+    /// A switch lets the session's stream go before it moves to a supervisor of its own;
+    /// a session that closes meanwhile is let go, not moved (nothing would stop it).
+    #[test]
+    fn a_session_closed_while_it_moves_is_let_go_not_handed_over() {
+        let sessions = Arc::new(Mutex::new(Sessions::default()));
+        let (commands, mut intake) = unbounded_channel();
+        let (mut rx, _) = session(&mut lock(&sessions), 0);
+        let link = SharedLink { stream: 0, commands, sessions: sessions.clone() };
+        assert!(link.send(EngineCommand::SwitchPrecision(sam2_api::device::PrecisionChoice::Bf16)));
+        assert_eq!(intake.try_recv().ok(), Some(StreamCommand::Close { stream: 0 }), "its stream is let go first");
+        assert_eq!(link.ops(), Some(0), "on its shared worker still");
+        assert!(link.send(EngineCommand::Shutdown));
+        hear(&mut lock(&sessions), StreamNews::Closed { stream: 0 });
+        assert!(drain(&mut rx).is_empty(), "no handover, no stop: it just ends");
+        assert!(rx.is_closed());
+        assert!(lock(&sessions).handed.is_empty());
     }
 
     fn click(frame: usize) -> Op {
