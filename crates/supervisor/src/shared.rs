@@ -220,9 +220,7 @@ impl SharedLink {
         };
         self.commands.send(command).is_ok()
     }
-}
 
-impl SharedLink {
     /// Ops the session has run or sent while on its shared worker (what a switch
     /// replays); None once it is handed to a supervisor of its own, whose journal says.
     pub fn ops(&self) -> Option<usize> {
