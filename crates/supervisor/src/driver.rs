@@ -109,8 +109,8 @@ pub fn start(opts: SupervisorOptions) -> anyhow::Result<SupervisorHandle> {
     launch(opts, Arc::new(Mutex::new(MaskStore::default())), |_| {})
 }
 
-/// Starts a supervisor that takes over a session another worker ran (a shared worker
-/// that gave up: `shared`): `opts.initial_ops` is its journal, whose ops `[..completed]`
+/// Starts a supervisor that takes over a session another worker ran (one leaving a
+/// shared worker, `shared`): `opts.initial_ops` is its journal, whose ops `[..completed]`
 /// are done and in the bank `bank-0` of `opts.session_dir` (restored, not recomputed);
 /// op `completed`, a propagation that delivered `progress`, goes on after its last
 /// delivered frame. `masks` are the session's masks so far, kept up to date from here.
