@@ -224,11 +224,8 @@ impl SharedLink {
     /// Ops the session has run or sent while on its shared worker (what a switch
     /// replays); None once it is handed to a supervisor of its own, whose journal says.
     pub fn ops(&self) -> Option<usize> {
-        let s = lock(&self.sessions);
-        s.open
-            .get(&self.stream)
-            .filter(|_| !s.handed.contains_key(&self.stream))
-            .map(|k| k.journal.len() + k.pending.len())
+        // A handed-over session is no longer in `open`.
+        lock(&self.sessions).open.get(&self.stream).map(|k| k.journal.len() + k.pending.len())
     }
 }
 
