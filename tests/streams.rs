@@ -142,6 +142,9 @@ struct Run {
     deaths: Vec<String>,
     /// The streams whose propagation was cancelled.
     cancelled: Vec<usize>,
+    /// The streams the worker let go, in the order it did, each with whether every op of
+    /// it had ended by then.
+    let_go: Vec<(usize, bool)>,
 }
 
 /// The three streams at once in one worker; `env` for the worker, `cancel` = (stream,
@@ -185,6 +188,8 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
     let mut deaths = vec![];
     let mut cancelled = vec![];
     let mut delivered = vec![0usize; jobs.len()];
+    let mut ops_done = vec![0usize; jobs.len()];
+    let mut let_go = vec![];
     let results = streams::run(&opts, &jobs, &|| false, &mut |news| {
         match news {
             StreamNews::Frame { stream, op, frame, objects, .. } => {
@@ -198,7 +203,13 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
                     }
                 }
             }
-            StreamNews::OpDone { stream, cancelled: true, .. } => cancelled.push(stream),
+            StreamNews::OpDone { stream, cancelled: was_cancelled, .. } => {
+                ops_done[stream] += 1;
+                if was_cancelled {
+                    cancelled.push(stream);
+                }
+            }
+            StreamNews::Closed { stream } => let_go.push((stream, ops_done[stream] == jobs[stream].ops.len())),
             StreamNews::WorkerDied { reason } => deaths.push(reason),
             _ => {}
         }
@@ -217,7 +228,7 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
                 .collect()
         })
         .collect();
-    Run { streams, results, deaths, cancelled }
+    Run { streams, results, deaths, cancelled, let_go }
 }
 
 /// `got` holds exactly `want`'s masks (byte for byte) and logits within the bound, on
@@ -255,6 +266,12 @@ fn three_streams_at_once_give_each_stream_the_masks_it_gets_alone() {
         let worst = assert_same(&format!("stream {i}"), got, want);
         eprintln!("stream {i}: {} results, masks identical, max |dlogit| {worst:e}", want.len());
     }
+    // A stream that has ended is let go by the worker (its video, features and memory
+    // bank freed), not kept until the worker exits: a long manifest's worker holds only
+    // the videos it is tracking.
+    let mut let_go = run.let_go.clone();
+    let_go.sort();
+    assert_eq!(let_go, [(0, true), (1, true), (2, true)], "each stream let go once, after its last op");
 }
 
 #[test]

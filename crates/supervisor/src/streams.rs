@@ -36,6 +36,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+/// `SAM2_TUI_STREAMS_TRACE=1`: the driver's requests and the worker's answers (not its
+/// frames), timed from the first, on stderr: where streams wait for each other.
+fn trace(what: impl FnOnce() -> String) {
+    static START: std::sync::OnceLock<Option<Instant>> = std::sync::OnceLock::new();
+    if let Some(t0) = START.get_or_init(|| std::env::var_os("SAM2_TUI_STREAMS_TRACE").map(|_| Instant::now())) {
+        eprintln!("streams {:9.3} s  {}", t0.elapsed().as_secs_f64(), what());
+    }
+}
+
 /// One video and the ops to run on it.
 #[derive(Clone, Debug)]
 pub struct StreamJob {
@@ -288,6 +297,12 @@ impl Stream {
         self.failed.is_none() && !self.closed && (self.interactive || self.done < self.ops.len())
     }
 
+    /// Ended, and nothing of it left in the worker (a job's stream is let go once it has
+    /// ended; an interactive one, by its close).
+    fn settled(&self) -> bool {
+        !self.running() && (self.interactive || self.busy == Busy::Closed)
+    }
+
     /// An op of it is still to run or under way.
     fn has_work(&self) -> bool {
         self.failed.is_none() && !self.closed && self.done < self.ops.len()
@@ -340,7 +355,7 @@ struct Driver<'o> {
     width: usize,
     /// Whether the caller may still have jobs.
     more: bool,
-    /// Every stream before this one has ended (a long batch takes thousands): the scans
+    /// Every stream before this one has settled (a long batch takes thousands): the scans
     /// done on each answer of the worker look only from here.
     first_live: usize,
     /// `run_interactive`'s commands, until the caller closes them.
@@ -467,6 +482,14 @@ impl<'o> Driver<'o> {
         for i in self.first_live..self.streams.len() {
             let s = &mut self.streams[i];
             if !s.running() {
+                if !s.interactive && s.busy == Busy::Idle {
+                    // A job's stream that has ended (its ops run, or failed) is let go:
+                    // the worker would otherwise hold its video, features, memory bank
+                    // and graphs until it exits, one set more for each video of a long
+                    // manifest.
+                    s.busy = Busy::Closing;
+                    w.process.send(&Request::CloseStream { stream: i as u32 });
+                }
                 continue;
             }
             match s.busy {
@@ -493,6 +516,7 @@ impl<'o> Driver<'o> {
                         None => s.op_done(),
                     },
                     op => {
+                        trace(|| format!("op {i}.{}", s.done));
                         let op = StreamOp { stream: i as u32, seq: s.done as u64, op: op.clone() };
                         s.busy = Busy::Op;
                         w.process.send(&Request::ApplyStream(op));
@@ -509,6 +533,7 @@ impl<'o> Driver<'o> {
         let under_way = self.live().iter().any(|s| s.busy == Busy::Op && s.propagating());
         let all_ready = self.live().iter().filter(|s| s.has_work()).all(|s| s.busy == Busy::Idle && s.propagating());
         if !passes.is_empty() && (under_way || all_ready) {
+            trace(|| format!("propagate {:?}", passes.iter().map(|p| p.0).collect::<Vec<_>>()));
             let passes = passes
                 .into_iter()
                 .map(|(i, op)| {
@@ -586,15 +611,15 @@ impl<'o> Driver<'o> {
         on_news(StreamNews::Closed { stream: i });
     }
 
-    /// The streams from the first that has not ended (an ended stream has nothing under
-    /// way: it is never `Opening` or `Op`).
+    /// The streams from the first that has not settled (an ended stream has nothing under
+    /// way but its close: it is never `Opening` or `Op`).
     fn live(&self) -> &[Stream] {
         &self.streams[self.first_live..]
     }
 
     /// Takes the caller's next jobs while fewer than `width` streams run.
     fn admit(&mut self, next_job: &mut dyn FnMut() -> Option<StreamJob>) {
-        while self.first_live < self.streams.len() && !self.streams[self.first_live].running() {
+        while self.first_live < self.streams.len() && self.streams[self.first_live].settled() {
             self.first_live += 1;
         }
         while self.more && self.live().iter().filter(|s| s.running()).count() < self.width {
@@ -616,6 +641,7 @@ impl<'o> Driver<'o> {
             return;
         }
         s.busy = Busy::Opening;
+        trace(|| format!("open {i}"));
         let fill_holes = self.opts.fill_holes;
         w.process.send(&Request::OpenStream {
             stream: i as u32,
@@ -631,6 +657,7 @@ impl<'o> Driver<'o> {
         match answer {
             Response::MediaInfo { width, height, frames, fps } => {
                 if let Some(i) = opening {
+                    trace(|| format!("opened {i}"));
                     let s = &mut self.streams[i];
                     s.num_frames = frames;
                     s.busy = Busy::Idle;
@@ -661,6 +688,7 @@ impl<'o> Driver<'o> {
                 let i = stream as usize;
                 let Some(s) = self.streams.get_mut(i) else { return };
                 let op = s.done;
+                trace(|| format!("done {i}.{op} after {} frames", s.progress.delivered));
                 s.op_done();
                 s.busy = Busy::Idle;
                 on_news(StreamNews::OpDone { stream: i, op, cancelled });
