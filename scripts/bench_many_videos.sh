@@ -16,7 +16,9 @@
 #
 # Usage: scripts/bench_many_videos.sh [SIZE=tiny] [DEVICE=cuda] [N=8] [FRAMES=200]
 # Environment: STREAMS (default "N"), LENGTHS (default: every video FRAMES), PRECISION (default bf16 on cuda, fp32 on cpu),
-#   SAM2_TUI (the binary), WORK (default /tmp/sam2-many-videos), PY (default python3).
+#   SAM2_TUI (the binary), WORK (default /tmp/sam2-many-videos), PY (default python3),
+#   REFERENCE=0 (sam2-tui's ways only, for an A/B of two builds: no ratio to the reference
+#   and no pixel comparison with it).
 set -euo pipefail
 SIZE=${1:-tiny}; DEVICE=${2:-cuda}; N=${3:-8}; FRAMES=${4:-200}
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -50,6 +52,7 @@ fps() { "$PY" -c "import sys; print(f'{$TOTAL / float(sys.argv[1]):.1f}')" "$1";
 ratio() { "$PY" -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
 # The reference: its clock stops at its last mask; the masks are saved after that.
+if [ "${REFERENCE:-1}" != 0 ]; then
 t0=$(now)
 "$PY" - "$SIZE" "$REF_MODE" "$CKPT" "$WORK" "$N" 2> "$WORK/reference.log" <<'PYEOF'
 import contextlib, sys, time, numpy as np, torch
@@ -77,20 +80,23 @@ for i, m in enumerate(kept):
 PYEOF
 ref=$(seconds "$t0" "$(cat "$WORK/ref-end")")
 echo "reference (sam2 1.1.0, $REF_MODE, one video after another): $N videos, $TOTAL frames in all, in $ref s, $(fps "$ref") FPS"
+fi
+vs_ref() { [ "${REFERENCE:-1}" = 0 ] || echo ", $(ratio "$ref" "$1")x the reference"; }
 
 common=(--checkpoint "$CKPT" --device "$DEVICE" --precision "$PRECISION" --no-postprocess)
 rm -rf "$WORK/out-1"
 t0=$(now)
 "$BIN" batch "$WORK/manifest.jsonl" --out "$WORK/out-1" "${common[@]}" 2> "$WORK/batch-1.log"
 one=$(seconds "$t0" "$(now)")
-echo "sam2-tui batch ($PRECISION, one video after another): $one s, $(fps "$one") FPS ($(ratio "$ref" "$one")x the reference)"
+echo "sam2-tui batch ($PRECISION, one video after another): $one s, $(fps "$one") FPS$(vs_ref "$one")"
 for k in $STREAMS; do
   rm -rf "$WORK/out-$k"
   t0=$(now)
   "$BIN" batch "$WORK/manifest.jsonl" --out "$WORK/out-$k" --streams "$k" "${common[@]}" 2> "$WORK/batch-$k.log"
   s=$(seconds "$t0" "$(now)")
-  echo "sam2-tui batch --streams $k ($PRECISION): $s s, $(fps "$s") FPS ($(ratio "$one" "$s")x batch, $(ratio "$ref" "$s")x the reference)"
+  echo "sam2-tui batch --streams $k ($PRECISION): $s s, $(fps "$s") FPS ($(ratio "$one" "$s")x batch$(vs_ref "$s"))"
 done
+[ "${REFERENCE:-1}" != 0 ] || exit 0
 
 # Pixels agreeing over every video's frames (the side-by-side harness's RLE decoding).
 "$PY" - "$WORK" "$N" "$here/bench_side_by_side.sh" 1 $STREAMS <<'PYEOF'
