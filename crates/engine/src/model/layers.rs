@@ -32,6 +32,36 @@ impl Linear {
     }
 }
 
+/// `a + b` in the dtype `kind` a projection computes in, written contiguous in one pass:
+/// the sum in `a`'s and `b`'s dtype, rounded once to `kind` as it is stored (libtorch's
+/// add computes in the inputs' dtype and casts on the way out). The same values as
+/// `(a + b).to_kind(kind).contiguous()`, which under bf16 autocast on CUDA is the sum
+/// libtorch writes in fp32, the cast autocast makes of it, and a copy for the layout:
+/// three passes over a batch's 4,096- or 28,000-token tensors where one is needed. Where
+/// `kind` is the inputs' own (the CPU's fp32), it is the sum, made contiguous.
+pub fn sum_in(a: &Tensor, b: &Tensor, kind: Kind) -> Tensor {
+    let (sa, sb) = (a.size(), b.size());
+    if sa.len() != sb.len() {
+        return (a + b).to_kind(kind).contiguous();
+    }
+    // The broadcast shape (a dim of 1 on one side takes the other's).
+    let size: Vec<i64> = sa.iter().zip(&sb).map(|(&x, &y)| if x == 1 { y } else { x }).collect();
+    let out = Tensor::empty(size.as_slice(), (kind, a.device()));
+    a.add_out(&out, b)
+}
+
+/// `x` in the dtype `kind` and contiguous, in one pass where either is needed (the same
+/// values as `x.to_kind(kind).contiguous()`, which copies twice for a strided `x`).
+pub fn contiguous_in(x: &Tensor, kind: Kind) -> Tensor {
+    if x.kind() == kind && x.is_contiguous() {
+        return x.shallow_clone();
+    }
+    let size = x.size();
+    let mut out = Tensor::empty(size.as_slice(), (kind, x.device()));
+    out.copy_(x);
+    out
+}
+
 /// nn.LayerNorm over the last dimension.
 pub struct LayerNorm {
     weight: Tensor,
@@ -290,5 +320,29 @@ mod tests {
         assert_eq!(composed.weight.size(), [5, 12, 1, 1]);
         let diff = (composed.forward(&x) - narrow.forward(&lateral.forward(&x))).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "max |Δ| {diff}");
+    }
+
+    /// What a projection under bf16 autocast reads: the fp32 sum of a batch-first view
+    /// and a broadcast position encoding, rounded once, and a strided tensor cast.
+    #[test]
+    fn a_sum_or_a_cast_made_in_one_pass_has_the_values_of_the_spelled_out_passes() {
+        tch::manual_seed(5);
+        let opts = (Kind::Float, Device::Cpu);
+        // [M, B, C] seq-first, read batch-first as the memory attention does.
+        let memory = Tensor::randn([300, 3, 64], opts).transpose(0, 1);
+        let pos = Tensor::randn([300, 1, 64], opts).transpose(0, 1);
+        for kind in [Kind::BFloat16, Kind::Half, Kind::Float] {
+            let spelled = (&memory + &pos).to_kind(kind).contiguous();
+            let fused = sum_in(&memory, &pos, kind);
+            assert!(fused.is_contiguous());
+            assert_eq!(fused.size(), [3, 300, 64]);
+            assert!(fused.equal(&spelled), "{kind:?}: the sum rounded differently");
+            let cast = contiguous_in(&memory, kind);
+            assert!(cast.is_contiguous());
+            assert!(cast.equal(&memory.to_kind(kind).contiguous()), "{kind:?}: the cast differs");
+        }
+        // A sum rounded to bf16 is not the sum of the rounded inputs: the test can tell.
+        let rounded_first = (memory.to_kind(Kind::BFloat16) + pos.to_kind(Kind::BFloat16)).contiguous();
+        assert!(!sum_in(&memory, &pos, Kind::BFloat16).equal(&rounded_first));
     }
 }

@@ -1,5 +1,5 @@
 //! `TwoWayTransformer`, `Attention` and `RoPEAttention` (`sam2/modeling/sam/transformer.py`).
-use super::layers::{sdpa, Activation, LayerNorm, Linear, Mlp};
+use super::layers::{sdpa, sum_in, Activation, LayerNorm, Linear, Mlp};
 use super::params::P;
 use super::position_encoding::Rope;
 use tch::Tensor;
@@ -169,13 +169,28 @@ impl TwoWayAttentionBlock {
         };
         let queries = self.norm1.forward(&queries);
         let q = &queries + query_pe;
-        let k = keys + key_pe;
-        let queries = self.norm2.forward(&(&queries + self.cross_attn_token_to_image.forward(&q, &k, keys)));
+        let (k, image) = image_into_projections(keys, key_pe, self.cross_attn_token_to_image.kv_kind());
+        let queries = self.norm2.forward(&(&queries + self.cross_attn_token_to_image.forward(&q, &k, &image)));
         let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)));
         let q = &queries + query_pe;
         let keys = self.norm4.forward(&(keys + self.cross_attn_image_to_token.forward(&k, &q, &queries)));
         (queries, keys)
     }
+}
+
+/// The image tokens as the projections read them: `keys + key_pe` (the attentions' keys,
+/// and the queries of the image's attention to the tokens) and `keys` (values), each in
+/// the dtype the projections compute in. Under bf16 autocast every projection cast its
+/// fp32 input itself: `keys + key_pe` was written in fp32 and cast twice, `keys` once, a
+/// pass each over the batch's image tokens; here the sum is rounded as it is stored and
+/// each tensor cast once, the same values (what autocast's casts made). A view (one
+/// image's first layer, read transposed as the reference's matmuls read it) or fp32
+/// projections (the CPU) keep the sums and layouts they had.
+fn image_into_projections(keys: &Tensor, key_pe: &Tensor, kind: tch::Kind) -> (Tensor, Tensor) {
+    if kind == keys.kind() || !keys.is_contiguous() {
+        return (keys + key_pe, keys.shallow_clone());
+    }
+    (sum_in(keys, key_pe, kind), keys.to_kind(kind))
 }
 
 pub struct TwoWayTransformer {
@@ -230,8 +245,9 @@ impl TwoWayTransformer {
             keys = k;
         }
         let q = &queries + tokens;
-        let k = &keys + &image_pe;
-        let queries = self.norm_final_attn.forward(&(&queries + self.final_attn_token_to_image.forward(&q, &k, &keys)));
+        let (k, image) = image_into_projections(&keys, &image_pe, self.final_attn_token_to_image.kv_kind());
+        let queries =
+            self.norm_final_attn.forward(&(&queries + self.final_attn_token_to_image.forward(&q, &k, &image)));
         (queries, keys)
     }
 }
