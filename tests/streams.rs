@@ -175,6 +175,18 @@ fn worker_options(name: &str) -> (SupervisorOptions, PathBuf) {
 
 /// `jobs` at once in one worker (see `at_once`).
 fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: Option<(usize, usize)>) -> Run {
+    let width = jobs.len();
+    run_streams_in(name, jobs, width, env, cancel)
+}
+
+/// `jobs` in one worker, `width` at once: a job takes the place of one that has ended.
+fn run_streams_in(
+    name: &str,
+    jobs: Vec<StreamJob>,
+    width: usize,
+    env: &[(&str, &str)],
+    cancel: Option<(usize, usize)>,
+) -> Run {
     let (mut opts, logits) = worker_options(name);
     // A hung worker is found within seconds (heartbeats come twice a second); a wedged
     // one whose heartbeat goes on, once nothing else came for 15 s (a step here takes
@@ -190,7 +202,8 @@ fn run_streams(name: &str, jobs: Vec<StreamJob>, env: &[(&str, &str)], cancel: O
     let mut delivered = vec![0usize; jobs.len()];
     let mut ops_done = vec![0usize; jobs.len()];
     let mut let_go = vec![];
-    let results = streams::run(&opts, &jobs, &|| false, &mut |news| {
+    let mut next = jobs.clone().into_iter();
+    let results = streams::run_admitting(&opts, width, &mut || next.next(), &|| false, &mut |news| {
         match news {
             StreamNews::Frame { stream, op, frame, objects, .. } => {
                 for o in objects {
@@ -294,6 +307,41 @@ fn streams_of_one_object_each_tracked_as_one_batch_give_each_the_masks_it_gets_a
         assert!(has_foreground(want), "stream {i}: empty masks prove nothing");
         let worst = assert_same(&format!("stream {i} of one object"), &run.streams[i], want);
         eprintln!("stream {i} of one object: {} results, masks identical, max |dlogit| {worst:e}", want.len());
+    }
+}
+
+#[test]
+fn streams_whose_banks_agree_step_as_one_batch_while_a_newcomer_fills_its_own() {
+    // Three places, four videos of one object each. The short one ends after two frames
+    // and the fourth takes its place while the two others go on: for its first steps the
+    // newcomer has fewer memories and pointers than they have, so the two step as one
+    // batch (on CUDA, their graph) and the newcomer apart. Each still gets the masks it
+    // gets alone.
+    let s = setup();
+    let click = |prompt: &'static str, i: usize| {
+        [prompt, if i == 0 { r#"{"op":"propagate","max_frames":1}"# } else { r#"{"op":"propagate"}"# }]
+    };
+    let clicks = [
+        (&s.clips[2], r#"{"op":"add_prompt","frame":0,"object":1,"box":[10,10,60,50]}"#),
+        (&s.clips[0], r#"{"op":"add_prompt","frame":0,"object":1,"points":[[30,20,1]]}"#),
+        (&s.clips[1], r#"{"op":"add_prompt","frame":0,"object":1,"points":[[100,40,1]]}"#),
+        (&s.clips[0], r#"{"op":"add_prompt","frame":0,"object":1,"points":[[90,30,1]]}"#),
+    ];
+    let (jobs, alone): (Vec<StreamJob>, Vec<Results>) = clicks
+        .iter()
+        .enumerate()
+        .map(|(i, (clip, prompt))| {
+            let (ops, alone) = segment_alone(&s.dir, &s.checkpoint, clip, &click(prompt, i), &format!("-newcomer{i}"));
+            (StreamJob { media: (*clip).clone(), ops }, alone)
+        })
+        .unzip();
+    let run = run_streams_in("newcomer", jobs, 3, &[], None);
+    assert!(run.deaths.is_empty(), "{:?}", run.deaths);
+    for (i, want) in alone.iter().enumerate() {
+        assert_eq!(run.results[i], Ok(()), "stream {i}");
+        assert!(has_foreground(want), "stream {i}: empty masks prove nothing");
+        let worst = assert_same(&format!("stream {i}"), &run.streams[i], want);
+        eprintln!("stream {i}: {} results, masks identical, max |dlogit| {worst:e}", want.len());
     }
 }
 

@@ -791,6 +791,7 @@ struct FrameMasks {
 /// One object's memories for a frame, chosen from the bank (see `choose_memories`):
 /// spatial memories (each with its temporal slot, all with features) and object pointers
 /// (each with its frame distance), and its video's frame count.
+#[derive(Clone)]
 pub(super) struct ChosenMemories {
     spatial: Vec<(usize, Rc<Entry>)>,
     ptrs: Vec<(i64, Rc<Entry>)>,
