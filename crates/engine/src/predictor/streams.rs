@@ -345,7 +345,9 @@ fn track_pairs(
     let distinct_lanes = pairs.iter().enumerate().all(|(i, p)| pairs[..i].iter().all(|q| q.lane != p.lane));
     let one_shape = pairs.iter().all(|p| p.memory.counts() == pairs[0].memory.counts());
     if distinct_lanes && !one_shape {
-        if let Some(entries) = steady_apart(model, graphs, pairs, feats, timings, t0, &sync) {
+        let sync: &dyn Fn() = &sync;
+        let mut track = |part: &[Pair]| track_pairs(model, graphs, part, feats, timings, t0, sync);
+        if let Some(entries) = steady_apart(pairs, &mut track) {
             return entries;
         }
     }
@@ -406,23 +408,16 @@ fn track_pairs(
 /// steps, and in a manifest of mixed lengths, where a video joins every second or two,
 /// most steps (timed on an H100: ~80 ms a step of eight streams against the steady 34.5).
 /// Each pair's outputs are what they are in any batch (the streams tests hold every
-/// stream to its run alone). None where no two pairs agree, or all do.
-fn steady_apart(
-    model: &Rc<crate::model::Sam2Base>,
-    graphs: &mut Graphs,
-    pairs: &[Pair],
-    feats: &[Option<Rc<FrameFeatures>>],
-    timings: &mut StageTimings,
-    t0: Instant,
-    sync: &dyn Fn(),
-) -> Option<Vec<Entry>> {
+/// stream to its run alone). `track` is `track_pairs` of a part. None where no two pairs
+/// agree, or all do.
+fn steady_apart(pairs: &[Pair], track: &mut dyn FnMut(&[Pair]) -> Vec<Entry>) -> Option<Vec<Entry>> {
     let groups = ChosenMemories::group_by_counts(pairs.iter().map(|p| &p.memory), pairs.len());
     let steady = groups.into_iter().filter(|g| g.len() > 1 && g.len() < pairs.len()).max_by_key(Vec::len)?;
     let (inside, outside): (Vec<usize>, Vec<usize>) = (0..pairs.len()).partition(|i| steady.contains(i));
     let mut out: Vec<Option<Entry>> = pairs.iter().map(|_| None).collect();
     for part in [inside, outside] {
         let these: Vec<Pair> = part.iter().map(|&i| pairs[i].clone()).collect();
-        for (i, entry) in part.into_iter().zip(track_pairs(model, graphs, &these, feats, timings, t0, sync)) {
+        for (i, entry) in part.into_iter().zip(track(&these)) {
             out[i] = Some(entry);
         }
     }
